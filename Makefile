@@ -1,0 +1,29 @@
+# Everything a fresh machine needs: `make demo` runs the demo, `make test` runs the tests.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo test lint bench install
+
+$(BIN)/troupe: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e ".[test,bench]"
+	touch $(BIN)/troupe
+
+install: $(BIN)/troupe
+
+demo: install
+	$(BIN)/troupe run examples/supervisor_script.py
+
+# pytest exits 5 when it collects nothing: that is a failure, said plainly.
+test: install
+	@$(BIN)/python -m pytest; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; fi; exit $$rc
+
+lint: install
+	$(BIN)/ruff check runtime actors tests examples benchmarks
+	$(BIN)/mypy runtime actors
+
+bench: install
+	$(BIN)/python -m benchmarks

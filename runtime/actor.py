@@ -1,0 +1,152 @@
+"""The `Actor` base class users subclass, and the per-incarnation `Context`."""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import trio
+
+from .messages import UNHANDLED, DeferredReply, ExitReason
+
+if TYPE_CHECKING:
+    from .cell import Cell
+    from .mailbox import Mailbox
+    from .ref import ActorRef
+    from .system import System
+
+
+class Actor:
+    """Subclass this and implement `receive`.
+
+    The runtime creates a fresh instance for every (re)start from the child
+    spec's args and kwargs, so instance state starts clean after a crash while
+    the mailbox (owned by the slot) keeps its queued messages.
+    """
+
+    mailbox: ClassVar[Mailbox | None] = None
+    """Default mailbox for this class; a child spec's ``mailbox=`` overrides it."""
+
+    subscriptions: ClassVar[tuple[str, ...]] = ()
+
+    _troupe_ctx: Context | None = None
+
+    @property
+    def ctx(self) -> Context:
+        ctx = self._troupe_ctx
+        if ctx is None:
+            raise RuntimeError(
+                "self.ctx is not available in __init__: it is set when the actor starts; "
+                "use it from on_start, receive or on_stop"
+            )
+        return ctx
+
+    async def on_start(self) -> None:
+        """Runs before the first message of every incarnation."""
+
+    async def on_stop(self, reason: ExitReason) -> None:
+        """Runs when an incarnation that started ends: stop, restart or crash."""
+
+    async def receive(self, msg: Any) -> Any:
+        """Handle one message; the return value answers an ask."""
+        return UNHANDLED
+
+    def snapshot_stats(self) -> dict[str, Any]:
+        """Actor-specific counters and health for `system.snapshot()` (a flat dict)."""
+        return {}
+
+
+class Timer:
+    """A scheduled `send_after` or `every`; it dies with the incarnation."""
+
+    def __init__(self) -> None:
+        self._scope = trio.CancelScope()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._scope.cancel_called
+
+    def cancel(self) -> None:
+        self._scope.cancel()
+
+
+class Context:
+    """What an actor incarnation knows about itself and can do to the world."""
+
+    def __init__(self, cell: Cell, nursery: trio.Nursery) -> None:
+        self._cell = cell
+        self._nursery = nursery
+
+    @property
+    def ref(self) -> ActorRef:
+        return self._cell.ref
+
+    @property
+    def name(self) -> str:
+        return self._cell.name
+
+    @property
+    def path(self) -> str:
+        return self._cell.path
+
+    @property
+    def system(self) -> System:
+        return self._cell.system
+
+    @property
+    def nursery(self) -> trio.Nursery:
+        """For background tasks that die with this incarnation (an error in one crashes it)."""
+        return self._nursery
+
+    def defer_reply(self) -> DeferredReply:
+        """Answer the message in hand later; `receive`'s return value is then ignored."""
+        return self._cell.defer_reply()
+
+    def stop(self) -> None:
+        """End this actor with reason ``normal`` after the current message."""
+        self._cell.request_stop("normal")
+
+    def watch(self, ref: ActorRef) -> None:
+        """Get one `Terminated(ref, reason)` when `ref` stops for good (at once if it has)."""
+        self._cell.watch(ref._cell)
+
+    def unwatch(self, ref: ActorRef) -> None:
+        self._cell.unwatch(ref._cell)
+
+    def send_after(self, delay: float, msg: Any) -> Timer:
+        """Send `msg` to this actor once, `delay` seconds from now."""
+        if not delay >= 0:
+            raise ValueError(f"delay must be >= 0, got {delay!r}")
+        timer = Timer()
+        self._nursery.start_soon(self._send_after, timer, delay, msg)
+        return timer
+
+    def every(self, interval: float, msg: Any) -> Timer:
+        """Send `msg` to this actor every `interval` seconds, drift-free.
+
+        Ticks are never queued on top of each other: a tick that comes due
+        while the previous one still waits for mailbox room is skipped.
+        """
+        if not (interval > 0 and math.isfinite(interval)):
+            raise ValueError(f"interval must be a positive number of seconds, got {interval!r}")
+        timer = Timer()
+        self._nursery.start_soon(self._every, timer, interval, msg)
+        return timer
+
+    async def _send_after(self, timer: Timer, delay: float, msg: Any) -> None:
+        with timer._scope:
+            await trio.sleep(delay)
+            await self._cell.ref.send(msg)
+
+    async def _every(self, timer: Timer, interval: float, msg: Any) -> None:
+        with timer._scope:
+            due = trio.current_time() + interval
+            while True:
+                await trio.sleep_until(due)
+                await self._cell.ref.send(msg)
+                due += interval
+                now = trio.current_time()
+                if due <= now:  # we fell behind: skip missed ticks, keep the phase
+                    due += math.ceil((now - due) / interval) * interval
+                    if due <= now:
+                        due += interval

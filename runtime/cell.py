@@ -1,0 +1,382 @@
+"""A slot in the actor tree and the task that runs each incarnation of its actor.
+
+The slot (`Cell`) outlives incarnations: it owns the path, the ref, the
+mailbox, the watchers and the counters.  `Cell.run` is one incarnation: it
+builds a fresh actor, runs `on_start`, drains the mailbox one message at a
+time, and runs `on_stop`.  It never raises into its supervisor: it reports
+how it ended with a `ChildExited` in the supervisor's system lane.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import traceback
+from typing import TYPE_CHECKING, Any, cast
+
+import attrs
+import trio
+
+from .actor import Actor, Context
+from .errors import ActorCrashed, ActorStopped, MailboxFull, UnhandledMessage
+from .mailbox import Mailbox, MailboxQueue
+from .messages import UNHANDLED, Ask, DeferredReply, ExitReason, Reply, Terminated
+from .ref import ActorRef
+
+if TYPE_CHECKING:
+    from .supervisor import ChildSpec, SupervisorCell, SupervisorSpec
+    from .system import System
+
+log = logging.getLogger("troupe")
+
+BATCH = 128
+"""Messages handled between forced checkpoints when the actor never yields."""
+
+_IDLE: Any = object()  # `current` when no message is in hand
+
+
+@attrs.frozen
+class ErrorInfo:
+    """The last error of an actor, as the snapshot shows it."""
+
+    type: str
+    message: str
+    traceback: str
+
+    @classmethod
+    def of(cls, exc: BaseException) -> ErrorInfo:
+        return cls(
+            type=type(exc).__qualname__,
+            message=str(exc),
+            traceback="".join(traceback.format_exception(exc)),
+        )
+
+
+@attrs.frozen
+class ChildExited:
+    """System-lane note to a supervisor: an incarnation of `cell` ended by itself."""
+
+    cell: Cell
+    incarnation: int
+    reason: ExitReason
+
+
+@attrs.frozen
+class Control:
+    """A request for a supervisor's own task (start or terminate a child)."""
+
+    op: str
+    arg: Any
+    reply: Reply
+
+
+def crash_of(exc: BaseException) -> BaseException | None:
+    """The error inside `exc` once cancellations are set aside; None if it was only those."""
+    if isinstance(exc, trio.Cancelled):
+        return None
+    if isinstance(exc, BaseExceptionGroup):
+        _, rest = exc.split(trio.Cancelled)
+        if rest is None:
+            return None
+        while isinstance(rest, BaseExceptionGroup) and len(rest.exceptions) == 1:
+            rest = rest.exceptions[0]
+        return rest
+    return exc
+
+
+def describe(reason: ExitReason) -> str:
+    if isinstance(reason, BaseException):
+        return f"{type(reason).__name__}({str(reason)!r})"
+    return reason
+
+
+class Cell:
+    """One slot of the tree: path, ref, mailbox and the bookkeeping of its incarnations."""
+
+    kind = "actor"
+
+    def __init__(
+        self,
+        system: System,
+        parent: SupervisorCell | None,
+        spec: ChildSpec | SupervisorSpec,
+        path: str,
+    ) -> None:
+        self.system = system
+        self.parent = parent
+        self.spec = spec
+        self.name = spec.name
+        self.path = path
+        self.ref = ActorRef(self)
+        self.mailbox = MailboxQueue(self._mailbox_spec(), self.drop)
+        self.state = "starting"
+        self.incarnation = 0
+        self.restarts = 0
+        self.processed = 0
+        self.failed = 0
+        self.dead_lettered = 0
+        self.last_error: ErrorInfo | None = None
+        self.started_at: float | None = None
+        self.current: Any = _IDLE
+        self.current_since = 0.0
+        self.finalized = False
+        self.final_reason: ExitReason = "shutdown"
+        self.watchers: dict[Cell, None] = {}
+        self.watching: dict[Cell, None] = {}
+        self.stopping_by_parent = False
+        self.actor: Actor | None = None
+        self._stop_reason: str | None = None
+        self._kill_scope: trio.CancelScope | None = None
+        self._done = trio.Event()
+        self._done.set()
+        self._reply: Reply | None = None
+        self._deferred: dict[DeferredReply, None] = {}
+
+    def _mailbox_spec(self) -> Mailbox:
+        spec = self.spec.mailbox
+        if spec is None:
+            spec = getattr(getattr(self.spec, "factory", None), "mailbox", None)
+        return spec if isinstance(spec, Mailbox) else Mailbox()
+
+    @property
+    def cls_name(self) -> str:
+        factory = getattr(self.spec, "factory", None)
+        return str(getattr(factory, "__qualname__", repr(factory)))
+
+    @property
+    def running(self) -> bool:
+        return not self._done.is_set()
+
+    # -- dead letters ----------------------------------------------------
+    def drop(self, item: Any, reason: str, cause: BaseException | None = None) -> None:
+        """Account for a message this slot will never handle."""
+        if isinstance(item, Control):
+            item.reply.fail(ActorStopped(f"{self.path} stopped before it could {item.op}"))
+            return
+        if isinstance(item, ChildExited):
+            return  # bookkeeping for a supervisor that no longer exists
+        msg = item.msg if type(item) is Ask else item
+        self.dead_lettered += 1
+        self.system._dead_letter(msg, reason, self.path)
+        if type(item) is Ask:
+            what = f"{type(msg).__name__} to {self.path}"
+            error: BaseException
+            if reason == "crashed":
+                error = ActorCrashed(
+                    f"{self.path} crashed handling {what}: {describe(cause or 'crash')}"
+                )
+                error.__cause__ = cause
+            elif reason == "unhandled":
+                error = UnhandledMessage(f"{self.path} does not handle {type(msg).__name__}")
+            elif reason == "overflow":
+                error = MailboxFull(f"mailbox of {self.path} overflowed; {what} was dropped")
+            else:
+                error = ActorStopped(f"{self.path} stopped before handling {what}")
+            item.reply.fail(error)
+
+    def late_reply(self, value: Any) -> None:
+        self.dead_lettered += 1
+        self.system._dead_letter(value, "timeout", self.path)
+
+    # -- control from outside -------------------------------------------
+    def request_stop(self, reason: str) -> None:
+        """Ask the running incarnation to stop after the message in hand."""
+        if not self.running:
+            return
+        if self._stop_reason is None or reason == "shutdown":
+            self._stop_reason = reason
+        self._arm_shutdown_timeout()
+        self.mailbox.wake()
+
+    def _arm_shutdown_timeout(self) -> None:
+        timeout = self.spec.shutdown
+        scope = self._kill_scope
+        if scope is not None and timeout is not None and math.isfinite(timeout):
+            scope.deadline = min(scope.deadline, trio.current_time() + timeout)
+
+    async def wait_done(self) -> None:
+        await self._done.wait()
+
+    def defer_reply(self) -> DeferredReply:
+        if self.current is _IDLE:
+            raise RuntimeError("defer_reply() can only be called while handling a message")
+        reply, self._reply = self._reply, None
+        handle = DeferredReply(reply, self._deferred_done)
+        if reply is not None:
+            self._deferred[handle] = None
+        return handle
+
+    def _deferred_done(self, handle: DeferredReply) -> None:
+        self._deferred.pop(handle, None)
+
+    # -- watching --------------------------------------------------------
+    def watch(self, target: Cell) -> None:
+        if target.finalized:
+            self.mailbox.put_system(Terminated(target.ref, target.final_reason))
+            return
+        target.watchers[self] = None
+        self.watching[target] = None
+
+    def unwatch(self, target: Cell) -> None:
+        target.watchers.pop(self, None)
+        self.watching.pop(target, None)
+
+    # -- the end of the slot --------------------------------------------
+    def finalize(self, reason: ExitReason) -> None:
+        """The slot stops for good: release the name, drain the mailbox, tell watchers."""
+        if self.finalized:
+            return
+        self.finalized = True
+        self.final_reason = reason
+        self.state = "stopped"
+        self.system._unregister(self)
+        for item in self.mailbox.close():
+            self.drop(item, "stopped")
+        for target in self.watching:
+            target.watchers.pop(self, None)
+        self.watching.clear()
+        watchers, self.watchers = self.watchers, {}
+        for watcher in watchers:
+            watcher.watching.pop(self, None)
+            watcher.mailbox.put_system(Terminated(self.ref, reason))
+
+    # -- one incarnation -------------------------------------------------
+    def _begin(self) -> int:
+        self.incarnation += 1
+        self._done = trio.Event()
+        self._stop_reason = None
+        self.stopping_by_parent = False
+        self.state = "starting"
+        return self.incarnation
+
+    def _end(self, reason: ExitReason) -> None:
+        for handle in list(self._deferred):
+            if isinstance(reason, BaseException):
+                error: BaseException = ActorCrashed(f"{self.path} crashed before replying")
+                error.__cause__ = reason
+            else:
+                error = ActorStopped(f"{self.path} stopped before replying")
+            handle.fail(error)
+        self._deferred.clear()
+        self.actor = None
+        self.current = _IDLE
+        self._reply = None
+        self._kill_scope = None
+        if not self.finalized:
+            self.state = "failed" if isinstance(reason, BaseException) else "stopped"
+        self._done.set()
+
+    def _record_error(self, exc: BaseException, during: str) -> None:
+        self.last_error = ErrorInfo.of(exc)
+        log.error("%s %s: %s", self.path, during, describe(exc), exc_info=exc)
+
+    def _report(self, incarnation: int, reason: ExitReason) -> None:
+        if self.parent is not None:
+            self.parent.mailbox.put_system(ChildExited(self, incarnation, reason))
+        else:
+            self.system._root_exited(reason)
+
+    async def run(
+        self, *, task_status: trio.TaskStatus[BaseException | None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """One incarnation.  ``task_status.started`` gets None, or the start error."""
+        incarnation = self._begin()
+        reason: ExitReason = "shutdown"
+        started = False
+        actor: Actor | None = None
+        try:
+            with trio.CancelScope() as scope:
+                self._kill_scope = scope
+                try:
+                    spec = cast("ChildSpec", self.spec)
+                    actor = spec.factory(*spec.args, **spec.kwargs)
+                    if not isinstance(actor, Actor):
+                        raise TypeError(
+                            f"{self.cls_name} made {actor!r}, which is not an Actor; "
+                            "child() takes an Actor subclass or a callable returning an Actor"
+                        )
+                    async with trio.open_nursery() as nursery:
+                        actor._troupe_ctx = Context(self, nursery)
+                        self.actor = actor
+                        await actor.on_start()
+                        started = True
+                        self.state = "running"
+                        self.started_at = trio.current_time()
+                        task_status.started(None)
+                        reason = await self._loop(actor)
+                        nursery.cancel_scope.cancel()
+                except BaseException as exc:
+                    crash = crash_of(exc)
+                    if crash is None:
+                        raise
+                    reason = crash
+                    if not started:
+                        self._record_error(crash, "failed to start")
+                        task_status.started(crash)
+                        return
+                    self.failed += 1
+                    self._record_error(crash, "crashed")
+                    self._arm_shutdown_timeout()
+                self.state = "stopping"
+                assert actor is not None
+                try:
+                    await actor.on_stop(reason)
+                except Exception as exc:
+                    self._record_error(exc, "failed in on_stop")
+            if scope.cancelled_caught and not isinstance(reason, BaseException):
+                reason = "killed"
+                log.warning("%s did not stop within its shutdown timeout: cancelled", self.path)
+        finally:
+            self._end(reason)
+        if not started:
+            task_status.started(ActorStopped(f"{self.path} was stopped while starting"))
+            return
+        if not self.stopping_by_parent:
+            self._report(incarnation, reason)
+
+    async def _loop(self, actor: Actor) -> str:
+        """Handle messages, system lane first, until a stop is requested."""
+        mb = self.mailbox
+        user = mb.user
+        system = mb.system
+        receive = actor.receive
+        clock = trio.current_time
+        budget = BATCH
+        while True:
+            if self._stop_reason is not None:
+                return self._stop_reason
+            if system:
+                item = system.popleft()
+            elif user:
+                item = mb.take()
+            else:
+                budget = BATCH
+                await mb.wait()
+                continue
+            if type(item) is Ask:
+                msg = item.msg
+                self._reply = item.reply
+            else:
+                msg = item
+                self._reply = None
+            self.current = msg
+            self.current_since = clock()
+            try:
+                result = await receive(msg)
+            except BaseException as exc:
+                crash = crash_of(exc)
+                if crash is None:
+                    self.drop(item, "stopped")
+                else:
+                    self.drop(item, "crashed", crash)
+                raise
+            self.current = _IDLE
+            self.processed += 1
+            if result is UNHANDLED:
+                self.drop(item, "unhandled")
+            elif self._reply is not None:
+                self._reply.send(result)
+            budget -= 1
+            if not budget:
+                budget = BATCH
+                await trio.lowlevel.checkpoint()

@@ -1,0 +1,81 @@
+"""Dead letters: where every message that was not handled is recorded, with a reason."""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from typing import Any
+
+import attrs
+
+from .actor import Actor
+from .messages import UNHANDLED
+
+REASONS: tuple[str, ...] = ("crashed", "unhandled", "overflow", "stopped", "timeout")
+"""``crashed``: its handler raised; ``unhandled``: `receive` returned UNHANDLED;
+``overflow``: dropped by a full mailbox; ``stopped``: the actor stopped for good
+before handling it; ``timeout``: a reply that arrived after its asker gave up."""
+
+
+@attrs.frozen
+class DeadLetter:
+    message: Any
+    reason: str
+    recipient: str
+    timestamp: float
+
+
+class DeadLetterOffice:
+    """The bounded record behind ``/system/deadletters``.
+
+    Recording is synchronous and never fails, so that the runtime can account
+    for a message at the very place it gives up on it.  Counts are kept for
+    ever; only the last ``capacity`` letters are kept whole.
+    """
+
+    def __init__(self, capacity: int = 1000) -> None:
+        self._recent: deque[DeadLetter] = deque(maxlen=capacity)
+        self.counts: dict[str, int] = dict.fromkeys(REASONS, 0)
+        self.by_recipient: dict[str, int] = {}
+
+    def record(self, message: Any, reason: str, recipient: str) -> None:
+        if reason not in self.counts:
+            raise ValueError(f"unknown dead-letter reason {reason!r}")
+        self.counts[reason] += 1
+        self.by_recipient[recipient] = self.by_recipient.get(recipient, 0) + 1
+        self._recent.append(DeadLetter(message, reason, recipient, time.time()))
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def recent(self, limit: int = 100, reason: str | None = None) -> list[DeadLetter]:
+        """Newest first."""
+        out: list[DeadLetter] = []
+        for letter in reversed(self._recent):
+            if reason is None or letter.reason == reason:
+                out.append(letter)
+                if len(out) >= limit:
+                    break
+        return out
+
+
+@attrs.frozen
+class DeadLettersQuery:
+    """Ask ``/system/deadletters`` for its newest letters."""
+
+    limit: int = 100
+    reason: str | None = None
+
+
+class DeadLetters(Actor):
+    """The system actor at ``/system/deadletters``: answers `DeadLettersQuery`."""
+
+    async def receive(self, msg: Any) -> Any:
+        if isinstance(msg, DeadLettersQuery):
+            return self.ctx.system.dead_letters.recent(msg.limit, msg.reason)
+        return UNHANDLED
+
+    def snapshot_stats(self) -> dict[str, Any]:
+        office = self.ctx.system.dead_letters
+        return {"total": office.total, **office.counts}

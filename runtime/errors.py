@@ -1,0 +1,48 @@
+"""Every error Troupe raises on purpose derives from `TroupeError`."""
+
+from __future__ import annotations
+
+
+class TroupeError(Exception):
+    """Base class of all Troupe errors."""
+
+
+class ActorNotFound(TroupeError, LookupError):
+    """No actor lives at that path (never existed, or stopped for good)."""
+
+
+class ActorStopped(TroupeError):
+    """The actor stopped for good before it could answer."""
+
+
+class ActorCrashed(TroupeError):
+    """The actor crashed while handling this message; `__cause__` is the original error."""
+
+
+class AskTimeout(TroupeError, TimeoutError):
+    """No reply within the ask's timeout; a late reply goes to dead letters."""
+
+
+class UnhandledMessage(TroupeError):
+    """The actor's `receive` returned `UNHANDLED` for this message."""
+
+
+class MailboxFull(TroupeError):
+    """The mailbox is at capacity and its overflow policy refuses to wait."""
+
+
+class RuntimeClosed(TroupeError):
+    """The actor system is not running (any more)."""
+
+
+class RestartIntensityExceeded(TroupeError):
+    """A supervisor saw more than `max_restarts` restarts within `within` seconds and gave up."""
+
+    def __init__(self, path: str, max_restarts: int, within: float, last: str) -> None:
+        super().__init__(
+            f"supervisor {path} gave up: more than {max_restarts} restarts within "
+            f"{within:g}s (last failure: {last})"
+        )
+        self.path = path
+        self.max_restarts = max_restarts
+        self.within = within

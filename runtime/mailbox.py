@@ -1,0 +1,171 @@
+"""Bounded mailboxes: a user lane with an overflow policy and an uncapped system lane.
+
+The mailbox belongs to the actor's slot, not to an incarnation, so what is
+queued survives a restart.  All of it is touched only from the trio thread.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from typing import Any, Literal
+
+import attrs
+import trio
+
+from .errors import MailboxFull
+
+Overflow = Literal["block", "drop_new", "drop_old", "fail"]
+OVERFLOW_POLICIES: tuple[str, ...] = ("block", "drop_new", "drop_old", "fail")
+
+
+def _check_capacity(_inst: object, _attr: object, value: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"mailbox capacity must be a positive int, got {value!r}")
+
+
+def _check_overflow(_inst: object, _attr: object, value: str) -> None:
+    if value not in OVERFLOW_POLICIES:
+        raise ValueError(
+            f"unknown overflow policy {value!r}; use one of {', '.join(OVERFLOW_POLICIES)}"
+        )
+
+
+@attrs.frozen
+class Mailbox:
+    """How big an actor's mailbox is and what happens when it is full.
+
+    - ``block``: ``await ref.send`` waits for room; ``tell`` on the loop thread
+      raises `MailboxFull` (it cannot wait).
+    - ``drop_new`` / ``drop_old``: the newest / oldest message goes to dead
+      letters with reason ``overflow``.
+    - ``fail``: the sender gets `MailboxFull` (the message stays with it).
+    """
+
+    capacity: int = attrs.field(default=10_000, validator=_check_capacity)
+    overflow: Overflow = attrs.field(default="block", validator=_check_overflow)
+
+
+Drop = Callable[[Any, str], None]
+
+
+class MailboxQueue:
+    """The live queue behind a `Mailbox` spec: one consumer, many senders."""
+
+    __slots__ = (
+        "_drop",
+        "_space",
+        "_waiter",
+        "capacity",
+        "closed",
+        "high_water",
+        "overflow",
+        "system",
+        "user",
+    )
+
+    def __init__(self, spec: Mailbox, drop: Drop) -> None:
+        self.capacity = spec.capacity
+        self.overflow = spec.overflow
+        self.user: deque[Any] = deque()
+        self.system: deque[Any] = deque()
+        self.high_water = 0
+        self.closed = False
+        self._drop = drop
+        self._waiter: trio.lowlevel.Task | None = None
+        self._space = trio.lowlevel.ParkingLot()
+
+    def __len__(self) -> int:
+        return len(self.user)
+
+    # -- senders ---------------------------------------------------------
+    def put(self, item: Any) -> None:
+        """Enqueue without waiting, applying the overflow policy."""
+        if self.closed:
+            self._drop(item, "stopped")
+            return
+        user = self.user
+        if len(user) >= self.capacity:
+            policy = self.overflow
+            if policy == "drop_new":
+                self._drop(item, "overflow")
+                return
+            if policy == "drop_old":
+                self._drop(user.popleft(), "overflow")
+            elif policy == "fail":
+                raise MailboxFull(f"mailbox full ({self.capacity} messages, overflow='fail')")
+            else:
+                raise MailboxFull(
+                    f"mailbox full ({self.capacity} messages, overflow='block'): "
+                    "tell cannot wait on the loop thread; use `await ref.send(msg)` to wait "
+                    "for room, or give the actor a larger or dropping Mailbox"
+                )
+        user.append(item)
+        if len(user) > self.high_water:
+            self.high_water = len(user)
+        if self._waiter is not None:
+            self._wake()
+
+    async def put_wait(self, item: Any) -> None:
+        """Enqueue, waiting for room if the policy is ``block``."""
+        await trio.lowlevel.checkpoint_if_cancelled()
+        if self.overflow == "block":
+            while len(self.user) >= self.capacity and not self.closed:
+                await self._space.park()
+        self.put(item)
+        await trio.lowlevel.cancel_shielded_checkpoint()
+
+    def put_system(self, item: Any) -> None:
+        """System lane: not subject to capacity, handled before user messages."""
+        if self.closed:
+            self._drop(item, "stopped")
+            return
+        self.system.append(item)
+        if self._waiter is not None:
+            self._wake()
+
+    def has_room(self) -> bool:
+        return len(self.user) < self.capacity
+
+    # -- the consumer ----------------------------------------------------
+    def take(self) -> Any:
+        """Pop the next user message and let one blocked sender in."""
+        item = self.user.popleft()
+        if self._space:
+            self._space.unpark()
+        return item
+
+    def wake(self) -> None:
+        """Wake the consumer even though nothing arrived (e.g. a stop request)."""
+        if self._waiter is not None:
+            self._wake()
+
+    def _wake(self) -> None:
+        task = self._waiter
+        self._waiter = None
+        assert task is not None
+        trio.lowlevel.reschedule(task)
+
+    async def wait(self) -> None:
+        """Park until something is put or `wake` is called."""
+        if self.user or self.system:
+            await trio.lowlevel.checkpoint()
+            return
+        if self._waiter is not None:
+            raise RuntimeError("a mailbox has exactly one consumer")
+        self._waiter = trio.lowlevel.current_task()
+
+        def abort(_: object) -> trio.lowlevel.Abort:
+            self._waiter = None
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        await trio.lowlevel.wait_task_rescheduled(abort)
+
+    def close(self) -> list[Any]:
+        """Refuse further messages; return what was queued (system lane first)."""
+        self.closed = True
+        rest = [*self.system, *self.user]
+        self.system.clear()
+        self.user.clear()
+        self._space.unpark_all()
+        return rest

@@ -1,0 +1,200 @@
+"""Snapshots of the live tree and of the loop's health, for people and for tools."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import attrs
+import trio
+
+from .cell import _IDLE, Cell, ErrorInfo
+from .errors import ActorNotFound
+
+if TYPE_CHECKING:
+    from .system import System
+
+
+@attrs.frozen
+class ActorInfo:
+    """One node of a `TreeSnapshot`."""
+
+    path: str
+    name: str
+    kind: str  # "actor" | "supervisor"
+    cls: str
+    state: str  # starting | running | restarting | stopping | stopped | failed
+    restarts: int
+    mailbox_depth: int
+    mailbox_capacity: int
+    mailbox_high_water: int
+    processed: int
+    failed: int
+    dead_lettered: int
+    current: str | None
+    current_for: float | None
+    last_error: ErrorInfo | None
+    uptime: float | None
+    subscriptions: tuple[str, ...]
+    stats: dict[str, Any]
+    children: tuple[ActorInfo, ...]
+
+    def walk(self) -> Iterator[ActorInfo]:
+        yield self
+        for node in self.children:
+            yield from node.walk()
+
+
+@attrs.frozen
+class LoopHealth:
+    """How responsive the trio loop has been (see `LoopMonitor`)."""
+
+    longest_step: float
+    longest_step_task: str | None
+    longest_step_at: float | None
+    max_lag: float
+    last_lag: float
+    steps: int
+
+
+class LoopMonitor(trio.abc.Instrument):
+    """Records the longest task step (who blocked the loop) and scheduling lag.
+
+    A step is the run of one task between two checkpoints; a long one means
+    that task blocked everybody else.  Lag is measured by a probe task that
+    sleeps `interval` and notes how late it woke.
+    """
+
+    def __init__(self) -> None:
+        self.longest_step = 0.0
+        self.longest_step_task: str | None = None
+        self.longest_step_at: float | None = None
+        self.max_lag = 0.0
+        self.last_lag = 0.0
+        self.steps = 0
+        self._t0 = 0.0
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        self._t0 = time.perf_counter()
+
+    def after_task_step(self, task: trio.lowlevel.Task) -> None:
+        took = time.perf_counter() - self._t0
+        self.steps += 1
+        if took > self.longest_step:
+            self.longest_step = took
+            self.longest_step_task = task.name
+            self.longest_step_at = time.time()
+
+    async def probe(self, interval: float = 0.05) -> None:
+        """Run forever, measuring how late the loop wakes a sleeping task (wall clock)."""
+        while True:
+            start = time.perf_counter()
+            await trio.sleep(interval)
+            lag = max(0.0, time.perf_counter() - start - interval)
+            self.last_lag = lag
+            self.max_lag = max(self.max_lag, lag)
+
+    def health(self) -> LoopHealth:
+        return LoopHealth(
+            longest_step=self.longest_step,
+            longest_step_task=self.longest_step_task,
+            longest_step_at=self.longest_step_at,
+            max_lag=self.max_lag,
+            last_lag=self.last_lag,
+            steps=self.steps,
+        )
+
+
+@attrs.frozen
+class TreeSnapshot:
+    """The whole tree at one instant: `root` is ``/`` (``/system`` and the user's tree)."""
+
+    system: str
+    root: ActorInfo
+    dead_letters: dict[str, int]
+    loop: LoopHealth | None
+    taken_at: float
+
+    def find(self, path: str) -> ActorInfo:
+        for node in self.root.walk():
+            if node.path == path:
+                return node
+        raise ActorNotFound(f"no actor at {path!r} in this snapshot")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: plain dicts, lists, strings and numbers, same names as the attrs."""
+        return attrs.asdict(self, recurse=True, retain_collection_types=False)
+
+    def render(self) -> str:
+        """A text tree, one actor a line."""
+        lines = [f"{self.system}  dead letters: " + _counts(self.dead_letters)]
+
+        def draw(node: ActorInfo, prefix: str, last: bool, top: bool) -> None:
+            branch = "" if top else ("└─ " if last else "├─ ")
+            bits = [f"{node.name} [{node.state}]"]
+            if node.kind == "actor":
+                bits.append(f"mailbox {node.mailbox_depth}/{node.mailbox_capacity}")
+                bits.append(f"processed {node.processed}")
+            if node.restarts:
+                bits.append(f"restarts {node.restarts}")
+            if node.dead_lettered:
+                bits.append(f"dead {node.dead_lettered}")
+            if node.last_error is not None:
+                bits.append(f"last error {node.last_error.type}: {node.last_error.message}")
+            lines.append(prefix + branch + "  ".join(bits))
+            inner = prefix + ("" if top else ("   " if last else "│  "))
+            for i, sub in enumerate(node.children):
+                draw(sub, inner, i == len(node.children) - 1, False)
+
+        draw(self.root, "", True, True)
+        return "\n".join(lines)
+
+
+def _counts(counts: dict[str, int]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in counts.items() if v) or "none"
+
+
+def describe_cell(cell: Cell, now: float) -> ActorInfo:
+    from .supervisor import SupervisorCell
+
+    children: tuple[ActorInfo, ...] = ()
+    if isinstance(cell, SupervisorCell):
+        children = tuple(describe_cell(sub, now) for sub in cell.children)
+    mb = cell.mailbox
+    busy = cell.current is not _IDLE
+    stats: dict[str, Any] = {}
+    if cell.actor is not None:
+        stats = dict(cell.actor.snapshot_stats())
+    return ActorInfo(
+        path=cell.path,
+        name=cell.name,
+        kind=cell.kind,
+        cls=cell.cls_name,
+        state=cell.state,
+        restarts=cell.restarts,
+        mailbox_depth=len(mb.user) + len(mb.system),
+        mailbox_capacity=mb.capacity,
+        mailbox_high_water=mb.high_water,
+        processed=cell.processed,
+        failed=cell.failed,
+        dead_lettered=cell.dead_lettered,
+        current=type(cell.current).__qualname__ if busy else None,
+        current_for=now - cell.current_since if busy else None,
+        last_error=cell.last_error,
+        uptime=now - cell.started_at if cell.running and cell.started_at is not None else None,
+        subscriptions=(),
+        stats=stats,
+        children=children,
+    )
+
+
+def take_snapshot(system: System) -> TreeSnapshot:
+    now = trio.current_time()
+    return TreeSnapshot(
+        system=system.name,
+        root=describe_cell(system._root, now),
+        dead_letters=dict(system.dead_letters.counts),
+        loop=system._loop_monitor.health() if system._loop_monitor is not None else None,
+        taken_at=time.time(),
+    )

@@ -1,0 +1,95 @@
+"""`ActorRef`: the handle to a slot in the tree, valid across restarts."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from .errors import ActorStopped, AskTimeout
+from .messages import Ask, Reply
+
+if TYPE_CHECKING:
+    from .cell import Cell
+
+
+class ActorRef:
+    """Send messages to the actor at `path`.
+
+    A ref names a slot, not an incarnation: it keeps working while the actor
+    restarts, and its messages wait in the slot's mailbox meanwhile.
+    """
+
+    __slots__ = ("_cell",)
+
+    def __init__(self, cell: Cell) -> None:
+        self._cell = cell
+
+    @property
+    def path(self) -> str:
+        return self._cell.path
+
+    @property
+    def name(self) -> str:
+        return self._cell.name
+
+    @property
+    def is_alive(self) -> bool:
+        """True while the slot exists (also while it restarts) and the system runs."""
+        cell = self._cell
+        return not cell.finalized and cell.system.is_running
+
+    def __repr__(self) -> str:
+        return f"<ActorRef {self._cell.path}>"
+
+    def tell(self, msg: Any) -> None:
+        """Fire and forget.  Never waits on the loop thread; from another thread,
+        see `System` for how backpressure blocks that thread instead."""
+        cell = self._cell
+        if not cell.system._on_loop_thread():
+            cell.system._threads.tell(cell, msg)
+            return
+        cell.mailbox.put(msg)
+
+    async def send(self, msg: Any) -> None:
+        """Like `tell`, but waits for mailbox room when the policy is ``block``."""
+        await self._cell.mailbox.put_wait(msg)
+
+    async def ask(self, msg: Any, timeout: float | None = 5.0) -> Any:
+        """Send `msg` and wait for the value `receive` returns.
+
+        Raises `AskTimeout`, `ActorCrashed` (the handler's error as
+        ``__cause__``), `UnhandledMessage`, `ActorStopped` or `MailboxFull`.
+        """
+        cell = self._cell
+        if cell.finalized:
+            raise ActorStopped(f"{cell.path} has stopped; cannot ask it {type(msg).__name__}")
+        deadline = trio.current_time() + timeout if timeout is not None else float("inf")
+        reply = Reply(cell.late_reply)
+        with trio.move_on_at(deadline) as scope:
+            await cell.mailbox.put_wait(Ask(msg, reply))
+        if scope.cancelled_caught:  # cancelled only before the message was enqueued
+            reply.state = "abandoned"
+            raise AskTimeout(
+                f"{cell.path}'s mailbox stayed full for {timeout:g}s; "
+                f"{type(msg).__name__} was not sent"
+            )
+        return await reply.wait(
+            deadline, f"{type(msg).__name__} from {cell.path} within {timeout}s"
+        )
+
+    def ask_blocking(self, msg: Any, timeout: float | None = 5.0) -> Any:
+        """`ask` for plain threads: blocks the calling thread, never the loop."""
+        cell = self._cell
+        if cell.system._on_loop_thread():
+            raise RuntimeError(
+                "ask_blocking() would deadlock on the trio thread: use `await ref.ask(msg)` "
+                "there, and keep ask_blocking() for plain threads"
+            )
+        return cell.system._threads.ask(cell, msg, timeout)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ActorRef) and other._cell is self._cell
+
+    def __hash__(self) -> int:
+        return id(self._cell)
