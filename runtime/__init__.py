@@ -23,6 +23,7 @@ from .monitor import ActorInfo, LoopHealth, TreeSnapshot
 from .ref import ActorRef
 from .supervisor import Backoff, ChildInfo, ChildSpec, Supervisor, child
 from .system import System, open_system, run
+from .threads import ThreadedSystem, start_in_thread
 
 __all__ = [
     "UNHANDLED",
@@ -50,6 +51,7 @@ __all__ = [
     "Supervisor",
     "System",
     "Terminated",
+    "ThreadedSystem",
     "Timer",
     "TreeSnapshot",
     "TroupeError",
@@ -57,4 +59,5 @@ __all__ = [
     "child",
     "open_system",
     "run",
+    "start_in_thread",
 ]

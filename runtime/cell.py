@@ -20,7 +20,7 @@ import trio
 from .actor import Actor, Context
 from .errors import ActorCrashed, ActorStopped, MailboxFull, UnhandledMessage
 from .mailbox import Mailbox, MailboxQueue
-from .messages import UNHANDLED, Ask, DeferredReply, ExitReason, Reply, Terminated
+from .messages import UNHANDLED, Ask, DeferredReply, ExitReason, ReplySlot, Terminated
 from .ref import ActorRef
 
 if TYPE_CHECKING:
@@ -67,7 +67,7 @@ class Control:
 
     op: str
     arg: Any
-    reply: Reply
+    reply: ReplySlot
 
 
 def crash_of(exc: BaseException) -> BaseException | None:
@@ -109,6 +109,7 @@ class Cell:
         self.path = path
         self.ref = ActorRef(self)
         self.mailbox = MailboxQueue(self._mailbox_spec(), self.drop)
+        self.mailbox.thread_gate = system._threads
         self.state = "starting"
         self.incarnation = 0
         self.restarts = 0
@@ -129,7 +130,7 @@ class Cell:
         self._kill_scope: trio.CancelScope | None = None
         self._done = trio.Event()
         self._done.set()
-        self._reply: Reply | None = None
+        self._reply: ReplySlot | None = None
         self._deferred: dict[DeferredReply, None] = {}
 
     def _mailbox_spec(self) -> Mailbox:
@@ -153,8 +154,8 @@ class Cell:
         if isinstance(item, Control):
             item.reply.fail(ActorStopped(f"{self.path} stopped before it could {item.op}"))
             return
-        if isinstance(item, ChildExited):
-            return  # bookkeeping for a supervisor that no longer exists
+        if isinstance(item, ChildExited) or (isinstance(item, Terminated) and reason == "stopped"):
+            return  # notices for an actor that is itself gone: nobody to tell
         msg = item.msg if type(item) is Ask else item
         self.dead_lettered += 1
         self.system._dead_letter(msg, reason, self.path)

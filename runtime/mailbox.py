@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import attrs
 import trio
@@ -49,6 +49,14 @@ class Mailbox:
 Drop = Callable[[Any, str], None]
 
 
+class ThreadRoom(Protocol):
+    """The foreign-thread gate, as a mailbox sees it."""
+
+    def reclaim(self, mailbox: MailboxQueue) -> int: ...
+
+    def room_freed(self, mailbox: MailboxQueue) -> None: ...
+
+
 class MailboxQueue:
     """The live queue behind a `Mailbox` spec: one consumer, many senders."""
 
@@ -60,7 +68,10 @@ class MailboxQueue:
         "closed",
         "high_water",
         "overflow",
+        "reserved",
         "system",
+        "thread_gate",
+        "threads_waiting",
         "user",
     )
 
@@ -74,6 +85,11 @@ class MailboxQueue:
         self._drop = drop
         self._waiter: trio.lowlevel.Task | None = None
         self._space = trio.lowlevel.ParkingLot()
+        # Room promised to foreign threads (see threads.py): counted as taken so
+        # that messages in flight from threads never push the queue past capacity.
+        self.reserved = 0
+        self.threads_waiting = False
+        self.thread_gate: ThreadRoom | None = None
 
     def __len__(self) -> int:
         return len(self.user)
@@ -85,7 +101,7 @@ class MailboxQueue:
             self._drop(item, "stopped")
             return
         user = self.user
-        if len(user) >= self.capacity:
+        if len(user) + self.reserved >= self.capacity and not self._reclaim():
             policy = self.overflow
             if policy == "drop_new":
                 self._drop(item, "overflow")
@@ -110,7 +126,7 @@ class MailboxQueue:
         """Enqueue, waiting for room if the policy is ``block``."""
         await trio.lowlevel.checkpoint_if_cancelled()
         if self.overflow == "block":
-            while len(self.user) >= self.capacity and not self.closed:
+            while not self.closed and not self.has_room() and not self._reclaim():
                 await self._space.park()
         self.put(item)
         await trio.lowlevel.cancel_shielded_checkpoint()
@@ -125,7 +141,28 @@ class MailboxQueue:
             self._wake()
 
     def has_room(self) -> bool:
-        return len(self.user) < self.capacity
+        return len(self.user) + self.reserved < self.capacity
+
+    def room(self) -> int:
+        return max(0, self.capacity - len(self.user) - self.reserved)
+
+    def _reclaim(self) -> bool:
+        """Take back room promised to threads but not used; True if there is room now."""
+        if self.reserved and self.thread_gate is not None:
+            self.reserved -= self.thread_gate.reclaim(self)
+        return len(self.user) + self.reserved < self.capacity
+
+    def put_reserved(self, item: Any) -> None:
+        """Enqueue a message from a thread that holds a reservation."""
+        self.reserved -= 1
+        if self.closed:
+            self._drop(item, "stopped")
+            return
+        self.user.append(item)
+        if len(self.user) > self.high_water:
+            self.high_water = len(self.user)
+        if self._waiter is not None:
+            self._wake()
 
     # -- the consumer ----------------------------------------------------
     def take(self) -> Any:
@@ -133,6 +170,9 @@ class MailboxQueue:
         item = self.user.popleft()
         if self._space:
             self._space.unpark()
+        if self.threads_waiting:
+            assert self.thread_gate is not None
+            self.thread_gate.room_freed(self)
         return item
 
     def wake(self) -> None:
@@ -164,6 +204,7 @@ class MailboxQueue:
     def close(self) -> list[Any]:
         """Refuse further messages; return what was queued (system lane first)."""
         self.closed = True
+        self.threads_waiting = False
         rest = [*self.system, *self.user]
         self.system.clear()
         self.user.clear()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import attrs
 import trio
@@ -37,6 +37,16 @@ class Terminated:
 
     ref: ActorRef
     reason: ExitReason
+
+
+class ReplySlot(Protocol):
+    """Where the answer to an ask goes: `Reply` on the loop, `ThreadReply` for threads."""
+
+    state: str
+
+    def send(self, value: Any) -> bool: ...
+
+    def fail(self, error: BaseException) -> bool: ...
 
 
 class Reply:
@@ -89,7 +99,7 @@ class Ask:
 
     __slots__ = ("msg", "reply")
 
-    def __init__(self, msg: Any, reply: Reply) -> None:
+    def __init__(self, msg: Any, reply: ReplySlot) -> None:
         self.msg = msg
         self.reply = reply
 
@@ -104,7 +114,7 @@ class DeferredReply:
 
     __slots__ = ("_done", "_reply")
 
-    def __init__(self, reply: Reply | None, done: Callable[[DeferredReply], None]) -> None:
+    def __init__(self, reply: ReplySlot | None, done: Callable[[DeferredReply], None]) -> None:
         self._reply = reply
         self._done = done
 

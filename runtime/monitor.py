@@ -6,6 +6,7 @@ import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+import attr
 import attrs
 import trio
 
@@ -124,7 +125,8 @@ class TreeSnapshot:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: plain dicts, lists, strings and numbers, same names as the attrs."""
-        return attrs.asdict(self, recurse=True, retain_collection_types=False)
+        # `attrs.asdict` always keeps tuples; the classic `attr.asdict` can turn them into lists.
+        return attr.asdict(self, recurse=True, retain_collection_types=False)
 
     def render(self) -> str:
         """A text tree, one actor a line."""

@@ -42,12 +42,18 @@ class ActorRef:
     def __repr__(self) -> str:
         return f"<ActorRef {self._cell.path}>"
 
-    def tell(self, msg: Any) -> None:
-        """Fire and forget.  Never waits on the loop thread; from another thread,
-        see `System` for how backpressure blocks that thread instead."""
+    def tell(self, msg: Any, *, timeout: float | None = None) -> None:
+        """Fire and forget, from the trio thread or any other thread.
+
+        On the trio thread it never waits: a full ``block`` mailbox raises
+        `MailboxFull` (use `send` to wait).  From another thread a full
+        ``block`` mailbox blocks *that* thread until there is room, or
+        `timeout` seconds, then `MailboxFull`; `RuntimeClosed` once the
+        system has stopped.
+        """
         cell = self._cell
         if not cell.system._on_loop_thread():
-            cell.system._threads.tell(cell, msg)
+            cell.system._threads.tell(cell, msg, timeout)
             return
         cell.mailbox.put(msg)
 

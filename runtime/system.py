@@ -101,6 +101,7 @@ class System:
         self.dead_letters.record(msg, reason, recipient)
 
     def _root_exited(self, reason: ExitReason) -> None:
+        self._threads.stopping()
         if isinstance(reason, BaseException):
             self._failure = reason
         if self._body_scope is not None:
@@ -166,6 +167,7 @@ class System:
     def stop(self) -> None:
         """Begin a graceful stop: children in reverse start order, then ``/system``."""
         if self.is_running:
+            self._threads.stopping()
             self._root.request_stop("shutdown")
 
     # -- running ---------------------------------------------------------
@@ -223,13 +225,20 @@ async def open_system(tree: Supervisor, *, name: str | None = None) -> AsyncIter
                     system.stop()
                     await system._root.wait_done()
             nursery.cancel_scope.cancel()
+            # Everything stops for good: what is still queued goes to dead letters,
+            # waiting asks fail, and threads still calling in get RuntimeClosed.
+            system._state = "closed"
+            system._root.finalize("shutdown")
+            system._threads.close()
     except BaseExceptionGroup as group:
         if system._failure is not None:
             raise system._failure from None
         raise _unwrap(group) from None
     finally:
-        system._state = "closed"
-        system._threads.close()
+        if system._state != "closed":
+            system._state = "closed"
+            system._root.finalize("shutdown")
+            system._threads.close()
         trio.lowlevel.remove_instrument(monitor)
     if system._failure is not None:
         raise system._failure

@@ -1,41 +1,380 @@
-"""The boundary with foreign threads (the only module that uses threading locks)."""
+"""The boundary with foreign threads: the only module that uses threading locks.
+
+Rule 3 of the design: a foreign thread never touches runtime state.  It
+appends to a small injection queue guarded by one `threading.Lock` and wakes
+the loop with `TrioToken.run_sync_soon`, once per batch.  The lock is never
+held across anything that can block (waiting on the condition releases it).
+
+Backpressure without touching mailboxes from threads: for a ``block`` or
+``fail`` mailbox a thread needs a *credit* before it may enqueue.  Credits are
+handed out by the loop thread, which reserves that much room in the mailbox
+(`MailboxQueue.reserved`), so messages in flight from threads are counted
+against capacity and can always be delivered in order.  A thread without
+credit asks the loop for some and waits; ``fail`` gets `MailboxFull` if the
+loop has no room, ``block`` waits until the actor frees some.
+"""
 
 from __future__ import annotations
 
 import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import trio
 
-from .errors import RuntimeClosed
+from .errors import ActorStopped, AskTimeout, MailboxFull, RuntimeClosed
+from .mailbox import MailboxQueue
+from .messages import Ask
 
 if TYPE_CHECKING:
     from .cell import Cell
+    from .monitor import TreeSnapshot
+    from .ref import ActorRef
+    from .supervisor import ChildInfo, ChildSpec, Supervisor
     from .system import System
+
+INJECT_CAPACITY = 65_536
+"""Messages from threads waiting for the loop to pick them up, at most."""
+
+GRANT_MAX = 1024
+"""Most credits the loop hands out per mailbox at a time."""
+
+
+class ThreadReply:
+    """What a thread in `ask_blocking` waits on.  Settled on the loop thread."""
+
+    __slots__ = ("_error", "_event", "_gate", "_on_late", "_value", "state")
+
+    def __init__(self, gate: ThreadGate, on_late: Callable[[Any], None]) -> None:
+        self._gate = gate
+        self._event = threading.Event()
+        self._value: Any = None
+        self._error: BaseException | None = None
+        self._on_late = on_late
+        self.state = "pending"
+
+    def send(self, value: Any) -> bool:
+        with self._gate._lock:
+            if self.state == "pending":
+                self._value = value
+                self.state = "done"
+                self._event.set()
+                return True
+            late = self.state == "abandoned"
+        if late:
+            self._on_late(value)
+        return False
+
+    def fail(self, error: BaseException) -> bool:
+        if isinstance(error, ActorStopped) and self._gate._stopping:
+            closed = RuntimeClosed("the actor system stopped before replying")
+            closed.__cause__ = error
+            error = closed
+        with self._gate._lock:
+            if self.state != "pending":
+                return False
+            self._error = error
+            self.state = "done"
+            self._event.set()
+            return True
+
+    def wait(self, deadline: float | None, what: str) -> Any:
+        remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+        self._event.wait(remaining)
+        with self._gate._lock:
+            if self.state != "done":
+                self.state = "abandoned"
+                raise AskTimeout(f"no reply to {what}")
+        if self._error is not None:
+            raise self._error
+        return self._value
 
 
 class ThreadGate:
+    """Carries tells and asks from foreign threads onto the trio thread."""
+
     def __init__(self, system: System) -> None:
         self._system = system
         self._lock = threading.Lock()
-        self._loop_thread: int | None = None
+        self._cond = threading.Condition(self._lock)
+        self._queue: deque[tuple[MailboxQueue, Any]] = deque()
+        self._wake_scheduled = False
+        self._credits: dict[MailboxQueue, int] = {}
+        self._wants: dict[MailboxQueue, None] = {}
+        self._round = 0
+        self._replies: set[ThreadReply] = set()
         self._token: trio.lowlevel.TrioToken | None = None
-        self._closed = True
+        self._loop_thread: int | None = None
+        self._open = False
+        self._stopping = False
+        self.wakeups = 0
+        self.delivered = 0
 
+    # -- lifecycle (loop thread) -----------------------------------------
     def on_loop_thread(self) -> bool:
         return threading.get_ident() == self._loop_thread
 
     def open(self, token: trio.lowlevel.TrioToken) -> None:
         self._token = token
         self._loop_thread = threading.get_ident()
-        self._closed = False
+        with self._lock:
+            self._open = True
+
+    def stopping(self) -> None:
+        """The system began to stop: asks it can no longer answer fail with RuntimeClosed."""
+        self._stopping = True
 
     def close(self) -> None:
+        """Refuse new calls and release every waiting thread with `RuntimeClosed`."""
+        self._stopping = True
         with self._lock:
-            self._closed = True
+            self._open = False
+            leftover = list(self._queue)
+            self._queue.clear()
+            replies = list(self._replies)
+            self._replies.clear()
+            self._credits.clear()
+            self._wants.clear()
+            self._cond.notify_all()
+        for mailbox, item in leftover:
+            mailbox.put_reserved(item) if self._holds_credit(mailbox) else mailbox.put(item)
+        for reply in replies:
+            reply.fail(RuntimeClosed("the actor system stopped before replying"))
 
-    def tell(self, cell: Cell, msg: Any) -> None:
-        raise RuntimeClosed("foreign-thread tell is not wired yet")
+    # -- the foreign side --------------------------------------------------
+    def tell(self, cell: Cell, msg: Any, timeout: float | None = None) -> None:
+        self._inject(cell.mailbox, msg, timeout, cell.path)
 
     def ask(self, cell: Cell, msg: Any, timeout: float | None) -> Any:
-        raise RuntimeClosed("foreign-thread ask is not wired yet")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        reply = ThreadReply(self, cell.late_reply)
+        with self._lock:
+            self._replies.add(reply)
+        try:
+            try:
+                self._inject(cell.mailbox, Ask(msg, reply), timeout, cell.path)
+            except MailboxFull as exc:
+                if cell.mailbox.overflow == "block":
+                    raise AskTimeout(
+                        f"{cell.path}'s mailbox stayed full for {timeout}s; "
+                        f"{type(msg).__name__} was not sent"
+                    ) from exc
+                raise
+            return reply.wait(deadline, f"{type(msg).__name__} from {cell.path} within {timeout}s")
+        finally:
+            with self._lock:
+                self._replies.discard(reply)
+
+    def _inject(self, mailbox: MailboxQueue, item: Any, timeout: float | None, path: str) -> None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        needs_credit = mailbox.overflow in ("block", "fail")
+        wake = False
+        with self._cond:
+            self._check_open()
+            while len(self._queue) >= INJECT_CAPACITY:
+                self._wait(deadline, f"the injection queue is full; {path} was not sent to")
+            if needs_credit:
+                self._take_credit(mailbox, deadline, path)
+            self._queue.append((mailbox, item))
+            if not self._wake_scheduled:
+                self._wake_scheduled = wake = True
+        if wake:
+            self._schedule()
+
+    def _check_open(self) -> None:
+        if not self._open:
+            raise RuntimeClosed(f"actor system {self._system.name!r} is not running")
+
+    def _wait(self, deadline: float | None, what: str) -> None:
+        """Wait on the condition (lock released meanwhile); MailboxFull past the deadline."""
+        remaining = None if deadline is None else deadline - time.monotonic()
+        if remaining is not None and remaining <= 0:
+            raise MailboxFull(what)
+        self._cond.wait(remaining)
+        self._check_open()
+
+    def _take_credit(self, mailbox: MailboxQueue, deadline: float | None, path: str) -> None:
+        while True:
+            credits = self._credits.get(mailbox, 0)
+            if credits:
+                self._credits[mailbox] = credits - 1
+                return
+            asked = self._round
+            if mailbox not in self._wants:
+                self._wants[mailbox] = None
+                if not self._wake_scheduled:
+                    self._wake_scheduled = True
+                    self._token_call(self._drain)
+            if mailbox.overflow == "fail":
+                while self._round == asked:  # wait for the loop's answer, not for room
+                    self._cond.wait()
+                    self._check_open()
+                if not self._credits.get(mailbox, 0):
+                    raise MailboxFull(f"mailbox of {path} is full (overflow='fail')")
+            else:
+                self._wait(deadline, f"mailbox of {path} stayed full (overflow='block')")
+
+    def _schedule(self) -> None:
+        try:
+            self._token_call(self._drain)
+        except RuntimeClosed:
+            with self._lock:
+                self._wake_scheduled = False
+            raise
+
+    def _token_call(self, fn: Callable[[], None]) -> None:
+        """Wake the loop (non-blocking; safe with or without the lock held)."""
+        assert self._token is not None
+        try:
+            self._token.run_sync_soon(fn)
+        except trio.RunFinishedError:
+            raise RuntimeClosed(f"actor system {self._system.name!r} is not running") from None
+
+    # -- the loop side ---------------------------------------------------
+    def _holds_credit(self, mailbox: MailboxQueue) -> bool:
+        return mailbox.overflow in ("block", "fail")
+
+    def _drain(self) -> None:
+        """Loop thread: deliver everything queued, then answer requests for credit."""
+        self.wakeups += 1
+        with self._lock:
+            items = self._queue
+            self._queue = deque()
+            wants = self._wants
+            self._wants = {}
+            self._wake_scheduled = False
+        for mailbox, item in items:
+            # put() cannot raise for the dropping policies, put_reserved() never does;
+            # an error here would take the whole trio run down, so deliver defensively.
+            if self._holds_credit(mailbox):
+                mailbox.put_reserved(item)
+            else:
+                mailbox.put(item)
+        self.delivered += len(items)
+        grants = [(mailbox, self._reserve(mailbox)) for mailbox in wants]
+        with self._lock:
+            for mailbox, granted in grants:
+                if granted:
+                    self._credits[mailbox] = self._credits.get(mailbox, 0) + granted
+                elif mailbox.overflow == "block" and not mailbox.closed:
+                    mailbox.threads_waiting = True  # room_freed() will grant later
+            self._round += 1
+            self._cond.notify_all()
+
+    def _reserve(self, mailbox: MailboxQueue) -> int:
+        if mailbox.closed:
+            return 1  # let the thread through: the message is dead-lettered as `stopped`
+        granted = min(mailbox.room(), GRANT_MAX)
+        mailbox.reserved += granted
+        return granted
+
+    def room_freed(self, mailbox: MailboxQueue) -> None:
+        """Loop thread, from `MailboxQueue.take`: grant room to threads blocked on it."""
+        low_water = max(1, min(GRANT_MAX, mailbox.capacity // 4))
+        if mailbox.room() < low_water:
+            return
+        mailbox.threads_waiting = False
+        granted = self._reserve(mailbox)
+        with self._lock:
+            self._credits[mailbox] = self._credits.get(mailbox, 0) + granted
+            self._cond.notify_all()
+
+    def reclaim(self, mailbox: MailboxQueue) -> int:
+        """Loop thread: take back credits no thread is using (the loop needs the room)."""
+        with self._lock:
+            return self._credits.pop(mailbox, 0)
+
+
+class ThreadedSystem:
+    """A handle on a system running in a background thread; every method is thread-safe."""
+
+    def __init__(self, system: System, token: trio.lowlevel.TrioToken) -> None:
+        self._system = system
+        self._token = token
+
+    @property
+    def name(self) -> str:
+        return self._system.name
+
+    def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        try:
+            return trio.from_thread.run_sync(fn, *args, trio_token=self._token)
+        except trio.RunFinishedError:
+            raise RuntimeClosed(f"actor system {self.name!r} is not running") from None
+
+    def _acall(self, fn: Callable[..., Any], *args: Any) -> Any:
+        try:
+            return trio.from_thread.run(fn, *args, trio_token=self._token)
+        except trio.RunFinishedError:
+            raise RuntimeClosed(f"actor system {self.name!r} is not running") from None
+
+    def ref(self, path: str) -> ActorRef:
+        return self._call(self._system.ref, path)  # type: ignore[no-any-return]
+
+    def snapshot(self) -> TreeSnapshot:
+        return self._call(self._system.snapshot)  # type: ignore[no-any-return]
+
+    def which_children(self, path: str) -> list[ChildInfo]:
+        return self._call(self._system.which_children, path)  # type: ignore[no-any-return]
+
+    def start_child(self, parent: str, spec: ChildSpec | Supervisor) -> ActorRef:
+        return self._acall(self._system.start_child, parent, spec)  # type: ignore[no-any-return]
+
+    def terminate_child(self, path: str) -> None:
+        self._acall(self._system.terminate_child, path)
+
+    def stop(self) -> None:
+        """Begin a graceful stop (returns at once; leaving the `with` block waits for it)."""
+        try:
+            self._call(self._system.stop)
+        except RuntimeClosed:
+            pass
+
+
+@contextmanager
+def start_in_thread(
+    tree: Supervisor, *, name: str | None = None, start_timeout: float = 30.0
+) -> Iterator[ThreadedSystem]:
+    """Run `tree` on a background thread for plain synchronous programs.
+
+    Leaving the ``with`` block stops the system gracefully and joins the
+    thread; an error inside the runtime (e.g. `RestartIntensityExceeded`, or
+    a child failing to start) is raised in the calling thread.
+    """
+    from .system import open_system
+
+    ready = threading.Event()
+    box: dict[str, Any] = {}
+
+    async def main() -> None:
+        async with open_system(tree, name=name) as system:
+            box["handle"] = ThreadedSystem(system, trio.lowlevel.current_trio_token())
+            ready.set()
+            await trio.sleep_forever()
+
+    def target() -> None:
+        try:
+            trio.run(main)
+        except BaseException as exc:  # carried to the caller's thread
+            box["error"] = exc
+        finally:
+            ready.set()
+
+    thread = threading.Thread(target=target, name=f"troupe:{name or tree.name}", daemon=True)
+    thread.start()
+    if not ready.wait(start_timeout):
+        raise RuntimeError(f"the actor system did not start within {start_timeout}s")
+    if "handle" not in box:
+        thread.join()
+        raise box["error"]
+    handle: ThreadedSystem = box["handle"]
+    try:
+        yield handle
+    finally:
+        handle.stop()
+        thread.join()
+        if "error" in box:
+            raise box["error"]
