@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -68,6 +69,9 @@ def _import(script: str) -> ModuleType:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     tree = load_tree(args.target)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     try:
         run(tree, name=args.name)
     except KeyboardInterrupt:
