@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import trio
@@ -10,6 +11,7 @@ import trio
 from .messages import UNHANDLED, DeferredReply, ExitReason
 
 if TYPE_CHECKING:
+    from .bus import Event
     from .cell import Cell
     from .mailbox import Mailbox
     from .ref import ActorRef
@@ -28,6 +30,7 @@ class Actor:
     """Default mailbox for this class; a child spec's ``mailbox=`` overrides it."""
 
     subscriptions: ClassVar[tuple[str, ...]] = ()
+    """Bus patterns this actor is subscribed to at every (re)start."""
 
     _troupe_ctx: Context | None = None
 
@@ -97,6 +100,47 @@ class Context:
     def nursery(self) -> trio.Nursery:
         """For background tasks that die with this incarnation (an error in one crashes it)."""
         return self._nursery
+
+    async def publish(
+        self, topic: str, payload: Any = None, *, correlation_id: str | None = None, **metadata: Any
+    ) -> int:
+        """Publish on the bus; waits while a ``block`` subscriber's mailbox is full.
+
+        Returns the number of subscribers it was delivered to.
+        """
+        return await self._cell.system.bus.publish(
+            topic, payload, source=self.path, correlation_id=correlation_id, metadata=metadata
+        )
+
+    def publish_nowait(
+        self, topic: str, payload: Any = None, *, correlation_id: str | None = None, **metadata: Any
+    ) -> int:
+        """Publish without waiting: a full ``block`` subscriber gets it dead-lettered."""
+        return self._cell.system.bus.publish_nowait(
+            topic, payload, source=self.path, correlation_id=correlation_id, metadata=metadata
+        )
+
+    def subscribe(
+        self,
+        pattern: str,
+        *,
+        once: bool = False,
+        filter: Callable[[Event], bool] | None = None,
+        replay: int = 0,
+    ) -> None:
+        """Receive events matching `pattern` (NATS syntax: ``a.*``, ``a.>``) in `receive`.
+
+        `once`: only the next matching event; `filter(event) -> bool`;
+        `replay=N`: first the last N matching events from history.  The
+        subscription lasts until `unsubscribe` or the actor stops for good.
+        """
+        self._cell.system.bus.subscribe_cell(
+            self._cell, pattern, once=once, filter=filter, replay=replay
+        )
+
+    def unsubscribe(self, pattern: str) -> bool:
+        """Drop the subscription to exactly `pattern`; False if there was none."""
+        return self._cell.system.bus.unsubscribe_cell(self._cell, pattern)
 
     def defer_reply(self) -> DeferredReply:
         """Answer the message in hand later; `receive`'s return value is then ignored."""

@@ -132,6 +132,8 @@ class Cell:
         self._done.set()
         self._reply: ReplySlot | None = None
         self._deferred: dict[DeferredReply, None] = {}
+        self._interrupted: Any = _IDLE  # the message in hand when receive was cancelled
+        self._noted: BaseException | None = None  # a crash already counted by _loop
 
     def _mailbox_spec(self) -> Mailbox:
         spec = self.spec.mailbox
@@ -231,6 +233,7 @@ class Cell:
         self.final_reason = reason
         self.state = "stopped"
         self.system._unregister(self)
+        self.system.bus.drop_all(self)
         for item in self.mailbox.close():
             self.drop(item, "stopped")
         for target in self.watching:
@@ -240,6 +243,14 @@ class Cell:
         for watcher in watchers:
             watcher.watching.pop(self, None)
             watcher.mailbox.put_system(Terminated(self.ref, reason))
+        self.lifecycle_event("stopped", reason=describe(reason))
+
+    def lifecycle_event(self, what: str, **details: Any) -> None:
+        """Publish ``system.actor.<what>`` for this slot (runtime listeners use ``system.>``)."""
+        if self.system.is_running:
+            self.system.bus.system_event(
+                f"system.actor.{what}", {"path": self.path, "kind": self.kind, **details}
+            )
 
     # -- one incarnation -------------------------------------------------
     def _begin(self) -> int:
@@ -267,9 +278,16 @@ class Cell:
             self.state = "failed" if isinstance(reason, BaseException) else "stopped"
         self._done.set()
 
+    def _drop_interrupted(self, reason: str, cause: BaseException | None = None) -> None:
+        item, self._interrupted = self._interrupted, _IDLE
+        if item is not _IDLE:
+            self.drop(item, reason, cause)
+
     def _record_error(self, exc: BaseException, during: str) -> None:
         self.last_error = ErrorInfo.of(exc)
         log.error("%s %s: %s", self.path, during, describe(exc), exc_info=exc)
+        if during != "failed in on_stop":
+            self.lifecycle_event("crashed", error=describe(exc), during=during)
 
     def _report(self, incarnation: int, reason: ExitReason) -> None:
         if self.parent is not None:
@@ -299,10 +317,13 @@ class Cell:
                     async with trio.open_nursery() as nursery:
                         actor._troupe_ctx = Context(self, nursery)
                         self.actor = actor
+                        for pattern in type(actor).subscriptions:
+                            self.system.bus.subscribe_cell(self, pattern)
                         await actor.on_start()
                         started = True
                         self.state = "running"
                         self.started_at = trio.current_time()
+                        self.lifecycle_event("started", incarnation=incarnation)
                         task_status.started(None)
                         reason = await self._loop(actor)
                         nursery.cancel_scope.cancel()
@@ -315,8 +336,12 @@ class Cell:
                         self._record_error(crash, "failed to start")
                         task_status.started(crash)
                         return
-                    self.failed += 1
-                    self._record_error(crash, "crashed")
+                    if self._noted is None:  # not yet counted by _loop
+                        self.failed += 1
+                        self._record_error(crash, "crashed")
+                    self._noted = None
+                    # e.g. a task in ctx.nursery failed while receive was awaiting
+                    self._drop_interrupted("crashed", crash)
                     self._arm_shutdown_timeout()
                 self.state = "stopping"
                 assert actor is not None
@@ -328,6 +353,7 @@ class Cell:
                 reason = "killed"
                 log.warning("%s did not stop within its shutdown timeout: cancelled", self.path)
         finally:
+            self._drop_interrupted("stopped")
             self._end(reason)
         if not started:
             task_status.started(ActorStopped(f"{self.path} was stopped while starting"))
@@ -367,8 +393,15 @@ class Cell:
             except BaseException as exc:
                 crash = crash_of(exc)
                 if crash is None:
-                    self.drop(item, "stopped")
+                    # Cancelled: a stop past its timeout, or a crash elsewhere in this
+                    # incarnation; `run` accounts for the message once it knows which.
+                    self._interrupted = item
                 else:
+                    # Count it before the asker wakes up, so that what the asker sees
+                    # next (a snapshot) already shows the crash.
+                    self.failed += 1
+                    self._record_error(crash, "crashed")
+                    self._noted = crash
                     self.drop(item, "crashed", crash)
                 raise
             self.current = _IDLE

@@ -84,10 +84,14 @@ class Reply:
         return True
 
     async def wait(self, deadline: float, what: str) -> Any:
-        with trio.move_on_at(deadline):
-            await self._event.wait()
+        try:
+            with trio.move_on_at(deadline):
+                await self._event.wait()
+        finally:
+            if self.state == "pending":
+                # timed out, or the asker was cancelled: a reply from now on is late
+                self.state = "abandoned"
         if self.state != "done":
-            self.state = "abandoned"
             raise AskTimeout(f"no reply to {what}")
         if self._error is not None:
             raise self._error

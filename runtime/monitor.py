@@ -185,7 +185,7 @@ def describe_cell(cell: Cell, now: float) -> ActorInfo:
         current_for=now - cell.current_since if busy else None,
         last_error=cell.last_error,
         uptime=now - cell.started_at if cell.running and cell.started_at is not None else None,
-        subscriptions=(),
+        subscriptions=cell.system.bus.patterns_of(cell),
         stats=stats,
         children=children,
     )

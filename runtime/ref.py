@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from threading import get_ident
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -52,7 +53,7 @@ class ActorRef:
         system has stopped.
         """
         cell = self._cell
-        if not cell.system._on_loop_thread():
+        if get_ident() != cell.system._loop_thread:
             cell.system._threads.tell(cell, msg, timeout)
             return
         cell.mailbox.put(msg)
@@ -72,14 +73,19 @@ class ActorRef:
             raise ActorStopped(f"{cell.path} has stopped; cannot ask it {type(msg).__name__}")
         deadline = trio.current_time() + timeout if timeout is not None else float("inf")
         reply = Reply(cell.late_reply)
-        with trio.move_on_at(deadline) as scope:
-            await cell.mailbox.put_wait(Ask(msg, reply))
-        if scope.cancelled_caught:  # cancelled only before the message was enqueued
-            reply.state = "abandoned"
-            raise AskTimeout(
-                f"{cell.path}'s mailbox stayed full for {timeout:g}s; "
-                f"{type(msg).__name__} was not sent"
-            )
+        item = Ask(msg, reply)
+        mailbox = cell.mailbox
+        if mailbox.overflow != "block" or mailbox.has_room():
+            mailbox.put(item)  # the fast path; waiting for the reply is the checkpoint
+        else:
+            with trio.move_on_at(deadline) as scope:
+                await mailbox.put_wait(item)
+            if scope.cancelled_caught:  # cancelled only before the message was enqueued
+                reply.state = "abandoned"
+                raise AskTimeout(
+                    f"{cell.path}'s mailbox stayed full for {timeout:g}s; "
+                    f"{type(msg).__name__} was not sent"
+                )
         return await reply.wait(
             deadline, f"{type(msg).__name__} from {cell.path} within {timeout}s"
         )

@@ -247,6 +247,9 @@ class SupervisorCell(Cell):
         self, *, task_status: trio.TaskStatus[BaseException | None] = trio.TASK_STATUS_IGNORED
     ) -> None:
         incarnation = self._begin()
+        # The restart history belongs to the incarnation (as in OTP): a supervisor
+        # restarted by its parent tolerates max_restarts again.
+        self._restart_times.clear()
         reason: Any = "shutdown"
         started = False
         try:
@@ -282,6 +285,11 @@ class SupervisorCell(Cell):
         finally:
             self._nursery = None
             self._pending.clear()
+            # Dynamic children end with this incarnation (they are not re-created):
+            # release them now, not when (or if) this supervisor is restarted.
+            for cell in reversed(self.children):
+                if cell in self.dynamic:
+                    self._remove(cell, "shutdown")
             self._end(reason)
         if not started:
             task_status.started(RuntimeError(f"{self.path} was stopped while starting"))

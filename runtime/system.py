@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import itertools
+import logging
 import random
 import signal
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
 import trio
 import trio.testing
 
+from .bus import Bus, BusActor, CallbackSubscriber, Event, PublishRequest
 from .cell import Cell
 from .deadletters import DeadLetterOffice, DeadLetters
 from .errors import ActorNotFound, RuntimeClosed
@@ -22,14 +25,36 @@ from .supervisor import ChildInfo, ChildSpec, Supervisor, SupervisorCell, child
 from .threads import ThreadGate
 
 RESERVED = "system"
+log = logging.getLogger("troupe")
 
 
 def _system_tree() -> Supervisor:
     return Supervisor(
         RESERVED,
         strategy="one_for_one",
-        children=[child(DeadLetters, name="deadletters")],
+        children=[
+            child(DeadLetters, name="deadletters"),
+            child(BusActor, name="bus"),
+            # bus.subscribe() callbacks run here; they never crash, so restarts are rare
+            Supervisor("callbacks", strategy="one_for_one", max_restarts=100, within=1.0),
+        ],
     )
+
+
+class _NoReply:
+    """A reply slot for requests whose outcome nobody awaits (it is logged instead)."""
+
+    state = "pending"
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+
+    def send(self, value: Any) -> bool:
+        return True
+
+    def fail(self, error: BaseException) -> bool:
+        log.error("%s failed: %s", self.what, error)
+        return True
 
 
 class System:
@@ -49,12 +74,16 @@ class System:
         self.tree = tree
         self.name = name or tree.name
         self.dead_letters = DeadLetterOffice()
+        self.bus = Bus(self)
+        self._bus_cell: Cell | None = None
+        self._callback_ids = itertools.count(1)
         self._cells: dict[str, Cell] = {}
         self._rng = random.Random()
         self._state = "new"  # -> running -> closed
         self._failure: BaseException | None = None
         self._body_scope: trio.CancelScope | None = None
         self._loop_monitor: LoopMonitor | None = None
+        self._loop_thread: int | None = None  # ident of the trio thread, once running
         self._threads = ThreadGate(self)
         root_spec = Supervisor("root", strategy="one_for_one", children=[_system_tree(), tree])
         self._root = SupervisorCell(self, None, root_spec, "/", root=True)
@@ -79,6 +108,8 @@ class System:
         else:
             cell = Cell(self, parent, spec, path)
         self._register(cell)
+        if path == f"/{RESERVED}/bus":
+            self._bus_cell = cell
         return cell
 
     def _lookup(self, path: str) -> Cell:
@@ -99,6 +130,28 @@ class System:
     # -- internal hooks used by cells -----------------------------------
     def _dead_letter(self, msg: Any, reason: str, recipient: str) -> None:
         self.dead_letters.record(msg, reason, recipient)
+        if self.is_running:
+            self.bus.dead_letter_event(msg, reason, recipient)
+
+    def _adopt_callback(self, fn: Callable[[Event], Any]) -> Cell:
+        """Make the actor that runs a bus callback; it starts as soon as its supervisor can."""
+        from .cell import Control
+
+        parent = self._cells.get(f"/{RESERVED}/callbacks")
+        if not isinstance(parent, SupervisorCell) or not self.is_running:
+            raise RuntimeClosed(f"system {self.name!r} is not running: cannot subscribe callbacks")
+        label = getattr(fn, "__name__", "callback").strip("<>") or "callback"
+        name = f"{label}-{next(self._callback_ids)}"
+        cell = self._new_cell(child(CallbackSubscriber, name=name, args=(fn,)), parent)
+        parent.mailbox.put_system(Control("adopt", cell, _NoReply(f"starting callback {name}")))
+        return cell
+
+    def _release_callback(self, cell: Cell) -> None:
+        from .cell import Control
+
+        if cell.parent is not None:
+            what = f"stopping callback {cell.name}"
+            cell.parent.mailbox.put_system(Control("terminate_child", cell, _NoReply(what)))
 
     def _root_exited(self, reason: ExitReason) -> None:
         self._threads.stopping()
@@ -164,6 +217,34 @@ class System:
         cell.mailbox.put_system(Control(op, arg, reply))
         return await reply.wait(float("inf"), f"{op} at {cell.path}")
 
+    def publish(
+        self,
+        topic: str,
+        payload: Any = None,
+        *,
+        correlation_id: str | None = None,
+        **metadata: Any,
+    ) -> int:
+        """Publish an event; callable from the trio thread and from any other thread.
+
+        On the trio thread it never waits (like `ctx.publish_nowait`).  From a
+        foreign thread it goes through the bus actor's mailbox, blocks that
+        thread while subscribers' ``block`` mailboxes are full, and returns
+        once delivered.  Returns the number of subscribers delivered to.
+        """
+        if self._on_loop_thread():
+            return self.bus.publish_nowait(
+                topic, payload, correlation_id=correlation_id, metadata=metadata
+            )
+        from .bus import check_topic
+
+        check_topic(topic)
+        bus = self._bus_cell
+        if bus is None:
+            raise RuntimeClosed(f"system {self.name!r} is not running")
+        request = PublishRequest(topic, payload, correlation_id, dict(metadata))
+        return self._threads.ask(bus, request, None)  # type: ignore[no-any-return]
+
     def stop(self) -> None:
         """Begin a graceful stop: children in reverse start order, then ``/system``."""
         if self.is_running:
@@ -213,6 +294,7 @@ async def open_system(tree: Supervisor, *, name: str | None = None) -> AsyncIter
     try:
         async with trio.open_nursery() as nursery:
             system._threads.open(trio.lowlevel.current_trio_token())
+            system._loop_thread = threading.get_ident()
             system._state = "running"
             if not isinstance(trio.lowlevel.current_clock(), trio.testing.MockClock):
                 nursery.start_soon(monitor.probe, name="troupe loop probe")

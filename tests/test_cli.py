@@ -120,7 +120,9 @@ def test_a_failing_tree_exits_non_zero_and_says_why(script: pathlib.Path) -> Non
     assert "/failing" in err
 
 
-def test_bad_targets_get_clear_errors(script: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_targets_get_clear_errors(
+    script: pathlib.Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert runtime.cli.main(["run", f"{script}:missing"]) == 2
     assert "has no 'missing'" in capsys.readouterr().err
     assert runtime.cli.main(["run", f"{script}:not_a_tree"]) == 2

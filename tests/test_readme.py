@@ -21,9 +21,7 @@ def test_readme_has_snippets() -> None:
 def test_readme_snippet_runs(code: str, tmp_path: pathlib.Path) -> None:
     script = tmp_path / "snippet.py"
     script.write_text(code)
-    done = subprocess.run(
-        [sys.executable, str(script)], capture_output=True, text=True, timeout=60
-    )
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     # `print(...)  # 13` in a snippet promises that 13 is printed
     promised = re.findall(r"print\(.*\)\s*#\s*(\S+)", code)

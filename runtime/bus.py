@@ -1,0 +1,615 @@
+"""The event bus: topic pub/sub with NATS-style patterns, history and stats.
+
+All of it lives on the trio thread (rule 1).  An async `publish` holds a
+`trio.Lock` while it awaits room in a subscriber's ``block`` mailbox, so
+concurrent publishers cannot interleave and every subscriber sees one total
+order (rule 2).  `publish_nowait` never waits: if the lock is held it queues
+the event behind the current one (bounded), and a full ``block`` mailbox gets
+the event dead-lettered as ``overflow``.  Threads publish through the bus
+actor's mailbox (`System.publish`), so they get the same backpressure as a
+foreign `tell`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any
+
+import attrs
+import trio
+
+from .actor import Actor
+from .errors import MailboxFull
+from .messages import UNHANDLED
+
+if TYPE_CHECKING:
+    from .cell import Cell
+    from .system import System
+
+log = logging.getLogger("troupe.bus")
+
+HISTORY = 1000
+BACKLOG = 10_000
+TOPIC_STATS = 10_000
+MATCH_CACHE = 4096
+
+
+def _segments(text: object, what: str) -> tuple[str, ...]:
+    if not isinstance(text, str):
+        raise ValueError(f"a {what} is a dot-separated string like 'training.done', got {text!r}")
+    parts = tuple(text.split("."))
+    if not text or any(not part or part != part.strip() or " " in part for part in parts):
+        raise ValueError(
+            f"invalid {what} {text!r}: segments are non-empty, dot-separated and contain no spaces"
+        )
+    return parts
+
+
+def check_topic(topic: object) -> tuple[str, ...]:
+    """Validate a topic to publish on: no wildcards."""
+    parts = _segments(topic, "topic")
+    for part in parts:
+        if "*" in part or ">" in part:
+            raise ValueError(
+                f"invalid topic {topic!r}: wildcards '*' and '>' belong in subscription "
+                "patterns, not in published topics"
+            )
+    return parts
+
+
+def check_pattern(pattern: object) -> tuple[str, ...]:
+    """Validate a NATS-style pattern: ``*`` is one whole segment, ``>`` the last one."""
+    parts = _segments(pattern, "pattern")
+    for i, part in enumerate(parts):
+        if part in ("*", ">"):
+            if part == ">" and i != len(parts) - 1:
+                raise ValueError(f"invalid pattern {pattern!r}: '>' must be the last segment")
+        elif "*" in part or ">" in part:
+            raise ValueError(
+                f"invalid pattern {pattern!r}: a wildcard must be a whole segment ('a.*', not 'a*')"
+            )
+    return parts
+
+
+def matches(pattern: str, topic: str) -> bool:
+    """Does `topic` match `pattern`? (The slow, obvious definition; the index is faster.)"""
+    pat = check_pattern(pattern)
+    top = check_topic(topic)
+    for i, part in enumerate(pat):
+        if part == ">":
+            return len(top) > i
+        if i >= len(top) or (part != "*" and part != top[i]):
+            return False
+    return len(top) == len(pat)
+
+
+@attrs.frozen
+class Event:
+    """One published event.  `source` is the publisher's path, or ``"thread"``."""
+
+    topic: str
+    payload: Any = None
+    source: str = "system"
+    id: int = 0
+    timestamp: float = 0.0
+    correlation_id: str | None = None
+    metadata: Mapping[str, Any] = attrs.field(factory=dict)
+
+
+class Subscription:
+    """One pattern of one subscriber: an actor's mailbox or a stream's channel."""
+
+    __slots__ = (
+        "_seq",
+        "cell",
+        "channel",
+        "delivered",
+        "dropped",
+        "filter",
+        "once",
+        "pattern",
+        "segments",
+    )
+
+    def __init__(
+        self,
+        pattern: str,
+        *,
+        cell: Cell | None = None,
+        channel: trio.MemorySendChannel[Event] | None = None,
+        once: bool = False,
+        filter: Callable[[Event], bool] | None = None,
+        seq: int = 0,
+    ) -> None:
+        self.pattern = pattern
+        self.segments = check_pattern(pattern)
+        self.cell = cell
+        self.channel = channel
+        self.once = once
+        self.filter = filter
+        self.delivered = 0
+        self.dropped = 0
+        self._seq = seq
+
+    @property
+    def subscriber(self) -> str:
+        return self.cell.path if self.cell is not None else f"stream:{self.pattern}"
+
+
+class _Node:
+    __slots__ = ("children", "here", "star", "tail")
+
+    def __init__(self) -> None:
+        self.children: dict[str, _Node] = {}
+        self.star: _Node | None = None
+        self.here: list[Subscription] = []  # patterns ending at this node
+        self.tail: list[Subscription] = []  # patterns ending in '>' below this node
+
+
+class PatternIndex:
+    """A trie of subscription patterns: matching walks the topic, not every subscription."""
+
+    def __init__(self) -> None:
+        self._root = _Node()
+        self._cache: dict[str, list[Subscription]] = {}
+        self.count = 0
+
+    def add(self, sub: Subscription) -> None:
+        node = self._root
+        for part in sub.segments:
+            if part == ">":
+                node.tail.append(sub)
+                break
+            if part == "*":
+                if node.star is None:
+                    node.star = _Node()
+                node = node.star
+            else:
+                nxt = node.children.get(part)
+                if nxt is None:
+                    nxt = node.children[part] = _Node()
+                node = nxt
+        else:
+            node.here.append(sub)
+        self.count += 1
+        self._cache.clear()
+
+    def remove(self, sub: Subscription) -> None:
+        path: list[tuple[_Node, str]] = []
+        node = self._root
+        for part in sub.segments:
+            if part == ">":
+                node.tail.remove(sub)
+                break
+            nxt = node.star if part == "*" else node.children.get(part)
+            assert nxt is not None
+            path.append((node, part))
+            node = nxt
+        else:
+            node.here.remove(sub)
+        self.count -= 1
+        self._cache.clear()
+        # prune empty branches so that churn does not leak nodes
+        for parent, part in reversed(path):
+            child = parent.star if part == "*" else parent.children[part]
+            assert child is not None
+            if child.here or child.tail or child.children or child.star is not None:
+                break
+            if part == "*":
+                parent.star = None
+            else:
+                del parent.children[part]
+
+    def match(self, topic: str, segments: tuple[str, ...]) -> list[Subscription]:
+        found = self._cache.get(topic)
+        if found is not None:
+            return found
+        found = []
+        self._walk(self._root, segments, 0, found)
+        if len(found) > 1:
+            found.sort(key=lambda sub: sub._seq)
+        if len(self._cache) >= MATCH_CACHE:
+            self._cache.clear()
+        self._cache[topic] = found
+        return found
+
+    def _walk(
+        self, node: _Node, segments: tuple[str, ...], i: int, out: list[Subscription]
+    ) -> None:
+        if i == len(segments):
+            out.extend(node.here)
+            return
+        if node.tail:
+            out.extend(node.tail)
+        nxt = node.children.get(segments[i])
+        if nxt is not None:
+            self._walk(nxt, segments, i + 1, out)
+        if node.star is not None:
+            self._walk(node.star, segments, i + 1, out)
+
+
+class Bus:
+    """The router: subscriptions, delivery, history and stats (``system.bus``)."""
+
+    def __init__(self, system: System, history: int = HISTORY) -> None:
+        self._system = system
+        self._index = PatternIndex()
+        self._by_cell: dict[Cell, dict[str, Subscription]] = {}
+        self._streams: set[Subscription] = set()
+        self._history: deque[Event] = deque(maxlen=history)
+        self._lock = trio.Lock()
+        self._backlog: deque[Event] = deque()
+        self._ids = itertools.count(1)
+        self._seq = itertools.count()
+        self._callbacks: dict[Callable[..., Any], Cell] = {}
+        self.published = 0
+        self.delivered = 0
+        self.dropped = 0
+        self._topics: dict[str, int] = {}
+        self._publishing_deadletter = False
+
+    # -- subscriptions ---------------------------------------------------
+    def subscribe_cell(
+        self,
+        cell: Cell,
+        pattern: str,
+        *,
+        once: bool = False,
+        filter: Callable[[Event], bool] | None = None,
+        replay: int = 0,
+    ) -> Subscription:
+        """Subscribe an actor; subscribing the same pattern again replaces the options."""
+        mine = self._by_cell.setdefault(cell, {})
+        old = mine.get(pattern)
+        if old is not None:
+            self._index.remove(old)
+        sub = Subscription(pattern, cell=cell, once=once, filter=filter, seq=next(self._seq))
+        mine[pattern] = sub
+        self._index.add(sub)
+        if replay:
+            self._replay(sub, replay)
+        return sub
+
+    def unsubscribe_cell(self, cell: Cell, pattern: str) -> bool:
+        mine = self._by_cell.get(cell)
+        sub = mine.pop(pattern, None) if mine else None
+        if sub is None:
+            return False
+        self._index.remove(sub)
+        if not mine:
+            self._by_cell.pop(cell, None)
+        return True
+
+    def drop_all(self, cell: Cell) -> None:
+        """The actor stopped for good: its subscriptions go with it."""
+        for sub in self._by_cell.pop(cell, {}).values():
+            self._index.remove(sub)
+
+    def patterns_of(self, cell: Cell) -> tuple[str, ...]:
+        return tuple(self._by_cell.get(cell, ()))
+
+    def _replay(self, sub: Subscription, n: int) -> None:
+        hits = [e for e in self._history if matches(sub.pattern, e.topic)][-n:]
+        for event in hits:
+            self._deliver_nowait(sub, event)
+
+    # -- publishing ------------------------------------------------------
+    def _event(
+        self,
+        topic: str,
+        payload: Any,
+        source: str,
+        correlation_id: str | None,
+        metadata: Mapping[str, Any] | None,
+    ) -> Event:
+        return Event(
+            topic=topic,
+            payload=payload,
+            source=source,
+            id=next(self._ids),
+            timestamp=time.time(),
+            correlation_id=correlation_id,
+            metadata=dict(metadata or {}),
+        )
+
+    def _record(self, event: Event) -> None:
+        self.published += 1
+        self._history.append(event)
+        topics = self._topics
+        key = event.topic if (event.topic in topics or len(topics) < TOPIC_STATS) else "(other)"
+        topics[key] = topics.get(key, 0) + 1
+
+    async def publish(
+        self,
+        topic: str,
+        payload: Any = None,
+        *,
+        source: str = "system",
+        correlation_id: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> int:
+        """Deliver to every matching subscriber, waiting for room in ``block`` mailboxes.
+
+        Returns how many subscribers it was delivered to.
+        """
+        segments = check_topic(topic)
+        await trio.lowlevel.checkpoint_if_cancelled()
+        async with self._lock:
+            event = self._event(topic, payload, source, correlation_id, metadata)
+            self._record(event)
+            count = 0
+            for sub in list(self._index.match(topic, segments)):
+                if await self._deliver(sub, event):
+                    count += 1
+            self._drain_backlog()
+            return count
+
+    def publish_nowait(
+        self,
+        topic: str,
+        payload: Any = None,
+        *,
+        source: str = "system",
+        correlation_id: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> int:
+        """Deliver without waiting; a full ``block`` mailbox gets it dead-lettered (overflow).
+
+        While an async publish is waiting for room, the event is queued right
+        behind it (keeping one total order) and the number of matching
+        subscribers is returned.
+        """
+        segments = check_topic(topic)
+        event = self._event(topic, payload, source, correlation_id, metadata)
+        if self._lock.locked():
+            if len(self._backlog) >= BACKLOG:
+                self._record(event)
+                subs = self._index.match(topic, segments)
+                for sub in subs:
+                    self._drop(sub, event)
+                return 0
+            self._backlog.append(event)
+            return len(self._index.match(topic, segments))
+        return self._publish_now(event, segments)
+
+    def _publish_now(self, event: Event, segments: tuple[str, ...]) -> int:
+        self._record(event)
+        count = 0
+        for sub in list(self._index.match(event.topic, segments)):
+            if self._deliver_nowait(sub, event):
+                count += 1
+        return count
+
+    def _drain_backlog(self) -> None:
+        while self._backlog:
+            event = self._backlog.popleft()
+            self._publish_now(event, check_topic(event.topic))
+
+    def _accepts(self, sub: Subscription, event: Event) -> bool:
+        if sub.filter is None:
+            return True
+        try:
+            return bool(sub.filter(event))
+        except Exception:
+            log.exception("filter of %s on %r raised; event skipped", sub.subscriber, sub.pattern)
+            return False
+
+    async def _deliver(self, sub: Subscription, event: Event) -> bool:
+        if sub.cell is not None and sub.cell.mailbox.overflow == "block":
+            if not self._accepts(sub, event):
+                return False
+            mailbox = sub.cell.mailbox
+            if not mailbox.has_room():
+                await mailbox.put_wait(event)
+            else:
+                mailbox.put(event)
+            self._delivered(sub)
+            return True
+        return self._deliver_nowait(sub, event)
+
+    def _deliver_nowait(self, sub: Subscription, event: Event) -> bool:
+        if not self._accepts(sub, event):
+            return False
+        if sub.cell is not None:
+            mailbox = sub.cell.mailbox
+            if mailbox.overflow in ("block", "fail") and not mailbox.has_room():
+                self._drop(sub, event)
+                return False
+            dropped_before = sub.cell.dead_lettered
+            mailbox.put(event)  # drop_new / drop_old dead-letter by themselves
+            if mailbox.overflow == "drop_new" and sub.cell.dead_lettered != dropped_before:
+                sub.dropped += 1
+                self.dropped += 1
+                return False
+        else:
+            assert sub.channel is not None
+            try:
+                sub.channel.send_nowait(event)
+            except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+                self._drop(sub, event)
+                return False
+        self._delivered(sub)
+        return True
+
+    def _delivered(self, sub: Subscription) -> None:
+        sub.delivered += 1
+        self.delivered += 1
+        if sub.once:
+            if sub.cell is not None:
+                self.unsubscribe_cell(sub.cell, sub.pattern)
+            else:
+                self._remove_stream(sub)
+
+    def _drop(self, sub: Subscription, event: Event) -> None:
+        sub.dropped += 1
+        self.dropped += 1
+        if sub.cell is not None:
+            sub.cell.drop(event, "overflow")
+        else:
+            self._system._dead_letter(event, "overflow", sub.subscriber)
+
+    # -- system events -----------------------------------------------------
+    def system_event(self, topic: str, payload: Mapping[str, Any]) -> None:
+        """Publish a runtime event (``system.*``) without waiting."""
+        self.publish_nowait(topic, dict(payload), source="system")
+
+    def dead_letter_event(self, message: Any, reason: str, recipient: str) -> None:
+        """Publish ``system.deadletter`` unless we are already doing so (no recursion)."""
+        if self._publishing_deadletter:
+            return
+        self._publishing_deadletter = True
+        try:
+            payload = {"message": message, "reason": reason, "recipient": recipient}
+            self.publish_nowait("system.deadletter", payload, source="system")
+        finally:
+            self._publishing_deadletter = False
+
+    # -- non-actor consumers ---------------------------------------------
+    @asynccontextmanager
+    async def stream(
+        self, pattern: str = ">", *, capacity: int = 1000
+    ) -> AsyncIterator[trio.MemoryReceiveChannel[Event]]:
+        """``async with bus.stream("training.*") as events: async for e in events: ...``
+
+        A slow reader does not slow publishers: past `capacity` queued events
+        the newest are dead-lettered (``overflow``) and counted as dropped.
+        """
+        send, receive = trio.open_memory_channel[Event](capacity)
+        sub = Subscription(pattern, channel=send, seq=next(self._seq))
+        self._index.add(sub)
+        self._streams.add(sub)
+        try:
+            async with receive:
+                yield receive
+        finally:
+            self._remove_stream(sub)
+            send.close()
+
+    def _remove_stream(self, sub: Subscription) -> None:
+        if sub in self._streams:
+            self._streams.discard(sub)
+            self._index.remove(sub)
+
+    # -- callbacks (the reference design's decorator) --------------------
+    def subscribe(
+        self,
+        pattern: str,
+        *,
+        once: bool = False,
+        filter: Callable[[Event], bool] | None = None,
+        replay: int = 0,
+    ) -> Callable[[Callable[[Event], Any]], Callable[[Event], Any]]:
+        """Decorator: run `fn(event)` (sync or async) for each matching event.
+
+        Each callback runs in its own supervised actor under
+        ``/system/callbacks``: calls are sequential, and an error in one is
+        counted and logged, never seen by publishers or other subscribers.
+        """
+        check_pattern(pattern)
+
+        def register(fn: Callable[[Event], Any]) -> Callable[[Event], Any]:
+            if fn in self._callbacks:
+                raise ValueError(f"{fn!r} is already subscribed; unsubscribe it first")
+            cell = self._system._adopt_callback(fn)
+            self._callbacks[fn] = cell
+            self.subscribe_cell(cell, pattern, once=once, filter=filter, replay=replay)
+            return fn
+
+        return register
+
+    def unsubscribe(self, fn: Callable[[Event], Any]) -> None:
+        """Stop a callback registered with `subscribe` (its actor is stopped too)."""
+        cell = self._callbacks.pop(fn, None)
+        if cell is None:
+            raise ValueError(f"{fn!r} is not a subscribed callback")
+        self.drop_all(cell)
+        self._system._release_callback(cell)
+
+    # -- looking back ----------------------------------------------------
+    def history(self, pattern: str = ">", limit: int = 100) -> list[Event]:
+        """The newest `limit` events matching `pattern`, newest first."""
+        check_pattern(pattern)
+        out: list[Event] = []
+        for event in reversed(self._history):
+            if matches(pattern, event.topic):
+                out.append(event)
+                if len(out) >= limit:
+                    break
+        return out
+
+    def clear_history(self) -> None:
+        self._history.clear()
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "published": self.published,
+            "delivered": self.delivered,
+            "dropped": self.dropped,
+            "topics": dict(self._topics),
+            "subscriptions": self._index.count,
+        }
+
+
+@attrs.frozen
+class PublishRequest:
+    """A thread's publish, carried through the bus actor's mailbox."""
+
+    topic: str
+    payload: Any
+    correlation_id: str | None
+    metadata: Mapping[str, Any]
+
+
+class BusActor(Actor):
+    """``/system/bus``: publishes for foreign threads and shows the bus's stats."""
+
+    async def receive(self, msg: Any) -> Any:
+        if isinstance(msg, PublishRequest):
+            return await self.ctx.system.bus.publish(
+                msg.topic,
+                msg.payload,
+                source="thread",
+                correlation_id=msg.correlation_id,
+                metadata=msg.metadata,
+            )
+        return UNHANDLED
+
+    def snapshot_stats(self) -> dict[str, Any]:
+        stats = self.ctx.system.bus.stats()
+        stats["topics"] = len(stats["topics"])
+        return stats
+
+
+class CallbackSubscriber(Actor):
+    """Runs one `bus.subscribe` callback; its errors are counted, not fatal."""
+
+    def __init__(self, fn: Callable[[Event], Any]) -> None:
+        self.fn = fn
+        self.calls = 0
+        self.errors = 0
+        self.last_error: str | None = None
+
+    async def receive(self, msg: Any) -> Any:
+        if not isinstance(msg, Event):
+            return UNHANDLED
+        self.calls += 1
+        try:
+            result = self.fn(msg)
+            if hasattr(result, "__await__"):
+                await result
+        except Exception as exc:
+            self.errors += 1
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            log.exception("bus callback %r failed on %s", self.fn, msg.topic)
+        return None
+
+    def snapshot_stats(self) -> dict[str, Any]:
+        return {"calls": self.calls, "errors": self.errors, "last_error": self.last_error}
+
+
+__all__ = ["Bus", "Event", "MailboxFull", "PatternIndex", "Subscription", "check_pattern"]
