@@ -267,6 +267,7 @@ class SupervisorCell(Cell):
                         started = True
                         self.state = "running"
                         self.started_at = trio.current_time()
+                        self.lifecycle_event("started", incarnation=incarnation)
                         task_status.started(None)
                         reason = await self._supervise()
                 except BaseException as exc:
@@ -394,6 +395,10 @@ class SupervisorCell(Cell):
             )
             if isinstance(reason, BaseException):
                 error.__cause__ = reason
+            if self.system.is_running:
+                self.system.bus.system_event(
+                    "system.supervisor.escalated", {"path": self.path, "error": str(error)}
+                )
             raise error
         group = self._group(cell)
         for other in reversed(group):
@@ -433,6 +438,7 @@ class SupervisorCell(Cell):
                         rest.state = "stopped"
                 await self._restart(cell, error)
                 return
+            cell.lifecycle_event("restarted", restarts=cell.restarts)
 
     def _remove(self, cell: Cell, reason: object) -> None:
         if cell in self.children:
@@ -447,7 +453,11 @@ class SupervisorCell(Cell):
     async def _control(self, item: Control) -> None:
         try:
             if item.op == "start_child":
-                item.reply.send(await self._start_dynamic(item.arg))
+                if any(cell.name == item.arg.name for cell in self.children):
+                    raise ValueError(f"{self.path} already has a child named {item.arg.name!r}")
+                item.reply.send(await self._adopt(self.system._new_cell(item.arg, self)))
+            elif item.op == "adopt":  # a slot made ahead of time (bus callbacks)
+                item.reply.send(await self._adopt(item.arg))
             elif item.op == "terminate_child":
                 cell = item.arg
                 if cell in self.children:
@@ -459,11 +469,11 @@ class SupervisorCell(Cell):
         except Exception as exc:
             item.reply.fail(exc)
 
-    async def _start_dynamic(self, spec: ChildSpec | Supervisor) -> Any:
+    async def _adopt(self, cell: Cell) -> Any:
+        """Start a dynamic child in an existing slot and keep it."""
         assert self._nursery is not None
-        if any(cell.name == spec.name for cell in self.children):
-            raise ValueError(f"{self.path} already has a child named {spec.name!r}")
-        cell = self.system._new_cell(spec, self)
+        if cell.finalized:
+            raise ValueError(f"{cell.path} was stopped before it could start")
         error = await self._nursery.start(cell.run, name=cell.path)
         if error is not None:
             cell.finalize(error)
