@@ -76,6 +76,8 @@ class Timer:
 class Context:
     """What an actor incarnation knows about itself and can do to the world."""
 
+    __slots__ = ("_cell", "_nursery")
+
     def __init__(self, cell: Cell, nursery: trio.Nursery) -> None:
         self._cell = cell
         self._nursery = nursery

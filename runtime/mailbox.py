@@ -48,6 +48,10 @@ class Mailbox:
 
 Drop = Callable[[Any, str], None]
 
+_NO_MESSAGES: deque[Any] = deque()
+"""Shared by every mailbox that never got a message (an idle actor costs no deque).
+Nothing is ever appended to it: `put` swaps in a deque of the mailbox's own first."""
+
 
 class ThreadRoom(Protocol):
     """The foreign-thread gate, as a mailbox sees it."""
@@ -58,7 +62,12 @@ class ThreadRoom(Protocol):
 
 
 class MailboxQueue:
-    """The live queue behind a `Mailbox` spec: one consumer, many senders."""
+    """The live queue behind a `Mailbox` spec: one consumer, many senders.
+
+    Kept small because every actor has one: the system lane and the lot of
+    blocked senders are made on first use.  `notify_take` is the one flag the
+    consumer checks per message to learn that someone waits for room.
+    """
 
     __slots__ = (
         "_drop",
@@ -67,8 +76,10 @@ class MailboxQueue:
         "capacity",
         "closed",
         "high_water",
+        "notify_take",
         "overflow",
         "reserved",
+        "senders_waiting",
         "system",
         "thread_gate",
         "threads_waiting",
@@ -78,21 +89,27 @@ class MailboxQueue:
     def __init__(self, spec: Mailbox, drop: Drop) -> None:
         self.capacity = spec.capacity
         self.overflow = spec.overflow
-        self.user: deque[Any] = deque()
-        self.system: deque[Any] = deque()
+        self.user: deque[Any] = _NO_MESSAGES
+        self.system: deque[Any] | None = None
         self.high_water = 0
         self.closed = False
         self._drop = drop
         self._waiter: trio.lowlevel.Task | None = None
-        self._space = trio.lowlevel.ParkingLot()
+        self._space: trio.lowlevel.ParkingLot | None = None
+        self.senders_waiting = 0
         # Room promised to foreign threads (see threads.py): counted as taken so
         # that messages in flight from threads never push the queue past capacity.
         self.reserved = 0
         self.threads_waiting = False
+        self.notify_take = False
         self.thread_gate: ThreadRoom | None = None
 
     def __len__(self) -> int:
         return len(self.user)
+
+    @property
+    def depth(self) -> int:
+        return len(self.user) + (len(self.system) if self.system else 0)
 
     # -- senders ---------------------------------------------------------
     def put(self, item: Any) -> None:
@@ -101,6 +118,8 @@ class MailboxQueue:
             self._drop(item, "stopped")
             return
         user = self.user
+        if user is _NO_MESSAGES:
+            user = self.user = deque()
         if len(user) + self.reserved >= self.capacity and not self._reclaim():
             policy = self.overflow
             if policy == "drop_new":
@@ -127,7 +146,15 @@ class MailboxQueue:
         await trio.lowlevel.checkpoint_if_cancelled()
         if self.overflow == "block":
             while not self.closed and not self.has_room() and not self._reclaim():
-                await self._space.park()
+                if self._space is None:
+                    self._space = trio.lowlevel.ParkingLot()
+                self.senders_waiting += 1
+                self.notify_take = True
+                try:
+                    await self._space.park()
+                finally:
+                    self.senders_waiting -= 1
+                    self.notify_take = bool(self.senders_waiting) or self.threads_waiting
         self.put(item)
         await trio.lowlevel.cancel_shielded_checkpoint()
 
@@ -136,6 +163,8 @@ class MailboxQueue:
         if self.closed:
             self._drop(item, "stopped")
             return
+        if self.system is None:
+            self.system = deque()
         self.system.append(item)
         if self._waiter is not None:
             self._wake()
@@ -158,22 +187,36 @@ class MailboxQueue:
         if self.closed:
             self._drop(item, "stopped")
             return
+        if self.user is _NO_MESSAGES:
+            self.user = deque()
         self.user.append(item)
         if len(self.user) > self.high_water:
             self.high_water = len(self.user)
         if self._waiter is not None:
             self._wake()
 
+    def wait_for_threads(self) -> None:
+        """A thread waits for room here: tell the gate when the consumer frees some."""
+        self.threads_waiting = True
+        self.notify_take = True
+
     # -- the consumer ----------------------------------------------------
     def take(self) -> Any:
         """Pop the next user message and let one blocked sender in."""
         item = self.user.popleft()
-        if self._space:
+        if self.notify_take:
+            self.room_made()
+        return item
+
+    def room_made(self) -> None:
+        """The consumer took a message: let a blocked sender or thread in."""
+        if self.senders_waiting:
+            assert self._space is not None
             self._space.unpark()
         if self.threads_waiting:
             assert self.thread_gate is not None
             self.thread_gate.room_freed(self)
-        return item
+            self.notify_take = bool(self.senders_waiting) or self.threads_waiting
 
     def wake(self) -> None:
         """Wake the consumer even though nothing arrived (e.g. a stop request)."""
@@ -186,6 +229,10 @@ class MailboxQueue:
         assert task is not None
         trio.lowlevel.reschedule(task)
 
+    def _abort(self, _: object) -> trio.lowlevel.Abort:
+        self._waiter = None
+        return trio.lowlevel.Abort.SUCCEEDED
+
     async def wait(self) -> None:
         """Park until something is put or `wake` is called."""
         if self.user or self.system:
@@ -194,19 +241,16 @@ class MailboxQueue:
         if self._waiter is not None:
             raise RuntimeError("a mailbox has exactly one consumer")
         self._waiter = trio.lowlevel.current_task()
-
-        def abort(_: object) -> trio.lowlevel.Abort:
-            self._waiter = None
-            return trio.lowlevel.Abort.SUCCEEDED
-
-        await trio.lowlevel.wait_task_rescheduled(abort)
+        await trio.lowlevel.wait_task_rescheduled(self._abort)
 
     def close(self) -> list[Any]:
         """Refuse further messages; return what was queued (system lane first)."""
         self.closed = True
         self.threads_waiting = False
-        rest = [*self.system, *self.user]
-        self.system.clear()
-        self.user.clear()
-        self._space.unpark_all()
+        self.notify_take = False
+        rest = [*(self.system or ()), *self.user]
+        self.system = None
+        self.user = _NO_MESSAGES
+        if self._space is not None:
+            self._space.unpark_all()
         return rest

@@ -175,7 +175,7 @@ def describe_cell(cell: Cell, now: float) -> ActorInfo:
         cls=cell.cls_name,
         state=cell.state,
         restarts=cell.restarts,
-        mailbox_depth=len(mb.user) + len(mb.system),
+        mailbox_depth=mb.depth,
         mailbox_capacity=mb.capacity,
         mailbox_high_water=mb.high_water,
         processed=cell.processed,

@@ -56,7 +56,16 @@ class ActorRef:
         if get_ident() != cell.system._loop_thread:
             cell.system._threads.tell(cell, msg, timeout)
             return
-        cell.mailbox.put(msg)
+        mb = cell.mailbox
+        user = mb.user
+        if len(user) + mb.reserved < mb.capacity and user and not mb.closed:
+            # The hot path, inlined from MailboxQueue.put: a non-empty, open
+            # mailbox with room (an empty one may still need its own deque).
+            user.append(msg)
+            if len(user) > mb.high_water:
+                mb.high_water = len(user)
+            return
+        mb.put(msg)
 
     async def send(self, msg: Any) -> None:
         """Like `tell`, but waits for mailbox room when the policy is ``block``."""

@@ -198,6 +198,7 @@ class SupervisorCell(Cell):
     """A supervisor's slot.  Its task starts, watches and restarts its children."""
 
     kind = "supervisor"
+    __slots__ = ("_nursery", "_pending", "_restart_times", "children", "dynamic", "root", "sup")
 
     def __init__(
         self,

@@ -252,19 +252,19 @@ class System:
             self._root.request_stop("shutdown")
 
     # -- running ---------------------------------------------------------
-    async def _serve(self, *, handle_signals: bool) -> None:
-        """Wait until the system stops; SIGINT/SIGTERM stop it gracefully, twice kills it."""
-        if not handle_signals or threading.current_thread() is not threading.main_thread():
+    async def _serve(self, signals: AsyncIterator[int] | None) -> None:
+        """Wait until the system stops; a first signal stops it gracefully, a second kills it."""
+        if signals is None:
             await trio.sleep_forever()
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            seen = 0
-            async for _ in signals:
-                seen += 1
-                if seen == 1:
-                    self.stop()
-                else:
-                    self._kill()
-                    raise KeyboardInterrupt
+            return
+        seen = 0
+        async for _ in signals:
+            seen += 1
+            if seen == 1:
+                self.stop()
+            else:
+                self._kill()
+                raise KeyboardInterrupt
 
     def _kill(self) -> None:
         scope = self._root._kill_scope
@@ -335,7 +335,13 @@ def run(tree: Supervisor, *, name: str | None = None) -> None:
     """
 
     async def main() -> None:
-        async with open_system(tree, name=name) as system:
-            await system._serve(handle_signals=True)
+        if threading.current_thread() is not threading.main_thread():
+            async with open_system(tree, name=name) as system:
+                await system._serve(None)
+            return
+        # Listen before the tree starts, so that a signal during start-up is not fatal.
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async with open_system(tree, name=name) as system:
+                await system._serve(signals)
 
     trio.run(main)

@@ -260,7 +260,7 @@ class ThreadGate:
                 if granted:
                     self._credits[mailbox] = self._credits.get(mailbox, 0) + granted
                 elif mailbox.overflow == "block" and not mailbox.closed:
-                    mailbox.threads_waiting = True  # room_freed() will grant later
+                    mailbox.wait_for_threads()  # room_freed() will grant later
             self._round += 1
             self._cond.notify_all()
 
