@@ -1,3 +1,6 @@
-"""Ready-made actors built only on `runtime`'s public API (Daemon, Pool, ...)."""
+"""Ready-made actors built only on `runtime`'s public API."""
 
-__all__: list[str] = []
+from .daemon import Daemon
+from .pool import ConsistentHash, Pool, PoolSize, Resize, Router, consistent_hash
+
+__all__ = ["ConsistentHash", "Daemon", "Pool", "PoolSize", "Resize", "Router", "consistent_hash"]

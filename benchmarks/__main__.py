@@ -10,8 +10,8 @@ from collections.abc import Sequence
 
 from .harness import Bench, Result, Size, eprint, measure, render
 
-GROUPS: tuple[str, ...] = ("benchmarks.kernel",)
-"""Scenario modules; each exposes ``BENCHES``.  Add the foreign-thread group here."""
+GROUPS: tuple[str, ...] = ("benchmarks.kernel", "benchmarks.threads", "benchmarks.bus")
+"""Scenario modules; each exposes ``BENCHES``."""
 
 
 def all_benches() -> list[Bench]:

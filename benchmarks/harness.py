@@ -37,16 +37,27 @@ class Size:
 
 @dataclass(frozen=True)
 class Target:
-    """The goal for a row's ratio (Troupe / baseline): ``>= 0.4`` or ``<= 1.5``."""
+    """The goal for a row's ratio (Troupe / baseline): ``>= 0.4`` or ``<= 1.5``.
 
-    op: Literal[">=", "<="]
+    With ``absolute=True`` the goal is on Troupe's own figure instead (e.g. a
+    loop stall ``< 10`` ms), and the ratio is shown for reference only.
+    """
+
+    op: Literal[">=", "<=", "<", ">"]
     value: float
+    absolute: bool = False
 
-    def met(self, ratio: float) -> bool:
-        return ratio >= self.value if self.op == ">=" else ratio <= self.value
+    def met(self, value: float) -> bool:
+        if self.op == ">=":
+            return value >= self.value
+        if self.op == "<=":
+            return value <= self.value
+        if self.op == "<":
+            return value < self.value
+        return value > self.value
 
     def __str__(self) -> str:
-        return f"{self.op} {self.value:g}x"
+        return f"{self.op} {self.value:g}" + (" (absolute)" if self.absolute else "x")
 
 
 @dataclass(frozen=True)
@@ -144,7 +155,8 @@ def render(results: Iterable[Result], *, runs: int, quick: bool) -> str:
                 target, met = "report only", "-"
             else:
                 target = str(row.target)
-                met = "n/a" if ratio is None else ("yes" if row.target.met(ratio) else "**NO**")
+                judged = mine if row.target.absolute else ratio
+                met = "n/a" if judged is None else ("yes" if row.target.met(judged) else "**NO**")
             ratio_text = "n/a" if ratio is None else f"{ratio:.2f}x"
             lines.append(
                 f"| {row.label} | {_fmt(mine, row.digits)} | {_fmt(base, row.digits)} "

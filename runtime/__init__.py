@@ -4,6 +4,8 @@ The public API is re-exported here; everything else is internal.
 """
 
 from .actor import Actor, Context, Timer
+from .bridge import Bridge
+from .bus import Event
 from .cell import ErrorInfo
 from .deadletters import DeadLetter, DeadLettersQuery
 from .errors import (
@@ -35,6 +37,7 @@ __all__ = [
     "ActorStopped",
     "AskTimeout",
     "Backoff",
+    "Bridge",
     "ChildInfo",
     "ChildSpec",
     "Context",
@@ -42,6 +45,7 @@ __all__ = [
     "DeadLettersQuery",
     "DeferredReply",
     "ErrorInfo",
+    "Event",
     "ExitReason",
     "LoopHealth",
     "Mailbox",

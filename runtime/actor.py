@@ -144,6 +144,28 @@ class Context:
         """Drop the subscription to exactly `pattern`; False if there was none."""
         return self._cell.system.bus.unsubscribe_cell(self._cell, pattern)
 
+    async def run_blocking(
+        self,
+        fn: Callable[..., Any],
+        *args: Any,
+        timeout: float | None = None,
+        bridge: str | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """Run blocking `fn(*args, **kwargs)` off the loop, on a bridge actor.
+
+        `bridge`: the path of a `Bridge` (default ``/system/bridge``).  Raises
+        `fn`'s own exception, or `AskTimeout` past `timeout` (the thread is
+        abandoned, a worker process killed).
+        """
+        return await self._cell.system.run_blocking(
+            fn, *args, timeout=timeout, bridge=bridge, **kwargs
+        )
+
+    async def forward(self, ref: ActorRef) -> None:
+        """Hand the message in hand to `ref`; it answers the original asker directly."""
+        await self._cell.forward(ref._cell)
+
     def defer_reply(self) -> DeferredReply:
         """Answer the message in hand later; `receive`'s return value is then ignored."""
         return self._cell.defer_reply()

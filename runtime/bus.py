@@ -264,6 +264,7 @@ class Bus:
         replay: int = 0,
     ) -> Subscription:
         """Subscribe an actor; subscribing the same pattern again replaces the options."""
+        check_pattern(pattern)  # before touching anything: a ValueError, never a TypeError
         mine = self._by_cell.setdefault(cell, {})
         old = mine.get(pattern)
         if old is not None:

@@ -185,6 +185,10 @@ class Cell:
         return str(getattr(factory, "__qualname__", repr(factory)))
 
     @property
+    def busy(self) -> bool:
+        return self.current is not _IDLE
+
+    @property
     def running(self) -> bool:
         return self._running
 
@@ -254,6 +258,14 @@ class Cell:
                 self._deferred = {}
             self._deferred[handle] = None
         return handle
+
+    async def forward(self, target: Cell) -> None:
+        """Pass the message in hand, with its reply slot, on to `target` (Akka's forward)."""
+        if self.current is _IDLE:
+            raise RuntimeError("forward() can only be called while handling a message")
+        reply, self._reply = self._reply, None
+        item = self.current if reply is None else Ask(self.current, reply)
+        await target.mailbox.put_wait(item)
 
     def _deferred_done(self, handle: DeferredReply) -> None:
         if self._deferred is not None:

@@ -75,12 +75,14 @@ class MailboxQueue:
         "_waiter",
         "capacity",
         "closed",
+        "credited",
         "high_water",
         "notify_take",
         "overflow",
         "reserved",
         "senders_waiting",
         "system",
+        "thread_credits",
         "thread_gate",
         "threads_waiting",
         "user",
@@ -100,6 +102,11 @@ class MailboxQueue:
         # Room promised to foreign threads (see threads.py): counted as taken so
         # that messages in flight from threads never push the queue past capacity.
         self.reserved = 0
+        # Threads need a credit (room reserved by the loop) only where fullness
+        # must be felt by the sender; the count lives here but is guarded by the
+        # gate's lock, the one piece of a mailbox a foreign thread touches.
+        self.credited = spec.overflow in ("block", "fail")
+        self.thread_credits = 0
         self.threads_waiting = False
         self.notify_take = False
         self.thread_gate: ThreadRoom | None = None
@@ -181,15 +188,16 @@ class MailboxQueue:
             self.reserved -= self.thread_gate.reclaim(self)
         return len(self.user) + self.reserved < self.capacity
 
-    def put_reserved(self, item: Any) -> None:
-        """Enqueue a message from a thread that holds a reservation."""
-        self.reserved -= 1
+    def put_many_reserved(self, items: list[Any]) -> None:
+        """Enqueue messages from threads that hold a reservation for each."""
+        self.reserved -= len(items)
         if self.closed:
-            self._drop(item, "stopped")
+            for item in items:
+                self._drop(item, "stopped")
             return
         if self.user is _NO_MESSAGES:
             self.user = deque()
-        self.user.append(item)
+        self.user.extend(items)
         if len(self.user) > self.high_water:
             self.high_water = len(self.user)
         if self._waiter is not None:

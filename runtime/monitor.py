@@ -74,12 +74,15 @@ class LoopMonitor(trio.abc.Instrument):
         self.max_lag = 0.0
         self.last_lag = 0.0
         self.steps = 0
-        self._t0 = 0.0
+        self._t0: float | None = None  # None until a whole step has been seen
 
     def before_task_step(self, task: trio.lowlevel.Task) -> None:
         self._t0 = time.perf_counter()
 
     def after_task_step(self, task: trio.lowlevel.Task) -> None:
+        if self._t0 is None:  # installed in the middle of this step: nothing to measure
+            self.steps += 1
+            return
         took = time.perf_counter() - self._t0
         self.steps += 1
         if took > self.longest_step:

@@ -40,6 +40,16 @@ class ActorRef:
         cell = self._cell
         return not cell.finalized and cell.system.is_running
 
+    @property
+    def is_busy(self) -> bool:
+        """Whether the actor is handling a message right now (trio thread only)."""
+        return self._cell.busy
+
+    @property
+    def mailbox_depth(self) -> int:
+        """Messages waiting in the mailbox now (trio thread only; e.g. for routing)."""
+        return self._cell.mailbox.depth
+
     def __repr__(self) -> str:
         return f"<ActorRef {self._cell.path}>"
 
@@ -54,7 +64,7 @@ class ActorRef:
         """
         cell = self._cell
         if get_ident() != cell.system._loop_thread:
-            cell.system._threads.tell(cell, msg, timeout)
+            cell.system._threads._inject(cell.mailbox, msg, timeout, cell.path)
             return
         mb = cell.mailbox
         user = mb.user

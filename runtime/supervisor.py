@@ -165,7 +165,14 @@ class Supervisor:
         default="permanent", kw_only=True, validator=_one_of(RESTARTS, "restart type")
     )
     shutdown: float | None = attrs.field(default=None, kw_only=True, validator=_check_shutdown)
+    front: str | None = attrs.field(default=None, kw_only=True)
+    """The child that messages to this supervisor's path go to (e.g. a pool's router):
+    `system.ref(path)` of this supervisor returns that child's ref."""
     kind: ClassVar[str] = "supervisor"
+
+    def __attrs_post_init__(self) -> None:
+        if self.front is not None and self.front not in {c.name for c in self.children}:
+            raise ValueError(f"front={self.front!r} is not one of {self.name!r}'s children")
     mailbox: ClassVar[Mailbox] = Mailbox(capacity=1000, overflow="fail")
     """Supervisors handle no user messages; a few are kept for dead letters."""
 

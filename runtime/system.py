@@ -14,10 +14,11 @@ from typing import Any
 import trio
 import trio.testing
 
+from .bridge import BlockingCall, Bridge
 from .bus import Bus, BusActor, CallbackSubscriber, Event, PublishRequest
 from .cell import Cell
 from .deadletters import DeadLetterOffice, DeadLetters
-from .errors import ActorNotFound, RuntimeClosed
+from .errors import ActorNotFound, AskTimeout, RuntimeClosed
 from .messages import ExitReason, Reply
 from .monitor import LoopMonitor, TreeSnapshot, take_snapshot
 from .ref import ActorRef
@@ -35,6 +36,7 @@ def _system_tree() -> Supervisor:
         children=[
             child(DeadLetters, name="deadletters"),
             child(BusActor, name="bus"),
+            child(Bridge, name="bridge"),
             # bus.subscribe() callbacks run here; they never crash, so restarts are rare
             Supervisor("callbacks", strategy="one_for_one", max_restarts=100, within=1.0),
         ],
@@ -169,8 +171,17 @@ class System:
         return self._state == "running"
 
     def ref(self, path: str) -> ActorRef:
-        """The ref of the actor at `path` (``/app/worker``); `ActorNotFound` if none."""
-        return self._lookup(path).ref
+        """The ref of the actor at `path` (``/app/worker``); `ActorNotFound` if none.
+
+        A supervisor with a `front` child (e.g. a pool) is addressed through it.
+        """
+        cell = self._lookup(path)
+        while isinstance(cell, SupervisorCell) and cell.sup.front is not None:
+            front = next((c for c in cell.children if c.name == cell.sup.front), None)
+            if front is None:
+                raise ActorNotFound(f"{cell.path} has no running {cell.sup.front!r} child now")
+            cell = front
+        return cell.ref
 
     def snapshot(self) -> TreeSnapshot:
         """The whole tree, its dead-letter counts and the loop's health, right now."""
@@ -244,6 +255,34 @@ class System:
             raise RuntimeClosed(f"system {self.name!r} is not running")
         request = PublishRequest(topic, payload, correlation_id, dict(metadata))
         return self._threads.ask(bus, request, None)  # type: ignore[no-any-return]
+
+    async def run_blocking(
+        self,
+        fn: Callable[..., Any],
+        *args: Any,
+        timeout: float | None = None,
+        bridge: str | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """Run blocking `fn(*args, **kwargs)` on a bridge (default ``/system/bridge``).
+
+        Returns its result or raises its own exception; past `timeout` seconds
+        (queueing included) raises `AskTimeout` and abandons the call.
+        """
+        target = self.ref(bridge or f"/{RESERVED}/bridge")
+        deadline = float("inf") if timeout is None else trio.current_time() + timeout
+        call = BlockingCall(fn, args, kwargs, deadline)
+        try:
+            return await target.ask(call, timeout=timeout)
+        except AskTimeout as exc:
+            call.cancel()
+            name = getattr(fn, "__qualname__", repr(fn))
+            raise AskTimeout(
+                f"{name} did not finish within {timeout}s on {target.path}; it was abandoned"
+            ) from exc.__cause__
+        except BaseException:
+            call.cancel()  # cancelled here: the bridge lets go of it
+            raise
 
     def stop(self) -> None:
         """Begin a graceful stop: children in reverse start order, then ``/system``."""

@@ -42,15 +42,22 @@ INJECT_CAPACITY = 65_536
 GRANT_MAX = 1024
 """Most credits the loop hands out per mailbox at a time."""
 
+DRAIN_MAX = 2048
+"""Most messages from threads delivered in one step of the loop."""
+
 
 class ThreadReply:
-    """What a thread in `ask_blocking` waits on.  Settled on the loop thread."""
+    """What a thread in `ask_blocking` waits on.  Settled on the loop thread.
 
-    __slots__ = ("_error", "_event", "_gate", "_on_late", "_value", "state")
+    The wait is a plain lock, held from creation until the reply is settled.
+    """
+
+    __slots__ = ("_done", "_error", "_gate", "_on_late", "_value", "state")
 
     def __init__(self, gate: ThreadGate, on_late: Callable[[Any], None]) -> None:
         self._gate = gate
-        self._event = threading.Event()
+        self._done = threading.Lock()
+        self._done.acquire()
         self._value: Any = None
         self._error: BaseException | None = None
         self._on_late = on_late
@@ -61,7 +68,7 @@ class ThreadReply:
             if self.state == "pending":
                 self._value = value
                 self.state = "done"
-                self._event.set()
+                self._done.release()
                 return True
             late = self.state == "abandoned"
         if late:
@@ -78,12 +85,12 @@ class ThreadReply:
                 return False
             self._error = error
             self.state = "done"
-            self._event.set()
+            self._done.release()
             return True
 
     def wait(self, deadline: float | None, what: str) -> Any:
-        remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-        self._event.wait(remaining)
+        remaining = -1.0 if deadline is None else max(0.0, deadline - time.monotonic())
+        self._done.acquire(timeout=remaining)
         with self._gate._lock:
             if self.state != "done":
                 self.state = "abandoned"
@@ -102,9 +109,9 @@ class ThreadGate:
         self._cond = threading.Condition(self._lock)
         self._queue: deque[tuple[MailboxQueue, Any]] = deque()
         self._wake_scheduled = False
-        self._credits: dict[MailboxQueue, int] = {}
         self._wants: dict[MailboxQueue, None] = {}
         self._round = 0
+        self._space_waiters = 0
         self._replies: set[ThreadReply] = set()
         self._token: trio.lowlevel.TrioToken | None = None
         self._loop_thread: int | None = None
@@ -136,11 +143,10 @@ class ThreadGate:
             self._queue.clear()
             replies = list(self._replies)
             self._replies.clear()
-            self._credits.clear()
             self._wants.clear()
             self._cond.notify_all()
         for mailbox, item in leftover:
-            mailbox.put_reserved(item) if self._holds_credit(mailbox) else mailbox.put(item)
+            self._deliver(mailbox, [item])
         for reply in replies:
             reply.fail(RuntimeClosed("the actor system stopped before replying"))
 
@@ -169,20 +175,36 @@ class ThreadGate:
                 self._replies.discard(reply)
 
     def _inject(self, mailbox: MailboxQueue, item: Any, timeout: float | None, path: str) -> None:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        needs_credit = mailbox.overflow in ("block", "fail")
         wake = False
-        with self._cond:
-            self._check_open()
-            while len(self._queue) >= INJECT_CAPACITY:
-                self._wait(deadline, f"the injection queue is full; {path} was not sent to")
-            if needs_credit:
-                self._take_credit(mailbox, deadline, path)
+        with self._lock:
+            # The fast path: open, room in the injection queue, and a credit in hand
+            # (or a dropping mailbox that needs none).
+            if not (
+                self._open
+                and len(self._queue) < INJECT_CAPACITY
+                and (not mailbox.credited or mailbox.thread_credits)
+            ):
+                self._inject_slow(mailbox, timeout, path)
+            elif mailbox.credited:
+                mailbox.thread_credits -= 1
             self._queue.append((mailbox, item))
             if not self._wake_scheduled:
                 self._wake_scheduled = wake = True
         if wake:
             self._schedule()
+
+    def _inject_slow(self, mailbox: MailboxQueue, timeout: float | None, path: str) -> None:
+        """Lock held: wait for queue space and a credit, as the policy says."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        self._check_open()
+        while len(self._queue) >= INJECT_CAPACITY:
+            self._space_waiters += 1
+            try:
+                self._wait(deadline, f"the injection queue is full; {path} was not sent to")
+            finally:
+                self._space_waiters -= 1
+        if mailbox.credited:
+            self._take_credit(mailbox, deadline, path)
 
     def _check_open(self) -> None:
         if not self._open:
@@ -198,9 +220,8 @@ class ThreadGate:
 
     def _take_credit(self, mailbox: MailboxQueue, deadline: float | None, path: str) -> None:
         while True:
-            credits = self._credits.get(mailbox, 0)
-            if credits:
-                self._credits[mailbox] = credits - 1
+            if mailbox.thread_credits:
+                mailbox.thread_credits -= 1
                 return
             asked = self._round
             if mailbox not in self._wants:
@@ -212,7 +233,7 @@ class ThreadGate:
                 while self._round == asked:  # wait for the loop's answer, not for room
                     self._cond.wait()
                     self._check_open()
-                if not self._credits.get(mailbox, 0):
+                if not mailbox.thread_credits:
                     raise MailboxFull(f"mailbox of {path} is full (overflow='fail')")
             else:
                 self._wait(deadline, f"mailbox of {path} stayed full (overflow='block')")
@@ -234,35 +255,62 @@ class ThreadGate:
             raise RuntimeClosed(f"actor system {self._system.name!r} is not running") from None
 
     # -- the loop side ---------------------------------------------------
-    def _holds_credit(self, mailbox: MailboxQueue) -> bool:
-        return mailbox.overflow in ("block", "fail")
-
     def _drain(self) -> None:
-        """Loop thread: deliver everything queued, then answer requests for credit."""
+        """Loop thread: deliver a batch of what is queued, then answer requests for credit.
+
+        At most `DRAIN_MAX` messages per call, so that a flood from threads
+        never makes one long step of the loop; the rest gets another call.
+        """
         self.wakeups += 1
         with self._lock:
-            items = self._queue
-            self._queue = deque()
+            queue = self._queue
+            if len(queue) <= DRAIN_MAX:
+                items: Any = queue
+                self._queue = deque()
+                more = False
+            else:
+                items = [queue.popleft() for _ in range(DRAIN_MAX)]
+                more = True
             wants = self._wants
             self._wants = {}
-            self._wake_scheduled = False
+            self._wake_scheduled = more
+            notify = bool(self._space_waiters)
+        # Deliver runs of messages for the same mailbox together.
+        run: list[Any] = []
+        target: MailboxQueue | None = None
         for mailbox, item in items:
-            # put() cannot raise for the dropping policies, put_reserved() never does;
-            # an error here would take the whole trio run down, so deliver defensively.
-            if self._holds_credit(mailbox):
-                mailbox.put_reserved(item)
-            else:
-                mailbox.put(item)
+            if mailbox is not target:
+                if run:
+                    self._deliver(target, run)  # type: ignore[arg-type]
+                    run = []
+                target = mailbox
+            run.append(item)
+        if run:
+            self._deliver(target, run)  # type: ignore[arg-type]
         self.delivered += len(items)
+        if more:
+            self._token_call(self._drain)
+        if not wants and not notify:
+            return
         grants = [(mailbox, self._reserve(mailbox)) for mailbox in wants]
         with self._lock:
             for mailbox, granted in grants:
                 if granted:
-                    self._credits[mailbox] = self._credits.get(mailbox, 0) + granted
+                    mailbox.thread_credits += granted
                 elif mailbox.overflow == "block" and not mailbox.closed:
                     mailbox.wait_for_threads()  # room_freed() will grant later
             self._round += 1
             self._cond.notify_all()
+
+    @staticmethod
+    def _deliver(mailbox: MailboxQueue, items: list[Any]) -> None:
+        # put() cannot raise for the dropping policies and put_many_reserved() never
+        # does: an error here would take the whole trio run down.
+        if mailbox.credited:
+            mailbox.put_many_reserved(items)
+        else:
+            for item in items:
+                mailbox.put(item)
 
     def _reserve(self, mailbox: MailboxQueue) -> int:
         if mailbox.closed:
@@ -279,13 +327,14 @@ class ThreadGate:
         mailbox.threads_waiting = False
         granted = self._reserve(mailbox)
         with self._lock:
-            self._credits[mailbox] = self._credits.get(mailbox, 0) + granted
+            mailbox.thread_credits += granted
             self._cond.notify_all()
 
     def reclaim(self, mailbox: MailboxQueue) -> int:
         """Loop thread: take back credits no thread is using (the loop needs the room)."""
         with self._lock:
-            return self._credits.pop(mailbox, 0)
+            unused, mailbox.thread_credits = mailbox.thread_credits, 0
+            return unused
 
 
 class ThreadedSystem:

@@ -1,0 +1,179 @@
+"""`Pool`: N identical workers behind one ref (Akka's routers, OTP's worker pools)."""
+
+from __future__ import annotations
+
+import hashlib
+from bisect import bisect
+from collections.abc import Callable, Hashable
+from typing import Any
+
+import attrs
+
+from runtime import Actor, ActorRef, ChildSpec, Supervisor, child
+
+ROUTINGS = ("round_robin", "smallest_mailbox", "broadcast")
+VIRTUAL_NODES = 64
+
+
+@attrs.frozen
+class ConsistentHash:
+    """Route by `key(msg)`: equal keys go to the same worker while the pool size holds."""
+
+    key: Callable[[Any], Hashable]
+
+
+def consistent_hash(key: Callable[[Any], Hashable]) -> ConsistentHash:
+    """Routing for `Pool`: messages with the same ``key(msg)`` reach the same worker.
+
+    A hash ring with virtual nodes, so resizing moves only about 1/N of the keys.
+    """
+    if not callable(key):
+        raise TypeError("consistent_hash(key=...) needs a callable taking the message")
+    return ConsistentHash(key)
+
+
+@attrs.frozen
+class Resize:
+    """Send to a pool's ref to grow or shrink it to `size` workers."""
+
+    size: int
+
+
+@attrs.frozen
+class PoolSize:
+    """Ask a pool's ref how many workers it routes to."""
+
+
+def _digest(value: object) -> int:
+    raw = value if isinstance(value, bytes) else repr(value).encode()
+    return int.from_bytes(hashlib.blake2b(raw, digest_size=8).digest(), "big")
+
+
+class Router(Actor):
+    """The front of a pool: picks a worker and forwards the message, reply slot included."""
+
+    def __init__(self, worker: ChildSpec, routing: str | ConsistentHash, size: int) -> None:
+        self.worker = worker
+        self.routing = routing
+        self.size = size
+        self.workers: list[ActorRef] = []
+        self.next = 0
+        self.ring: list[tuple[int, int]] = []
+        self.routed = 0
+
+    async def on_start(self) -> None:
+        self.workers_path = self.ctx.path.rsplit("/", 1)[0] + "/workers"
+        self._refresh()
+
+    def _refresh(self) -> None:
+        infos = self.ctx.system.which_children(self.workers_path)
+        self.workers = [info.ref for info in infos]
+        self.ring = sorted(
+            (_digest(f"{ref.name}#{v}"), i)
+            for i, ref in enumerate(self.workers)
+            for v in range(VIRTUAL_NODES)
+        )
+
+    async def receive(self, msg: Any) -> Any:
+        if isinstance(msg, Resize):
+            await self._resize(msg.size)
+            return len(self.workers)
+        if isinstance(msg, PoolSize):
+            return len(self.workers)
+        if not self.workers:
+            raise RuntimeError(f"pool {self.ctx.path} has no workers; Resize it first")
+        routing = self.routing
+        self.routed += 1
+        if routing == "broadcast":
+            # every worker gets a tell; an ask is answered by exactly one of them
+            target = self._round_robin()
+            for ref in self.workers:
+                if ref != target:
+                    await ref.send(msg)
+            await self.ctx.forward(target)
+            return None
+        if routing == "smallest_mailbox":
+            target = min(self.workers, key=lambda r: r.mailbox_depth + r.is_busy)
+        elif isinstance(routing, ConsistentHash):
+            point = _digest(routing.key(msg))
+            index = bisect(self.ring, (point, len(self.workers)))
+            target = self.workers[self.ring[index % len(self.ring)][1]]
+        else:
+            target = self._round_robin()
+        await self.ctx.forward(target)
+        return None
+
+    def _round_robin(self) -> ActorRef:
+        ref = self.workers[self.next % len(self.workers)]
+        self.next += 1
+        return ref
+
+    async def _resize(self, size: int) -> None:
+        if not isinstance(size, int) or size < 0:
+            raise ValueError(f"a pool size is an int >= 0, got {size!r}")
+        system = self.ctx.system
+        names = {ref.name for ref in self.workers}
+        n = 0
+        while len(self.workers) < size:
+            while f"w{n}" in names:
+                n += 1
+            names.add(f"w{n}")
+            ref = await system.start_child(
+                self.workers_path, attrs.evolve(self.worker, name=f"w{n}")
+            )
+            self.workers.append(ref)
+        while len(self.workers) > size:
+            ref = self.workers.pop()
+            await system.terminate_child(ref.path)
+        self._refresh()
+
+    def snapshot_stats(self) -> dict[str, Any]:
+        routing = self.routing if isinstance(self.routing, str) else "consistent_hash"
+        return {"routing": routing, "workers": len(self.workers), "routed": self.routed}
+
+
+def Pool(
+    name: str,
+    worker: ChildSpec,
+    size: int = 4,
+    routing: str | ConsistentHash = "round_robin",
+    *,
+    max_restarts: int = 3,
+    within: float = 5.0,
+    restart: str = "permanent",
+) -> Supervisor:
+    """A supervisor spec (named like a class, as it reads in a children list):
+    `size` copies of `worker` behind one ref.
+
+    ``system.ref("/app/<name>")`` reaches the pool's router, which forwards
+    each message to one worker (`broadcast`: tells to all, an ask to one).
+    The workers sit under a ``one_for_one`` supervisor, so a crashing worker
+    is restarted alone and the others keep their messages.  Send
+    `Resize(n)` to the pool's ref to change its size at run time (dynamic
+    workers are dropped if the worker supervisor itself gives up).
+    """
+    if not isinstance(worker, ChildSpec):
+        raise TypeError("Pool(worker=...) takes a child(...) spec")
+    if not isinstance(routing, ConsistentHash) and routing not in ROUTINGS:
+        raise ValueError(
+            f"unknown routing {routing!r}; use one of {', '.join(ROUTINGS)} or consistent_hash(key)"
+        )
+    if not isinstance(size, int) or size < 1:
+        raise ValueError(f"a pool needs size >= 1, got {size!r}")
+    workers = Supervisor(
+        "workers",
+        strategy="one_for_one",
+        max_restarts=max_restarts,
+        within=within,
+        children=[attrs.evolve(worker, name=f"w{i}") for i in range(size)],
+    )
+    router = child(
+        Router, name="router", kwargs={"worker": worker, "routing": routing, "size": size}
+    )
+    return Supervisor(
+        name,
+        strategy="rest_for_one",  # the router restarts whenever the workers' supervisor does
+        children=[workers, router],
+        front="router",
+        restart=restart,  # type: ignore[arg-type]
+    )
