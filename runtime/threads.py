@@ -16,12 +16,14 @@ loop has no room, ``block`` waits until the actor frees some.
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import trio
 
@@ -36,8 +38,12 @@ if TYPE_CHECKING:
     from .supervisor import ChildInfo, ChildSpec, Supervisor
     from .system import System
 
-INJECT_CAPACITY = 65_536
-"""Messages from threads waiting for the loop to pick them up, at most."""
+LANE_CAPACITY = 16_384
+"""Messages one thread may have waiting for the loop, at most (for dropping
+mailboxes; for ``block`` and ``fail`` ones the mailbox's own room is the bound)."""
+
+CREDIT_CHUNK = 64
+"""Room a thread takes for itself at once, so that most tells need no lock."""
 
 GRANT_MAX = 1024
 """Most credits the loop hands out per mailbox at a time."""
@@ -100,14 +106,44 @@ class ThreadReply:
         return self._value
 
 
+def _number(entry: tuple[int, MailboxQueue, Any]) -> int:
+    return entry[0]
+
+
+class _Lane:
+    """One foreign thread's own FIFO into the loop: only that thread appends to it,
+    only the loop pops from it, so a tell takes no lock (deque ops are atomic)."""
+
+    __slots__ = ("credits", "items", "thread")
+
+    def __init__(self) -> None:
+        self.items: deque[tuple[int, MailboxQueue, Any]] = deque()
+        self.credits: dict[MailboxQueue, int] = {}  # room this thread holds, per mailbox
+        self.thread = threading.current_thread()
+
+
 class ThreadGate:
-    """Carries tells and asks from foreign threads onto the trio thread."""
+    """Carries tells and asks from foreign threads onto the trio thread.
+
+    Each foreign thread appends to its own lane (FIFO per thread, no lock);
+    the lock guards only what threads share: the lane list, the credits not
+    yet handed to a thread, requests for credit, and the wake-up flag.  One
+    `run_sync_soon` wakes the loop for everything queued since the last one.
+
+    Causal order across threads is kept too: every message takes a number
+    from one atomic counter, and a drain delivers, in number order, only
+    messages numbered before the drain began.  A message whose sender's
+    `tell` returned before another thread's `tell` began has the smaller
+    number and was already in its lane, so it is delivered first.
+    """
 
     def __init__(self, system: System) -> None:
         self._system = system
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
-        self._queue: deque[tuple[MailboxQueue, Any]] = deque()
+        self._local = threading.local()
+        self._lanes: list[_Lane] = []
+        self._numbers = itertools.count()
         self._wake_scheduled = False
         self._wants: dict[MailboxQueue, None] = {}
         self._round = 0
@@ -135,18 +171,27 @@ class ThreadGate:
         self._stopping = True
 
     def close(self) -> None:
-        """Refuse new calls and release every waiting thread with `RuntimeClosed`."""
+        """Refuse new calls, account for what is still queued, release every waiting thread."""
         self._stopping = True
         with self._lock:
             self._open = False
-            leftover = list(self._queue)
-            self._queue.clear()
+            lanes = list(self._lanes)
             replies = list(self._replies)
             self._replies.clear()
             self._wants.clear()
             self._cond.notify_all()
-        for mailbox, item in leftover:
-            self._deliver(mailbox, [item])
+        # Threads that append after this point see the gate closed and take their
+        # message back (see _inject); what is here now is delivered (and, the
+        # mailboxes being closed, dead-lettered as `stopped`).
+        leftover: list[tuple[int, MailboxQueue, Any]] = []
+        for lane in lanes:
+            while True:
+                try:
+                    leftover.append(lane.items.popleft())
+                except IndexError:
+                    break
+        leftover.sort(key=_number)
+        self._deliver_run(leftover)
         for reply in replies:
             reply.fail(RuntimeClosed("the actor system stopped before replying"))
 
@@ -174,77 +219,108 @@ class ThreadGate:
             with self._lock:
                 self._replies.discard(reply)
 
-    def _inject(self, mailbox: MailboxQueue, item: Any, timeout: float | None, path: str) -> None:
-        wake = False
-        with self._lock:
-            # The fast path: open, room in the injection queue, and a credit in hand
-            # (or a dropping mailbox that needs none).
-            if not (
-                self._open
-                and len(self._queue) < INJECT_CAPACITY
-                and (not mailbox.credited or mailbox.thread_credits)
-            ):
-                self._inject_slow(mailbox, timeout, path)
-            elif mailbox.credited:
-                mailbox.thread_credits -= 1
-            self._queue.append((mailbox, item))
-            if not self._wake_scheduled:
-                self._wake_scheduled = wake = True
-        if wake:
-            self._schedule()
+    def _lane(self) -> _Lane:
+        lane: _Lane | None = getattr(self._local, "lane", None)
+        if lane is None:
+            lane = self._local.lane = _Lane()
+            with self._lock:
+                self._lanes.append(lane)
+        return lane
 
-    def _inject_slow(self, mailbox: MailboxQueue, timeout: float | None, path: str) -> None:
-        """Lock held: wait for queue space and a credit, as the policy says."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        self._check_open()
-        while len(self._queue) >= INJECT_CAPACITY:
-            self._space_waiters += 1
+    def _inject(self, mailbox: MailboxQueue, item: Any, timeout: float | None, path: str) -> None:
+        if not self._open:
+            self._closed()
+        lane = getattr(self._local, "lane", None) or self._lane()
+        if mailbox.credited:  # block / fail: spend room reserved for this thread
+            held = lane.credits.get(mailbox, 0)
+            if held:
+                lane.credits[mailbox] = held - 1
+            else:
+                self._take_credit(lane, mailbox, timeout, path)
+        elif len(lane.items) >= LANE_CAPACITY:
+            self._wait_for_lane(lane, timeout, path)
+        entry = (next(self._numbers), mailbox, item)
+        lane.items.append(entry)
+        if not self._open:  # closed meanwhile: take it back unless close() took it
+            self._take_back(lane, entry)
+        if not self._wake_scheduled:
+            with self._lock:
+                if self._wake_scheduled:
+                    return
+                self._wake_scheduled = True
             try:
-                self._wait(deadline, f"the injection queue is full; {path} was not sent to")
-            finally:
-                self._space_waiters -= 1
-        if mailbox.credited:
-            self._take_credit(mailbox, deadline, path)
+                self._token_call(self._drain)
+            except RuntimeClosed:
+                self._take_back(lane, entry)
+
+    def _take_back(self, lane: _Lane, entry: tuple[int, MailboxQueue, Any]) -> None:
+        """The gate closed under us: undo our append, or accept that close() has it."""
+        items = lane.items
+        try:
+            if items and items[-1] is entry:
+                items.pop()
+                self._closed()
+        except IndexError:
+            pass  # the closing drain took it: it is accounted for as a dead letter
+
+    def _closed(self) -> NoReturn:
+        raise RuntimeClosed(f"actor system {self._system.name!r} is not running")
 
     def _check_open(self) -> None:
         if not self._open:
-            raise RuntimeClosed(f"actor system {self._system.name!r} is not running")
+            self._closed()
 
     def _wait(self, deadline: float | None, what: str) -> None:
-        """Wait on the condition (lock released meanwhile); MailboxFull past the deadline."""
+        """Lock held: wait on the condition (lock released meanwhile); MailboxFull past
+        the deadline, RuntimeClosed if the gate closed."""
         remaining = None if deadline is None else deadline - time.monotonic()
         if remaining is not None and remaining <= 0:
             raise MailboxFull(what)
         self._cond.wait(remaining)
         self._check_open()
 
-    def _take_credit(self, mailbox: MailboxQueue, deadline: float | None, path: str) -> None:
-        while True:
-            if mailbox.thread_credits:
-                mailbox.thread_credits -= 1
-                return
-            asked = self._round
-            if mailbox not in self._wants:
-                self._wants[mailbox] = None
-                if not self._wake_scheduled:
-                    self._wake_scheduled = True
-                    self._token_call(self._drain)
-            if mailbox.overflow == "fail":
-                while self._round == asked:  # wait for the loop's answer, not for room
-                    self._cond.wait()
-                    self._check_open()
-                if not mailbox.thread_credits:
-                    raise MailboxFull(f"mailbox of {path} is full (overflow='fail')")
-            else:
-                self._wait(deadline, f"mailbox of {path} stayed full (overflow='block')")
+    def _wait_for_lane(self, lane: _Lane, timeout: float | None, path: str) -> None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._lock:
+            self._space_waiters += 1
+            try:
+                while len(lane.items) >= LANE_CAPACITY:
+                    self._request_wake()
+                    self._wait(deadline, f"this thread's queue is full; {path} was not sent to")
+            finally:
+                self._space_waiters -= 1
 
-    def _schedule(self) -> None:
-        try:
+    def _take_credit(
+        self, lane: _Lane, mailbox: MailboxQueue, timeout: float | None, path: str
+    ) -> None:
+        """Get room for one message (and a few more for later) from what the loop granted."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        chunk = max(1, min(CREDIT_CHUNK, mailbox.capacity // 16))
+        with self._lock:
+            while True:
+                self._check_open()
+                if mailbox.thread_credits:
+                    take = min(mailbox.thread_credits, chunk)
+                    mailbox.thread_credits -= take
+                    lane.credits[mailbox] = take - 1
+                    return
+                asked = self._round
+                self._wants[mailbox] = None
+                self._request_wake()
+                if mailbox.overflow == "fail":
+                    while self._round == asked:  # wait for the loop's answer, not for room
+                        self._cond.wait()
+                        self._check_open()
+                    if not mailbox.thread_credits:
+                        raise MailboxFull(f"mailbox of {path} is full (overflow='fail')")
+                else:
+                    self._wait(deadline, f"mailbox of {path} stayed full (overflow='block')")
+
+    def _request_wake(self) -> None:
+        """Lock held: make sure a drain is coming."""
+        if not self._wake_scheduled:
+            self._wake_scheduled = True
             self._token_call(self._drain)
-        except RuntimeClosed:
-            with self._lock:
-                self._wake_scheduled = False
-            raise
 
     def _token_call(self, fn: Callable[[], None]) -> None:
         """Wake the loop (non-blocking; safe with or without the lock held)."""
@@ -252,44 +328,57 @@ class ThreadGate:
         try:
             self._token.run_sync_soon(fn)
         except trio.RunFinishedError:
-            raise RuntimeClosed(f"actor system {self._system.name!r} is not running") from None
+            self._closed()
 
     # -- the loop side ---------------------------------------------------
     def _drain(self) -> None:
-        """Loop thread: deliver a batch of what is queued, then answer requests for credit.
+        """Loop thread: deliver a batch from the lanes, then answer requests for credit.
 
         At most `DRAIN_MAX` messages per call, so that a flood from threads
         never makes one long step of the loop; the rest gets another call.
         """
         self.wakeups += 1
         with self._lock:
-            queue = self._queue
-            if len(queue) <= DRAIN_MAX:
-                items: Any = queue
-                self._queue = deque()
-                more = False
-            else:
-                items = [queue.popleft() for _ in range(DRAIN_MAX)]
-                more = True
+            self._wake_scheduled = False  # before draining: a later append wakes us again
+            lanes = self._lanes
             wants = self._wants
             self._wants = {}
-            self._wake_scheduled = more
             notify = bool(self._space_waiters)
-        # Deliver runs of messages for the same mailbox together.
-        run: list[Any] = []
-        target: MailboxQueue | None = None
-        for mailbox, item in items:
-            if mailbox is not target:
-                if run:
-                    self._deliver(target, run)  # type: ignore[arg-type]
-                    run = []
-                target = mailbox
-            run.append(item)
-        if run:
-            self._deliver(target, run)  # type: ignore[arg-type]
-        self.delivered += len(items)
-        if more:
-            self._token_call(self._drain)
+        horizon = next(self._numbers)  # deliver only what was numbered before now
+        batch: list[tuple[int, MailboxQueue, Any]] = []
+        dead: list[_Lane] = []
+        busy = [lane.items for lane in lanes if lane.items]
+        if len(busy) == 1:
+            items = busy[0]
+            take = min(len(items), DRAIN_MAX)
+            if items[take - 1][0] < horizon:  # the common case: all of it
+                batch = [items.popleft() for _ in range(take)]
+            else:
+                while items and len(batch) < DRAIN_MAX and items[0][0] < horizon:
+                    batch.append(items.popleft())
+        elif busy:
+            heads = [(items[0][0], i) for i, items in enumerate(busy)]
+            heapq.heapify(heads)
+            while heads and len(batch) < DRAIN_MAX:
+                number, i = heads[0]
+                if number >= horizon:
+                    break
+                items = busy[i]
+                batch.append(items.popleft())
+                if items:
+                    heapq.heapreplace(heads, (items[0][0], i))
+                else:
+                    heapq.heappop(heads)
+        for lane in lanes:
+            if not lane.items and not lane.thread.is_alive():
+                dead.append(lane)
+        self._deliver_run(batch)
+        self.delivered += len(batch)
+        if dead:
+            self._forget(dead)
+        if any(lane.items for lane in lanes):
+            with self._lock:
+                self._request_wake()
         if not wants and not notify:
             return
         grants = [(mailbox, self._reserve(mailbox)) for mailbox in wants]
@@ -301,6 +390,29 @@ class ThreadGate:
                     mailbox.wait_for_threads()  # room_freed() will grant later
             self._round += 1
             self._cond.notify_all()
+
+    def _forget(self, dead: list[_Lane]) -> None:
+        """Lanes of threads that ended: drop them and give back the room they held."""
+        with self._lock:
+            self._lanes = [lane for lane in self._lanes if lane not in dead]
+        for lane in dead:
+            for mailbox, held in lane.credits.items():
+                mailbox.reserved -= held
+            lane.credits.clear()
+
+    def _deliver_run(self, entries: list[tuple[int, MailboxQueue, Any]]) -> None:
+        """Deliver in order, handing runs for the same mailbox over together."""
+        run: list[Any] = []
+        target: MailboxQueue | None = None
+        for _, mailbox, item in entries:
+            if mailbox is not target:
+                if run:
+                    self._deliver(target, run)  # type: ignore[arg-type]
+                    run = []
+                target = mailbox
+            run.append(item)
+        if run:
+            self._deliver(target, run)  # type: ignore[arg-type]
 
     @staticmethod
     def _deliver(mailbox: MailboxQueue, items: list[Any]) -> None:
@@ -331,7 +443,7 @@ class ThreadGate:
             self._cond.notify_all()
 
     def reclaim(self, mailbox: MailboxQueue) -> int:
-        """Loop thread: take back credits no thread is using (the loop needs the room)."""
+        """Loop thread: take back granted room no thread has claimed (the loop needs it)."""
         with self._lock:
             unused, mailbox.thread_credits = mailbox.thread_credits, 0
             return unused
