@@ -46,6 +46,7 @@ class Daemon(Actor):
     last_tick: float | None = None  # wall-clock time the last tick started
     last_tick_duration: float | None = None
     lateness: float | None = None  # how late the last tick started, seconds
+    _last_tick_at: float | None = None  # trio time the last tick started (for health)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -87,6 +88,7 @@ class Daemon(Actor):
         started = trio.current_time()
         self.lateness = max(0.0, started - msg.due)
         self.last_tick = time.time()
+        self._last_tick_at = started
         await self.tick()
         self.ticks += 1
         took = trio.current_time() - started
@@ -101,8 +103,10 @@ class Daemon(Actor):
             )
 
     def snapshot_stats(self) -> dict[str, Any]:
+        # trio's clock, not the wall clock: it is the one ticks are scheduled on
         overdue = (
-            self.last_tick is not None and time.time() - self.last_tick > 3 * self.interval + 1
+            self._last_tick_at is not None
+            and trio.current_time() - self._last_tick_at > 3 * self.interval + 1
         )
         return {
             "interval": self.interval,

@@ -32,11 +32,16 @@ def consistent_hash(key: Callable[[Any], Hashable]) -> ConsistentHash:
     return ConsistentHash(key)
 
 
+def _check_size(_instance: object, _attribute: object, value: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"a pool size is an int >= 1, got {value!r}")
+
+
 @attrs.frozen
 class Resize:
-    """Send to a pool's ref to grow or shrink it to `size` workers."""
+    """Send to a pool's ref to grow or shrink it to `size` workers (at least 1)."""
 
-    size: int
+    size: int = attrs.field(validator=_check_size)
 
 
 @attrs.frozen
@@ -109,8 +114,7 @@ class Router(Actor):
         return ref
 
     async def _resize(self, size: int) -> None:
-        if not isinstance(size, int) or size < 0:
-            raise ValueError(f"a pool size is an int >= 0, got {size!r}")
+        _check_size(None, None, size)
         system = self.ctx.system
         names = {ref.name for ref in self.workers}
         n = 0
@@ -158,8 +162,7 @@ def Pool(
         raise ValueError(
             f"unknown routing {routing!r}; use one of {', '.join(ROUTINGS)} or consistent_hash(key)"
         )
-    if not isinstance(size, int) or size < 1:
-        raise ValueError(f"a pool needs size >= 1, got {size!r}")
+    _check_size(None, None, size)
     workers = Supervisor(
         "workers",
         strategy="one_for_one",

@@ -10,7 +10,12 @@ from collections.abc import Sequence
 
 from .harness import Bench, Result, Size, eprint, measure, render
 
-GROUPS: tuple[str, ...] = ("benchmarks.kernel", "benchmarks.threads", "benchmarks.bus")
+GROUPS: tuple[str, ...] = (
+    "benchmarks.kernel",
+    "benchmarks.threads",
+    "benchmarks.bus",
+    "benchmarks.bridge",
+)
 """Scenario modules; each exposes ``BENCHES``."""
 
 

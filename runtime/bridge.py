@@ -100,6 +100,9 @@ class Bridge(Actor):
 
     async def on_start(self) -> None:
         self._limiter = trio.CapacityLimiter(self.max_workers)
+        # `_limiter` bounds the workers; trio's default thread limiter (40 per run,
+        # still held by abandoned threads) must not bound them a second time.
+        self._threads = trio.CapacityLimiter(math.inf)
         self._token = trio.lowlevel.current_trio_token()
 
     async def receive(self, msg: Any) -> Any:
@@ -186,8 +189,10 @@ class Bridge(Actor):
                     with contextlib.suppress(trio.RunFinishedError):
                         self._token.run_sync_soon(self._abandoned_thread_ended)
 
+        # Cancelled before a thread started: nothing runs on, nothing to account for.
+        await trio.lowlevel.checkpoint_if_cancelled()
         try:
-            return await trio.to_thread.run_sync(run, abandon_on_cancel=True)
+            return await trio.to_thread.run_sync(run, abandon_on_cancel=True, limiter=self._threads)
         except trio.Cancelled:
             if ended.setdefault("by", "abandoned") == "abandoned":
                 self.abandoned_running += 1

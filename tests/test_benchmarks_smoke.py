@@ -35,6 +35,11 @@ SCENARIOS = (
     "publish fan-out to 100 subscribers",
     "publish rate, 10,000 subscriptions, fixed topic",
     "publish rate, 10,000 subscriptions, rotating topics",
+    # bridge and pool (benchmarks/bridge.py)
+    "ctx.run_blocking per-call overhead",
+    "system.run_blocking per-call overhead",
+    "1,000 concurrent 1 ms blocking calls, Bridge(max_workers=8)",
+    "Pool(size=4, smallest_mailbox) vs one actor",
 )
 
 REPORT_ONLY = ("messages injected by 4 threads during the stall run",)

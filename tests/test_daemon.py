@@ -1,0 +1,296 @@
+"""`actors.Daemon`: periodic ticks through the actor's own mailbox, on a drift-free schedule.
+
+All time here is trio's virtual time (`autojump_clock`): every assertion on
+when a tick ran is exact.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import pytest
+import trio
+import trio.testing
+
+import runtime
+from actors import Daemon
+from runtime import Supervisor, child
+
+WAIT = 1_000.0  # virtual seconds: a bound that only a hang reaches
+
+
+def app(*children: Any, **kw: Any) -> Supervisor:
+    return Supervisor("app", children=list(children), **kw)
+
+
+def stats(system: runtime.System, path: str) -> dict[str, Any]:
+    return system.snapshot().find(path).stats
+
+
+class Clocked(Daemon):
+    """Records the trio time of each tick; a tick may take `work` seconds."""
+
+    interval = 1.0
+
+    def __init__(self, log: list[float], work: dict[int, float] | None = None) -> None:
+        self.log = log
+        self.work = work or {}
+
+    async def tick(self) -> None:
+        n = len(self.log)
+        self.log.append(trio.current_time())
+        await trio.sleep(self.work.get(n, 0.0))
+
+
+async def test_ticks_follow_a_drift_free_schedule(autojump_clock: trio.testing.MockClock) -> None:
+    log: list[float] = []
+    with trio.fail_after(WAIT):
+        async with runtime.open_system(app(child(Clocked, name="d", args=(log,)))) as system:
+            await trio.sleep(10.5)
+            start = log[0]
+            assert log == [start + n * 1.0 for n in range(11)]
+            s = stats(system, "/app/d")
+            assert s["ticks"] == 11
+            assert s["lateness"] == 0.0
+            assert s["slow_ticks"] == 0
+
+
+class Busy(Daemon):
+    """Ticks take 0.4 s of the 1 s interval: the schedule still does not drift."""
+
+    interval = 1.0
+
+    def __init__(self, log: list[float]) -> None:
+        self.log = log
+
+    async def tick(self) -> None:
+        self.log.append(trio.current_time())
+        await trio.sleep(0.4)
+
+
+async def test_tick_duration_does_not_shift_the_schedule(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    log: list[float] = []
+    with trio.fail_after(WAIT):
+        async with runtime.open_system(app(child(Busy, name="d", args=(log,)))) as _system:
+            await trio.sleep(20.5)
+    start = log[0]
+    assert log == [start + n for n in range(21)]  # not start + n * 1.4
+
+
+async def test_a_slow_tick_delays_the_next_skips_missed_ones_and_is_counted(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    log: list[float] = []
+    work = {2: 2.5}  # the third tick (due at start + 2) runs until start + 4.5
+    with trio.fail_after(WAIT):
+        tree = app(child(Clocked, name="d", args=(log, work)))
+        async with runtime.open_system(tree) as system:
+            await trio.sleep(7.5)
+            start = log[0]
+            # no overlap: nothing ran during the slow tick; ticks due at +3 and +4 were
+            # skipped, not queued; the phase is kept (+5, not +5.5)
+            assert [t - start for t in log] == [0.0, 1.0, 2.0, 5.0, 6.0, 7.0]
+            s = stats(system, "/app/d")
+            assert s["slow_ticks"] == 1
+            assert s["ticks"] == 6
+            assert s["last_tick_duration"] == 0.0
+
+
+class Worker(Daemon):
+    """Handles messages that take a while; records ticks and message handling."""
+
+    interval = 1.0
+
+    def __init__(self, log: list[tuple[str, float]]) -> None:
+        self.log = log
+        self.in_receive = False
+
+    async def tick(self) -> None:
+        assert not self.in_receive, "a tick ran while a message was being handled"
+        self.log.append(("tick", trio.current_time()))
+
+    async def receive(self, msg: Any) -> Any:
+        match msg:
+            case ("work", seconds):
+                self.in_receive = True
+                self.log.append(("work", trio.current_time()))
+                await trio.sleep(seconds)
+                self.in_receive = False
+                return "worked"
+            case "ping":
+                return "pong"
+            case _:
+                return runtime.UNHANDLED
+
+
+async def test_ticks_run_between_messages_and_a_subclass_handles_its_own(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    log: list[tuple[str, float]] = []
+    with trio.fail_after(WAIT):
+        async with runtime.open_system(app(child(Worker, name="d", args=(log,)))) as system:
+            ref = system.ref("/app/d")
+            start = trio.current_time()
+            await trio.sleep(0.5)
+            assert await ref.ask(("work", 3.0), timeout=None) == "worked"  # +0.5 .. +3.5
+            assert await ref.ask("ping") == "pong"
+            await trio.sleep(2.0)  # until +5.5
+            with pytest.raises(runtime.UnhandledMessage):
+                await ref.ask("unknown")
+            s = stats(system, "/app/d")
+            info = system.snapshot().find("/app/d")
+    rel = [(what, t - start) for what, t in log]
+    # the tick due at +1 waited behind the message and ran at +3.5 (2.5 late);
+    # those due at +2 and +3 were skipped; the schedule went on at +4, +5
+    assert rel == [
+        ("tick", 0.0),
+        ("work", 0.5),
+        ("tick", 3.5),
+        ("tick", 4.0),
+        ("tick", 5.0),
+    ]
+    assert s["ticks"] == 4
+    assert s["lateness"] == 0.0  # of the last tick
+    assert info.restarts == 0 and info.failed == 0
+
+
+async def test_lateness_of_a_tick_held_up_by_a_message_is_reported(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    log: list[tuple[str, float]] = []
+    with trio.fail_after(WAIT):
+        async with runtime.open_system(app(child(Worker, name="d", args=(log,)))) as system:
+            ref = system.ref("/app/d")
+            await trio.sleep(0.25)
+            ref.tell(("work", 2.5))  # +0.25 .. +2.75; the tick due at +1 waits
+            await trio.sleep(2.6)  # +2.85: the late tick has run
+            s = stats(system, "/app/d")
+            assert s["ticks"] == 2
+            assert s["lateness"] == pytest.approx(1.75)
+            assert s["slow_ticks"] == 0  # late is not slow
+            assert s["healthy"] is True
+
+
+class Flaky(Daemon):
+    """Its third tick of the first incarnation raises."""
+
+    interval = 1.0
+
+    def __init__(self, log: list[tuple[int, float]], starts: list[float]) -> None:
+        self.log = log
+        self.starts = starts
+
+    async def on_start(self) -> None:
+        self.starts.append(trio.current_time())
+        await super().on_start()
+
+    async def tick(self) -> None:
+        self.log.append((len(self.starts), trio.current_time()))
+        if len(self.starts) == 1 and self.ticks == 2:
+            raise ConnectionError("tick failed")
+
+
+async def test_a_failing_tick_crashes_the_incarnation_and_the_supervisor_restarts_it(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    log: list[tuple[int, float]] = []
+    starts: list[float] = []
+    with trio.fail_after(WAIT):
+        tree = app(child(Flaky, name="d", args=(log, starts)))
+        async with runtime.open_system(tree) as system:
+            await trio.sleep(5.5)
+            info = system.snapshot().find("/app/d")
+            assert info.restarts == 1
+            assert info.state == "running"
+            assert info.last_error is not None
+            assert info.last_error.type == "ConnectionError"
+            assert info.stats["ticks"] >= 3  # the new incarnation ticks on
+    assert len(starts) == 2
+    first = [t for inc, t in log if inc == 1]
+    second = [t for inc, t in log if inc == 2]
+    assert len(first) == 3  # the third one raised
+    assert second[0] == starts[1]  # the new incarnation ticks at its start
+    assert [t - second[0] for t in second] == [float(n) for n in range(len(second))]
+
+
+class Late(Daemon):
+    interval = 2.0
+    tick_at_start = False
+
+    def __init__(self, log: list[float]) -> None:
+        self.log = log
+
+    async def tick(self) -> None:
+        self.log.append(trio.current_time())
+
+
+async def test_tick_at_start_false_waits_one_interval(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    log: list[float] = []
+    with trio.fail_after(WAIT):
+        async with runtime.open_system(app(child(Late, name="d", args=(log,)))) as system:
+            start = trio.current_time()
+            await trio.sleep(1.9)
+            assert log == []
+            s = stats(system, "/app/d")
+            assert s["ticks"] == 0 and s["last_tick"] is None and s["healthy"] is True
+            await trio.sleep(4.2)
+    assert [t - start for t in log] == [2.0, 4.0, 6.0]
+
+
+class Stuck(Daemon):
+    """Its second tick waits forever."""
+
+    interval = 1.0
+
+    async def tick(self) -> None:
+        if self.ticks == 1:
+            await trio.sleep_forever()
+
+
+async def test_snapshot_stats_and_a_stuck_daemon_is_unhealthy(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    with trio.fail_after(WAIT):
+        async with runtime.open_system(app(child(Stuck, name="d", shutdown=1.0))) as system:
+            await trio.sleep(0.5)
+            s = stats(system, "/app/d")
+            for key in ("interval", "ticks", "slow_ticks", "last_tick", "lateness", "healthy"):
+                assert key in s, key
+            assert s["interval"] == 1.0
+            assert s["ticks"] == 1
+            assert isinstance(s["last_tick"], float)
+            assert s["healthy"] is True
+            await trio.sleep(30.0)  # the second tick has hung for ~29 intervals
+            s = stats(system, "/app/d")
+            assert s["ticks"] == 1
+            assert s["healthy"] is False
+
+
+def test_interval_must_be_a_positive_number() -> None:
+    for bad in (0, -1.0, "1", None):
+        with pytest.raises(ValueError):
+
+            class Bad(Daemon):
+                interval: ClassVar[Any] = bad
+
+                async def tick(self) -> None: ...
+
+
+async def test_a_daemon_without_tick_fails_on_its_first_tick(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    class NoTick(Daemon):
+        interval = 1.0
+
+    with trio.fail_after(WAIT):
+        tree = app(child(NoTick, name="d"), backoff=runtime.Backoff(min=1.0, max=1.0, jitter=0))
+        async with runtime.open_system(tree) as system:
+            await trio.sleep(0.5)
+            info = system.snapshot().find("/app/d")
+            assert info.failed == 1
+            assert info.last_error is not None
+            assert info.last_error.type == "NotImplementedError"

@@ -1,0 +1,326 @@
+"""`actors.Pool`: N identical workers behind one ref, routed, supervised, resizable."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import attrs
+import pytest
+import trio
+import trio.testing
+
+import runtime
+from actors import ConsistentHash, Pool, PoolSize, Resize, consistent_hash
+from runtime import Actor, Supervisor, child
+
+WAIT = 10.0
+
+
+@attrs.frozen
+class Job:
+    key: Any = None
+    crash: bool = False
+
+
+class Worker(Actor):
+    """Records every message it handles in a shared log as (worker name, message)."""
+
+    def __init__(self, log: list[tuple[str, Any]], gate: trio.Event | None = None) -> None:
+        self.log = log
+        self.gate = gate
+
+    async def receive(self, msg: Any) -> Any:
+        if msg == "name":
+            return self.ctx.name
+        if self.gate is not None:
+            await self.gate.wait()
+        self.log.append((self.ctx.name, msg))
+        if isinstance(msg, Job) and msg.crash:
+            raise RuntimeError("worker crashed on purpose")
+        return self.ctx.name
+
+
+def pool_tree(
+    log: list[tuple[str, Any]],
+    size: int = 4,
+    routing: str | ConsistentHash = "round_robin",
+    gate: trio.Event | None = None,
+    **kw: Any,
+) -> Supervisor:
+    worker = child(Worker, args=(log,), kwargs={"gate": gate})
+    return Supervisor(
+        "app", children=[Pool("pool", worker=worker, size=size, routing=routing, **kw)]
+    )
+
+
+def names(log: list[tuple[str, Any]]) -> Counter[str]:
+    return Counter(name for name, _ in log)
+
+
+def worker_names(system: runtime.System) -> list[str]:
+    return [info.name for info in system.which_children("/app/pool/workers")]
+
+
+# -- shape ---------------------------------------------------------------------
+
+
+async def test_pool_is_a_supervisor_whose_ref_is_its_router() -> None:
+    log: list[tuple[str, Any]] = []
+    with trio.fail_after(WAIT):
+        async with runtime.open_system(pool_tree(log, size=3)) as system:
+            pool = system.ref("/app/pool")
+            assert pool.path == "/app/pool/router"
+            assert worker_names(system) == ["w0", "w1", "w2"]
+            assert await pool.ask(PoolSize()) == 3
+            snap = system.snapshot()
+            assert snap.find("/app/pool").kind == "supervisor"
+            assert snap.find("/app/pool/router").cls == "Router"
+            stats = snap.find("/app/pool/router").stats
+            assert stats["routing"] == "round_robin" and stats["workers"] == 3
+
+
+# -- routing -------------------------------------------------------------------
+
+
+async def test_round_robin_spreads_evenly() -> None:
+    log: list[tuple[str, Any]] = []
+    with trio.fail_after(WAIT):
+        async with runtime.open_system(pool_tree(log, size=4)) as system:
+            pool = system.ref("/app/pool")
+            for i in range(40):
+                pool.tell(Job(i))
+            answers = [await pool.ask(Job(("ask", i))) for i in range(8)]
+            await trio.testing.wait_all_tasks_blocked()
+    assert names(log) == {"w0": 12, "w1": 12, "w2": 12, "w3": 12}
+    assert Counter(answers) == {"w0": 2, "w1": 2, "w2": 2, "w3": 2}
+    # each worker got every 4th message, in order
+    for k, name in enumerate(["w0", "w1", "w2", "w3"]):
+        got = [m.key for n, m in log if n == name and isinstance(m.key, int)]
+        assert got == list(range(k, 40, 4))
+
+
+async def test_ask_through_the_pool_reaches_exactly_one_worker() -> None:
+    log: list[tuple[str, Any]] = []
+    with trio.fail_after(WAIT):
+        for routing in ("round_robin", "smallest_mailbox", consistent_hash(key=repr)):
+            log.clear()
+            async with runtime.open_system(pool_tree(log, size=3, routing=routing)) as system:
+                pool = system.ref("/app/pool")
+                answer = await pool.ask(Job("once"))
+                await trio.testing.wait_all_tasks_blocked()
+                assert len(log) == 1, routing
+                assert log[0] == (answer, Job("once")), routing
+
+
+async def test_smallest_mailbox_picks_the_least_loaded_worker() -> None:
+    log: list[tuple[str, Any]] = []
+    gate = trio.Event()
+    with trio.fail_after(WAIT):
+        tree = pool_tree(log, size=3, routing="smallest_mailbox", gate=gate)
+        async with runtime.open_system(tree) as system:
+            w = {n: system.ref(f"/app/pool/workers/{n}") for n in ("w0", "w1", "w2")}
+            # load the workers directly: w0 busy + 3 queued, w1 busy + 1 queued, w2 busy
+            for n, extra in (("w0", 3), ("w1", 1), ("w2", 0)):
+                for i in range(1 + extra):
+                    w[n].tell(("direct", n, i))
+            await trio.testing.wait_all_tasks_blocked()
+            assert [w[n].mailbox_depth for n in ("w0", "w1", "w2")] == [3, 1, 0]
+            pool = system.ref("/app/pool")
+            pool.tell(Job("a"))  # -> w2 (load 1), now 1 queued there
+            await trio.testing.wait_all_tasks_blocked()
+            assert w["w2"].mailbox_depth == 1
+            pool.tell(Job("b"))  # w1 and w2 both have load 2: the first of them, w1
+            await trio.testing.wait_all_tasks_blocked()
+            pool.tell(Job("c"))  # w1: 3, w2: 2 -> w2
+            await trio.testing.wait_all_tasks_blocked()
+            assert [w[n].mailbox_depth for n in ("w0", "w1", "w2")] == [3, 2, 2]
+            gate.set()
+            await trio.testing.wait_all_tasks_blocked()
+    routed = {m.key: n for n, m in log if isinstance(m, Job)}
+    assert routed == {"a": "w2", "b": "w1", "c": "w2"}
+
+
+async def test_broadcast_tells_reach_every_worker_and_an_ask_gets_one_reply() -> None:
+    log: list[tuple[str, Any]] = []
+    with trio.fail_after(WAIT):
+        async with runtime.open_system(pool_tree(log, size=4, routing="broadcast")) as system:
+            pool = system.ref("/app/pool")
+            pool.tell(Job("all"))
+            await pool.send(Job("all-again"))
+            await trio.testing.wait_all_tasks_blocked()
+            assert Counter(log) == Counter(
+                [(f"w{i}", Job("all")) for i in range(4)]
+                + [(f"w{i}", Job("all-again")) for i in range(4)]
+            )
+            log.clear()
+            answers = [await pool.ask(Job(("question", i))) for i in range(4)]
+            await trio.testing.wait_all_tasks_blocked()
+            # one reply each, and the answering worker rotates
+            assert sorted(answers) == ["w0", "w1", "w2", "w3"]
+            assert system.snapshot().dead_letters.get("unhandled", 0) == 0
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="Router cannot tell an ask from a tell through the public API, so a broadcast "
+    "ask is delivered to every worker (answered by one); needs e.g. Context.asked in runtime",
+)
+async def test_broadcast_ask_reaches_exactly_one_worker() -> None:
+    log: list[tuple[str, Any]] = []
+    with trio.fail_after(WAIT):
+        async with runtime.open_system(pool_tree(log, size=3, routing="broadcast")) as system:
+            pool = system.ref("/app/pool")
+            answer = await pool.ask(Job("once"))
+            await trio.testing.wait_all_tasks_blocked()
+            assert log == [(answer, Job("once"))]
+
+
+async def test_consistent_hash_keeps_keys_on_one_worker_and_most_in_place_on_resize() -> None:
+    log: list[tuple[str, Any]] = []
+    keys = [f"user-{i}" for i in range(200)]
+    routing = consistent_hash(key=lambda msg: msg.key)
+    with trio.fail_after(WAIT):
+        async with runtime.open_system(pool_tree(log, size=4, routing=routing)) as system:
+            pool = system.ref("/app/pool")
+            before = {k: await pool.ask(Job(k)) for k in keys}
+            again = {k: await pool.ask(Job(k)) for k in reversed(keys)}
+            assert again == before  # the same key always reaches the same worker
+            assert set(before.values()) == {"w0", "w1", "w2", "w3"}  # all of them used
+            assert min(Counter(before.values()).values()) >= 20  # and not lopsided
+
+            assert await pool.ask(Resize(5)) == 5
+            grown = {k: await pool.ask(Job(k)) for k in keys}
+            moved = [k for k in keys if grown[k] != before[k]]
+            assert {grown[k] for k in moved} <= {"w4"}  # keys only move to the new worker
+            assert 10 <= len(moved) <= 80  # about 1/5 of them
+
+            assert await pool.ask(Resize(4)) == 4
+            shrunk = {k: await pool.ask(Job(k)) for k in keys}
+            assert shrunk == before  # back to where they were
+            stats = system.snapshot().find("/app/pool/router").stats
+            assert stats["routing"] == "consistent_hash"
+
+
+# -- failures ------------------------------------------------------------------
+
+
+async def test_a_crashing_worker_restarts_alone_and_no_queued_message_is_lost() -> None:
+    log: list[tuple[str, Any]] = []
+    gate = trio.Event()
+    with trio.fail_after(WAIT):
+        async with runtime.open_system(pool_tree(log, size=3, gate=gate)) as system:
+            pool = system.ref("/app/pool")
+            # round robin: w0 gets 0, 3(crash), 6, 9; w1 gets 1, 4, 7, 10; w2 the rest
+            for i in range(12):
+                pool.tell(Job(i, crash=(i == 3)))
+            await trio.testing.wait_all_tasks_blocked()
+            gate.set()
+            await trio.testing.wait_all_tasks_blocked()
+            assert await pool.ask(PoolSize()) == 3
+            snap = system.snapshot()
+            assert snap.find("/app/pool/workers/w0").restarts == 1
+            assert snap.find("/app/pool/workers/w1").restarts == 0
+            assert snap.find("/app/pool/workers/w2").restarts == 0
+            assert snap.find("/app/pool/router").restarts == 0
+            assert snap.find("/app/pool").restarts == 0
+    handled = {m.key for _, m in log}
+    assert handled == set(range(12))  # the crashing one was handled too, then it crashed
+    assert [m.key for n, m in log if n == "w0"] == [0, 3, 6, 9]  # w0's queue survived
+    assert [m.key for n, m in log if n == "w1"] == [1, 4, 7, 10]
+    assert [m.key for n, m in log if n == "w2"] == [2, 5, 8, 11]
+
+
+async def test_an_ask_to_a_crashing_worker_fails_with_actor_crashed() -> None:
+    log: list[tuple[str, Any]] = []
+    with trio.fail_after(WAIT):
+        async with runtime.open_system(pool_tree(log, size=2)) as system:
+            pool = system.ref("/app/pool")
+            with pytest.raises(runtime.ActorCrashed):
+                await pool.ask(Job("x", crash=True))
+            assert await pool.ask(Job("y")) == "w1"
+            assert await pool.ask(Job("z")) == "w0"  # restarted and back in the rotation
+
+
+# -- resizing ------------------------------------------------------------------
+
+
+async def test_resize_grows_and_shrinks_at_run_time() -> None:
+    log: list[tuple[str, Any]] = []
+    with trio.fail_after(WAIT):
+        async with runtime.open_system(pool_tree(log, size=2)) as system:
+            pool = system.ref("/app/pool")
+            assert await pool.ask(Resize(4)) == 4
+            assert await pool.ask(PoolSize()) == 4
+            assert worker_names(system) == ["w0", "w1", "w2", "w3"]
+            for i in range(8):
+                pool.tell(Job(i))
+            await trio.testing.wait_all_tasks_blocked()
+            assert names(log) == {"w0": 2, "w1": 2, "w2": 2, "w3": 2}
+
+            log.clear()
+            assert await pool.ask(Resize(1)) == 1
+            assert await pool.ask(PoolSize()) == 1
+            assert worker_names(system) == ["w0"]
+            with pytest.raises(runtime.ActorNotFound):
+                system.ref("/app/pool/workers/w3")
+            for i in range(5):
+                pool.tell(Job(i))
+            await trio.testing.wait_all_tasks_blocked()
+            assert names(log) == {"w0": 5}
+
+            pool.tell(Resize(3))  # a tell works too
+            assert await pool.ask(PoolSize()) == 3
+            assert worker_names(system) == ["w0", "w1", "w2"]
+            assert system.snapshot().find("/app/pool/router").stats["workers"] == 3
+
+
+async def test_a_router_crash_keeps_the_workers_resized_ones_included() -> None:
+    log: list[tuple[str, Any]] = []
+
+    def key(msg: Any) -> Any:
+        if msg.key == "bad":
+            raise LookupError("no key")
+        return msg.key
+
+    with trio.fail_after(WAIT):
+        tree = pool_tree(log, size=2, routing=consistent_hash(key=key))
+        async with runtime.open_system(tree) as system:
+            pool = system.ref("/app/pool")
+            assert await pool.ask(Resize(3)) == 3
+            owners = {k: await pool.ask(Job(k)) for k in range(30)}
+            with pytest.raises(runtime.ActorCrashed) as info:
+                await pool.ask(Job("bad"))
+            assert isinstance(info.value.__cause__, LookupError)
+            await trio.testing.wait_all_tasks_blocked()  # let the supervisor restart it
+            snap = system.snapshot()
+            assert snap.find("/app/pool/router").restarts == 1
+            assert snap.find("/app/pool/workers").restarts == 0
+            assert await pool.ask(PoolSize()) == 3  # the dynamic worker is still routed to
+            assert {k: await pool.ask(Job(k)) for k in range(30)} == owners
+            assert "bad" not in {m.key for _, m in log}
+
+
+# -- misuse --------------------------------------------------------------------
+
+
+def test_invalid_pool_arguments_raise() -> None:
+    log: list[tuple[str, Any]] = []
+    worker = child(Worker, args=(log,))
+    with pytest.raises(TypeError):
+        Pool("p", worker=Worker, size=2)  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        Pool("p", worker=Supervisor("s"), size=2)  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        Pool("p", worker=worker, routing="random")
+    with pytest.raises(ValueError):
+        Pool("p", worker=worker, routing="consistent_hash")  # needs consistent_hash(key)
+    for size in (0, -1, 2.5, "3"):
+        with pytest.raises(ValueError):
+            Pool("p", worker=worker, size=size)  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        consistent_hash(key="id")  # type: ignore[arg-type]
+    # like Pool's size: a bad Resize fails where it is made, not in the router
+    for size in (0, -1, 1.5, "2"):
+        with pytest.raises(ValueError):
+            Resize(size)  # type: ignore[arg-type]
