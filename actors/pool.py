@@ -90,11 +90,12 @@ class Router(Actor):
         routing = self.routing
         self.routed += 1
         if routing == "broadcast":
-            # every worker gets a tell; an ask is answered by exactly one of them
+            # a tell reaches every worker; an ask reaches one (and gets one answer)
             target = self._round_robin()
-            for ref in self.workers:
-                if ref != target:
-                    await ref.send(msg)
+            if not self.ctx.expects_reply:
+                for ref in self.workers:
+                    if ref != target:
+                        await ref.send(msg)
             await self.ctx.forward(target)
             return None
         if routing == "smallest_mailbox":

@@ -166,6 +166,11 @@ class Context:
         """Hand the message in hand to `ref`; it answers the original asker directly."""
         await self._cell.forward(ref._cell)
 
+    @property
+    def expects_reply(self) -> bool:
+        """Whether the message in hand was asked (someone waits for the answer)."""
+        return self._cell._reply is not None
+
     def defer_reply(self) -> DeferredReply:
         """Answer the message in hand later; `receive`'s return value is then ignored."""
         return self._cell.defer_reply()

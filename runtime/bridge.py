@@ -19,6 +19,7 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
+import outcome
 import trio
 
 from .actor import Actor
@@ -33,9 +34,9 @@ SATURATION_WARNING = 5.0  # seconds all workers busy before health says so
 
 
 class BlockingCall:
-    """A request to a bridge; `cancel()` abandons it (from the asker's side)."""
+    """A request to a bridge.  `cancel()` (the asker gave up) abandons it."""
 
-    __slots__ = ("args", "cancelled", "deadline", "fn", "kwargs", "scope")
+    __slots__ = ("args", "cancelled", "deadline", "fn", "kwargs", "on_cancel")
 
     def __init__(
         self,
@@ -49,15 +50,28 @@ class BlockingCall:
         self.kwargs = kwargs
         self.deadline = deadline  # trio time; queueing counts against it too
         self.cancelled = False
-        self.scope: trio.CancelScope | None = None
+        self.on_cancel: Callable[[], None] | None = None  # set by the bridge while it runs
 
     def cancel(self) -> None:
         self.cancelled = True
-        if self.scope is not None:
-            self.scope.cancel()
+        if self.on_cancel is not None:
+            self.on_cancel()
 
     def __repr__(self) -> str:
         return f"BlockingCall({getattr(self.fn, '__qualname__', self.fn)!r})"
+
+
+class _Job:
+    """One call the bridge has started: in a worker thread, or a process task."""
+
+    __slots__ = ("call", "reply", "scope", "started", "state")
+
+    def __init__(self, call: BlockingCall, reply: DeferredReply, started: float) -> None:
+        self.call = call
+        self.reply = reply
+        self.started = started
+        self.state = "running"  # -> "done" | "abandoned"
+        self.scope: trio.CancelScope | None = None  # its timer, or its process task
 
 
 def _percentile(samples: deque[float], q: float) -> float | None:
@@ -100,112 +114,152 @@ class Bridge(Actor):
 
     async def on_start(self) -> None:
         self._limiter = trio.CapacityLimiter(self.max_workers)
-        # `_limiter` bounds the workers; trio's default thread limiter (40 per run,
-        # still held by abandoned threads) must not bound them a second time.
-        self._threads = trio.CapacityLimiter(math.inf)
         self._token = trio.lowlevel.current_trio_token()
+        self._jobs: set[_Job] = set()
 
     async def receive(self, msg: Any) -> Any:
         if not isinstance(msg, BlockingCall):
             return UNHANDLED
         reply = self.ctx.defer_reply()
         self.submitted += 1
-        if msg.cancelled or msg.deadline <= trio.current_time():
-            # the caller gave up (or its time ran out) while the call was queued
-            self.abandoned += 1
-            reply.fail(_gave_up(msg) if msg.cancelled else AskTimeout(f"{msg!r} timed out queued"))
-            return None
         queued_at = trio.current_time()
-        token = object()
-        # Waiting here (not in a task) is what bounds the queue: while every
-        # worker is busy, further calls stay in this actor's bounded mailbox.
-        self.waiting += 1
-        try:
-            await self._limiter.acquire_on_behalf_of(token)
-        finally:
-            self.waiting -= 1
-        self._waits.append(trio.current_time() - queued_at)
-        self.ctx.nursery.start_soon(self._run, msg, reply, token)
+        acquired = False
+        if not msg.cancelled and msg.deadline > queued_at:
+            try:
+                self._limiter.acquire_on_behalf_of_nowait(msg)
+                acquired = True
+            except trio.WouldBlock:
+                # Waiting here (not in a task) is what bounds the queue: while every
+                # worker is busy, further calls stay in this actor's bounded mailbox.
+                self.waiting += 1
+                try:
+                    with trio.move_on_at(msg.deadline):
+                        await self._limiter.acquire_on_behalf_of(msg)
+                        acquired = True
+                finally:
+                    self.waiting -= 1
+        if acquired:
+            if not msg.cancelled:
+                self._waits.append(trio.current_time() - queued_at)
+                self._start(msg, reply)
+                return None
+            self._limiter.release_on_behalf_of(msg)  # gave up while we waited for a worker
+        # the caller gave up, or its time ran out, while the call was queued
+        self.abandoned += 1
+        reply.fail(_gave_up(msg) if msg.cancelled else AskTimeout(f"{msg!r} timed out queued"))
         return None
 
-    async def _run(self, call: BlockingCall, reply: DeferredReply, token: object) -> None:
+    def _start(self, call: BlockingCall, reply: DeferredReply) -> None:
+        job = _Job(call, reply, trio.current_time())
+        self._jobs.add(job)
         self.active += 1
         self.peak_active = max(self.peak_active, self.active)
         if self.active >= self.max_workers and self._saturated_since is None:
-            self._saturated_since = trio.current_time()
+            self._saturated_since = job.started
         if self._idle.is_set():
             self._idle = trio.Event()
-        started = trio.current_time()
-        try:
-            with trio.CancelScope(deadline=call.deadline) as scope:
-                call.scope = scope
-                if call.cancelled:
-                    scope.cancel()
-                try:
-                    result = await self._call(call)
-                except Exception as exc:  # the callable's own error goes to the caller
-                    self.failed += 1
-                    self._outcomes.append(True)
-                    reply.fail(exc)
-                else:
-                    self.completed += 1
-                    self._outcomes.append(False)
-                    reply.send(result)
-                self._durations.append(trio.current_time() - started)
-            if scope.cancelled_caught:
-                self.abandoned += 1
-                if call.cancelled:
-                    reply.fail(_gave_up(call))
-                else:
-                    reply.fail(AskTimeout(f"{call!r} did not finish within its timeout"))
-        finally:
-            self._limiter.release_on_behalf_of(token)
-            self.active -= 1
-            if self.active < self.max_workers:
-                self._saturated_since = None
-            if self.active == 0:
-                self._idle.set()
-            if reply.pending:  # cancelled from outside: the bridge is being stopped
-                self.abandoned += 1
-                reply.fail(_gave_up(call))
-
-    async def _call(self, call: BlockingCall) -> Any:
         fn: Callable[..., Any] = call.fn
         if call.kwargs:
             fn = functools.partial(fn, **call.kwargs)
         if self.mode == "process":
-            import trio_parallel  # only process bridges pay for the import
+            self.ctx.nursery.start_soon(self._run_in_process, job, fn)
+            return
+        call.on_cancel = functools.partial(self._abandon, job, None)
+        if call.deadline < math.inf:
+            self.ctx.nursery.start_soon(self._expire, job)
+        # No task per call: trio's thread cache runs it, and the worker thread
+        # hands the outcome back with one run_sync_soon.
+        trio.lowlevel.start_thread_soon(
+            functools.partial(fn, *call.args), functools.partial(self._thread_done, job)
+        )
 
-            return await trio_parallel.run_sync(fn, *call.args, kill_on_cancel=True)
-        ended: dict[str, str] = {}
+    def _thread_done(self, job: _Job, result: outcome.Outcome[Any]) -> None:
+        """Worker thread: pass the outcome to the loop (never touch state from here)."""
+        with contextlib.suppress(trio.RunFinishedError):
+            self._token.run_sync_soon(self._finish, job, result)
 
-        def run() -> Any:
+    def _finish(self, job: _Job, result: outcome.Outcome[Any]) -> None:
+        """Loop thread: a call ended (or an abandoned thread finally did)."""
+        if job.state == "abandoned":
+            self.abandoned_running -= 1
+            return
+        if job.state != "running":
+            return
+        if job.scope is not None:
+            job.scope.cancel()  # its timer
+        if isinstance(result, outcome.Value):
+            self.completed += 1
+            self._outcomes.append(False)
+            job.reply.send(result.value)
+        else:
+            assert isinstance(result, outcome.Error)
+            self.failed += 1
+            self._outcomes.append(True)
+            job.reply.fail(result.error)
+        self._durations.append(trio.current_time() - job.started)
+        self._release(job, "done")
+
+    def _abandon(self, job: _Job, error: BaseException | None) -> None:
+        """Loop thread: stop waiting for a call; its thread (if any) runs on, counted."""
+        if job.state != "running":
+            return
+        self.abandoned += 1
+        if self.mode == "thread":
+            self.abandoned_running += 1
+        if job.scope is not None:
+            job.scope.cancel()
+        job.reply.fail(error if error is not None else _gave_up(job.call))
+        self._release(job, "abandoned")
+
+    def _release(self, job: _Job, state: str) -> None:
+        job.state = state
+        job.call.on_cancel = None
+        self._jobs.discard(job)
+        self._limiter.release_on_behalf_of(job.call)
+        self.active -= 1
+        if self.active < self.max_workers:
+            self._saturated_since = None
+        if self.active == 0:
+            self._idle.set()
+
+    async def _expire(self, job: _Job) -> None:
+        with trio.CancelScope() as job.scope:
+            await trio.sleep_until(job.call.deadline)
+            self._abandon(job, AskTimeout(f"{job.call!r} did not finish within its timeout"))
+
+    async def _run_in_process(self, job: _Job, fn: Callable[..., Any]) -> None:
+        import trio_parallel  # only process bridges pay for the import
+
+        call = job.call
+        with trio.CancelScope(deadline=call.deadline) as job.scope:
+            call.on_cancel = job.scope.cancel
             try:
-                return fn(*call.args)
-            finally:
-                # setdefault is atomic: whoever comes first (this thread ending,
-                # or the loop abandoning it) decides who accounts for the thread.
-                if ended.setdefault("by", "thread") == "abandoned":
-                    with contextlib.suppress(trio.RunFinishedError):
-                        self._token.run_sync_soon(self._abandoned_thread_ended)
-
-        # Cancelled before a thread started: nothing runs on, nothing to account for.
-        await trio.lowlevel.checkpoint_if_cancelled()
-        try:
-            return await trio.to_thread.run_sync(run, abandon_on_cancel=True, limiter=self._threads)
-        except trio.Cancelled:
-            if ended.setdefault("by", "abandoned") == "abandoned":
-                self.abandoned_running += 1
-            raise
-
-    def _abandoned_thread_ended(self) -> None:
-        self.abandoned_running -= 1
+                value = await trio_parallel.run_sync(fn, *call.args, kill_on_cancel=True)
+            except Exception as exc:  # the callable's own error, or a dead worker
+                self._finish(job, outcome.Error(exc))
+                return
+            job.scope = None
+            self._finish(job, outcome.Value(value))
+            return
+        # cancelled: the worker process was killed
+        error = _gave_up(call) if call.cancelled else AskTimeout(f"{call!r} timed out")
+        self._abandon(job, error)
 
     async def on_stop(self, reason: object) -> None:
-        """Let calls in flight finish, up to this child's shutdown timeout."""
-        if self.active:
-            log.info("bridge %s waiting for %d call(s) to finish", self.ctx.path, self.active)
-            await self._idle.wait()
+        """Let calls in flight finish, up to this child's shutdown timeout; then let go."""
+        try:
+            if self.active:
+                log.info("bridge %s waiting for %d call(s) to finish", self.ctx.path, self.active)
+                await self._idle.wait()
+        finally:
+            if self._jobs:
+                log.warning(
+                    "bridge %s abandoned %d call(s) still running at shutdown",
+                    self.ctx.path,
+                    len(self._jobs),
+                )
+                for job in list(self._jobs):
+                    self._abandon(job, None)
 
     def health(self) -> tuple[bool, list[str]]:
         warnings: list[str] = []

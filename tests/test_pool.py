@@ -161,11 +161,6 @@ async def test_broadcast_tells_reach_every_worker_and_an_ask_gets_one_reply() ->
             assert system.snapshot().dead_letters.get("unhandled", 0) == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Router cannot tell an ask from a tell through the public API, so a broadcast "
-    "ask is delivered to every worker (answered by one); needs e.g. Context.asked in runtime",
-)
 async def test_broadcast_ask_reaches_exactly_one_worker() -> None:
     log: list[tuple[str, Any]] = []
     with trio.fail_after(WAIT):
