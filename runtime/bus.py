@@ -380,11 +380,20 @@ class Bus:
 
     def _publish_now(self, event: Event, segments: tuple[str, ...]) -> int:
         self._record(event)
-        count = 0
-        for sub in list(self._index.match(event.topic, segments)):
-            if self._deliver_nowait(sub, event):
-                count += 1
-        return count
+        # Overflow while delivering a dead-letter event (e.g. one queued in the
+        # backlog) must not publish another one: that would never end.
+        guard = event.topic == "system.deadletter" and not self._publishing_deadletter
+        if guard:
+            self._publishing_deadletter = True
+        try:
+            count = 0
+            for sub in list(self._index.match(event.topic, segments)):
+                if self._deliver_nowait(sub, event):
+                    count += 1
+            return count
+        finally:
+            if guard:
+                self._publishing_deadletter = False
 
     def _drain_backlog(self) -> None:
         while self._backlog:
@@ -422,11 +431,17 @@ class Bus:
                 self._drop(sub, event)
                 return False
             dropped_before = sub.cell.dead_lettered
+            # drop_old pushes out the oldest queued message: count it if it was an event
+            oldest = mailbox.user[0] if mailbox.overflow == "drop_old" and mailbox.user else None
             mailbox.put(event)  # drop_new / drop_old dead-letter by themselves
-            if mailbox.overflow == "drop_new" and sub.cell.dead_lettered != dropped_before:
-                sub.dropped += 1
-                self.dropped += 1
-                return False
+            if sub.cell.dead_lettered != dropped_before:
+                if mailbox.overflow == "drop_new":
+                    sub.dropped += 1
+                    self.dropped += 1
+                    return False
+                if isinstance(oldest, Event):
+                    sub.dropped += 1
+                    self.dropped += 1
         else:
             assert sub.channel is not None
             try:

@@ -8,9 +8,11 @@ import importlib.util
 import logging
 import os
 import sys
+import time
 from collections.abc import Sequence
 from types import ModuleType
 
+from .control import Client, ControlError, endpoints, pick
 from .supervisor import Supervisor
 from .system import run
 
@@ -73,7 +75,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     try:
-        run(tree, name=args.name)
+        run(tree, name=args.name, control=True, metrics_port=args.metrics_port)
     except KeyboardInterrupt:
         print("troupe: killed", file=sys.stderr)
         return 130
@@ -81,6 +83,88 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(f"troupe: the tree failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _client(system: str | None) -> Client:
+    try:
+        endpoint = pick(system)
+    except LookupError as exc:
+        raise UsageError(str(exc)) from None
+    try:
+        return Client(endpoint)
+    except OSError as exc:
+        raise UsageError(f"cannot reach {endpoint.label}: {exc}") from None
+
+
+def _cmd_ls(args: argparse.Namespace) -> int:
+    rows = []
+    for endpoint in endpoints():
+        try:
+            with Client(endpoint) as client:
+                info = client.call("info")
+        except (OSError, ControlError, ValueError):
+            continue  # going away as we look
+        rows.append(
+            (info["name"], str(info["pid"]), _duration(info["uptime"]), str(info["actors"]))
+        )
+    if not rows:
+        print("no Troupe systems are running")
+        return 0
+    widths = [
+        max(len(r[i]) for r in [("SYSTEM", "PID", "UPTIME", "ACTORS"), *rows]) for i in range(4)
+    ]
+    for row in [("SYSTEM", "PID", "UPTIME", "ACTORS"), *rows]:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    return 0
+
+
+def _cmd_tree(args: argparse.Namespace) -> int:
+    with _client(args.system) as client:
+        reply = client.call("tree")
+    print(reply["text"])
+    return 0
+
+
+def _cmd_events(args: argparse.Namespace) -> int:
+    system, pattern = args.system, args.pattern
+    if pattern is None:  # `troupe events PATTERN` with SYSTEM omitted
+        system, pattern = None, system or ">"
+    try:
+        with _client(system) as client:
+            for reply in client.stream("events", pattern=pattern):
+                event = reply["event"]
+                stamp = time.strftime("%H:%M:%S", time.localtime(event["timestamp"]))
+                print(
+                    f"{stamp} {event['topic']} from {event['source']}: {event['payload']!r}",
+                    flush=True,
+                )
+    except ControlError as exc:
+        raise UsageError(str(exc)) from None
+    except (KeyboardInterrupt, BrokenPipeError):
+        return 0
+    except ConnectionError:
+        print("troupe: the system stopped", file=sys.stderr)
+    return 0
+
+
+def _cmd_top(args: argparse.Namespace) -> int:
+    from .top import run_top
+
+    with _client(args.system) as client:
+        try:
+            run_top(client, sort=args.sort, interval=args.interval, once=args.once)
+        except KeyboardInterrupt:
+            pass
+        except ConnectionError:
+            print("troupe: the system stopped", file=sys.stderr)
+    return 0
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -92,11 +176,31 @@ def build_parser() -> argparse.ArgumentParser:
         "run",
         help="run a supervisor tree from a script or module",
         description="Run SCRIPT[:NAME]: NAME is a module-level Supervisor (default 'tree') "
-        "or a callable returning one. Ctrl-C stops gracefully; a second Ctrl-C at once.",
+        "or a callable returning one. Ctrl-C stops gracefully; a second Ctrl-C at once. "
+        "The control socket is on, for `troupe tree/top/events` from another terminal.",
     )
     run_cmd.add_argument("target", metavar="SCRIPT[:NAME]")
     run_cmd.add_argument("--name", help="system name (default: the root supervisor's name)")
+    run_cmd.add_argument(
+        "--metrics-port", type=int, help="serve Prometheus metrics on 127.0.0.1:PORT"
+    )
     run_cmd.set_defaults(func=_cmd_run)
+    ls_cmd = commands.add_parser("ls", help="list the running systems")
+    ls_cmd.set_defaults(func=_cmd_ls)
+    system_help = "NAME, NAME-PID or PID (may be omitted when only one system runs)"
+    tree_cmd = commands.add_parser("tree", help="print a system's actor tree once")
+    tree_cmd.add_argument("system", nargs="?", help=system_help)
+    tree_cmd.set_defaults(func=_cmd_tree)
+    top_cmd = commands.add_parser("top", help="a live view of a system's actors")
+    top_cmd.add_argument("system", nargs="?", help=system_help)
+    top_cmd.add_argument("--sort", choices=("depth", "rate", "restarts", "path"), default="depth")
+    top_cmd.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes")
+    top_cmd.add_argument("--once", action="store_true", help="print one frame and exit")
+    top_cmd.set_defaults(func=_cmd_top)
+    events_cmd = commands.add_parser("events", help="print bus events as they happen")
+    events_cmd.add_argument("system", nargs="?", help=system_help)
+    events_cmd.add_argument("pattern", nargs="?", help="NATS-style pattern, e.g. 'training.>'")
+    events_cmd.set_defaults(func=_cmd_events)
     return parser
 
 

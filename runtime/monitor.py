@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import attr
@@ -35,6 +37,7 @@ class ActorInfo:
     dead_lettered: int
     current: str | None
     current_for: float | None
+    stuck: bool  # handling one message for longer than the system's `stuck_after`
     last_error: ErrorInfo | None
     uptime: float | None
     subscriptions: tuple[str, ...]
@@ -48,8 +51,22 @@ class ActorInfo:
 
 
 @attrs.frozen
+class BlockedStep:
+    """One task step that held the loop longer than the threshold."""
+
+    task: str
+    seconds: float
+    at: float  # wall-clock time it ended
+
+
+@attrs.frozen
 class LoopHealth:
-    """How responsive the trio loop has been (see `LoopMonitor`)."""
+    """How responsive the trio loop has been (see `LoopMonitor`).
+
+    `longest_step_task` names who blocked the loop longest: an actor's task is
+    named by its path.  `blocked` counts steps over the threshold (each one is
+    also published as ``system.loop.blocked``).
+    """
 
     longest_step: float
     longest_step_task: str | None
@@ -57,6 +74,8 @@ class LoopHealth:
     max_lag: float
     last_lag: float
     steps: int
+    blocked: int
+    last_blocked: BlockedStep | None
 
 
 class LoopMonitor(trio.abc.Instrument):
@@ -64,31 +83,65 @@ class LoopMonitor(trio.abc.Instrument):
 
     A step is the run of one task between two checkpoints; a long one means
     that task blocked everybody else.  Lag is measured by a probe task that
-    sleeps `interval` and notes how late it woke.
+    sleeps `interval` and notes how late it woke.  Steps longer than
+    `blocked_after` are handed to `on_blocked` through `run_sync_soon`
+    (batched), never from inside the instrument hook itself.
     """
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        blocked_after: float = 0.05,
+        on_blocked: Callable[[list[BlockedStep]], None] | None = None,
+    ) -> None:
+        self.blocked_after = blocked_after
+        self.on_blocked = on_blocked
         self.longest_step = 0.0
         self.longest_step_task: str | None = None
         self.longest_step_at: float | None = None
         self.max_lag = 0.0
         self.last_lag = 0.0
         self.steps = 0
+        self.blocked = 0
+        self.last_blocked: BlockedStep | None = None
+        self._pending: deque[BlockedStep] = deque(maxlen=100)
+        self._flush_scheduled = False
+        self._token: trio.lowlevel.TrioToken | None = None
         self._t0: float | None = None  # None until a whole step has been seen
 
     def before_task_step(self, task: trio.lowlevel.Task) -> None:
         self._t0 = time.perf_counter()
 
     def after_task_step(self, task: trio.lowlevel.Task) -> None:
+        self.steps += 1
         if self._t0 is None:  # installed in the middle of this step: nothing to measure
-            self.steps += 1
             return
         took = time.perf_counter() - self._t0
-        self.steps += 1
         if took > self.longest_step:
             self.longest_step = took
             self.longest_step_task = task.name
             self.longest_step_at = time.time()
+        if took > self.blocked_after:
+            self._blocked(BlockedStep(task.name, took, time.time()))
+
+    def _blocked(self, step: BlockedStep) -> None:
+        self.blocked += 1
+        self.last_blocked = step
+        self._pending.append(step)
+        if self.on_blocked is not None and not self._flush_scheduled:
+            if self._token is None:
+                self._token = trio.lowlevel.current_trio_token()
+            self._flush_scheduled = True
+            self._token.run_sync_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        steps = list(self._pending)
+        self._pending.clear()
+        if self.on_blocked is not None and steps:
+            try:
+                self.on_blocked(steps)
+            except Exception:  # never let a report take the loop down
+                logging.getLogger("troupe").exception("reporting a blocked loop failed")
 
     async def probe(self, interval: float = 0.05) -> None:
         """Run forever, measuring how late the loop wakes a sleeping task (wall clock)."""
@@ -107,6 +160,8 @@ class LoopMonitor(trio.abc.Instrument):
             max_lag=self.max_lag,
             last_lag=self.last_lag,
             steps=self.steps,
+            blocked=self.blocked,
+            last_blocked=self.last_blocked,
         )
 
 
@@ -186,6 +241,7 @@ def describe_cell(cell: Cell, now: float) -> ActorInfo:
         dead_lettered=cell.dead_lettered,
         current=type(cell.current).__qualname__ if busy else None,
         current_for=now - cell.current_since if busy else None,
+        stuck=busy and now - cell.current_since > cell.system.stuck_after,
         last_error=cell.last_error,
         uptime=now - cell.started_at if cell.running and cell.started_at is not None else None,
         subscriptions=cell.system.bus.patterns_of(cell),

@@ -173,6 +173,7 @@ class Supervisor:
     def __attrs_post_init__(self) -> None:
         if self.front is not None and self.front not in {c.name for c in self.children}:
             raise ValueError(f"front={self.front!r} is not one of {self.name!r}'s children")
+
     mailbox: ClassVar[Mailbox] = Mailbox(capacity=1000, overflow="fail")
     """Supervisors handle no user messages; a few are kept for dead letters."""
 

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
+import pathlib
 import random
 import signal
 import threading
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -17,10 +20,12 @@ import trio.testing
 from .bridge import BlockingCall, Bridge
 from .bus import Bus, BusActor, CallbackSubscriber, Event, PublishRequest
 from .cell import Cell
+from .control import ControlServer
 from .deadletters import DeadLetterOffice, DeadLetters
 from .errors import ActorNotFound, AskTimeout, RuntimeClosed
 from .messages import ExitReason, Reply
-from .monitor import LoopMonitor, TreeSnapshot, take_snapshot
+from .metrics import MetricsServer
+from .monitor import BlockedStep, LoopMonitor, TreeSnapshot, take_snapshot
 from .ref import ActorRef
 from .supervisor import ChildInfo, ChildSpec, Supervisor, SupervisorCell, child
 from .threads import ThreadGate
@@ -86,6 +91,10 @@ class System:
         self._body_scope: trio.CancelScope | None = None
         self._loop_monitor: LoopMonitor | None = None
         self._loop_thread: int | None = None  # ident of the trio thread, once running
+        self.started_at: float | None = None
+        self.stuck_after = 10.0
+        self.control: ControlServer | None = None
+        self.metrics: MetricsServer | None = None
         self._threads = ThreadGate(self)
         root_spec = Supervisor("root", strategy="one_for_one", children=[_system_tree(), tree])
         self._root = SupervisorCell(self, None, root_spec, "/", root=True)
@@ -291,6 +300,25 @@ class System:
             self._root.request_stop("shutdown")
 
     # -- running ---------------------------------------------------------
+    def info(self) -> dict[str, Any]:
+        """Who this system is: name, pid, uptime (s) and how many actors it has."""
+        return {
+            "name": self.name,
+            "pid": os.getpid(),
+            "uptime": time.time() - self.started_at if self.started_at else 0.0,
+            "actors": len(self._cells),
+            "running": self.is_running,
+        }
+
+    def _publish_blocked(self, steps: list[BlockedStep]) -> None:
+        """Publish ``system.loop.blocked`` for long steps the loop monitor saw."""
+        if self.is_running:
+            for step in steps:
+                self.bus.system_event(
+                    "system.loop.blocked",
+                    {"task": step.task, "seconds": step.seconds, "at": step.at},
+                )
+
     async def _serve(self, signals: AsyncIterator[int] | None) -> None:
         """Wait until the system stops; a first signal stops it gracefully, a second kills it."""
         if signals is None:
@@ -319,14 +347,30 @@ def _unwrap(group: BaseExceptionGroup[BaseException]) -> BaseException:
 
 
 @asynccontextmanager
-async def open_system(tree: Supervisor, *, name: str | None = None) -> AsyncIterator[System]:
+async def open_system(
+    tree: Supervisor,
+    *,
+    name: str | None = None,
+    control: bool = False,
+    control_dir: str | os.PathLike[str] | None = None,
+    metrics_port: int | None = None,
+    blocked_after: float = 0.05,
+    stuck_after: float = 10.0,
+) -> AsyncIterator[System]:
     """Run `tree` for the body of the ``async with``; stop it gracefully on exit.
 
     If the tree fails (e.g. `RestartIntensityExceeded` at its root supervisor)
     the body is cancelled and that error is raised here, unwrapped.
+
+    `control`: serve the JSON control socket (``troupe ls/tree/top/events``).
+    `metrics_port`: serve Prometheus metrics on 127.0.0.1 (0 picks a port:
+    `system.metrics.port`).  `blocked_after`: a task step longer than this
+    publishes ``system.loop.blocked``.  `stuck_after`: a handler running longer
+    is flagged ``stuck`` in the snapshot.
     """
     system = System(tree, name=name)
-    monitor = LoopMonitor()
+    system.stuck_after = stuck_after
+    monitor = LoopMonitor(blocked_after=blocked_after, on_blocked=system._publish_blocked)
     system._loop_monitor = monitor
     trio.lowlevel.add_instrument(monitor)
     start_error: BaseException | None = None
@@ -339,6 +383,14 @@ async def open_system(tree: Supervisor, *, name: str | None = None) -> AsyncIter
                 nursery.start_soon(monitor.probe, name="troupe loop probe")
             start_error = await nursery.start(system._root.run, name="/")
             if start_error is None:
+                system.started_at = time.time()
+                if control:
+                    folder = pathlib.Path(control_dir) if control_dir is not None else None
+                    system.control = ControlServer(system, folder)
+                    await nursery.start(system.control.serve, name="troupe control socket")
+                if metrics_port is not None:
+                    system.metrics = MetricsServer(system, metrics_port)
+                    await nursery.start(system.metrics.serve, name="troupe metrics")
                 system._body_scope = nursery.cancel_scope
                 try:
                     yield system
@@ -367,20 +419,29 @@ async def open_system(tree: Supervisor, *, name: str | None = None) -> AsyncIter
         raise start_error
 
 
-def run(tree: Supervisor, *, name: str | None = None) -> None:
+def run(
+    tree: Supervisor,
+    *,
+    name: str | None = None,
+    control: bool = False,
+    metrics_port: int | None = None,
+) -> None:
     """Run `tree` until it is stopped (SIGINT/SIGTERM: gracefully; a second one: at once).
 
-    Raises the tree's failure, e.g. `RestartIntensityExceeded`.
+    `control=True` serves the control socket for ``troupe tree/top/events``;
+    `metrics_port` serves Prometheus metrics.  Raises the tree's failure,
+    e.g. `RestartIntensityExceeded`.
     """
+    options: dict[str, Any] = {"name": name, "control": control, "metrics_port": metrics_port}
 
     async def main() -> None:
         if threading.current_thread() is not threading.main_thread():
-            async with open_system(tree, name=name) as system:
+            async with open_system(tree, **options) as system:
                 await system._serve(None)
             return
         # Listen before the tree starts, so that a signal during start-up is not fatal.
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            async with open_system(tree, name=name) as system:
+            async with open_system(tree, **options) as system:
                 await system._serve(signals)
 
     trio.run(main)

@@ -1,0 +1,395 @@
+"""The control endpoint: a per-user Unix socket speaking JSON lines.
+
+One socket per running system, ``<system>-<pid>.sock`` in a 0700 directory
+(``$XDG_RUNTIME_DIR/troupe/``, else ``/tmp/troupe-<uid>/``), mode 0600, and
+the peer's uid is checked with ``SO_PEERCRED``.  Each request is one JSON
+object on one line (at most `MAX_REQUEST` bytes); each reply is a JSON object
+with ``"ok": true|false``.  A malformed, oversized or binary request gets one
+``{"ok": false, "error": ...}`` line and the connection is closed; the system
+carries on.  No pickle: JSON only, values it cannot encode become their repr.
+
+Operations: ``info``, ``tree``, ``stats``, ``events`` (streams ``{"ok": true,
+"event": {...}}`` lines until the client hangs up), ``stop``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import logging
+import os
+import pathlib
+import socket as stdsocket
+import stat
+import struct
+import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import attrs
+import trio
+
+from .bus import Event, check_pattern
+
+if TYPE_CHECKING:
+    from .system import System
+
+log = logging.getLogger("troupe.control")
+
+MAX_REQUEST = 64 * 1024
+MAX_CONNECTIONS = 32
+RATE = 50  # requests per second per connection, in a burst of as many
+OPS = ("info", "tree", "stats", "events", "stop")
+
+
+class ControlError(Exception):
+    """A request the endpoint refuses; its message is sent back as the error."""
+
+
+def control_dir() -> pathlib.Path:
+    """Where this user's systems put their sockets."""
+    runtime_dir = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime_dir and os.path.isdir(runtime_dir):
+        return pathlib.Path(runtime_dir) / "troupe"
+    return pathlib.Path(f"/tmp/troupe-{os.getuid()}")
+
+
+def ensure_private_dir(path: pathlib.Path) -> pathlib.Path:
+    """Create `path` 0700, or check that an existing one is ours and private."""
+    try:
+        path.mkdir(mode=0o700, parents=False)
+    except FileExistsError:
+        pass
+    info = path.lstat()
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+        raise PermissionError(f"{path} is not a directory owned by you; remove it and retry")
+    if stat.S_IMODE(info.st_mode) & 0o077:
+        os.chmod(path, 0o700)
+    return path
+
+
+def socket_name(system: str, pid: int) -> str:
+    return f"{system}-{pid}.sock"
+
+
+def parse_socket_name(name: str) -> tuple[str, int] | None:
+    stem, _, ext = name.rpartition(".")
+    system, _, pid = stem.rpartition("-")
+    if ext != "sock" or not system or not pid.isdigit():
+        return None
+    return system, int(pid)
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale(folder: pathlib.Path) -> list[pathlib.Path]:
+    """Delete sockets left behind by processes that no longer exist."""
+    removed: list[pathlib.Path] = []
+    if not folder.is_dir():
+        return removed
+    for path in folder.glob("*.sock"):
+        parsed = parse_socket_name(path.name)
+        if parsed is not None and not pid_alive(parsed[1]):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+                removed.append(path)
+    return removed
+
+
+def to_json(value: Any) -> str:
+    """One line of JSON; what JSON cannot hold becomes its repr (never pickle)."""
+    return json.dumps(value, default=_fallback, separators=(",", ":")) + "\n"
+
+
+def _fallback(value: Any) -> Any:
+    if attrs.has(type(value)):
+        return attrs.asdict(value, recurse=True)
+    if isinstance(value, set | frozenset | tuple):
+        return list(value)
+    return repr(value)
+
+
+def event_dict(event: Event) -> dict[str, Any]:
+    return attrs.asdict(event, recurse=False)
+
+
+def peer_uid(sock: trio.socket.SocketType) -> int:
+    creds = sock.getsockopt(stdsocket.SOL_SOCKET, stdsocket.SO_PEERCRED, struct.calcsize("3i"))
+    _pid, uid, _gid = struct.unpack("3i", creds)
+    return int(uid)
+
+
+class _Bucket:
+    """A token bucket: `RATE` requests a second, bursts of as many."""
+
+    def __init__(self, rate: float) -> None:
+        self.rate = rate
+        self.tokens = rate
+        self.at = time.monotonic()
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        self.tokens = min(self.rate, self.tokens + (now - self.at) * self.rate)
+        self.at = now
+        if self.tokens < 1:
+            return False
+        self.tokens -= 1
+        return True
+
+
+class ControlServer:
+    """Serves one system's socket; runs in the system's nursery."""
+
+    def __init__(self, system: System, folder: pathlib.Path | None = None) -> None:
+        self.system = system
+        self.folder = folder or control_dir()
+        self.path = self.folder / socket_name(system.name, os.getpid())
+        self.connections = 0
+        self.requests = 0
+        self.rejected = 0
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        ensure_private_dir(self.folder)
+        remove_stale(self.folder)
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()  # ours from a previous run with the same pid
+        sock = trio.socket.socket(stdsocket.AF_UNIX, stdsocket.SOCK_STREAM)
+        old_umask = os.umask(0o177)  # born 0600: no window where others could connect
+        try:
+            await sock.bind(str(self.path))
+        finally:
+            os.umask(old_umask)
+        os.chmod(self.path, 0o600)
+        sock.listen(MAX_CONNECTIONS)
+        listener = trio.SocketListener(sock)
+        try:
+            async with listener, trio.open_nursery() as nursery:
+                task_status.started()
+                while True:
+                    stream = await listener.accept()
+                    if self.connections >= MAX_CONNECTIONS:
+                        nursery.start_soon(self._refuse, stream, "too many connections")
+                        continue
+                    nursery.start_soon(self._connection, stream)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                self.path.unlink()
+
+    async def _refuse(self, stream: trio.SocketStream, why: str) -> None:
+        self.rejected += 1
+        async with stream:
+            with trio.move_on_after(1), contextlib.suppress(trio.BrokenResourceError):
+                await stream.send_all(to_json({"ok": False, "error": why}).encode())
+
+    async def _connection(self, stream: trio.SocketStream) -> None:
+        self.connections += 1
+        try:
+            async with stream:
+                if peer_uid(stream.socket) != os.getuid():
+                    self.rejected += 1
+                    await stream.send_all(
+                        to_json({"ok": False, "error": "permission denied"}).encode()
+                    )
+                    return
+                await self._serve_requests(stream)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            if getattr(exc, "errno", None) not in (None, errno.EPIPE, errno.ECONNRESET):
+                log.debug("control connection ended: %s", exc)
+        finally:
+            self.connections -= 1
+
+    async def _serve_requests(self, stream: trio.SocketStream) -> None:
+        bucket = _Bucket(RATE)
+        buffer = b""
+        while True:
+            newline = buffer.find(b"\n")
+            if newline < 0:
+                if len(buffer) > MAX_REQUEST:
+                    await self._fail(stream, f"request larger than {MAX_REQUEST} bytes")
+                    return
+                data = await stream.receive_some(8192)
+                if not data:
+                    return
+                buffer += data
+                continue
+            line, buffer = buffer[:newline], buffer[newline + 1 :]
+            if len(line) > MAX_REQUEST:
+                await self._fail(stream, f"request larger than {MAX_REQUEST} bytes")
+                return
+            if not line.strip():
+                continue
+            if not bucket.take():
+                await self._fail(stream, f"more than {RATE} requests a second; slow down")
+                return
+            self.requests += 1
+            try:
+                request = _parse(line)
+                if request["op"] == "events":
+                    await self._events(stream, request)
+                    return
+                reply = self._answer(request)
+            except ControlError as exc:
+                await self._fail(stream, str(exc))
+                return
+            await stream.send_all(to_json(reply).encode())
+
+    async def _fail(self, stream: trio.SocketStream, error: str) -> None:
+        self.rejected += 1
+        await stream.send_all(to_json({"ok": False, "error": error}).encode())
+
+    def _answer(self, request: dict[str, Any]) -> dict[str, Any]:
+        system = self.system
+        op = request["op"]
+        if op == "info":
+            return {"ok": True, **system.info()}
+        if op == "tree":
+            snap = system.snapshot()
+            return {"ok": True, "snapshot": snap.to_dict(), "text": snap.render()}
+        if op == "stats":
+            snap = system.snapshot()
+            return {
+                "ok": True,
+                "bus": system.bus.stats(),
+                "dead_letters": snap.dead_letters,
+                "loop": snap.to_dict()["loop"],
+                "control": {"requests": self.requests, "rejected": self.rejected},
+            }
+        if op == "stop":
+            system.stop()
+            return {"ok": True, "stopping": system.name}
+        raise ControlError(f"unknown op {op!r}")  # pragma: no cover - _parse checks
+
+    async def _events(self, stream: trio.SocketStream, request: dict[str, Any]) -> None:
+        pattern = request.get("pattern", ">")
+        try:
+            check_pattern(pattern)
+        except ValueError as exc:
+            raise ControlError(str(exc)) from None
+        async with self.system.bus.stream(pattern) as events:
+            await stream.send_all(to_json({"ok": True, "streaming": pattern}).encode())
+            async for event in events:
+                await stream.send_all(to_json({"ok": True, "event": event_dict(event)}).encode())
+
+
+def _parse(line: bytes) -> dict[str, Any]:
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ControlError("binary input: send one JSON object per line, UTF-8") from None
+    try:
+        request = json.loads(text)
+    except ValueError:
+        raise ControlError(
+            'malformed JSON: send one object per line, e.g. {"op": "tree"}'
+        ) from None
+    if not isinstance(request, dict) or not isinstance(request.get("op"), str):
+        raise ControlError('a request is a JSON object with an "op", e.g. {"op": "tree"}')
+    if request["op"] not in OPS:
+        raise ControlError(f"unknown op {request['op']!r}; use one of {', '.join(OPS)}")
+    return request
+
+
+# -- the client side (plain blocking sockets, for the CLI) ---------------------
+
+
+@attrs.frozen
+class Endpoint:
+    """A running system's socket, found in the control directory."""
+
+    system: str
+    pid: int
+    path: pathlib.Path
+
+    @property
+    def label(self) -> str:
+        return f"{self.system}-{self.pid}"
+
+
+def endpoints(folder: pathlib.Path | None = None) -> list[Endpoint]:
+    """The live systems of this user (stale sockets are removed on the way)."""
+    folder = folder or control_dir()
+    remove_stale(folder)
+    found = []
+    for path in sorted(folder.glob("*.sock")) if folder.is_dir() else []:
+        parsed = parse_socket_name(path.name)
+        if parsed is not None:
+            found.append(Endpoint(parsed[0], parsed[1], path))
+    return found
+
+
+def pick(name: str | None, folder: pathlib.Path | None = None) -> Endpoint:
+    """The system called `name` (or ``name-pid``, or pid); the only one if `name` is None."""
+    live = endpoints(folder)
+    if name is None:
+        if len(live) == 1:
+            return live[0]
+        if not live:
+            raise LookupError("no Troupe system is running (start one with `troupe run ...`)")
+        names = ", ".join(e.label for e in live)
+        raise LookupError(f"{len(live)} systems are running ({names}); name one")
+    matches = [e for e in live if name in (e.system, e.label, str(e.pid))]
+    if len(matches) == 1:
+        return matches[0]
+    if not matches:
+        names = ", ".join(e.label for e in live) or "none"
+        raise LookupError(f"no running system called {name!r} (running: {names})")
+    names = ", ".join(e.label for e in matches)
+    raise LookupError(f"{name!r} matches {names}; use NAME-PID")
+
+
+class Client:
+    """A blocking connection to one system's control socket."""
+
+    def __init__(self, endpoint: Endpoint, timeout: float = 5.0) -> None:
+        self.endpoint = endpoint
+        self.sock = stdsocket.socket(stdsocket.AF_UNIX, stdsocket.SOCK_STREAM)
+        self.sock.settimeout(timeout)
+        self.sock.connect(str(endpoint.path))
+        self._buffer = b""
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def send(self, request: dict[str, Any]) -> None:
+        self.sock.sendall(to_json(request).encode())
+
+    def receive(self) -> dict[str, Any]:
+        while b"\n" not in self._buffer:
+            data = self.sock.recv(65536)
+            if not data:
+                raise ConnectionError("the system closed the connection")
+            self._buffer += data
+        line, _, self._buffer = self._buffer.partition(b"\n")
+        reply: dict[str, Any] = json.loads(line)
+        return reply
+
+    def call(self, op: str, **args: Any) -> dict[str, Any]:
+        self.send({"op": op, **args})
+        reply = self.receive()
+        if not reply.get("ok"):
+            raise ControlError(reply.get("error", "request failed"))
+        return reply
+
+    def stream(self, op: str, **args: Any) -> Iterator[dict[str, Any]]:
+        self.sock.settimeout(None)
+        self.send({"op": op, **args})
+        first = self.receive()
+        if not first.get("ok"):
+            raise ControlError(first.get("error", "request failed"))
+        while True:
+            yield self.receive()

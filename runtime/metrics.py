@@ -1,0 +1,149 @@
+"""Prometheus metrics, served on 127.0.0.1 by a small trio HTTP responder.
+
+The text is made with prometheus-client from a snapshot taken on the trio
+thread at scrape time, so no thread ever reads runtime state (rule 1), and
+there is no exporter thread to account for at shutdown.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+import trio
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from .monitor import ActorInfo
+    from .system import System
+
+log = logging.getLogger("troupe.metrics")
+
+MAX_HEADER = 16 * 1024
+STATES = ("starting", "running", "restarting", "stopping", "stopped", "failed")
+BRIDGE_COUNTERS = ("submitted", "completed", "failed", "abandoned")
+BRIDGE_GAUGES = ("active", "queued", "abandoned_running")
+
+
+class SnapshotCollector(Collector):
+    """Turns one `system.snapshot()` into Prometheus metric families."""
+
+    def __init__(self, system: System) -> None:
+        self.system = system
+
+    def collect(self) -> Iterator[Metric]:
+        snap = self.system.snapshot()
+        nodes: list[ActorInfo] = list(snap.root.walk())
+        by_state = GaugeMetricFamily("troupe_actors", "Actors by state", labels=["state"])
+        for state in STATES:
+            by_state.add_metric([state], sum(1 for n in nodes if n.state == state))
+        yield by_state
+        processed = CounterMetricFamily(
+            "troupe_messages_processed", "Messages handled", labels=["path"]
+        )
+        depth = GaugeMetricFamily("troupe_mailbox_depth", "Messages queued", labels=["path"])
+        restarts = CounterMetricFamily("troupe_restarts", "Restarts", labels=["path"])
+        for node in nodes:
+            if node.kind == "actor":
+                processed.add_metric([node.path], node.processed)
+                depth.add_metric([node.path], node.mailbox_depth)
+            restarts.add_metric([node.path], node.restarts)
+        yield processed
+        yield depth
+        yield restarts
+        dead = CounterMetricFamily("troupe_dead_letters", "Dead letters", labels=["reason"])
+        for reason, count in snap.dead_letters.items():
+            dead.add_metric([reason], count)
+        yield dead
+        yield from self._bridges(nodes)
+        if snap.loop is not None:
+            yield GaugeMetricFamily(
+                "troupe_loop_longest_step_seconds",
+                "Longest task step seen (a blocked loop)",
+                value=snap.loop.longest_step,
+            )
+            yield GaugeMetricFamily(
+                "troupe_loop_max_lag_seconds", "Worst scheduling lag seen", value=snap.loop.max_lag
+            )
+
+    def _bridges(self, nodes: list[ActorInfo]) -> Iterator[Metric]:
+        bridges = [n for n in nodes if n.cls == "Bridge" and n.stats]
+        for key in BRIDGE_COUNTERS:
+            family = CounterMetricFamily(
+                f"troupe_bridge_{key}", f"Bridge calls {key}", labels=["path"]
+            )
+            for node in bridges:
+                family.add_metric([node.path], float(node.stats.get(key, 0)))
+            yield family
+        for key in BRIDGE_GAUGES:
+            gauge = GaugeMetricFamily(
+                f"troupe_bridge_{key}", f"Bridge calls {key}", labels=["path"]
+            )
+            for node in bridges:
+                gauge.add_metric([node.path], float(node.stats.get(key, 0)))
+            yield gauge
+
+
+class MetricsServer:
+    """``GET /metrics`` on 127.0.0.1:`port` (port 0 picks a free one: see `.port`)."""
+
+    def __init__(self, system: System, port: int) -> None:
+        self.system = system
+        self.port = port
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(SnapshotCollector(system))
+        self.scrapes = 0
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+    async def serve(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+        listeners = await trio.open_tcp_listeners(self.port, host="127.0.0.1")
+        self.port = listeners[0].socket.getsockname()[1]
+        log.info("metrics on http://127.0.0.1:%d/metrics", self.port)
+        async with trio.open_nursery() as nursery:
+            task_status.started(self.port)
+            await trio.serve_listeners(self._handle, listeners, handler_nursery=nursery)
+
+    async def _handle(self, stream: trio.SocketStream) -> None:
+        async with stream:
+            with trio.move_on_after(10), contextlib.suppress(trio.BrokenResourceError, OSError):
+                head = b""
+                while b"\r\n\r\n" not in head and b"\n\n" not in head:
+                    data = await stream.receive_some(4096)
+                    if not data:
+                        return
+                    head += data
+                    if len(head) > MAX_HEADER:
+                        await stream.send_all(_response(431, b"request header too large\n"))
+                        return
+                request_line = head.split(b"\r\n", 1)[0].split(b"\n", 1)[0].split()
+                if len(request_line) < 2 or request_line[0] != b"GET":
+                    await stream.send_all(_response(405, b"GET /metrics only\n"))
+                    return
+                if request_line[1].split(b"?", 1)[0] not in (b"/metrics", b"/"):
+                    await stream.send_all(_response(404, b"see /metrics\n"))
+                    return
+                self.scrapes += 1
+                body = self.render()
+                await stream.send_all(
+                    _response(200, body, "text/plain; version=0.0.4; charset=utf-8")
+                )
+
+
+def _response(code: int, body: bytes, kind: str = "text/plain; charset=utf-8") -> bytes:
+    reason: dict[int, str] = {
+        200: "OK",
+        404: "Not Found",
+        405: "Method Not Allowed",
+        431: "Too Large",
+    }
+    head = (
+        f"HTTP/1.1 {code} {reason.get(code, 'Error')}\r\n"
+        f"Content-Type: {kind}\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    )
+    return head.encode() + body
