@@ -20,7 +20,15 @@ import trio
 from .actor import Actor, Context
 from .errors import ActorCrashed, ActorStopped, MailboxFull, UnhandledMessage
 from .mailbox import Mailbox, MailboxQueue
-from .messages import UNHANDLED, Ask, DeferredReply, ExitReason, ReplySlot, Terminated
+from .messages import (
+    UNHANDLED,
+    Ask,
+    DeferredReply,
+    ExitReason,
+    InjectedCrash,
+    ReplySlot,
+    Terminated,
+)
 from .ref import ActorRef
 
 current_task = trio.lowlevel.current_task
@@ -198,7 +206,9 @@ class Cell:
         if isinstance(item, Control):
             item.reply.fail(ActorStopped(f"{self.path} stopped before it could {item.op}"))
             return
-        if isinstance(item, ChildExited) or (isinstance(item, Terminated) and reason == "stopped"):
+        if isinstance(item, ChildExited | InjectedCrash) or (
+            isinstance(item, Terminated) and reason == "stopped"
+        ):
             return  # notices for an actor that is itself gone: nobody to tell
         msg = item.msg if type(item) is Ask else item
         self.dead_lettered += 1
@@ -472,6 +482,8 @@ class Cell:
                 return self._stop_reason
             if mb.system:
                 item = mb.system.popleft()
+                if type(item) is InjectedCrash:
+                    raise item.error
             elif user:
                 item = user.popleft()
                 if mb.notify_take:

@@ -49,6 +49,15 @@ class ReplySlot(Protocol):
     def fail(self, error: BaseException) -> bool: ...
 
 
+class InjectedCrash:
+    """System-lane order to crash the actor with `error` (see `runtime.testing.crash`)."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
 class Reply:
     """The one-shot slot an ask waits on.  Only the trio thread touches it.
 

@@ -1,0 +1,183 @@
+"""A testkit for users' own tests: a pytest plugin, `TestProbe`, and `crash`.
+
+Installed as a pytest plugin (entry point ``troupe``), it gives pytest-trio
+tests two fixtures:
+
+- ``system``: a running system whose tree is an empty supervisor ``/test``
+  (add actors with ``await system.start_child("/test", child(...))``);
+- ``probe``: a `TestProbe` under ``/test`` in that system.
+
+Everything waits with trio timeouts, so it works with ``autojump_clock``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+import trio
+
+from .actor import Actor
+from .bus import Event, matches
+from .errors import ActorNotFound
+from .messages import InjectedCrash, Terminated
+from .ref import ActorRef
+from .supervisor import Supervisor, child
+from .system import System, open_system
+
+PROBE_CAPACITY = 10_000
+_probes = 0
+
+
+class _ProbeActor(Actor):
+    """Hands everything it receives to the test through a channel."""
+
+    def __init__(self, inbox: trio.MemorySendChannel[Any], answer: Callable[[Any], Any]) -> None:
+        self.inbox = inbox
+        self.answer = answer
+
+    async def receive(self, msg: Any) -> Any:
+        self.inbox.send_nowait(msg)  # raises if the test let 10,000 pile up
+        return self.answer(msg)
+
+
+class TestProbe:
+    """An actor driven from test code: send it things, then assert what arrived.
+
+    ``await probe.expect_message(value_or_type_or_predicate)`` waits (at most
+    `timeout` seconds of trio time) for the next message and checks it;
+    ``expect_no_message(within)``, ``expect_terminated(ref)`` (after
+    ``probe.watch(ref)``) and ``expect_event(pattern)`` (after
+    ``probe.subscribe(pattern)``) work the same way.  Asks to the probe are
+    answered by `answer(msg)` (default: None).
+    """
+
+    __test__ = False  # not a test class, despite the name
+
+    def __init__(self, ref: ActorRef, inbox: trio.MemoryReceiveChannel[Any]) -> None:
+        self.ref = ref
+        self._inbox = inbox
+
+    @classmethod
+    async def start(
+        cls,
+        system: System,
+        parent: str,
+        *,
+        name: str | None = None,
+        answer: Callable[[Any], Any] = lambda msg: None,
+    ) -> TestProbe:
+        global _probes
+        _probes += 1
+        send, receive = trio.open_memory_channel[Any](PROBE_CAPACITY)
+        spec = child(
+            _ProbeActor,
+            name=name or f"probe-{_probes}",
+            kwargs={"inbox": send, "answer": answer},
+        )
+        ref = await system.start_child(parent, spec)
+        return cls(ref, receive)
+
+    @property
+    def path(self) -> str:
+        return self.ref.path
+
+    async def receive(self, timeout: float = 3.0) -> Any:
+        """The next message, whatever it is."""
+        with trio.move_on_after(timeout):
+            return await self._inbox.receive()
+        raise AssertionError(f"{self.path} got no message within {timeout}s")
+
+    async def expect_message(self, expected: Any = None, *, timeout: float = 3.0) -> Any:
+        """The next message, checked: equal to `expected`, an instance of it (a
+        type), or `expected(msg)` true (a function).  None accepts anything."""
+        msg = await self.receive(timeout)
+        if expected is None:
+            return msg
+        if isinstance(expected, type):
+            ok = isinstance(msg, expected)
+        elif callable(expected):
+            ok = bool(expected(msg))
+        else:
+            ok = msg == expected
+        if not ok:
+            raise AssertionError(f"{self.path} expected {expected!r}, got {msg!r}")
+        return msg
+
+    async def expect_no_message(self, within: float = 0.1) -> None:
+        """Nothing arrives for `within` seconds."""
+        with trio.move_on_after(within):
+            msg = await self._inbox.receive()
+            raise AssertionError(f"{self.path} expected no message, got {msg!r}")
+
+    def watch(self, ref: ActorRef) -> None:
+        """Get `Terminated` for `ref` (see `expect_terminated`)."""
+        self._cell().watch(ref._cell)
+
+    async def expect_terminated(self, ref: ActorRef, *, timeout: float = 3.0) -> Terminated:
+        """The next message is `Terminated` for `ref` (call `watch(ref)` first)."""
+        msg = await self.receive(timeout)
+        if not (isinstance(msg, Terminated) and msg.ref == ref):
+            raise AssertionError(f"{self.path} expected Terminated({ref.path}), got {msg!r}")
+        return msg
+
+    def subscribe(self, pattern: str) -> None:
+        """Receive bus events matching `pattern` (see `expect_event`)."""
+        system = self._cell().system
+        system.bus.subscribe_cell(self._cell(), pattern)
+
+    async def expect_event(
+        self, pattern: str = ">", payload: Any = None, *, timeout: float = 3.0
+    ) -> Event:
+        """The next message is an `Event` whose topic matches `pattern` (and whose
+        payload equals `payload`, if given)."""
+        msg = await self.receive(timeout)
+        if not (isinstance(msg, Event) and matches(pattern, msg.topic)):
+            raise AssertionError(f"{self.path} expected an event on {pattern!r}, got {msg!r}")
+        if payload is not None and msg.payload != payload:
+            raise AssertionError(f"{self.path} expected payload {payload!r}, got {msg.payload!r}")
+        return msg
+
+    def _cell(self) -> Any:
+        return self.ref._cell
+
+
+def crash(ref: ActorRef, error: BaseException | None = None) -> None:
+    """Crash the actor at `ref` on purpose (as if its handler raised `error`).
+
+    The crash comes through the system lane, so it happens before queued user
+    messages; the supervisor then does whatever its strategy says.
+    """
+    cell = ref._cell
+    if cell.finalized:
+        raise ActorNotFound(f"{ref.path} has stopped; there is nothing to crash")
+    cell.mailbox.put_system(InjectedCrash(error or RuntimeError(f"crash injected into {ref.path}")))
+
+
+async def wait_for(
+    condition: Callable[[], bool], *, timeout: float = 3.0, poll: float = 0.01
+) -> None:
+    """Wait (trio time) until `condition()` is true, e.g. a restart count in a snapshot."""
+    with trio.move_on_after(timeout):
+        while not condition():
+            await trio.sleep(poll)
+        return
+    raise AssertionError(f"condition not met within {timeout}s")
+
+
+@pytest.fixture
+async def system() -> AsyncIterator[System]:
+    """A running system with an empty ``/test`` supervisor to start actors under."""
+    tree = Supervisor("test", max_restarts=1000, within=1.0)
+    async with open_system(tree) as running:
+        yield running
+
+
+@pytest.fixture
+async def probe(system: System) -> TestProbe:
+    """A `TestProbe` at ``/test/probe-N``."""
+    return await TestProbe.start(system, "/test")
+
+
+__all__ = ["TestProbe", "crash", "probe", "system", "wait_for"]

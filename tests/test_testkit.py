@@ -1,0 +1,93 @@
+"""The testkit users get: the `system` and `probe` fixtures, TestProbe, crash()."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import trio
+
+import runtime
+from runtime import Actor, child
+from runtime.testing import TestProbe, crash, wait_for
+
+
+class Greeter(Actor):
+    def __init__(self, reply_to: runtime.ActorRef | None = None) -> None:
+        self.reply_to = reply_to
+
+    async def on_start(self) -> None:
+        if self.reply_to is not None:
+            self.reply_to.tell("started")
+
+    async def receive(self, msg: Any) -> Any:
+        if self.reply_to is not None:
+            self.reply_to.tell(f"hello {msg}")
+        return f"hi {msg}"
+
+
+async def test_probe_receives_what_an_actor_sends(
+    system: runtime.System, probe: TestProbe, autojump_clock: trio.testing.MockClock
+) -> None:
+    ref = await system.start_child("/test", child(Greeter, name="g", args=(probe.ref,)))
+    await probe.expect_message("started")
+    ref.tell("ann")
+    assert await probe.expect_message(str) == "hello ann"
+    await probe.expect_no_message(within=1.0)
+
+
+async def test_expectations_fail_with_a_clear_message(
+    system: runtime.System, probe: TestProbe, autojump_clock: trio.testing.MockClock
+) -> None:
+    probe.ref.tell("surprise")
+    with pytest.raises(AssertionError, match="expected 'other', got 'surprise'"):
+        await probe.expect_message("other")
+    with pytest.raises(AssertionError, match="no message within"):
+        await probe.expect_message(timeout=5.0)
+    probe.ref.tell(1)
+    with pytest.raises(AssertionError, match="expected no message, got 1"):
+        await probe.expect_no_message(within=1.0)
+
+
+async def test_crash_on_purpose_restarts_and_probe_sees_terminated(
+    system: runtime.System, probe: TestProbe, autojump_clock: trio.testing.MockClock
+) -> None:
+    ref = await system.start_child(
+        "/test", child(Greeter, name="g", args=(probe.ref,), restart="transient")
+    )
+    await probe.expect_message("started")
+    crash(ref, ValueError("on purpose"))
+    await probe.expect_message("started")  # restarted after the crash
+    info = system.snapshot().find("/test/g")
+    assert info.restarts == 1 and info.last_error is not None
+    assert info.last_error.type == "ValueError"
+    probe.watch(ref)
+    await system.terminate_child("/test/g")
+    terminated = await probe.expect_terminated(ref)
+    assert terminated.reason == "shutdown"
+
+
+async def test_probe_expects_bus_events_and_answers_asks(
+    system: runtime.System, autojump_clock: trio.testing.MockClock
+) -> None:
+    probe = await TestProbe.start(system, "/test", name="listener", answer=lambda m: m * 2)
+    probe.subscribe("orders.*")
+    system.publish("orders.new", {"id": 7})
+    event = await probe.expect_event("orders.>", payload={"id": 7})
+    assert event.topic == "orders.new"
+    assert await probe.ref.ask(21) == 42
+    await probe.expect_message(21)
+    with pytest.raises(AssertionError, match="expected an event"):
+        probe.ref.tell("not an event")
+        await probe.expect_event("orders.*")
+
+
+async def test_wait_for_polls_until_true(
+    system: runtime.System, autojump_clock: trio.testing.MockClock
+) -> None:
+    ref = await system.start_child("/test", child(Greeter, name="g"))
+    for _ in range(3):
+        ref.tell("x")
+    await wait_for(lambda: system.snapshot().find("/test/g").processed == 3)
+    with pytest.raises(AssertionError, match="condition not met"):
+        await wait_for(lambda: False, timeout=2.0)
