@@ -14,7 +14,7 @@ $(BIN)/troupe: pyproject.toml
 install: $(BIN)/troupe
 
 demo: install
-	$(BIN)/troupe run examples/supervisor_script.py
+	$(BIN)/troupe run examples/pipeline.py
 
 # pytest exits 5 when it collects nothing: that is a failure, said plainly.
 test: install
