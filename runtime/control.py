@@ -162,14 +162,21 @@ class ControlServer:
         remove_stale(self.folder)
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()  # ours from a previous run with the same pid
-        sock = trio.socket.socket(stdsocket.AF_UNIX, stdsocket.SOCK_STREAM)
-        old_umask = os.umask(0o177)  # born 0600: no window where others could connect
+        raw = stdsocket.socket(stdsocket.AF_UNIX, stdsocket.SOCK_STREAM)
+        # Born 0600: no window where others could connect.  The umask is process-wide,
+        # so bind synchronously (trio's bind hops to a thread and lets other tasks run
+        # with it); and listen at once, so the socket answers as soon as it is visible.
+        old_umask = os.umask(0o177)
         try:
-            await sock.bind(str(self.path))
+            raw.bind(str(self.path))
+        except BaseException:
+            raw.close()
+            raise
         finally:
             os.umask(old_umask)
         os.chmod(self.path, 0o600)
-        sock.listen(MAX_CONNECTIONS)
+        raw.listen(MAX_CONNECTIONS)
+        sock = trio.socket.from_stdlib_socket(raw)
         listener = trio.SocketListener(sock)
         try:
             async with listener, trio.open_nursery() as nursery:
@@ -274,10 +281,21 @@ class ControlServer:
             check_pattern(pattern)
         except ValueError as exc:
             raise ControlError(str(exc)) from None
-        async with self.system.bus.stream(pattern) as events:
+        async with self.system.bus.stream(pattern) as events, trio.open_nursery() as nursery:
             await stream.send_all(to_json({"ok": True, "streaming": pattern}).encode())
+            # A quiet stream never sends, so a hang-up is only seen by reading.
+            nursery.start_soon(self._until_hangup, stream, nursery.cancel_scope)
             async for event in events:
                 await stream.send_all(to_json({"ok": True, "event": event_dict(event)}).encode())
+            nursery.cancel_scope.cancel()
+
+    @staticmethod
+    async def _until_hangup(stream: trio.SocketStream, scope: trio.CancelScope) -> None:
+        """Discard what the client sends while streaming; end the stream when it leaves."""
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            while await stream.receive_some(8192):
+                pass
+        scope.cancel()
 
 
 def _parse(line: bytes) -> dict[str, Any]:
@@ -287,7 +305,7 @@ def _parse(line: bytes) -> dict[str, Any]:
         raise ControlError("binary input: send one JSON object per line, UTF-8") from None
     try:
         request = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nesting too deep to decode
         raise ControlError(
             'malformed JSON: send one object per line, e.g. {"op": "tree"}'
         ) from None
