@@ -16,7 +16,7 @@ import itertools
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -78,14 +78,24 @@ def check_pattern(pattern: object) -> tuple[str, ...]:
 
 def matches(pattern: str, topic: str) -> bool:
     """Does `topic` match `pattern`? (The slow, obvious definition; the index is faster.)"""
-    pat = check_pattern(pattern)
-    top = check_topic(topic)
+    return _segments_match(check_pattern(pattern), check_topic(topic))
+
+
+def _segments_match(pat: tuple[str, ...], top: tuple[str, ...]) -> bool:
     for i, part in enumerate(pat):
         if part == ">":
             return len(top) > i
         if i >= len(top) or (part != "*" and part != top[i]):
             return False
     return len(top) == len(pat)
+
+
+def _matching(pattern: str, events: Iterable[Event]) -> Iterator[Event]:
+    """The events whose (already valid) topics match `pattern`, checked once."""
+    pat = check_pattern(pattern)
+    for event in events:
+        if _segments_match(pat, tuple(event.topic.split("."))):
+            yield event
 
 
 @attrs.frozen
@@ -295,7 +305,7 @@ class Bus:
         return tuple(self._by_cell.get(cell, ()))
 
     def _replay(self, sub: Subscription, n: int) -> None:
-        hits = [e for e in self._history if matches(sub.pattern, e.topic)][-n:]
+        hits = list(_matching(sub.pattern, self._history))[-n:]
         for event in hits:
             self._deliver_nowait(sub, event)
 
@@ -549,13 +559,11 @@ class Bus:
     # -- looking back ----------------------------------------------------
     def history(self, pattern: str = ">", limit: int = 100) -> list[Event]:
         """The newest `limit` events matching `pattern`, newest first."""
-        check_pattern(pattern)
         out: list[Event] = []
-        for event in reversed(self._history):
-            if matches(pattern, event.topic):
-                out.append(event)
-                if len(out) >= limit:
-                    break
+        for event in _matching(pattern, reversed(self._history)):
+            out.append(event)
+            if len(out) >= limit:
+                break
         return out
 
     def clear_history(self) -> None:

@@ -16,6 +16,7 @@ loop has no room, ``block`` waits until the actor frees some.
 
 from __future__ import annotations
 
+import functools
 import heapq
 import itertools
 import threading
@@ -486,6 +487,16 @@ class ThreadedSystem:
 
     def terminate_child(self, path: str) -> None:
         self._acall(self._system.terminate_child, path)
+
+    def publish(
+        self, topic: str, payload: Any = None, *, correlation_id: str | None = None, **metadata: Any
+    ) -> int:
+        """Publish on the bus from this thread (blocks while a subscriber's mailbox is full)."""
+        return self._system.publish(topic, payload, correlation_id=correlation_id, **metadata)
+
+    def run_blocking(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Run `fn` on a bridge and wait for it here (see `System.run_blocking`)."""
+        return self._acall(functools.partial(self._system.run_blocking, fn, *args, **kwargs))
 
     def stop(self) -> None:
         """Begin a graceful stop (returns at once; leaving the `with` block waits for it)."""
