@@ -4,19 +4,24 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import shlex
 import sys
 import time
 from collections.abc import Sequence
 
-from .harness import Bench, Result, Size, eprint, measure, render
+from .harness import Bench, Result, Size, eprint, load_text, measure, peer_versions, render
 
 GROUPS: tuple[str, ...] = (
     "benchmarks.kernel",
     "benchmarks.threads",
     "benchmarks.bus",
     "benchmarks.bridge",
+    "benchmarks.peers",
 )
 """Scenario modules; each exposes ``BENCHES``."""
+
+PEERS: tuple[str, ...] = ("pykka", "thespian")
+"""Optional peer libraries (the ``bench`` extra) whose versions the report names."""
 
 
 def all_benches() -> list[Bench]:
@@ -44,6 +49,12 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
         metavar="NAME",
         help=f"run only this scenario (repeatable): {', '.join(names)}",
     )
+    parser.add_argument(
+        "--markdown",
+        metavar="FILE",
+        help="also write the report (machine, load, table, baselines, notes and the "
+        "command to reproduce it) to FILE",
+    )
     args = parser.parse_args(argv)
     if args.runs is None:
         args.runs = 1 if args.quick else 5
@@ -57,16 +68,37 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parse(argv)
     size = Size(quick=args.quick)
     benches = [b for b in all_benches() if not args.only or b.name in args.only]
     results: list[Result] = []
+    load_before = load_text()
     started = time.perf_counter()
     for bench in benches:
         eprint(f"{bench.name}: {args.runs} run(s)")
         results.append(measure(bench, size, args.runs, eprint))
-    eprint(f"done in {time.perf_counter() - started:.1f}s")
+    took = time.perf_counter() - started
+    eprint(f"done in {took:.1f}s")
     print(render(results, runs=args.runs, quick=args.quick))
+    if args.markdown:
+        report = render(
+            results,
+            runs=args.runs,
+            quick=args.quick,
+            context=[
+                f"Load average (1, 5, 15 min): {load_before} before the run, "
+                f"{load_text()} after it ({took:.0f} s).",
+                f"Peers: {peer_versions(PEERS)}.",
+            ],
+            reproduce=[
+                "pip install -e '.[bench]'",
+                shlex.join(["python", "-m", "benchmarks", *argv]),
+            ],
+        )
+        with open(args.markdown, "w", encoding="utf-8") as f:
+            f.write(report + "\n")
+        eprint(f"report written to {args.markdown}")
     return 0
 
 

@@ -138,7 +138,20 @@ def _fmt(value: float | None, digits: int) -> str:
     return f"{value:,.{digits}f}"
 
 
-def render(results: Iterable[Result], *, runs: int, quick: bool) -> str:
+def render(
+    results: Iterable[Result],
+    *,
+    runs: int,
+    quick: bool,
+    context: Sequence[str] = (),
+    reproduce: Sequence[str] = (),
+) -> str:
+    """The report: machine line, table, baselines and notes.
+
+    `context` lines go under the machine line (e.g. the load average), and
+    `reproduce` (shell commands) into a final "To reproduce" code block; both
+    are for the ``--markdown`` file.
+    """
     lines = [
         "| scenario | Troupe | baseline | ratio (Troupe/baseline) | target | met |",
         "|---|---:|---:|---:|---|---|",
@@ -170,12 +183,36 @@ def render(results: Iterable[Result], *, runs: int, quick: bool) -> str:
         "",
         machine_line(),
         f"Every figure is the median of {runs} run(s); {mode}.",
+        *context,
         "",
     ]
     tail = ["", "Baselines:", *baselines]
     if notes:
         tail += ["", "Notes:", *notes]
+    if reproduce:
+        tail += ["", "To reproduce (from the repository root):", "", "```sh", *reproduce, "```"]
     return "\n".join(head + lines + tail)
+
+
+def load_text() -> str:
+    """The 1, 5 and 15 minute load averages, or "unknown"."""
+    try:
+        return ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:  # pragma: no cover - not available
+        return "unknown"
+
+
+def peer_versions(names: Sequence[str]) -> str:
+    """``name version`` for each installed distribution, "name not installed" otherwise."""
+    from importlib import metadata
+
+    found = []
+    for name in names:
+        try:
+            found.append(f"{name} {metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            found.append(f"{name} not installed")
+    return ", ".join(found)
 
 
 def eprint(text: str) -> None:

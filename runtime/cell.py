@@ -517,6 +517,7 @@ class Cell:
                     # Count it before the asker wakes up, so that what the asker sees
                     # next (a snapshot) already shows the crash.
                     self.failed += 1
+                    self.state = "failed"  # this incarnation is over, whatever on_stop does
                     self._record_error(crash, "crashed")
                     self._noted = crash
                     self.drop(item, "crashed", crash)

@@ -133,8 +133,15 @@ class MailboxQueue:
                 self._drop(item, "overflow")
                 return
             if policy == "drop_old":
-                self._drop(user.popleft(), "overflow")
-            elif policy == "fail":
+                # Swap first, account after: dead-lettering can publish an event that
+                # comes straight back to this mailbox, which must already be whole.
+                dropped = user.popleft()
+                user.append(item)
+                if self._waiter is not None:
+                    self._wake()
+                self._drop(dropped, "overflow")
+                return
+            if policy == "fail":
                 raise MailboxFull(f"mailbox full ({self.capacity} messages, overflow='fail')")
             else:
                 raise MailboxFull(

@@ -51,12 +51,30 @@ PYKKA_ROWS = (
 )
 """Troupe's figure always; Pykka's only where pykka is installed (else "n/a")."""
 
+THESPIAN_ROWS = (
+    "tell from the calling thread vs Thespian simpleSystemBase",
+    "ask_blocking round trip vs Thespian simpleSystemBase ask",
+    "tell from the calling thread vs Thespian multiprocQueueBase",
+    "ask_blocking round trip vs Thespian multiprocQueueBase ask",
+)
+"""Troupe's figure always; Thespian's only where thespian is importable (else "n/a")."""
+
+
+def thespian_importable() -> bool:
+    try:
+        import thespian.actors  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 NUMBER = re.compile(r"^-?[\d,]+(\.\d+)?$")
 
 
-def test_quick_run_prints_every_scenario_with_figures() -> None:
+def test_quick_run_prints_every_scenario_with_figures(tmp_path: Path) -> None:
+    report = tmp_path / "report.md"
     proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks", "--quick"],
+        [sys.executable, "-m", "benchmarks", "--quick", "--markdown", str(report)],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -100,3 +118,23 @@ def test_quick_run_prints_every_scenario_with_figures() -> None:
         else:
             assert baseline == "n/a", (name, baseline)
             assert "pykka is not installed" in out
+
+    thespian = thespian_importable()
+    for name in THESPIAN_ROWS:
+        _, _, baseline, ratio, target, _ = row(name)
+        assert target == "report only", (name, target)
+        if thespian:
+            assert NUMBER.match(baseline), (name, baseline)
+            assert float(baseline.replace(",", "")) > 0, (name, baseline)
+            assert re.match(r"^[\d.]+x$", ratio), (name, ratio)
+        else:
+            assert baseline == "n/a", (name, baseline)
+            assert ratio == "n/a", (name, ratio)
+            assert "thespian is not installed" in out
+
+    # --markdown writes the same report, plus the load and the command to reproduce it
+    text = report.read_text(encoding="utf-8")
+    table = [line for line in out.splitlines() if line.startswith("| ")]
+    assert table and all(line in text.splitlines() for line in table)
+    assert re.search(r"^Load average \(1, 5, 15 min\): ", text, re.M), text
+    assert f"python -m benchmarks --quick --markdown {report}" in text, text

@@ -381,3 +381,31 @@ async def test_terminated_uses_the_system_lane_and_comes_first(
             await trio.sleep(1)
             assert seen == ["Terminated", "u1", "u2"]
             assert system.snapshot().dead_letters["overflow"] == 0
+
+
+async def test_drop_old_never_exceeds_capacity_when_its_dead_letters_come_back() -> None:
+    """Dropping the oldest publishes system.deadletter; if the same full mailbox
+    subscribes to it, that event must meet a mailbox that is already whole."""
+
+    class Hoarder(runtime.Actor):
+        subscriptions = (">",)
+
+        def __init__(self, gate: trio.Event) -> None:
+            self.gate = gate
+
+        async def receive(self, msg: object) -> object:
+            await self.gate.wait()
+            return None
+
+    gate = trio.Event()
+    spec = runtime.child(
+        Hoarder, name="h", args=(gate,), mailbox=runtime.Mailbox(capacity=5, overflow="drop_old")
+    )
+    with trio.fail_after(10):
+        async with runtime.open_system(runtime.Supervisor("app", children=[spec])) as system:
+            for i in range(30):
+                await system.bus.publish("s.x", i)
+            info = system.snapshot().find("/app/h")
+            assert info.mailbox_high_water <= 5
+            assert info.mailbox_depth <= 5
+            gate.set()
