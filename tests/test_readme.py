@@ -17,7 +17,30 @@ def test_readme_has_snippets() -> None:
     assert len(SNIPPETS) >= 2
 
 
-@pytest.mark.parametrize("code", SNIPPETS, ids=[f"snippet{i}" for i in range(len(SNIPPETS))])
+SCRIPTS = [code for code in SNIPPETS if not code.startswith("# test_")]
+PYTEST_FILES = [code for code in SNIPPETS if code.startswith("# test_")]
+
+
+def test_readme_has_a_test_example() -> None:
+    assert PYTEST_FILES
+
+
+@pytest.mark.parametrize("code", PYTEST_FILES, ids=[f"test{i}" for i in range(len(PYTEST_FILES))])
+def test_readme_test_examples_pass_under_pytest(code: str, tmp_path: pathlib.Path) -> None:
+    name = code.split()[1]  # "# test_x.py -- ..."
+    (tmp_path / name).write_text(code)
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", name],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert " passed" in done.stdout
+
+
+@pytest.mark.parametrize("code", SCRIPTS, ids=[f"snippet{i}" for i in range(len(SCRIPTS))])
 def test_readme_snippet_runs(code: str, tmp_path: pathlib.Path) -> None:
     script = tmp_path / "snippet.py"
     script.write_text(code)
