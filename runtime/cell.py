@@ -475,7 +475,7 @@ class Cell:
         now = trio.lowlevel.current_clock().current_time
         monitor = self.system._loop_monitor
         assert monitor is not None, "actors run inside open_system, which installs the monitor"
-        stamp = now()
+        self.current_since = now()  # when the message in hand began, to within a batch
         budget = BATCH
         while True:
             if self._stop_reason is not None:
@@ -494,7 +494,7 @@ class Cell:
                 mb._waiter = current_task()
                 await wait_task_rescheduled(mb._abort)
                 user = mb.user  # the first put swaps in the mailbox's own deque
-                stamp = now()
+                self.current_since = now()
                 continue
             if type(item) is Ask:
                 msg = item.msg
@@ -503,7 +503,6 @@ class Cell:
                 msg = item
                 self._reply = None
             self.current = msg
-            self.current_since = stamp
             steps = monitor.steps
             try:
                 result = await receive(msg)
@@ -525,7 +524,7 @@ class Cell:
             self.current = _IDLE
             self.processed += 1
             if monitor.steps != steps:
-                stamp = now()
+                self.current_since = now()
             if result is UNHANDLED:
                 self.drop(item, "unhandled")
             elif self._reply is not None:
@@ -534,4 +533,4 @@ class Cell:
             if not budget:
                 budget = BATCH
                 await trio.lowlevel.checkpoint()
-                stamp = now()
+                self.current_since = now()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
@@ -94,8 +95,11 @@ class Reply:
 
     async def wait(self, deadline: float, what: str) -> Any:
         try:
-            with trio.move_on_at(deadline):
+            if deadline == math.inf:  # no timeout: no cancel scope to pay for
                 await self._event.wait()
+            else:
+                with trio.move_on_at(deadline):
+                    await self._event.wait()
         finally:
             if self.state == "pending":
                 # timed out, or the asker was cancelled: a reply from now on is late

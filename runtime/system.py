@@ -83,6 +83,7 @@ class System:
         self.dead_letters = DeadLetterOffice()
         self.bus = Bus(self)
         self._bus_cell: Cell | None = None
+        self._bridge_cell: Cell | None = None
         self._callback_ids = itertools.count(1)
         self._cells: dict[str, Cell] = {}
         self._rng = random.Random()
@@ -278,7 +279,7 @@ class System:
         Returns its result or raises its own exception; past `timeout` seconds
         (queueing included) raises `AskTimeout` and abandons the call.
         """
-        target = self.ref(bridge or f"/{RESERVED}/bridge")
+        target = self.ref(bridge) if bridge else self._default_bridge()
         deadline = float("inf") if timeout is None else trio.current_time() + timeout
         call = BlockingCall(fn, args, kwargs, deadline)
         try:
@@ -292,6 +293,13 @@ class System:
         except BaseException:
             call.cancel()  # cancelled here: the bridge lets go of it
             raise
+
+    def _default_bridge(self) -> ActorRef:
+        cell = self._bridge_cell
+        if cell is None or cell.finalized:
+            cell = self._lookup(f"/{RESERVED}/bridge")
+            self._bridge_cell = cell
+        return cell.ref
 
     def stop(self) -> None:
         """Begin a graceful stop: children in reverse start order, then ``/system``."""
