@@ -363,6 +363,14 @@ class Cell:
         if item is not _IDLE:
             self.drop(item, reason, cause)
 
+    def _mark_started(
+        self, incarnation: int, task_status: trio.TaskStatus[BaseException | None]
+    ) -> None:
+        self.state = "running"
+        self.started_at = trio.current_time()
+        self.lifecycle_event("started", incarnation=incarnation)
+        task_status.started(None)
+
     def _record_error(self, exc: BaseException, during: str) -> None:
         self.last_error = ErrorInfo.of(exc)
         log.error("%s %s: %s", self.path, during, describe(exc), exc_info=exc)
@@ -409,10 +417,7 @@ class Cell:
                         self.system.bus.subscribe_cell(self, pattern)
                     await actor.on_start()
                     started = True
-                    self.state = "running"
-                    self.started_at = trio.current_time()
-                    self.lifecycle_event("started", incarnation=incarnation)
-                    task_status.started(None)
+                    self._mark_started(incarnation, task_status)
                     reason = await self._loop(actor)
                     self.state = "stopping"
                     await self._on_stop(actor, reason)

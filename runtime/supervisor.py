@@ -274,10 +274,7 @@ class SupervisorCell(Cell):
                             task_status.started(error)
                             return
                         started = True
-                        self.state = "running"
-                        self.started_at = trio.current_time()
-                        self.lifecycle_event("started", incarnation=incarnation)
-                        task_status.started(None)
+                        self._mark_started(incarnation, task_status)
                         reason = await self._supervise()
                 except BaseException as exc:
                     crash = crash_of(exc)
@@ -285,7 +282,7 @@ class SupervisorCell(Cell):
                         raise
                     reason = crash
                     if not started:
-                        self.last_error = ErrorInfo.of(crash)
+                        self._record_error(crash, "failed to start")
                         task_status.started(crash)
                         return
                     self.failed += 1
