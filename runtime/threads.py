@@ -197,9 +197,6 @@ class ThreadGate:
             reply.fail(RuntimeClosed("the actor system stopped before replying"))
 
     # -- the foreign side --------------------------------------------------
-    def tell(self, cell: Cell, msg: Any, timeout: float | None = None) -> None:
-        self._inject(cell.mailbox, msg, timeout, cell.path)
-
     def ask(self, cell: Cell, msg: Any, timeout: float | None) -> Any:
         deadline = None if timeout is None else time.monotonic() + timeout
         reply = ThreadReply(self, cell.late_reply)
@@ -229,6 +226,7 @@ class ThreadGate:
         return lane
 
     def _inject(self, mailbox: MailboxQueue, item: Any, timeout: float | None, path: str) -> None:
+        """A foreign thread's tell (`ActorRef.tell` calls this directly)."""
         if not self._open:
             self._closed()
         lane = getattr(self._local, "lane", None) or self._lane()
