@@ -357,6 +357,11 @@ class Cell:
         self._running = False
         if self._exit is not None:
             self._exit.set()
+        if self.system.shutting_down and self.parent is not None:
+            # Nothing restarts during a shutdown: release the slot now, so that
+            # senders blocked on its mailbox (a publisher, a thread) are let go
+            # at once instead of waiting for the whole tree to stop.
+            self.finalize(reason)
 
     def _drop_interrupted(self, reason: str, cause: BaseException | None = None) -> None:
         item, self._interrupted = self._interrupted, _IDLE
@@ -430,8 +435,7 @@ class Cell:
                 reason = crash
                 if not started:
                     self._record_error(crash, "failed to start")
-                    task_status.started(crash)
-                    return
+                    return  # the supervisor hears of it below, once this incarnation is over
                 if self._noted is None:  # not yet counted by _loop
                     self.failed += 1
                     self._record_error(crash, "crashed")
@@ -450,7 +454,11 @@ class Cell:
         finally:
             self._drop_interrupted("stopped")
             self._end(reason)
+            if not started and isinstance(reason, BaseException):
+                task_status.started(reason)
         if not started:
+            if isinstance(reason, BaseException):
+                return
             task_status.started(ActorStopped(f"{self.path} was stopped while starting"))
             return
         if not self.stopping_by_parent:

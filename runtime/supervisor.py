@@ -13,7 +13,7 @@ import attrs
 import trio
 
 from .actor import Actor
-from .cell import Cell, ChildExited, Control, ErrorInfo, crash_of, describe
+from .cell import Cell, ChildExited, Control, crash_of, describe
 from .errors import RestartIntensityExceeded
 from .mailbox import Mailbox
 
@@ -261,6 +261,7 @@ class SupervisorCell(Cell):
         self._restart_times.clear()
         reason: Any = "shutdown"
         started = False
+        start_error: BaseException | None = None
         try:
             with trio.CancelScope() as scope:
                 self._kill_scope = scope
@@ -268,25 +269,21 @@ class SupervisorCell(Cell):
                     async with trio.open_nursery() as nursery:
                         self._nursery = nursery
                         self._prepare_children()
-                        error = await self._start_in_order(self.children)
-                        if error is not None:
-                            self.last_error = ErrorInfo.of(error)
-                            task_status.started(error)
-                            return
-                        started = True
-                        self._mark_started(incarnation, task_status)
-                        reason = await self._supervise()
+                        start_error = await self._start_in_order(self.children)
+                        if start_error is None:
+                            started = True
+                            self._mark_started(incarnation, task_status)
+                            reason = await self._supervise()
                 except BaseException as exc:
                     crash = crash_of(exc)
                     if crash is None:
                         raise
                     reason = crash
-                    if not started:
-                        self._record_error(crash, "failed to start")
-                        task_status.started(crash)
-                        return
-                    self.failed += 1
-                    self._record_error(crash, "failed")
+                    if started:
+                        self.failed += 1
+                        self._record_error(crash, "failed")
+                    else:
+                        start_error = crash
             if scope.cancelled_caught and not isinstance(reason, BaseException):
                 reason = "killed"
         finally:
@@ -297,9 +294,16 @@ class SupervisorCell(Cell):
             for cell in reversed(self.children):
                 if cell in self.dynamic:
                     self._remove(cell, "shutdown")
+            if start_error is not None:
+                reason = start_error
+                self._record_error(start_error, "failed to start")
             self._end(reason)
+        # Whoever started us hears of the outcome only once this incarnation is
+        # over, so that a restart it tries next never finds us still running.
         if not started:
-            task_status.started(RuntimeError(f"{self.path} was stopped while starting"))
+            task_status.started(
+                start_error or RuntimeError(f"{self.path} was stopped while starting")
+            )
             return
         if not self.stopping_by_parent:
             self._report(incarnation, reason)
@@ -377,6 +381,7 @@ class SupervisorCell(Cell):
             return
         reason = note.reason
         if self.root:
+            self.system.shutting_down = True
             await self._stop_all()
             raise _escalated(reason)
         if not should_restart(cell.spec.restart, reason):

@@ -93,6 +93,7 @@ class System:
         self._loop_monitor: LoopMonitor | None = None
         self._loop_thread: int | None = None  # ident of the trio thread, once running
         self.started_at: float | None = None
+        self.shutting_down = False  # from here on, whatever stops is stopped for good
         self.stuck_after = 10.0
         self.control: ControlServer | None = None
         self.metrics: MetricsServer | None = None
@@ -304,6 +305,7 @@ class System:
     def stop(self) -> None:
         """Begin a graceful stop: children in reverse start order, then ``/system``."""
         if self.is_running:
+            self.shutting_down = True
             self._threads.stopping()
             self._root.request_stop("shutdown")
 
@@ -378,7 +380,12 @@ async def open_system(
     """
     system = System(tree, name=name)
     system.stuck_after = stuck_after
-    monitor = LoopMonitor(blocked_after=blocked_after, on_blocked=system._publish_blocked)
+    # Under a mock clock (tests) steps are still measured and counted, but not
+    # published: virtual time and how fast this machine runs have nothing in common.
+    mock = isinstance(trio.lowlevel.current_clock(), trio.testing.MockClock)
+    monitor = LoopMonitor(
+        blocked_after=blocked_after, on_blocked=None if mock else system._publish_blocked
+    )
     system._loop_monitor = monitor
     trio.lowlevel.add_instrument(monitor)
     start_error: BaseException | None = None
@@ -387,7 +394,7 @@ async def open_system(
             system._threads.open(trio.lowlevel.current_trio_token())
             system._loop_thread = threading.get_ident()
             system._state = "running"
-            if not isinstance(trio.lowlevel.current_clock(), trio.testing.MockClock):
+            if not mock:
                 nursery.start_soon(monitor.probe, name="troupe loop probe")
             start_error = await nursery.start(system._root.run, name="/")
             if start_error is None:

@@ -140,7 +140,7 @@ GOOD_PATTERNS = ["a", "*", ">", "a.*", "a.>", "*.b", "a.*.c", "*.*", "*.>", "a-b
 @pytest.mark.parametrize("topic", BAD_TOPICS)
 async def test_publishing_on_an_invalid_topic_raises_value_error(topic: Any) -> None:
     async with runtime.open_system(app(child(Collector, name="c"))) as system:
-        before = system.bus.stats()["published"]
+        before = user_published(system)
         with pytest.raises(ValueError):
             system.publish(topic, 1)
         with pytest.raises(ValueError):
@@ -150,7 +150,14 @@ async def test_publishing_on_an_invalid_topic_raises_value_error(topic: Any) -> 
         ref = system.ref("/app/c")
         assert isinstance(await ref.ask(("publish", topic, 1, {})), ValueError)
         assert isinstance(await ref.ask(("publish_nowait", topic, 1, {})), ValueError)
-        assert system.bus.stats()["published"] == before  # nothing went out
+        assert user_published(system) == before  # nothing went out
+
+
+def user_published(system: runtime.System) -> int:
+    """Events published on user topics (the runtime's own system.* events, such as
+    system.loop.blocked on a slow machine, may come at any time)."""
+    topics = system.bus.stats()["topics"]
+    return sum(n for topic, n in topics.items() if not topic.startswith("system."))
 
 
 @pytest.mark.parametrize("pattern", BAD_PATTERNS)
