@@ -25,7 +25,6 @@ import attrs
 import trio
 
 from .actor import Actor
-from .errors import MailboxFull
 from .messages import UNHANDLED
 
 if TYPE_CHECKING:
@@ -680,4 +679,12 @@ class CallbackSubscriber(Actor):
         return {"calls": self.calls, "errors": self.errors, "last_error": self.last_error}
 
 
-__all__ = ["Bus", "Event", "MailboxFull", "PatternIndex", "Subscription", "check_pattern"]
+__all__ = [
+    "Bus",
+    "Event",
+    "PatternIndex",
+    "Subscription",
+    "check_pattern",
+    "check_topic",
+    "matches",
+]

@@ -24,7 +24,7 @@ import socket as stdsocket
 import stat
 import struct
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -113,6 +113,8 @@ def to_json(value: Any) -> str:
 def _fallback(value: Any) -> Any:
     if attrs.has(type(value)):
         return attrs.asdict(value, recurse=True)
+    if isinstance(value, Mapping):
+        return dict(value)
     if isinstance(value, set | frozenset | tuple):
         return list(value)
     return repr(value)
