@@ -549,3 +549,15 @@ async def test_fuzz_thousands_of_bad_requests_leave_the_system_healthy(
             await wait_until(lambda: system.control.connections == 0, "connections to close")
             await assert_healthy(system)
             assert system.snapshot().dead_letters.get("crashed", 0) == 0
+
+
+def test_event_metadata_goes_out_as_a_json_object() -> None:
+    from types import MappingProxyType
+
+    from runtime.bus import Event
+    from runtime.control import event_dict, to_json
+
+    plain = json.loads(to_json(event_dict(Event("a.b", 1))))
+    assert plain["metadata"] == {}
+    frozen = Event("a.b", 1, metadata=MappingProxyType({"k": [1, 2]}))
+    assert json.loads(to_json(event_dict(frozen)))["metadata"] == {"k": [1, 2]}
