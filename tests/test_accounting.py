@@ -26,7 +26,6 @@ from __future__ import annotations
 import collections
 import copy
 import threading
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -42,6 +41,7 @@ from hypothesis.stateful import (
     rule,
     run_state_machine_as_test,
 )
+from systhread import SystemThread
 
 import runtime
 from runtime import (
@@ -150,68 +150,6 @@ MAILBOXES: dict[str, Mailbox | None] = {
 }
 
 
-# -- a system on a background thread, with the System object at hand ------------
-
-
-class SystemThread:
-    """`open_system(tree)` in `trio.run` on a thread; the test drives it from outside."""
-
-    def __init__(self, tree: Supervisor, name: str = "troupe-test") -> None:
-        self.tree = tree
-        self.system: runtime.System | None = None
-        self.token: trio.lowlevel.TrioToken | None = None
-        self.error: BaseException | None = None
-        self._ready = threading.Event()
-        self._stop: trio.Event | None = None
-        self.thread = threading.Thread(target=self._main, name=name, daemon=True)
-
-    def start(self) -> SystemThread:
-        self.thread.start()
-        assert self._ready.wait(WAIT), "the system did not start"
-        if self.system is None:
-            self.thread.join(WAIT)
-            assert self.error is not None
-            raise self.error
-        return self
-
-    def _main(self) -> None:
-        try:
-            trio.run(self._amain)
-        except BaseException as exc:
-            self.error = exc
-        finally:
-            self._ready.set()
-
-    async def _amain(self) -> None:
-        async with open_system(self.tree) as system:
-            self.system = system
-            self.token = trio.lowlevel.current_trio_token()
-            self._stop = trio.Event()
-            self._ready.set()
-            await self._stop.wait()
-
-    @property
-    def alive(self) -> bool:
-        return self.thread.is_alive()
-
-    def call(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """Run `fn(*args)` on the loop thread."""
-        return trio.from_thread.run_sync(fn, *args, trio_token=self.token)
-
-    def acall(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """Run `await fn(*args)` on the loop thread."""
-        return trio.from_thread.run(fn, *args, trio_token=self.token)
-
-    def stop(self) -> None:
-        assert self._stop is not None
-        try:
-            self.call(self._stop.set)
-        except trio.RunFinishedError:
-            pass
-        self.thread.join(WAIT)
-        assert not self.thread.is_alive(), "the system did not stop"
-
-
 def busy_nodes(system: runtime.System) -> list[str]:
     """Actors with something queued, in hand, or a (re)start pending."""
     busy: list[str] = []
@@ -302,8 +240,9 @@ class Model:
     (the intensity window is far longer than any run)."""
 
     def __init__(self, app_desc: dict[str, Any]) -> None:
-        self.root = MNode({"name": "", "kind": "supervisor", "restart": "permanent",
-                           "children": []}, None, True)
+        self.root = MNode(
+            {"name": "", "kind": "supervisor", "restart": "permanent", "children": []}, None, True
+        )
         self.root.path = "/"
         self.app = MNode(app_desc, self.root, True)
         self.root.children = [self.app]
@@ -365,7 +304,7 @@ class Model:
         if strategy == "one_for_all":
             group = list(sup.children)
         elif strategy == "rest_for_one":
-            group = sup.children[sup.children.index(node):]
+            group = sup.children[sup.children.index(node) :]
         else:
             group = [node]
         survivors = []
@@ -404,9 +343,9 @@ def draw_tree(data: st.DataObject, max_actors: int) -> dict[str, Any]:
             "kind": "supervisor",
             "strategy": data.draw(st.sampled_from(["one_for_one", "one_for_all", "rest_for_one"])),
             "max_restarts": data.draw(st.sampled_from([0, 1, 2, 3, 5, 1000])),
-            "restart": "permanent" if depth == 1 else data.draw(
-                st.sampled_from(["permanent", "transient", "temporary"])
-            ),
+            "restart": "permanent"
+            if depth == 1
+            else data.draw(st.sampled_from(["permanent", "transient", "temporary"])),
             "backoff": data.draw(st.sampled_from([False, False, True])),
             "children": [],
         }
@@ -661,8 +600,14 @@ class AccountingMachine(RuleBasedStateMachine):
         assert self.model is not None and self.runner is not None
         sups = [n for n in self.model.nodes() if n.kind == "supervisor"]
         parent = self.pick(data, sups, "parent")
-        desc = {"name": f"d{next(self.dynamic)}", "kind": "actor", "restart": restart,
-                "mailbox": mailbox, "topic": topic, "children": []}
+        desc = {
+            "name": f"d{next(self.dynamic)}",
+            "kind": "actor",
+            "restart": restart,
+            "mailbox": mailbox,
+            "topic": topic,
+            "children": [],
+        }
         path = parent.path + "/" + desc["name"]
         system = self.runner.system
         assert system is not None
@@ -780,8 +725,10 @@ class AccountingMachine(RuleBasedStateMachine):
             if isinstance(msg, Event) and isinstance(msg.payload, tuple):
                 if msg.payload[0] == "pub":
                     dead[msg.payload[1]].append(letter.reason)
-            elif isinstance(msg, tuple) and len(msg) == 2 and msg[0] in (
-                "m", "crash", "stop", "unknown"
+            elif (
+                isinstance(msg, tuple)
+                and len(msg) == 2
+                and msg[0] in ("m", "crash", "stop", "unknown")
             ):
                 dead[msg[1]].append(letter.reason)
         handled = self.ctl.handled
@@ -796,8 +743,10 @@ class AccountingMachine(RuleBasedStateMachine):
                     )
                 continue
             expected = 1 if op.sent else 0
-            if op.outcome is not None and op.outcome[0] == "err" and op.outcome[1] in (
-                MailboxFull, RuntimeClosed, ActorStopped
+            if (
+                op.outcome is not None
+                and op.outcome[0] == "err"
+                and op.outcome[1] in (MailboxFull, RuntimeClosed, ActorStopped)
             ):
                 expected = h + len(d)  # refused before it was enqueued, or dead-lettered
                 if expected > 1:

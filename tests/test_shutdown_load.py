@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 import trio
+from systhread import SystemThread
 
-import runtime
 from runtime import (
     Actor,
     Backoff,
@@ -26,7 +26,6 @@ from runtime import (
     RuntimeClosed,
     Supervisor,
     child,
-    open_system,
 )
 
 WAIT = 30.0  # generous real-time bound; the backoff below is far longer than this
@@ -89,51 +88,6 @@ def make_tree(gate: threading.Event) -> Supervisor:
     )
 
 
-class SystemThread:
-    """`open_system` on a background thread, with the System object at hand."""
-
-    def __init__(self, tree: Supervisor) -> None:
-        self.tree = tree
-        self.system: runtime.System | None = None
-        self.token: trio.lowlevel.TrioToken | None = None
-        self.error: BaseException | None = None
-        self._ready = threading.Event()
-        self._stop: trio.Event | None = None
-        self.thread = threading.Thread(target=self._main, name="shutdown-load", daemon=True)
-
-    def start(self) -> SystemThread:
-        self.thread.start()
-        assert self._ready.wait(WAIT), "the system did not start"
-        assert self.system is not None, self.error
-        return self
-
-    def _main(self) -> None:
-        try:
-            trio.run(self._amain)
-        except BaseException as exc:
-            self.error = exc
-        finally:
-            self._ready.set()
-
-    async def _amain(self) -> None:
-        async with open_system(self.tree) as system:
-            self.system = system
-            self.token = trio.lowlevel.current_trio_token()
-            self._stop = trio.Event()
-            self._ready.set()
-            await self._stop.wait()
-
-    def call(self, fn: Callable[..., Any], *args: Any) -> Any:
-        return trio.from_thread.run_sync(fn, *args, trio_token=self.token)
-
-    def stop(self) -> None:
-        assert self._stop is not None
-        self.call(self._stop.set)
-        self.thread.join(WAIT)
-        assert not self.thread.is_alive(), "the system did not stop: shutdown hangs"
-        assert self.error is None, self.error
-
-
 class Blocked:
     """A foreign thread that calls `action` until it raises; keeps what it raised."""
 
@@ -173,8 +127,10 @@ def test_stop_under_load_releases_every_thread(scenario: str) -> None:
     system = runner.system
     assert system is not None
     refs = runner.call(
-        lambda: {name: system.ref(f"/load/{name}") for name in ("stuck", "silent", "bridged")}
-        | {"crasher": system.ref("/load/flaky/crasher")}
+        lambda: (
+            {name: system.ref(f"/load/{name}") for name in ("stuck", "silent", "bridged")}
+            | {"crasher": system.ref("/load/flaky/crasher")}
+        )
     )
     wanted = SCENARIOS if scenario == "all" else [scenario]
     blocked: list[Blocked] = []
@@ -191,8 +147,11 @@ def test_stop_under_load_releases_every_thread(scenario: str) -> None:
             )
             for i in range(2):  # messages for it queue while the restart waits
                 blocked.append(
-                    Blocked(f"ask-crasher-{i}",
-                            lambda: refs["crasher"].ask_blocking("hello", timeout=None), False)
+                    Blocked(
+                        f"ask-crasher-{i}",
+                        lambda: refs["crasher"].ask_blocking("hello", timeout=None),
+                        False,
+                    )
                 )
         if "tell-backpressure" in wanted:
             for i in range(3):
@@ -207,14 +166,20 @@ def test_stop_under_load_releases_every_thread(scenario: str) -> None:
         if "ask_blocking" in wanted:
             for i in range(2):
                 blocked.append(
-                    Blocked(f"ask-silent-{i}",
-                            lambda: refs["silent"].ask_blocking("?", timeout=None), False)
+                    Blocked(
+                        f"ask-silent-{i}",
+                        lambda: refs["silent"].ask_blocking("?", timeout=None),
+                        False,
+                    )
                 )
         if "bridge" in wanted:
             for i in range(2):
                 blocked.append(
-                    Blocked(f"ask-bridged-{i}",
-                            lambda: refs["bridged"].ask_blocking("work", timeout=None), False)
+                    Blocked(
+                        f"ask-bridged-{i}",
+                        lambda: refs["bridged"].ask_blocking("work", timeout=None),
+                        False,
+                    )
                 )
         for b in blocked:
             b.thread.start()
@@ -233,7 +198,7 @@ def test_stop_under_load_releases_every_thread(scenario: str) -> None:
         for b in blocked:
             assert b.thread.is_alive(), f"{b.name} was not blocked: {b.error!r}"
 
-        runner.stop()  # bounded: fails if the shutdown hangs
+        runner.stop(clean=True)  # bounded: fails if the shutdown hangs
 
         for b in blocked:
             b.thread.join(WAIT)
@@ -250,7 +215,7 @@ def test_stop_under_load_releases_every_thread(scenario: str) -> None:
         gate.set()  # let abandoned bridge threads finish
         if runner.thread.is_alive():
             try:
-                runner.stop()
+                runner.stop(clean=True)
             except Exception:
                 pass
 
@@ -275,7 +240,7 @@ def test_publish_backpressure_does_not_stall_the_bus_at_shutdown(
         time.sleep(0.1)
         assert publisher.thread.is_alive()
         with caplog.at_level("WARNING", logger="troupe"):
-            runner.stop()
+            runner.stop(clean=True)
         publisher.thread.join(WAIT)
         assert isinstance(publisher.error, RuntimeClosed)
         killed = [r.getMessage() for r in caplog.records if "shutdown timeout" in r.getMessage()]
