@@ -379,17 +379,22 @@ class Bus:
 
     @staticmethod
     def _all_have_room(subs: list[Subscription]) -> bool:
-        """Would every ``block`` subscriber take one more message right now?"""
-        needed: dict[int, int] | None = None
+        """Would every ``block`` subscriber take its messages right now?
+
+        A mailbox with room for as many messages as there are subscriptions
+        needs no counting (the common case, and no allocation); only a nearly
+        full one is checked against how many of these subscriptions are its own.
+        """
+        total = len(subs)
         for sub in subs:
             cell = sub.cell
             if cell is None or cell.mailbox.overflow != "block":
                 continue
-            mailbox = cell.mailbox
-            if needed is None:
-                needed = {}
-            n = needed[id(mailbox)] = needed.get(id(mailbox), 0) + 1
-            if mailbox.room() < n:
+            room = cell.mailbox.room()
+            if room >= total:
+                continue
+            own = sum(1 for other in subs if other.cell is cell)
+            if room < own:
                 return False
         return True
 
