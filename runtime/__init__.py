@@ -5,27 +5,26 @@ The public API is re-exported here; everything else is internal.
 
 from .actor import Actor, Context, Timer
 from .bridge import Bridge
-from .bus import Event
-from .cell import ErrorInfo
 from .deadletters import DeadLetter, DeadLettersQuery
+from .entry import ThreadedSystem, open_system, run, start_in_thread
 from .errors import (
     ActorCrashed,
     ActorNotFound,
     ActorStopped,
     AskTimeout,
+    Deadlock,
     MailboxFull,
     RestartIntensityExceeded,
     RuntimeClosed,
     TroupeError,
     UnhandledMessage,
 )
-from .mailbox import Mailbox
-from .messages import UNHANDLED, DeferredReply, ExitReason, Terminated
+from .mailbox import MailboxStatistics
+from .messages import UNHANDLED, DeferredReply, ErrorInfo, Event, ExitReason, Terminated
 from .monitor import ActorInfo, LoopHealth, TreeSnapshot
 from .ref import ActorRef
-from .supervisor import Backoff, ChildInfo, ChildSpec, Supervisor, child
-from .system import System, open_system, run
-from .threads import ThreadedSystem, start_in_thread
+from .spec import Backoff, ChildInfo, ChildSpec, Mailbox, Supervisor, child
+from .system import System
 
 __all__ = [
     "UNHANDLED",
@@ -43,6 +42,7 @@ __all__ = [
     "Context",
     "DeadLetter",
     "DeadLettersQuery",
+    "Deadlock",
     "DeferredReply",
     "ErrorInfo",
     "Event",
@@ -50,6 +50,7 @@ __all__ = [
     "LoopHealth",
     "Mailbox",
     "MailboxFull",
+    "MailboxStatistics",
     "RestartIntensityExceeded",
     "RuntimeClosed",
     "Supervisor",

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 import trio
 
-from .messages import UNHANDLED, DeferredReply, ExitReason
+from .messages import UNHANDLED, DeferredReply, Event, ExitReason
+from .spec import Mailbox
 
 if TYPE_CHECKING:
-    from .bus import Event
-    from .cell import Cell
-    from .mailbox import Mailbox
+    from .cell import ActorBehaviour, Cell
     from .ref import ActorRef
     from .system import System
 
@@ -76,10 +75,11 @@ class Timer:
 class Context:
     """What an actor incarnation knows about itself and can do to the world."""
 
-    __slots__ = ("_cell", "_nursery")
+    __slots__ = ("_behaviour", "_cell", "_nursery")
 
-    def __init__(self, cell: Cell, nursery: trio.Nursery) -> None:
+    def __init__(self, cell: Cell, behaviour: ActorBehaviour, nursery: trio.Nursery) -> None:
         self._cell = cell
+        self._behaviour = behaviour
         self._nursery = nursery
 
     @property
@@ -96,7 +96,7 @@ class Context:
 
     @property
     def system(self) -> System:
-        return self._cell.system
+        return cast("System", self._cell.host)
 
     @property
     def nursery(self) -> trio.Nursery:
@@ -110,16 +110,16 @@ class Context:
 
         Returns the number of subscribers it was delivered to.
         """
-        return await self._cell.system.bus.publish(
-            topic, payload, source=self.path, correlation_id=correlation_id, metadata=metadata
+        return await self._cell.host.publish_from(
+            self._cell.path, topic, payload, correlation_id, metadata
         )
 
     def publish_nowait(
         self, topic: str, payload: Any = None, *, correlation_id: str | None = None, **metadata: Any
     ) -> int:
         """Publish without waiting: a full ``block`` subscriber gets it dead-lettered."""
-        return self._cell.system.bus.publish_nowait(
-            topic, payload, source=self.path, correlation_id=correlation_id, metadata=metadata
+        return self._cell.host.publish_nowait_from(
+            self._cell.path, topic, payload, correlation_id, metadata
         )
 
     def subscribe(
@@ -136,13 +136,11 @@ class Context:
         `replay=N`: first the last N matching events from history.  The
         subscription lasts until `unsubscribe` or the actor stops for good.
         """
-        self._cell.system.bus.subscribe_cell(
-            self._cell, pattern, once=once, filter=filter, replay=replay
-        )
+        self._cell.host.subscribe_cell(self._cell, pattern, once=once, filter=filter, replay=replay)
 
     def unsubscribe(self, pattern: str) -> bool:
         """Drop the subscription to exactly `pattern`; False if there was none."""
-        return self._cell.system.bus.unsubscribe_cell(self._cell, pattern)
+        return self._cell.host.unsubscribe_cell(self._cell, pattern)
 
     async def run_blocking(
         self,
@@ -158,22 +156,22 @@ class Context:
         `fn`'s own exception, or `AskTimeout` past `timeout` (the thread is
         abandoned, a worker process killed).
         """
-        return await self._cell.system.run_blocking(
+        return await self._cell.host.run_blocking(
             fn, *args, timeout=timeout, bridge=bridge, **kwargs
         )
 
     async def forward(self, ref: ActorRef) -> None:
         """Hand the message in hand to `ref`; it answers the original asker directly."""
-        await self._cell.forward(ref._cell)
+        await self._behaviour.forward(self._cell, ref._cell)
 
     @property
     def expects_reply(self) -> bool:
         """Whether the message in hand was asked (someone waits for the answer)."""
-        return self._cell._reply is not None
+        return self._behaviour.reply is not None
 
     def defer_reply(self) -> DeferredReply:
         """Answer the message in hand later; `receive`'s return value is then ignored."""
-        return self._cell.defer_reply()
+        return self._behaviour.defer_reply(self._cell)
 
     def stop(self) -> None:
         """End this actor with reason ``normal`` after the current message."""

@@ -8,6 +8,10 @@ the event behind the current one (bounded), and a full ``block`` mailbox gets
 the event dead-lettered as ``overflow``.  Threads publish through the bus
 actor's mailbox (`System.publish`), so they get the same backpressure as a
 foreign `tell`.
+
+The fast path of `publish` delivers at once when no subscriber must be waited
+for, and yields to the scheduler only once every `YIELD_EVERY` calls (a
+publisher that never waits would otherwise never let others run).
 """
 
 from __future__ import annotations
@@ -16,110 +20,35 @@ import itertools
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
-import attrs
 import trio
 
-from .actor import Actor
-from .messages import UNHANDLED
+from .messages import Event
+from .topics import MATCH_CACHE, PatternIndex, check_pattern, check_topic, matches, matching
 
 if TYPE_CHECKING:
     from .cell import Cell
-    from .system import System
+    from .host import Host
 
 log = logging.getLogger("troupe.bus")
 
 HISTORY = 1000
 BACKLOG = 10_000
 TOPIC_STATS = 10_000
-MATCH_CACHE = 4096
 YIELD_EVERY = 64
 """Fast-path publishes between two yields to the scheduler (fairness)."""
 _NO_METADATA: Mapping[str, Any] = MappingProxyType({})
-
-
-def _segments(text: object, what: str) -> tuple[str, ...]:
-    if not isinstance(text, str):
-        raise ValueError(f"a {what} is a dot-separated string like 'training.done', got {text!r}")
-    parts = tuple(text.split("."))
-    if not text or any(not part or part != part.strip() or " " in part for part in parts):
-        raise ValueError(
-            f"invalid {what} {text!r}: segments are non-empty, dot-separated and contain no spaces"
-        )
-    return parts
-
-
-def check_topic(topic: object) -> tuple[str, ...]:
-    """Validate a topic to publish on: no wildcards."""
-    parts = _segments(topic, "topic")
-    for part in parts:
-        if "*" in part or ">" in part:
-            raise ValueError(
-                f"invalid topic {topic!r}: wildcards '*' and '>' belong in subscription "
-                "patterns, not in published topics"
-            )
-    return parts
-
-
-def check_pattern(pattern: object) -> tuple[str, ...]:
-    """Validate a NATS-style pattern: ``*`` is one whole segment, ``>`` the last one."""
-    parts = _segments(pattern, "pattern")
-    for i, part in enumerate(parts):
-        if part in ("*", ">"):
-            if part == ">" and i != len(parts) - 1:
-                raise ValueError(f"invalid pattern {pattern!r}: '>' must be the last segment")
-        elif "*" in part or ">" in part:
-            raise ValueError(
-                f"invalid pattern {pattern!r}: a wildcard must be a whole segment ('a.*', not 'a*')"
-            )
-    return parts
-
-
-def matches(pattern: str, topic: str) -> bool:
-    """Does `topic` match `pattern`? (The slow, obvious definition; the index is faster.)"""
-    return _segments_match(check_pattern(pattern), check_topic(topic))
-
-
-def _segments_match(pat: tuple[str, ...], top: tuple[str, ...]) -> bool:
-    for i, part in enumerate(pat):
-        if part == ">":
-            return len(top) > i
-        if i >= len(top) or (part != "*" and part != top[i]):
-            return False
-    return len(top) == len(pat)
-
-
-def _matching(pattern: str, events: Iterable[Event]) -> Iterator[Event]:
-    """The events whose (already valid) topics match `pattern`, checked once."""
-    pat = check_pattern(pattern)
-    for event in events:
-        if _segments_match(pat, tuple(event.topic.split("."))):
-            yield event
-
-
-@attrs.frozen
-class Event:
-    """One published event.  `source` is the publisher's path, or ``"thread"``."""
-
-    topic: str
-    payload: Any = None
-    source: str = "system"
-    id: int = 0
-    timestamp: float = 0.0
-    correlation_id: str | None = None
-    metadata: Mapping[str, Any] = attrs.field(factory=dict)
 
 
 class Subscription:
     """One pattern of one subscriber: an actor's mailbox or a stream's channel."""
 
     __slots__ = (
-        "_seq",
-        "cell",
+                "cell",
         "channel",
         "delivered",
         "dropped",
@@ -127,6 +56,7 @@ class Subscription:
         "once",
         "pattern",
         "segments",
+        "seq",
     )
 
     def __init__(
@@ -147,111 +77,19 @@ class Subscription:
         self.filter = filter
         self.delivered = 0
         self.dropped = 0
-        self._seq = seq
+        self.seq = seq
 
     @property
     def subscriber(self) -> str:
         return self.cell.path if self.cell is not None else f"stream:{self.pattern}"
 
 
-class _Node:
-    __slots__ = ("children", "here", "star", "tail")
-
-    def __init__(self) -> None:
-        self.children: dict[str, _Node] = {}
-        self.star: _Node | None = None
-        self.here: list[Subscription] = []  # patterns ending at this node
-        self.tail: list[Subscription] = []  # patterns ending in '>' below this node
-
-
-class PatternIndex:
-    """A trie of subscription patterns: matching walks the topic, not every subscription."""
-
-    def __init__(self) -> None:
-        self._root = _Node()
-        self._cache: dict[str, list[Subscription]] = {}
-        self.count = 0
-
-    def add(self, sub: Subscription) -> None:
-        node = self._root
-        for part in sub.segments:
-            if part == ">":
-                node.tail.append(sub)
-                break
-            if part == "*":
-                if node.star is None:
-                    node.star = _Node()
-                node = node.star
-            else:
-                nxt = node.children.get(part)
-                if nxt is None:
-                    nxt = node.children[part] = _Node()
-                node = nxt
-        else:
-            node.here.append(sub)
-        self.count += 1
-        self._cache.clear()
-
-    def remove(self, sub: Subscription) -> None:
-        path: list[tuple[_Node, str]] = []
-        node = self._root
-        for part in sub.segments:
-            if part == ">":
-                node.tail.remove(sub)
-                break
-            nxt = node.star if part == "*" else node.children.get(part)
-            assert nxt is not None
-            path.append((node, part))
-            node = nxt
-        else:
-            node.here.remove(sub)
-        self.count -= 1
-        self._cache.clear()
-        # prune empty branches so that churn does not leak nodes
-        for parent, part in reversed(path):
-            child = parent.star if part == "*" else parent.children[part]
-            assert child is not None
-            if child.here or child.tail or child.children or child.star is not None:
-                break
-            if part == "*":
-                parent.star = None
-            else:
-                del parent.children[part]
-
-    def match(self, topic: str, segments: tuple[str, ...]) -> list[Subscription]:
-        found = self._cache.get(topic)
-        if found is not None:
-            return found
-        found = []
-        self._walk(self._root, segments, 0, found)
-        if len(found) > 1:
-            found.sort(key=lambda sub: sub._seq)
-        if len(self._cache) >= MATCH_CACHE:
-            self._cache.clear()
-        self._cache[topic] = found
-        return found
-
-    def _walk(
-        self, node: _Node, segments: tuple[str, ...], i: int, out: list[Subscription]
-    ) -> None:
-        if i == len(segments):
-            out.extend(node.here)
-            return
-        if node.tail:
-            out.extend(node.tail)
-        nxt = node.children.get(segments[i])
-        if nxt is not None:
-            self._walk(nxt, segments, i + 1, out)
-        if node.star is not None:
-            self._walk(node.star, segments, i + 1, out)
-
-
 class Bus:
     """The router: subscriptions, delivery, history and stats (``system.bus``)."""
 
-    def __init__(self, system: System, history: int = HISTORY) -> None:
-        self._system = system
-        self._index = PatternIndex()
+    def __init__(self, host: Host, history: int = HISTORY) -> None:
+        self._host = host
+        self._index: PatternIndex[Subscription] = PatternIndex()
         self._by_cell: dict[Cell, dict[str, Subscription]] = {}
         self._streams: set[Subscription] = set()
         self._history: deque[Event] = deque(maxlen=history)
@@ -310,7 +148,7 @@ class Bus:
         return tuple(self._by_cell.get(cell, ()))
 
     def _replay(self, sub: Subscription, n: int) -> None:
-        hits = list(_matching(sub.pattern, self._history))[-n:]
+        hits = list(matching(sub.pattern, self._history))[-n:]
         for event in hits:
             self._deliver_nowait(sub, event)
 
@@ -488,18 +326,15 @@ class Bus:
             if mailbox.overflow in ("block", "fail") and not mailbox.has_room():
                 self._drop(sub, event)
                 return False
-            dropped_before = sub.cell.dead_lettered
-            # drop_old pushes out the oldest queued message: count it if it was an event
-            oldest = mailbox.user[0] if mailbox.overflow == "drop_old" and mailbox.user else None
-            mailbox.put(event)  # drop_new / drop_old dead-letter by themselves
-            if sub.cell.dead_lettered != dropped_before:
-                if mailbox.overflow == "drop_new":
-                    sub.dropped += 1
-                    self.dropped += 1
-                    return False
-                if isinstance(oldest, Event):
-                    sub.dropped += 1
-                    self.dropped += 1
+            # drop_new / drop_old / a closed mailbox dead-letter by themselves
+            dropped = mailbox.put(event)
+            if dropped is event:
+                sub.dropped += 1
+                self.dropped += 1
+                return False
+            if isinstance(dropped, Event):  # drop_old pushed out an older event
+                sub.dropped += 1
+                self.dropped += 1
         else:
             assert sub.channel is not None
             try:
@@ -525,7 +360,7 @@ class Bus:
         if sub.cell is not None:
             sub.cell.drop(event, "overflow")
         else:
-            self._system._dead_letter(event, "overflow", sub.subscriber)
+            self._host.dead_letter(event, "overflow", sub.subscriber)
 
     # -- system events -----------------------------------------------------
     def system_event(self, topic: str, payload: Mapping[str, Any]) -> None:
@@ -589,7 +424,7 @@ class Bus:
         def register(fn: Callable[[Event], Any]) -> Callable[[Event], Any]:
             if fn in self._callbacks:
                 raise ValueError(f"{fn!r} is already subscribed; unsubscribe it first")
-            cell = self._system._adopt_callback(fn)
+            cell = self._host.adopt_callback(fn)
             self._callbacks[fn] = cell
             self.subscribe_cell(cell, pattern, once=once, filter=filter, replay=replay)
             return fn
@@ -602,13 +437,13 @@ class Bus:
         if cell is None:
             raise ValueError(f"{fn!r} is not a subscribed callback")
         self.drop_all(cell)
-        self._system._release_callback(cell)
+        self._host.release_callback(cell)
 
     # -- looking back ----------------------------------------------------
     def history(self, pattern: str = ">", limit: int = 100) -> list[Event]:
         """The newest `limit` events matching `pattern`, newest first."""
         out: list[Event] = []
-        for event in _matching(pattern, reversed(self._history)):
+        for event in matching(pattern, reversed(self._history)):
             out.append(event)
             if len(out) >= limit:
                 break
@@ -625,63 +460,6 @@ class Bus:
             "topics": dict(self._topics),
             "subscriptions": self._index.count,
         }
-
-
-@attrs.frozen
-class PublishRequest:
-    """A thread's publish, carried through the bus actor's mailbox."""
-
-    topic: str
-    payload: Any
-    correlation_id: str | None
-    metadata: Mapping[str, Any]
-
-
-class BusActor(Actor):
-    """``/system/bus``: publishes for foreign threads and shows the bus's stats."""
-
-    async def receive(self, msg: Any) -> Any:
-        if isinstance(msg, PublishRequest):
-            return await self.ctx.system.bus.publish(
-                msg.topic,
-                msg.payload,
-                source="thread",
-                correlation_id=msg.correlation_id,
-                metadata=msg.metadata,
-            )
-        return UNHANDLED
-
-    def snapshot_stats(self) -> dict[str, Any]:
-        stats = self.ctx.system.bus.stats()
-        stats["topics"] = len(stats["topics"])
-        return stats
-
-
-class CallbackSubscriber(Actor):
-    """Runs one `bus.subscribe` callback; its errors are counted, not fatal."""
-
-    def __init__(self, fn: Callable[[Event], Any]) -> None:
-        self.fn = fn
-        self.calls = 0
-        self.errors = 0
-        self.last_error: str | None = None
-
-    async def receive(self, msg: Any) -> Any:
-        if not isinstance(msg, Event):
-            return UNHANDLED
-        self.calls += 1
-        try:
-            result = self.fn(msg)
-            if hasattr(result, "__await__"):
-                await result
-        except Exception as exc:
-            self.errors += 1
-            self.last_error = f"{type(exc).__name__}: {exc}"
-            log.exception("bus callback %r failed on %s", self.fn, msg.topic)
-        return None
-
-    def snapshot_stats(self) -> dict[str, Any]:
-        return {"calls": self.calls, "errors": self.errors, "last_error": self.last_error}
 
 
 __all__ = [

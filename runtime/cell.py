@@ -1,127 +1,126 @@
-"""A slot in the actor tree and the task that runs each incarnation of its actor.
+"""A slot in the actor tree, its incarnations, and the wait-for graph of rule 5.
 
 The slot (`Cell`) outlives incarnations: it owns the path, the ref, the
-mailbox, the watchers and the counters.  `Cell.run` is one incarnation: it
-builds a fresh actor, runs `on_start`, drains the mailbox one message at a
-time, and runs `on_stop`.  It never raises into its supervisor: it reports
-how it ended with a `ChildExited` in the supervisor's system lane.
+mailbox, the watchers and the counters.  What runs in it is a *behaviour*:
+`ActorBehaviour` (below) builds a fresh actor per incarnation and drains the
+mailbox one message at a time; `runtime.supervisor.Supervising` starts and
+restarts children.  An incarnation never raises into its supervisor: it
+reports how it ended with a `ChildExited` in the supervisor's system lane.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import traceback
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Protocol
 
-import attrs
 import trio
 
 from .actor import Actor, Context
 from .errors import ActorCrashed, ActorStopped, MailboxFull, UnhandledMessage
-from .mailbox import Mailbox, MailboxQueue
+from .mailbox import EMPTY, MailboxQueue
 from .messages import (
     UNHANDLED,
     Ask,
+    ChildExited,
+    Control,
     DeferredReply,
+    ErrorInfo,
     ExitReason,
     InjectedCrash,
     ReplySlot,
     Terminated,
+    describe,
 )
 from .ref import ActorRef
+from .spec import ChildSpec, check_handlers
+from .waits import begin_wait, end_wait, enter_incarnation, waiting_slot
+
+if TYPE_CHECKING:
+    from .host import Host
+    from .spec import Supervisor
 
 current_task = trio.lowlevel.current_task
 wait_task_rescheduled = trio.lowlevel.wait_task_rescheduled
-
-if TYPE_CHECKING:
-    from .supervisor import ChildSpec, SupervisorCell, SupervisorSpec
-    from .system import System
 
 log = logging.getLogger("troupe")
 
 BATCH = 128
 """Messages handled between forced checkpoints when the actor never yields."""
 
-_IDLE: Any = object()  # `current` when no message is in hand
+IDLE: Any = object()
+"""`ActorBehaviour.current` when no message is in hand."""
 
-
-@attrs.frozen
-class ErrorInfo:
-    """The last error of an actor, as the snapshot shows it."""
-
-    type: str
-    message: str
-    traceback: str
-
-    @classmethod
-    def of(cls, exc: BaseException) -> ErrorInfo:
-        return cls(
-            type=type(exc).__qualname__,
-            message=str(exc),
-            traceback="".join(traceback.format_exception(exc)),
-        )
-
-
-@attrs.frozen
-class ChildExited:
-    """System-lane note to a supervisor: an incarnation of `cell` ended by itself."""
-
-    cell: Cell
-    incarnation: int
-    reason: ExitReason
-
-
-@attrs.frozen
-class Control:
-    """A request for a supervisor's own task (start or terminate a child)."""
-
-    op: str
-    arg: Any
-    reply: ReplySlot
-
-
-def crash_of(exc: BaseException) -> BaseException | None:
-    """The error inside `exc` once cancellations are set aside; None if it was only those."""
-    if isinstance(exc, trio.Cancelled):
-        return None
-    if isinstance(exc, BaseExceptionGroup):
-        _, rest = exc.split(trio.Cancelled)
-        if rest is None:
-            return None
-        while isinstance(rest, BaseExceptionGroup) and len(rest.exceptions) == 1:
-            rest = rest.exceptions[0]
-        return rest
+# -- how an incarnation ended ------------------------------------------------
+def _single(exc: BaseException | None) -> BaseException | None:
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
     return exc
 
 
-def describe(reason: ExitReason) -> str:
-    if isinstance(reason, BaseException):
-        return f"{type(reason).__name__}({str(reason)!r})"
-    return reason
+def classify(exc: BaseException) -> tuple[BaseException | None, BaseException | None]:
+    """Split what ended an incarnation into ``(crash, interrupt)``.
+
+    `crash` is the `Exception` that crashed it (None if there was none);
+    `interrupt` a `BaseException` that is neither an `Exception` nor a
+    cancellation (KeyboardInterrupt, SystemExit, ...): those are not failures
+    to recover from but a request to stop everything.  Both None means it
+    was only cancelled.
+    """
+    if isinstance(exc, BaseExceptionGroup):
+        crashes, others = exc.split(Exception)
+        interrupt = None
+        if others is not None:
+            _, interrupt = others.split(trio.Cancelled)
+        return _single(crashes), _single(interrupt)
+    if isinstance(exc, trio.Cancelled):
+        return None, None
+    if isinstance(exc, Exception):
+        return exc, None
+    return None, exc
+
+
+class Behaviour(Protocol):
+    """What runs in a slot: an actor's message loop or a supervisor's."""
+
+    kind: str
+
+    async def run(self, cell: Cell, task_status: trio.TaskStatus[BaseException | None]) -> None:
+        """One incarnation.  ``task_status.started`` gets None, or the start error."""
+        ...
+
+    def finalize(self, cell: Cell) -> None:
+        """The slot stops for good: release what the behaviour holds (e.g. children)."""
+        ...
+
+    def stats(self) -> dict[str, Any]:
+        """Behaviour-specific counters for the snapshot (e.g. the actor's own)."""
+        ...
+
+    def stopped_by_group_restart(self) -> None:
+        """The supervisor is stopping this incarnation as a bystander of a group restart."""
+        ...
+
+    def stop_requested(self, cell: Cell, reason: str) -> None:
+        """A stop was requested for the running incarnation (see `Cell.request_stop`)."""
+        ...
 
 
 class Cell:
     """One slot of the tree: path, ref, mailbox and the bookkeeping of its incarnations."""
 
-    kind = "actor"
     __slots__ = (
         "__weakref__",
-        "_deferred",
         "_exit",
-        "_interrupted",
         "_kill_scope",
-        "_noted",
-        "_reply",
         "_running",
         "_stop_reason",
-        "actor",
-        "current",
-        "current_since",
+        "behaviour",
         "dead_lettered",
         "failed",
         "final_reason",
         "finalized",
+        "host",
         "incarnation",
         "last_error",
         "mailbox",
@@ -135,26 +134,28 @@ class Cell:
         "started_at",
         "state",
         "stopping_by_parent",
-        "system",
+        "task",
+        "waiting_for",
         "watchers",
         "watching",
     )
 
     def __init__(
         self,
-        system: System,
-        parent: SupervisorCell | None,
-        spec: ChildSpec | SupervisorSpec,
+        host: Host,
+        parent: Cell | None,
+        spec: ChildSpec | Supervisor,
         path: str,
+        behaviour: Behaviour,
     ) -> None:
-        self.system = system
+        self.host = host
         self.parent = parent
         self.spec = spec
         self.name = spec.name
         self.path = path
+        self.behaviour = behaviour
         self.ref = ActorRef(self)
-        self.mailbox = MailboxQueue(self._mailbox_spec(), self.drop)
-        self.mailbox.thread_gate = system._threads
+        self.mailbox = MailboxQueue(spec.mailbox_spec(), self.drop, host.gate)
         self.state = "starting"
         self.incarnation = 0
         self.restarts = 0
@@ -163,75 +164,91 @@ class Cell:
         self.dead_lettered = 0
         self.last_error: ErrorInfo | None = None
         self.started_at: float | None = None
-        self.current: Any = _IDLE
-        self.current_since = 0.0
         self.finalized = False
         self.final_reason: ExitReason = "shutdown"
-        # watch bookkeeping and deferred replies are rare: made on first use
+        # watch bookkeeping is rare: made on first use
         self.watchers: dict[Cell, None] | None = None
         self.watching: dict[Cell, None] | None = None
         self.stopping_by_parent = False
-        self.actor: Actor | None = None
+        self.waiting_for: Cell | None = None  # rule 5: whom this slot's handler waits on
+        self.task: trio.lowlevel.Task | None = None  # the running incarnation's task
         self._stop_reason: str | None = None
         self._kill_scope: trio.CancelScope | None = None
         self._running = False
         self._exit: trio.Event | None = None  # made only when someone waits for the end
-        self._reply: ReplySlot | None = None
-        self._deferred: dict[DeferredReply, None] | None = None
-        self._interrupted: Any = _IDLE  # the message in hand when receive was cancelled
-        self._noted: BaseException | None = None  # a crash already counted by _loop
 
-    def _mailbox_spec(self) -> Mailbox:
-        spec = self.spec.mailbox
-        if spec is None:
-            spec = getattr(getattr(self.spec, "factory", None), "mailbox", None)
-        return spec if isinstance(spec, Mailbox) else Mailbox()
+    @property
+    def kind(self) -> str:
+        return self.behaviour.kind
 
     @property
     def cls_name(self) -> str:
-        factory = getattr(self.spec, "factory", None)
-        return str(getattr(factory, "__qualname__", repr(factory)))
-
-    @property
-    def busy(self) -> bool:
-        return self.current is not _IDLE
+        return self.spec.cls_name
 
     @property
     def running(self) -> bool:
         return self._running
 
+    @property
+    def stop_requested(self) -> bool:
+        return self._stop_reason is not None
+
+    def __repr__(self) -> str:
+        return f"<Cell {self.path} {self.state}>"
+
     # -- dead letters ----------------------------------------------------
-    def drop(self, item: Any, reason: str, cause: BaseException | None = None) -> None:
-        """Account for a message this slot will never handle."""
+    def drop(
+        self, item: Any, reason: str, cause: BaseException | None = None, *, restarted: bool = False
+    ) -> None:
+        """Account for a message this slot will never handle (and fail its asker).
+
+        `restarted`: the incarnation handling it was stopped by a group restart.
+        """
         if isinstance(item, Control):
             item.reply.fail(ActorStopped(f"{self.path} stopped before it could {item.op}"))
             return
         if isinstance(item, ChildExited | InjectedCrash) or (
             isinstance(item, Terminated) and reason == "stopped"
         ):
-            return  # notices for an actor that is itself gone: nobody to tell
-        msg = item.msg if type(item) is Ask else item
+            return  # notices for a slot that is itself gone: nobody to tell
+        is_ask = type(item) is Ask
+        msg = item.msg if is_ask else item
         self.dead_lettered += 1
-        self.system._dead_letter(msg, reason, self.path)
-        if type(item) is Ask:
-            what = f"{type(msg).__name__} to {self.path}"
-            error: BaseException
-            if reason == "crashed":
-                error = ActorCrashed(
-                    f"{self.path} crashed handling {what}: {describe(cause or 'crash')}"
-                )
-                error.__cause__ = cause
-            elif reason == "unhandled":
-                error = UnhandledMessage(f"{self.path} does not handle {type(msg).__name__}")
-            elif reason == "overflow":
-                error = MailboxFull(f"mailbox of {self.path} overflowed; {what} was dropped")
-            else:
-                error = ActorStopped(f"{self.path} stopped before handling {what}")
-            item.reply.fail(error)
+        self.host.dead_letter(msg, reason, self.path)
+        if is_ask:
+            item.reply.fail(self._ask_error(msg, reason, cause, restarted))
+
+    def _ask_error(
+        self, msg: Any, reason: str, cause: BaseException | None, restarted: bool
+    ) -> BaseException:
+        what = f"{type(msg).__name__} to {self.path}"
+        error: BaseException
+        if reason == "crashed":
+            error = ActorCrashed(
+                f"{self.path} crashed handling {what}: {describe(cause or 'crash')}"
+            )
+            error.__cause__ = cause
+        elif reason == "unhandled":
+            error = UnhandledMessage(f"{self.path} does not handle {type(msg).__name__}")
+        elif reason == "overflow":
+            error = MailboxFull(f"mailbox of {self.path} overflowed; {what} was dropped")
+        elif restarted:
+            error = ActorStopped(
+                f"{self.path} was restarted by its supervisor "
+                f"({self._group_strategy()}) while handling {what}; the ref stays valid"
+            )
+        else:
+            error = ActorStopped(f"{self.path} stopped before handling {what}")
+        return error
+
+    def _group_strategy(self) -> str:
+        parent = self.parent
+        spec = parent.spec if parent is not None else None
+        return str(getattr(spec, "strategy", "restart"))
 
     def late_reply(self, value: Any) -> None:
         self.dead_lettered += 1
-        self.system._dead_letter(value, "timeout", self.path)
+        self.host.dead_letter(value, "timeout", self.path)
 
     # -- control from outside -------------------------------------------
     def request_stop(self, reason: str) -> None:
@@ -241,6 +258,7 @@ class Cell:
         if self._stop_reason is None or reason == "shutdown":
             self._stop_reason = reason
         self._arm_shutdown_timeout()
+        self.behaviour.stop_requested(self, reason)
         self.mailbox.wake()
 
     def _arm_shutdown_timeout(self) -> None:
@@ -248,6 +266,11 @@ class Cell:
         scope = self._kill_scope
         if scope is not None and timeout is not None and math.isfinite(timeout):
             scope.deadline = min(scope.deadline, trio.current_time() + timeout)
+
+    def kill(self) -> None:
+        """Cancel the running incarnation at once (a second Ctrl-C)."""
+        if self._kill_scope is not None:
+            self._kill_scope.cancel()
 
     async def wait_done(self) -> None:
         """Wait until the current incarnation (if any) has ended."""
@@ -258,28 +281,11 @@ class Cell:
             self._exit = trio.Event()
         await self._exit.wait()
 
-    def defer_reply(self) -> DeferredReply:
-        if self.current is _IDLE:
-            raise RuntimeError("defer_reply() can only be called while handling a message")
-        reply, self._reply = self._reply, None
-        handle = DeferredReply(reply, self._deferred_done)
-        if reply is not None:
-            if self._deferred is None:
-                self._deferred = {}
-            self._deferred[handle] = None
-        return handle
-
-    async def forward(self, target: Cell) -> None:
-        """Pass the message in hand, with its reply slot, on to `target` (Akka's forward)."""
-        if self.current is _IDLE:
-            raise RuntimeError("forward() can only be called while handling a message")
-        reply, self._reply = self._reply, None
-        item = self.current if reply is None else Ask(self.current, reply)
-        await target.mailbox.put_wait(item)
-
-    def _deferred_done(self, handle: DeferredReply) -> None:
-        if self._deferred is not None:
-            self._deferred.pop(handle, None)
+    async def run(
+        self, *, task_status: trio.TaskStatus[BaseException | None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """One incarnation of whatever behaviour runs in this slot."""
+        await self.behaviour.run(self, task_status)
 
     # -- watching --------------------------------------------------------
     def watch(self, target: Cell) -> None:
@@ -304,11 +310,11 @@ class Cell:
         """The slot stops for good: release the name, drain the mailbox, tell watchers."""
         if self.finalized:
             return
+        self.behaviour.finalize(self)
         self.finalized = True
         self.final_reason = reason
         self.state = "stopped"
-        self.system._unregister(self)
-        self.system.bus.drop_all(self)
+        self.host.slot_released(self)
         for item in self.mailbox.close():
             self.drop(item, "stopped")
         watching, self.watching = self.watching or {}, None
@@ -324,51 +330,39 @@ class Cell:
 
     def lifecycle_event(self, what: str, **details: Any) -> None:
         """Publish ``system.actor.<what>`` for this slot (runtime listeners use ``system.>``)."""
-        if self.system.is_running:
-            self.system.bus.system_event(
+        if self.host.is_running:
+            self.host.system_event(
                 f"system.actor.{what}", {"path": self.path, "kind": self.kind, **details}
             )
 
-    # -- one incarnation -------------------------------------------------
-    def _begin(self) -> int:
+    # -- incarnation bookkeeping shared by the behaviours ------------------
+    def begin(self) -> int:
         self.incarnation += 1
         self._running = True
         self._exit = None
         self._stop_reason = None
         self.stopping_by_parent = False
+        self.waiting_for = None
+        enter_incarnation(self)
         self.state = "starting"
         return self.incarnation
 
-    def _end(self, reason: ExitReason) -> None:
-        for handle in list(self._deferred or ()):
-            if isinstance(reason, BaseException):
-                error: BaseException = ActorCrashed(f"{self.path} crashed before replying")
-                error.__cause__ = reason
-            else:
-                error = ActorStopped(f"{self.path} stopped before replying")
-            handle.fail(error)
-        self._deferred = None
-        self.actor = None
-        self.current = _IDLE
-        self._reply = None
+    def end(self, reason: ExitReason) -> None:
         self._kill_scope = None
+        self.task = None
+        self.waiting_for = None
         if not self.finalized:
             self.state = "failed" if isinstance(reason, BaseException) else "stopped"
         self._running = False
         if self._exit is not None:
             self._exit.set()
-        if self.system.shutting_down and self.parent is not None:
+        if self.host.shutting_down and self.parent is not None:
             # Nothing restarts during a shutdown: release the slot now, so that
             # senders blocked on its mailbox (a publisher, a thread) are let go
             # at once instead of waiting for the whole tree to stop.
             self.finalize(reason)
 
-    def _drop_interrupted(self, reason: str, cause: BaseException | None = None) -> None:
-        item, self._interrupted = self._interrupted, _IDLE
-        if item is not _IDLE:
-            self.drop(item, reason, cause)
-
-    def _mark_started(
+    def mark_started(
         self, incarnation: int, task_status: trio.TaskStatus[BaseException | None]
     ) -> None:
         self.state = "running"
@@ -376,102 +370,225 @@ class Cell:
         self.lifecycle_event("started", incarnation=incarnation)
         task_status.started(None)
 
-    def _record_error(self, exc: BaseException, during: str) -> None:
+    def record_error(self, exc: BaseException, during: str) -> None:
         self.last_error = ErrorInfo.of(exc)
         log.error("%s %s: %s", self.path, during, describe(exc), exc_info=exc)
         if during != "failed in on_stop":
             self.lifecycle_event("crashed", error=describe(exc), during=during)
 
-    def _report(self, incarnation: int, reason: ExitReason) -> None:
+    def report(self, incarnation: int, reason: ExitReason) -> None:
+        """Tell the parent (or the host, for the root) that an incarnation ended by itself."""
         if self.parent is not None:
             self.parent.mailbox.put_system(ChildExited(self, incarnation, reason))
         else:
-            self.system._root_exited(reason)
+            self.host.root_exited(reason)
 
-    async def run(
-        self, *, task_status: trio.TaskStatus[BaseException | None] = trio.TASK_STATUS_IGNORED
+
+class ActorBehaviour:
+    """An actor's incarnations: make the actor, `on_start`, the message loop, `on_stop`."""
+
+    kind = "actor"
+    __slots__ = (
+        "_deferred",
+        "_interrupted",
+        "_noted",
+        "_restarted",
+        "actor",
+        "current",
+        "current_since",
+        "reply",
+        "spec",
+    )
+
+    def __init__(self, spec: ChildSpec) -> None:
+        self.spec = spec
+        self.actor: Actor | None = None
+        self.current: Any = IDLE
+        self.current_since = 0.0
+        self.reply: ReplySlot | None = None
+        self._deferred: dict[DeferredReply, None] | None = None
+        self._interrupted: Any = IDLE  # the message in hand when receive was cancelled
+        self._noted: BaseException | None = None  # a crash already counted by the loop
+        self._restarted = False  # stopped by a group restart (the asker is told so)
+
+    @property
+    def busy(self) -> bool:
+        return self.current is not IDLE
+
+    def stats(self) -> dict[str, Any]:
+        return dict(self.actor.snapshot_stats()) if self.actor is not None else {}
+
+    def finalize(self, cell: Cell) -> None:
+        pass
+
+    # -- helpers for the context -------------------------------------------
+    def defer_reply(self, cell: Cell) -> DeferredReply:
+        if self.current is IDLE:
+            raise RuntimeError("defer_reply() can only be called while handling a message")
+        reply, self.reply = self.reply, None
+        if reply is not None and reply.asker is not None:
+            # The answer now depends on work elsewhere: not an edge of the graph.
+            end_wait(reply.asker, cell)
+        handle = DeferredReply(reply, self._deferred_done)
+        if reply is not None:
+            if self._deferred is None:
+                self._deferred = {}
+            self._deferred[handle] = None
+        return handle
+
+    async def forward(self, cell: Cell, target: Cell) -> None:
+        """Pass the message in hand, with its reply slot, on to `target` (Akka's forward)."""
+        if self.current is IDLE:
+            raise RuntimeError("forward() can only be called while handling a message")
+        reply, self.reply = self.reply, None
+        if reply is not None and reply.asker is not None:
+            end_wait(reply.asker, cell)
+        item = self.current if reply is None else Ask(self.current, reply)
+        me = waiting_slot()
+        if me is not None and not target.mailbox.has_room():
+            begin_wait(me, target, f"forwarding {type(self.current).__name__}")
+            try:
+                await target.mailbox.put_wait(item)
+            finally:
+                end_wait(me, target)
+        else:
+            await target.mailbox.put_wait(item)
+
+    def _deferred_done(self, handle: DeferredReply) -> None:
+        if self._deferred is not None:
+            self._deferred.pop(handle, None)
+
+    def stopped_by_group_restart(self) -> None:
+        """The supervisor stops this incarnation as a bystander of a group restart."""
+        self._restarted = True
+
+    def stop_requested(self, cell: Cell, reason: str) -> None:
+        pass
+
+    # -- one incarnation -------------------------------------------------
+    def _make_actor(self, cell: Cell) -> Actor:
+        spec = self.spec
+        actor = spec.factory(*spec.args, **spec.kwargs)
+        if not isinstance(actor, Actor):
+            raise TypeError(
+                f"{cell.cls_name} made {actor!r}, which is not an Actor; "
+                "child() takes an Actor subclass or a callable returning an Actor"
+            )
+        check_handlers(type(actor))
+        return actor
+
+    def _end(self, cell: Cell, reason: ExitReason) -> None:
+        for handle in list(self._deferred or ()):
+            if isinstance(reason, BaseException):
+                error: BaseException = ActorCrashed(f"{cell.path} crashed before replying")
+                error.__cause__ = reason
+            else:
+                error = ActorStopped(f"{cell.path} stopped before replying")
+            handle.fail(error)
+        self._deferred = None
+        self.actor = None
+        self.current = IDLE
+        self.reply = None
+        self._restarted = False
+        cell.end(reason)
+
+    def _drop_interrupted(
+        self, cell: Cell, reason: str, cause: BaseException | None = None
     ) -> None:
-        """One incarnation.  ``task_status.started`` gets None, or the start error.
+        item, self._interrupted = self._interrupted, IDLE
+        if item is not IDLE:
+            cell.drop(item, reason, cause, restarted=self._restarted and reason == "stopped")
+
+    async def run(self, cell: Cell, task_status: trio.TaskStatus[BaseException | None]) -> None:
+        """One incarnation.
 
         The incarnation's nursery (``ctx.nursery``) doubles as its kill scope:
         a stop arms its deadline with the child's shutdown timeout, so a
         message in hand or an `on_stop` that overruns is cancelled.
         """
-        incarnation = self._begin()
+        incarnation = cell.begin()
         reason: ExitReason = "shutdown"
         started = False
         clean = False
         actor: Actor | None = None
         nursery: trio.Nursery | None = None
+        start_error: BaseException | None = None
         try:
             try:
-                spec = cast("ChildSpec", self.spec)
-                actor = spec.factory(*spec.args, **spec.kwargs)
-                if not isinstance(actor, Actor):
-                    raise TypeError(
-                        f"{self.cls_name} made {actor!r}, which is not an Actor; "
-                        "child() takes an Actor subclass or a callable returning an Actor"
-                    )
+                actor = self._make_actor(cell)
                 async with trio.open_nursery() as nursery:
-                    self._kill_scope = nursery.cancel_scope
-                    if self._stop_reason is not None:
-                        self._arm_shutdown_timeout()
-                    actor._troupe_ctx = Context(self, nursery)
+                    cell._kill_scope = nursery.cancel_scope
+                    if cell._stop_reason is not None:
+                        cell._arm_shutdown_timeout()
+                    actor._troupe_ctx = Context(cell, self, nursery)
                     self.actor = actor
                     for pattern in type(actor).subscriptions:
-                        self.system.bus.subscribe_cell(self, pattern)
+                        cell.host.subscribe_cell(cell, pattern)
                     await actor.on_start()
                     started = True
-                    self._mark_started(incarnation, task_status)
-                    reason = await self._loop(actor)
-                    self.state = "stopping"
-                    await self._on_stop(actor, reason)
+                    cell.mark_started(incarnation, task_status)
+                    reason = await self._loop(cell, actor)
+                    cell.state = "stopping"
+                    await self._on_stop(cell, actor, reason)
                     clean = True
                     nursery.cancel_scope.cancel()  # background tasks end with the incarnation
             except BaseException as exc:
-                crash = crash_of(exc)
-                if crash is None:
+                crash, interrupt = classify(exc)
+                if interrupt is not None:
+                    # Ctrl-C, SystemExit, ...: not a failure to recover from.  The
+                    # system stops gracefully and the entry point raises it.
+                    cell.host.interrupted(interrupt)
+                    reason = "shutdown"
+                    if started:
+                        await self._stop_shielded(cell, actor, reason)
+                elif crash is None:
                     raise
-                reason = crash
-                if not started:
-                    self._record_error(crash, "failed to start")
-                    return  # the supervisor hears of it below, once this incarnation is over
-                if self._noted is None:  # not yet counted by _loop
-                    self.failed += 1
-                    self._record_error(crash, "crashed")
-                self._noted = None
-                # e.g. a task in ctx.nursery failed while receive was awaiting
-                self._drop_interrupted("crashed", crash)
-                self.state = "stopping"
-                with trio.CancelScope() as scope:
-                    self._kill_scope = scope
-                    self._arm_shutdown_timeout()
-                    await self._on_stop(actor, reason)
+                else:
+                    reason = crash
+                    if not started:
+                        start_error = crash
+                        cell.record_error(crash, "failed to start")
+                    else:
+                        if self._noted is None:  # not yet counted by the loop
+                            cell.failed += 1
+                            cell.record_error(crash, "crashed")
+                        self._noted = None
+                        # e.g. a task in ctx.nursery failed while receive was awaiting
+                        self._drop_interrupted(cell, "crashed", crash)
+                        await self._stop_shielded(cell, actor, reason)
             if not clean and nursery is not None and nursery.cancel_scope.cancelled_caught:
                 if not isinstance(reason, BaseException):
                     reason = "killed"
-                    log.warning("%s did not stop within its shutdown timeout: cancelled", self.path)
+                    log.warning("%s did not stop within its shutdown timeout: cancelled", cell.path)
         finally:
-            self._drop_interrupted("stopped")
-            self._end(reason)
-            if not started and isinstance(reason, BaseException):
-                task_status.started(reason)
+            self._noted = None
+            self._drop_interrupted(cell, "stopped")
+            self._end(cell, reason)
+            if not started and start_error is not None:
+                task_status.started(start_error)  # the supervisor hears of it now it is over
         if not started:
-            if isinstance(reason, BaseException):
-                return
-            task_status.started(ActorStopped(f"{self.path} was stopped while starting"))
+            if start_error is None:
+                task_status.started(ActorStopped(f"{cell.path} was stopped while starting"))
             return
-        if not self.stopping_by_parent:
-            self._report(incarnation, reason)
+        if not cell.stopping_by_parent:
+            cell.report(incarnation, reason)
 
-    async def _on_stop(self, actor: Actor | None, reason: ExitReason) -> None:
+    async def _stop_shielded(self, cell: Cell, actor: Actor | None, reason: ExitReason) -> None:
+        """Run `on_stop` after a crash or an interrupt, within the shutdown timeout."""
+        cell.state = "stopping"
+        with trio.CancelScope(shield=True) as scope:
+            cell._kill_scope = scope
+            cell._arm_shutdown_timeout()
+            await self._on_stop(cell, actor, reason)
+
+    async def _on_stop(self, cell: Cell, actor: Actor | None, reason: ExitReason) -> None:
         assert actor is not None
         try:
             await actor.on_stop(reason)
         except Exception as exc:
-            self._record_error(exc, "failed in on_stop")
+            cell.record_error(exc, "failed in on_stop")
 
-    async def _loop(self, actor: Actor) -> str:
+    async def _loop(self, cell: Cell, actor: Actor) -> str:
         """Handle messages, system lane first, until a stop is requested.
 
         The hot path: one wake-up drains a batch without a checkpoint per
@@ -482,68 +599,69 @@ class Cell:
         (the loop monitor's step count moved).  A handler that never yields
         takes microseconds, so the stamp stays true to well within that.
         """
-        mb = self.mailbox
-        user = mb.user
+        get = cell.mailbox.get
+        parking = cell.mailbox.parking
         receive = actor.receive
         now = trio.lowlevel.current_clock().current_time
-        monitor = self.system._loop_monitor
-        assert monitor is not None, "actors run inside open_system, which installs the monitor"
+        monitor = cell.host.steps
         self.current_since = now()  # when the message in hand began, to within a batch
         budget = BATCH
         while True:
-            if self._stop_reason is not None:
-                return self._stop_reason
-            if mb.system:
-                item = mb.system.popleft()
-                if type(item) is InjectedCrash:
-                    raise item.error
-            elif user:
-                item = user.popleft()
-                if mb.notify_take:
-                    mb.room_made()
-            else:
+            if cell._stop_reason is not None:
+                return cell._stop_reason
+            item = get()
+            if item is EMPTY:
                 # Park right here (not in a helper) to keep an idle actor's stack small.
                 budget = BATCH
-                mb._waiter = current_task()
-                await wait_task_rescheduled(mb._abort)
-                user = mb.user  # the first put swaps in the mailbox's own deque
+                await wait_task_rescheduled(parking())
                 self.current_since = now()
                 continue
             if type(item) is Ask:
                 msg = item.msg
-                self._reply = item.reply
+                self.reply = item.reply
+            elif type(item) is InjectedCrash:
+                raise item.error
             else:
                 msg = item
-                self._reply = None
+                self.reply = None
             self.current = msg
             steps = monitor.steps
             try:
                 result = await receive(msg)
             except BaseException as exc:
-                crash = crash_of(exc)
+                crash, _ = classify(exc)
                 if crash is None:
-                    # Cancelled: a stop past its timeout, or a crash elsewhere in this
-                    # incarnation; `run` accounts for the message once it knows which.
+                    # Cancelled or interrupted: a stop past its timeout, a crash elsewhere
+                    # in this incarnation, Ctrl-C; `run` accounts for the message.
                     self._interrupted = item
                 else:
                     # Count it before the asker wakes up, so that what the asker sees
                     # next (a snapshot) already shows the crash.
-                    self.failed += 1
-                    self.state = "failed"  # this incarnation is over, whatever on_stop does
-                    self._record_error(crash, "crashed")
+                    cell.failed += 1
+                    cell.state = "failed"  # this incarnation is over, whatever on_stop does
+                    cell.record_error(crash, "crashed")
                     self._noted = crash
-                    self.drop(item, "crashed", crash)
+                    cell.drop(item, "crashed", crash)
                 raise
-            self.current = _IDLE
-            self.processed += 1
+            self.current = IDLE
+            cell.processed += 1
             if monitor.steps != steps:
                 self.current_since = now()
             if result is UNHANDLED:
-                self.drop(item, "unhandled")
-            elif self._reply is not None:
-                self._reply.send(result)
+                cell.drop(item, "unhandled")
+            elif self.reply is not None:
+                self.reply.send(result)
             budget -= 1
             if not budget:
                 budget = BATCH
                 await trio.lowlevel.checkpoint()
                 self.current_since = now()
+
+
+__all__ = [
+    "IDLE",
+    "ActorBehaviour",
+    "Behaviour",
+    "Cell",
+    "classify",
+]

@@ -13,8 +13,8 @@ from collections.abc import Sequence
 from types import ModuleType
 
 from .control import Client, ControlError, endpoints, pick
-from .supervisor import Supervisor
-from .system import run
+from .entry import run
+from .spec import Supervisor
 
 
 class UsageError(Exception):

@@ -30,7 +30,8 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import trio
 
-from .bus import Event, check_pattern
+from .messages import Event
+from .topics import check_pattern
 
 if TYPE_CHECKING:
     from .system import System

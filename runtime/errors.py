@@ -31,6 +31,21 @@ class MailboxFull(TroupeError):
     """The mailbox is at capacity and its overflow policy refuses to wait."""
 
 
+class Deadlock(MailboxFull):
+    """Waiting would close a cycle of actors waiting on each other (design rule 5).
+
+    Raised by `send` and `ask` before anything is queued; the message names
+    the cycle, e.g. ``/app/a -> /app/b -> /app/a``.  `cycle` holds the paths.
+    """
+
+    def __init__(self, cycle: list[str], what: str) -> None:
+        super().__init__(
+            f"deadlock: {what} would wait in a cycle {' -> '.join(cycle)}; "
+            "nothing was sent (tell instead, defer_reply(), or break the cycle)"
+        )
+        self.cycle = cycle
+
+
 class RuntimeClosed(TroupeError):
     """The actor system is not running (any more)."""
 

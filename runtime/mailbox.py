@@ -1,4 +1,15 @@
-"""Bounded mailboxes: a user lane with an overflow policy and an uncapped system lane.
+"""`MailboxQueue`: the live queue behind a `Mailbox` spec, and the only code that touches it.
+
+One consumer (the actor's incarnation task), many senders (refs, the bus, the
+foreign-thread gate).  Two lanes: the user lane, bounded by ``capacity`` and
+its overflow policy, and the system lane (stop notices, `Terminated`,
+supervisor requests), not subject to capacity and taken first.
+
+Every queue operation lives here, fast paths included: `put` (a loop-thread
+``tell``), `put_wait` (``send``), `put_system`, `put_many_reserved` (a batch
+from foreign threads), `get`/`parking` (the consumer), the room reserved for
+threads (`reserve`, `unreserve`) and `statistics`.  Other modules call these
+methods; none of them reads or writes the deques or counters.
 
 The mailbox belongs to the actor's slot, not to an incarnation, so what is
 queued survives a restart.  All of it is touched only from the trio thread.
@@ -8,235 +19,361 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
-from typing import Any, Literal, Protocol
+from typing import Any, Final, Protocol
 
 import attrs
 import trio
 
 from .errors import MailboxFull
-
-Overflow = Literal["block", "drop_new", "drop_old", "fail"]
-OVERFLOW_POLICIES: tuple[str, ...] = ("block", "drop_new", "drop_old", "fail")
-
-
-def _check_capacity(_inst: object, _attr: object, value: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"mailbox capacity must be a positive int, got {value!r}")
-
-
-def _check_overflow(_inst: object, _attr: object, value: str) -> None:
-    if value not in OVERFLOW_POLICIES:
-        raise ValueError(
-            f"unknown overflow policy {value!r}; use one of {', '.join(OVERFLOW_POLICIES)}"
-        )
-
-
-@attrs.frozen
-class Mailbox:
-    """How big an actor's mailbox is and what happens when it is full.
-
-    - ``block``: ``await ref.send`` waits for room; ``tell`` on the loop thread
-      raises `MailboxFull` (it cannot wait).
-    - ``drop_new`` / ``drop_old``: the newest / oldest message goes to dead
-      letters with reason ``overflow``.
-    - ``fail``: the sender gets `MailboxFull` (the message stays with it).
-    """
-
-    capacity: int = attrs.field(default=10_000, validator=_check_capacity)
-    overflow: Overflow = attrs.field(default="block", validator=_check_overflow)
-
+from .spec import Mailbox
 
 Drop = Callable[[Any, str], None]
+"""How the mailbox hands back a message it will not deliver: ``drop(item, reason)``."""
+
+EMPTY: Final[Any] = object()
+"""What `MailboxQueue.get` returns when both lanes are empty."""
 
 _NO_MESSAGES: deque[Any] = deque()
 """Shared by every mailbox that never got a message (an idle actor costs no deque).
-Nothing is ever appended to it: `put` swaps in a deque of the mailbox's own first."""
+Nothing is ever appended to it: the first put swaps in a deque of the mailbox's own."""
 
 
 class ThreadRoom(Protocol):
-    """The foreign-thread gate, as a mailbox sees it."""
+    """The foreign-thread gate, as a mailbox sees it (see `runtime.threads`)."""
 
-    def reclaim(self, mailbox: MailboxQueue) -> int: ...
+    def reclaim(self, mailbox: MailboxQueue) -> int:
+        """Take back room granted to threads but not claimed by any; return how much."""
+        ...
 
-    def room_freed(self, mailbox: MailboxQueue) -> None: ...
+    def room_freed(self, mailbox: MailboxQueue) -> bool:
+        """The consumer made room: grant some to waiting threads; True if threads no
+        longer need to be told (they were granted room, or none waits)."""
+        ...
+
+
+@attrs.frozen
+class MailboxStatistics:
+    """What `MailboxQueue.statistics` reports (like trio's `MemoryChannelStatistics`)."""
+
+    depth: int
+    """User messages queued now."""
+    system_depth: int
+    """System-lane items queued now (stop notices, `Terminated`, supervisor requests)."""
+    capacity: int
+    """Most user messages the mailbox holds, room reserved for threads included."""
+    overflow: str
+    """The overflow policy: ``block``, ``drop_new``, ``drop_old`` or ``fail``."""
+    high_water: int
+    """The most user messages ever queued at once."""
+    reserved: int
+    """Room promised to foreign threads and not yet used by their messages."""
+    senders_waiting: int
+    """Tasks blocked in `put_wait` waiting for room."""
+    threads_waiting: bool
+    """Whether foreign threads wait for room (the gate is told when some is made)."""
+    closed: bool
+    """Whether the slot stopped for good (puts are dead-lettered as ``stopped``)."""
 
 
 class MailboxQueue:
-    """The live queue behind a `Mailbox` spec: one consumer, many senders.
+    """The live queue of one slot.  Loop thread only.
 
     Kept small because every actor has one: the system lane and the lot of
-    blocked senders are made on first use.  `notify_take` is the one flag the
-    consumer checks per message to learn that someone waits for room.
+    blocked senders are made on first use.
     """
 
     __slots__ = (
+        "_closed",
         "_drop",
+        "_gate",
+        "_high_water",
+        "_reserved",
+        "_room_wanted",
+        "_senders_waiting",
         "_space",
+        "_system",
+        "_threads_waiting",
+        "_user",
         "_waiter",
         "capacity",
-        "closed",
         "credited",
-        "high_water",
-        "notify_take",
         "overflow",
-        "reserved",
-        "senders_waiting",
-        "system",
-        "thread_credits",
-        "thread_gate",
-        "threads_waiting",
-        "user",
     )
 
-    def __init__(self, spec: Mailbox, drop: Drop) -> None:
+    def __init__(self, spec: Mailbox, drop: Drop, gate: ThreadRoom | None = None) -> None:
         self.capacity = spec.capacity
         self.overflow = spec.overflow
-        self.user: deque[Any] = _NO_MESSAGES
-        self.system: deque[Any] | None = None
-        self.high_water = 0
-        self.closed = False
+        # Threads need room reserved by the loop before they send only where fullness
+        # must be felt by the sender (see runtime.threads).
+        self.credited = spec.overflow in ("block", "fail")
+        self._user: deque[Any] = _NO_MESSAGES
+        self._system: deque[Any] | None = None
+        self._high_water = 0
+        self._closed = False
         self._drop = drop
+        self._gate = gate
         self._waiter: trio.lowlevel.Task | None = None
         self._space: trio.lowlevel.ParkingLot | None = None
-        self.senders_waiting = 0
-        # Room promised to foreign threads (see threads.py): counted as taken so
-        # that messages in flight from threads never push the queue past capacity.
-        self.reserved = 0
-        # Threads need a credit (room reserved by the loop) only where fullness
-        # must be felt by the sender; the count lives here but is guarded by the
-        # gate's lock, the one piece of a mailbox a foreign thread touches.
-        self.credited = spec.overflow in ("block", "fail")
-        self.thread_credits = 0
-        self.threads_waiting = False
-        self.notify_take = False
-        self.thread_gate: ThreadRoom | None = None
+        self._senders_waiting = 0
+        self._reserved = 0  # room promised to foreign threads, counted as taken
+        self._threads_waiting = False
+        self._room_wanted = False  # someone (a sender or a thread) waits for room
 
+    # -- queries -----------------------------------------------------------
     def __len__(self) -> int:
-        return len(self.user)
+        return len(self._user)
 
     @property
     def depth(self) -> int:
-        return len(self.user) + (len(self.system) if self.system else 0)
+        """Messages queued now, both lanes."""
+        return len(self._user) + (len(self._system) if self._system else 0)
 
-    # -- senders ---------------------------------------------------------
-    def put(self, item: Any) -> None:
-        """Enqueue without waiting, applying the overflow policy."""
-        if self.closed:
-            self._drop(item, "stopped")
-            return
-        user = self.user
-        if user is _NO_MESSAGES:
-            user = self.user = deque()
-        if len(user) + self.reserved >= self.capacity and not self._reclaim():
-            policy = self.overflow
-            if policy == "drop_new":
-                self._drop(item, "overflow")
-                return
-            if policy == "drop_old":
-                # Swap first, account after: dead-lettering can publish an event that
-                # comes straight back to this mailbox, which must already be whole.
-                dropped = user.popleft()
-                user.append(item)
-                if self._waiter is not None:
-                    self._wake()
-                self._drop(dropped, "overflow")
-                return
-            if policy == "fail":
-                raise MailboxFull(f"mailbox full ({self.capacity} messages, overflow='fail')")
-            else:
-                raise MailboxFull(
-                    f"mailbox full ({self.capacity} messages, overflow='block'): "
-                    "tell cannot wait on the loop thread; use `await ref.send(msg)` to wait "
-                    "for room, or give the actor a larger or dropping Mailbox"
-                )
-        user.append(item)
-        if len(user) > self.high_water:
-            self.high_water = len(user)
-        if self._waiter is not None:
-            self._wake()
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
-    async def put_wait(self, item: Any) -> None:
-        """Enqueue, waiting for room if the policy is ``block``."""
-        await trio.lowlevel.checkpoint_if_cancelled()
-        if self.overflow == "block":
-            while not self.closed and not self.has_room() and not self._reclaim():
-                if self._space is None:
-                    self._space = trio.lowlevel.ParkingLot()
-                self.senders_waiting += 1
-                self.notify_take = True
-                try:
-                    await self._space.park()
-                finally:
-                    self.senders_waiting -= 1
-                    self.notify_take = bool(self.senders_waiting) or self.threads_waiting
-        self.put(item)
-        await trio.lowlevel.cancel_shielded_checkpoint()
-
-    def put_system(self, item: Any) -> None:
-        """System lane: not subject to capacity, handled before user messages."""
-        if self.closed:
-            self._drop(item, "stopped")
-            return
-        if self.system is None:
-            self.system = deque()
-        self.system.append(item)
-        if self._waiter is not None:
-            self._wake()
+    @property
+    def high_water(self) -> int:
+        return self._high_water
 
     def has_room(self) -> bool:
-        return len(self.user) + self.reserved < self.capacity
+        """Whether one more user message fits now (reserved room counts as taken)."""
+        return len(self._user) + self._reserved < self.capacity
 
     def room(self) -> int:
-        return max(0, self.capacity - len(self.user) - self.reserved)
+        """How many more user messages fit now."""
+        return max(0, self.capacity - len(self._user) - self._reserved)
 
-    def _reclaim(self) -> bool:
-        """Take back room promised to threads but not used; True if there is room now."""
-        if self.reserved and self.thread_gate is not None:
-            self.reserved -= self.thread_gate.reclaim(self)
-        return len(self.user) + self.reserved < self.capacity
+    def peek_oldest(self) -> Any:
+        """The oldest queued user message (the one ``drop_old`` would push out), or EMPTY."""
+        return self._user[0] if self._user else EMPTY
+
+    def statistics(self) -> MailboxStatistics:
+        return MailboxStatistics(
+            depth=len(self._user),
+            system_depth=len(self._system) if self._system else 0,
+            capacity=self.capacity,
+            overflow=self.overflow,
+            high_water=self._high_water,
+            reserved=self._reserved,
+            senders_waiting=self._senders_waiting,
+            threads_waiting=self._threads_waiting,
+            closed=self._closed,
+        )
+
+    # -- senders -----------------------------------------------------------
+    def put(self, item: Any) -> Any:
+        """Enqueue without waiting, applying the overflow policy.  Never blocks.
+
+        Returns None when `item` was queued and nothing was pushed out;
+        otherwise the message that was dead-lettered instead (`item` itself
+        under ``drop_new`` or once the mailbox is closed, the oldest under
+        ``drop_old``).  Raises `MailboxFull` under ``fail`` and ``block`` (a
+        loop-thread sender cannot wait: use `put_wait`); nothing is queued then.
+        """
+        user = self._user
+        n = len(user)
+        if n + self._reserved < self.capacity and not self._closed:
+            # The fast path: room and open.  Only the first message allocates a deque.
+            if user is _NO_MESSAGES:
+                user = self._user = deque()
+            user.append(item)
+            n += 1
+            if n > self._high_water:
+                self._high_water = n
+            if self._waiter is not None:
+                self._wake()
+            return None
+        return self._put_slow(item)
+
+    def _put_slow(self, item: Any) -> Any:
+        if self._closed:
+            self._drop(item, "stopped")
+            return item
+        if self._reclaim():
+            return self.put(item)
+        policy = self.overflow
+        if policy == "drop_new":
+            self._drop(item, "overflow")
+            return item
+        if policy == "drop_old":
+            # Swap first, account after: dead-lettering can publish an event that
+            # comes straight back to this mailbox, which must already be whole.
+            user = self._user
+            dropped = user.popleft() if user else EMPTY
+            if user is _NO_MESSAGES:  # all the room is reserved for threads
+                self._drop(item, "overflow")
+                return item
+            user.append(item)
+            if self._waiter is not None:
+                self._wake()
+            self._drop(dropped, "overflow")
+            return dropped
+        if policy == "fail":
+            raise MailboxFull(f"mailbox full ({self.capacity} messages, overflow='fail')")
+        raise MailboxFull(
+            f"mailbox full ({self.capacity} messages, overflow='block'): "
+            "tell cannot wait on the loop thread; use `await ref.send(msg)` to wait "
+            "for room, or give the actor a larger or dropping Mailbox"
+        )
+
+    async def put_wait(self, item: Any) -> None:
+        """Enqueue, waiting for room if the policy is ``block`` (others: like `put`).
+
+        Blocks while a ``block`` mailbox is full, and behind senders already
+        waiting (one FIFO line per mailbox: later sends queue behind earlier
+        ones).  Cancellation while waiting leaves nothing behind: the item was
+        not queued and stays with the caller.  Once the item is queued the
+        call is not cancelled any more.  Raises `MailboxFull` under ``fail``.
+        """
+        await trio.lowlevel.checkpoint_if_cancelled()
+        if self.overflow == "block" and not self._closed:
+            if self._senders_waiting or not self.has_room():
+                await self._wait_for_room()
+        self.put(item)
+        if self._senders_waiting and self.has_room():
+            assert self._space is not None
+            self._space.unpark()  # room for the next in line too: pass it on
+        await trio.lowlevel.cancel_shielded_checkpoint()
+
+    async def _wait_for_room(self) -> None:
+        """Take a place in this mailbox's line; return when a message fits or it closed."""
+        if self._space is None:
+            self._space = trio.lowlevel.ParkingLot()
+        self._senders_waiting += 1
+        self._room_wanted = True
+        try:
+            while True:
+                await self._space.park()
+                if self._closed or self._reclaim():
+                    return
+        finally:
+            self._senders_waiting -= 1
+            self._room_wanted = bool(self._senders_waiting) or self._threads_waiting
+
+    def put_system(self, item: Any) -> None:
+        """System lane: not subject to capacity, handled before user messages.
+
+        A closed mailbox dead-letters the item as ``stopped`` instead.
+        """
+        if self._closed:
+            self._drop(item, "stopped")
+            return
+        if self._system is None:
+            self._system = deque()
+        self._system.append(item)
+        if self._waiter is not None:
+            self._wake()
+
+    # -- room for foreign threads (called by the gate, on the loop thread) ----
+    def reserve(self, limit: int) -> int:
+        """Reserve up to `limit` messages' room for threads; return how much was reserved.
+
+        A closed mailbox grants one, so that the thread's message is
+        delivered and dead-lettered as ``stopped`` instead of waiting forever.
+        """
+        if self._closed:
+            return 1
+        granted = min(self.room(), limit)
+        self._reserved += granted
+        return granted
+
+    def unreserve(self, count: int) -> None:
+        """Give back room reserved for threads that will not use it."""
+        self._reserved = max(0, self._reserved - count)
+        if count and self._room_wanted:
+            self._room_made()
 
     def put_many_reserved(self, items: list[Any]) -> None:
         """Enqueue messages from threads that hold a reservation for each."""
-        self.reserved -= len(items)
-        if self.closed:
+        self._reserved = max(0, self._reserved - len(items))
+        if self._closed:
             for item in items:
                 self._drop(item, "stopped")
             return
-        if self.user is _NO_MESSAGES:
-            self.user = deque()
-        self.user.extend(items)
-        if len(self.user) > self.high_water:
-            self.high_water = len(self.user)
+        if self._user is _NO_MESSAGES:
+            self._user = deque()
+        self._user.extend(items)
+        if len(self._user) > self._high_water:
+            self._high_water = len(self._user)
         if self._waiter is not None:
             self._wake()
 
     def wait_for_threads(self) -> None:
-        """A thread waits for room here: tell the gate when the consumer frees some."""
-        self.threads_waiting = True
-        self.notify_take = True
+        """Threads wait for room here: tell the gate (`room_freed`) when some is made."""
+        if not self._closed:
+            self._threads_waiting = True
+            self._room_wanted = True
 
-    # -- the consumer ----------------------------------------------------
-    def take(self) -> Any:
-        """Pop the next user message and let one blocked sender in."""
-        item = self.user.popleft()
-        if self.notify_take:
-            self.room_made()
-        return item
+    def _reclaim(self) -> bool:
+        """Take back room promised to threads but not used; True if there is room now."""
+        if self._reserved and self._gate is not None:
+            taken = self._gate.reclaim(self)
+            if taken:
+                self._reserved = max(0, self._reserved - taken)
+                if self._senders_waiting:
+                    assert self._space is not None
+                    self._space.unpark()
+        return len(self._user) + self._reserved < self.capacity
 
-    def room_made(self) -> None:
-        """The consumer took a message: let a blocked sender or thread in."""
-        if self.senders_waiting:
-            assert self._space is not None
-            self._space.unpark()
-        if self.threads_waiting:
-            assert self.thread_gate is not None
-            self.thread_gate.room_freed(self)
-            self.notify_take = bool(self.senders_waiting) or self.threads_waiting
+    # -- the consumer --------------------------------------------------------
+    def get(self) -> Any:
+        """The next item, system lane first; `EMPTY` if there is none.  Never blocks.
+
+        Taking a user message lets one blocked sender (or waiting threads) in.
+        """
+        system = self._system
+        if system:
+            return system.popleft()
+        user = self._user
+        if user:
+            item = user.popleft()
+            if self._room_wanted:
+                self._room_made()
+            return item
+        return EMPTY
+
+    def get_system(self) -> Any:
+        """The next system-lane item, or `EMPTY` (user messages stay queued)."""
+        system = self._system
+        return system.popleft() if system else EMPTY
+
+    def parking(self) -> Callable[[Any], trio.lowlevel.Abort]:
+        """Register the current task as the consumer to wake; return the abort function.
+
+        Use as ``await trio.lowlevel.wait_task_rescheduled(mailbox.parking())``
+        right after `get` returned `EMPTY` (no checkpoint in between): the next
+        put, `wake` or `close` reschedules the task.  Raises RuntimeError if
+        another task already waits (a mailbox has exactly one consumer).
+        """
+        if self._waiter is not None:
+            raise RuntimeError("a mailbox has exactly one consumer")
+        self._waiter = trio.lowlevel.current_task()
+        return self._abort
+
+    async def wait(self) -> None:
+        """Block until something is queued or `wake` is called (at once if not empty).
+
+        Cancellation is safe: the consumer is simply no longer registered.
+        """
+        if self._user or self._system:
+            await trio.lowlevel.checkpoint()
+            return
+        await trio.lowlevel.wait_task_rescheduled(self.parking())
 
     def wake(self) -> None:
         """Wake the consumer even though nothing arrived (e.g. a stop request)."""
         if self._waiter is not None:
             self._wake()
+
+    def _room_made(self) -> None:
+        """Room was made: let a blocked sender in, and tell the gate if threads wait."""
+        if self._senders_waiting:
+            assert self._space is not None
+            self._space.unpark()
+        if self._threads_waiting and self._gate is not None and self._gate.room_freed(self):
+            self._threads_waiting = False
+        self._room_wanted = bool(self._senders_waiting) or self._threads_waiting
 
     def _wake(self) -> None:
         task = self._waiter
@@ -248,24 +385,23 @@ class MailboxQueue:
         self._waiter = None
         return trio.lowlevel.Abort.SUCCEEDED
 
-    async def wait(self) -> None:
-        """Park until something is put or `wake` is called."""
-        if self.user or self.system:
-            await trio.lowlevel.checkpoint()
-            return
-        if self._waiter is not None:
-            raise RuntimeError("a mailbox has exactly one consumer")
-        self._waiter = trio.lowlevel.current_task()
-        await trio.lowlevel.wait_task_rescheduled(self._abort)
-
     def close(self) -> list[Any]:
-        """Refuse further messages; return what was queued (system lane first)."""
-        self.closed = True
-        self.threads_waiting = False
-        self.notify_take = False
-        rest = [*(self.system or ()), *self.user]
-        self.system = None
-        self.user = _NO_MESSAGES
+        """Refuse further messages; return what was queued (system lane first).
+
+        Blocked senders are let go (their `put_wait` dead-letters their item
+        as ``stopped``) and a parked consumer is woken.
+        """
+        self._closed = True
+        self._threads_waiting = False
+        self._room_wanted = False
+        self._reserved = 0
+        rest = [*(self._system or ()), *self._user]
+        self._system = None
+        self._user = _NO_MESSAGES
         if self._space is not None:
             self._space.unpark_all()
+        self.wake()
         return rest
+
+
+__all__ = ["EMPTY", "MailboxQueue", "MailboxStatistics", "ThreadRoom"]

@@ -1,10 +1,15 @@
-"""What travels through mailboxes besides user messages: asks, replies, Terminated."""
+"""What travels through mailboxes and around the runtime: events, asks, replies,
+notices between slots and supervisors, and the error record of a crash.
+
+Plain data (layer 0): nothing here knows about cells, supervisors or the system.
+"""
 
 from __future__ import annotations
 
 import enum
 import math
-from collections.abc import Callable
+import traceback
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import attrs
@@ -33,6 +38,68 @@ that crashed it."""
 
 
 @attrs.frozen
+class Event:
+    """One published event.  `source` is the publisher's path, or ``"thread"``."""
+
+    topic: str
+    payload: Any = None
+    source: str = "system"
+    id: int = 0
+    timestamp: float = 0.0
+    correlation_id: str | None = None
+    metadata: Mapping[str, Any] = attrs.field(factory=dict)
+
+
+def _safe_text(fn: Callable[[Any], str], value: Any) -> str:
+    try:
+        return fn(value)
+    except Exception as exc:  # an exception whose __str__/__repr__ raises is still an error
+        return f"<{type(value).__qualname__}: {fn.__name__}() raised {type(exc).__name__}>"
+
+
+def describe(reason: object) -> str:
+    """A short text for an exit reason or error; never raises."""
+    if isinstance(reason, BaseException):
+        return f"{type(reason).__name__}({_safe_text(str, reason)!r})"
+    return _safe_text(str, reason)
+
+
+@attrs.frozen
+class ErrorInfo:
+    """The last error of an actor, as the snapshot shows it."""
+
+    type: str
+    message: str
+    traceback: str
+
+    @classmethod
+    def of(cls, exc: BaseException) -> ErrorInfo:
+        try:
+            text = "".join(traceback.format_exception(exc))
+        except Exception:
+            text = f"{type(exc).__qualname__}: (traceback could not be formatted)"
+        return cls(type=type(exc).__qualname__, message=_safe_text(str, exc), traceback=text)
+
+
+@attrs.frozen
+class ChildExited:
+    """System-lane notice to a supervisor: an incarnation of `cell` ended by itself."""
+
+    cell: Any  # the child's slot (a `runtime.cell.Cell`)
+    incarnation: int
+    reason: ExitReason
+
+
+@attrs.frozen
+class Control:
+    """A request for a supervisor's own task (start, adopt or terminate a child)."""
+
+    op: str
+    arg: Any
+    reply: ReplySlot
+
+
+@attrs.frozen
 class Terminated:
     """Sent once to each watcher when the watched actor stops for good."""
 
@@ -44,6 +111,7 @@ class ReplySlot(Protocol):
     """Where the answer to an ask goes: `Reply` on the loop, `ThreadReply` for threads."""
 
     state: str
+    asker: Any  # the slot whose handler waits on it (loop asks only), for rule 5
 
     def send(self, value: Any) -> bool: ...
 
@@ -66,9 +134,10 @@ class Reply:
     asker gave up, so that it can be recorded in dead letters.
     """
 
-    __slots__ = ("_error", "_event", "_on_late", "_value", "state")
+    __slots__ = ("_error", "_event", "_on_late", "_value", "asker", "state")
 
-    def __init__(self, on_late: Callable[[Any], None]) -> None:
+    def __init__(self, on_late: Callable[[Any], None], asker: Any = None) -> None:
+        self.asker = asker  # the slot whose handler waits on this reply, if any (rule 5)
         self._event = trio.Event()
         self._value: Any = None
         self._error: BaseException | None = None

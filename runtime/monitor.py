@@ -12,8 +12,10 @@ import attr
 import attrs
 import trio
 
-from .cell import _IDLE, Cell, ErrorInfo
+from .cell import ActorBehaviour, Cell
 from .errors import ActorNotFound
+from .messages import ErrorInfo
+from .supervisor import Supervising
 
 if TYPE_CHECKING:
     from .system import System
@@ -215,17 +217,16 @@ def _counts(counts: dict[str, int]) -> str:
     return ", ".join(f"{k} {v}" for k, v in counts.items() if v) or "none"
 
 
-def describe_cell(cell: Cell, now: float) -> ActorInfo:
-    from .supervisor import SupervisorCell
-
+def describe_cell(cell: Cell, now: float, stuck_after: float) -> ActorInfo:
+    behaviour = cell.behaviour
     children: tuple[ActorInfo, ...] = ()
-    if isinstance(cell, SupervisorCell):
-        children = tuple(describe_cell(sub, now) for sub in cell.children)
+    if isinstance(behaviour, Supervising):
+        children = tuple(describe_cell(sub, now, stuck_after) for sub in behaviour.children)
     mb = cell.mailbox
-    busy = cell.current is not _IDLE
-    stats: dict[str, Any] = {}
-    if cell.actor is not None:
-        stats = dict(cell.actor.snapshot_stats())
+    busy = isinstance(behaviour, ActorBehaviour) and behaviour.busy
+    since = behaviour.current_since if isinstance(behaviour, ActorBehaviour) else now
+    current = behaviour.current if isinstance(behaviour, ActorBehaviour) else None
+    stats: dict[str, Any] = dict(behaviour.stats())
     return ActorInfo(
         path=cell.path,
         name=cell.name,
@@ -239,12 +240,12 @@ def describe_cell(cell: Cell, now: float) -> ActorInfo:
         processed=cell.processed,
         failed=cell.failed,
         dead_lettered=cell.dead_lettered,
-        current=type(cell.current).__qualname__ if busy else None,
-        current_for=now - cell.current_since if busy else None,
-        stuck=busy and now - cell.current_since > cell.system.stuck_after,
+        current=type(current).__qualname__ if busy else None,
+        current_for=now - since if busy else None,
+        stuck=busy and now - since > stuck_after,
         last_error=cell.last_error,
         uptime=now - cell.started_at if cell.running and cell.started_at is not None else None,
-        subscriptions=cell.system.bus.patterns_of(cell),
+        subscriptions=cell.host.subscriptions_of(cell),
         stats=stats,
         children=children,
     )
@@ -254,8 +255,8 @@ def take_snapshot(system: System) -> TreeSnapshot:
     now = trio.current_time()
     return TreeSnapshot(
         system=system.name,
-        root=describe_cell(system._root, now),
+        root=describe_cell(system.root, now, system.stuck_after),
         dead_letters=dict(system.dead_letters.counts),
-        loop=system._loop_monitor.health() if system._loop_monitor is not None else None,
+        loop=system.loop_monitor.health(),
         taken_at=time.time(),
     )

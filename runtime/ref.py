@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import math
 from threading import get_ident
 from typing import TYPE_CHECKING, Any
 
 import trio
 
-from .errors import ActorStopped, AskTimeout
+from .errors import ActorStopped, AskTimeout, RuntimeClosed
 from .messages import Ask, Reply
+from .spec import check_timeout
+from .waits import begin_wait, end_wait, waiting_slot
 
 if TYPE_CHECKING:
     from .cell import Cell
@@ -35,15 +38,25 @@ class ActorRef:
         return self._cell.name
 
     @property
+    def node(self) -> str | None:
+        """The cluster node the actor lives on (None without a cluster)."""
+        return None
+
+    @property
+    def url(self) -> str | None:
+        """``troupe://<node>/<path>`` on a cluster (None without one)."""
+        return None
+
+    @property
     def is_alive(self) -> bool:
         """True while the slot exists (also while it restarts) and the system runs."""
         cell = self._cell
-        return not cell.finalized and cell.system.is_running
+        return not cell.finalized and cell.host.is_running
 
     @property
     def is_busy(self) -> bool:
         """Whether the actor is handling a message right now (trio thread only)."""
-        return self._cell.busy
+        return bool(getattr(self._cell.behaviour, "busy", False))
 
     @property
     def mailbox_depth(self) -> int:
@@ -53,71 +66,116 @@ class ActorRef:
     def __repr__(self) -> str:
         return f"<ActorRef {self._cell.path}>"
 
+    def _check_open(self, what: Any) -> None:
+        if not self._cell.host.is_running:
+            raise RuntimeClosed(
+                f"actor system {self._cell.host.name!r} is not running: "
+                f"{type(what).__name__} to {self._cell.path} was not sent"
+            )
+
     def tell(self, msg: Any, *, timeout: float | None = None) -> None:
         """Fire and forget, from the trio thread or any other thread.
 
         On the trio thread it never waits: a full ``block`` mailbox raises
         `MailboxFull` (use `send` to wait).  From another thread a full
         ``block`` mailbox blocks *that* thread until there is room, or
-        `timeout` seconds, then `MailboxFull`; `RuntimeClosed` once the
-        system has stopped.
+        `timeout` seconds (0: only if there is room now; None or ``inf``: no
+        limit), then `MailboxFull`.  Raises `RuntimeClosed` once the system
+        has stopped (nothing is dead-lettered then), `ValueError` for a
+        negative or NaN timeout.
         """
         cell = self._cell
-        if get_ident() != cell.system._loop_thread:
-            cell.system._threads._inject(cell.mailbox, msg, timeout, cell.path)
+        gate = cell.host.gate
+        if get_ident() != gate.loop_thread:
+            gate.tell(cell.mailbox, msg, check_timeout(timeout), cell.path)
             return
-        mb = cell.mailbox
-        user = mb.user
-        if len(user) + mb.reserved < mb.capacity and user and not mb.closed:
-            # The hot path, inlined from MailboxQueue.put: a non-empty, open
-            # mailbox with room (an empty one may still need its own deque).
-            user.append(msg)
-            if len(user) > mb.high_water:
-                mb.high_water = len(user)
-            return
-        mb.put(msg)
+        if timeout is not None:
+            check_timeout(timeout)
+        if cell.finalized:
+            self._check_open(msg)
+        cell.mailbox.put(msg)
 
     async def send(self, msg: Any) -> None:
-        """Like `tell`, but waits for mailbox room when the policy is ``block``."""
-        await self._cell.mailbox.put_wait(msg)
+        """Like `tell`, but waits for mailbox room when the policy is ``block``.
 
-    async def ask(self, msg: Any, timeout: float | None = 5.0) -> Any:
-        """Send `msg` and wait for the value `receive` returns.
-
-        Raises `AskTimeout`, `ActorCrashed` (the handler's error as
-        ``__cause__``), `UnhandledMessage`, `ActorStopped` or `MailboxFull`.
+        Waits in the mailbox's FIFO line of senders.  Cancelled while waiting,
+        nothing was sent.  Raises `Deadlock` (a `MailboxFull`) if this wait
+        would close a cycle of actors waiting on each other, `MailboxFull`
+        under ``fail``, `RuntimeClosed` once the system has stopped.
         """
         cell = self._cell
-        if cell.finalized:
-            raise ActorStopped(f"{cell.path} has stopped; cannot ask it {type(msg).__name__}")
-        deadline = trio.current_time() + timeout if timeout is not None else float("inf")
-        reply = Reply(cell.late_reply)
-        item = Ask(msg, reply)
         mailbox = cell.mailbox
-        if mailbox.overflow != "block" or mailbox.has_room():
-            mailbox.put(item)  # the fast path; waiting for the reply is the checkpoint
-        else:
-            with trio.move_on_at(deadline) as scope:
-                await mailbox.put_wait(item)
-            if scope.cancelled_caught:  # cancelled only before the message was enqueued
-                reply.state = "abandoned"
-                raise AskTimeout(
-                    f"{cell.path}'s mailbox stayed full for {timeout:g}s; "
-                    f"{type(msg).__name__} was not sent"
-                )
-        return await reply.wait(
-            deadline, f"{type(msg).__name__} from {cell.path} within {timeout}s"
-        )
+        if cell.finalized:
+            self._check_open(msg)
+        if mailbox.overflow != "block" or (mailbox.has_room() and not mailbox.closed):
+            await mailbox.put_wait(msg)  # room now: no wait, nothing to check
+            return
+        me = waiting_slot()
+        if me is None:
+            await mailbox.put_wait(msg)
+            return
+        begin_wait(me, cell, f"{me.path} sending {type(msg).__name__}")
+        try:
+            await mailbox.put_wait(msg)
+        finally:
+            end_wait(me, cell)
+
+    async def ask(self, msg: Any, timeout: float | None = 5.0) -> Any:
+        """Send `msg` and wait for the value `receive` returns, all within `timeout`.
+
+        Waits for mailbox room like `send`, then for the reply.  Raises
+        `AskTimeout` (a `TimeoutError`), `ActorCrashed` (the handler's error as
+        ``__cause__``), `UnhandledMessage`, `ActorStopped`, `MailboxFull`,
+        `Deadlock` (the wait would close a cycle: nothing was sent),
+        `RuntimeClosed`, or `ValueError` for a negative or NaN timeout (before
+        anything is queued).  Cancelled, the reply is dropped (a late reply
+        goes to dead letters as ``timeout``).
+        """
+        limit = check_timeout(timeout)
+        cell = self._cell
+        if cell.finalized:
+            self._check_open(msg)
+            raise ActorStopped(f"{cell.path} has stopped; cannot ask it {type(msg).__name__}")
+        deadline = trio.current_time() + limit if limit != math.inf else math.inf
+        me = waiting_slot()
+        if me is not None:
+            begin_wait(me, cell, f"{me.path} asking {type(msg).__name__}")
+        try:
+            reply = Reply(cell.late_reply, me)
+            item = Ask(msg, reply)
+            mailbox = cell.mailbox
+            if mailbox.overflow != "block" or mailbox.has_room():
+                mailbox.put(item)  # the fast path; waiting for the reply is the checkpoint
+            else:
+                with trio.move_on_at(deadline) as scope:
+                    await mailbox.put_wait(item)
+                if scope.cancelled_caught:  # cancelled only before the message was enqueued
+                    reply.state = "abandoned"
+                    raise AskTimeout(
+                        f"{cell.path}'s mailbox stayed full for {timeout:g}s; "
+                        f"{type(msg).__name__} was not sent"
+                    )
+            return await reply.wait(
+                deadline, f"{type(msg).__name__} from {cell.path} within {timeout}s"
+            )
+        finally:
+            if me is not None:
+                end_wait(me, cell)
 
     def ask_blocking(self, msg: Any, timeout: float | None = 5.0) -> Any:
-        """`ask` for plain threads: blocks the calling thread, never the loop."""
+        """`ask` for plain threads: blocks the calling thread, never the loop.
+
+        Raises what `ask` raises; on the trio thread it raises `RuntimeError`
+        at once instead of deadlocking.
+        """
         cell = self._cell
-        if cell.system._on_loop_thread():
+        gate = cell.host.gate
+        if get_ident() == gate.loop_thread:
             raise RuntimeError(
                 "ask_blocking() would deadlock on the trio thread: use `await ref.ask(msg)` "
                 "there, and keep ask_blocking() for plain threads"
             )
-        return cell.system._threads.ask(cell, msg, timeout)
+        return gate.ask(cell, msg, check_timeout(timeout))
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, ActorRef) and other._cell is self._cell

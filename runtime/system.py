@@ -1,34 +1,32 @@
-"""The actor system: the root of the tree, the registry of paths, and its entry points."""
+"""The actor system: the root of the tree, the registry of paths, and the `Host` the
+layers below it use.  Entry points (`open_system`, `run`, `start_in_thread`)
+compose a `System` with its faces in `runtime.entry`."""
 
 from __future__ import annotations
 
 import itertools
 import logging
 import os
-import pathlib
 import random
-import signal
-import threading
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 import trio
-import trio.testing
 
 from .bridge import BlockingCall, Bridge
-from .bus import Bus, BusActor, CallbackSubscriber, Event, PublishRequest
-from .cell import Cell
-from .control import ControlServer
+from .bus import Bus
+from .cell import ActorBehaviour, Cell
 from .deadletters import DeadLetterOffice, DeadLetters
 from .errors import ActorNotFound, AskTimeout, RuntimeClosed
-from .messages import ExitReason, Reply
-from .metrics import MetricsServer
+from .messages import Control, Event, ExitReason, Reply
 from .monitor import BlockedStep, LoopMonitor, TreeSnapshot, take_snapshot
 from .ref import ActorRef
-from .supervisor import ChildInfo, ChildSpec, Supervisor, SupervisorCell, child
+from .spec import ChildInfo, ChildSpec, Supervisor, check_timeout, child
+from .supervisor import Supervising
+from .system_actors import BusActor, CallbackSubscriber, PublishRequest
 from .threads import ThreadGate
+from .topics import check_topic
 
 RESERVED = "system"
 log = logging.getLogger("troupe")
@@ -52,6 +50,7 @@ class _NoReply:
     """A reply slot for requests whose outcome nobody awaits (it is logged instead)."""
 
     state = "pending"
+    asker = None
 
     def __init__(self, what: str) -> None:
         self.what = what
@@ -65,9 +64,19 @@ class _NoReply:
 
 
 class System:
-    """A running actor tree.  Its methods are for the trio thread unless they say otherwise."""
+    """A running actor tree.  Its methods are for the trio thread unless they say otherwise.
 
-    def __init__(self, tree: Supervisor, *, name: str | None = None) -> None:
+    Implements `runtime.host.Host` for the layers below.
+    """
+
+    def __init__(
+        self,
+        tree: Supervisor,
+        *,
+        name: str | None = None,
+        history: int = 1000,
+        stuck_after: float = 10.0,
+    ) -> None:
         if not isinstance(tree, Supervisor):
             raise TypeError(
                 f"the root of a tree must be a Supervisor, got {tree!r}; "
@@ -80,50 +89,191 @@ class System:
             )
         self.tree = tree
         self.name = name or tree.name
+        self.rng = random.Random()
+        self.stuck_after = stuck_after
         self.dead_letters = DeadLetterOffice()
-        self.bus = Bus(self)
+        self.bus = Bus(self, history)
+        self.started_at: float | None = None
+        self.control: Any = None  # the control server, when served (runtime.control)
+        self.metrics: Any = None  # the metrics server, when served (runtime.metrics)
+        self._gate = ThreadGate(self.name)
+        self._monitor = LoopMonitor()
+        self._cells: dict[str, Cell] = {}
         self._bus_cell: Cell | None = None
         self._bridge_cell: Cell | None = None
         self._callback_ids = itertools.count(1)
-        self._cells: dict[str, Cell] = {}
-        self._rng = random.Random()
         self._state = "new"  # -> running -> closed
+        self._shutting_down = False  # from here on, whatever stops is stopped for good
         self._failure: BaseException | None = None
-        self._body_scope: trio.CancelScope | None = None
-        self._loop_monitor: LoopMonitor | None = None
-        self._loop_thread: int | None = None  # ident of the trio thread, once running
-        self.started_at: float | None = None
-        self.shutting_down = False  # from here on, whatever stops is stopped for good
-        self.stuck_after = 10.0
-        self.control: ControlServer | None = None
-        self.metrics: MetricsServer | None = None
-        self._threads = ThreadGate(self)
+        self._interrupt: BaseException | None = None
+        self._on_root_exit: Callable[[], None] | None = None
         root_spec = Supervisor("root", strategy="one_for_one", children=[_system_tree(), tree])
-        self._root = SupervisorCell(self, None, root_spec, "/", root=True)
+        self._root = Cell(self, None, root_spec, "/", Supervising(root_spec, root=True))
         self._root.name = "/"
         self._register(self._root)
 
-    # -- registry --------------------------------------------------------
+    # -- Host: state ---------------------------------------------------------
+    @property
+    def is_running(self) -> bool:
+        return self._state == "running"
+
+    @property
+    def shutting_down(self) -> bool:
+        return self._shutting_down
+
+    @property
+    def gate(self) -> ThreadGate:
+        return self._gate
+
+    @property
+    def steps(self) -> LoopMonitor:
+        return self._monitor
+
+    @property
+    def loop_monitor(self) -> LoopMonitor:
+        """The trio instrument that measures the loop's health."""
+        return self._monitor
+
+    @property
+    def root(self) -> Cell:
+        """The slot of ``/`` (its children: ``/system`` and the user's tree)."""
+        return self._root
+
+    @property
+    def failure(self) -> BaseException | None:
+        """What the tree failed with (e.g. `RestartIntensityExceeded`), if it did."""
+        return self._failure
+
+    @property
+    def interrupt(self) -> BaseException | None:
+        """A KeyboardInterrupt/SystemExit raised by a handler, to raise from the entry point."""
+        return self._interrupt
+
+    # -- Host: slots -----------------------------------------------------------
     def _register(self, cell: Cell) -> None:
         if cell.path in self._cells:
             raise ValueError(f"there is already an actor at {cell.path}")
         self._cells[cell.path] = cell
 
-    def _unregister(self, cell: Cell) -> None:
-        if self._cells.get(cell.path) is cell:
-            del self._cells[cell.path]
-
-    def _new_cell(self, spec: ChildSpec | Supervisor, parent: SupervisorCell) -> Cell:
+    def new_cell(self, spec: ChildSpec | Supervisor, parent: Cell) -> Cell:
         path = parent.path.rstrip("/") + "/" + spec.name
         cell: Cell
         if isinstance(spec, Supervisor):
-            cell = SupervisorCell(self, parent, spec, path)
+            cell = Cell(self, parent, spec, path, Supervising(spec))
         else:
-            cell = Cell(self, parent, spec, path)
+            cell = Cell(self, parent, spec, path, ActorBehaviour(spec))
         self._register(cell)
         if path == f"/{RESERVED}/bus":
             self._bus_cell = cell
         return cell
+
+    def slot_released(self, cell: Cell) -> None:
+        if self._cells.get(cell.path) is cell:
+            del self._cells[cell.path]
+        self.bus.drop_all(cell)
+
+    def root_exited(self, reason: ExitReason) -> None:
+        self._gate.stopping()
+        if isinstance(reason, BaseException):
+            self._failure = reason
+        if self._on_root_exit is not None:
+            self._on_root_exit()
+
+    def root_failing(self) -> None:
+        """The root supervisor is giving up: nothing restarts from now on."""
+        self._shutting_down = True
+
+    def interrupted(self, error: BaseException) -> None:
+        if self._interrupt is None:
+            self._interrupt = error
+        self.stop()
+
+    def on_root_exit(self, callback: Callable[[], None]) -> None:
+        """Call `callback` when the root's incarnation ends by itself (entry points)."""
+        self._on_root_exit = callback
+
+    # -- Host: accounting and events ---------------------------------------------
+    def dead_letter(self, message: Any, reason: str, recipient: str) -> None:
+        self.dead_letters.record(message, reason, recipient)
+        if self.is_running:
+            self.bus.dead_letter_event(message, reason, recipient)
+
+    def system_event(self, topic: str, payload: Mapping[str, Any]) -> None:
+        self.bus.system_event(topic, payload)
+
+    def publish_blocked(self, steps: list[BlockedStep]) -> None:
+        """Publish ``system.loop.blocked`` for long steps the loop monitor saw."""
+        if self.is_running:
+            for step in steps:
+                self.bus.system_event(
+                    "system.loop.blocked",
+                    {"task": step.task, "seconds": step.seconds, "at": step.at},
+                )
+
+    # -- Host: services for actors -----------------------------------------------
+    async def publish_from(
+        self,
+        source: str,
+        topic: str,
+        payload: Any,
+        correlation_id: str | None,
+        metadata: Mapping[str, Any],
+    ) -> int:
+        self._check_running(f"publish on {topic!r}")
+        return await self.bus.publish(
+            topic, payload, source=source, correlation_id=correlation_id, metadata=metadata
+        )
+
+    def publish_nowait_from(
+        self,
+        source: str,
+        topic: str,
+        payload: Any,
+        correlation_id: str | None,
+        metadata: Mapping[str, Any],
+    ) -> int:
+        self._check_running(f"publish on {topic!r}")
+        return self.bus.publish_nowait(
+            topic, payload, source=source, correlation_id=correlation_id, metadata=metadata
+        )
+
+    def subscribe_cell(
+        self,
+        cell: Cell,
+        pattern: str,
+        *,
+        once: bool = False,
+        filter: Callable[[Event], bool] | None = None,
+        replay: int = 0,
+    ) -> None:
+        self.bus.subscribe_cell(cell, pattern, once=once, filter=filter, replay=replay)
+
+    def unsubscribe_cell(self, cell: Cell, pattern: str) -> bool:
+        return self.bus.unsubscribe_cell(cell, pattern)
+
+    def subscriptions_of(self, cell: Cell) -> tuple[str, ...]:
+        return self.bus.patterns_of(cell)
+
+    def adopt_callback(self, fn: Callable[[Event], Any]) -> Cell:
+        """Make the actor that runs a bus callback; it starts as soon as its supervisor can."""
+        parent = self._cells.get(f"/{RESERVED}/callbacks")
+        if parent is None or not self.is_running:
+            raise RuntimeClosed(f"system {self.name!r} is not running: cannot subscribe callbacks")
+        label = getattr(fn, "__name__", "callback").strip("<>") or "callback"
+        name = f"{label}-{next(self._callback_ids)}"
+        cell = self.new_cell(child(CallbackSubscriber, name=name, args=(fn,)), parent)
+        parent.mailbox.put_system(Control("adopt", cell, _NoReply(f"starting callback {name}")))
+        return cell
+
+    def release_callback(self, cell: Cell) -> None:
+        if cell.parent is not None:
+            what = f"stopping callback {cell.name}"
+            cell.parent.mailbox.put_system(Control("terminate_child", cell, _NoReply(what)))
+
+    # -- public API ------------------------------------------------------
+    def _check_running(self, what: str) -> None:
+        if not self.is_running:
+            raise RuntimeClosed(f"actor system {self.name!r} is not running: cannot {what}")
 
     def _lookup(self, path: str) -> Cell:
         if not isinstance(path, str):
@@ -134,52 +284,17 @@ class System:
             parent = norm.rsplit("/", 1)[0] or "/"
             near = self._cells.get(parent)
             hint = ""
-            if isinstance(near, SupervisorCell):
-                names = ", ".join(c.name for c in near.children) or "none"
+            if near is not None and isinstance(near.behaviour, Supervising):
+                names = ", ".join(c.name for c in near.behaviour.children) or "none"
                 hint = f" ({parent} has: {names})"
             raise ActorNotFound(f"no actor at {norm}{hint}")
         return cell
 
-    # -- internal hooks used by cells -----------------------------------
-    def _dead_letter(self, msg: Any, reason: str, recipient: str) -> None:
-        self.dead_letters.record(msg, reason, recipient)
-        if self.is_running:
-            self.bus.dead_letter_event(msg, reason, recipient)
-
-    def _adopt_callback(self, fn: Callable[[Event], Any]) -> Cell:
-        """Make the actor that runs a bus callback; it starts as soon as its supervisor can."""
-        from .cell import Control
-
-        parent = self._cells.get(f"/{RESERVED}/callbacks")
-        if not isinstance(parent, SupervisorCell) or not self.is_running:
-            raise RuntimeClosed(f"system {self.name!r} is not running: cannot subscribe callbacks")
-        label = getattr(fn, "__name__", "callback").strip("<>") or "callback"
-        name = f"{label}-{next(self._callback_ids)}"
-        cell = self._new_cell(child(CallbackSubscriber, name=name, args=(fn,)), parent)
-        parent.mailbox.put_system(Control("adopt", cell, _NoReply(f"starting callback {name}")))
-        return cell
-
-    def _release_callback(self, cell: Cell) -> None:
-        from .cell import Control
-
-        if cell.parent is not None:
-            what = f"stopping callback {cell.name}"
-            cell.parent.mailbox.put_system(Control("terminate_child", cell, _NoReply(what)))
-
-    def _root_exited(self, reason: ExitReason) -> None:
-        self._threads.stopping()
-        if isinstance(reason, BaseException):
-            self._failure = reason
-        if self._body_scope is not None:
-            self._body_scope.cancel()
-
-    def _on_loop_thread(self) -> bool:
-        return self._threads.on_loop_thread()
-
-    # -- public API ------------------------------------------------------
-    @property
-    def is_running(self) -> bool:
-        return self._state == "running"
+    def _supervising(self, cell: Cell, what: str) -> Supervising:
+        behaviour = cell.behaviour
+        if not isinstance(behaviour, Supervising):
+            raise ValueError(f"{cell.path} is an actor, not a supervisor: {what}")
+        return behaviour
 
     def ref(self, path: str) -> ActorRef:
         """The ref of the actor at `path` (``/app/worker``); `ActorNotFound` if none.
@@ -187,10 +302,10 @@ class System:
         A supervisor with a `front` child (e.g. a pool) is addressed through it.
         """
         cell = self._lookup(path)
-        while isinstance(cell, SupervisorCell) and cell.sup.front is not None:
-            front = next((c for c in cell.children if c.name == cell.sup.front), None)
+        while isinstance(cell.behaviour, Supervising) and cell.behaviour.sup.front is not None:
+            front = cell.behaviour.child_named(cell.behaviour.sup.front)
             if front is None:
-                raise ActorNotFound(f"{cell.path} has no running {cell.sup.front!r} child now")
+                raise ActorNotFound(f"{cell.path} has no running {cell.behaviour.sup.front!r} now")
             cell = front
         return cell.ref
 
@@ -201,19 +316,18 @@ class System:
     def which_children(self, path: str) -> list[ChildInfo]:
         """The children of the supervisor at `path`, in start order."""
         cell = self._lookup(path)
-        if not isinstance(cell, SupervisorCell):
-            raise ValueError(f"{cell.path} is an actor, not a supervisor: it has no children")
-        return cell.which_children()
+        return self._supervising(cell, "it has no children").which_children()
 
     async def start_child(self, parent: str, spec: ChildSpec | Supervisor) -> ActorRef:
         """Add a dynamic child under the supervisor at `parent` and start it.
 
-        Raises the child's start error, or ValueError if the name is taken.
-        Dynamic children are not re-created when their supervisor restarts.
+        Raises the child's start error, ValueError if the name is taken,
+        `RuntimeClosed` once the system has stopped.  Dynamic children are
+        not re-created when their supervisor restarts.
         """
+        self._check_running("start a child")
         cell = self._lookup(parent)
-        if not isinstance(cell, SupervisorCell):
-            raise ValueError(f"{cell.path} is an actor, not a supervisor: it cannot have children")
+        self._supervising(cell, "it cannot have children")
         if cell is self._root or cell.path.startswith("/" + RESERVED):
             raise ValueError(
                 f"{cell.path} is managed by the runtime; add children to your own tree"
@@ -224,17 +338,14 @@ class System:
 
     async def terminate_child(self, path: str) -> None:
         """Stop the actor at `path` (graceful, within its shutdown timeout) and remove it."""
+        self._check_running("terminate a child")
         cell = self._lookup(path)
         parent = cell.parent
         if parent is None or parent is self._root or cell.path.startswith("/" + RESERVED):
             raise ValueError(f"{cell.path} is managed by the runtime and cannot be terminated")
         await self._ask_supervisor(parent, "terminate_child", cell)
 
-    async def _ask_supervisor(self, cell: SupervisorCell, op: str, arg: Any) -> Any:
-        from .cell import Control
-
-        if not self.is_running:
-            raise RuntimeClosed(f"system {self.name!r} is not running")
+    async def _ask_supervisor(self, cell: Cell, op: str, arg: Any) -> Any:
         reply = Reply(lambda _value: None)
         cell.mailbox.put_system(Control(op, arg, reply))
         return await reply.wait(float("inf"), f"{op} at {cell.path}")
@@ -253,19 +364,20 @@ class System:
         foreign thread it goes through the bus actor's mailbox, blocks that
         thread while subscribers' ``block`` mailboxes are full, and returns
         once delivered.  Returns the number of subscribers delivered to.
+        Raises `RuntimeClosed` once the system has stopped, `ValueError` for
+        an invalid topic.
         """
-        if self._on_loop_thread():
+        if self._gate.on_loop_thread():
+            self._check_running(f"publish on {topic!r}")
             return self.bus.publish_nowait(
                 topic, payload, correlation_id=correlation_id, metadata=metadata
             )
-        from .bus import check_topic
-
         check_topic(topic)
         bus = self._bus_cell
-        if bus is None:
+        if bus is None or not self.is_running:
             raise RuntimeClosed(f"system {self.name!r} is not running")
         request = PublishRequest(topic, payload, correlation_id, dict(metadata))
-        return self._threads.ask(bus, request, None)  # type: ignore[no-any-return]
+        return self._gate.ask(bus, request, float("inf"))  # type: ignore[no-any-return]
 
     async def run_blocking(
         self,
@@ -278,10 +390,13 @@ class System:
         """Run blocking `fn(*args, **kwargs)` on a bridge (default ``/system/bridge``).
 
         Returns its result or raises its own exception; past `timeout` seconds
-        (queueing included) raises `AskTimeout` and abandons the call.
+        (queueing included) raises `AskTimeout` and abandons the call.  Raises
+        `RuntimeClosed` once the system has stopped.
         """
+        limit = check_timeout(timeout)
+        self._check_running(f"run {getattr(fn, '__qualname__', fn)!r}")
         target = self.ref(bridge) if bridge else self._default_bridge()
-        deadline = float("inf") if timeout is None else trio.current_time() + timeout
+        deadline = trio.current_time() + limit
         call = BlockingCall(fn, args, kwargs, deadline)
         try:
             return await target.ask(call, timeout=timeout)
@@ -303,13 +418,21 @@ class System:
         return cell.ref
 
     def stop(self) -> None:
-        """Begin a graceful stop: children in reverse start order, then ``/system``."""
-        if self.is_running:
-            self.shutting_down = True
-            self._threads.stopping()
+        """Begin a graceful stop: children in reverse start order, then ``/system``.
+
+        Also while the tree is starting: the children being started are asked
+        to stop (an `on_start` that hangs is cancelled after its shutdown
+        timeout) and the start fails.
+        """
+        if self._state != "closed":
+            self._shutting_down = True
+            self._gate.stopping()
             self._root.request_stop("shutdown")
 
-    # -- running ---------------------------------------------------------
+    def kill(self) -> None:
+        """Cancel the whole tree at once (a second Ctrl-C): no more graceful stop."""
+        self._root.kill()
+
     def info(self) -> dict[str, Any]:
         """Who this system is: name, pid, uptime (s) and how many actors it has."""
         return {
@@ -320,143 +443,32 @@ class System:
             "running": self.is_running,
         }
 
-    def _publish_blocked(self, steps: list[BlockedStep]) -> None:
-        """Publish ``system.loop.blocked`` for long steps the loop monitor saw."""
-        if self.is_running:
-            for step in steps:
-                self.bus.system_event(
-                    "system.loop.blocked",
-                    {"task": step.task, "seconds": step.seconds, "at": step.at},
-                )
+    # -- lifecycle, for runtime.entry ---------------------------------------------
+    def open(self, token: trio.lowlevel.TrioToken) -> None:
+        """On the trio thread: from now on the system runs and threads may call in."""
+        self._gate.open(token)
+        self._state = "running"
 
-    async def _serve(self, signals: AsyncIterator[int] | None) -> None:
-        """Wait until the system stops; a first signal stops it gracefully, a second kills it."""
-        if signals is None:
-            await trio.sleep_forever()
+    def close(self) -> None:
+        """Everything stops for good: what is still queued goes to dead letters, waiting
+        asks fail, and threads still calling in get `RuntimeClosed`.  Idempotent."""
+        if self._state == "closed":
             return
+        self._state = "closed"
+        self._shutting_down = True
+        self._root.finalize("shutdown")
+        self._gate.close()
+
+    async def serve_signals(self, signals: AsyncIterator[int]) -> None:
+        """A first signal stops the system gracefully, a second kills it."""
         seen = 0
         async for _ in signals:
             seen += 1
             if seen == 1:
                 self.stop()
             else:
-                self._kill()
+                self.kill()
                 raise KeyboardInterrupt
 
-    def _kill(self) -> None:
-        scope = self._root._kill_scope
-        if scope is not None:
-            scope.cancel()
 
-
-def _unwrap(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    exc: BaseException = group
-    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
-        exc = exc.exceptions[0]
-    return exc
-
-
-@asynccontextmanager
-async def open_system(
-    tree: Supervisor,
-    *,
-    name: str | None = None,
-    control: bool = False,
-    control_dir: str | os.PathLike[str] | None = None,
-    metrics_port: int | None = None,
-    blocked_after: float = 0.05,
-    stuck_after: float = 10.0,
-) -> AsyncIterator[System]:
-    """Run `tree` for the body of the ``async with``; stop it gracefully on exit.
-
-    If the tree fails (e.g. `RestartIntensityExceeded` at its root supervisor)
-    the body is cancelled and that error is raised here, unwrapped.
-
-    `control`: serve the JSON control socket (``troupe ls/tree/top/events``).
-    `metrics_port`: serve Prometheus metrics on 127.0.0.1 (0 picks a port:
-    `system.metrics.port`).  `blocked_after`: a task step longer than this
-    publishes ``system.loop.blocked``.  `stuck_after`: a handler running longer
-    is flagged ``stuck`` in the snapshot.
-    """
-    system = System(tree, name=name)
-    system.stuck_after = stuck_after
-    # Under a mock clock (tests) steps are still measured and counted, but not
-    # published: virtual time and how fast this machine runs have nothing in common.
-    mock = isinstance(trio.lowlevel.current_clock(), trio.testing.MockClock)
-    monitor = LoopMonitor(
-        blocked_after=blocked_after, on_blocked=None if mock else system._publish_blocked
-    )
-    system._loop_monitor = monitor
-    trio.lowlevel.add_instrument(monitor)
-    start_error: BaseException | None = None
-    try:
-        async with trio.open_nursery() as nursery:
-            system._threads.open(trio.lowlevel.current_trio_token())
-            system._loop_thread = threading.get_ident()
-            system._state = "running"
-            if not mock:
-                nursery.start_soon(monitor.probe, name="troupe loop probe")
-            start_error = await nursery.start(system._root.run, name="/")
-            if start_error is None:
-                system.started_at = time.time()
-                if control:
-                    folder = pathlib.Path(control_dir) if control_dir is not None else None
-                    system.control = ControlServer(system, folder)
-                    await nursery.start(system.control.serve, name="troupe control socket")
-                if metrics_port is not None:
-                    system.metrics = MetricsServer(system, metrics_port)
-                    await nursery.start(system.metrics.serve, name="troupe metrics")
-                system._body_scope = nursery.cancel_scope
-                try:
-                    yield system
-                finally:
-                    system.stop()
-                    await system._root.wait_done()
-            nursery.cancel_scope.cancel()
-            # Everything stops for good: what is still queued goes to dead letters,
-            # waiting asks fail, and threads still calling in get RuntimeClosed.
-            system._state = "closed"
-            system._root.finalize("shutdown")
-            system._threads.close()
-    except BaseExceptionGroup as group:
-        if system._failure is not None:
-            raise system._failure from None
-        raise _unwrap(group) from None
-    finally:
-        if system._state != "closed":
-            system._state = "closed"
-            system._root.finalize("shutdown")
-            system._threads.close()
-        trio.lowlevel.remove_instrument(monitor)
-    if system._failure is not None:
-        raise system._failure
-    if start_error is not None:
-        raise start_error
-
-
-def run(
-    tree: Supervisor,
-    *,
-    name: str | None = None,
-    control: bool = False,
-    metrics_port: int | None = None,
-) -> None:
-    """Run `tree` until it is stopped (SIGINT/SIGTERM: gracefully; a second one: at once).
-
-    `control=True` serves the control socket for ``troupe tree/top/events``;
-    `metrics_port` serves Prometheus metrics.  Raises the tree's failure,
-    e.g. `RestartIntensityExceeded`.
-    """
-    options: dict[str, Any] = {"name": name, "control": control, "metrics_port": metrics_port}
-
-    async def main() -> None:
-        if threading.current_thread() is not threading.main_thread():
-            async with open_system(tree, **options) as system:
-                await system._serve(None)
-            return
-        # Listen before the tree starts, so that a signal during start-up is not fatal.
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            async with open_system(tree, **options) as system:
-                await system._serve(signals)
-
-    trio.run(main)
+__all__ = ["RESERVED", "System"]

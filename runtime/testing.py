@@ -19,12 +19,13 @@ import pytest
 import trio
 
 from .actor import Actor
-from .bus import Event, matches
+from .entry import open_system
 from .errors import ActorNotFound
-from .messages import InjectedCrash, Terminated
+from .messages import Event, InjectedCrash, Terminated
 from .ref import ActorRef
-from .supervisor import Supervisor, child
-from .system import System, open_system
+from .spec import Supervisor, child
+from .system import System
+from .topics import matches
 
 PROBE_CAPACITY = 10_000
 _probes = 0
@@ -124,8 +125,8 @@ class TestProbe:
 
     def subscribe(self, pattern: str) -> None:
         """Receive bus events matching `pattern` (see `expect_event`)."""
-        system = self._cell().system
-        system.bus.subscribe_cell(self._cell(), pattern)
+        cell = self._cell()
+        cell.host.subscribe_cell(cell, pattern)
 
     async def expect_event(
         self, pattern: str = ">", payload: Any = None, *, timeout: float = 3.0

@@ -1,4 +1,6 @@
-"""The boundary with foreign threads: the only module that uses threading locks.
+"""The foreign-thread gate: the one place where foreign threads hand messages to the loop.
+
+The only module of the runtime that uses threading locks.
 
 Rule 3 of the design: a foreign thread never touches runtime state.  It
 appends to a small injection queue guarded by one `threading.Lock` and wakes
@@ -8,7 +10,7 @@ held across anything that can block (waiting on the condition releases it).
 Backpressure without touching mailboxes from threads: for a ``block`` or
 ``fail`` mailbox a thread needs a *credit* before it may enqueue.  Credits are
 handed out by the loop thread, which reserves that much room in the mailbox
-(`MailboxQueue.reserved`), so messages in flight from threads are counted
+(`MailboxQueue.reserve`), so messages in flight from threads are counted
 against capacity and can always be delivered in order.  A thread without
 credit asks the loop for some and waits; ``fail`` gets `MailboxFull` if the
 loop has no room, ``block`` waits until the actor frees some.
@@ -16,14 +18,13 @@ loop has no room, ``block`` waits until the actor frees some.
 
 from __future__ import annotations
 
-import functools
 import heapq
 import itertools
+import math
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import trio
@@ -34,10 +35,6 @@ from .messages import Ask
 
 if TYPE_CHECKING:
     from .cell import Cell
-    from .monitor import TreeSnapshot
-    from .ref import ActorRef
-    from .supervisor import ChildInfo, ChildSpec, Supervisor
-    from .system import System
 
 LANE_CAPACITY = 16_384
 """Messages one thread may have waiting for the loop, at most (for dropping
@@ -60,6 +57,7 @@ class ThreadReply:
     """
 
     __slots__ = ("_done", "_error", "_gate", "_on_late", "_value", "state")
+    asker = None  # a thread is outside the wait-for graph (rule 5)
 
     def __init__(self, gate: ThreadGate, on_late: Callable[[Any], None]) -> None:
         self._gate = gate
@@ -95,8 +93,8 @@ class ThreadReply:
             self._done.release()
             return True
 
-    def wait(self, deadline: float | None, what: str) -> Any:
-        remaining = -1.0 if deadline is None else max(0.0, deadline - time.monotonic())
+    def wait(self, deadline: float, what: str) -> Any:
+        remaining = -1.0 if deadline == math.inf else max(0.0, deadline - time.monotonic())
         self._done.acquire(timeout=remaining)
         with self._gate._lock:
             if self.state != "done":
@@ -138,8 +136,8 @@ class ThreadGate:
     number and was already in its lane, so it is delivered first.
     """
 
-    def __init__(self, system: System) -> None:
-        self._system = system
+    def __init__(self, name: str) -> None:
+        self._name = name
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
         self._local = threading.local()
@@ -150,8 +148,9 @@ class ThreadGate:
         self._round = 0
         self._space_waiters = 0
         self._replies: set[ThreadReply] = set()
+        self._granted: dict[MailboxQueue, int] = {}  # room granted, not yet taken by a thread
         self._token: trio.lowlevel.TrioToken | None = None
-        self._loop_thread: int | None = None
+        self.loop_thread: int | None = None  # ident of the trio thread, once open
         self._open = False
         self._stopping = False
         self.wakeups = 0
@@ -159,11 +158,11 @@ class ThreadGate:
 
     # -- lifecycle (loop thread) -----------------------------------------
     def on_loop_thread(self) -> bool:
-        return threading.get_ident() == self._loop_thread
+        return threading.get_ident() == self.loop_thread
 
     def open(self, token: trio.lowlevel.TrioToken) -> None:
         self._token = token
-        self._loop_thread = threading.get_ident()
+        self.loop_thread = threading.get_ident()
         with self._lock:
             self._open = True
 
@@ -180,6 +179,7 @@ class ThreadGate:
             replies = list(self._replies)
             self._replies.clear()
             self._wants.clear()
+            self._granted.clear()
             self._cond.notify_all()
         # Threads that append after this point see the gate closed and take their
         # message back (see _inject); what is here now is delivered (and, the
@@ -196,19 +196,25 @@ class ThreadGate:
         for reply in replies:
             reply.fail(RuntimeClosed("the actor system stopped before replying"))
 
+    @property
+    def queued(self) -> int:
+        """Messages from threads not yet handed to their mailboxes (loop thread)."""
+        return sum(len(lane.items) for lane in self._lanes)
+
     # -- the foreign side --------------------------------------------------
-    def ask(self, cell: Cell, msg: Any, timeout: float | None) -> Any:
-        deadline = None if timeout is None else time.monotonic() + timeout
+    def ask(self, cell: Cell, msg: Any, timeout: float) -> Any:
+        """`ask_blocking`: block this thread until the reply, within `timeout` (inf: none)."""
+        deadline = math.inf if timeout == math.inf else time.monotonic() + timeout
         reply = ThreadReply(self, cell.late_reply)
         with self._lock:
             self._replies.add(reply)
         try:
             try:
-                self._inject(cell.mailbox, Ask(msg, reply), timeout, cell.path)
+                self.tell(cell.mailbox, Ask(msg, reply), timeout, cell.path)
             except MailboxFull as exc:
                 if cell.mailbox.overflow == "block":
                     raise AskTimeout(
-                        f"{cell.path}'s mailbox stayed full for {timeout}s; "
+                        f"{cell.path}'s mailbox stayed full for {timeout:g}s; "
                         f"{type(msg).__name__} was not sent"
                     ) from exc
                 raise
@@ -225,8 +231,13 @@ class ThreadGate:
                 self._lanes.append(lane)
         return lane
 
-    def _inject(self, mailbox: MailboxQueue, item: Any, timeout: float | None, path: str) -> None:
-        """A foreign thread's tell (`ActorRef.tell` calls this directly)."""
+    def tell(self, mailbox: MailboxQueue, item: Any, timeout: float, path: str) -> None:
+        """A foreign thread's tell (`ActorRef.tell` calls this directly).
+
+        Blocks this thread while a ``block`` mailbox is full, up to `timeout`
+        seconds (inf: no limit; 0: only if there is room now), then raises
+        `MailboxFull`; raises `RuntimeClosed` once the gate is closed.
+        """
         if not self._open:
             self._closed()
         lane = getattr(self._local, "lane", None) or self._lane()
@@ -263,23 +274,23 @@ class ThreadGate:
             pass  # the closing drain took it: it is accounted for as a dead letter
 
     def _closed(self) -> NoReturn:
-        raise RuntimeClosed(f"actor system {self._system.name!r} is not running")
+        raise RuntimeClosed(f"actor system {self._name!r} is not running")
 
     def _check_open(self) -> None:
         if not self._open:
             self._closed()
 
-    def _wait(self, deadline: float | None, what: str) -> None:
+    def _wait(self, deadline: float, what: str) -> None:
         """Lock held: wait on the condition (lock released meanwhile); MailboxFull past
         the deadline, RuntimeClosed if the gate closed."""
-        remaining = None if deadline is None else deadline - time.monotonic()
+        remaining = None if deadline == math.inf else deadline - time.monotonic()
         if remaining is not None and remaining <= 0:
             raise MailboxFull(what)
         self._cond.wait(remaining)
         self._check_open()
 
-    def _wait_for_lane(self, lane: _Lane, timeout: float | None, path: str) -> None:
-        deadline = None if timeout is None else time.monotonic() + timeout
+    def _wait_for_lane(self, lane: _Lane, timeout: float, path: str) -> None:
+        deadline = math.inf if timeout == math.inf else time.monotonic() + timeout
         with self._lock:
             self._space_waiters += 1
             try:
@@ -289,18 +300,20 @@ class ThreadGate:
             finally:
                 self._space_waiters -= 1
 
-    def _take_credit(
-        self, lane: _Lane, mailbox: MailboxQueue, timeout: float | None, path: str
-    ) -> None:
+    def _take_credit(self, lane: _Lane, mailbox: MailboxQueue, timeout: float, path: str) -> None:
         """Get room for one message (and a few more for later) from what the loop granted."""
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = math.inf if timeout == math.inf else time.monotonic() + timeout
         chunk = max(1, min(CREDIT_CHUNK, mailbox.capacity // 16))
         with self._lock:
             while True:
                 self._check_open()
-                if mailbox.thread_credits:
-                    take = min(mailbox.thread_credits, chunk)
-                    mailbox.thread_credits -= take
+                granted = self._granted.get(mailbox, 0)
+                if granted:
+                    take = min(granted, chunk)
+                    if granted > take:
+                        self._granted[mailbox] = granted - take
+                    else:
+                        del self._granted[mailbox]
                     lane.credits[mailbox] = take - 1
                     return
                 asked = self._round
@@ -310,7 +323,7 @@ class ThreadGate:
                     while self._round == asked:  # wait for the loop's answer, not for room
                         self._cond.wait()
                         self._check_open()
-                    if not mailbox.thread_credits:
+                    if not self._granted.get(mailbox):
                         raise MailboxFull(f"mailbox of {path} is full (overflow='fail')")
                 else:
                     self._wait(deadline, f"mailbox of {path} stayed full (overflow='block')")
@@ -380,12 +393,12 @@ class ThreadGate:
                 self._request_wake()
         if not wants and not notify:
             return
-        grants = [(mailbox, self._reserve(mailbox)) for mailbox in wants]
+        grants = [(mailbox, mailbox.reserve(GRANT_MAX)) for mailbox in wants]
         with self._lock:
             for mailbox, granted in grants:
                 if granted:
-                    mailbox.thread_credits += granted
-                elif mailbox.overflow == "block" and not mailbox.closed:
+                    self._granted[mailbox] = self._granted.get(mailbox, 0) + granted
+                elif mailbox.overflow == "block":
                     mailbox.wait_for_threads()  # room_freed() will grant later
             self._round += 1
             self._cond.notify_all()
@@ -396,7 +409,7 @@ class ThreadGate:
             self._lanes = [lane for lane in self._lanes if lane not in dead]
         for lane in dead:
             for mailbox, held in lane.credits.items():
-                mailbox.reserved -= held
+                mailbox.unreserve(held)
             lane.credits.clear()
 
     def _deliver_run(self, entries: list[tuple[int, MailboxQueue, Any]]) -> None:
@@ -423,128 +436,23 @@ class ThreadGate:
             for item in items:
                 mailbox.put(item)
 
-    def _reserve(self, mailbox: MailboxQueue) -> int:
-        if mailbox.closed:
-            return 1  # let the thread through: the message is dead-lettered as `stopped`
-        granted = min(mailbox.room(), GRANT_MAX)
-        mailbox.reserved += granted
-        return granted
+    def room_freed(self, mailbox: MailboxQueue) -> bool:
+        """Loop thread, from `MailboxQueue`: room was made; grant some to blocked threads.
 
-    def room_freed(self, mailbox: MailboxQueue) -> None:
-        """Loop thread, from `MailboxQueue.take`: grant room to threads blocked on it."""
+        Returns True once the threads need no more telling (room was granted).
+        """
         low_water = max(1, min(GRANT_MAX, mailbox.capacity // 4))
         if mailbox.room() < low_water:
-            return
-        mailbox.threads_waiting = False
-        granted = self._reserve(mailbox)
+            return False
+        granted = mailbox.reserve(GRANT_MAX)
         with self._lock:
-            mailbox.thread_credits += granted
+            self._granted[mailbox] = self._granted.get(mailbox, 0) + granted
             self._cond.notify_all()
+        return True
 
     def reclaim(self, mailbox: MailboxQueue) -> int:
         """Loop thread: take back granted room no thread has claimed (the loop needs it)."""
         with self._lock:
-            unused, mailbox.thread_credits = mailbox.thread_credits, 0
-            return unused
+            return self._granted.pop(mailbox, 0)
 
-
-class ThreadedSystem:
-    """A handle on a system running in a background thread; every method is thread-safe."""
-
-    def __init__(self, system: System, token: trio.lowlevel.TrioToken) -> None:
-        self._system = system
-        self._token = token
-
-    @property
-    def name(self) -> str:
-        return self._system.name
-
-    def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
-        try:
-            return trio.from_thread.run_sync(fn, *args, trio_token=self._token)
-        except trio.RunFinishedError:
-            raise RuntimeClosed(f"actor system {self.name!r} is not running") from None
-
-    def _acall(self, fn: Callable[..., Any], *args: Any) -> Any:
-        try:
-            return trio.from_thread.run(fn, *args, trio_token=self._token)
-        except trio.RunFinishedError:
-            raise RuntimeClosed(f"actor system {self.name!r} is not running") from None
-
-    def ref(self, path: str) -> ActorRef:
-        return self._call(self._system.ref, path)  # type: ignore[no-any-return]
-
-    def snapshot(self) -> TreeSnapshot:
-        return self._call(self._system.snapshot)  # type: ignore[no-any-return]
-
-    def which_children(self, path: str) -> list[ChildInfo]:
-        return self._call(self._system.which_children, path)  # type: ignore[no-any-return]
-
-    def start_child(self, parent: str, spec: ChildSpec | Supervisor) -> ActorRef:
-        return self._acall(self._system.start_child, parent, spec)  # type: ignore[no-any-return]
-
-    def terminate_child(self, path: str) -> None:
-        self._acall(self._system.terminate_child, path)
-
-    def publish(
-        self, topic: str, payload: Any = None, *, correlation_id: str | None = None, **metadata: Any
-    ) -> int:
-        """Publish on the bus from this thread (blocks while a subscriber's mailbox is full)."""
-        return self._system.publish(topic, payload, correlation_id=correlation_id, **metadata)
-
-    def run_blocking(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        """Run `fn` on a bridge and wait for it here (see `System.run_blocking`)."""
-        return self._acall(functools.partial(self._system.run_blocking, fn, *args, **kwargs))
-
-    def stop(self) -> None:
-        """Begin a graceful stop (returns at once; leaving the `with` block waits for it)."""
-        try:
-            self._call(self._system.stop)
-        except RuntimeClosed:
-            pass
-
-
-@contextmanager
-def start_in_thread(
-    tree: Supervisor, *, name: str | None = None, start_timeout: float = 30.0
-) -> Iterator[ThreadedSystem]:
-    """Run `tree` on a background thread for plain synchronous programs.
-
-    Leaving the ``with`` block stops the system gracefully and joins the
-    thread; an error inside the runtime (e.g. `RestartIntensityExceeded`, or
-    a child failing to start) is raised in the calling thread.
-    """
-    from .system import open_system
-
-    ready = threading.Event()
-    box: dict[str, Any] = {}
-
-    async def main() -> None:
-        async with open_system(tree, name=name) as system:
-            box["handle"] = ThreadedSystem(system, trio.lowlevel.current_trio_token())
-            ready.set()
-            await trio.sleep_forever()
-
-    def target() -> None:
-        try:
-            trio.run(main)
-        except BaseException as exc:  # carried to the caller's thread
-            box["error"] = exc
-        finally:
-            ready.set()
-
-    thread = threading.Thread(target=target, name=f"troupe:{name or tree.name}", daemon=True)
-    thread.start()
-    if not ready.wait(start_timeout):
-        raise RuntimeError(f"the actor system did not start within {start_timeout}s")
-    if "handle" not in box:
-        thread.join()
-        raise box["error"]
-    handle: ThreadedSystem = box["handle"]
-    try:
-        yield handle
-    finally:
-        handle.stop()
-        thread.join()
-        if "error" in box:
-            raise box["error"]
+__all__ = ["ThreadGate", "ThreadReply"]

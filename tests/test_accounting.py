@@ -165,7 +165,7 @@ def busy_nodes(system: runtime.System) -> list[str]:
             walk(sub)
 
     walk(system.snapshot().root)
-    if any(lane.items for lane in system._threads._lanes):
+    if system.gate.queued:
         busy.append("<thread lanes>")
     return busy
 

@@ -18,7 +18,8 @@ from hypothesis import strategies as st
 
 import runtime
 from runtime import Supervisor
-from runtime.bus import PatternIndex, Subscription, check_pattern, check_topic, matches
+from runtime.bus import Subscription
+from runtime.topics import PatternIndex, check_pattern, check_topic, matches
 
 # -- the reference -------------------------------------------------------------
 
@@ -187,7 +188,7 @@ def test_index_matches_what_the_reference_matches(
         found = matched(index, topic)
         assert len(found) == len({id(s) for s in found})  # each subscription once
         assert {id(s) for s in found} == expected(subs, topic)
-        assert [s._seq for s in found] == sorted(s._seq for s in found)  # subscription order
+        assert [s.seq for s in found] == sorted(s.seq for s in found)  # subscription order
         assert matched(index, topic) == found  # cached answer is the same
 
 

@@ -554,7 +554,7 @@ async def test_fuzz_thousands_of_bad_requests_leave_the_system_healthy(
 def test_event_metadata_goes_out_as_a_json_object() -> None:
     from types import MappingProxyType
 
-    from runtime.bus import Event
+    from runtime import Event
     from runtime.control import event_dict, to_json
 
     plain = json.loads(to_json(event_dict(Event("a.b", 1))))

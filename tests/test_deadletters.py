@@ -39,7 +39,7 @@ def app(*children: Any, **kw: Any) -> Supervisor:
     return Supervisor("app", children=list(children), **kw)
 
 
-REASONS = ("crashed", "unhandled", "overflow", "stopped", "timeout")
+REASONS = ("crashed", "unhandled", "overflow", "stopped", "timeout", "deadlock", "undeliverable")
 
 
 async def test_counts_by_reason_in_the_snapshot(autojump_clock: trio.testing.MockClock) -> None:
@@ -84,6 +84,8 @@ async def test_counts_by_reason_in_the_snapshot(autojump_clock: trio.testing.Moc
                 "overflow": 3,
                 "stopped": 3,
                 "timeout": 1,
+                "deadlock": 0,
+                "undeliverable": 0,
             }
             assert snap.find("/app/w").dead_lettered == 4
             assert snap.find("/app/small").dead_lettered == 3

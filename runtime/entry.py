@@ -1,0 +1,342 @@
+"""Entry points: `open_system` (inside trio), `run` (blocking, with signals) and
+`start_in_thread` (from plain synchronous code, with a thread-safe `ThreadedSystem`).
+
+They compose a `System` with its faces (control socket, metrics).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import pathlib
+import signal
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from typing import Any
+
+import trio
+import trio.testing
+
+from .control import ControlServer
+from .errors import RuntimeClosed
+from .metrics import MetricsServer
+from .monitor import TreeSnapshot
+from .ref import ActorRef
+from .spec import ChildInfo, ChildSpec, Supervisor
+from .system import System
+
+
+def _unwrap(exc: BaseException) -> BaseException:
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
+
+
+@asynccontextmanager
+async def open_system(
+    tree: Supervisor,
+    *,
+    name: str | None = None,
+    control: bool = False,
+    control_dir: str | os.PathLike[str] | None = None,
+    metrics_port: int | None = None,
+    blocked_after: float = 0.05,
+    stuck_after: float = 10.0,
+    history: int = 1000,
+) -> AsyncIterator[System]:
+    """Run `tree` for the body of the ``async with``; stop it gracefully on exit.
+
+    Leaving by any route (normal exit, an exception in the body, an outer
+    cancel scope or timeout, Ctrl-C) runs the graceful stop: children in
+    reverse start order, `on_stop` for each within its shutdown timeout.  The
+    stop is shielded from the outer cancellation and bounded by those
+    timeouts.
+
+    If the tree fails (e.g. `RestartIntensityExceeded` at its root
+    supervisor) the body is cancelled and that error is raised here,
+    unwrapped.  A KeyboardInterrupt or SystemExit raised by a handler stops
+    the system gracefully and is raised here.
+
+    `control`: serve the JSON control socket (``troupe ls/tree/top/events``).
+    `metrics_port`: serve Prometheus metrics on 127.0.0.1 (0 picks a port:
+    `system.metrics.port`).  `blocked_after`: a task step longer than this
+    publishes ``system.loop.blocked``.  `stuck_after`: a handler running longer
+    is flagged ``stuck`` in the snapshot.  `history`: events the bus keeps.
+    """
+    system = System(tree, name=name, history=history, stuck_after=stuck_after)
+    async with _serving(
+        system,
+        control=control,
+        control_dir=control_dir,
+        metrics_port=metrics_port,
+        blocked_after=blocked_after,
+    ):
+        yield system
+
+
+@asynccontextmanager
+async def _serving(
+    system: System,
+    *,
+    control: bool,
+    control_dir: str | os.PathLike[str] | None,
+    metrics_port: int | None,
+    blocked_after: float,
+) -> AsyncIterator[System]:
+    """Run an already made `system` (see `open_system`)."""
+    # Under a mock clock (tests) steps are still measured and counted, but not
+    # published: virtual time and how fast this machine runs have nothing in common.
+    mock = isinstance(trio.lowlevel.current_clock(), trio.testing.MockClock)
+    monitor = system.loop_monitor
+    monitor.blocked_after = blocked_after
+    monitor.on_blocked = None if mock else system.publish_blocked
+    trio.lowlevel.add_instrument(monitor)
+    start_error: BaseException | None = None
+    try:
+        async with trio.open_nursery() as nursery:
+            system.open(trio.lowlevel.current_trio_token())
+            if not mock:
+                nursery.start_soon(monitor.probe, name="troupe loop probe")
+            start_error = await nursery.start(system.root.run, name="/")
+            if start_error is None:
+                system.started_at = time.time()
+                if control:
+                    folder = pathlib.Path(control_dir) if control_dir is not None else None
+                    system.control = ControlServer(system, folder)
+                    await nursery.start(system.control.serve, name="troupe control socket")
+                if metrics_port is not None:
+                    system.metrics = MetricsServer(system, metrics_port)
+                    await nursery.start(system.metrics.serve, name="troupe metrics")
+                system.on_root_exit(nursery.cancel_scope.cancel)
+                try:
+                    yield system
+                finally:
+                    system.stop()
+                    # Shielded: an outer cancel scope or timeout must not skip the
+                    # graceful stop.  Its length is bounded by the shutdown timeouts.
+                    with trio.CancelScope(shield=True):
+                        await system.root.wait_done()
+            nursery.cancel_scope.cancel()
+            system.close()
+    except BaseExceptionGroup as group:
+        error = system.interrupt or system.failure or _unwrap(group)
+        raise error from error.__cause__  # keep its cause, drop the group
+    finally:
+        system.close()
+        trio.lowlevel.remove_instrument(monitor)
+    if system.interrupt is not None:
+        raise system.interrupt
+    if system.failure is not None:
+        raise system.failure
+    if start_error is not None:
+        raise start_error
+
+
+def run(
+    tree: Supervisor,
+    *,
+    name: str | None = None,
+    control: bool = False,
+    control_dir: str | os.PathLike[str] | None = None,
+    metrics_port: int | None = None,
+    blocked_after: float = 0.05,
+    stuck_after: float = 10.0,
+    history: int = 1000,
+) -> None:
+    """Run `tree` until it is stopped (SIGINT/SIGTERM: gracefully; a second one: at once).
+
+    Signals are heard from the start, also while the tree is starting (an
+    `on_start` that hangs is cancelled after its shutdown timeout, or at once
+    on a second signal).  `control=True` serves the control socket for
+    ``troupe tree/top/events``; `metrics_port` serves Prometheus metrics.
+    Raises the tree's failure, e.g. `RestartIntensityExceeded`.
+    """
+    options: dict[str, Any] = {
+        "name": name,
+        "control": control,
+        "control_dir": control_dir,
+        "metrics_port": metrics_port,
+        "blocked_after": blocked_after,
+        "stuck_after": stuck_after,
+        "history": history,
+    }
+
+    async def main() -> None:
+        if threading.current_thread() is not threading.main_thread():
+            async with open_system(tree, **options):
+                await trio.sleep_forever()
+            return
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            await _run_with_signals(tree, options, signals)
+
+    trio.run(main)
+
+
+async def _run_with_signals(
+    tree: Supervisor, options: dict[str, Any], signals: AsyncIterator[int]
+) -> None:
+    """`open_system` with a signal listener that runs from before the tree starts."""
+    serving = dict(options)
+    system = System(
+        tree,
+        name=serving.pop("name"),
+        history=serving.pop("history"),
+        stuck_after=serving.pop("stuck_after"),
+    )
+
+    seen = 0
+
+    async def listen() -> None:
+        nonlocal seen
+        async for _ in signals:
+            seen += 1
+            if seen == 1:
+                system.stop()  # also while starting: the starting children are stopped
+            else:
+                system.kill()  # the second one: no more graceful stop
+
+    try:
+        async with trio.open_nursery() as outer:
+            outer.start_soon(listen)
+            try:
+                async with _serving(system, **serving):
+                    await trio.sleep_forever()
+            finally:
+                outer.cancel_scope.cancel()
+    except BaseException as exc:
+        error = _unwrap(exc)
+        if isinstance(error, Exception) and seen == 1 and system.failure is None:
+            if system.started_at is None:
+                return  # stopped by a signal while starting: that is a clean stop
+        if seen < 2 or not isinstance(error, Exception):
+            raise error from error.__cause__  # keep its cause, drop the group
+    if seen >= 2:
+        raise KeyboardInterrupt  # forced: exit as an interrupted program does (130)
+
+
+class ThreadedSystem:
+    """A handle on a system running in a background thread; every method is thread-safe."""
+
+    def __init__(self, system: System, token: trio.lowlevel.TrioToken) -> None:
+        self._system = system
+        self._token = token
+
+    @property
+    def name(self) -> str:
+        return self._system.name
+
+    @property
+    def is_running(self) -> bool:
+        return self._system.is_running
+
+    def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        try:
+            return trio.from_thread.run_sync(fn, *args, trio_token=self._token)
+        except trio.RunFinishedError:
+            raise RuntimeClosed(f"actor system {self.name!r} is not running") from None
+
+    def _acall(self, fn: Callable[..., Any], *args: Any) -> Any:
+        try:
+            return trio.from_thread.run(fn, *args, trio_token=self._token)
+        except trio.RunFinishedError:
+            raise RuntimeClosed(f"actor system {self.name!r} is not running") from None
+
+    def ref(self, path: str) -> ActorRef:
+        return self._call(self._system.ref, path)  # type: ignore[no-any-return]
+
+    def snapshot(self) -> TreeSnapshot:
+        return self._call(self._system.snapshot)  # type: ignore[no-any-return]
+
+    def which_children(self, path: str) -> list[ChildInfo]:
+        return self._call(self._system.which_children, path)  # type: ignore[no-any-return]
+
+    def start_child(self, parent: str, spec: ChildSpec | Supervisor) -> ActorRef:
+        return self._acall(self._system.start_child, parent, spec)  # type: ignore[no-any-return]
+
+    def terminate_child(self, path: str) -> None:
+        self._acall(self._system.terminate_child, path)
+
+    def publish(
+        self, topic: str, payload: Any = None, *, correlation_id: str | None = None, **metadata: Any
+    ) -> int:
+        """Publish on the bus from this thread (blocks while a subscriber's mailbox is full)."""
+        return self._system.publish(topic, payload, correlation_id=correlation_id, **metadata)
+
+    def run_blocking(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Run `fn` on a bridge and wait for it here (see `System.run_blocking`)."""
+        return self._acall(functools.partial(self._system.run_blocking, fn, *args, **kwargs))
+
+    def stop(self) -> None:
+        """Begin a graceful stop (returns at once; leaving the `with` block waits for it)."""
+        try:
+            self._call(self._system.stop)
+        except RuntimeClosed:
+            pass
+
+
+@contextmanager
+def start_in_thread(
+    tree: Supervisor,
+    *,
+    name: str | None = None,
+    start_timeout: float = 30.0,
+    control: bool = False,
+    control_dir: str | os.PathLike[str] | None = None,
+    metrics_port: int | None = None,
+    blocked_after: float = 0.05,
+    stuck_after: float = 10.0,
+    history: int = 1000,
+) -> Iterator[ThreadedSystem]:
+    """Run `tree` on a background thread for plain synchronous programs.
+
+    Leaving the ``with`` block stops the system gracefully and joins the
+    thread; an error inside the runtime (e.g. `RestartIntensityExceeded`, or
+    a child failing to start) is raised in the calling thread.  Takes the
+    options of `open_system`.
+    """
+    ready = threading.Event()
+    box: dict[str, Any] = {}
+    options: dict[str, Any] = {
+        "name": name,
+        "control": control,
+        "control_dir": control_dir,
+        "metrics_port": metrics_port,
+        "blocked_after": blocked_after,
+        "stuck_after": stuck_after,
+        "history": history,
+    }
+
+    async def main() -> None:
+        async with open_system(tree, **options) as system:
+            box["handle"] = ThreadedSystem(system, trio.lowlevel.current_trio_token())
+            ready.set()
+            await trio.sleep_forever()
+
+    def target() -> None:
+        try:
+            trio.run(main)
+        except BaseException as exc:  # carried to the caller's thread
+            box["error"] = exc
+        finally:
+            ready.set()
+
+    thread = threading.Thread(target=target, name=f"troupe:{name or tree.name}", daemon=True)
+    thread.start()
+    if not ready.wait(start_timeout):
+        raise RuntimeError(f"the actor system did not start within {start_timeout}s")
+    if "handle" not in box:
+        thread.join()
+        raise box["error"]
+    handle: ThreadedSystem = box["handle"]
+    try:
+        yield handle
+    finally:
+        handle.stop()
+        thread.join()
+        if "error" in box:
+            raise box["error"]
+
+
+__all__ = ["ThreadedSystem", "open_system", "run", "start_in_thread"]

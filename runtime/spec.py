@@ -1,0 +1,306 @@
+"""Specs and their validation: `Mailbox`, `child()`/`ChildSpec`, `Supervisor`, `Backoff`.
+
+Like OTP's ``check_childspecs``, everything a spec can get wrong is refused
+here, when the spec is made, with a message that says what to write instead;
+the supervising behaviour (`runtime.supervisor`) never re-checks.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import random
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+import attrs
+
+if TYPE_CHECKING:
+    from .actor import Actor
+    from .ref import ActorRef
+
+Overflow = Literal["block", "drop_new", "drop_old", "fail"]
+OVERFLOW_POLICIES: tuple[str, ...] = ("block", "drop_new", "drop_old", "fail")
+Strategy = Literal["one_for_one", "one_for_all", "rest_for_one"]
+Restart = Literal["permanent", "transient", "temporary"]
+STRATEGIES: tuple[str, ...] = ("one_for_one", "one_for_all", "rest_for_one")
+RESTARTS: tuple[str, ...] = ("permanent", "transient", "temporary")
+HANDLERS: tuple[str, ...] = ("receive", "on_start", "on_stop")
+"""The methods of an actor that the runtime awaits: each must be ``async def``."""
+
+_NAME = re.compile(r"^[A-Za-z0-9_.\-:@+]+$")
+
+
+# -- mailboxes ------------------------------------------------------------
+def _check_capacity(_inst: object, _attr: object, value: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"mailbox capacity must be a positive int, got {value!r}")
+
+
+def _check_overflow(_inst: object, _attr: object, value: str) -> None:
+    if value not in OVERFLOW_POLICIES:
+        raise ValueError(
+            f"unknown overflow policy {value!r}; use one of {', '.join(OVERFLOW_POLICIES)}"
+        )
+
+
+@attrs.frozen
+class Mailbox:
+    """How big an actor's mailbox is and what happens when it is full.
+
+    - ``block``: ``await ref.send`` waits for room; ``tell`` on the loop thread
+      raises `MailboxFull` (it cannot wait); a foreign thread's ``tell`` blocks
+      that thread.
+    - ``drop_new`` / ``drop_old``: the newest / oldest message goes to dead
+      letters with reason ``overflow``.
+    - ``fail``: the sender gets `MailboxFull` (the message stays with it).
+    """
+
+    capacity: int = attrs.field(default=10_000, validator=_check_capacity)
+    overflow: Overflow = attrs.field(default="block", validator=_check_overflow)
+
+
+# -- names and timeouts ---------------------------------------------------
+def check_name(name: object) -> str:
+    """An actor name: one path segment."""
+    if not isinstance(name, str) or not _NAME.match(name) or name in (".", ".."):
+        raise ValueError(
+            f"invalid actor name {name!r}: use a non-empty string of letters, digits "
+            "and _ . - : @ + (no '/' or spaces)"
+        )
+    return name
+
+
+def check_timeout(timeout: object, what: str = "timeout") -> float:
+    """A timeout in seconds: ``None`` and ``inf`` mean none; negative or NaN is refused.
+
+    Returns the timeout as a float (``inf`` for none).
+    """
+    if timeout is None:
+        return math.inf
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float):
+        raise TypeError(f"{what} must be a number of seconds or None, got {timeout!r}")
+    value = float(timeout)
+    if math.isnan(value) or value < 0:
+        raise ValueError(f"{what} must be >= 0 seconds (or None for no timeout), got {timeout!r}")
+    return value
+
+
+def _check_name(_i: object, _a: object, value: Any) -> None:
+    check_name(value)
+
+
+def _one_of(choices: tuple[str, ...], what: str) -> Any:
+    def check(_i: object, _a: object, value: object) -> None:
+        if value not in choices:
+            raise ValueError(f"unknown {what} {value!r}; use one of {', '.join(choices)}")
+
+    return check
+
+
+def _check_shutdown(_i: object, _a: object, value: float | None) -> None:
+    if value is None:
+        return
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or math.isnan(value)
+        or value < 0
+    ):
+        raise ValueError(f"shutdown must be seconds >= 0 or None (wait forever), got {value!r}")
+
+
+def check_handlers(factory: Callable[..., Any]) -> None:
+    """Refuse an actor class whose `receive`, `on_start` or `on_stop` is a plain ``def``."""
+    if not isinstance(factory, type):
+        return  # a factory function: what it makes is checked when it runs
+    for method in HANDLERS:
+        fn = getattr(factory, method, None)
+        if fn is not None and not inspect.iscoroutinefunction(fn):
+            raise TypeError(
+                f"{factory.__qualname__}.{method} must be 'async def {method}(...)': "
+                "the runtime awaits it; a plain def would block the loop or return a value "
+                "that is not awaitable"
+            )
+
+
+# -- child specs ----------------------------------------------------------
+@attrs.frozen
+class ChildSpec:
+    """How a supervisor makes, restarts and stops one worker. Build it with `child()`."""
+
+    factory: Callable[..., Actor]
+    name: str = attrs.field(validator=_check_name)
+    args: tuple[Any, ...] = ()
+    kwargs: Mapping[str, Any] = attrs.field(factory=dict)
+    restart: Restart = attrs.field(default="permanent", validator=_one_of(RESTARTS, "restart type"))
+    shutdown: float | None = attrs.field(default=5.0, validator=_check_shutdown)
+    mailbox: Mailbox | None = None
+    kind: ClassVar[str] = "actor"
+
+    def mailbox_spec(self) -> Mailbox:
+        """The mailbox this child gets: the spec's, else the class's, else the default."""
+        spec = self.mailbox
+        if spec is None:
+            spec = getattr(self.factory, "mailbox", None)
+        return spec if isinstance(spec, Mailbox) else Mailbox()
+
+    @property
+    def cls_name(self) -> str:
+        return str(getattr(self.factory, "__qualname__", repr(self.factory)))
+
+
+def _default_name(factory: Callable[..., Any]) -> str:
+    raw = getattr(factory, "__name__", "actor")
+    return re.sub(r"(?<!^)(?=[A-Z])", "-", raw).lower()
+
+
+def child(
+    factory: Callable[..., Actor],
+    *,
+    name: str | None = None,
+    args: Sequence[Any] = (),
+    kwargs: Mapping[str, Any] | None = None,
+    restart: Restart = "permanent",
+    shutdown: float | None = 5.0,
+    mailbox: Mailbox | None = None,
+) -> ChildSpec:
+    """A worker child: `factory(*args, **kwargs)` makes a fresh actor at every (re)start.
+
+    `restart`: ``permanent`` (always), ``transient`` (only after a crash),
+    ``temporary`` (never).  `shutdown`: seconds `on_stop` may take before the
+    incarnation is cancelled (None waits forever).
+
+    Raises `TypeError` if `factory` is not callable or its `receive`,
+    `on_start` or `on_stop` is not ``async def``; `ValueError` for a bad
+    name, restart type or shutdown.
+    """
+    if not callable(factory):
+        raise TypeError(f"child() needs an Actor subclass or factory, got {factory!r}")
+    check_handlers(factory)
+    if mailbox is not None and not isinstance(mailbox, Mailbox):
+        raise TypeError(f"mailbox= takes a Mailbox(capacity=..., overflow=...), got {mailbox!r}")
+    return ChildSpec(
+        factory=factory,
+        name=name if name is not None else _default_name(factory),
+        args=tuple(args),
+        kwargs=dict(kwargs or {}),
+        restart=restart,
+        shutdown=shutdown,
+        mailbox=mailbox,
+    )
+
+
+# -- supervisors ----------------------------------------------------------
+@attrs.frozen
+class Backoff:
+    """Exponential delay before each restart: ``min * 2**(n-1)`` capped at ``max``,
+    plus up to ``jitter`` of itself at random (n = restarts in the intensity window)."""
+
+    min: float = 0.1
+    max: float = 10.0
+    jitter: float = 0.2
+
+    def __attrs_post_init__(self) -> None:
+        if not (0 <= self.min <= self.max) or not (0 <= self.jitter <= 1):
+            raise ValueError("Backoff needs 0 <= min <= max and 0 <= jitter <= 1")
+        if not math.isfinite(self.max):
+            raise ValueError("Backoff needs a finite max delay")
+
+    def delay(self, attempt: int, rng: random.Random) -> float:
+        base = min(self.max, self.min * 2.0 ** max(0, attempt - 1))
+        return float(base * (1 + self.jitter * rng.random()))
+
+
+def _children(value: Iterable[ChildSpec | Supervisor]) -> tuple[ChildSpec | Supervisor, ...]:
+    specs = tuple(value)
+    seen: set[str] = set()
+    for spec in specs:
+        if not isinstance(spec, ChildSpec | Supervisor):
+            raise TypeError(
+                f"supervisor children must be child(...) specs or Supervisors, got {spec!r}"
+            )
+        if spec.name in seen:
+            raise ValueError(
+                f"two children are named {spec.name!r}; names are unique per supervisor"
+            )
+        seen.add(spec.name)
+    return specs
+
+
+def _check_intensity(_i: object, _a: object, value: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ValueError(f"max_restarts must be an int >= 0, got {value!r}")
+
+
+def _check_within(_i: object, _a: object, value: float) -> None:
+    if not (isinstance(value, int | float) and value > 0 and math.isfinite(value)):
+        raise ValueError(f"within must be a positive number of seconds, got {value!r}")
+
+
+@attrs.frozen
+class Supervisor:
+    """A supervisor spec: usable as a tree's root or as a child of another supervisor."""
+
+    name: str = attrs.field(validator=_check_name)
+    strategy: Strategy = attrs.field(
+        default="one_for_one", kw_only=True, validator=_one_of(STRATEGIES, "strategy")
+    )
+    max_restarts: int = attrs.field(default=3, kw_only=True, validator=_check_intensity)
+    within: float = attrs.field(default=5.0, kw_only=True, validator=_check_within)
+    children: tuple[ChildSpec | Supervisor, ...] = attrs.field(
+        default=(), kw_only=True, converter=_children
+    )
+    backoff: Backoff | None = attrs.field(default=None, kw_only=True)
+    restart: Restart = attrs.field(
+        default="permanent", kw_only=True, validator=_one_of(RESTARTS, "restart type")
+    )
+    shutdown: float | None = attrs.field(default=None, kw_only=True, validator=_check_shutdown)
+    front: str | None = attrs.field(default=None, kw_only=True)
+    """The child that messages to this supervisor's path go to (e.g. a pool's router):
+    `system.ref(path)` of this supervisor returns that child's ref."""
+    kind: ClassVar[str] = "supervisor"
+    cls_name: ClassVar[str] = "Supervisor"
+
+    def __attrs_post_init__(self) -> None:
+        if self.front is not None and self.front not in {c.name for c in self.children}:
+            raise ValueError(f"front={self.front!r} is not one of {self.name!r}'s children")
+        if self.backoff is not None and not isinstance(self.backoff, Backoff):
+            raise TypeError(f"backoff= takes a Backoff(...), got {self.backoff!r}")
+
+    mailbox: ClassVar[Mailbox] = Mailbox(capacity=1000, overflow="fail")
+    """Supervisors handle no user messages; a few are kept for dead letters."""
+
+    def mailbox_spec(self) -> Mailbox:
+        return self.mailbox
+
+
+@attrs.frozen
+class ChildInfo:
+    """One row of `system.which_children(path)` (OTP's which_children)."""
+
+    name: str
+    path: str
+    ref: ActorRef
+    kind: str
+    state: str
+    restart: str
+    dynamic: bool
+
+
+__all__ = [
+    "OVERFLOW_POLICIES",
+    "Backoff",
+    "ChildInfo",
+    "ChildSpec",
+    "Mailbox",
+    "Overflow",
+    "Restart",
+    "Strategy",
+    "Supervisor",
+    "check_handlers",
+    "check_name",
+    "check_timeout",
+    "child",
+]

@@ -1,0 +1,180 @@
+"""Topic and pattern syntax (NATS's: ``*`` one segment, ``>`` the rest) and `PatternIndex`.
+
+Topics whose first segment is ``system`` belong to the runtime (see the bus).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
+
+if TYPE_CHECKING:
+    from .messages import Event
+
+MATCH_CACHE = 4096
+"""Topics whose matching subscriptions the index remembers (then it starts over)."""
+
+
+class Indexed(Protocol):
+    """What the index needs of a subscription: its pattern's segments and its age."""
+
+    segments: tuple[str, ...]
+    seq: int
+
+
+T = TypeVar("T", bound=Indexed)
+
+
+def _segments(text: object, what: str) -> tuple[str, ...]:
+    if not isinstance(text, str):
+        raise ValueError(f"a {what} is a dot-separated string like 'training.done', got {text!r}")
+    parts = tuple(text.split("."))
+    if not text or any(not part or part != part.strip() or " " in part for part in parts):
+        raise ValueError(
+            f"invalid {what} {text!r}: segments are non-empty, dot-separated and contain no spaces"
+        )
+    return parts
+
+
+def check_topic(topic: object) -> tuple[str, ...]:
+    """Validate a topic to publish on: no wildcards."""
+    parts = _segments(topic, "topic")
+    for part in parts:
+        if "*" in part or ">" in part:
+            raise ValueError(
+                f"invalid topic {topic!r}: wildcards '*' and '>' belong in subscription "
+                "patterns, not in published topics"
+            )
+    return parts
+
+
+def check_pattern(pattern: object) -> tuple[str, ...]:
+    """Validate a NATS-style pattern: ``*`` is one whole segment, ``>`` the last one."""
+    parts = _segments(pattern, "pattern")
+    for i, part in enumerate(parts):
+        if part in ("*", ">"):
+            if part == ">" and i != len(parts) - 1:
+                raise ValueError(f"invalid pattern {pattern!r}: '>' must be the last segment")
+        elif "*" in part or ">" in part:
+            raise ValueError(
+                f"invalid pattern {pattern!r}: a wildcard must be a whole segment ('a.*', not 'a*')"
+            )
+    return parts
+
+
+def matches(pattern: str, topic: str) -> bool:
+    """Does `topic` match `pattern`? (The slow, obvious definition; the index is faster.)"""
+    return _segments_match(check_pattern(pattern), check_topic(topic))
+
+
+def _segments_match(pat: tuple[str, ...], top: tuple[str, ...]) -> bool:
+    for i, part in enumerate(pat):
+        if part == ">":
+            return len(top) > i
+        if i >= len(top) or (part != "*" and part != top[i]):
+            return False
+    return len(top) == len(pat)
+
+
+def matching(pattern: str, events: Iterable[Event]) -> Iterator[Event]:
+    """The events whose (already valid) topics match `pattern`, checked once."""
+    pat = check_pattern(pattern)
+    for event in events:
+        if _segments_match(pat, tuple(event.topic.split("."))):
+            yield event
+
+
+class _Node:
+    __slots__ = ("children", "here", "star", "tail")
+
+    def __init__(self) -> None:
+        self.children: dict[str, _Node] = {}
+        self.star: _Node | None = None
+        self.here: list[Any] = []  # patterns ending at this node
+        self.tail: list[Any] = []  # patterns ending in '>' below this node
+
+
+class PatternIndex(Generic[T]):
+    """A trie of subscription patterns: matching walks the topic, not every subscription."""
+
+    def __init__(self) -> None:
+        self._root = _Node()
+        self._cache: dict[str, list[T]] = {}
+        self.count = 0
+
+    def add(self, sub: T) -> None:
+        node = self._root
+        for part in sub.segments:
+            if part == ">":
+                node.tail.append(sub)
+                break
+            if part == "*":
+                if node.star is None:
+                    node.star = _Node()
+                node = node.star
+            else:
+                nxt = node.children.get(part)
+                if nxt is None:
+                    nxt = node.children[part] = _Node()
+                node = nxt
+        else:
+            node.here.append(sub)
+        self.count += 1
+        self._cache.clear()
+
+    def remove(self, sub: T) -> None:
+        path: list[tuple[_Node, str]] = []
+        node = self._root
+        for part in sub.segments:
+            if part == ">":
+                node.tail.remove(sub)
+                break
+            nxt = node.star if part == "*" else node.children.get(part)
+            assert nxt is not None
+            path.append((node, part))
+            node = nxt
+        else:
+            node.here.remove(sub)
+        self.count -= 1
+        self._cache.clear()
+        # prune empty branches so that churn does not leak nodes
+        for parent, part in reversed(path):
+            child = parent.star if part == "*" else parent.children[part]
+            assert child is not None
+            if child.here or child.tail or child.children or child.star is not None:
+                break
+            if part == "*":
+                parent.star = None
+            else:
+                del parent.children[part]
+
+    def match(self, topic: str, segments: tuple[str, ...]) -> list[T]:
+        found = self._cache.get(topic)
+        if found is not None:
+            return found
+        found = []
+        self._walk(self._root, segments, 0, found)
+        if len(found) > 1:
+            found.sort(key=lambda sub: sub.seq)
+        if len(self._cache) >= MATCH_CACHE:
+            self._cache.clear()
+        self._cache[topic] = found
+        return found
+
+    def _walk(
+        self, node: _Node, segments: tuple[str, ...], i: int, out: list[T]
+    ) -> None:
+        if i == len(segments):
+            out.extend(node.here)
+            return
+        if node.tail:
+            out.extend(node.tail)
+        nxt = node.children.get(segments[i])
+        if nxt is not None:
+            self._walk(nxt, segments, i + 1, out)
+        if node.star is not None:
+            self._walk(node.star, segments, i + 1, out)
+
+
+
+__all__ = ["PatternIndex", "check_pattern", "check_topic", "matches", "matching"]
