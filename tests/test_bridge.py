@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -622,6 +623,33 @@ async def test_shutdown_abandons_calls_past_the_shutdown_timeout_and_never_hangs
     assert len(outcome) == 1
     assert isinstance(outcome[0], runtime.ActorStopped)
     assert "abandoned" in str(outcome[0])
+
+
+# -- errors that cross process boundaries ---------------------------------------
+
+
+def test_not_serializable_and_remote_error_are_troupe_errors() -> None:
+    assert issubclass(runtime.NotSerializable, runtime.TroupeError)
+    assert issubclass(runtime.NotSerializable, TypeError)  # what pickle itself raises
+    assert issubclass(runtime.RemoteError, runtime.TroupeError)
+    assert not issubclass(runtime.RemoteError, TypeError)
+
+    error = runtime.RemoteError("mylib.ParseError", "bad token 'x'", "Traceback ...\n")
+    assert (error.type, error.message, error.traceback) == (
+        "mylib.ParseError",
+        "bad token 'x'",
+        "Traceback ...\n",
+    )
+    assert str(error) == "mylib.ParseError: bad token 'x'"
+    assert str(runtime.RemoteError("KeyboardInterrupt", "")) == "KeyboardInterrupt"
+    # it travels as its three strings
+    again = pickle.loads(pickle.dumps(error))
+    assert type(again) is runtime.RemoteError
+    assert (again.type, again.message, again.traceback) == (
+        error.type,
+        error.message,
+        error.traceback,
+    )
 
 
 # -- process mode --------------------------------------------------------------
