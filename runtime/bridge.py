@@ -7,6 +7,12 @@ default ``/system/bridge``), which starts the call in its own nursery under a
 run at once while the bridge keeps handling messages.  When every worker is
 busy the bridge stops taking messages, so waiting calls queue in its bounded
 mailbox, in order.
+
+The bound is strict: at most ``max_workers`` threads work for a bridge at any
+moment, abandoned ones included.  A call abandoned by a timeout or by its
+caller keeps its worker slot until its thread really returns (as
+`trio.to_thread.run_sync` keeps its limiter token), so a bridge whose slots are
+all held by abandoned threads queues new calls, and says so in its health.
 """
 
 from __future__ import annotations
@@ -86,8 +92,8 @@ class Bridge(Actor):
 
     The caller gets the result or the callable's own exception; a failing
     callable never crashes the bridge.  A `timeout` raises `AskTimeout` in the
-    caller and abandons the thread (it runs on, counted as ``abandoned``) or
-    kills the worker process.
+    caller and abandons the thread (it runs on, counted as ``abandoned``, and
+    keeps its worker slot until it returns) or kills the worker process.
     """
 
     def __init__(self, max_workers: int = 8, mode: Mode = "thread") -> None:
@@ -101,7 +107,7 @@ class Bridge(Actor):
         self.completed = 0
         self.failed = 0
         self.abandoned = 0
-        self.abandoned_running = 0
+        self.abandoned_running = 0  # abandoned threads still running: each holds a slot
         self.active = 0
         self.peak_active = 0
         self.waiting = 0
@@ -154,7 +160,7 @@ class Bridge(Actor):
         self._jobs.add(job)
         self.active += 1
         self.peak_active = max(self.peak_active, self.active)
-        if self.active >= self.max_workers and self._saturated_since is None:
+        if self._saturated_since is None and self._slots_held() >= self.max_workers:
             self._saturated_since = job.started
         if self._idle.is_set():
             self._idle = trio.Event()
@@ -181,7 +187,11 @@ class Bridge(Actor):
     def _finish(self, job: _Job, result: outcome.Outcome[Any]) -> None:
         """Loop thread: a call ended (or an abandoned thread finally did)."""
         if job.state == "abandoned":
+            # Only now, with its thread returned, does an abandoned call give back its slot.
             self.abandoned_running -= 1
+            job.state = "returned"
+            self._limiter.release_on_behalf_of(job.call)
+            self._slots_freed()
             return
         if job.state != "running":
             return
@@ -200,27 +210,40 @@ class Bridge(Actor):
         self._release(job, "done")
 
     def _abandon(self, job: _Job, error: BaseException | None) -> None:
-        """Loop thread: stop waiting for a call; its thread (if any) runs on, counted."""
+        """Loop thread: stop waiting for a call; its thread (if any) runs on, counted.
+
+        A thread keeps its worker slot until it returns (`_finish` gives it
+        back); a worker process is killed before its slot is given back.
+        """
         if job.state != "running":
             return
         self.abandoned += 1
-        if self.mode == "thread":
-            self.abandoned_running += 1
         if job.scope is not None:
             job.scope.cancel()
         job.reply.fail(error if error is not None else _gave_up(job.call))
-        self._release(job, "abandoned")
+        if self.mode == "thread":
+            self.abandoned_running += 1
+            self._release(job, "abandoned", keep_slot=True)
+        else:
+            self._release(job, "abandoned")
 
-    def _release(self, job: _Job, state: str) -> None:
+    def _release(self, job: _Job, state: str, keep_slot: bool = False) -> None:
         job.state = state
         job.call.on_cancel = None
         self._jobs.discard(job)
-        self._limiter.release_on_behalf_of(job.call)
+        if not keep_slot:
+            self._limiter.release_on_behalf_of(job.call)
         self.active -= 1
-        if self.active < self.max_workers:
-            self._saturated_since = None
+        self._slots_freed()
         if self.active == 0:
             self._idle.set()
+
+    def _slots_held(self) -> int:
+        return self.active + self.abandoned_running
+
+    def _slots_freed(self) -> None:
+        if self._slots_held() < self.max_workers:
+            self._saturated_since = None
 
     async def _expire(self, job: _Job) -> None:
         with trio.CancelScope() as job.scope:
@@ -275,7 +298,12 @@ class Bridge(Actor):
                 warnings.append(
                     f"failure rate {rate:.0%} over the last {len(self._outcomes)} calls"
                 )
-        if self.abandoned_running:
+        if self.abandoned_running >= self.max_workers:
+            warnings.append(
+                f"all {self.max_workers} workers held by abandoned threads: "
+                "new calls queue until one returns"
+            )
+        elif self.abandoned_running:
             warnings.append(f"{self.abandoned_running} abandoned thread(s) still running")
         return not warnings, warnings
 
