@@ -13,14 +13,25 @@ moment, abandoned ones included.  A call abandoned by a timeout or by its
 caller keeps its worker slot until its thread really returns (as
 `trio.to_thread.run_sync` keeps its limiter token), so a bridge whose slots are
 all held by abandoned threads queues new calls, and says so in its health.
+
+Process mode (``mode="process"``, trio-parallel): the call is pickled when the
+bridge takes it, so an argument that cannot be pickled is the caller's
+`NotSerializable` before anything runs.  In the worker, `_run_pickled` runs it
+and pickles what comes of it: a result, or an exception together with its type
+name, message and traceback text, which the caller gets as a `RemoteError` when
+the exception itself cannot cross.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import importlib
+import inspect
 import logging
 import math
+import pickle
+import traceback
 from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
@@ -29,7 +40,7 @@ import outcome
 import trio
 
 from .actor import Actor
-from .errors import AskTimeout
+from .errors import AskTimeout, NotSerializable, RemoteError
 from .messages import UNHANDLED, DeferredReply
 
 log = logging.getLogger("troupe.bridge")
@@ -37,6 +48,10 @@ log = logging.getLogger("troupe.bridge")
 Mode = Literal["thread", "process"]
 SAMPLES = 1000
 SATURATION_WARNING = 5.0  # seconds all workers busy before health says so
+PROCESS_NEEDS = (
+    "process-mode work must be a module-level function with picklable arguments "
+    "(no lambdas, nested functions, locks, open files or sockets)"
+)
 
 
 class BlockingCall:
@@ -128,6 +143,15 @@ class Bridge(Actor):
             return UNHANDLED
         reply = self.ctx.defer_reply()
         self.submitted += 1
+        payload = b""
+        if self.mode == "process" and not msg.cancelled:
+            try:
+                payload = _pickle_call(msg)  # now: a caller's mistake never waits for a worker
+            except NotSerializable as exc:
+                self.failed += 1
+                self._outcomes.append(True)
+                reply.fail(exc)
+                return None
         queued_at = trio.current_time()
         acquired = False
         if not msg.cancelled and msg.deadline > queued_at:
@@ -147,7 +171,7 @@ class Bridge(Actor):
         if acquired:
             if not msg.cancelled:
                 self._waits.append(trio.current_time() - queued_at)
-                self._start(msg, reply)
+                self._start(msg, reply, payload)
                 return None
             self._limiter.release_on_behalf_of(msg)  # gave up while we waited for a worker
         # the caller gave up, or its time ran out, while the call was queued
@@ -155,7 +179,7 @@ class Bridge(Actor):
         reply.fail(_gave_up(msg) if msg.cancelled else AskTimeout(f"{msg!r} timed out queued"))
         return None
 
-    def _start(self, call: BlockingCall, reply: DeferredReply) -> None:
+    def _start(self, call: BlockingCall, reply: DeferredReply, payload: bytes) -> None:
         job = _Job(call, reply, trio.current_time())
         self._jobs.add(job)
         self.active += 1
@@ -164,12 +188,12 @@ class Bridge(Actor):
             self._saturated_since = job.started
         if self._idle.is_set():
             self._idle = trio.Event()
+        if self.mode == "process":
+            self.ctx.nursery.start_soon(self._run_in_process, job, payload)
+            return
         fn: Callable[..., Any] = call.fn
         if call.kwargs:
             fn = functools.partial(fn, **call.kwargs)
-        if self.mode == "process":
-            self.ctx.nursery.start_soon(self._run_in_process, job, fn)
-            return
         call.on_cancel = functools.partial(self._abandon, job, None)
         if call.deadline < math.inf:
             self.ctx.nursery.start_soon(self._expire, job)
@@ -250,19 +274,22 @@ class Bridge(Actor):
             await trio.sleep_until(job.call.deadline)
             self._abandon(job, AskTimeout(f"{job.call!r} did not finish within its timeout"))
 
-    async def _run_in_process(self, job: _Job, fn: Callable[..., Any]) -> None:
+    async def _run_in_process(self, job: _Job, payload: bytes) -> None:
         import trio_parallel  # only process bridges pay for the import
 
         call = job.call
         with trio.CancelScope(deadline=call.deadline) as job.scope:
             call.on_cancel = job.scope.cancel
+            result: outcome.Outcome[Any]
             try:
-                value = await trio_parallel.run_sync(fn, *call.args, kill_on_cancel=True)
-            except Exception as exc:  # the callable's own error, or a dead worker
-                self._finish(job, outcome.Error(exc))
-                return
+                done, body = await trio_parallel.run_sync(
+                    _run_pickled, payload, kill_on_cancel=True
+                )
+                result = _unpickle_outcome(call, done, body)
+            except Exception as exc:
+                result = outcome.Error(exc)
             job.scope = None
-            self._finish(job, outcome.Value(value))
+            self._finish(job, result)
             return
         # cancelled: the worker process was killed
         error = _gave_up(call) if call.cancelled else AskTimeout(f"{call!r} timed out")
@@ -333,6 +360,139 @@ class Bridge(Actor):
             "healthy": healthy,
             "warnings": "; ".join(warnings),
         }
+
+
+# -- process mode: what crosses the pipe ----------------------------------------
+
+
+def _module(name: Any) -> str:
+    # a worker process imports the main script as __mp_main__: to the caller it is __main__
+    return "__main__" if name == "__mp_main__" else str(name)
+
+
+def _name(fn: Any) -> str:
+    qualname = getattr(fn, "__qualname__", None)
+    if not isinstance(qualname, str):
+        return _what(fn)
+    module = getattr(fn, "__module__", None)
+    return f"{_module(module)}.{qualname}" if module else qualname
+
+
+def _type_name(cls: type) -> str:
+    if cls.__module__ == "builtins":
+        return cls.__qualname__
+    return f"{_module(cls.__module__)}.{cls.__qualname__}"
+
+
+def _what(value: Any) -> str:
+    """A short description of `value` for an error message: its type (and name)."""
+    if isinstance(getattr(value, "__qualname__", None), str) and callable(value):
+        return f"{type(value).__name__} {_name(value)}"
+    return f"a {_type_name(type(value))}"
+
+
+def _why(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _pickle_call(call: BlockingCall) -> bytes:
+    """The call as the worker will get it; `NotSerializable` naming what cannot be pickled."""
+    try:
+        return pickle.dumps((call.fn, call.args, call.kwargs), pickle.HIGHEST_PROTOCOL)
+    except Exception as exc:
+        raise NotSerializable(_unpicklable(call, exc)) from None
+
+
+def _unpicklable(call: BlockingCall, exc: BaseException) -> str:
+    """Which part of `call` cannot be pickled (pickled one by one, on this error path only)."""
+    name = _name(call.fn)
+    parts: list[tuple[str, Any]] = [(f"args[{i}] of {name}", a) for i, a in enumerate(call.args)]
+    parts += [(f"keyword argument {k!r} of {name}", a) for k, a in call.kwargs.items()]
+    culprit, why = f"the call to {name}", _why(exc)
+    try:
+        pickle.dumps(call.fn, pickle.HIGHEST_PROTOCOL)
+    except Exception as error:
+        culprit, why = f"the function {name}", _why(error)
+    else:
+        for what, value in parts:
+            try:
+                pickle.dumps(value, pickle.HIGHEST_PROTOCOL)
+            except Exception as error:
+                culprit, why = f"{what} ({_what(value)})", _why(error)
+                break
+    return f"{culprit} cannot be pickled for a worker process ({why}): {PROCESS_NEEDS}"
+
+
+def _pickled_error(exc: BaseException) -> tuple[bytes | None, str, str, str]:
+    """Worker process: an exception as its pickle (None if it has none) and as text."""
+    text = "".join(traceback.format_exception(exc))
+    try:
+        message = str(exc)
+    except Exception:
+        message = f"<str() of {type(exc).__qualname__} failed>"
+    try:
+        # tracebacks, causes and attributes travel too, as trio-parallel sends them
+        importlib.import_module("tblib.pickling_support").install(exc)
+        blob: bytes | None = pickle.dumps(exc, pickle.HIGHEST_PROTOCOL)
+    except Exception:
+        blob = None
+    return blob, _type_name(type(exc)), message, text
+
+
+def _run_pickled(payload: bytes) -> tuple[bool, Any]:
+    """Worker process: unpickle the call, run it, and pickle what comes of it; never raises.
+
+    Returns ``(True, pickled result)`` or ``(False, _pickled_error(exc))``.
+    """
+    try:
+        fn, args, kwargs = pickle.loads(payload)
+    except Exception as exc:
+        return False, _pickled_error(
+            NotSerializable(
+                f"the call could not be unpickled in the worker process ({_why(exc)}): "
+                f"{PROCESS_NEEDS}"
+            )
+        )
+    try:
+        result = fn(*args, **kwargs)
+        if inspect.iscoroutine(result):
+            result.close()
+            raise TypeError(f"{_name(fn)} is async: a bridge runs plain (sync) functions")
+    except BaseException as exc:  # the callable's own error travels back, whatever it is
+        if exc.__traceback__ is not None and exc.__traceback__.tb_next is not None:
+            exc.__traceback__ = exc.__traceback__.tb_next  # from the callable down
+        return False, _pickled_error(exc)
+    try:
+        return True, pickle.dumps(result, pickle.HIGHEST_PROTOCOL)
+    except Exception as exc:
+        return False, _pickled_error(
+            NotSerializable(
+                f"the result of {_name(fn)} ({_what(result)}) cannot be pickled "
+                f"to come back from the worker process ({_why(exc)})"
+            )
+        )
+
+
+def _unpickle_outcome(call: BlockingCall, done: bool, body: Any) -> outcome.Outcome[Any]:
+    """Loop thread: what `_run_pickled` sent back, as the caller's outcome."""
+    if done:
+        try:
+            return outcome.Value(pickle.loads(body))
+        except Exception as exc:
+            return outcome.Error(
+                NotSerializable(
+                    f"the result of {_name(call.fn)} could not be unpickled here ({_why(exc)})"
+                )
+            )
+    blob, type_name, message, text = body
+    if blob is not None:
+        try:
+            error = pickle.loads(blob)
+        except Exception:
+            error = None
+        if isinstance(error, BaseException):
+            return outcome.Error(error)
+    return outcome.Error(RemoteError(type_name, message, text))
 
 
 def _gave_up(call: BlockingCall) -> BaseException:

@@ -813,3 +813,85 @@ async def test_the_bridge_queue_is_bounded_by_its_mailbox() -> None:
                     await system.run_blocking(job, None, bridge="/app/one")
                 gate.set()
             assert results == ["ok"] * 4
+
+
+# -- process mode: what crosses the pipe ------------------------------------------
+
+
+def touch(path: str, *args: Any, **kwargs: Any) -> str:
+    """Leaves a mark if it ever runs."""
+    Path(path).write_text("ran")
+    return "touched"
+
+
+class UnpicklableError(Exception):
+    """An exception that cannot be pickled: it holds a lock."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.lock = threading.Lock()
+
+
+def raise_unpicklable(n: int) -> None:
+    raise UnpicklableError(f"boom {n}")
+
+
+def make_lock() -> Any:
+    return threading.Lock()
+
+
+async def test_process_mode_unpicklable_arguments_raise_not_serializable_before_running(
+    tmp_path: Path,
+) -> None:
+    mark = tmp_path / "ran"
+    with trio.fail_after(2 * WAIT):
+        async with runtime.open_system(PROCESS_TREE) as system:
+            cases: list[tuple[tuple[Any, ...], dict[str, Any], str]] = [
+                ((touch, str(mark), threading.Lock()), {}, "args[1]"),
+                ((touch, str(mark)), {"key": lambda: 1}, "keyword argument 'key'"),
+                ((lambda: touch(str(mark)),), {}, "the function"),
+            ]
+            for args, kwargs, culprit in cases:
+                with pytest.raises(runtime.NotSerializable) as info:
+                    await system.run_blocking(*args, bridge="/app/cpu", **kwargs)
+                error = info.value
+                assert isinstance(error, TypeError) and isinstance(error, runtime.TroupeError)
+                message = str(error)
+                assert culprit in message, message
+                assert "module-level function" in message, message
+                assert "picklable arguments" in message, message
+            assert not mark.exists()  # nothing ran
+            s = stats(system, "/app/cpu")
+            assert (s["submitted"], s["failed"], s["completed"], s["active"]) == (3, 3, 0, 0)
+            # the bridge keeps working
+            assert await system.run_blocking(touch, str(mark), bridge="/app/cpu") == "touched"
+            assert mark.exists()
+
+
+async def test_process_mode_errors_come_back_typed_or_as_remote_error() -> None:
+    with trio.fail_after(2 * WAIT):
+        async with runtime.open_system(PROCESS_TREE) as system:
+            # a picklable exception comes back as itself, attributes and all
+            with pytest.raises(CustomError) as custom:
+                await system.run_blocking(fail_with, 5, bridge="/app/cpu")
+            assert custom.value.code == 5
+
+            # one that cannot be pickled comes back as text: type, message, traceback
+            with pytest.raises(runtime.RemoteError) as remote:
+                await system.run_blocking(raise_unpicklable, 3, bridge="/app/cpu")
+            error = remote.value
+            assert error.type.endswith("UnpicklableError"), error.type
+            assert error.message == "boom 3"
+            assert "UnpicklableError" in str(error) and "boom 3" in str(error)
+            assert "raise_unpicklable" in error.traceback, error.traceback
+            assert "UnpicklableError: boom 3" in error.traceback, error.traceback
+
+            # a result that cannot be pickled is the caller's NotSerializable, naming it
+            with pytest.raises(runtime.NotSerializable) as result:
+                await system.run_blocking(make_lock, bridge="/app/cpu")
+            assert "result of" in str(result.value) and "make_lock" in str(result.value)
+
+            info_ = system.snapshot().find("/app/cpu")
+            assert info_.restarts == 0
+            assert (info_.stats["failed"], info_.stats["completed"]) == (3, 0)
+            assert await system.run_blocking(cpu_bound, 10, bridge="/app/cpu") == cpu_bound(10)
