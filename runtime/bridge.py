@@ -19,7 +19,9 @@ bridge takes it, so an argument that cannot be pickled is the caller's
 `NotSerializable` before anything runs.  In the worker, `_run_pickled` runs it
 and pickles what comes of it: a result, or an exception together with its type
 name, message and traceback text, which the caller gets as a `RemoteError` when
-the exception itself cannot cross.
+the exception itself cannot cross.  A worker that finds itself started by a
+main script without an ``if __name__ == "__main__":`` guard exits with
+`NO_MAIN_GUARD_EXIT`, which the bridge turns into an error that says so.
 """
 
 from __future__ import annotations
@@ -30,7 +32,9 @@ import importlib
 import inspect
 import logging
 import math
+import os
 import pickle
+import sys
 import traceback
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -48,10 +52,12 @@ log = logging.getLogger("troupe.bridge")
 Mode = Literal["thread", "process"]
 SAMPLES = 1000
 SATURATION_WARNING = 5.0  # seconds all workers busy before health says so
+NO_MAIN_GUARD_EXIT = 78  # a worker process's exit status: "the main script has no guard"
 PROCESS_NEEDS = (
     "process-mode work must be a module-level function with picklable arguments "
     "(no lambdas, nested functions, locks, open files or sockets)"
 )
+MAIN_GUARD = 'if __name__ == "__main__":'
 
 
 class BlockingCall:
@@ -132,8 +138,11 @@ class Bridge(Actor):
         self._saturated_since: float | None = None
         self._idle = trio.Event()
         self._idle.set()
+        self._workers_ok = False  # process mode: a worker process was seen to start and serve
 
     async def on_start(self) -> None:
+        if self.mode == "process":
+            _exit_if_a_worker_runs_an_unguarded_main()
         self._limiter = trio.CapacityLimiter(self.max_workers)
         self._token = trio.lowlevel.current_trio_token()
         self._jobs: set[_Job] = set()
@@ -282,10 +291,17 @@ class Bridge(Actor):
             call.on_cancel = job.scope.cancel
             result: outcome.Outcome[Any]
             try:
+                if not self._workers_ok:
+                    # A tiny first job: a worker that dies before it runs anything is
+                    # told apart from one that died in the call, whatever its size.
+                    await trio_parallel.run_sync(_worker_ready, kill_on_cancel=True)
+                    self._workers_ok = True
                 done, body = await trio_parallel.run_sync(
                     _run_pickled, payload, kill_on_cancel=True
                 )
                 result = _unpickle_outcome(call, done, body)
+            except trio_parallel.BrokenWorkerError as exc:  # the worker died
+                result = outcome.Error(self._explain_dead_worker(exc))
             except Exception as exc:
                 result = outcome.Error(exc)
             job.scope = None
@@ -294,6 +310,19 @@ class Bridge(Actor):
         # cancelled: the worker process was killed
         error = _gave_up(call) if call.cancelled else AskTimeout(f"{call!r} timed out")
         self._abandon(job, error)
+
+    def _explain_dead_worker(self, exc: BaseException) -> BaseException:
+        process = exc.args[-1] if exc.args else None
+        if getattr(process, "exitcode", None) != NO_MAIN_GUARD_EXIT:
+            return exc
+        error = RuntimeError(
+            f"process bridge {self.ctx.path} cannot start worker processes: each one "
+            f"imports the main script {_main_script()} again, and that script, having no "
+            f"`{MAIN_GUARD}` guard, starts the actor system again inside the worker. "
+            f"Move the code that starts the system into an `{MAIN_GUARD}` block."
+        )
+        error.__cause__ = exc
+        return error
 
     async def on_stop(self, reason: object) -> None:
         """Let calls in flight finish, up to this child's shutdown timeout; then let go."""
@@ -493,6 +522,42 @@ def _unpickle_outcome(call: BlockingCall, done: bool, body: Any) -> outcome.Outc
         if isinstance(error, BaseException):
             return outcome.Error(error)
     return outcome.Error(RemoteError(type_name, message, text))
+
+
+def _worker_ready() -> bool:
+    return True
+
+
+def _main_script() -> str:
+    # while a worker imports it again, the main script is __mp_main__
+    for name in ("__mp_main__", "__main__"):
+        path = getattr(sys.modules.get(name), "__file__", None)
+        if path:
+            return repr(path)
+    return "(unknown)"
+
+
+def _exit_if_a_worker_runs_an_unguarded_main() -> None:
+    """A process bridge starting while multiprocessing bootstraps this process.
+
+    A spawned worker imports the main script again; one without a main guard
+    starts its actor system there again, and its process bridge would start
+    workers of its own (multiprocessing refuses), forever.  Such a worker can
+    never serve: it says why and exits with `NO_MAIN_GUARD_EXIT`, which the
+    bridge in the parent turns into an error that says so.
+    """
+    import multiprocessing
+
+    if not getattr(multiprocessing.current_process(), "_inheriting", False):
+        return
+    sys.stderr.write(
+        f"troupe: worker process {os.getpid()} of a process bridge exits: importing the "
+        f"main script {_main_script()} again started the actor system inside the worker, "
+        f"because the script has no `{MAIN_GUARD}` guard. Move the code that starts "
+        f"the system into an `{MAIN_GUARD}` block.\n"
+    )
+    sys.stderr.flush()
+    os._exit(NO_MAIN_GUARD_EXIT)
 
 
 def _gave_up(call: BlockingCall) -> BaseException:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -895,3 +897,81 @@ async def test_process_mode_errors_come_back_typed_or_as_remote_error() -> None:
             assert info_.restarts == 0
             assert (info_.stats["failed"], info_.stats["completed"]) == (3, 0)
             assert await system.run_blocking(cpu_bound, 10, bridge="/app/cpu") == cpu_bound(10)
+
+
+MAIN_SCRIPT = """\
+import os
+import sys
+
+import trio
+
+import runtime
+from runtime import Supervisor, child
+
+with open("runs.txt", "a") as runs:  # every process that runs this module body
+    runs.write(f"{os.getpid()}\\n")
+
+
+def square(n):
+    return n * n
+
+
+async def main():
+    bridge = child(runtime.Bridge, name="cpu", kwargs={"mode": "process", "max_workers": 1})
+    async with runtime.open_system(Supervisor("app", children=[bridge])) as system:
+        return await system.run_blocking(square, 7, bridge="/app/cpu", timeout=60)
+
+
+def entry():
+    try:
+        print(os.getpid(), "RESULT", trio.run(main), flush=True)
+    except Exception as exc:
+        message = str(exc).replace("\\n", " ")
+        print(os.getpid(), "ERROR", type(exc).__name__, message, flush=True)
+        sys.exit(3)
+
+
+"""
+
+
+def run_script(folder: Path, body: str) -> tuple[subprocess.CompletedProcess[str], list[str]]:
+    """Run a script that starts a process bridge; return its result and its own output lines."""
+    script = folder / "app.py"
+    script.write_text(MAIN_SCRIPT + body)
+    root = str(Path(runtime.__file__).resolve().parent.parent)
+    env = {**os.environ, "PYTHONPATH": root}
+    proc = subprocess.run(
+        [sys.executable, str(script)],
+        cwd=folder,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=4 * WAIT,
+    )
+    mine = [line for line in proc.stdout.splitlines() if line.startswith(f"{proc_pid(folder)} ")]
+    return proc, mine
+
+
+def proc_pid(folder: Path) -> str:
+    """The pid of the script's own process: the first that ran its module body."""
+    return (folder / "runs.txt").read_text().split()[0]
+
+
+def test_a_script_without_a_main_guard_gets_an_error_that_says_so(tmp_path: Path) -> None:
+    guarded = tmp_path / "guarded"
+    guarded.mkdir()
+    proc, mine = run_script(guarded, 'if __name__ == "__main__":\n    entry()\n')
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert mine == [f"{proc_pid(guarded)} RESULT 49"], proc.stdout + proc.stderr
+
+    unguarded = tmp_path / "unguarded"
+    unguarded.mkdir()
+    proc, mine = run_script(unguarded, "entry()\n")
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    assert len(mine) == 1, proc.stdout + proc.stderr
+    assert mine[0].startswith(f"{proc_pid(unguarded)} ERROR RuntimeError"), mine[0]
+    assert 'if __name__ == "__main__":' in mine[0], mine[0]
+    assert "/app/cpu" in mine[0], mine[0]
+    # the workers said it too, and the script did not run over and over
+    assert 'if __name__ == "__main__":' in proc.stderr, proc.stderr
+    assert len((unguarded / "runs.txt").read_text().split()) <= 3
