@@ -97,7 +97,7 @@ class _Job:
         self.call = call
         self.reply = reply
         self.started = started
-        self.state = "running"  # -> "done" | "abandoned"
+        self.state = "running"  # -> "done" | "abandoned" (-> "returned": its thread ended)
         self.scope: trio.CancelScope | None = None  # its timer, or its process task
 
 
