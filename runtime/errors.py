@@ -61,3 +61,24 @@ class RestartIntensityExceeded(TroupeError):
         self.path = path
         self.max_restarts = max_restarts
         self.within = within
+
+
+class NotSerializable(TroupeError, TypeError):
+    """A value cannot cross to another process: it cannot be pickled (or unpickled there)."""
+
+
+class RemoteError(TroupeError):
+    """A failure elsewhere (e.g. in a worker process), carried as text, not as a pickled exception.
+
+    Attributes: `type` (the remote exception's qualified type name), `message`
+    (its ``str()``) and `traceback` (its formatted traceback, as text).
+    """
+
+    def __init__(self, type: str, message: str, traceback: str = "") -> None:
+        super().__init__(f"{type}: {message}" if message else type)
+        self.type = type
+        self.message = message
+        self.traceback = traceback
+
+    def __reduce__(self) -> tuple[type[RemoteError], tuple[str, str, str]]:
+        return (RemoteError, (self.type, self.message, self.traceback))

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -231,7 +234,7 @@ async def test_timeout_raises_ask_timeout_and_abandons_the_running_thread() -> N
             s = stats(system)
             assert not finished.is_set()  # the thread keeps running
             assert s["abandoned_running"] == 1
-            assert s["active"] == 0  # its worker slot was given back
+            assert s["active"] == 0  # no caller waits for it (it keeps its slot until it returns)
             assert s["completed"] == 0 and s["failed"] == 0
             assert s["healthy"] is False
             assert "abandoned" in s["warnings"]
@@ -624,6 +627,33 @@ async def test_shutdown_abandons_calls_past_the_shutdown_timeout_and_never_hangs
     assert "abandoned" in str(outcome[0])
 
 
+# -- errors that cross process boundaries ---------------------------------------
+
+
+def test_not_serializable_and_remote_error_are_troupe_errors() -> None:
+    assert issubclass(runtime.NotSerializable, runtime.TroupeError)
+    assert issubclass(runtime.NotSerializable, TypeError)  # what pickle itself raises
+    assert issubclass(runtime.RemoteError, runtime.TroupeError)
+    assert not issubclass(runtime.RemoteError, TypeError)
+
+    error = runtime.RemoteError("mylib.ParseError", "bad token 'x'", "Traceback ...\n")
+    assert (error.type, error.message, error.traceback) == (
+        "mylib.ParseError",
+        "bad token 'x'",
+        "Traceback ...\n",
+    )
+    assert str(error) == "mylib.ParseError: bad token 'x'"
+    assert str(runtime.RemoteError("KeyboardInterrupt", "")) == "KeyboardInterrupt"
+    # it travels as its three strings
+    again = pickle.loads(pickle.dumps(error))
+    assert type(again) is runtime.RemoteError
+    assert (again.type, again.message, again.traceback) == (
+        error.type,
+        error.message,
+        error.traceback,
+    )
+
+
 # -- process mode --------------------------------------------------------------
 # Functions run in worker processes must be importable: they live at module level.
 
@@ -785,3 +815,163 @@ async def test_the_bridge_queue_is_bounded_by_its_mailbox() -> None:
                     await system.run_blocking(job, None, bridge="/app/one")
                 gate.set()
             assert results == ["ok"] * 4
+
+
+# -- process mode: what crosses the pipe ------------------------------------------
+
+
+def touch(path: str, *args: Any, **kwargs: Any) -> str:
+    """Leaves a mark if it ever runs."""
+    Path(path).write_text("ran")
+    return "touched"
+
+
+class UnpicklableError(Exception):
+    """An exception that cannot be pickled: it holds a lock."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.lock = threading.Lock()
+
+
+def raise_unpicklable(n: int) -> None:
+    raise UnpicklableError(f"boom {n}")
+
+
+def make_lock() -> Any:
+    return threading.Lock()
+
+
+async def test_process_mode_unpicklable_arguments_raise_not_serializable_before_running(
+    tmp_path: Path,
+) -> None:
+    mark = tmp_path / "ran"
+    with trio.fail_after(2 * WAIT):
+        async with runtime.open_system(PROCESS_TREE) as system:
+            cases: list[tuple[tuple[Any, ...], dict[str, Any], str]] = [
+                ((touch, str(mark), threading.Lock()), {}, "args[1]"),
+                ((touch, str(mark)), {"key": lambda: 1}, "keyword argument 'key'"),
+                ((lambda: touch(str(mark)),), {}, "the function"),
+            ]
+            for args, kwargs, culprit in cases:
+                with pytest.raises(runtime.NotSerializable) as info:
+                    await system.run_blocking(*args, bridge="/app/cpu", **kwargs)
+                error = info.value
+                assert isinstance(error, TypeError) and isinstance(error, runtime.TroupeError)
+                message = str(error)
+                assert culprit in message, message
+                assert "module-level function" in message, message
+                assert "picklable arguments" in message, message
+            assert not mark.exists()  # nothing ran
+            s = stats(system, "/app/cpu")
+            assert (s["submitted"], s["failed"], s["completed"], s["active"]) == (3, 3, 0, 0)
+            # the bridge keeps working
+            assert await system.run_blocking(touch, str(mark), bridge="/app/cpu") == "touched"
+            assert mark.exists()
+
+
+async def test_process_mode_errors_come_back_typed_or_as_remote_error() -> None:
+    with trio.fail_after(2 * WAIT):
+        async with runtime.open_system(PROCESS_TREE) as system:
+            # a picklable exception comes back as itself, attributes and all
+            with pytest.raises(CustomError) as custom:
+                await system.run_blocking(fail_with, 5, bridge="/app/cpu")
+            assert custom.value.code == 5
+
+            # one that cannot be pickled comes back as text: type, message, traceback
+            with pytest.raises(runtime.RemoteError) as remote:
+                await system.run_blocking(raise_unpicklable, 3, bridge="/app/cpu")
+            error = remote.value
+            assert error.type.endswith("UnpicklableError"), error.type
+            assert error.message == "boom 3"
+            assert "UnpicklableError" in str(error) and "boom 3" in str(error)
+            assert "raise_unpicklable" in error.traceback, error.traceback
+            assert "UnpicklableError: boom 3" in error.traceback, error.traceback
+
+            # a result that cannot be pickled is the caller's NotSerializable, naming it
+            with pytest.raises(runtime.NotSerializable) as result:
+                await system.run_blocking(make_lock, bridge="/app/cpu")
+            assert "result of" in str(result.value) and "make_lock" in str(result.value)
+
+            info_ = system.snapshot().find("/app/cpu")
+            assert info_.restarts == 0
+            assert (info_.stats["failed"], info_.stats["completed"]) == (3, 0)
+            assert await system.run_blocking(cpu_bound, 10, bridge="/app/cpu") == cpu_bound(10)
+
+
+MAIN_SCRIPT = """\
+import os
+import sys
+
+import trio
+
+import runtime
+from runtime import Supervisor, child
+
+with open("runs.txt", "a") as runs:  # every process that runs this module body
+    runs.write(f"{os.getpid()}\\n")
+
+
+def square(n):
+    return n * n
+
+
+async def main():
+    bridge = child(runtime.Bridge, name="cpu", kwargs={"mode": "process", "max_workers": 1})
+    async with runtime.open_system(Supervisor("app", children=[bridge])) as system:
+        return await system.run_blocking(square, 7, bridge="/app/cpu", timeout=60)
+
+
+def entry():
+    try:
+        print(os.getpid(), "RESULT", trio.run(main), flush=True)
+    except Exception as exc:
+        message = str(exc).replace("\\n", " ")
+        print(os.getpid(), "ERROR", type(exc).__name__, message, flush=True)
+        sys.exit(3)
+
+
+"""
+
+
+def run_script(folder: Path, body: str) -> tuple[subprocess.CompletedProcess[str], list[str]]:
+    """Run a script that starts a process bridge; return its result and its own output lines."""
+    script = folder / "app.py"
+    script.write_text(MAIN_SCRIPT + body)
+    root = str(Path(runtime.__file__).resolve().parent.parent)
+    env = {**os.environ, "PYTHONPATH": root}
+    proc = subprocess.run(
+        [sys.executable, str(script)],
+        cwd=folder,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=4 * WAIT,
+    )
+    mine = [line for line in proc.stdout.splitlines() if line.startswith(f"{proc_pid(folder)} ")]
+    return proc, mine
+
+
+def proc_pid(folder: Path) -> str:
+    """The pid of the script's own process: the first that ran its module body."""
+    return (folder / "runs.txt").read_text().split()[0]
+
+
+def test_a_script_without_a_main_guard_gets_an_error_that_says_so(tmp_path: Path) -> None:
+    guarded = tmp_path / "guarded"
+    guarded.mkdir()
+    proc, mine = run_script(guarded, 'if __name__ == "__main__":\n    entry()\n')
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert mine == [f"{proc_pid(guarded)} RESULT 49"], proc.stdout + proc.stderr
+
+    unguarded = tmp_path / "unguarded"
+    unguarded.mkdir()
+    proc, mine = run_script(unguarded, "entry()\n")
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    assert len(mine) == 1, proc.stdout + proc.stderr
+    assert mine[0].startswith(f"{proc_pid(unguarded)} ERROR RuntimeError"), mine[0]
+    assert 'if __name__ == "__main__":' in mine[0], mine[0]
+    assert "/app/cpu" in mine[0], mine[0]
+    # the workers said it too, and the script did not run over and over
+    assert 'if __name__ == "__main__":' in proc.stderr, proc.stderr
+    assert len((unguarded / "runs.txt").read_text().split()) <= 3
