@@ -24,6 +24,7 @@ test: install
 lint: install
 	$(BIN)/ruff check runtime actors tests examples benchmarks
 	$(BIN)/mypy runtime actors
+	$(BIN)/lint-imports
 
 bench: install
 	$(BIN)/python -m benchmarks
