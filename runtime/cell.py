@@ -34,7 +34,7 @@ from .messages import (
 )
 from .ref import ActorRef
 from .spec import ChildSpec, check_handlers
-from .waits import begin_wait, end_wait, enter_incarnation, waiting_slot
+from .waits import begin_wait, end_wait, enter_incarnation, let_in, waiting_slot
 
 if TYPE_CHECKING:
     from .host import Host
@@ -52,6 +52,19 @@ IDLE: Any = object()
 """`ActorBehaviour.current` when no message is in hand."""
 
 # -- how an incarnation ended ------------------------------------------------
+class HandlerFailed(Exception):
+    """Carries an exception raised by `receive` or `on_start` out of the incarnation's
+    nursery.  Trio formats the ``repr`` of what crosses a nursery; a user error whose
+    ``repr`` raises would corrupt the nursery, so the user's error never crosses it bare."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__()
+        self.error = error
+
+    def __repr__(self) -> str:
+        return f"HandlerFailed({type(self.error).__qualname__})"
+
+
 def _single(exc: BaseException | None) -> BaseException | None:
     while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
         exc = exc.exceptions[0]
@@ -72,9 +85,14 @@ def classify(exc: BaseException) -> tuple[BaseException | None, BaseException | 
         interrupt = None
         if others is not None:
             _, interrupt = others.split(trio.Cancelled)
-        return _single(crashes), _single(interrupt)
+        crash = _single(crashes)
+        if isinstance(crash, HandlerFailed):
+            crash = crash.error
+        return crash, _single(interrupt)
     if isinstance(exc, trio.Cancelled):
         return None, None
+    if isinstance(exc, HandlerFailed):
+        return exc.error, None
     if isinstance(exc, Exception):
         return exc, None
     return None, exc
@@ -136,6 +154,7 @@ class Cell:
         "stopping_by_parent",
         "task",
         "waiting_for",
+        "waiting_to_send",
         "watchers",
         "watching",
     )
@@ -155,7 +174,7 @@ class Cell:
         self.path = path
         self.behaviour = behaviour
         self.ref = ActorRef(self)
-        self.mailbox = MailboxQueue(spec.mailbox_spec(), self.drop, host.gate)
+        self.mailbox = MailboxQueue(spec.mailbox_spec(), self.drop, host.gate, let_in)
         self.state = "starting"
         self.incarnation = 0
         self.restarts = 0
@@ -171,6 +190,7 @@ class Cell:
         self.watching: dict[Cell, None] | None = None
         self.stopping_by_parent = False
         self.waiting_for: Cell | None = None  # rule 5: whom this slot's handler waits on
+        self.waiting_to_send = False  # ... and whether only for room in its mailbox
         self.task: trio.lowlevel.Task | None = None  # the running incarnation's task
         self._stop_reason: str | None = None
         self._kill_scope: trio.CancelScope | None = None
@@ -446,7 +466,7 @@ class ActorBehaviour:
         item = self.current if reply is None else Ask(self.current, reply)
         me = waiting_slot()
         if me is not None and not target.mailbox.has_room():
-            begin_wait(me, target, f"forwarding {type(self.current).__name__}")
+            begin_wait(me, target, f"forwarding {type(self.current).__name__}", to_send=True)
             try:
                 await target.mailbox.put_wait(item)
             finally:
@@ -524,7 +544,10 @@ class ActorBehaviour:
                     self.actor = actor
                     for pattern in type(actor).subscriptions:
                         cell.host.subscribe_cell(cell, pattern)
-                    await actor.on_start()
+                    try:
+                        await actor.on_start()
+                    except Exception as exc:
+                        raise HandlerFailed(exc) from None
                     started = True
                     cell.mark_started(incarnation, task_status)
                     reason = await self._loop(cell, actor)
@@ -642,6 +665,8 @@ class ActorBehaviour:
                     cell.record_error(crash, "crashed")
                     self._noted = crash
                     cell.drop(item, "crashed", crash)
+                    if isinstance(exc, Exception):
+                        raise HandlerFailed(exc) from None
                 raise
             self.current = IDLE
             cell.processed += 1

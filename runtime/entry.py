@@ -94,22 +94,36 @@ async def _serving(
     monitor.on_blocked = None if mock else system.publish_blocked
     trio.lowlevel.add_instrument(monitor)
     start_error: BaseException | None = None
+
+    async def run_tree(task_status: trio.TaskStatus[BaseException | None]) -> None:
+        # The tree's tasks live here.  Once the tree has started this scope is
+        # shielded, so that an outer cancel scope or timeout around `open_system`
+        # cancels only the body, and the graceful stop that follows is not cut short.
+        with trio.CancelScope() as scope:
+            async with trio.open_nursery() as nursery:
+                if not mock:
+                    nursery.start_soon(monitor.probe, name="troupe loop probe")
+                error = await nursery.start(system.root.run, name="/")
+                if error is None:
+                    scope.shield = True
+                    system.started_at = time.time()
+                    if control:
+                        folder = pathlib.Path(control_dir) if control_dir is not None else None
+                        system.control = ControlServer(system, folder)
+                        await nursery.start(system.control.serve, name="troupe control socket")
+                    if metrics_port is not None:
+                        system.metrics = MetricsServer(system, metrics_port)
+                        await nursery.start(system.metrics.serve, name="troupe metrics")
+                task_status.started(error)
+                await system.root.wait_done()
+                nursery.cancel_scope.cancel()  # the probe and the faces end with the tree
+
     try:
         async with trio.open_nursery() as nursery:
             system.open(trio.lowlevel.current_trio_token())
-            if not mock:
-                nursery.start_soon(monitor.probe, name="troupe loop probe")
-            start_error = await nursery.start(system.root.run, name="/")
+            start_error = await nursery.start(run_tree, name="troupe tree")
             if start_error is None:
-                system.started_at = time.time()
-                if control:
-                    folder = pathlib.Path(control_dir) if control_dir is not None else None
-                    system.control = ControlServer(system, folder)
-                    await nursery.start(system.control.serve, name="troupe control socket")
-                if metrics_port is not None:
-                    system.metrics = MetricsServer(system, metrics_port)
-                    await nursery.start(system.metrics.serve, name="troupe metrics")
-                system.on_root_exit(nursery.cancel_scope.cancel)
+                system.on_root_exit(nursery.cancel_scope.cancel)  # the tree failed: end the body
                 try:
                     yield system
                 finally:
@@ -118,8 +132,7 @@ async def _serving(
                     # graceful stop.  Its length is bounded by the shutdown timeouts.
                     with trio.CancelScope(shield=True):
                         await system.root.wait_done()
-            nursery.cancel_scope.cancel()
-            system.close()
+        system.close()
     except BaseExceptionGroup as group:
         error = system.interrupt or system.failure or _unwrap(group)
         raise error from error.__cause__  # keep its cause, drop the group

@@ -87,6 +87,7 @@ class MailboxQueue:
         "_drop",
         "_gate",
         "_high_water",
+        "_on_let_in",
         "_reserved",
         "_room_wanted",
         "_senders_waiting",
@@ -100,7 +101,15 @@ class MailboxQueue:
         "overflow",
     )
 
-    def __init__(self, spec: Mailbox, drop: Drop, gate: ThreadRoom | None = None) -> None:
+    def __init__(
+        self,
+        spec: Mailbox,
+        drop: Drop,
+        gate: ThreadRoom | None = None,
+        on_let_in: Callable[[trio.lowlevel.Task], None] | None = None,
+    ) -> None:
+        """`drop(item, reason)` accounts for what is not delivered; `gate` is the
+        foreign-thread gate; `on_let_in(task)` is told of each blocked sender let in."""
         self.capacity = spec.capacity
         self.overflow = spec.overflow
         # Threads need room reserved by the loop before they send only where fullness
@@ -112,6 +121,7 @@ class MailboxQueue:
         self._closed = False
         self._drop = drop
         self._gate = gate
+        self._on_let_in = on_let_in
         self._waiter: trio.lowlevel.Task | None = None
         self._space: trio.lowlevel.ParkingLot | None = None
         self._senders_waiting = 0
@@ -232,8 +242,7 @@ class MailboxQueue:
                 await self._wait_for_room()
         self.put(item)
         if self._senders_waiting and self.has_room():
-            assert self._space is not None
-            self._space.unpark()  # room for the next in line too: pass it on
+            self._let_in(1)  # room for the next in line too: pass it on
         await trio.lowlevel.cancel_shielded_checkpoint()
 
     async def _wait_for_room(self) -> None:
@@ -312,8 +321,7 @@ class MailboxQueue:
             if taken:
                 self._reserved = max(0, self._reserved - taken)
                 if self._senders_waiting:
-                    assert self._space is not None
-                    self._space.unpark()
+                    self._let_in(1)
         return len(self._user) + self._reserved < self.capacity
 
     # -- the consumer --------------------------------------------------------
@@ -369,11 +377,18 @@ class MailboxQueue:
     def _room_made(self) -> None:
         """Room was made: let a blocked sender in, and tell the gate if threads wait."""
         if self._senders_waiting:
-            assert self._space is not None
-            self._space.unpark()
+            self._let_in(1)
         if self._threads_waiting and self._gate is not None and self._gate.room_freed(self):
             self._threads_waiting = False
         self._room_wanted = bool(self._senders_waiting) or self._threads_waiting
+
+    def _let_in(self, count: int | None) -> None:
+        """Let `count` blocked senders in (all if None), telling `on_let_in` who."""
+        assert self._space is not None
+        tasks = self._space.unpark_all() if count is None else self._space.unpark(count=count)
+        if self._on_let_in is not None:
+            for task in tasks:
+                self._on_let_in(task)
 
     def _wake(self) -> None:
         task = self._waiter
@@ -399,7 +414,7 @@ class MailboxQueue:
         self._system = None
         self._user = _NO_MESSAGES
         if self._space is not None:
-            self._space.unpark_all()
+            self._let_in(None)
         self.wake()
         return rest
 

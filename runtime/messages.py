@@ -134,10 +134,16 @@ class Reply:
     asker gave up, so that it can be recorded in dead letters.
     """
 
-    __slots__ = ("_error", "_event", "_on_late", "_value", "asker", "state")
+    __slots__ = ("_error", "_event", "_on_late", "_on_settled", "_value", "asker", "state")
 
-    def __init__(self, on_late: Callable[[Any], None], asker: Any = None) -> None:
+    def __init__(
+        self,
+        on_late: Callable[[Any], None],
+        asker: Any = None,
+        on_settled: Callable[[], None] | None = None,
+    ) -> None:
         self.asker = asker  # the slot whose handler waits on this reply, if any (rule 5)
+        self._on_settled = on_settled  # called once the reply is settled (the wait is over)
         self._event = trio.Event()
         self._value: Any = None
         self._error: BaseException | None = None
@@ -149,6 +155,8 @@ class Reply:
             self._value = value
             self.state = "done"
             self._event.set()
+            if self._on_settled is not None:
+                self._on_settled()
             return True
         if self.state == "abandoned":
             self._on_late(value)
@@ -160,6 +168,8 @@ class Reply:
         self._error = error
         self.state = "done"
         self._event.set()
+        if self._on_settled is not None:
+            self._on_settled()
         return True
 
     async def wait(self, deadline: float, what: str) -> Any:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from functools import partial
 from threading import get_ident
 from typing import TYPE_CHECKING, Any
 
@@ -114,7 +115,7 @@ class ActorRef:
         if me is None:
             await mailbox.put_wait(msg)
             return
-        begin_wait(me, cell, f"{me.path} sending {type(msg).__name__}")
+        begin_wait(me, cell, f"{me.path} sending {type(msg).__name__}", to_send=True)
         try:
             await mailbox.put_wait(msg)
         finally:
@@ -141,7 +142,8 @@ class ActorRef:
         if me is not None:
             begin_wait(me, cell, f"{me.path} asking {type(msg).__name__}")
         try:
-            reply = Reply(cell.late_reply, me)
+            # the reply ends the edge at once, not when this task next runs
+            reply = Reply(cell.late_reply, me, None if me is None else partial(end_wait, me, cell))
             item = Ask(msg, reply)
             mailbox = cell.mailbox
             if mailbox.overflow != "block" or mailbox.has_room():

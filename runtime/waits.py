@@ -27,6 +27,7 @@ class Waiter(Protocol):
 
     path: str
     waiting_for: Any  # another Waiter, or None
+    waiting_to_send: bool  # the wait is for room (not for a reply)
     task: trio.lowlevel.Task | None  # the running incarnation's own task
 
 
@@ -37,6 +38,7 @@ def enter_incarnation(slot: Waiter) -> None:
     """Called at the start of an incarnation's task: handlers here are `slot`'s."""
     slot.task = trio.lowlevel.current_task()
     slot.waiting_for = None
+    slot.waiting_to_send = False
     _current.set(slot)
 
 
@@ -52,10 +54,12 @@ def waiting_slot() -> Any:
     return None
 
 
-def begin_wait(waiter: Waiter, target: Waiter, what: str) -> None:
+def begin_wait(waiter: Waiter, target: Waiter, what: str, *, to_send: bool = False) -> None:
     """`waiter` is about to wait on `target`: raise `Deadlock` if that closes a cycle.
 
-    Otherwise record the edge; `end_wait` removes it.
+    Otherwise record the edge; `end_wait` removes it.  `to_send`: the wait is
+    for room in `target`'s mailbox only (it ends when the mailbox lets the
+    waiter in, `let_in`); otherwise it lasts until `target` answers.
     """
     path = [waiter.path, target.path]
     node: Any = target
@@ -67,12 +71,23 @@ def begin_wait(waiter: Waiter, target: Waiter, what: str) -> None:
             break
         path.append(node.path)
     waiter.waiting_for = target
+    waiter.waiting_to_send = to_send
+
+
+def let_in(task: trio.lowlevel.Task) -> None:
+    """A mailbox let `task` in (it has room now): its wait to send is over already,
+    though the task has not run yet.  Not an edge any more."""
+    slot = task.context.get(_current, None)
+    if slot is not None and slot.task is task and slot.waiting_to_send:
+        slot.waiting_for = None
+        slot.waiting_to_send = False
 
 
 def end_wait(waiter: Waiter, target: Waiter) -> None:
     """The wait of `waiter` on `target` is over (or no longer an edge: `defer_reply`)."""
     if waiter.waiting_for is target:
         waiter.waiting_for = None
+        waiter.waiting_to_send = False
 
 
-__all__ = ["begin_wait", "end_wait", "enter_incarnation", "waiting_slot"]
+__all__ = ["begin_wait", "end_wait", "enter_incarnation", "let_in", "waiting_slot"]
