@@ -358,14 +358,6 @@ async def test_an_exception_whose_str_raises_is_an_ordinary_crash(autojump_clock
 
 
 async def test_outer_cancel_scope_still_stops_gracefully(autojump_clock: Any) -> None:
-    log: list[str] = []
-    tree = Supervisor(
-        "app",
-        children=[
-            child(Stopping, name="first", args=(["first"],)),
-            child(Stopping, name="second", args=(log,)),
-        ],
-    )
     order: list[str] = []
 
     class Ordered(Actor):
@@ -377,7 +369,8 @@ async def test_outer_cancel_scope_still_stops_gracefully(autojump_clock: Any) ->
             order.append(self.name)
 
     tree = Supervisor(
-        "app", children=[child(Ordered, name="a", args=("a",)), child(Ordered, name="b", args=("b",))]
+        "app",
+        children=[child(Ordered, name="a", args=("a",)), child(Ordered, name="b", args=("b",))],
     )
     with trio.move_on_after(1) as scope:
         async with runtime.open_system(tree):
