@@ -6,7 +6,8 @@ the peer's uid is checked with ``SO_PEERCRED``.  Each request is one JSON
 object on one line (at most `MAX_REQUEST` bytes); each reply is a JSON object
 with ``"ok": true|false``.  A malformed, oversized or binary request gets one
 ``{"ok": false, "error": ...}`` line and the connection is closed; the system
-carries on.  No pickle: JSON only, values it cannot encode become their repr.
+carries on.  No pickle: JSON only, values it cannot encode become their repr,
+and what cannot be shown at all a placeholder (see `to_json`).
 
 Operations: ``info``, ``tree``, ``stats``, ``events`` (streams ``{"ok": true,
 "event": {...}}`` lines until the client hangs up), ``stop``.
@@ -41,6 +42,49 @@ MAX_REQUEST = 64 * 1024
 MAX_CONNECTIONS = 32
 RATE = 50  # requests per second per connection, in a burst of as many
 OPS = ("info", "tree", "stats", "events", "stop")
+MAX_DEPTH = 100  # nesting `to_json` shows; deeper values become a placeholder
+
+
+class LogOnce:
+    """Logs each problem once, not once per request, event or snapshot.
+
+    A problem is a (kind, name) pair, e.g. ``("a cycle", "dict")``; at most
+    `limit` are remembered, and past that new ones are no longer logged.
+    """
+
+    def __init__(self, limit: int = 256) -> None:
+        self.limit = limit
+        self._seen: set[tuple[str, str]] = set()
+        self._full = False
+
+    def __call__(
+        self,
+        logger: logging.Logger,
+        level: int,
+        kind: str,
+        name: str,
+        msg: str,
+        *args: object,
+        exc_info: BaseException | None = None,
+    ) -> None:
+        key = (kind, name)
+        if key in self._seen:
+            return
+        if len(self._seen) >= self.limit:
+            if not self._full:
+                self._full = True
+                logger.warning("%d different problems reported: no more are logged", self.limit)
+            return
+        self._seen.add(key)
+        logger.log(level, msg, *args, exc_info=exc_info, stacklevel=2)
+
+    def clear(self) -> None:
+        self._seen.clear()
+        self._full = False
+
+
+log_once = LogOnce()
+"""Shared by the faces (control socket, metrics, snapshots)."""
 
 
 class ControlError(Exception):
@@ -106,8 +150,20 @@ def remove_stale(folder: pathlib.Path) -> list[pathlib.Path]:
 
 
 def to_json(value: Any) -> str:
-    """One line of JSON; what JSON cannot hold becomes its repr (never pickle)."""
-    return json.dumps(value, default=_fallback, separators=(",", ":")) + "\n"
+    """One line of JSON, whatever `value` holds: this never raises (and never pickles).
+
+    What JSON has no type for is shown as plain JSON: attrs classes and mappings
+    as objects, sets and tuples as lists, anything else as its repr.  What cannot
+    be shown at all -- a key JSON cannot take (a tuple), an int too large to
+    print (``10**5000``), a cycle, nesting deeper than `MAX_DEPTH`, a repr that
+    raises -- becomes ``{"unencodable": "<type name>"}`` in its place, and the
+    problem is logged once.
+    """
+    try:
+        text = json.dumps(value, default=_fallback, separators=(",", ":"))
+    except Exception:  # anything from the encoder, a repr, attrs or a mapping
+        text = json.dumps(_showable(value, 0, set()), separators=(",", ":"))
+    return text + "\n"
 
 
 def _fallback(value: Any) -> Any:
@@ -118,6 +174,78 @@ def _fallback(value: Any) -> Any:
     if isinstance(value, set | frozenset | tuple):
         return list(value)
     return repr(value)
+
+
+def _showable(value: Any, depth: int, active: set[int]) -> Any:
+    """`value` as plain JSON values, with placeholders for what cannot be shown.
+
+    `active` holds the ids of the containers being walked: meeting one again is
+    a cycle.
+    """
+    if value is None or isinstance(value, str | bool):
+        return value
+    if isinstance(value, int | float):
+        try:
+            json.dumps(value)
+        except ValueError:  # an int too large to print
+            return unencodable(value, "a number too large to print")
+        return value
+    if depth >= MAX_DEPTH:
+        return unencodable(value, f"nested deeper than {MAX_DEPTH}")
+    if id(value) in active:
+        return unencodable(value, "a cycle")
+    active.add(id(value))
+    try:
+        if attrs.has(type(value)):
+            return {
+                field.name: _showable(getattr(value, field.name), depth + 1, active)
+                for field in attrs.fields(type(value))
+            }
+        if isinstance(value, Mapping):
+            shown: dict[str, Any] = {}
+            for key, item in value.items():
+                name = _json_key(key)
+                if name is None:
+                    return unencodable(value, f"a {type(key).__name__} key")
+                shown[name] = _showable(item, depth + 1, active)
+            return shown
+        if isinstance(value, list | tuple | set | frozenset):
+            return [_showable(item, depth + 1, active) for item in value]
+    except Exception as exc:  # a property, a mapping or an iterator that raises
+        return unencodable(value, f"reading it raised {type(exc).__name__}")
+    finally:
+        active.discard(id(value))
+    try:
+        return repr(value)
+    except Exception as exc:
+        return unencodable(value, f"its repr() raised {type(exc).__name__}")
+
+
+def _json_key(key: Any) -> str | None:
+    """The object key `json.dumps` would write for `key`, or None if it takes none."""
+    if isinstance(key, str):
+        return key
+    if key is None or isinstance(key, bool | int | float):
+        try:
+            return json.dumps(key)
+        except ValueError:
+            return None
+    return None
+
+
+def unencodable(value: Any, why: str) -> dict[str, str]:
+    """The placeholder for a value that cannot be shown (the problem is logged once)."""
+    name = type(value).__name__
+    log_once(
+        log,
+        logging.WARNING,
+        why,
+        name,
+        "a %s value cannot be shown as JSON (%s): sent a placeholder instead",
+        name,
+        why,
+    )
+    return {"unencodable": name}
 
 
 def event_dict(event: Event) -> dict[str, Any]:

@@ -1,0 +1,227 @@
+"""The faces cannot kill the system (issue 11, item 8).
+
+The control socket, the metrics server and snapshots run isolated from the
+tree: a client hanging up, a value JSON cannot encode, an actor whose
+`snapshot_stats()` misbehaves, an idle or flooding client, a process out of
+file descriptors -- each ends one connection at most, shows a placeholder
+where a value cannot be shown, is logged once, and the system carries on.
+
+Clients are real sockets in the test's own loop.  Idle timeouts run on trio's
+virtual clock (`autojump_clock`) or with the module's limits lowered: no test
+waits out a real timeout.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import pathlib
+import shutil
+import tempfile
+from collections.abc import Iterator
+from typing import Any
+
+import attrs
+import pytest
+import trio
+import trio.testing
+from test_control import Conn, control_system
+
+import runtime
+import runtime.control
+import runtime.metrics
+from runtime import Actor, Supervisor, child
+from runtime.control import to_json
+
+WAIT = 10.0  # real seconds: only a hang reaches it
+VIRTUAL = 1_000.0  # virtual seconds: only a hang reaches it
+
+
+class Echo(Actor):
+    async def receive(self, msg: Any) -> Any:
+        return msg
+
+
+def app(*extra: Any) -> Supervisor:
+    return Supervisor("app", children=[child(Echo, name="echo"), *extra])
+
+
+@pytest.fixture
+def folder() -> Iterator[pathlib.Path]:
+    """A private parent dir with a short path (AF_UNIX paths are limited to ~107 bytes)."""
+    parent = pathlib.Path(tempfile.mkdtemp(prefix="troupe-faces-"))
+    try:
+        yield parent / "troupe"
+    finally:
+        shutil.rmtree(parent, ignore_errors=True)
+
+
+async def assert_answers(system: runtime.System) -> None:
+    """Still running: a fresh connection answers `info`, `tree` and `stats`, actors answer."""
+    conn = await Conn.open(system)
+    try:
+        info = await conn.request("info")
+        assert info["ok"] is True and info["running"] is True and info["name"] == system.name
+        assert (await conn.request("tree"))["ok"] is True
+        assert (await conn.request("stats"))["ok"] is True
+    finally:
+        await conn.aclose()
+    assert system.is_running
+    assert await system.ref("/app/echo").ask("still here") == "still here"
+
+
+@pytest.fixture(autouse=True)
+def fresh_reports() -> Iterator[None]:
+    """Each test sees its problems logged (once), whatever earlier tests reported."""
+    runtime.control.log_once.clear()
+    yield
+    runtime.control.log_once.clear()
+
+
+def records(caplog: pytest.LogCaptureFixture, *words: str) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if all(w in r.getMessage() for w in words)]
+
+
+async def http_get(port: int, path: bytes) -> tuple[int, bytes]:
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    async with stream:
+        await stream.send_all(b"GET " + path + b" HTTP/1.0\r\n\r\n")
+        data = b""
+        while chunk := await stream.receive_some(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split()[1]), body
+
+
+async def read_all(stream: trio.SocketStream) -> bytes:
+    data = b""
+    with contextlib.suppress(trio.BrokenResourceError):
+        while chunk := await stream.receive_some(65536):
+            data += chunk
+    return data
+
+
+# -- values JSON cannot encode ------------------------------------------------------------
+
+
+class BadRepr:
+    def __repr__(self) -> str:
+        raise RuntimeError("no repr for you")
+
+
+class BadStr(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("no str either")
+
+
+@attrs.define
+class Node:
+    name: str
+    next: Any = None
+
+
+def cyclic() -> dict[str, Any]:
+    value: dict[str, Any] = {"a": 1}
+    value["self"] = value
+    return value
+
+
+def nested(depth: int) -> list[Any]:
+    value: list[Any] = []
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+def cyclic_node() -> Node:
+    node = Node("loop")
+    node.next = node
+    return node
+
+
+# (value, what `json.loads(to_json(value))` must give)
+PAYLOADS: dict[str, tuple[Any, Any]] = {
+    "tuple keys": ({(1, 2): "x"}, {"unencodable": "dict"}),
+    "tuple keys inside": (
+        {"ok": 1, "bad": {(1, 2): "x"}},
+        {"ok": 1, "bad": {"unencodable": "dict"}},
+    ),
+    "huge int": (10**5000, {"unencodable": "int"}),
+    "huge int inside": ([1, 10**5000], [1, {"unencodable": "int"}]),
+    "huge int key": ({10**5000: 1}, {"unencodable": "dict"}),
+    "cyclic dict": (cyclic(), {"a": 1, "self": {"unencodable": "dict"}}),
+    "repr raises": (BadRepr(), {"unencodable": "BadRepr"}),
+    "repr raises inside": ({"k": [BadRepr()]}, {"k": [{"unencodable": "BadRepr"}]}),
+    "cyclic attrs": (cyclic_node(), {"name": "loop", "next": {"unencodable": "Node"}}),
+    "too deep": (nested(100_000), None),
+}
+
+
+@pytest.mark.parametrize("case", list(PAYLOADS))
+def test_to_json_gives_one_line_of_json_with_placeholders(case: str) -> None:
+    value, expected = PAYLOADS[case]
+    line = to_json(value)
+    assert line.endswith("\n") and line.count("\n") == 1
+    decoded = json.loads(line)
+    if expected is not None:
+        assert decoded == expected
+    else:  # too deep to show whole: the top is kept, the depths are a placeholder
+        while isinstance(decoded, list):
+            assert len(decoded) == 1
+            decoded = decoded[0]
+        assert decoded == {"unencodable": "list"}
+
+
+def test_to_json_still_shows_what_it_can_as_before() -> None:
+    assert json.loads(to_json({"a": (1, 2), "s": {3}, "n": None})) == {
+        "a": [1, 2],
+        "s": [3],
+        "n": None,
+    }
+    assert json.loads(to_json({1: "int keys are JSON"})) == {"1": "int keys are JSON"}
+    assert json.loads(to_json(object())).startswith("<object object")
+    assert json.loads(to_json(Node("a", Node("b")))) == {
+        "name": "a",
+        "next": {"name": "b", "next": None},
+    }
+
+
+async def test_event_payloads_json_cannot_encode_become_placeholders_and_the_stream_goes_on(
+    folder: pathlib.Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    class Unshowable:
+        def __repr__(self) -> str:
+            raise ValueError("nope")
+
+    with trio.fail_after(WAIT), caplog.at_level(logging.DEBUG, logger="troupe"):
+        async with control_system(folder, app()) as system:
+            conn = await Conn.open(system)
+            assert (await conn.request("events", pattern="demo.>"))["ok"] is True
+            sent = [
+                {(1, 2): "x"},
+                10**5000,
+                cyclic(),
+                Unshowable(),
+                Unshowable(),  # the same problem again: not logged again
+                {"fine": [1, 2]},
+            ]
+            for payload in sent:
+                system.publish("demo.x", payload)
+            got = []
+            for _ in sent:
+                reply = await conn.line()
+                assert reply is not None and reply["ok"] is True, reply
+                got.append(reply["event"]["payload"])
+            assert got == [
+                {"unencodable": "dict"},
+                {"unencodable": "int"},
+                {"a": 1, "self": {"unencodable": "dict"}},
+                {"unencodable": "Unshowable"},
+                {"unencodable": "Unshowable"},
+                {"fine": [1, 2]},
+            ]
+            await conn.aclose()
+            await assert_answers(system)
+    assert len(records(caplog, "Unshowable")) == 1
+    assert len(records(caplog, "placeholder", "int")) == 1
