@@ -9,6 +9,9 @@ with ``"ok": true|false``.  A malformed, oversized or binary request gets one
 carries on.  No pickle: JSON only, values it cannot encode become their repr,
 and what cannot be shown at all a placeholder (see `to_json`).
 
+The endpoint is a face, isolated from the tree: a client error, a hang-up or a
+bug in answering ends that one connection, never the system.
+
 Operations: ``info``, ``tree``, ``stats``, ``events`` (streams ``{"ok": true,
 "event": {...}}`` lines until the client hangs up), ``stop``.
 """
@@ -339,8 +342,20 @@ class ControlServer:
                     return
                 await self._serve_requests(stream)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            # the client hung up (or its socket failed): this connection ends, nothing else
             if getattr(exc, "errno", None) not in (None, errno.EPIPE, errno.ECONNRESET):
                 log.debug("control connection ended: %s", exc)
+        except Exception as exc:  # a bug: it ends this connection, never the system
+            log_once(
+                log,
+                logging.ERROR,
+                "control connection failed",
+                type(exc).__name__,
+                "a control connection failed (%s: %s) and was closed; the system carries on",
+                type(exc).__name__,
+                exc,
+                exc_info=exc,
+            )
         finally:
             self.connections -= 1
 
@@ -368,14 +383,32 @@ class ControlServer:
                 await self._fail(stream, f"more than {RATE} requests a second; slow down")
                 return
             self.requests += 1
+            request: dict[str, Any] = {}
             try:
                 request = _parse(line)
                 if request["op"] == "events":
-                    await self._events(stream, request)
-                    return
-                reply = self._answer(request)
+                    pattern = _pattern(request)
+                else:
+                    reply = self._answer(request)
             except ControlError as exc:
                 await self._fail(stream, str(exc))
+                return
+            except Exception as exc:  # a bug in answering: this connection ends, only
+                log_once(
+                    log,
+                    logging.ERROR,
+                    "control op failed",
+                    f"{request.get('op')}: {type(exc).__name__}",
+                    "the control op %r failed (%s: %s); the system carries on",
+                    request.get("op"),
+                    type(exc).__name__,
+                    exc,
+                    exc_info=exc,
+                )
+                await self._fail(stream, f"internal error ({type(exc).__name__}); see the log")
+                return
+            if request["op"] == "events":
+                await self._events(stream, pattern)
                 return
             await stream.send_all(to_json(reply).encode())
 
@@ -405,19 +438,19 @@ class ControlServer:
             return {"ok": True, "stopping": system.name}
         raise ControlError(f"unknown op {op!r}")  # pragma: no cover - _parse checks
 
-    async def _events(self, stream: trio.SocketStream, request: dict[str, Any]) -> None:
-        pattern = request.get("pattern", ">")
-        try:
-            check_pattern(pattern)
-        except ValueError as exc:
-            raise ControlError(str(exc)) from None
-        async with self.system.bus.stream(pattern) as events, trio.open_nursery() as nursery:
+    async def _events(self, stream: trio.SocketStream, pattern: str) -> None:
+        async with self.system.bus.stream(pattern) as events:
             await stream.send_all(to_json({"ok": True, "streaming": pattern}).encode())
-            # A quiet stream never sends, so a hang-up is only seen by reading.
-            nursery.start_soon(self._until_hangup, stream, nursery.cancel_scope)
-            async for event in events:
-                await stream.send_all(to_json({"ok": True, "event": event_dict(event)}).encode())
-            nursery.cancel_scope.cancel()
+            async with trio.open_nursery() as nursery:
+                # A quiet stream never sends, so a hang-up is only seen by reading.
+                nursery.start_soon(self._until_hangup, stream, nursery.cancel_scope)
+                try:
+                    async for event in events:
+                        line = to_json({"ok": True, "event": event_dict(event)})
+                        await stream.send_all(line.encode())
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    pass  # the client left while an event was on its way: the stream ends
+                nursery.cancel_scope.cancel()
 
     @staticmethod
     async def _until_hangup(stream: trio.SocketStream, scope: trio.CancelScope) -> None:
@@ -426,6 +459,16 @@ class ControlServer:
             while await stream.receive_some(8192):
                 pass
         scope.cancel()
+
+
+def _pattern(request: dict[str, Any]) -> str:
+    pattern = request.get("pattern", ">")
+    try:
+        check_pattern(pattern)
+    except ValueError as exc:
+        raise ControlError(str(exc)) from None
+    assert isinstance(pattern, str)
+    return pattern
 
 
 def _parse(line: bytes) -> dict[str, Any]:

@@ -14,11 +14,15 @@ waits out a real timeout.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import logging
 import pathlib
 import shutil
+import socket
+import struct
 import tempfile
+import termios
 from collections.abc import Iterator
 from typing import Any
 
@@ -26,7 +30,7 @@ import attrs
 import pytest
 import trio
 import trio.testing
-from test_control import Conn, control_system
+from test_control import Conn, control_system, wait_until
 
 import runtime
 import runtime.control
@@ -225,3 +229,69 @@ async def test_event_payloads_json_cannot_encode_become_placeholders_and_the_str
             await assert_answers(system)
     assert len(records(caplog, "Unshowable")) == 1
     assert len(records(caplog, "placeholder", "int")) == 1
+
+
+# -- a client hanging up on `events` ------------------------------------------------------
+
+
+def unread(sock: trio.socket.SocketType) -> int:
+    """How many bytes wait in `sock` to be read."""
+    raw = fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0")
+    return int(struct.unpack("i", raw)[0])
+
+
+@pytest.mark.parametrize("how", ["close", "shutdown-read"])
+async def test_a_client_hanging_up_on_a_busy_event_stream_ends_only_its_connection(
+    folder: pathlib.Path, how: str
+) -> None:
+    """Ctrl-C on `troupe events` used to take the system down with BrokenResourceError.
+
+    The client stops reading while events pour in, so that the server is stuck
+    sending when it goes.  A close wakes the server's sender and its hang-up
+    reader together, and the crash came when the sender ran first: often, not
+    always, hence a few rounds.  "shutdown-read" makes the send fail while the
+    connection stays open: that crashed every time.
+    """
+    with trio.fail_after(WAIT):
+        async with control_system(folder, app()) as system:
+            assert system.control is not None
+            for _ in range(1 if how == "shutdown-read" else 4):  # a close races the reader
+                conn = await Conn.open(system)
+                assert (await conn.request("events", pattern="demo.>"))["ok"] is True
+                sock = conn.stream.socket
+                for i in range(300):  # 3 MB: far more than a socket buffer holds
+                    system.publish("demo.more", {"i": i, "pad": "x" * 10_000})
+                    if i % 10 == 0:
+                        await trio.sleep(0)
+                await wait_until(lambda s=sock: unread(s) > 100_000, "the server to fill it")
+                if how == "shutdown-read":
+                    sock.shutdown(socket.SHUT_RD)
+                else:
+                    sock.close()
+                for i in range(10):  # and events keep coming
+                    system.publish("demo.more", {"i": i})
+                    await trio.sleep(0)
+                await wait_until(lambda: system.control.connections == 0, "the stream to end")
+                await conn.aclose()
+            await assert_answers(system)
+            assert system.snapshot().find("/app").restarts == 0
+
+
+async def test_a_failing_op_ends_its_connection_only(
+    folder: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with trio.fail_after(WAIT):
+        async with control_system(folder, app()) as system:
+
+            def broken() -> dict[str, Any]:
+                raise LookupError("a bug behind info")
+
+            monkeypatch.setattr(system, "info", broken)
+            conn = await Conn.open(system)
+            await conn.send(b'{"op": "info"}\n')
+            replies = await conn.rest()
+            assert len(replies) == 1 and replies[0]["ok"] is False, replies
+            assert "LookupError" in replies[0]["error"]
+            await conn.aclose()
+            monkeypatch.undo()
+            await assert_answers(system)
