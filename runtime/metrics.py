@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import trio
 from prometheus_client import CollectorRegistry, generate_latest
@@ -77,15 +77,27 @@ class SnapshotCollector(Collector):
                 f"troupe_bridge_{key}", f"Bridge calls {key}", labels=["path"]
             )
             for node in bridges:
-                family.add_metric([node.path], float(node.stats.get(key, 0)))
+                if (value := _number(node.stats.get(key, 0))) is not None:
+                    family.add_metric([node.path], value)
             yield family
         for key in BRIDGE_GAUGES:
             gauge = GaugeMetricFamily(
                 f"troupe_bridge_{key}", f"Bridge calls {key}", labels=["path"]
             )
             for node in bridges:
-                gauge.add_metric([node.path], float(node.stats.get(key, 0)))
+                if (value := _number(node.stats.get(key, 0))) is not None:
+                    gauge.add_metric([node.path], value)
             yield gauge
+
+
+def _number(value: Any) -> float | None:
+    """`value` as a sample, or None if it is not a number a sample can hold."""
+    if not isinstance(value, int | float):
+        return None
+    try:
+        return float(value)
+    except OverflowError:  # an int beyond any float
+        return None
 
 
 class MetricsServer:

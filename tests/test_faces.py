@@ -295,3 +295,101 @@ async def test_a_failing_op_ends_its_connection_only(
             await conn.aclose()
             monkeypatch.undo()
             await assert_answers(system)
+
+
+# -- an actor whose snapshot_stats() misbehaves ------------------------------------------
+
+
+class Raises(Echo):
+    def snapshot_stats(self) -> dict[str, Any]:
+        raise KeyError("stats are broken")
+
+
+class RaisesBadStr(Echo):
+    def snapshot_stats(self) -> dict[str, Any]:
+        raise BadStr()
+
+
+class ReturnsList(Echo):
+    def snapshot_stats(self) -> Any:
+        return [("a", 1)]
+
+
+class ReturnsNone(Echo):
+    def snapshot_stats(self) -> Any:
+        return None
+
+
+class IntKeys(Echo):
+    def snapshot_stats(self) -> Any:
+        return {1: object()}
+
+
+class OddValue(Echo):
+    def snapshot_stats(self) -> Any:
+        return {"thing": object()}
+
+
+class HugeValue(Echo):
+    def snapshot_stats(self) -> Any:
+        return {"big": 10**5000}
+
+
+class CyclicValue(Echo):
+    def snapshot_stats(self) -> Any:
+        return {"loop": cyclic()}
+
+
+class Bridge(Echo):
+    """A user actor that happens to share the bridge's class name, with odd counters."""
+
+    def snapshot_stats(self) -> Any:
+        return {"submitted": "many", "completed": [1, 2], "active": None, "queued": 2**2000}
+
+
+ODD = [Raises, RaisesBadStr, ReturnsList, ReturnsNone, IntKeys, OddValue, HugeValue, CyclicValue]
+
+
+def odd_app() -> Supervisor:
+    return app(
+        *(child(cls, name=cls.__name__.lower()) for cls in ODD),
+        child(Bridge, name="lookalike"),
+    )
+
+
+async def test_odd_snapshot_stats_show_an_error_and_everything_else_survives(
+    folder: pathlib.Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with trio.fail_after(WAIT), caplog.at_level(logging.DEBUG, logger="troupe"):
+        async with control_system(folder, odd_app(), metrics_port=0) as system:
+            assert system.metrics is not None
+            for _ in range(3):  # every problem is logged once, not once per snapshot
+                snap = system.snapshot()
+                for cls in ODD:
+                    stats = snap.find(f"/app/{cls.__name__.lower()}").stats
+                    assert set(stats) == {"error"}, (cls, stats)
+                    assert isinstance(stats["error"], str) and stats["error"], cls
+                assert snap.find("/app/echo").stats == {}
+                assert snap.find("/system/bridge").stats["healthy"] is True
+                json.loads(json.dumps(snap.to_dict()))
+                assert "raises" in snap.render()
+
+            conn = await Conn.open(system)
+            tree = await conn.request("tree")
+            assert tree["ok"] is True
+            apps = [c for c in tree["snapshot"]["root"]["children"] if c["name"] == "app"]
+            by_name = {c["name"]: c for c in apps[0]["children"]}
+            assert set(by_name["raises"]["stats"]) == {"error"}
+            assert "KeyError" in by_name["raises"]["stats"]["error"]
+            assert "list" in by_name["returnslist"]["stats"]["error"]
+            stats = await conn.request("stats")
+            assert stats["ok"] is True
+            await conn.aclose()
+
+            status, body = await http_get(system.metrics.port, b"/metrics")
+            assert status == 200, body
+            assert b'troupe_messages_processed_total{path="/app/raises"}' in body
+            assert b'troupe_bridge_submitted_total{path="/system/bridge"} 0.0' in body
+            await assert_answers(system)
+    for cls in ODD:
+        assert len(records(caplog, f"stats of {cls.__name__} (", "snapshot_stats()")) == 1, cls
