@@ -10,7 +10,10 @@ carries on.  No pickle: JSON only, values it cannot encode become their repr,
 and what cannot be shown at all a placeholder (see `to_json`).
 
 The endpoint is a face, isolated from the tree: a client error, a hang-up or a
-bug in answering ends that one connection, never the system.
+bug in answering ends that one connection, never the system.  A connection
+that sends nothing for `IDLE_TIMEOUT` seconds is closed (an ``events`` stream
+is never idle), and a full server closes its longest-idle connection to serve
+a new one.
 
 Operations: ``info``, ``tree``, ``stats``, ``events`` (streams ``{"ok": true,
 "event": {...}}`` lines until the client hangs up), ``stop``.
@@ -20,8 +23,10 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import itertools
 import json
 import logging
+import operator
 import os
 import pathlib
 import socket as stdsocket
@@ -45,6 +50,8 @@ MAX_REQUEST = 64 * 1024
 MAX_CONNECTIONS = 32
 RATE = 50  # requests per second per connection, in a burst of as many
 OPS = ("info", "tree", "stats", "events", "stop")
+IDLE_TIMEOUT = 10.0  # seconds a connection may send nothing before it is closed
+GOODBYE_TIMEOUT = 1.0  # seconds a last error line may take to leave
 MAX_DEPTH = 100  # nesting `to_json` shows; deeper values become a placeholder
 
 
@@ -279,16 +286,32 @@ class _Bucket:
         return True
 
 
+@attrs.define(eq=False)
+class _Connection:
+    """One client.  Idle (waiting for it to send) since `idle_since`, or busy (None)."""
+
+    stream: trio.SocketStream
+    idle_since: int | None = None  # an order, not a time: smaller is idle longer
+    waiting: trio.CancelScope | None = None  # the wait for the client's next bytes
+    evicted: bool = False
+
+
 class ControlServer:
-    """Serves one system's socket; runs in the system's nursery."""
+    """Serves one system's socket; runs in the system's nursery, isolated from the tree."""
 
     def __init__(self, system: System, folder: pathlib.Path | None = None) -> None:
         self.system = system
         self.folder = folder or control_dir()
         self.path = self.folder / socket_name(system.name, os.getpid())
-        self.connections = 0
         self.requests = 0
         self.rejected = 0
+        self._open: set[_Connection] = set()
+        self._order = itertools.count()
+
+    @property
+    def connections(self) -> int:
+        """Connections being served (not counting those being refused or let go)."""
+        return len(self._open)
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         ensure_private_dir(self.folder)
@@ -314,33 +337,51 @@ class ControlServer:
         try:
             async with listener, trio.open_nursery() as nursery:
                 task_status.started()
-                while True:
-                    stream = await listener.accept()
-                    if self.connections >= MAX_CONNECTIONS:
-                        nursery.start_soon(self._refuse, stream, "too many connections")
-                        continue
-                    nursery.start_soon(self._connection, stream)
+                await self._accept(listener, nursery)
         finally:
             with contextlib.suppress(FileNotFoundError):
                 self.path.unlink()
 
+    async def _accept(self, listener: trio.SocketListener, nursery: trio.Nursery) -> None:
+        while True:
+            stream = await listener.accept()
+            if len(self._open) >= MAX_CONNECTIONS and not self._evict_longest_idle():
+                nursery.start_soon(self._refuse, stream, "too many connections")
+                continue
+            conn = _Connection(stream)
+            self._open.add(conn)
+            nursery.start_soon(self._connection, conn)
+
+    def _evict_longest_idle(self) -> bool:
+        """Close the connection idle longest to make room; False if none is idle."""
+        idle = [
+            (conn.idle_since, conn)
+            for conn in self._open
+            if conn.idle_since is not None and conn.waiting is not None
+        ]
+        if not idle:
+            return False
+        _, victim = min(idle, key=operator.itemgetter(0))
+        victim.evicted = True
+        self._open.discard(victim)
+        assert victim.waiting is not None
+        victim.waiting.cancel()
+        return True
+
     async def _refuse(self, stream: trio.SocketStream, why: str) -> None:
         self.rejected += 1
         async with stream:
-            with trio.move_on_after(1), contextlib.suppress(trio.BrokenResourceError):
-                await stream.send_all(to_json({"ok": False, "error": why}).encode())
+            await _goodbye(stream, why)
 
-    async def _connection(self, stream: trio.SocketStream) -> None:
-        self.connections += 1
+    async def _connection(self, conn: _Connection) -> None:
+        stream = conn.stream
         try:
             async with stream:
                 if peer_uid(stream.socket) != os.getuid():
                     self.rejected += 1
-                    await stream.send_all(
-                        to_json({"ok": False, "error": "permission denied"}).encode()
-                    )
+                    await _goodbye(stream, "permission denied")
                     return
-                await self._serve_requests(stream)
+                await self._serve_requests(conn)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             # the client hung up (or its socket failed): this connection ends, nothing else
             if getattr(exc, "errno", None) not in (None, errno.EPIPE, errno.ECONNRESET):
@@ -357,9 +398,30 @@ class ControlServer:
                 exc_info=exc,
             )
         finally:
-            self.connections -= 1
+            self._open.discard(conn)
 
-    async def _serve_requests(self, stream: trio.SocketStream) -> None:
+    async def _receive(self, conn: _Connection) -> bytes | None:
+        """The client's next bytes (b"" when it hung up).
+
+        None if it sent nothing for `IDLE_TIMEOUT`, or was closed to make room for
+        a new connection: it has been told why.
+        """
+        if conn.idle_since is None:
+            conn.idle_since = next(self._order)
+        data = None
+        with trio.move_on_after(IDLE_TIMEOUT) as conn.waiting:
+            data = await conn.stream.receive_some(8192)
+        conn.waiting = None
+        if conn.evicted:  # even if its bytes arrived as it was chosen
+            await _goodbye(conn.stream, "closed: the server was full and this connection idle")
+            return None
+        if data is None:
+            await _goodbye(conn.stream, f"closed: idle for {IDLE_TIMEOUT:g} s")
+            return None
+        return data
+
+    async def _serve_requests(self, conn: _Connection) -> None:
+        stream = conn.stream
         bucket = _Bucket(RATE)
         buffer = b""
         while True:
@@ -368,7 +430,7 @@ class ControlServer:
                 if len(buffer) > MAX_REQUEST:
                     await self._fail(stream, f"request larger than {MAX_REQUEST} bytes")
                     return
-                data = await stream.receive_some(8192)
+                data = await self._receive(conn)
                 if not data:
                     return
                 buffer += data
@@ -379,6 +441,7 @@ class ControlServer:
                 return
             if not line.strip():
                 continue
+            conn.idle_since = None  # busy with a request
             if not bucket.take():
                 await self._fail(stream, f"more than {RATE} requests a second; slow down")
                 return
@@ -414,7 +477,7 @@ class ControlServer:
 
     async def _fail(self, stream: trio.SocketStream, error: str) -> None:
         self.rejected += 1
-        await stream.send_all(to_json({"ok": False, "error": error}).encode())
+        await _goodbye(stream, error)
 
     def _answer(self, request: dict[str, Any]) -> dict[str, Any]:
         system = self.system
@@ -459,6 +522,14 @@ class ControlServer:
             while await stream.receive_some(8192):
                 pass
         scope.cancel()
+
+
+async def _goodbye(stream: trio.SocketStream, error: str) -> None:
+    """Send one last error line, if the client takes it within `GOODBYE_TIMEOUT`."""
+    line = to_json({"ok": False, "error": error}).encode()
+    with trio.move_on_after(GOODBYE_TIMEOUT):
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            await stream.send_all(line)
 
 
 def _pattern(request: dict[str, Any]) -> str:

@@ -36,7 +36,7 @@ import runtime
 import runtime.control
 import runtime.metrics
 from runtime import Actor, Supervisor, child
-from runtime.control import to_json
+from runtime.control import IDLE_TIMEOUT, MAX_CONNECTIONS, to_json
 
 WAIT = 10.0  # real seconds: only a hang reaches it
 VIRTUAL = 1_000.0  # virtual seconds: only a hang reaches it
@@ -393,3 +393,96 @@ async def test_odd_snapshot_stats_show_an_error_and_everything_else_survives(
             await assert_answers(system)
     for cls in ODD:
         assert len(records(caplog, f"stats of {cls.__name__} (", "snapshot_stats()")) == 1, cls
+
+
+# -- idle control connections ------------------------------------------------------------
+
+
+async def test_an_idle_control_connection_is_closed_after_the_idle_timeout(
+    folder: pathlib.Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    assert IDLE_TIMEOUT == 10.0
+    with trio.fail_after(VIRTUAL):
+        async with control_system(folder, app()) as system:
+            assert system.control is not None
+            conn = await Conn.open(system)
+            assert (await conn.request("info"))["ok"] is True
+            await trio.sleep(IDLE_TIMEOUT - 1)
+            assert system.control.connections == 1
+            assert (await conn.request("info"))["ok"] is True  # a request: no longer idle
+            await trio.sleep(IDLE_TIMEOUT - 1)
+            assert system.control.connections == 1
+            await conn.send(b'{"op": ')  # half a request is something sent
+            await trio.sleep(IDLE_TIMEOUT - 1)
+            assert system.control.connections == 1
+            replies = await conn.rest()  # then nothing for IDLE_TIMEOUT: closed
+            assert len(replies) == 1 and replies[0]["ok"] is False, replies
+            assert "idle" in replies[0]["error"]
+            await conn.aclose()
+            assert system.control.connections == 0
+            await assert_answers(system)
+
+
+async def test_an_event_stream_is_not_idle(
+    folder: pathlib.Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    with trio.fail_after(VIRTUAL):
+        async with control_system(folder, app()) as system:
+            assert system.control is not None
+            conn = await Conn.open(system)
+            assert (await conn.request("events", pattern="demo.>"))["ok"] is True
+            await trio.sleep(5 * IDLE_TIMEOUT)
+            assert system.control.connections == 1
+            system.publish("demo.late", 1)
+            reply = await conn.line()
+            assert reply is not None and reply["event"]["topic"] == "demo.late"
+            await conn.aclose()
+
+
+async def test_a_full_server_closes_its_oldest_idle_connection_for_a_new_one(
+    folder: pathlib.Path,
+) -> None:
+    with trio.fail_after(WAIT):
+        async with control_system(folder, app()) as system:
+            assert system.control is not None
+            held = [await Conn.open(system) for _ in range(MAX_CONNECTIONS)]
+            for conn in held:
+                assert (await conn.request("info"))["ok"] is True
+            oldest = held[5]
+            for conn in held:  # everybody else asks again: number 5 is the oldest idle
+                if conn is not oldest:
+                    assert (await conn.request("info"))["ok"] is True
+            newcomer = await Conn.open(system)
+            assert (await newcomer.request("info"))["ok"] is True  # served, not refused
+            replies = await oldest.rest()
+            assert len(replies) == 1 and replies[0]["ok"] is False, replies
+            assert "idle" in replies[0]["error"]
+            await oldest.aclose()
+            assert system.control.connections == MAX_CONNECTIONS
+            for conn in held:
+                if conn is not oldest:
+                    assert (await conn.request("info"))["ok"] is True
+                    await conn.aclose()
+            await newcomer.aclose()
+            await wait_until(lambda: system.control.connections == 0, "connections to close")
+            await assert_answers(system)
+
+
+async def test_a_full_server_of_streams_refuses_a_new_connection(folder: pathlib.Path) -> None:
+    with trio.fail_after(WAIT):
+        async with control_system(folder, app()) as system:
+            assert system.control is not None
+            held = [await Conn.open(system) for _ in range(MAX_CONNECTIONS - 1)]
+            for conn in held:
+                assert (await conn.request("events", pattern="demo.>"))["ok"] is True
+            idle = await Conn.open(system)
+            assert (await idle.request("info"))["ok"] is True
+            extra = await Conn.open(system)  # the one idle connection makes room
+            assert (await extra.request("events", pattern="demo.>"))["ok"] is True
+            assert [r["ok"] for r in await idle.rest()] == [False]
+            refused = await Conn.open(system)  # now all are streaming: nothing to close
+            assert await refused.rest() == [{"ok": False, "error": "too many connections"}]
+            for conn in [*held, extra, idle, refused]:
+                await conn.aclose()
+            await wait_until(lambda: system.control.connections == 0, "connections to close")
+            await assert_answers(system)
