@@ -13,7 +13,8 @@ The endpoint is a face, isolated from the tree: a client error, a hang-up or a
 bug in answering ends that one connection, never the system.  A connection
 that sends nothing for `IDLE_TIMEOUT` seconds is closed (an ``events`` stream
 is never idle), and a full server closes its longest-idle connection to serve
-a new one.
+a new one.  Out of file descriptors, it waits and retries; a broken listener
+ends the endpoint, not the system.
 
 Operations: ``info``, ``tree``, ``stats``, ``events`` (streams ``{"ok": true,
 "event": {...}}`` lines until the client hangs up), ``stop``.
@@ -52,6 +53,8 @@ RATE = 50  # requests per second per connection, in a burst of as many
 OPS = ("info", "tree", "stats", "events", "stop")
 IDLE_TIMEOUT = 10.0  # seconds a connection may send nothing before it is closed
 GOODBYE_TIMEOUT = 1.0  # seconds a last error line may take to leave
+ACCEPT_RETRY = 0.1  # seconds between tries to accept while out of file descriptors
+ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
 MAX_DEPTH = 100  # nesting `to_json` shows; deeper values become a placeholder
 
 
@@ -337,14 +340,40 @@ class ControlServer:
         try:
             async with listener, trio.open_nursery() as nursery:
                 task_status.started()
-                await self._accept(listener, nursery)
+                try:
+                    await self._accept(listener, nursery)
+                except Exception as exc:  # the endpoint ends; the system does not
+                    log.error(
+                        "the control socket %s stopped (%s: %s); the system carries on without it",
+                        self.path,
+                        type(exc).__name__,
+                        exc,
+                        exc_info=exc,
+                    )
+                nursery.cancel_scope.cancel()
         finally:
             with contextlib.suppress(FileNotFoundError):
                 self.path.unlink()
 
     async def _accept(self, listener: trio.SocketListener, nursery: trio.Nursery) -> None:
         while True:
-            stream = await listener.accept()
+            try:
+                stream = await listener.accept()
+            except OSError as exc:
+                if exc.errno not in ACCEPT_CAPACITY_ERRNOS:
+                    raise
+                name = errno.errorcode.get(exc.errno or 0, str(exc.errno))
+                log_once(
+                    log,
+                    logging.WARNING,
+                    "control accept",
+                    name,
+                    "the control socket cannot accept a connection (%s: %s); retrying",
+                    name,
+                    exc.strerror,
+                )
+                await trio.sleep(ACCEPT_RETRY)
+                continue
             if len(self._open) >= MAX_CONNECTIONS and not self._evict_longest_idle():
                 nursery.start_soon(self._refuse, stream, "too many connections")
                 continue

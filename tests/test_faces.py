@@ -14,10 +14,13 @@ waits out a real timeout.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import logging
+import os
 import pathlib
+import resource
 import shutil
 import socket
 import struct
@@ -486,3 +489,154 @@ async def test_a_full_server_of_streams_refuses_a_new_connection(folder: pathlib
                 await conn.aclose()
             await wait_until(lambda: system.control.connections == 0, "connections to close")
             await assert_answers(system)
+
+
+# -- the metrics server: a cap on connections, a timeout on slow clients -----------------
+
+
+async def test_the_metrics_server_caps_its_connections(monkeypatch: pytest.MonkeyPatch) -> None:
+    cap = 4
+    monkeypatch.setattr(runtime.metrics, "MAX_CONNECTIONS", cap, raising=False)
+    monkeypatch.setattr(runtime.metrics, "TIMEOUT", VIRTUAL, raising=False)  # only the cap acts
+    with trio.fail_after(WAIT):
+        async with runtime.open_system(app(), metrics_port=0) as system:
+            metrics = system.metrics
+            assert metrics is not None
+            held = [await trio.open_tcp_stream("127.0.0.1", metrics.port) for _ in range(cap)]
+            await wait_until(lambda: metrics.connections == cap, "the held connections")
+            flood = [await trio.open_tcp_stream("127.0.0.1", metrics.port) for _ in range(40)]
+            with trio.fail_after(WAIT / 2):  # refused at once, not after a timeout
+                for stream in flood:
+                    assert (await read_all(stream)).startswith(b"HTTP/1.1 503"), stream
+                    await stream.aclose()
+            assert metrics.connections == cap
+            assert metrics.refused == len(flood)
+            for stream in held:
+                await stream.aclose()
+            await wait_until(lambda: metrics.connections == 0, "the held ones to close")
+            status, body = await http_get(metrics.port, b"/metrics")
+            assert status == 200 and b"troupe_actors" in body
+            assert await system.ref("/app/echo").ask(1) == 1
+
+
+async def test_the_metrics_server_times_out_idle_clients(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(runtime.metrics, "TIMEOUT", 0.2)
+    with trio.fail_after(WAIT):
+        async with runtime.open_system(app(), metrics_port=0) as system:
+            metrics = system.metrics
+            assert metrics is not None
+            idle = await trio.open_tcp_stream("127.0.0.1", metrics.port)
+            slow = await trio.open_tcp_stream("127.0.0.1", metrics.port)
+            await slow.send_all(b"GET /metr")  # and never the rest
+            assert await read_all(idle) == b""
+            assert await read_all(slow) == b""
+            await idle.aclose()
+            await slow.aclose()
+            await wait_until(lambda: metrics.connections == 0, "the slow ones to close")
+            assert (await http_get(metrics.port, b"/metrics"))[0] == 200
+
+
+async def test_a_metrics_scrape_that_fails_gets_a_500_and_the_system_carries_on(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    with trio.fail_after(WAIT), caplog.at_level(logging.DEBUG, logger="troupe"):
+        async with runtime.open_system(app(), metrics_port=0) as system:
+            metrics = system.metrics
+            assert metrics is not None
+
+            def broken() -> bytes:
+                raise ZeroDivisionError("a bug in a collector")
+
+            monkeypatch.setattr(metrics, "render", broken)
+            for _ in range(3):
+                status, _ = await http_get(metrics.port, b"/metrics")
+                assert status == 500
+            monkeypatch.undo()
+            assert (await http_get(metrics.port, b"/metrics"))[0] == 200
+            assert await system.ref("/app/echo").ask(1) == 1
+    assert len(records(caplog, "ZeroDivisionError")) == 1
+
+
+# -- a process out of file descriptors, a broken listener ----------------------------------
+
+
+@contextlib.contextmanager
+def few_file_descriptors(spare: int) -> Iterator[None]:
+    """Lower the soft RLIMIT_NOFILE so that only `spare` more descriptors can be opened."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    used = {int(fd) for fd in os.listdir("/proc/self/fd")}
+    limit, free = 0, 0
+    while free < spare:  # descriptors are numbered below the limit, lowest free first
+        free += limit not in used
+        limit += 1
+    resource.setrlimit(resource.RLIMIT_NOFILE, (limit, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+async def test_running_out_of_file_descriptors_does_not_kill_the_control_socket(
+    folder: pathlib.Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with trio.fail_after(WAIT), caplog.at_level(logging.DEBUG, logger="troupe"):
+        async with control_system(folder, app()) as system:
+            assert system.control is not None
+            path = str(system.control.path)
+            clients: list[socket.socket] = []
+            try:
+                with few_file_descriptors(spare=6):
+                    # Fill the table without a checkpoint, so the server cannot accept in
+                    # between: it is left with connections waiting and no descriptor free.
+                    with contextlib.suppress(OSError):
+                        while True:
+                            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                            clients.append(sock)
+                            sock.setblocking(False)
+                            sock.connect(path)
+                    assert clients, "no descriptor was free at all"
+                    await wait_until(lambda: records(caplog, "EMFILE"), "the server to meet EMFILE")
+                    assert system.is_running
+                    clients.pop().close()  # free two descriptors: one connection gets in
+                    clients.pop().close()
+                    await wait_until(
+                        lambda: system.control is not None and system.control.connections > 0,
+                        "a connection to be accepted",
+                    )
+            finally:
+                for sock in clients:
+                    sock.close()
+            await wait_until(lambda: system.control.connections == 0, "connections to close")
+            await assert_answers(system)
+    assert len(records(caplog, "EMFILE")) == 1
+
+
+async def test_an_unexpected_accept_error_stops_the_face_not_the_system(
+    folder: pathlib.Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    broken = trio.Event()
+    accept = trio.SocketListener.accept
+
+    async def failing(self: trio.SocketListener) -> trio.SocketStream:
+        if broken.is_set():
+            raise OSError(errno.EINVAL, "the listening socket went bad")
+        return await accept(self)
+
+    monkeypatch.setattr(trio.SocketListener, "accept", failing)
+    with trio.fail_after(WAIT), caplog.at_level(logging.DEBUG, logger="troupe"):
+        async with control_system(folder, app(), metrics_port=0) as system:
+            assert system.control is not None and system.metrics is not None
+            await assert_answers(system)
+            broken.set()
+            with contextlib.suppress(OSError):
+                # wakes the control socket's accept, which now fails
+                await (await trio.open_unix_socket(str(system.control.path))).aclose()
+            with contextlib.suppress(OSError):
+                await (await trio.open_tcp_stream("127.0.0.1", system.metrics.port)).aclose()
+            await wait_until(lambda: not system.control.path.exists(), "the control face to stop")
+            await wait_until(
+                lambda: len(records(caplog, "the listening socket went bad")) >= 2,
+                "both faces to log it",
+            )
+            assert system.is_running
+            assert await system.ref("/app/echo").ask("alive") == "alive"
