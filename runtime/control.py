@@ -6,7 +6,15 @@ the peer's uid is checked with ``SO_PEERCRED``.  Each request is one JSON
 object on one line (at most `MAX_REQUEST` bytes); each reply is a JSON object
 with ``"ok": true|false``.  A malformed, oversized or binary request gets one
 ``{"ok": false, "error": ...}`` line and the connection is closed; the system
-carries on.  No pickle: JSON only, values it cannot encode become their repr.
+carries on.  No pickle: JSON only, values it cannot encode become their repr,
+and what cannot be shown at all a placeholder (see `to_json`).
+
+The endpoint is a face, isolated from the tree: a client error, a hang-up or a
+bug in answering ends that one connection, never the system.  A connection
+that sends nothing for `IDLE_TIMEOUT` seconds is closed (an ``events`` stream
+is never idle), and a full server closes its longest-idle connection to serve
+a new one.  Out of file descriptors, it waits and retries; a broken listener
+ends the endpoint, not the system.
 
 Operations: ``info``, ``tree``, ``stats``, ``events`` (streams ``{"ok": true,
 "event": {...}}`` lines until the client hangs up), ``stop``.
@@ -16,8 +24,10 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import itertools
 import json
 import logging
+import operator
 import os
 import pathlib
 import socket as stdsocket
@@ -30,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import trio
 
+from .logs import log_once
 from .messages import Event
 from .topics import check_pattern
 
@@ -42,6 +53,11 @@ MAX_REQUEST = 64 * 1024
 MAX_CONNECTIONS = 32
 RATE = 50  # requests per second per connection, in a burst of as many
 OPS = ("info", "tree", "stats", "events", "stop")
+IDLE_TIMEOUT = 10.0  # seconds a connection may send nothing before it is closed
+GOODBYE_TIMEOUT = 1.0  # seconds a last error line may take to leave
+ACCEPT_RETRY = 0.1  # seconds between tries to accept while out of file descriptors
+ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
+MAX_DEPTH = 100  # nesting `to_json` shows; deeper values become a placeholder
 
 
 class ControlError(Exception):
@@ -107,8 +123,20 @@ def remove_stale(folder: pathlib.Path) -> list[pathlib.Path]:
 
 
 def to_json(value: Any) -> str:
-    """One line of JSON; what JSON cannot hold becomes its repr (never pickle)."""
-    return json.dumps(value, default=_fallback, separators=(",", ":")) + "\n"
+    """One line of JSON, whatever `value` holds: this never raises (and never pickles).
+
+    What JSON has no type for is shown as plain JSON: attrs classes and mappings
+    as objects, sets and tuples as lists, anything else as its repr.  What cannot
+    be shown at all -- a key JSON cannot take (a tuple), an int too large to
+    print (``10**5000``), a cycle, nesting deeper than `MAX_DEPTH`, a repr that
+    raises -- becomes ``{"unencodable": "<type name>"}`` in its place, and the
+    problem is logged once.
+    """
+    try:
+        text = json.dumps(value, default=_fallback, separators=(",", ":"))
+    except Exception:  # anything from the encoder, a repr, attrs or a mapping
+        text = json.dumps(_showable(value, 0, set()), separators=(",", ":"))
+    return text + "\n"
 
 
 def _fallback(value: Any) -> Any:
@@ -119,6 +147,78 @@ def _fallback(value: Any) -> Any:
     if isinstance(value, set | frozenset | tuple):
         return list(value)
     return repr(value)
+
+
+def _showable(value: Any, depth: int, active: set[int]) -> Any:
+    """`value` as plain JSON values, with placeholders for what cannot be shown.
+
+    `active` holds the ids of the containers being walked: meeting one again is
+    a cycle.
+    """
+    if value is None or isinstance(value, str | bool):
+        return value
+    if isinstance(value, int | float):
+        try:
+            json.dumps(value)
+        except ValueError:  # an int too large to print
+            return unencodable(value, "a number too large to print")
+        return value
+    if depth >= MAX_DEPTH:
+        return unencodable(value, f"nested deeper than {MAX_DEPTH}")
+    if id(value) in active:
+        return unencodable(value, "a cycle")
+    active.add(id(value))
+    try:
+        if attrs.has(type(value)):
+            return {
+                field.name: _showable(getattr(value, field.name), depth + 1, active)
+                for field in attrs.fields(type(value))
+            }
+        if isinstance(value, Mapping):
+            shown: dict[str, Any] = {}
+            for key, item in value.items():
+                name = _json_key(key)
+                if name is None:
+                    return unencodable(value, f"a {type(key).__name__} key")
+                shown[name] = _showable(item, depth + 1, active)
+            return shown
+        if isinstance(value, list | tuple | set | frozenset):
+            return [_showable(item, depth + 1, active) for item in value]
+    except Exception as exc:  # a property, a mapping or an iterator that raises
+        return unencodable(value, f"reading it raised {type(exc).__name__}")
+    finally:
+        active.discard(id(value))
+    try:
+        return repr(value)
+    except Exception as exc:
+        return unencodable(value, f"its repr() raised {type(exc).__name__}")
+
+
+def _json_key(key: Any) -> str | None:
+    """The object key `json.dumps` would write for `key`, or None if it takes none."""
+    if isinstance(key, str):
+        return key
+    if key is None or isinstance(key, bool | int | float):
+        try:
+            return json.dumps(key)
+        except ValueError:
+            return None
+    return None
+
+
+def unencodable(value: Any, why: str) -> dict[str, str]:
+    """The placeholder for a value that cannot be shown (the problem is logged once)."""
+    name = type(value).__name__
+    log_once(
+        log,
+        logging.WARNING,
+        why,
+        name,
+        "a %s value cannot be shown as JSON (%s): sent a placeholder instead",
+        name,
+        why,
+    )
+    return {"unencodable": name}
 
 
 def event_dict(event: Event) -> dict[str, Any]:
@@ -149,16 +249,32 @@ class _Bucket:
         return True
 
 
+@attrs.define(eq=False)
+class _Connection:
+    """One client.  Idle (waiting for it to send) since `idle_since`, or busy (None)."""
+
+    stream: trio.SocketStream
+    idle_since: int | None = None  # an order, not a time: smaller is idle longer
+    waiting: trio.CancelScope | None = None  # the wait for the client's next bytes
+    evicted: bool = False
+
+
 class ControlServer:
-    """Serves one system's socket; runs in the system's nursery."""
+    """Serves one system's socket; runs in the system's nursery, isolated from the tree."""
 
     def __init__(self, system: System, folder: pathlib.Path | None = None) -> None:
         self.system = system
         self.folder = folder or control_dir()
         self.path = self.folder / socket_name(system.name, os.getpid())
-        self.connections = 0
         self.requests = 0
         self.rejected = 0
+        self._open: set[_Connection] = set()
+        self._order = itertools.count()
+
+    @property
+    def connections(self) -> int:
+        """Connections being served (not counting those being refused or let go)."""
+        return len(self._open)
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         ensure_private_dir(self.folder)
@@ -184,40 +300,117 @@ class ControlServer:
         try:
             async with listener, trio.open_nursery() as nursery:
                 task_status.started()
-                while True:
-                    stream = await listener.accept()
-                    if self.connections >= MAX_CONNECTIONS:
-                        nursery.start_soon(self._refuse, stream, "too many connections")
-                        continue
-                    nursery.start_soon(self._connection, stream)
+                try:
+                    await self._accept(listener, nursery)
+                except Exception as exc:  # the endpoint ends; the system does not
+                    log.error(
+                        "the control socket %s stopped (%s: %s); the system carries on without it",
+                        self.path,
+                        type(exc).__name__,
+                        exc,
+                        exc_info=exc,
+                    )
+                nursery.cancel_scope.cancel()
         finally:
             with contextlib.suppress(FileNotFoundError):
                 self.path.unlink()
 
+    async def _accept(self, listener: trio.SocketListener, nursery: trio.Nursery) -> None:
+        while True:
+            try:
+                stream = await listener.accept()
+            except OSError as exc:
+                if exc.errno not in ACCEPT_CAPACITY_ERRNOS:
+                    raise
+                name = errno.errorcode.get(exc.errno or 0, str(exc.errno))
+                log_once(
+                    log,
+                    logging.WARNING,
+                    "control accept",
+                    name,
+                    "the control socket cannot accept a connection (%s: %s); retrying",
+                    name,
+                    exc.strerror,
+                )
+                await trio.sleep(ACCEPT_RETRY)
+                continue
+            if len(self._open) >= MAX_CONNECTIONS and not self._evict_longest_idle():
+                nursery.start_soon(self._refuse, stream, "too many connections")
+                continue
+            conn = _Connection(stream)
+            self._open.add(conn)
+            nursery.start_soon(self._connection, conn)
+
+    def _evict_longest_idle(self) -> bool:
+        """Close the connection idle longest to make room; False if none is idle."""
+        idle = [
+            (conn.idle_since, conn)
+            for conn in self._open
+            if conn.idle_since is not None and conn.waiting is not None
+        ]
+        if not idle:
+            return False
+        _, victim = min(idle, key=operator.itemgetter(0))
+        victim.evicted = True
+        self._open.discard(victim)
+        assert victim.waiting is not None
+        victim.waiting.cancel()
+        return True
+
     async def _refuse(self, stream: trio.SocketStream, why: str) -> None:
         self.rejected += 1
         async with stream:
-            with trio.move_on_after(1), contextlib.suppress(trio.BrokenResourceError):
-                await stream.send_all(to_json({"ok": False, "error": why}).encode())
+            await _goodbye(stream, why)
 
-    async def _connection(self, stream: trio.SocketStream) -> None:
-        self.connections += 1
+    async def _connection(self, conn: _Connection) -> None:
+        stream = conn.stream
         try:
             async with stream:
                 if peer_uid(stream.socket) != os.getuid():
                     self.rejected += 1
-                    await stream.send_all(
-                        to_json({"ok": False, "error": "permission denied"}).encode()
-                    )
+                    await _goodbye(stream, "permission denied")
                     return
-                await self._serve_requests(stream)
+                await self._serve_requests(conn)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            # the client hung up (or its socket failed): this connection ends, nothing else
             if getattr(exc, "errno", None) not in (None, errno.EPIPE, errno.ECONNRESET):
                 log.debug("control connection ended: %s", exc)
+        except Exception as exc:  # a bug: it ends this connection, never the system
+            log_once(
+                log,
+                logging.ERROR,
+                "control connection failed",
+                type(exc).__name__,
+                "a control connection failed (%s: %s) and was closed; the system carries on",
+                type(exc).__name__,
+                exc,
+                exc_info=exc,
+            )
         finally:
-            self.connections -= 1
+            self._open.discard(conn)
 
-    async def _serve_requests(self, stream: trio.SocketStream) -> None:
+    async def _receive(self, conn: _Connection) -> bytes | None:
+        """The client's next bytes (b"" when it hung up).
+
+        None if it sent nothing for `IDLE_TIMEOUT`, or was closed to make room for
+        a new connection: it has been told why.
+        """
+        if conn.idle_since is None:
+            conn.idle_since = next(self._order)
+        data = None
+        with trio.move_on_after(IDLE_TIMEOUT) as conn.waiting:
+            data = await conn.stream.receive_some(8192)
+        conn.waiting = None
+        if conn.evicted:  # even if its bytes arrived as it was chosen
+            await _goodbye(conn.stream, "closed: the server was full and this connection idle")
+            return None
+        if data is None:
+            await _goodbye(conn.stream, f"closed: idle for {IDLE_TIMEOUT:g} s")
+            return None
+        return data
+
+    async def _serve_requests(self, conn: _Connection) -> None:
+        stream = conn.stream
         bucket = _Bucket(RATE)
         buffer = b""
         while True:
@@ -226,7 +419,7 @@ class ControlServer:
                 if len(buffer) > MAX_REQUEST:
                     await self._fail(stream, f"request larger than {MAX_REQUEST} bytes")
                     return
-                data = await stream.receive_some(8192)
+                data = await self._receive(conn)
                 if not data:
                     return
                 buffer += data
@@ -237,24 +430,43 @@ class ControlServer:
                 return
             if not line.strip():
                 continue
+            conn.idle_since = None  # busy with a request
             if not bucket.take():
                 await self._fail(stream, f"more than {RATE} requests a second; slow down")
                 return
             self.requests += 1
+            request: dict[str, Any] = {}
             try:
                 request = _parse(line)
                 if request["op"] == "events":
-                    await self._events(stream, request)
-                    return
-                reply = self._answer(request)
+                    pattern = _pattern(request)
+                else:
+                    reply = self._answer(request)
             except ControlError as exc:
                 await self._fail(stream, str(exc))
+                return
+            except Exception as exc:  # a bug in answering: this connection ends, only
+                log_once(
+                    log,
+                    logging.ERROR,
+                    "control op failed",
+                    f"{request.get('op')}: {type(exc).__name__}",
+                    "the control op %r failed (%s: %s); the system carries on",
+                    request.get("op"),
+                    type(exc).__name__,
+                    exc,
+                    exc_info=exc,
+                )
+                await self._fail(stream, f"internal error ({type(exc).__name__}); see the log")
+                return
+            if request["op"] == "events":
+                await self._events(stream, pattern)
                 return
             await stream.send_all(to_json(reply).encode())
 
     async def _fail(self, stream: trio.SocketStream, error: str) -> None:
         self.rejected += 1
-        await stream.send_all(to_json({"ok": False, "error": error}).encode())
+        await _goodbye(stream, error)
 
     def _answer(self, request: dict[str, Any]) -> dict[str, Any]:
         system = self.system
@@ -278,19 +490,19 @@ class ControlServer:
             return {"ok": True, "stopping": system.name}
         raise ControlError(f"unknown op {op!r}")  # pragma: no cover - _parse checks
 
-    async def _events(self, stream: trio.SocketStream, request: dict[str, Any]) -> None:
-        pattern = request.get("pattern", ">")
-        try:
-            check_pattern(pattern)
-        except ValueError as exc:
-            raise ControlError(str(exc)) from None
-        async with self.system.bus.stream(pattern) as events, trio.open_nursery() as nursery:
+    async def _events(self, stream: trio.SocketStream, pattern: str) -> None:
+        async with self.system.bus.stream(pattern) as events:
             await stream.send_all(to_json({"ok": True, "streaming": pattern}).encode())
-            # A quiet stream never sends, so a hang-up is only seen by reading.
-            nursery.start_soon(self._until_hangup, stream, nursery.cancel_scope)
-            async for event in events:
-                await stream.send_all(to_json({"ok": True, "event": event_dict(event)}).encode())
-            nursery.cancel_scope.cancel()
+            async with trio.open_nursery() as nursery:
+                # A quiet stream never sends, so a hang-up is only seen by reading.
+                nursery.start_soon(self._until_hangup, stream, nursery.cancel_scope)
+                try:
+                    async for event in events:
+                        line = to_json({"ok": True, "event": event_dict(event)})
+                        await stream.send_all(line.encode())
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    pass  # the client left while an event was on its way: the stream ends
+                nursery.cancel_scope.cancel()
 
     @staticmethod
     async def _until_hangup(stream: trio.SocketStream, scope: trio.CancelScope) -> None:
@@ -299,6 +511,24 @@ class ControlServer:
             while await stream.receive_some(8192):
                 pass
         scope.cancel()
+
+
+async def _goodbye(stream: trio.SocketStream, error: str) -> None:
+    """Send one last error line, if the client takes it within `GOODBYE_TIMEOUT`."""
+    line = to_json({"ok": False, "error": error}).encode()
+    with trio.move_on_after(GOODBYE_TIMEOUT):
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            await stream.send_all(line)
+
+
+def _pattern(request: dict[str, Any]) -> str:
+    pattern = request.get("pattern", ">")
+    try:
+        check_pattern(pattern)
+    except ValueError as exc:
+        raise ControlError(str(exc)) from None
+    assert isinstance(pattern, str)
+    return pattern
 
 
 def _parse(line: bytes) -> dict[str, Any]:

@@ -3,19 +3,28 @@
 The text is made with prometheus-client from a snapshot taken on the trio
 thread at scrape time, so no thread ever reads runtime state (rule 1), and
 there is no exporter thread to account for at shutdown.
+
+A face, isolated from the tree: at most `MAX_CONNECTIONS` clients at once (the
+next ones get a 503), each given `TIMEOUT` seconds to send its request and take
+the reply; a scrape that fails gets a 500 (logged once); a broken listener ends
+the metrics, never the system.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import trio
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+from .control import ACCEPT_CAPACITY_ERRNOS, ACCEPT_RETRY
+from .logs import log_once
 
 if TYPE_CHECKING:
     from .monitor import ActorInfo
@@ -24,6 +33,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("troupe.metrics")
 
 MAX_HEADER = 16 * 1024
+MAX_CONNECTIONS = 16  # clients served at once; the next ones get a 503
+TIMEOUT = 10.0  # seconds a client has to send its request and take the reply
+REFUSE_TIMEOUT = 0.1  # seconds a 503 may take to leave
 STATES = ("starting", "running", "restarting", "stopping", "stopped", "failed")
 BRIDGE_COUNTERS = ("submitted", "completed", "failed", "abandoned")
 BRIDGE_GAUGES = ("active", "queued", "abandoned_running")
@@ -77,15 +89,27 @@ class SnapshotCollector(Collector):
                 f"troupe_bridge_{key}", f"Bridge calls {key}", labels=["path"]
             )
             for node in bridges:
-                family.add_metric([node.path], float(node.stats.get(key, 0)))
+                if (value := _number(node.stats.get(key, 0))) is not None:
+                    family.add_metric([node.path], value)
             yield family
         for key in BRIDGE_GAUGES:
             gauge = GaugeMetricFamily(
                 f"troupe_bridge_{key}", f"Bridge calls {key}", labels=["path"]
             )
             for node in bridges:
-                gauge.add_metric([node.path], float(node.stats.get(key, 0)))
+                if (value := _number(node.stats.get(key, 0))) is not None:
+                    gauge.add_metric([node.path], value)
             yield gauge
+
+
+def _number(value: Any) -> float | None:
+    """`value` as a sample, or None if it is not a number a sample can hold."""
+    if not isinstance(value, int | float):
+        return None
+    try:
+        return float(value)
+    except OverflowError:  # an int beyond any float
+        return None
 
 
 class MetricsServer:
@@ -97,6 +121,8 @@ class MetricsServer:
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(SnapshotCollector(system))
         self.scrapes = 0
+        self.connections = 0  # clients being served
+        self.refused = 0  # clients sent away with a 503: too many at once
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -107,32 +133,110 @@ class MetricsServer:
         log.info("metrics on http://127.0.0.1:%d/metrics", self.port)
         async with trio.open_nursery() as nursery:
             task_status.started(self.port)
-            await trio.serve_listeners(self._handle, listeners, handler_nursery=nursery)
+            for listener in listeners:
+                nursery.start_soon(self._listen, listener, nursery)
+
+    async def _listen(self, listener: trio.SocketListener, nursery: trio.Nursery) -> None:
+        try:
+            async with listener:
+                await self._accept(listener, nursery)
+        except Exception as exc:  # the metrics end; the system does not
+            log.error(
+                "the metrics server on port %d stopped (%s: %s); the system carries on without it",
+                self.port,
+                type(exc).__name__,
+                exc,
+                exc_info=exc,
+            )
+
+    async def _accept(self, listener: trio.SocketListener, nursery: trio.Nursery) -> None:
+        while True:
+            try:
+                stream = await listener.accept()
+            except OSError as exc:
+                if exc.errno not in ACCEPT_CAPACITY_ERRNOS:
+                    raise
+                name = errno.errorcode.get(exc.errno or 0, str(exc.errno))
+                log_once(
+                    log,
+                    logging.WARNING,
+                    "metrics accept",
+                    name,
+                    "the metrics server cannot accept a connection (%s: %s); retrying",
+                    name,
+                    exc.strerror,
+                )
+                await trio.sleep(ACCEPT_RETRY)
+                continue
+            if self.connections >= MAX_CONNECTIONS:
+                # Refused here, not in a task of its own: a flood cannot pile up tasks
+                # or descriptors, and the 503 fits any fresh socket's buffer at once.
+                self.refused += 1
+                async with stream:
+                    with (
+                        trio.move_on_after(REFUSE_TIMEOUT),
+                        contextlib.suppress(trio.BrokenResourceError),
+                    ):
+                        await stream.send_all(_response(503, b"too many connections\n"))
+                continue
+            self.connections += 1
+            nursery.start_soon(self._handle, stream)
 
     async def _handle(self, stream: trio.SocketStream) -> None:
-        async with stream:
-            with trio.move_on_after(10), contextlib.suppress(trio.BrokenResourceError, OSError):
-                head = b""
-                while b"\r\n\r\n" not in head and b"\n\n" not in head:
-                    data = await stream.receive_some(4096)
-                    if not data:
-                        return
-                    head += data
-                    if len(head) > MAX_HEADER:
-                        await stream.send_all(_response(431, b"request header too large\n"))
-                        return
-                request_line = head.split(b"\r\n", 1)[0].split(b"\n", 1)[0].split()
-                if len(request_line) < 2 or request_line[0] != b"GET":
-                    await stream.send_all(_response(405, b"GET /metrics only\n"))
-                    return
-                if request_line[1].split(b"?", 1)[0] not in (b"/metrics", b"/"):
-                    await stream.send_all(_response(404, b"see /metrics\n"))
-                    return
-                self.scrapes += 1
-                body = self.render()
-                await stream.send_all(
-                    _response(200, body, "text/plain; version=0.0.4; charset=utf-8")
-                )
+        try:
+            async with stream:
+                with trio.move_on_after(TIMEOUT):
+                    await self._exchange(stream)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            pass  # the client hung up
+        except Exception as exc:  # a bug: it ends this connection, never the system
+            log_once(
+                log,
+                logging.ERROR,
+                "metrics connection failed",
+                type(exc).__name__,
+                "a metrics connection failed (%s: %s); the system carries on",
+                type(exc).__name__,
+                exc,
+                exc_info=exc,
+            )
+        finally:
+            self.connections -= 1
+
+    async def _exchange(self, stream: trio.SocketStream) -> None:
+        head = b""
+        while b"\r\n\r\n" not in head and b"\n\n" not in head:
+            data = await stream.receive_some(4096)
+            if not data:
+                return
+            head += data
+            if len(head) > MAX_HEADER:
+                await stream.send_all(_response(431, b"request header too large\n"))
+                return
+        request_line = head.split(b"\r\n", 1)[0].split(b"\n", 1)[0].split()
+        if len(request_line) < 2 or request_line[0] != b"GET":
+            await stream.send_all(_response(405, b"GET /metrics only\n"))
+            return
+        if request_line[1].split(b"?", 1)[0] not in (b"/metrics", b"/"):
+            await stream.send_all(_response(404, b"see /metrics\n"))
+            return
+        self.scrapes += 1
+        try:
+            body = self.render()
+        except Exception as exc:  # a scrape that fails says so; the system carries on
+            log_once(
+                log,
+                logging.ERROR,
+                "metrics scrape failed",
+                type(exc).__name__,
+                "a metrics scrape failed (%s: %s); it was answered 500",
+                type(exc).__name__,
+                exc,
+                exc_info=exc,
+            )
+            await stream.send_all(_response(500, b"the metrics could not be made; see the log\n"))
+            return
+        await stream.send_all(_response(200, body, "text/plain; version=0.0.4; charset=utf-8"))
 
 
 def _response(code: int, body: bytes, kind: str = "text/plain; charset=utf-8") -> bytes:
@@ -141,6 +245,8 @@ def _response(code: int, body: bytes, kind: str = "text/plain; charset=utf-8") -
         404: "Not Found",
         405: "Method Not Allowed",
         431: "Too Large",
+        500: "Internal Server Error",
+        503: "Service Unavailable",
     }
     head = (
         f"HTTP/1.1 {code} {reason.get(code, 'Error')}\r\n"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections import deque
@@ -14,11 +15,14 @@ import trio
 
 from .cell import ActorBehaviour, Cell
 from .errors import ActorNotFound
+from .logs import log_once
 from .messages import ErrorInfo
 from .supervisor import Supervising
 
 if TYPE_CHECKING:
     from .system import System
+
+log = logging.getLogger("troupe.monitor")
 
 
 @attrs.frozen
@@ -226,7 +230,6 @@ def describe_cell(cell: Cell, now: float, stuck_after: float) -> ActorInfo:
     busy = isinstance(behaviour, ActorBehaviour) and behaviour.busy
     since = behaviour.current_since if isinstance(behaviour, ActorBehaviour) else now
     current = behaviour.current if isinstance(behaviour, ActorBehaviour) else None
-    stats: dict[str, Any] = dict(behaviour.stats())
     return ActorInfo(
         path=cell.path,
         name=cell.name,
@@ -246,9 +249,62 @@ def describe_cell(cell: Cell, now: float, stuck_after: float) -> ActorInfo:
         last_error=cell.last_error,
         uptime=now - cell.started_at if cell.running and cell.started_at is not None else None,
         subscriptions=cell.host.subscriptions_of(cell),
-        stats=stats,
+        stats=actor_stats(cell),
         children=children,
     )
+
+
+def actor_stats(cell: Cell) -> dict[str, Any]:
+    """What the cell's actor's `snapshot_stats()` says: a dict, str keys, JSON values.
+
+    If it raises or returns anything else, the stats are ``{"error": "..."}``
+    instead (logged once per actor class): one odd actor never breaks a
+    snapshot, the control socket or the metrics.
+    """
+    try:
+        stats = cell.behaviour.stats()
+        problem = _stats_problem(stats)
+    except Exception as exc:
+        problem = f"snapshot_stats() raised {_describe(exc)}"
+    if problem is None:
+        return dict(stats)
+    log_once(
+        log,
+        logging.WARNING,
+        "snapshot_stats",
+        cell.cls_name,
+        "the stats of %s (%s) cannot be shown: %s; they show the error instead",
+        cell.cls_name,
+        cell.path,
+        problem,
+    )
+    return {"error": problem}
+
+
+def _stats_problem(stats: object) -> str | None:
+    """What is wrong with what `snapshot_stats()` returned, or None."""
+    if stats is None:
+        return "snapshot_stats() returned None, not a dict"
+    if not isinstance(stats, dict):
+        return f"snapshot_stats() returned a {type(stats).__name__}, not a dict"
+    for key in stats:
+        if not isinstance(key, str):
+            return f"snapshot_stats() returned a {type(key).__name__} key, not a str"
+    try:
+        json.dumps(stats)
+    except Exception as exc:  # a value JSON has no type for, a huge int, a cycle ...
+        return f"snapshot_stats() returned a value JSON cannot encode ({_describe(exc)})"
+    return None
+
+
+def _describe(exc: BaseException) -> str:
+    try:
+        message = str(exc)
+    except Exception:
+        message = "(its message cannot be shown)"
+    if len(message) > 200:
+        message = message[:200] + "..."
+    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
 
 
 def take_snapshot(system: System) -> TreeSnapshot:
