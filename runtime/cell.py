@@ -34,7 +34,14 @@ from .messages import (
 )
 from .ref import ActorRef
 from .spec import ChildSpec, check_handlers
-from .waits import begin_wait, end_wait, enter_incarnation, let_in, waiting_slot
+from .waits import (
+    begin_wait,
+    end_wait,
+    enter_incarnation,
+    leave_incarnation,
+    let_in,
+    waiting_slot,
+)
 
 if TYPE_CHECKING:
     from .host import Host
@@ -103,7 +110,11 @@ class Behaviour(Protocol):
 
     kind: str
 
-    async def run(self, cell: Cell, task_status: trio.TaskStatus[BaseException | None]) -> None:
+    async def run(
+        self,
+        cell: Cell,
+        task_status: trio.TaskStatus[BaseException | None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
         """One incarnation.  ``task_status.started`` gets None, or the start error."""
         ...
 
@@ -302,11 +313,16 @@ class Cell:
             self._exit = trio.Event()
         await self._exit.wait()
 
-    async def run(
-        self, *, task_status: trio.TaskStatus[BaseException | None] = trio.TASK_STATUS_IGNORED
-    ) -> None:
-        """One incarnation of whatever behaviour runs in this slot."""
-        await self.behaviour.run(self, task_status)
+    async def start(self, nursery: trio.Nursery) -> BaseException | None:
+        """Start an incarnation in `nursery`; return None once started, or the start error.
+
+        The incarnation's task runs the behaviour directly (no frame of its own
+        here: an idle actor's stack stays small) and is named by the path.
+        """
+        error: BaseException | None = await nursery.start(
+            self.behaviour.run, self, name=self.path
+        )
+        return error
 
     # -- watching --------------------------------------------------------
     def watch(self, target: Cell) -> None:
@@ -370,7 +386,7 @@ class Cell:
 
     def end(self, reason: ExitReason) -> None:
         self._kill_scope = None
-        self.task = None
+        leave_incarnation(self)
         self.waiting_for = None
         if not self.finalized:
             self.state = "failed" if isinstance(reason, BaseException) else "stopped"
@@ -521,7 +537,11 @@ class ActorBehaviour:
         if item is not IDLE:
             cell.drop(item, reason, cause, restarted=self._restarted and reason == "stopped")
 
-    async def run(self, cell: Cell, task_status: trio.TaskStatus[BaseException | None]) -> None:
+    async def run(
+        self,
+        cell: Cell,
+        task_status: trio.TaskStatus[BaseException | None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
         """One incarnation.
 
         The incarnation's nursery (``ctx.nursery``) doubles as its kill scope:

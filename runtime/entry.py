@@ -103,7 +103,7 @@ async def _serving(
             async with trio.open_nursery() as nursery:
                 if not mock:
                     nursery.start_soon(monitor.probe, name="troupe loop probe")
-                error = await nursery.start(system.root.run, name="/")
+                error = await system.root.start(nursery)
                 if error is None:
                     scope.shield = True
                     system.started_at = time.time()

@@ -105,7 +105,11 @@ class Supervising:
         self.dynamic.clear()
 
     # -- the supervisor's own incarnation --------------------------------
-    async def run(self, cell: Cell, task_status: trio.TaskStatus[BaseException | None]) -> None:
+    async def run(
+        self,
+        cell: Cell,
+        task_status: trio.TaskStatus[BaseException | None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
         incarnation = cell.begin()
         if self.root and cell.host.shutting_down:
             cell._stop_reason = "shutdown"  # stopped before it began: start nothing
@@ -187,9 +191,7 @@ class Supervising:
         assert self._nursery is not None
         started: list[Cell] = []
         for child_cell in cells:
-            error: BaseException | None = await self._nursery.start(
-                child_cell.run, name=child_cell.path
-            )
+            error = await child_cell.start(self._nursery)
             if error is not None:
                 for done in reversed(started):
                     await self._stop_child(done)
@@ -300,7 +302,7 @@ class Supervising:
             if child_cell.finalized or child_cell not in self.children or child_cell.running:
                 continue
             child_cell.restarts += 1
-            error = await self._nursery.start(child_cell.run, name=child_cell.path)
+            error = await child_cell.start(self._nursery)
             if error is not None:
                 # A failed restart counts toward the intensity like any crash.
                 for rest in group[group.index(child_cell) + 1 :]:
@@ -344,7 +346,7 @@ class Supervising:
         assert self._nursery is not None
         if child_cell.finalized:
             raise ValueError(f"{child_cell.path} was stopped before it could start")
-        error = await self._nursery.start(child_cell.run, name=child_cell.path)
+        error = await child_cell.start(self._nursery)
         if error is not None:
             child_cell.finalize(error)
             raise error

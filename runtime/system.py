@@ -96,8 +96,9 @@ class System:
         self.started_at: float | None = None
         self.control: Any = None  # the control server, when served (runtime.control)
         self.metrics: Any = None  # the metrics server, when served (runtime.metrics)
-        self._gate = ThreadGate(self.name)
+        self.gate = ThreadGate(self.name)  # a plain attribute: read on every tell
         self._monitor = LoopMonitor()
+        self.steps = self._monitor
         self._cells: dict[str, Cell] = {}
         self._bus_cell: Cell | None = None
         self._bridge_cell: Cell | None = None
@@ -120,14 +121,6 @@ class System:
     @property
     def shutting_down(self) -> bool:
         return self._shutting_down
-
-    @property
-    def gate(self) -> ThreadGate:
-        return self._gate
-
-    @property
-    def steps(self) -> LoopMonitor:
-        return self._monitor
 
     @property
     def loop_monitor(self) -> LoopMonitor:
@@ -173,7 +166,7 @@ class System:
         self.bus.drop_all(cell)
 
     def root_exited(self, reason: ExitReason) -> None:
-        self._gate.stopping()
+        self.gate.stopping()
         if isinstance(reason, BaseException):
             self._failure = reason
         if self._on_root_exit is not None:
@@ -367,7 +360,7 @@ class System:
         Raises `RuntimeClosed` once the system has stopped, `ValueError` for
         an invalid topic.
         """
-        if self._gate.on_loop_thread():
+        if self.gate.on_loop_thread():
             self._check_running(f"publish on {topic!r}")
             return self.bus.publish_nowait(
                 topic, payload, correlation_id=correlation_id, metadata=metadata
@@ -377,7 +370,7 @@ class System:
         if bus is None or not self.is_running:
             raise RuntimeClosed(f"system {self.name!r} is not running")
         request = PublishRequest(topic, payload, correlation_id, dict(metadata))
-        return self._gate.ask(bus, request, float("inf"))  # type: ignore[no-any-return]
+        return self.gate.ask(bus, request, float("inf"))  # type: ignore[no-any-return]
 
     async def run_blocking(
         self,
@@ -426,7 +419,7 @@ class System:
         """
         if self._state != "closed":
             self._shutting_down = True
-            self._gate.stopping()
+            self.gate.stopping()
             self._root.request_stop("shutdown")
 
     def kill(self) -> None:
@@ -446,7 +439,7 @@ class System:
     # -- lifecycle, for runtime.entry ---------------------------------------------
     def open(self, token: trio.lowlevel.TrioToken) -> None:
         """On the trio thread: from now on the system runs and threads may call in."""
-        self._gate.open(token)
+        self.gate.open(token)
         self._state = "running"
 
     def close(self) -> None:
@@ -457,7 +450,7 @@ class System:
         self._state = "closed"
         self._shutting_down = True
         self._root.finalize("shutdown")
-        self._gate.close()
+        self.gate.close()
 
     async def serve_signals(self, signals: AsyncIterator[int]) -> None:
         """A first signal stops the system gracefully, a second kills it."""

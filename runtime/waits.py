@@ -11,7 +11,6 @@ that has room.
 
 from __future__ import annotations
 
-from contextvars import ContextVar
 from typing import Any, Protocol
 
 import trio
@@ -31,27 +30,34 @@ class Waiter(Protocol):
     task: trio.lowlevel.Task | None  # the running incarnation's own task
 
 
-_current: ContextVar[Any] = ContextVar("troupe_current_slot", default=None)
+_slots: dict[trio.lowlevel.Task, Any] = {}
+"""The slot of each running incarnation, by its task (loop thread only)."""
 
 
 def enter_incarnation(slot: Waiter) -> None:
     """Called at the start of an incarnation's task: handlers here are `slot`'s."""
-    slot.task = trio.lowlevel.current_task()
+    task = trio.lowlevel.current_task()
+    slot.task = task
     slot.waiting_for = None
     slot.waiting_to_send = False
-    _current.set(slot)
+    _slots[task] = slot
+
+
+def leave_incarnation(slot: Waiter) -> None:
+    """The incarnation's task is ending: it waits on nothing any more."""
+    if slot.task is not None:
+        _slots.pop(slot.task, None)
+    slot.task = None
+    slot.waiting_for = None
+    slot.waiting_to_send = False
 
 
 def waiting_slot() -> Any:
     """The slot whose handler runs in this task, or None.
 
-    None in any other task: a plain trio task, a ``ctx.nursery`` task (they
-    inherit the context but are not the incarnation's task), a thread.
+    None in any other task: a plain trio task, a ``ctx.nursery`` task, a thread.
     """
-    slot = _current.get()
-    if slot is not None and slot.task is trio.lowlevel.current_task():
-        return slot
-    return None
+    return _slots.get(trio.lowlevel.current_task())
 
 
 def begin_wait(waiter: Waiter, target: Waiter, what: str, *, to_send: bool = False) -> None:
@@ -77,8 +83,8 @@ def begin_wait(waiter: Waiter, target: Waiter, what: str, *, to_send: bool = Fal
 def let_in(task: trio.lowlevel.Task) -> None:
     """A mailbox let `task` in (it has room now): its wait to send is over already,
     though the task has not run yet.  Not an edge any more."""
-    slot = task.context.get(_current, None)
-    if slot is not None and slot.task is task and slot.waiting_to_send:
+    slot = _slots.get(task)
+    if slot is not None and slot.waiting_to_send:
         slot.waiting_for = None
         slot.waiting_to_send = False
 
@@ -90,4 +96,11 @@ def end_wait(waiter: Waiter, target: Waiter) -> None:
         waiter.waiting_to_send = False
 
 
-__all__ = ["begin_wait", "end_wait", "enter_incarnation", "let_in", "waiting_slot"]
+__all__ = [
+    "begin_wait",
+    "end_wait",
+    "enter_incarnation",
+    "leave_incarnation",
+    "let_in",
+    "waiting_slot",
+]
