@@ -260,7 +260,8 @@ class Supervising:
         now = trio.current_time()
         times = self._restart_times
         times.append(now)
-        while times and times[0] <= now - self.sup.within:
+        # OTP keeps the restarts with R >= Now - Period: one exactly `within` old counts.
+        while now - times[0] > self.sup.within:
             times.popleft()
         if len(times) > self.sup.max_restarts:
             await self._stop_all()

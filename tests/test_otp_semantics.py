@@ -1,0 +1,148 @@
+"""OTP supervision, exactly: the cases where Troupe and OTP's supervisor once differed.
+
+- siblings that crash together in a group restart count as one restart (their
+  exits are absorbed into the restart that stopped them);
+- the intensity window includes a restart exactly `within` seconds old;
+- exits that arrive before a pending group restart has run are merged into it,
+  so the children always start in the order of `children`;
+- a `transient` child that exited normally keeps its place and is started again
+  by a later group restart that covers it;
+- a supervisor that gives up counts for its parent as OTP's ``shutdown`` exit.
+
+Every test runs on trio's autojump clock; none asserts on a duration.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+from runtime import (
+    Actor,
+    Event,
+    RestartIntensityExceeded,
+    Supervisor,
+    child,
+    open_system,
+)
+
+# -- helpers -----------------------------------------------------------------
+
+
+class Boom(Exception):
+    """The crash our test actors raise."""
+
+
+def why(reason: object) -> str:
+    return "crash" if isinstance(reason, BaseException) else str(reason)
+
+
+class Worker(Actor):
+    """Logs ("start", name) and ("stop", name, why) into the shared `log`.
+
+    "crash" raises Boom, "stop" calls ctx.stop(), "ping" -> "pong".  With
+    `farewell=(path, msg)`, its first on_stop tells `msg` to `path` and then
+    lingers a second, so that the other actor acts on it while this one is
+    still being stopped (once per test: `once` is shared).
+    """
+
+    def __init__(
+        self,
+        log: list[Any],
+        farewell: tuple[str, str] | None = None,
+        once: dict[str, bool] | None = None,
+    ) -> None:
+        self.log = log
+        self.farewell = farewell
+        self.once = once if once is not None else {}
+
+    async def on_start(self) -> None:
+        self.log.append(("start", self.ctx.name))
+
+    async def on_stop(self, reason: object) -> None:
+        self.log.append(("stop", self.ctx.name, why(reason)))
+        if self.farewell is not None and not self.once.get("done"):
+            self.once["done"] = True
+            path, msg = self.farewell
+            self.ctx.system.ref(path).tell(msg)
+            await trio.sleep(1.0)
+
+    async def receive(self, msg: Any) -> Any:
+        match msg:
+            case "crash":
+                raise Boom(self.ctx.name)
+            case "stop":
+                self.ctx.stop()
+                return "stopping"
+            case "ping":
+                return "pong"
+            case Event(topic="boom"):
+                raise Boom(f"{self.ctx.name} on the event")
+        return msg
+
+
+class Listener(Worker):
+    """A worker that crashes on the event ``boom``."""
+
+    subscriptions = ("boom",)
+
+
+def w(name: str, log: list[Any], **kw: Any) -> Any:
+    return child(Worker, name=name, kwargs={"log": log}, **kw)
+
+
+def farewell(name: str, log: list[Any], path: str, msg: str, **kw: Any) -> Any:
+    """A worker whose first on_stop tells `msg` to `path` (see `Worker`)."""
+    return child(
+        Worker, name=name, kwargs={"log": log, "farewell": (path, msg), "once": {}}, **kw
+    )
+
+
+async def settle() -> None:
+    """Let every task run until all are blocked (the clock does not move)."""
+    await trio.testing.wait_all_tasks_blocked()
+
+
+def started(log: list[Any]) -> list[str]:
+    return [entry[1] for entry in log if entry[0] == "start"]
+
+
+async def all_answer(system: Any, parent: str, names: str) -> None:
+    for name in names:
+        assert await system.ref(f"{parent}/{name}").ask("ping") == "pong"
+
+
+def escalations(system: Any) -> list[str]:
+    events = system.bus.history("system.supervisor.escalated", limit=100)
+    return sorted(e.payload["path"] for e in events)
+
+
+# -- the intensity window ----------------------------------------------------------
+
+
+async def test_window_includes_a_restart_exactly_within_seconds_old(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """OTP keeps restarts with R >= Now - Period: crashes at t=10 and t=15 are two
+    restarts within 5 s, one more than max_restarts=1 allows."""
+    log: list[Any] = []
+    tree = Supervisor("app", max_restarts=1, within=5.0, children=[w("a", log)])
+    progress: list[str] = []
+    with trio.fail_after(60), pytest.raises(RestartIntensityExceeded):
+        async with open_system(tree) as system:
+            await trio.sleep_until(10.0)  # whole numbers: no rounding in the clock
+            system.ref("/app/a").tell("crash")
+            await settle()
+            assert await system.ref("/app/a").ask("ping") == "pong"
+            progress.append("first restart at t=10")
+            await trio.sleep_until(15.0)
+            system.ref("/app/a").tell("crash")
+            await settle()
+            pytest.fail("the restart at t=10 is still inside the window")  # pragma: no cover
+    assert progress == ["first restart at t=10"]
+    assert started(log) == ["a", "a"]
+
+
