@@ -33,6 +33,18 @@ def should_restart(restart: str, reason: object) -> bool:
     return False
 
 
+def exit_reason(child_cell: Cell, reason: ExitReason) -> ExitReason:
+    """The reason a restart decision goes by: a child supervisor that gave up
+    (`RestartIntensityExceeded`) exits as OTP's does, with ``shutdown``."""
+    if (
+        child_cell.kind == "supervisor"
+        and isinstance(reason, RestartIntensityExceeded)
+        and reason.path == child_cell.path
+    ):
+        return "shutdown"
+    return reason
+
+
 def _one_for_one(children: list[Cell], cell: Cell) -> list[Cell]:
     return [cell]
 
@@ -251,7 +263,7 @@ class Supervising:
             cell.host.root_failing()
             await self._stop_all()
             raise _escalated(reason)
-        if not should_restart(child_cell.spec.restart, reason):
+        if not should_restart(child_cell.spec.restart, exit_reason(child_cell, reason)):
             self._remove(child_cell, reason)
             return
         await self._restart(cell, child_cell, reason)
@@ -360,4 +372,4 @@ def _escalated(reason: ExitReason) -> BaseException:
     return RuntimeError(f"the actor tree exited unexpectedly ({describe(reason)})")
 
 
-__all__ = ["GROUPS", "Supervising", "should_restart"]
+__all__ = ["GROUPS", "Supervising", "exit_reason", "should_restart"]

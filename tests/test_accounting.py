@@ -294,7 +294,8 @@ class Model:
         except Escalate as esc:
             assert esc.sup is sup
             sup.children = [c for c in sup.children if c.static]  # dynamic ones end with it
-            self.exited(sup, True)
+            # a supervisor that gives up exits as OTP's does, with `shutdown`
+            self.exited(sup, crash=False)
 
     def _restart(self, sup: MNode, node: MNode) -> None:
         sup.times += 1

@@ -22,6 +22,7 @@ import trio.testing
 
 from runtime import (
     Actor,
+    ActorNotFound,
     Event,
     RestartIntensityExceeded,
     Supervisor,
@@ -96,9 +97,7 @@ def w(name: str, log: list[Any], **kw: Any) -> Any:
 
 def farewell(name: str, log: list[Any], path: str, msg: str, **kw: Any) -> Any:
     """A worker whose first on_stop tells `msg` to `path` (see `Worker`)."""
-    return child(
-        Worker, name=name, kwargs={"log": log, "farewell": (path, msg), "once": {}}, **kw
-    )
+    return child(Worker, name=name, kwargs={"log": log, "farewell": (path, msg), "once": {}}, **kw)
 
 
 async def settle() -> None:
@@ -146,3 +145,57 @@ async def test_window_includes_a_restart_exactly_within_seconds_old(
     assert started(log) == ["a", "a"]
 
 
+# -- a supervisor that gives up is a `shutdown` exit for its parent ------------------
+
+
+def nested(log: list[Any], restart: Any, strategy: Any = "one_for_one") -> Supervisor:
+    return Supervisor(
+        "app",
+        strategy=strategy,
+        max_restarts=0,
+        children=[
+            w("top", log),
+            Supervisor(
+                "inner",
+                max_restarts=0,
+                restart=restart,
+                children=[w("x", log), w("y", log)],
+            ),
+        ],
+    )
+
+
+@pytest.mark.parametrize("restart", ["transient", "temporary"])
+@pytest.mark.parametrize("strategy", ["one_for_one", "one_for_all", "rest_for_one"])
+async def test_child_supervisor_giving_up_is_a_shutdown_exit(
+    restart: Any, strategy: Any, autojump_clock: trio.testing.MockClock
+) -> None:
+    """A transient or temporary child supervisor that gives up is removed, not
+    restarted; its parent is not charged (max_restarts=0 survives) and restarts
+    no sibling."""
+    log: list[Any] = []
+    with trio.fail_after(60):
+        async with open_system(nested(log, restart, strategy)) as system:
+            log.clear()
+            system.ref("/app/inner/x").tell("crash")
+            await settle()
+            for path in ("/app/inner", "/app/inner/x", "/app/inner/y"):
+                with pytest.raises(ActorNotFound):
+                    system.ref(path)
+            assert [c.name for c in system.which_children("/app")] == ["top"]
+            assert await system.ref("/app/top").ask("ping") == "pong"
+            assert log == [("stop", "x", "crash"), ("stop", "y", "shutdown")]
+            assert escalations(system) == ["/app/inner"]
+
+
+async def test_permanent_child_supervisor_giving_up_is_restarted_and_charged(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    log: list[Any] = []
+    with trio.fail_after(60), pytest.raises(RestartIntensityExceeded) as info:
+        async with open_system(nested(log, "permanent")) as system:
+            system.ref("/app/inner/x").tell("crash")
+            await trio.sleep_forever()
+    assert info.value.path == "/app"  # restarting inner was one restart too many
+    assert isinstance(info.value.__cause__, RestartIntensityExceeded)
+    assert escalations(system) == ["/app", "/app/inner"]
