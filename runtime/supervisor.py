@@ -33,6 +33,12 @@ def should_restart(restart: str, reason: object) -> bool:
     return False
 
 
+def keeps_place(restart: str, reason: object) -> bool:
+    """OTP keeps the spec of a transient child that exited normally (with no pid): it
+    stays in its place, stopped, and a group restart that covers it starts it again."""
+    return restart == "transient" and not isinstance(reason, BaseException)
+
+
 def exit_reason(child_cell: Cell, reason: ExitReason) -> ExitReason:
     """The reason a restart decision goes by: a child supervisor that gave up
     (`RestartIntensityExceeded`) exits as OTP's does, with ``shutdown``."""
@@ -263,10 +269,13 @@ class Supervising:
             cell.host.root_failing()
             await self._stop_all()
             raise _escalated(reason)
-        if not should_restart(child_cell.spec.restart, exit_reason(child_cell, reason)):
+        restart = child_cell.spec.restart
+        if should_restart(restart, exit_reason(child_cell, reason)):
+            await self._restart(cell, child_cell, reason)
+        elif keeps_place(restart, reason) and child_cell not in self.dynamic:
+            pass  # state `stopped` (set by `Cell.end`) until a group restart covers it
+        else:
             self._remove(child_cell, reason)
-            return
-        await self._restart(cell, child_cell, reason)
 
     async def _restart(self, cell: Cell, child_cell: Cell, reason: object) -> None:
         now = trio.current_time()
@@ -372,4 +381,4 @@ def _escalated(reason: ExitReason) -> BaseException:
     return RuntimeError(f"the actor tree exited unexpectedly ({describe(reason)})")
 
 
-__all__ = ["GROUPS", "Supervising", "exit_reason", "should_restart"]
+__all__ = ["GROUPS", "Supervising", "exit_reason", "keeps_place", "should_restart"]

@@ -145,6 +145,76 @@ async def test_window_includes_a_restart_exactly_within_seconds_old(
     assert started(log) == ["a", "a"]
 
 
+# -- a transient child that exited normally keeps its place ---------------------------
+
+
+@pytest.mark.parametrize(
+    ("strategy", "restarted"),
+    [("one_for_one", False), ("one_for_all", True), ("rest_for_one", True)],
+)
+async def test_transient_child_that_stopped_normally_keeps_its_place(
+    strategy: Any, restarted: bool, autojump_clock: trio.testing.MockClock
+) -> None:
+    """OTP keeps the spec of a transient child that exited normally (no pid): it
+    stays in which_children, state 'stopped', and a later group restart that
+    covers it starts it again, in its place."""
+    log: list[Any] = []
+    tree = Supervisor(
+        "app",
+        strategy=strategy,
+        children=[w("a", log), w("t", log, restart="transient"), w("c", log)],
+    )
+    with trio.fail_after(60):
+        async with open_system(tree) as system:
+            t = system.ref("/app/t")
+            assert await t.ask("stop") == "stopping"
+            await settle()
+            rows = system.which_children("/app")
+            assert [(c.name, c.state) for c in rows] == [
+                ("a", "running"),
+                ("t", "stopped"),
+                ("c", "running"),
+            ]
+            assert system.ref("/app/t") == t
+            log.clear()
+            system.ref("/app/a").tell("crash")
+            await settle()
+            await all_answer(system, "/app", "ac")
+            if restarted:
+                assert started(log) == ["a", "t", "c"]
+                assert await t.ask("ping") == "pong"
+                assert system.snapshot().find("/app/t").restarts == 1
+                assert [c.state for c in system.which_children("/app")] == ["running"] * 3
+            else:
+                assert started(log) == ["a"]
+                assert system.which_children("/app")[1].state == "stopped"
+
+
+async def test_transient_child_kept_after_a_normal_exit_restarts_with_its_supervisor(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    log: list[Any] = []
+    tree = Supervisor(
+        "app",
+        children=[
+            Supervisor(
+                "inner",
+                max_restarts=0,
+                children=[w("t", log, restart="transient"), w("x", log)],
+            )
+        ],
+    )
+    with trio.fail_after(60):
+        async with open_system(tree) as system:
+            assert await system.ref("/app/inner/t").ask("stop") == "stopping"
+            await settle()
+            log.clear()
+            system.ref("/app/inner/x").tell("crash")  # inner gives up; /app restarts it
+            await settle()
+            await all_answer(system, "/app/inner", "tx")
+            assert started(log) == ["t", "x"]
+
+
 # -- a supervisor that gives up is a `shutdown` exit for its parent ------------------
 
 
