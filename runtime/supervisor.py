@@ -75,7 +75,16 @@ class Supervising:
     """The behaviour of a supervisor's slot: its children and their restarts."""
 
     kind = "supervisor"
-    __slots__ = ("_nursery", "_pending", "_restart_times", "children", "dynamic", "root", "sup")
+    __slots__ = (
+        "_handled",
+        "_nursery",
+        "_pending",
+        "_restart_times",
+        "children",
+        "dynamic",
+        "root",
+        "sup",
+    )
 
     def __init__(self, spec: Supervisor, *, root: bool = False) -> None:
         self.sup = spec
@@ -84,6 +93,10 @@ class Supervising:
         self.dynamic: set[Cell] = set()
         self._restart_times: deque[float] = deque()
         self._pending: list[tuple[float, list[Cell]]] = []
+        # The last incarnation of each child that a restart has dealt with: an exit
+        # that incarnation reports later (a sibling that crashed as a group restart
+        # stopped it) is absorbed into that restart, as in OTP.
+        self._handled: dict[Cell, int] = {}
         self._nursery: trio.Nursery | None = None
 
     def stats(self) -> dict[str, Any]:
@@ -121,6 +134,7 @@ class Supervising:
             child_cell.finalize("shutdown")
         self.children = []
         self.dynamic.clear()
+        self._handled.clear()
 
     # -- the supervisor's own incarnation --------------------------------
     async def run(self, cell: Cell, task_status: trio.TaskStatus[BaseException | None]) -> None:
@@ -130,6 +144,7 @@ class Supervising:
         # The restart history belongs to the incarnation (as in OTP): a supervisor
         # restarted by its parent tolerates max_restarts again.
         self._restart_times.clear()
+        self._handled.clear()
         reason: Any = "shutdown"
         started = False
         start_error: BaseException | None = None
@@ -260,6 +275,7 @@ class Supervising:
             child_cell.parent is not cell
             or child_cell.finalized
             or note.incarnation != child_cell.incarnation
+            or note.incarnation <= self._handled.get(child_cell, 0)
         ):
             return  # stale: that incarnation was already dealt with
         if child_cell not in self.children:
@@ -302,6 +318,10 @@ class Supervising:
             raise error
         group = GROUPS[self.sup.strategy](self.children, child_cell)
         for other in reversed(group):
+            # This restart deals with the member's incarnation, however it ends: an
+            # exit it reports by itself (already queued, or sent while it is being
+            # stopped) is part of this incident, not a restart of its own.
+            self._handled[other] = other.incarnation
             if other is not child_cell:
                 await self._stop_child(other, bystander=True)
         survivors: list[Cell] = []
@@ -336,6 +356,7 @@ class Supervising:
         if child_cell in self.children:
             self.children.remove(child_cell)
         self.dynamic.discard(child_cell)
+        self._handled.pop(child_cell, None)
         for _, group in self._pending:
             if child_cell in group:
                 group.remove(child_cell)

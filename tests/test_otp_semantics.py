@@ -119,6 +119,44 @@ def escalations(system: Any) -> list[str]:
     return sorted(e.payload["path"] for e in events)
 
 
+# -- one incident is one restart -------------------------------------------------
+
+
+@pytest.mark.parametrize("strategy", ["one_for_all", "rest_for_one"])
+async def test_sibling_that_crashed_while_being_stopped_is_absorbed(
+    strategy: Any, autojump_clock: trio.testing.MockClock
+) -> None:
+    """a crashes; while the supervisor stops c as a bystander, c's on_stop makes b
+    crash, and b's ChildExited is queued before the supervisor reaches b.  OTP
+    absorbs b's exit into the restart that stops it: one restart, so
+    max_restarts=1 survives, and every child starts once more, in order."""
+    log: list[Any] = []
+    tree = Supervisor(
+        "app",
+        strategy=strategy,
+        max_restarts=1,
+        within=100.0,
+        children=[w("a", log), w("b", log), farewell("c", log, "/app/b", "crash")],
+    )
+    with trio.fail_after(60):
+        async with open_system(tree) as system:
+            log.clear()
+            system.ref("/app/a").tell("crash")
+            await settle()
+            await all_answer(system, "/app", "abc")
+            assert log == [
+                ("stop", "a", "crash"),
+                ("stop", "c", "shutdown"),
+                ("stop", "b", "crash"),  # crashed by itself while c was stopping
+                ("start", "a"),
+                ("start", "b"),
+                ("start", "c"),
+            ]
+            assert [system.snapshot().find(f"/app/{n}").restarts for n in "abc"] == [1, 1, 1]
+            assert system.snapshot().find("/app/b").failed == 1
+            assert escalations(system) == []
+
+
 # -- the intensity window ----------------------------------------------------------
 
 
