@@ -294,6 +294,42 @@ class Supervising:
             self._remove(child_cell, reason)
 
     async def _restart(self, cell: Cell, child_cell: Cell, reason: object) -> None:
+        """Plan the restart that `child_cell`'s exit calls for (or give up).
+
+        An exit that arrives before a pending restart of an overlapping group has
+        run is part of the same incident: it is merged into that restart, at no
+        new charge, and the merged group starts once, in the order of `children`.
+        """
+        group = GROUPS[self.sup.strategy](self.children, child_cell)
+        members = set(group)
+        merged: list[tuple[float, list[Cell]]] = []
+        for entry in list(self._pending):
+            if not members.isdisjoint(entry[1]):
+                self._pending.remove(entry)
+                merged.append(entry)
+        if merged:
+            due = max(entry[0] for entry in merged)
+        else:
+            due = trio.current_time() + await self._charge(cell, child_cell, reason)
+        for other in reversed(group):
+            # This restart deals with the member's incarnation, however it ends: an
+            # exit it reports by itself (already queued, or sent while it is being
+            # stopped) is part of this incident, not a restart of its own.
+            self._handled[other] = other.incarnation
+            if other is not child_cell:
+                await self._stop_child(other, bystander=True)
+        for other in group:
+            if other is not child_cell and other.spec.restart == "temporary":
+                self._remove(other, "shutdown")
+                members.discard(other)
+            else:
+                other.state = "restarting"
+        for _, pending in merged:
+            members.update(pending)
+        self._pending.append((due, [c for c in self.children if c in members]))
+
+    async def _charge(self, cell: Cell, child_cell: Cell, reason: object) -> float:
+        """Count one restart; give up past the intensity, else return its backoff delay."""
         now = trio.current_time()
         times = self._restart_times
         times.append(now)
@@ -316,25 +352,9 @@ class Supervising:
                     "system.supervisor.escalated", {"path": cell.path, "error": str(error)}
                 )
             raise error
-        group = GROUPS[self.sup.strategy](self.children, child_cell)
-        for other in reversed(group):
-            # This restart deals with the member's incarnation, however it ends: an
-            # exit it reports by itself (already queued, or sent while it is being
-            # stopped) is part of this incident, not a restart of its own.
-            self._handled[other] = other.incarnation
-            if other is not child_cell:
-                await self._stop_child(other, bystander=True)
-        survivors: list[Cell] = []
-        for other in group:
-            if other is not child_cell and other.spec.restart == "temporary":
-                self._remove(other, "shutdown")
-            else:
-                other.state = "restarting"
-                survivors.append(other)
-        delay = 0.0
-        if self.sup.backoff is not None:
-            delay = self.sup.backoff.delay(len(times), cell.host.rng)
-        self._pending.append((now + delay, survivors))
+        if self.sup.backoff is None:
+            return 0.0
+        return self.sup.backoff.delay(len(times), cell.host.rng)
 
     async def _restart_group(self, cell: Cell, group: list[Cell]) -> None:
         assert self._nursery is not None

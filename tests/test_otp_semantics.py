@@ -23,6 +23,7 @@ import trio.testing
 from runtime import (
     Actor,
     ActorNotFound,
+    Backoff,
     Event,
     RestartIntensityExceeded,
     Supervisor,
@@ -157,6 +158,34 @@ async def test_sibling_that_crashed_while_being_stopped_is_absorbed(
             assert escalations(system) == []
 
 
+@pytest.mark.parametrize("strategy", ["one_for_all", "rest_for_one"])
+async def test_siblings_crashing_on_one_event_count_as_one_restart(
+    strategy: Any, autojump_clock: trio.testing.MockClock
+) -> None:
+    """All three crash on the same published event.  Whichever exit the supervisor
+    sees first, the others are absorbed by that group restart: max_restarts=1
+    survives, and each child is started exactly once more, in order."""
+    log: list[Any] = []
+    tree = Supervisor(
+        "app",
+        strategy=strategy,
+        max_restarts=1,
+        within=100.0,
+        children=[child(Listener, name=name, kwargs={"log": log}) for name in ("a", "b", "c")],
+    )
+    with trio.fail_after(600):
+        async with open_system(tree) as system:
+            for _ in range(3):  # three incidents far apart: each is one restart
+                log.clear()
+                system.publish("boom")
+                await settle()
+                await all_answer(system, "/app", "abc")
+                assert started(log) == ["a", "b", "c"]
+                await trio.sleep(101)
+            snap = system.snapshot()
+            assert [snap.find(f"/app/{n}").restarts for n in "abc"] == [3, 3, 3]
+
+
 # -- the intensity window ----------------------------------------------------------
 
 
@@ -181,6 +210,77 @@ async def test_window_includes_a_restart_exactly_within_seconds_old(
             pytest.fail("the restart at t=10 is still inside the window")  # pragma: no cover
     assert progress == ["first restart at t=10"]
     assert started(log) == ["a", "a"]
+
+
+# -- exits before a pending group restart are merged into it -------------------------
+
+
+async def test_exit_during_a_pending_restart_is_merged_and_order_kept(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """rest_for_one: b crashes (b, c wait out a backoff), then a crashes.  The one
+    restart that follows starts a, b, c in that order (not b, c and then a)."""
+    log: list[Any] = []
+    tree = Supervisor(
+        "app",
+        strategy="rest_for_one",
+        backoff=Backoff(min=1.0, max=1.0, jitter=0.0),
+        children=[w("a", log), w("b", log), w("c", log)],
+    )
+    with trio.fail_after(60):
+        async with open_system(tree) as system:
+            log.clear()
+            system.ref("/app/b").tell("crash")
+            await settle()
+            assert [c.state for c in system.which_children("/app")] == [
+                "running",
+                "restarting",
+                "restarting",
+            ]
+            system.ref("/app/a").tell("crash")
+            await settle()
+            await all_answer(system, "/app", "abc")
+            assert started(log) == ["a", "b", "c"]
+            assert [system.snapshot().find(f"/app/{n}").restarts for n in "abc"] == [1, 1, 1]
+
+
+async def test_exit_queued_before_a_group_restart_runs_is_merged(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """rest_for_one without backoff: b crashes; while c is being stopped, c's on_stop
+    makes a crash, so a's exit is queued before the restart of b and c runs.  It
+    is merged into that restart: the children start a, b, c, in order, and the
+    incident is one restart (max_restarts=1 survives it)."""
+    log: list[Any] = []
+    tree = Supervisor(
+        "app",
+        strategy="rest_for_one",
+        max_restarts=1,
+        within=100.0,
+        children=[w("a", log), w("b", log), farewell("c", log, "/app/a", "crash")],
+    )
+    progress: list[str] = []
+    with trio.fail_after(60), pytest.raises(RestartIntensityExceeded):
+        async with open_system(tree) as system:
+            log.clear()
+            system.ref("/app/b").tell("crash")
+            await settle()
+            await all_answer(system, "/app", "abc")
+            assert log == [
+                ("stop", "b", "crash"),
+                ("stop", "c", "shutdown"),
+                ("stop", "a", "crash"),
+                ("start", "a"),
+                ("start", "b"),
+                ("start", "c"),
+            ]
+            assert [system.snapshot().find(f"/app/{n}").restarts for n in "abc"] == [1, 1, 1]
+            progress.append("merged")
+            # that was one restart: the next crash is the second, one too many
+            system.ref("/app/c").tell("crash")
+            await trio.sleep_forever()
+    assert progress == ["merged"]
+    assert escalations(system) == ["/app"]
 
 
 # -- a transient child that exited normally keeps its place ---------------------------
