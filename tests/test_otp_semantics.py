@@ -9,16 +9,22 @@
   by a later group restart that covers it;
 - a supervisor that gives up counts for its parent as OTP's ``shutdown`` exit.
 
+Then a small reference model of those rules is compared with one supervisor on
+random sequences of crashes (several at once, too), normal exits and waits.
+
 Every test runs on trio's autojump clock; none asserts on a duration.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import pytest
 import trio
 import trio.testing
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from runtime import (
     Actor,
@@ -30,6 +36,7 @@ from runtime import (
     child,
     open_system,
 )
+from runtime.testing import crash
 
 # -- helpers -----------------------------------------------------------------
 
@@ -407,3 +414,188 @@ async def test_permanent_child_supervisor_giving_up_is_restarted_and_charged(
     assert info.value.path == "/app"  # restarting inner was one restart too many
     assert isinstance(info.value.__cause__, RestartIntensityExceeded)
     assert escalations(system) == ["/app", "/app/inner"]
+
+
+# -- a model of OTP's rules against the runtime, on random crash sequences ---------
+
+
+class Slot:
+    """One child in the reference model."""
+
+    def __init__(self, name: str, restart: str) -> None:
+        self.name = name
+        self.restart = restart
+        self.running = True
+        self.restarts = 0
+
+
+class OtpModel:
+    """One supervisor under OTP's rules, as DESIGN.md states them (no backoff)."""
+
+    def __init__(self, strategy: str, max_restarts: int, within: float, slots: list[Slot]) -> None:
+        self.strategy = strategy
+        self.max_restarts = max_restarts
+        self.within = within
+        self.children = slots
+        self.times: list[float] = []
+        self.gave_up = False
+        self.started: list[str] = []  # what the last step started, in order
+
+    def group(self, slot: Slot) -> list[Slot]:
+        if self.strategy == "one_for_all":
+            return list(self.children)
+        if self.strategy == "rest_for_one":
+            return self.children[self.children.index(slot) :]
+        return [slot]
+
+    def charge(self, now: float) -> bool:
+        self.times = [t for t in self.times if t >= now - self.within] + [now]
+        self.gave_up = len(self.times) > self.max_restarts
+        return not self.gave_up
+
+    def restart(self, crashed: list[Slot], now: float) -> None:
+        """`crashed` (restartable, all at once) need a restart: one incident per
+        group strategy, one restart each under one_for_one."""
+        if not crashed:
+            return
+        if self.strategy == "one_for_one":
+            for slot in crashed:
+                if not self.charge(now):
+                    return
+                slot.restarts += 1
+                self.started.append(slot.name)
+            return
+        if not self.charge(now):
+            return
+        members: set[Slot] = set()
+        for slot in crashed:
+            members.update(self.group(slot))
+        for slot in [c for c in self.children if c in members]:
+            if slot.restart == "temporary" and slot not in crashed:
+                self.children.remove(slot)  # a temporary bystander is never restarted
+            else:
+                slot.restarts += 1
+                slot.running = True
+                self.started.append(slot.name)
+
+    def crash(self, slots: list[Slot], now: float) -> None:
+        for slot in slots:
+            if slot.restart == "temporary":
+                self.children.remove(slot)
+        self.restart([s for s in slots if s.restart != "temporary"], now)
+
+    def stop(self, slot: Slot, now: float) -> None:
+        """ctx.stop(): a normal exit."""
+        if slot.restart == "permanent":
+            self.restart([slot], now)
+        elif slot.restart == "transient":
+            slot.running = False  # keeps its place
+        else:
+            self.children.remove(slot)
+
+
+Step = tuple[str, Any]
+
+steps_strategy = st.lists(
+    st.one_of(
+        st.tuples(st.just("crash"), st.sets(st.integers(0, 3), min_size=1, max_size=4)),
+        st.tuples(st.just("stop"), st.integers(0, 3)),
+        st.tuples(st.just("wait"), st.sampled_from([0.5, 1.0, 2.0, 2.5, 5.0])),
+    ),
+    max_size=14,
+)
+
+
+async def compare_with_model(
+    strategy: str, max_restarts: int, within: float, restarts: list[str], steps: list[Step]
+) -> None:
+    log: list[Any] = []
+    names = [f"c{i}" for i in range(len(restarts))]
+    model = OtpModel(
+        strategy, max_restarts, within, [Slot(n, r) for n, r in zip(names, restarts, strict=True)]
+    )
+    tree = Supervisor(
+        "app",
+        strategy=strategy,  # type: ignore[arg-type]
+        max_restarts=max_restarts,
+        within=within,
+        children=[w(n, log, restart=r) for n, r in zip(names, restarts, strict=True)],
+    )
+    with trio.fail_after(10_000):
+        try:
+            async with open_system(tree) as system:
+                for what, arg in steps:
+                    log.clear()
+                    model.started = []
+                    running = [s for s in model.children if s.running]
+                    now = trio.current_time()
+                    if what == "wait":
+                        await trio.sleep(arg)
+                        continue
+                    if what == "crash":
+                        chosen = [running[i % len(running)] for i in arg] if running else []
+                        chosen = list(dict.fromkeys(chosen))
+                        model.crash(chosen, now)
+                        for slot in chosen:  # all at once, as on one event
+                            crash(system.ref(f"/app/{slot.name}"))
+                    elif running:
+                        slot = running[arg % len(running)]
+                        model.stop(slot, now)
+                        system.ref(f"/app/{slot.name}").tell("stop")
+                    await settle()
+                    if model.gave_up:
+                        await trio.sleep_forever()  # the runtime must give up too
+                    rows = [(c.name, c.state) for c in system.which_children("/app")]
+                    expected = [
+                        (s.name, "running" if s.running else "stopped") for s in model.children
+                    ]
+                    assert rows == expected
+                    if strategy == "one_for_one":  # separate restarts, in the order of exits
+                        assert sorted(started(log)) == sorted(model.started)
+                    else:  # one restart: in the order of children
+                        assert started(log) == model.started
+                    snap = system.snapshot()
+                    assert [snap.find(f"/app/{s.name}").restarts for s in model.children] == [
+                        s.restarts for s in model.children
+                    ]
+        except RestartIntensityExceeded:
+            assert model.gave_up, "the runtime gave up, the model did not"
+        else:
+            assert not model.gave_up
+
+
+def test_one_supervisor_matches_a_model_of_otp(slow: bool) -> None:
+    """Random crashes (one or several at once), normal exits and waits on one
+    supervisor: after every step its children, their states, restart counts and
+    the order they were started in, and whether it gave up, are what OTP's rules
+    say.  ``pytest --slow`` runs many more examples."""
+
+    @settings(
+        max_examples=3000 if slow else 300,
+        derandomize=True,
+        database=None,
+        deadline=None,
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(
+        strategy=st.sampled_from(["one_for_one", "one_for_all", "rest_for_one"]),
+        max_restarts=st.integers(0, 3),
+        within=st.sampled_from([2.0, 5.0]),
+        restarts=st.lists(
+            st.sampled_from(["permanent", "transient", "temporary"]), min_size=1, max_size=4
+        ),
+        steps=steps_strategy,
+    )
+    def check(
+        strategy: str, max_restarts: int, within: float, restarts: list[str], steps: list[Step]
+    ) -> None:
+        clock = trio.testing.MockClock(autojump_threshold=0)
+        trio.run(compare_with_model, strategy, max_restarts, within, restarts, steps, clock=clock)
+
+    quiet = logging.getLogger("troupe")
+    was = quiet.disabled
+    quiet.disabled = True  # hundreds of crashes on purpose: no tracebacks in the log
+    try:
+        check()
+    finally:
+        quiet.disabled = was
