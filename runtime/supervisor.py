@@ -33,6 +33,24 @@ def should_restart(restart: str, reason: object) -> bool:
     return False
 
 
+def keeps_place(restart: str, reason: object) -> bool:
+    """OTP keeps the spec of a transient child that exited normally (with no pid): it
+    stays in its place, stopped, and a group restart that covers it starts it again."""
+    return restart == "transient" and not isinstance(reason, BaseException)
+
+
+def exit_reason(child_cell: Cell, reason: ExitReason) -> ExitReason:
+    """The reason a restart decision goes by: a child supervisor that gave up
+    (`RestartIntensityExceeded`) exits as OTP's does, with ``shutdown``."""
+    if (
+        child_cell.kind == "supervisor"
+        and isinstance(reason, RestartIntensityExceeded)
+        and reason.path == child_cell.path
+    ):
+        return "shutdown"
+    return reason
+
+
 def _one_for_one(children: list[Cell], cell: Cell) -> list[Cell]:
     return [cell]
 
@@ -57,7 +75,16 @@ class Supervising:
     """The behaviour of a supervisor's slot: its children and their restarts."""
 
     kind = "supervisor"
-    __slots__ = ("_nursery", "_pending", "_restart_times", "children", "dynamic", "root", "sup")
+    __slots__ = (
+        "_handled",
+        "_nursery",
+        "_pending",
+        "_restart_times",
+        "children",
+        "dynamic",
+        "root",
+        "sup",
+    )
 
     def __init__(self, spec: Supervisor, *, root: bool = False) -> None:
         self.sup = spec
@@ -66,6 +93,10 @@ class Supervising:
         self.dynamic: set[Cell] = set()
         self._restart_times: deque[float] = deque()
         self._pending: list[tuple[float, list[Cell]]] = []
+        # The last incarnation of each child that a restart has dealt with: an exit
+        # that incarnation reports later (a sibling that crashed as a group restart
+        # stopped it) is absorbed into that restart, as in OTP.
+        self._handled: dict[Cell, int] = {}
         self._nursery: trio.Nursery | None = None
 
     def stats(self) -> dict[str, Any]:
@@ -103,6 +134,7 @@ class Supervising:
             child_cell.finalize("shutdown")
         self.children = []
         self.dynamic.clear()
+        self._handled.clear()
 
     # -- the supervisor's own incarnation --------------------------------
     async def run(
@@ -116,6 +148,7 @@ class Supervising:
         # The restart history belongs to the incarnation (as in OTP): a supervisor
         # restarted by its parent tolerates max_restarts again.
         self._restart_times.clear()
+        self._handled.clear()
         reason: Any = "shutdown"
         started = False
         start_error: BaseException | None = None
@@ -244,6 +277,7 @@ class Supervising:
             child_cell.parent is not cell
             or child_cell.finalized
             or note.incarnation != child_cell.incarnation
+            or note.incarnation <= self._handled.get(child_cell, 0)
         ):
             return  # stale: that incarnation was already dealt with
         if child_cell not in self.children:
@@ -253,16 +287,56 @@ class Supervising:
             cell.host.root_failing()
             await self._stop_all()
             raise _escalated(reason)
-        if not should_restart(child_cell.spec.restart, reason):
+        restart = child_cell.spec.restart
+        if should_restart(restart, exit_reason(child_cell, reason)):
+            await self._restart(cell, child_cell, reason)
+        elif keeps_place(restart, reason) and child_cell not in self.dynamic:
+            pass  # state `stopped` (set by `Cell.end`) until a group restart covers it
+        else:
             self._remove(child_cell, reason)
-            return
-        await self._restart(cell, child_cell, reason)
 
     async def _restart(self, cell: Cell, child_cell: Cell, reason: object) -> None:
+        """Plan the restart that `child_cell`'s exit calls for (or give up).
+
+        An exit that arrives before a pending restart of an overlapping group has
+        run is part of the same incident: it is merged into that restart, at no
+        new charge, and the merged group starts once, in the order of `children`.
+        """
+        group = GROUPS[self.sup.strategy](self.children, child_cell)
+        members = set(group)
+        merged: list[tuple[float, list[Cell]]] = []
+        for entry in list(self._pending):
+            if not members.isdisjoint(entry[1]):
+                self._pending.remove(entry)
+                merged.append(entry)
+        if merged:
+            due = max(entry[0] for entry in merged)
+        else:
+            due = trio.current_time() + await self._charge(cell, child_cell, reason)
+        for other in reversed(group):
+            # This restart deals with the member's incarnation, however it ends: an
+            # exit it reports by itself (already queued, or sent while it is being
+            # stopped) is part of this incident, not a restart of its own.
+            self._handled[other] = other.incarnation
+            if other is not child_cell:
+                await self._stop_child(other, bystander=True)
+        for other in group:
+            if other is not child_cell and other.spec.restart == "temporary":
+                self._remove(other, "shutdown")
+                members.discard(other)
+            else:
+                other.state = "restarting"
+        for _, pending in merged:
+            members.update(pending)
+        self._pending.append((due, [c for c in self.children if c in members]))
+
+    async def _charge(self, cell: Cell, child_cell: Cell, reason: object) -> float:
+        """Count one restart; give up past the intensity, else return its backoff delay."""
         now = trio.current_time()
         times = self._restart_times
         times.append(now)
-        while times and times[0] <= now - self.sup.within:
+        # OTP keeps the restarts with R >= Now - Period: one exactly `within` old counts.
+        while now - times[0] > self.sup.within:
             times.popleft()
         if len(times) > self.sup.max_restarts:
             await self._stop_all()
@@ -280,21 +354,9 @@ class Supervising:
                     "system.supervisor.escalated", {"path": cell.path, "error": str(error)}
                 )
             raise error
-        group = GROUPS[self.sup.strategy](self.children, child_cell)
-        for other in reversed(group):
-            if other is not child_cell:
-                await self._stop_child(other, bystander=True)
-        survivors: list[Cell] = []
-        for other in group:
-            if other is not child_cell and other.spec.restart == "temporary":
-                self._remove(other, "shutdown")
-            else:
-                other.state = "restarting"
-                survivors.append(other)
-        delay = 0.0
-        if self.sup.backoff is not None:
-            delay = self.sup.backoff.delay(len(times), cell.host.rng)
-        self._pending.append((now + delay, survivors))
+        if self.sup.backoff is None:
+            return 0.0
+        return self.sup.backoff.delay(len(times), cell.host.rng)
 
     async def _restart_group(self, cell: Cell, group: list[Cell]) -> None:
         assert self._nursery is not None
@@ -316,6 +378,7 @@ class Supervising:
         if child_cell in self.children:
             self.children.remove(child_cell)
         self.dynamic.discard(child_cell)
+        self._handled.pop(child_cell, None)
         for _, group in self._pending:
             if child_cell in group:
                 group.remove(child_cell)
@@ -361,4 +424,4 @@ def _escalated(reason: ExitReason) -> BaseException:
     return RuntimeError(f"the actor tree exited unexpectedly ({describe(reason)})")
 
 
-__all__ = ["GROUPS", "Supervising", "should_restart"]
+__all__ = ["GROUPS", "Supervising", "exit_reason", "keeps_place", "should_restart"]

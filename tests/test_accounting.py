@@ -157,7 +157,7 @@ def busy_nodes(system: runtime.System) -> list[str]:
     def walk(info: Any) -> None:
         if (
             info.state in ("starting", "restarting", "stopping")
-            or info.mailbox_depth
+            or (info.mailbox_depth and info.state != "stopped")  # a kept transient child
             or info.current is not None
         ):
             busy.append(info.path)
@@ -217,6 +217,7 @@ class MNode:
         self.static = static
         self.path = "/" + self.name if parent is None else parent.path.rstrip("/") + "/" + self.name
         self.restarts = 0
+        self.stopped = False  # a transient child that exited normally keeps its place
         self.times = 0  # restarts in this supervisor incarnation (the window never expires)
         self.children: list[MNode] = []
         if self.kind == "supervisor":
@@ -254,16 +255,20 @@ class Model:
         return [] if self.failed else self.app.walk()
 
     def workers(self) -> list[MNode]:
-        return [n for n in self.nodes() if n.kind == "actor"]
+        """The running actors (a stopped transient one would keep a message for ever)."""
+        return [n for n in self.nodes() if n.kind == "actor" and not n.stopped]
 
     def subscribers(self, topic: int) -> int:
-        return sum(1 for n in self.workers() if n.desc["topic"] == topic)
+        """A stopped transient actor keeps its slot, so its subscriptions too."""
+        actors = [n for n in self.nodes() if n.kind == "actor"]
+        return sum(1 for n in actors if n.desc["topic"] == topic)
 
     def find(self, path: str) -> MNode | None:
         return next((n for n in self.nodes() if n.path == path), None)
 
     # -- the rules -----------------------------------------------------------
     def start(self, node: MNode) -> bool:
+        node.stopped = False
         if node.kind == "actor":
             left = self.fail_starts.get(node.path, 0)
             if left:
@@ -278,8 +283,9 @@ class Model:
         self.supervisor_start_failures += 1
         return False
 
-    def exited(self, node: MNode, crash: bool) -> None:
-        """`node` ended by itself (crash or ctx.stop()); its supervisor reacts."""
+    def exited(self, node: MNode, crash: bool, gave_up: bool = False) -> None:
+        """`node` ended by itself (crash, ctx.stop() or a supervisor that gave up);
+        its supervisor reacts."""
         sup = node.parent
         assert sup is not None
         if sup is self.root:
@@ -288,13 +294,17 @@ class Model:
         try:
             restart = node.restart == "permanent" or (node.restart == "transient" and crash)
             if not restart:
-                self.remove(node)
+                if node.restart == "transient" and not gave_up and node.static:
+                    node.stopped = True  # OTP keeps its spec: a group restart starts it
+                else:
+                    self.remove(node)
                 return
             self._restart(sup, node)
         except Escalate as esc:
             assert esc.sup is sup
             sup.children = [c for c in sup.children if c.static]  # dynamic ones end with it
-            self.exited(sup, True)
+            # a supervisor that gives up exits as OTP's does, with `shutdown`
+            self.exited(sup, crash=False, gave_up=True)
 
     def _restart(self, sup: MNode, node: MNode) -> None:
         sup.times += 1
@@ -699,10 +709,10 @@ class AccountingMachine(RuleBasedStateMachine):
         app = snap.find("/app")
         real, model = real_shape(app), self.model.app.shape()
         assert real == model, f"tree differs from the OTP model:\n real:  {real}\n model: {model}"
-        states = self.runner.call(
-            lambda: {p: snap.find(p).state for p in (n.path for n in self.model.nodes())}
-        )
-        assert set(states.values()) <= {"running"}, states
+        nodes = self.model.nodes()
+        states = self.runner.call(lambda: {n.path: snap.find(n.path).state for n in nodes})
+        expected = {n.path: "stopped" if n.stopped else "running" for n in nodes}
+        assert states == expected, states
 
     def teardown(self) -> None:
         runner = self.runner

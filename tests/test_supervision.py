@@ -176,6 +176,14 @@ async def test_restart_type_crossed_with_exit(
                 assert system.ref("/app/w") == ref
                 assert system.snapshot().find("/app/w").restarts == 1
                 assert [c.name for c in system.which_children("/app")] == ["first", "w", "last"]
+            elif (restart, exit) == ("transient", "normal"):
+                # OTP keeps the spec with no pid: the child keeps its place, stopped
+                # (test_otp_semantics.py: a later group restart starts it again)
+                assert starts(log, "w") == 1
+                assert system.ref("/app/w") == ref
+                rows = system.which_children("/app")
+                assert [(c.name, c.state) for c in rows][1] == ("w", "stopped")
+                assert [c.name for c in rows] == ["first", "w", "last"]
             else:
                 await assert_gone(system, ref, "/app/w")
                 assert starts(log, "w") == 1
