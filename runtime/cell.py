@@ -225,6 +225,23 @@ class Cell:
     def stop_requested(self) -> bool:
         return self._stop_reason is not None
 
+    @property
+    def stop_reason(self) -> str | None:
+        """Why the running incarnation was asked to stop (``normal``/``shutdown``), if it was."""
+        return self._stop_reason
+
+    def guard(self, scope: trio.CancelScope) -> None:
+        """`scope` is what cancels the running incarnation: a stop arms its deadline with
+        the child's shutdown timeout (at once if a stop was already requested), and a
+        kill cancels it."""
+        self._kill_scope = scope
+        if self._stop_reason is not None:
+            self.arm_shutdown_timeout()
+
+    def refuse_start(self) -> None:
+        """A stop came before this incarnation began: it starts nothing."""
+        self._stop_reason = "shutdown"
+
     def __repr__(self) -> str:
         return f"<Cell {self.path} {self.state}>"
 
@@ -289,11 +306,12 @@ class Cell:
             return
         if self._stop_reason is None or reason == "shutdown":
             self._stop_reason = reason
-        self._arm_shutdown_timeout()
+        self.arm_shutdown_timeout()
         self.behaviour.stop_requested(self, reason)
         self.mailbox.wake()
 
-    def _arm_shutdown_timeout(self) -> None:
+    def arm_shutdown_timeout(self) -> None:
+        """From now, the running incarnation has at most its shutdown timeout left."""
         timeout = self.spec.shutdown
         scope = self._kill_scope
         if scope is not None and timeout is not None and math.isfinite(timeout):
@@ -559,9 +577,7 @@ class ActorBehaviour:
             try:
                 actor = self._make_actor(cell)
                 async with trio.open_nursery() as nursery:
-                    cell._kill_scope = nursery.cancel_scope
-                    if cell._stop_reason is not None:
-                        cell._arm_shutdown_timeout()
+                    cell.guard(nursery.cancel_scope)
                     actor._troupe_ctx = Context(cell, self, nursery)
                     self.actor = actor
                     for pattern in type(actor).subscriptions:
@@ -622,8 +638,8 @@ class ActorBehaviour:
         """Run `on_stop` after a crash or an interrupt, within the shutdown timeout."""
         cell.state = "stopping"
         with trio.CancelScope(shield=True) as scope:
-            cell._kill_scope = scope
-            cell._arm_shutdown_timeout()
+            cell.guard(scope)
+            cell.arm_shutdown_timeout()
             await self._on_stop(cell, actor, reason)
 
     async def _on_stop(self, cell: Cell, actor: Actor | None, reason: ExitReason) -> None:
@@ -652,8 +668,8 @@ class ActorBehaviour:
         self.current_since = now()  # when the message in hand began, to within a batch
         budget = BATCH
         while True:
-            if cell._stop_reason is not None:
-                return cell._stop_reason
+            if cell.stop_reason is not None:
+                return cell.stop_reason
             item = get()
             if item is EMPTY:
                 # Park right here (not in a helper) to keep an idle actor's stack small.

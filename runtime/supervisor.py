@@ -144,7 +144,7 @@ class Supervising:
     ) -> None:
         incarnation = cell.begin()
         if self.root and cell.host.shutting_down:
-            cell._stop_reason = "shutdown"  # stopped before it began: start nothing
+            cell.refuse_start()
         # The restart history belongs to the incarnation (as in OTP): a supervisor
         # restarted by its parent tolerates max_restarts again.
         self._restart_times.clear()
@@ -154,7 +154,7 @@ class Supervising:
         start_error: BaseException | None = None
         try:
             with trio.CancelScope() as scope:
-                cell._kill_scope = scope
+                cell.guard(scope)
                 try:
                     async with trio.open_nursery() as nursery:
                         self._nursery = nursery
@@ -248,9 +248,9 @@ class Supervising:
     async def _supervise(self, cell: Cell) -> str:
         mb = cell.mailbox
         while True:
-            if cell._stop_reason is not None:
+            if cell.stop_reason is not None:
                 await self._stop_all()
-                return cell._stop_reason
+                return cell.stop_reason
             item = mb.get()
             if item is not EMPTY:
                 if isinstance(item, ChildExited):
