@@ -648,6 +648,12 @@ class ActorBehaviour:
             await actor.on_stop(reason)
         except Exception as exc:
             cell.record_error(exc, "failed in on_stop")
+        except BaseException as exc:
+            _, interrupt = classify(exc)
+            if interrupt is None:
+                raise  # cancelled: past the shutdown timeout
+            # Ctrl-C in on_stop: this incarnation is stopping anyway; stop the rest too
+            cell.host.interrupted(interrupt)
 
     async def _loop(self, cell: Cell, actor: Actor) -> str:
         """Handle messages, system lane first, until a stop is requested.

@@ -553,3 +553,42 @@ def test_troupe_run_stops_on_a_signal_during_start_up(tmp_path: Path, sig: int) 
         proc.kill()
         proc.communicate(timeout=30)
     assert proc.returncode == 0
+
+
+class InterruptsIn(Actor):
+    def __init__(self, where: str, log: list[str]) -> None:
+        self.where = where
+        self.log = log
+
+    async def on_start(self) -> None:
+        if self.where == "on_start":
+            raise KeyboardInterrupt
+
+    async def receive(self, msg: Any) -> Any:
+        return msg
+
+    async def on_stop(self, reason: Any) -> None:
+        self.log.append("on_stop")
+        if self.where == "on_stop":
+            raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("where", ["on_start", "on_stop"])
+async def test_keyboard_interrupt_in_on_start_or_on_stop(where: str, autojump_clock: Any) -> None:
+    log: list[str] = []
+    sibling: list[str] = []
+    tree = Supervisor(
+        "app",
+        children=[
+            child(Stopping, name="s", args=(sibling,)),
+            child(InterruptsIn, name="i", args=(where, log)),
+        ],
+    )
+    with pytest.raises(KeyboardInterrupt):
+        async with runtime.open_system(tree) as system:
+            if where == "on_stop":
+                system.stop()
+            await trio.sleep_forever()
+    # on_stop ran once (never again because of its own interrupt), the sibling stopped
+    assert log == ([] if where == "on_start" else ["on_stop"])
+    assert sibling == ["stopped shutdown"]
