@@ -32,15 +32,13 @@ from .messages import (
     Terminated,
     describe,
 )
-from .ref import ActorRef
+from .ref import ActorRef, send_into
 from .spec import ChildSpec, check_handlers
 from .waits import (
-    begin_wait,
     end_wait,
     enter_incarnation,
     leave_incarnation,
     let_in,
-    waiting_slot,
 )
 
 if TYPE_CHECKING:
@@ -500,15 +498,7 @@ class ActorBehaviour:
         if reply is not None and reply.asker is not None:
             end_wait(reply.asker, cell)
         item = self.current if reply is None else Ask(self.current, reply)
-        me = waiting_slot()
-        if me is not None and not target.mailbox.has_room():
-            begin_wait(me, target, f"forwarding {type(self.current).__name__}", to_send=True)
-            try:
-                await target.mailbox.put_wait(item)
-            finally:
-                end_wait(me, target)
-        else:
-            await target.mailbox.put_wait(item)
+        await send_into(target, item, f"forwarding {type(self.current).__name__}")
 
     def _deferred_done(self, handle: DeferredReply) -> None:
         if self._deferred is not None:

@@ -150,6 +150,15 @@ class MailboxQueue:
         """Whether one more user message fits now (reserved room counts as taken)."""
         return len(self._user) + self._reserved < self.capacity
 
+    def must_wait(self) -> bool:
+        """Whether `put_wait` would wait now: a ``block`` mailbox that is full, or
+        has senders in its line (a new one queues behind them)."""
+        return (
+            self.overflow == "block"
+            and not self._closed
+            and (self._senders_waiting > 0 or len(self._user) + self._reserved >= self.capacity)
+        )
+
     def room(self) -> int:
         """How many more user messages fit now."""
         return max(0, self.capacity - len(self._user) - self._reserved)
@@ -231,15 +240,18 @@ class MailboxQueue:
         """Enqueue, waiting for room if the policy is ``block`` (others: like `put`).
 
         Blocks while a ``block`` mailbox is full, and behind senders already
-        waiting (one FIFO line per mailbox: later sends queue behind earlier
-        ones).  Cancellation while waiting leaves nothing behind: the item was
-        not queued and stays with the caller.  Once the item is queued the
-        call is not cancelled any more.  Raises `MailboxFull` under ``fail``.
+        waiting (one FIFO line per mailbox for `send`, `ask` and `publish`:
+        later ones queue behind earlier ones; a loop-thread `put` never waits
+        and takes free room).  A sender let in that finds the room taken again
+        (by a `put`) waits once more.  Cancellation while waiting leaves
+        nothing behind: the item was not queued and stays with the caller.
+        Once the item is queued the call is not cancelled any more.  If the
+        mailbox closes meanwhile, the item is dead-lettered as ``stopped``.
+        Raises `MailboxFull` under ``fail``.
         """
         await trio.lowlevel.checkpoint_if_cancelled()
-        if self.overflow == "block" and not self._closed:
-            if self._senders_waiting or not self.has_room():
-                await self._wait_for_room()
+        if self.must_wait():
+            await self._wait_for_room()
         self.put(item)
         if self._senders_waiting and self.has_room():
             self._let_in(1)  # room for the next in line too: pass it on

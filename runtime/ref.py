@@ -100,26 +100,16 @@ class ActorRef:
         """Like `tell`, but waits for mailbox room when the policy is ``block``.
 
         Waits in the mailbox's FIFO line of senders.  Cancelled while waiting,
-        nothing was sent.  Raises `Deadlock` (a `MailboxFull`) if this wait
-        would close a cycle of actors waiting on each other, `MailboxFull`
-        under ``fail``, `RuntimeClosed` once the system has stopped.
+        nothing was sent.  If the actor stops for good meanwhile, the message
+        is dead-lettered as ``stopped`` (and `send` returns).  Raises
+        `Deadlock` (a `MailboxFull`) if this wait would close a cycle of
+        actors waiting on each other, `MailboxFull` under ``fail``,
+        `RuntimeClosed` once the system has stopped.
         """
         cell = self._cell
-        mailbox = cell.mailbox
         if cell.finalized:
             self._check_open(msg)
-        if mailbox.overflow != "block" or (mailbox.has_room() and not mailbox.closed):
-            await mailbox.put_wait(msg)  # room now: no wait, nothing to check
-            return
-        me = waiting_slot()
-        if me is None:
-            await mailbox.put_wait(msg)
-            return
-        begin_wait(me, cell, f"{me.path} sending {type(msg).__name__}", to_send=True)
-        try:
-            await mailbox.put_wait(msg)
-        finally:
-            end_wait(me, cell)
+        await send_into(cell, msg, f"sending {type(msg).__name__}")
 
     async def ask(self, msg: Any, timeout: float | None = 5.0) -> Any:
         """Send `msg` and wait for the value `receive` returns, all within `timeout`.
@@ -146,7 +136,7 @@ class ActorRef:
             reply = Reply(cell.late_reply, me, None if me is None else partial(end_wait, me, cell))
             item = Ask(msg, reply)
             mailbox = cell.mailbox
-            if mailbox.overflow != "block" or mailbox.has_room():
+            if not mailbox.must_wait():
                 mailbox.put(item)  # the fast path; waiting for the reply is the checkpoint
             else:
                 with trio.move_on_at(deadline) as scope:
@@ -184,3 +174,25 @@ class ActorRef:
 
     def __hash__(self) -> int:
         return id(self._cell)
+
+
+async def send_into(cell: Cell, item: Any, what: str) -> None:
+    """Put `item` into `cell`'s mailbox, waiting in its line if it must (see `put_wait`).
+
+    A handler that must wait is an edge of the wait-for graph for as long as
+    it waits, and a wait that would close a cycle raises `Deadlock` before
+    anything is queued (rule 5).  A wait that is not needed costs nothing.
+    """
+    mailbox = cell.mailbox
+    if not mailbox.must_wait():
+        await mailbox.put_wait(item)
+        return
+    me = waiting_slot()
+    if me is None:
+        await mailbox.put_wait(item)
+        return
+    begin_wait(me, cell, f"{me.path} {what}", to_send=True)
+    try:
+        await mailbox.put_wait(item)
+    finally:
+        end_wait(me, cell)

@@ -592,3 +592,60 @@ async def test_keyboard_interrupt_in_on_start_or_on_stop(where: str, autojump_cl
     # on_stop ran once (never again because of its own interrupt), the sibling stopped
     assert log == ([] if where == "on_start" else ["on_stop"])
     assert sibling == ["stopped shutdown"]
+
+
+async def test_a_send_queued_behind_a_let_in_sender_is_an_edge(autojump_clock: Any) -> None:
+    """B's consumer lets a plain sender in; before it runs, A sends to B: A must wait in
+    B's line, and that wait is an edge, so B sending into A's full mailbox is a cycle.
+
+    Whether A runs before the let-in sender is up to trio's scheduler (it shuffles),
+    so the scene is played several times."""
+    for _ in range(12):
+        await _play_let_in_scene()
+
+
+async def _play_let_in_scene() -> None:
+    go_a, go_b = trio.Event(), trio.Event()
+    out: list[Any] = []
+
+    class A(Actor):
+        async def receive(self, msg: Any) -> Any:
+            if msg == "go":
+                await go_a.wait()
+                try:
+                    await self.ctx.system.ref("/app/b").send("from a")
+                    out.append("a sent")
+                except Deadlock:
+                    out.append("a deadlock")
+
+    class B(Actor):
+        async def receive(self, msg: Any) -> Any:
+            if msg == "hold":
+                await go_b.wait()
+            elif msg == "fill":
+                go_a.set()
+                await trio.sleep(0.01)
+                try:
+                    await self.ctx.system.ref("/app/a").send("from b")
+                    out.append("b sent")
+                except Deadlock:
+                    out.append("b deadlock")
+
+    one = Mailbox(capacity=1, overflow="block")
+    tree = Supervisor(
+        "app", children=[child(A, name="a", mailbox=one), child(B, name="b", mailbox=one)]
+    )
+    async with runtime.open_system(tree) as system:
+        a, b = system.ref("/app/a"), system.ref("/app/b")
+        a.tell("go")
+        b.tell("hold")
+        await trio.sleep(0.02)
+        a.tell("a-filler")  # a's mailbox is full (a is busy with "go")
+        b.tell("fill")  # b's mailbox is full (b is busy with "hold")
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(b.send, "plain sender")  # waits in b's line
+            await trio.sleep(0.02)
+            go_b.set()
+            with trio.fail_after(10):
+                await wait_for(lambda: len(out) == 2, timeout=10)
+    assert "b deadlock" in out and "a sent" in out
