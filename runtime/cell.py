@@ -563,6 +563,7 @@ class ActorBehaviour:
         actor: Actor | None = None
         nursery: trio.Nursery | None = None
         start_error: BaseException | None = None
+        interrupted = False
         try:
             try:
                 actor = self._make_actor(cell)
@@ -589,6 +590,7 @@ class ActorBehaviour:
                     # Ctrl-C, SystemExit, ...: not a failure to recover from.  The
                     # system stops gracefully and the entry point raises it.
                     cell.host.interrupted(interrupt)
+                    interrupted = True
                     reason = "shutdown"
                     if started:
                         await self._stop_shielded(cell, actor, reason)
@@ -608,7 +610,7 @@ class ActorBehaviour:
                         self._drop_interrupted(cell, "crashed", crash)
                         await self._stop_shielded(cell, actor, reason)
             if not clean and nursery is not None and nursery.cancel_scope.cancelled_caught:
-                if not isinstance(reason, BaseException):
+                if not isinstance(reason, BaseException) and not interrupted:
                     reason = "killed"
                     log.warning("%s did not stop within its shutdown timeout: cancelled", cell.path)
         finally:

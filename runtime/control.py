@@ -462,7 +462,8 @@ class ControlServer:
             if request["op"] == "events":
                 await self._events(stream, pattern)
                 return
-            await stream.send_all(to_json(reply).encode())
+            if not await _send_within(stream, to_json(reply).encode()):
+                return  # the client does not read its replies: let it go
 
     async def _fail(self, stream: trio.SocketStream, error: str) -> None:
         self.rejected += 1
@@ -499,7 +500,8 @@ class ControlServer:
                 try:
                     async for event in events:
                         line = to_json({"ok": True, "event": event_dict(event)})
-                        await stream.send_all(line.encode())
+                        if not await _send_within(stream, line.encode()):
+                            break  # the client stopped reading: the stream ends
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     pass  # the client left while an event was on its way: the stream ends
                 nursery.cancel_scope.cancel()
@@ -511,6 +513,23 @@ class ControlServer:
             while await stream.receive_some(8192):
                 pass
         scope.cancel()
+
+
+async def _send_within(stream: trio.SocketStream, data: bytes) -> bool:
+    """Send `data`, unless the client takes none of it for `IDLE_TIMEOUT` (then False):
+    a client that does not read holds a connection as much as one that does not send."""
+    with trio.move_on_after(IDLE_TIMEOUT):
+        await stream.send_all(data)
+        return True
+    log_once(
+        log,
+        logging.INFO,
+        "slow reader",
+        "control",
+        "a control client read nothing for %ss: its connection was closed",
+        IDLE_TIMEOUT,
+    )
+    return False
 
 
 async def _goodbye(stream: trio.SocketStream, error: str) -> None:

@@ -6,6 +6,7 @@ They compose a `System` with its faces (control socket, metrics).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import pathlib
@@ -96,16 +97,15 @@ async def _serving(
     start_error: BaseException | None = None
 
     async def run_tree(task_status: trio.TaskStatus[BaseException | None]) -> None:
-        # The tree's tasks live here.  Once the tree has started this scope is
-        # shielded, so that an outer cancel scope or timeout around `open_system`
-        # cancels only the body, and the graceful stop that follows is not cut short.
-        with trio.CancelScope() as scope:
+        # The tree's tasks live here, shielded: an outer cancel scope or timeout
+        # around `open_system` cancels only the body (or, during start-up, turns
+        # into a stop, below), so the graceful stop that follows is not cut short.
+        with trio.CancelScope(shield=True):
             async with trio.open_nursery() as nursery:
                 if not mock:
                     nursery.start_soon(monitor.probe, name="troupe loop probe")
                 error = await system.root.start(nursery)
                 if error is None:
-                    scope.shield = True
                     system.started_at = time.time()
                     if control:
                         folder = pathlib.Path(control_dir) if control_dir is not None else None
@@ -118,13 +118,23 @@ async def _serving(
                 await system.root.wait_done()
                 nursery.cancel_scope.cancel()  # the probe and the faces end with the tree
 
+    async def stop_when_cancelled() -> None:
+        # Cancelled from outside (even while the tree starts): stop gracefully.
+        try:
+            await trio.sleep_forever()
+        finally:
+            system.stop()
+
     try:
         async with trio.open_nursery() as nursery:
             system.open(trio.lowlevel.current_trio_token())
+            nursery.start_soon(stop_when_cancelled, name="troupe outer cancel")
             start_error = await nursery.start(run_tree, name="troupe tree")
             if start_error is None:
                 system.on_root_exit(nursery.cancel_scope.cancel)  # the tree failed: end the body
                 try:
+                    # Cancelled while the tree was starting: the body does not run.
+                    await trio.lowlevel.checkpoint_if_cancelled()
                     yield system
                 finally:
                     system.stop()
@@ -132,6 +142,7 @@ async def _serving(
                     # graceful stop.  Its length is bounded by the shutdown timeouts.
                     with trio.CancelScope(shield=True):
                         await system.root.wait_done()
+            nursery.cancel_scope.cancel()
         system.close()
     except BaseExceptionGroup as group:
         error = system.interrupt or system.failure or _unwrap(group)
@@ -322,10 +333,15 @@ def start_in_thread(
     }
 
     async def main() -> None:
-        async with open_system(tree, **options) as system:
-            box["handle"] = ThreadedSystem(system, trio.lowlevel.current_trio_token())
-            ready.set()
-            await trio.sleep_forever()
+        with trio.CancelScope() as scope:
+            token = trio.lowlevel.current_trio_token()
+            box["abandon"] = functools.partial(
+                trio.from_thread.run_sync, scope.cancel, trio_token=token
+            )
+            async with open_system(tree, **options) as system:
+                box["handle"] = ThreadedSystem(system, trio.lowlevel.current_trio_token())
+                ready.set()
+                await trio.sleep_forever()
 
     def target() -> None:
         try:
@@ -338,7 +354,15 @@ def start_in_thread(
     thread = threading.Thread(target=target, name=f"troupe:{name or tree.name}", daemon=True)
     thread.start()
     if not ready.wait(start_timeout):
-        raise RuntimeError(f"the actor system did not start within {start_timeout}s")
+        # Give up on it, and leave nothing running: cancelled while it starts, the
+        # system stops what has started (each within its shutdown timeout).
+        with contextlib.suppress(trio.RunFinishedError, KeyError):
+            box["abandon"]()
+        thread.join()
+        raise RuntimeError(
+            f"the actor system did not start within {start_timeout}s and was stopped; "
+            "give it a larger start_timeout, or look for an on_start that hangs"
+        )
     if "handle" not in box:
         thread.join()
         raise box["error"]

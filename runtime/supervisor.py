@@ -10,6 +10,7 @@ children a restart covers.
 
 from __future__ import annotations
 
+import logging
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -17,7 +18,7 @@ from typing import Any
 import trio
 
 from .cell import Cell, classify
-from .errors import RestartIntensityExceeded
+from .errors import ActorStopped, RestartIntensityExceeded
 from .mailbox import EMPTY
 from .messages import ChildExited, Control, ExitReason, describe
 from .spec import ChildInfo, Supervisor
@@ -71,6 +72,9 @@ GROUPS: dict[str, Callable[[list[Cell], Cell], list[Cell]]] = {
 """Which children a restart of `cell` covers, by strategy."""
 
 
+log = logging.getLogger("troupe")
+
+
 class Supervising:
     """The behaviour of a supervisor's slot: its children and their restarts."""
 
@@ -110,7 +114,8 @@ class Supervising:
         on, so that an `on_start` that hangs is cancelled after its shutdown timeout."""
         if cell.state == "starting":
             for child_cell in self.children:
-                child_cell.request_stop(reason)
+                if child_cell.state == "starting":  # the one being started now
+                    child_cell.request_stop(reason)
 
     def which_children(self) -> list[ChildInfo]:
         return [
@@ -160,7 +165,7 @@ class Supervising:
                         self._nursery = nursery
                         self._prepare_children(cell)
                         if cell.stop_requested:
-                            start_error = RuntimeError(f"{cell.path} was stopped while starting")
+                            start_error = ActorStopped(f"{cell.path} was stopped while starting")
                         else:
                             start_error = await self._start_in_order(self.children)
                         if start_error is None:
@@ -193,13 +198,16 @@ class Supervising:
                     self._remove(child_cell, "shutdown")
             if start_error is not None:
                 reason = start_error
-                cell.record_error(start_error, "failed to start")
+                if isinstance(start_error, ActorStopped) and cell.host.shutting_down:
+                    log.info("%s: start abandoned, the system is stopping", cell.path)
+                else:
+                    cell.record_error(start_error, "failed to start")
             cell.end(reason)
         # Whoever started us hears of the outcome only once this incarnation is
         # over, so that a restart it tries next never finds us still running.
         if not started:
             task_status.started(
-                start_error or RuntimeError(f"{cell.path} was stopped while starting")
+                start_error or ActorStopped(f"{cell.path} was stopped while starting")
             )
             return
         if not cell.stopping_by_parent:

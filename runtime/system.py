@@ -271,6 +271,10 @@ class System:
     def _lookup(self, path: str) -> Cell:
         if not isinstance(path, str):
             raise TypeError(f"an actor path is a string like '/app/worker', got {path!r}")
+        if not path.strip("/") and path != "/":
+            raise ValueError(f"an actor path looks like '/app/worker', got {path!r}")
+        if self._state == "closed":
+            raise RuntimeClosed(f"actor system {self.name!r} is not running: cannot look up {path}")
         norm = "/" + path.strip("/") if path != "/" else "/"
         cell = self._cells.get(norm)
         if cell is None:
@@ -278,7 +282,10 @@ class System:
             near = self._cells.get(parent)
             hint = ""
             if near is not None and isinstance(near.behaviour, Supervising):
-                names = ", ".join(c.name for c in near.behaviour.children) or "none"
+                names = (
+                    ", ".join(c.name for c in near.behaviour.children if not c.finalized)
+                    or "none"
+                )
                 hint = f" ({parent} has: {names})"
             raise ActorNotFound(f"no actor at {norm}{hint}")
         return cell

@@ -640,3 +640,24 @@ async def test_an_unexpected_accept_error_stops_the_face_not_the_system(
             )
             assert system.is_running
             assert await system.ref("/app/echo").ask("alive") == "alive"
+
+
+async def test_a_client_that_never_reads_its_replies_is_let_go(
+    folder: pathlib.Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """A client that sends requests but never reads holds a connection as surely as one
+    that never sends: once the server could not hand it a reply for IDLE_TIMEOUT, it is
+    closed (found by attack: 32 such clients locked the socket for good)."""
+    many = [child(Echo, name=f"echo-{i:03}") for i in range(200)]  # big `tree` replies
+    with trio.fail_after(VIRTUAL):
+        async with control_system(folder, app(*many)) as system:
+            assert system.control is not None
+            conn = await Conn.open(system)
+            request = json.dumps({"op": "tree"}).encode() + b"\n"
+            with trio.move_on_after(1):  # until the server stops taking requests
+                for _ in range(40):
+                    await conn.send(request)
+            await trio.sleep(IDLE_TIMEOUT + 1)
+            assert system.control.connections == 0
+            await conn.stream.aclose()
+            await assert_answers(system)

@@ -649,3 +649,73 @@ async def _play_let_in_scene() -> None:
             with trio.fail_after(10):
                 await wait_for(lambda: len(out) == 2, timeout=10)
     assert "b deadlock" in out and "a sent" in out
+
+
+async def test_cancelled_while_starting_stops_what_started(autojump_clock: Any) -> None:
+    calls: list[Any] = []
+
+    class Quick(Actor):
+        async def on_start(self) -> None:
+            calls.append("a started")
+
+        async def on_stop(self, reason: Any) -> None:
+            calls.append(("a stopped", reason))
+
+    class Slow(Actor):
+        async def on_start(self) -> None:
+            await trio.sleep(1)
+            calls.append("slow started")
+
+        async def on_stop(self, reason: Any) -> None:
+            calls.append(("slow stopped", reason))
+
+    tree = Supervisor("app", children=[child(Quick, name="a"), child(Slow, name="slow")])
+    with trio.move_on_after(0.2) as scope:
+        async with runtime.open_system(tree):
+            calls.append("body")  # never: cancelled while starting
+    assert scope.cancelled_caught
+    assert calls == [
+        "a started",
+        "slow started",
+        ("slow stopped", "shutdown"),
+        ("a stopped", "shutdown"),
+    ]
+
+
+def test_start_in_thread_that_times_out_leaves_nothing_running() -> None:
+    import threading
+
+    stopped: list[Any] = []
+    release = threading.Event()
+
+    class SlowStart(Actor):
+        async def on_start(self) -> None:
+            await trio.to_thread.run_sync(release.wait, 5, abandon_on_cancel=True)
+
+    class Early(Actor):
+        async def on_stop(self, reason: Any) -> None:
+            stopped.append(reason)
+
+    tree = Supervisor(
+        "app", children=[child(Early, name="early"), child(SlowStart, name="slow", shutdown=1)]
+    )
+    before = threading.active_count()
+    with pytest.raises(RuntimeError, match="did not start within"):
+        with runtime.start_in_thread(tree, start_timeout=0.5):
+            pass
+    release.set()
+    assert stopped == ["shutdown"]  # what had started was stopped gracefully
+    deadline = time.monotonic() + 10
+    while threading.active_count() > before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(t.name == "troupe:app" for t in threading.enumerate())
+
+
+async def test_lookups_on_a_stopped_system_and_odd_paths() -> None:
+    async with runtime.open_system(Supervisor("app", children=[child(Quits, name="q")])) as system:
+        with pytest.raises(ValueError):
+            system.ref("")
+        assert system.ref("/app/q").path == "/app/q"
+    with pytest.raises(RuntimeClosed):
+        system.ref("/app/q")
+    system.snapshot()  # reading what is left stays possible
