@@ -199,9 +199,11 @@ class Cell:
         self.watchers: dict[Cell, None] | None = None
         self.watching: dict[Cell, None] | None = None
         self.stopping_by_parent = False
-        self.waiting_for: Cell | None = None  # rule 5: whom this slot's handler waits on
-        self.waiting_to_send = False  # ... and whether only for room in its mailbox
-        self.task: trio.lowlevel.Task | None = None  # the running incarnation's task
+        # The wait-for graph (runtime.waits owns these three): whom this slot's handler
+        # waits on, whether only for room in its mailbox, and the incarnation's task.
+        self.waiting_for: Cell | None = None
+        self.waiting_to_send = False
+        self.task: trio.lowlevel.Task | None = None
         self._stop_reason: str | None = None
         self._kill_scope: trio.CancelScope | None = None
         self._running = False
@@ -395,7 +397,6 @@ class Cell:
         self._exit = None
         self._stop_reason = None
         self.stopping_by_parent = False
-        self.waiting_for = None
         enter_incarnation(self)
         self.state = "starting"
         return self.incarnation
@@ -403,7 +404,6 @@ class Cell:
     def end(self, reason: ExitReason) -> None:
         self._kill_scope = None
         leave_incarnation(self)
-        self.waiting_for = None
         if not self.finalized:
             self.state = "failed" if isinstance(reason, BaseException) else "stopped"
         self._running = False

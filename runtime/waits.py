@@ -31,7 +31,9 @@ class Waiter(Protocol):
 
 
 _slots: dict[trio.lowlevel.Task, Any] = {}
-"""The slot of each running incarnation, by its task (loop thread only)."""
+"""The slot of each running incarnation, by its task.  Shared by the systems of a
+process (tasks are unique); each loop thread touches only the entries of its own
+tasks, one dict operation at a time."""
 
 
 def enter_incarnation(slot: Waiter) -> None:
