@@ -317,23 +317,7 @@ class ControlServer:
 
     async def _accept(self, listener: trio.SocketListener, nursery: trio.Nursery) -> None:
         while True:
-            try:
-                stream = await listener.accept()
-            except OSError as exc:
-                if exc.errno not in ACCEPT_CAPACITY_ERRNOS:
-                    raise
-                name = errno.errorcode.get(exc.errno or 0, str(exc.errno))
-                log_once(
-                    log,
-                    logging.WARNING,
-                    "control accept",
-                    name,
-                    "the control socket cannot accept a connection (%s: %s); retrying",
-                    name,
-                    exc.strerror,
-                )
-                await trio.sleep(ACCEPT_RETRY)
-                continue
+            stream = await accept_retrying(listener, "the control socket", log)
             if len(self._open) >= MAX_CONNECTIONS and not self._evict_longest_idle():
                 nursery.start_soon(self._refuse, stream, "too many connections")
                 continue
@@ -513,6 +497,31 @@ class ControlServer:
             while await stream.receive_some(8192):
                 pass
         scope.cancel()
+
+
+async def accept_retrying(
+    listener: trio.SocketListener, what: str, logger: logging.Logger
+) -> trio.SocketStream:
+    """The next connection.  Out of file descriptors (or memory), a face waits and tries
+    again (logged once) instead of dying; any other error is raised."""
+    while True:
+        try:
+            return await listener.accept()
+        except OSError as exc:
+            if exc.errno not in ACCEPT_CAPACITY_ERRNOS:
+                raise
+            name = errno.errorcode.get(exc.errno or 0, str(exc.errno))
+            log_once(
+                logger,
+                logging.WARNING,
+                f"{what} accept",
+                name,
+                "%s cannot accept a connection (%s: %s); retrying",
+                what,
+                name,
+                exc.strerror,
+            )
+            await trio.sleep(ACCEPT_RETRY)
 
 
 async def _send_within(stream: trio.SocketStream, data: bytes) -> bool:

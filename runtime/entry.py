@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import trio
 import trio.testing
@@ -27,6 +27,9 @@ from .monitor import TreeSnapshot
 from .ref import ActorRef
 from .spec import ChildInfo, ChildSpec, Supervisor
 from .system import System
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 
 def _unwrap(exc: BaseException) -> BaseException:
@@ -75,6 +78,35 @@ async def open_system(
         blocked_after=blocked_after,
     ):
         yield system
+
+
+class SystemOptions(TypedDict, total=False):
+    """The options `run` and `start_in_thread` take: those of `open_system`."""
+
+    name: str | None
+    control: bool
+    control_dir: str | os.PathLike[str] | None
+    metrics_port: int | None
+    blocked_after: float
+    stuck_after: float
+    history: int
+
+
+def _system_of(tree: Supervisor, options: SystemOptions) -> tuple[System, dict[str, Any]]:
+    """A `System` made from `options`, and the rest of them, for `_serving`."""
+    system = System(
+        tree,
+        name=options.get("name"),
+        history=options.get("history", 1000),
+        stuck_after=options.get("stuck_after", 10.0),
+    )
+    serving = {
+        "control": options.get("control", False),
+        "control_dir": options.get("control_dir"),
+        "metrics_port": options.get("metrics_port"),
+        "blocked_after": options.get("blocked_after", 0.05),
+    }
+    return system, serving
 
 
 @asynccontextmanager
@@ -158,34 +190,19 @@ async def _serving(
         raise start_error
 
 
-def run(
-    tree: Supervisor,
-    *,
-    name: str | None = None,
-    control: bool = False,
-    control_dir: str | os.PathLike[str] | None = None,
-    metrics_port: int | None = None,
-    blocked_after: float = 0.05,
-    stuck_after: float = 10.0,
-    history: int = 1000,
-) -> None:
+def run(tree: Supervisor, **options: Unpack[SystemOptions]) -> None:
     """Run `tree` until it is stopped (SIGINT/SIGTERM: gracefully; a second one: at once).
 
-    Signals are heard from the start, also while the tree is starting (an
-    `on_start` that hangs is cancelled after its shutdown timeout, or at once
-    on a second signal).  `control=True` serves the control socket for
-    ``troupe tree/top/events``; `metrics_port` serves Prometheus metrics.
-    Raises the tree's failure, e.g. `RestartIntensityExceeded`.
+    Takes the options of `open_system`.  Signals are heard from the start,
+    also while the tree is starting (an `on_start` that hangs is cancelled
+    after its shutdown timeout, or at once on a second signal).
+    `control=True` serves the control socket for ``troupe tree/top/events``;
+    `metrics_port` serves Prometheus metrics.  Raises the tree's failure,
+    e.g. `RestartIntensityExceeded`; `TypeError` for an unknown option.
     """
-    options: dict[str, Any] = {
-        "name": name,
-        "control": control,
-        "control_dir": control_dir,
-        "metrics_port": metrics_port,
-        "blocked_after": blocked_after,
-        "stuck_after": stuck_after,
-        "history": history,
-    }
+    unknown = set(options) - set(SystemOptions.__annotations__)
+    if unknown:
+        raise TypeError(f"run() got unknown options: {', '.join(sorted(unknown))}")
 
     async def main() -> None:
         if threading.current_thread() is not threading.main_thread():
@@ -199,16 +216,10 @@ def run(
 
 
 async def _run_with_signals(
-    tree: Supervisor, options: dict[str, Any], signals: AsyncIterator[int]
+    tree: Supervisor, options: SystemOptions, signals: AsyncIterator[int]
 ) -> None:
     """`open_system` with a signal listener that runs from before the tree starts."""
-    serving = dict(options)
-    system = System(
-        tree,
-        name=serving.pop("name"),
-        history=serving.pop("history"),
-        stuck_after=serving.pop("stuck_after"),
-    )
+    system, serving = _system_of(tree, options)
 
     seen = 0
 
@@ -302,35 +313,22 @@ class ThreadedSystem:
 
 @contextmanager
 def start_in_thread(
-    tree: Supervisor,
-    *,
-    name: str | None = None,
-    start_timeout: float = 30.0,
-    control: bool = False,
-    control_dir: str | os.PathLike[str] | None = None,
-    metrics_port: int | None = None,
-    blocked_after: float = 0.05,
-    stuck_after: float = 10.0,
-    history: int = 1000,
+    tree: Supervisor, *, start_timeout: float = 30.0, **options: Unpack[SystemOptions]
 ) -> Iterator[ThreadedSystem]:
     """Run `tree` on a background thread for plain synchronous programs.
 
     Leaving the ``with`` block stops the system gracefully and joins the
     thread; an error inside the runtime (e.g. `RestartIntensityExceeded`, or
     a child failing to start) is raised in the calling thread.  Takes the
-    options of `open_system`.
+    options of `open_system`.  A system that does not start within
+    `start_timeout` seconds is stopped, and `RuntimeError` raised.
     """
+    unknown = set(options) - set(SystemOptions.__annotations__)
+    if unknown:
+        raise TypeError(f"start_in_thread() got unknown options: {', '.join(sorted(unknown))}")
     ready = threading.Event()
     box: dict[str, Any] = {}
-    options: dict[str, Any] = {
-        "name": name,
-        "control": control,
-        "control_dir": control_dir,
-        "metrics_port": metrics_port,
-        "blocked_after": blocked_after,
-        "stuck_after": stuck_after,
-        "history": history,
-    }
+    name = options.get("name")
 
     async def main() -> None:
         with trio.CancelScope() as scope:

@@ -13,7 +13,6 @@ the metrics, never the system.
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
@@ -23,7 +22,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from .control import ACCEPT_CAPACITY_ERRNOS, ACCEPT_RETRY
+from .control import accept_retrying
 from .logs import log_once
 
 if TYPE_CHECKING:
@@ -151,23 +150,7 @@ class MetricsServer:
 
     async def _accept(self, listener: trio.SocketListener, nursery: trio.Nursery) -> None:
         while True:
-            try:
-                stream = await listener.accept()
-            except OSError as exc:
-                if exc.errno not in ACCEPT_CAPACITY_ERRNOS:
-                    raise
-                name = errno.errorcode.get(exc.errno or 0, str(exc.errno))
-                log_once(
-                    log,
-                    logging.WARNING,
-                    "metrics accept",
-                    name,
-                    "the metrics server cannot accept a connection (%s: %s); retrying",
-                    name,
-                    exc.strerror,
-                )
-                await trio.sleep(ACCEPT_RETRY)
-                continue
+            stream = await accept_retrying(listener, "the metrics server", log)
             if self.connections >= MAX_CONNECTIONS:
                 # Refused here, not in a task of its own: a flood cannot pile up tasks
                 # or descriptors, and the 503 fits any fresh socket's buffer at once.
