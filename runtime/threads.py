@@ -94,8 +94,7 @@ class ThreadReply:
             return True
 
     def wait(self, deadline: float, what: str) -> Any:
-        remaining = -1.0 if deadline == math.inf else max(0.0, deadline - time.monotonic())
-        self._done.acquire(timeout=remaining)
+        _sleep(self._done, deadline)
         with self._gate._lock:
             if self.state != "done":
                 self.state = "abandoned"
@@ -103,6 +102,22 @@ class ThreadReply:
         if self._error is not None:
             raise self._error
         return self._value
+
+
+def _sleep(lock: threading.Lock, deadline: float) -> bool:
+    """Acquire `lock`, giving up at `deadline` (a `time.monotonic` time; inf: never).
+
+    A wait longer than the platform allows (`threading.TIMEOUT_MAX`) is made of
+    several, rather than failing with OverflowError.
+    """
+    while True:
+        if deadline == math.inf:
+            return lock.acquire()
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return lock.acquire(blocking=False)
+        if lock.acquire(timeout=min(remaining, threading.TIMEOUT_MAX)):
+            return True
 
 
 def _number(entry: tuple[int, MailboxQueue, Any]) -> int:
@@ -286,7 +301,7 @@ class ThreadGate:
         remaining = None if deadline == math.inf else deadline - time.monotonic()
         if remaining is not None and remaining <= 0:
             raise MailboxFull(what)
-        self._cond.wait(remaining)
+        self._cond.wait(None if remaining is None else min(remaining, threading.TIMEOUT_MAX))
         self._check_open()
 
     def _wait_for_lane(self, lane: _Lane, timeout: float, path: str) -> None:
