@@ -3,17 +3,37 @@
 The only module of the runtime that uses threading locks.
 
 Rule 3 of the design: a foreign thread never touches runtime state.  It
-appends to a small injection queue guarded by one `threading.Lock` and wakes
-the loop with `TrioToken.run_sync_soon`, once per batch.  The lock is never
-held across anything that can block (waiting on the condition releases it).
+appends to a small injection queue (its own *lane*) and wakes the loop with
+`TrioToken.run_sync_soon`, once per batch.  The gate's lock is never held
+across anything that can block (a waiting thread sleeps on a lock of its own,
+with the gate's lock released).
 
 Backpressure without touching mailboxes from threads: for a ``block`` or
-``fail`` mailbox a thread needs a *credit* before it may enqueue.  Credits are
-handed out by the loop thread, which reserves that much room in the mailbox
-(`MailboxQueue.reserve`), so messages in flight from threads are counted
-against capacity and can always be delivered in order.  A thread without
-credit asks the loop for some and waits; ``fail`` gets `MailboxFull` if the
-loop has no room, ``block`` waits until the actor frees some.
+``fail`` mailbox a thread needs a *credit* before it may enqueue, and only
+the loop hands them out, reserving that much room in the mailbox
+(`MailboxQueue.reserve`), so that messages in flight from threads are counted
+against capacity and can always be delivered in order.
+
+A thread without credit sends its message as a *request*: it goes down the
+lane in its place, and the thread sleeps until the loop's drain reaches it
+and answers that request.  Room: the loop delivers the message there and then
+and lends the thread an even share of what is left (up to `CREDIT_CHUNK`) for
+its next tells.  No room: under ``fail`` the thread raises `MailboxFull`;
+under ``block`` the message waits with its thread in the mailbox's line,
+asleep, until the actor makes room (`room_freed`), the thread's timeout
+passes, or the gate closes.  Nothing wakes a waiting thread otherwise: no
+polling, no wake-up storms.
+
+Credits are only lent: they are valid for the drain *epoch* they were granted
+in, and every drain (or a loop-side sender that finds the mailbox full,
+through `reclaim`) takes back what a thread did not use.  A thread spends a
+credit without the lock, so it and the loop synchronise with a Dekker
+handshake on two plain attributes: the thread raises its lane's ``busy``
+flag, then reads the gate's epoch; the loop bumps the epoch, then reads
+``busy``.  Either the thread sees the new epoch (and takes the lock) or the
+loop sees the flag (and leaves that lane for its next drain, which the
+thread's tell is about to schedule).  This relies on the interpreter running
+one bytecode at a time (the GIL), as the lanes' lock-free deques do.
 """
 
 from __future__ import annotations
@@ -40,14 +60,32 @@ LANE_CAPACITY = 16_384
 """Messages one thread may have waiting for the loop, at most (for dropping
 mailboxes; for ``block`` and ``fail`` ones the mailbox's own room is the bound)."""
 
-CREDIT_CHUNK = 64
-"""Room a thread takes for itself at once, so that most tells need no lock."""
-
-GRANT_MAX = 1024
-"""Most credits the loop hands out per mailbox at a time."""
+CREDIT_CHUNK = 1024
+"""Most room the loop grants one thread at once (the message in hand and the rest in
+advance, so that most tells need no lock); what the thread does not use is taken back."""
 
 DRAIN_MAX = 2048
 """Most messages from threads delivered in one step of the loop."""
+
+# Where a lane's request (a message sent without credit) stands (`_Lane.state`).
+_IDLE = 0  # no request
+_ASKED = 1  # in the lane, waiting for a drain to reach it
+_WAITING = 2  # reached, no room yet: waiting in the mailbox's line (``block`` only)
+_SENT = 3  # delivered (and maybe credits lent for later)
+_FULL = 4  # reached, no room (``fail``): not delivered
+_CLOSED = 5  # the gate closed: not delivered
+
+
+def _sleep(lock: threading.Lock, deadline: float) -> bool:
+    """Acquire `lock`, giving up at `deadline` (a `time.monotonic` time; inf: never)."""
+    while True:
+        if deadline == math.inf:
+            return lock.acquire()
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return lock.acquire(blocking=False)
+        if lock.acquire(timeout=min(remaining, threading.TIMEOUT_MAX)):
+            return True
 
 
 class ThreadReply:
@@ -104,45 +142,70 @@ class ThreadReply:
         return self._value
 
 
-def _sleep(lock: threading.Lock, deadline: float) -> bool:
-    """Acquire `lock`, giving up at `deadline` (a `time.monotonic` time; inf: never).
-
-    A wait longer than the platform allows (`threading.TIMEOUT_MAX`) is made of
-    several, rather than failing with OverflowError.
-    """
-    while True:
-        if deadline == math.inf:
-            return lock.acquire()
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            return lock.acquire(blocking=False)
-        if lock.acquire(timeout=min(remaining, threading.TIMEOUT_MAX)):
-            return True
+Entry = tuple[int, "MailboxQueue | _Lane", Any]
+"""What a lane holds: (number, mailbox, message), or (number, lane, message) for a
+message sent without credit (a request: the lane says which mailbox, `want`)."""
 
 
-def _number(entry: tuple[int, MailboxQueue, Any]) -> int:
+def _number(entry: Entry) -> int:
     return entry[0]
 
 
 class _Lane:
     """One foreign thread's own FIFO into the loop: only that thread appends to it,
-    only the loop pops from it, so a tell takes no lock (deque ops are atomic)."""
+    only the loop pops from it, so a tell takes no lock (deque ops are atomic).
 
-    __slots__ = ("credits", "items", "thread")
+    Also the thread's credits (room it holds, per mailbox, valid while `epoch` is
+    the gate's) and its one request at a time (`state`, `want`, `deadline`, and
+    `item` while it waits in a mailbox's line), with the lock the thread sleeps
+    on (`wake`, released once per `signal`).
+    """
 
-    def __init__(self) -> None:
-        self.items: deque[tuple[int, MailboxQueue, Any]] = deque()
-        self.credits: dict[MailboxQueue, int] = {}  # room this thread holds, per mailbox
+    __slots__ = (
+        "busy",
+        "credits",
+        "deadline",
+        "epoch",
+        "item",
+        "items",
+        "signalled",
+        "state",
+        "thread",
+        "wake",
+        "want",
+    )
+
+    def __init__(self, epoch: int) -> None:
+        self.items: deque[Entry] = deque()
+        self.credits: dict[MailboxQueue, int] = {}
+        self.epoch = epoch
+        self.busy = False  # spending a credit right now (see the module's docstring)
         self.thread = threading.current_thread()
+        self.state = _IDLE
+        self.want: MailboxQueue | None = None
+        self.deadline = math.inf
+        self.item: Any = None
+        self.wake = threading.Lock()
+        self.wake.acquire()
+        self.signalled = False  # `wake` is released and nobody took it yet
+
+    def signal(self, state: int) -> None:
+        """Gate lock held: answer the request and wake the thread (once)."""
+        self.state = state
+        if not self.signalled:
+            self.signalled = True
+            self.wake.release()
 
 
 class ThreadGate:
     """Carries tells and asks from foreign threads onto the trio thread.
 
     Each foreign thread appends to its own lane (FIFO per thread, no lock);
-    the lock guards only what threads share: the lane list, the credits not
-    yet handed to a thread, requests for credit, and the wake-up flag.  One
-    `run_sync_soon` wakes the loop for everything queued since the last one.
+    the lock guards only what threads share: the lane list, requests for
+    room and the lines of threads waiting for it, lanes' credits (except
+    their owner's lock-free spending, see the module's docstring), and the
+    wake-up flag.  One `run_sync_soon` wakes the loop for everything queued
+    since the last one.
 
     Causal order across threads is kept too: every message takes a number
     from one atomic counter, and a drain delivers, in number order, only
@@ -154,16 +217,16 @@ class ThreadGate:
     def __init__(self, name: str) -> None:
         self._name = name
         self._lock = threading.Lock()
-        self._cond = threading.Condition(self._lock)
+        self._cond = threading.Condition(self._lock)  # threads whose own lane is full
         self._local = threading.local()
         self._lanes: list[_Lane] = []
         self._numbers = itertools.count()
         self._wake_scheduled = False
-        self._wants: dict[MailboxQueue, None] = {}
-        self._round = 0
+        self._epoch = 0  # bumped whenever the loop takes unused credits back
+        self._holders: set[_Lane] = set()  # lanes that may hold credits
+        self._lines: dict[MailboxQueue, deque[_Lane]] = {}  # threads waiting for room
         self._space_waiters = 0
         self._replies: set[ThreadReply] = set()
-        self._granted: dict[MailboxQueue, int] = {}  # room granted, not yet taken by a thread
         self._token: trio.lowlevel.TrioToken | None = None
         self.loop_thread: int | None = None  # ident of the trio thread, once open
         self._open = False
@@ -193,13 +256,17 @@ class ThreadGate:
             lanes = list(self._lanes)
             replies = list(self._replies)
             self._replies.clear()
-            self._wants.clear()
-            self._granted.clear()
+            for lane in lanes:  # requests not answered yet are not delivered either
+                if lane.state in (_ASKED, _WAITING):
+                    lane.item = None
+                    lane.signal(_CLOSED)
+            self._lines.clear()
+            self._holders.clear()
             self._cond.notify_all()
         # Threads that append after this point see the gate closed and take their
-        # message back (see _inject); what is here now is delivered (and, the
+        # message back (see tell); what is here now is delivered (and, the
         # mailboxes being closed, dead-lettered as `stopped`).
-        leftover: list[tuple[int, MailboxQueue, Any]] = []
+        leftover: list[Entry] = []
         for lane in lanes:
             while True:
                 try:
@@ -241,8 +308,8 @@ class ThreadGate:
     def _lane(self) -> _Lane:
         lane: _Lane | None = getattr(self._local, "lane", None)
         if lane is None:
-            lane = self._local.lane = _Lane()
             with self._lock:
+                lane = self._local.lane = _Lane(self._epoch)
                 self._lanes.append(lane)
         return lane
 
@@ -250,18 +317,22 @@ class ThreadGate:
         """A foreign thread's tell (`ActorRef.tell` calls this directly).
 
         Blocks this thread while a ``block`` mailbox is full, up to `timeout`
-        seconds (inf: no limit; 0: only if there is room now), then raises
-        `MailboxFull`; raises `RuntimeClosed` once the gate is closed.
+        seconds (inf: no limit; 0: only if the loop finds room now), then
+        raises `MailboxFull`; raises `RuntimeClosed` once the gate is closed.
         """
         if not self._open:
             self._closed()
         lane = getattr(self._local, "lane", None) or self._lane()
         if mailbox.credited:  # block / fail: spend room reserved for this thread
-            held = lane.credits.get(mailbox, 0)
+            lane.busy = True  # then read the epoch: the loop does the converse
+            held = lane.credits.get(mailbox, 0) if lane.epoch == self._epoch else 0
             if held:
                 lane.credits[mailbox] = held - 1
+                lane.busy = False
             else:
-                self._take_credit(lane, mailbox, timeout, path)
+                lane.busy = False
+                if self._request(lane, mailbox, item, timeout, path):
+                    return  # delivered by the loop
         elif len(lane.items) >= LANE_CAPACITY:
             self._wait_for_lane(lane, timeout, path)
         entry = (next(self._numbers), mailbox, item)
@@ -278,7 +349,7 @@ class ThreadGate:
             except RuntimeClosed:
                 self._take_back(lane, entry)
 
-    def _take_back(self, lane: _Lane, entry: tuple[int, MailboxQueue, Any]) -> None:
+    def _take_back(self, lane: _Lane, entry: Entry) -> None:
         """The gate closed under us: undo our append, or accept that close() has it."""
         items = lane.items
         try:
@@ -295,53 +366,81 @@ class ThreadGate:
         if not self._open:
             self._closed()
 
-    def _wait(self, deadline: float, what: str) -> None:
-        """Lock held: wait on the condition (lock released meanwhile); MailboxFull past
-        the deadline, RuntimeClosed if the gate closed."""
-        remaining = None if deadline == math.inf else deadline - time.monotonic()
-        if remaining is not None and remaining <= 0:
-            raise MailboxFull(what)
-        self._cond.wait(None if remaining is None else min(remaining, threading.TIMEOUT_MAX))
-        self._check_open()
-
     def _wait_for_lane(self, lane: _Lane, timeout: float, path: str) -> None:
+        """This thread's own lane is full (dropping mailboxes): wait for the loop to drain it."""
         deadline = math.inf if timeout == math.inf else time.monotonic() + timeout
         with self._lock:
             self._space_waiters += 1
             try:
                 while len(lane.items) >= LANE_CAPACITY:
                     self._request_wake()
-                    self._wait(deadline, f"this thread's queue is full; {path} was not sent to")
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        raise MailboxFull(f"this thread's queue is full; {path} was not sent to")
+                    self._cond.wait(min(remaining, threading.TIMEOUT_MAX))
+                    self._check_open()
             finally:
                 self._space_waiters -= 1
 
-    def _take_credit(self, lane: _Lane, mailbox: MailboxQueue, timeout: float, path: str) -> None:
-        """Get room for one message (and a few more for later) from what the loop granted."""
+    def _request(
+        self, lane: _Lane, mailbox: MailboxQueue, item: Any, timeout: float, path: str
+    ) -> bool:
+        """Send `item` without credit: as a request the loop answers (see the module's
+        docstring).  Returns True once the loop delivered it; False if this thread
+        still had credit after all (the caller then sends as usual).
+
+        Waits for the loop's answer however short `timeout` is; then, under
+        ``block``, sleeps on in the mailbox's line until the loop delivers the
+        message or the deadline passes (`MailboxFull`, nothing sent).
+        """
         deadline = math.inf if timeout == math.inf else time.monotonic() + timeout
-        chunk = max(1, min(CREDIT_CHUNK, mailbox.capacity // 16))
         with self._lock:
-            while True:
-                self._check_open()
-                granted = self._granted.get(mailbox, 0)
-                if granted:
-                    take = min(granted, chunk)
-                    if granted > take:
-                        self._granted[mailbox] = granted - take
-                    else:
-                        del self._granted[mailbox]
-                    lane.credits[mailbox] = take - 1
-                    return
-                asked = self._round
-                self._wants[mailbox] = None
+            self._check_open()
+            if lane.epoch != self._epoch:
+                # Credits the loop left us because we were spending one as it took
+                # the rest back: still reserved, so still ours, for this epoch.
+                lane.epoch = self._epoch
+            held = lane.credits.get(mailbox, 0)
+            if held:
+                lane.credits[mailbox] = held - 1
+                return False
+            if lane.signalled:  # a wake-up left over from an earlier request
+                lane.wake.acquire()
+                lane.signalled = False
+            lane.state = _ASKED
+            lane.want = mailbox
+            lane.deadline = deadline
+            entry = (next(self._numbers), lane, item)
+            lane.items.append(entry)
+            try:
                 self._request_wake()
-                if mailbox.overflow == "fail":
-                    while self._round == asked:  # wait for the loop's answer, not for room
-                        self._cond.wait()
-                        self._check_open()
-                    if not self._granted.get(mailbox):
-                        raise MailboxFull(f"mailbox of {path} is full (overflow='fail')")
-                else:
-                    self._wait(deadline, f"mailbox of {path} stayed full (overflow='block')")
+            except RuntimeClosed:  # the loop is gone: nobody took it
+                lane.items.remove(entry)
+                lane.state = _IDLE
+                raise
+        while True:
+            # Until the first answer, wait for it whatever the deadline; then no longer.
+            woke = _sleep(lane.wake, math.inf if lane.state == _ASKED else deadline)
+            with self._lock:
+                if woke:
+                    lane.signalled = False
+                state = lane.state
+                if state == _ASKED or (state == _WAITING and time.monotonic() < deadline):
+                    continue
+                lane.state = _IDLE
+                lane.want = None
+                if state == _SENT:
+                    return True
+                if state == _CLOSED:
+                    self._closed()
+                if state == _WAITING:  # give up our place in the line
+                    lane.item = None
+                    line = self._lines[mailbox]
+                    line.remove(lane)
+                    if not line:
+                        del self._lines[mailbox]
+                    raise MailboxFull(f"mailbox of {path} stayed full (overflow='block')")
+                raise MailboxFull(f"mailbox of {path} is full (overflow='fail')")
 
     def _request_wake(self) -> None:
         """Lock held: make sure a drain is coming."""
@@ -359,7 +458,8 @@ class ThreadGate:
 
     # -- the loop side ---------------------------------------------------
     def _drain(self) -> None:
-        """Loop thread: deliver a batch from the lanes, then answer requests for credit.
+        """Loop thread: take back unused credits, deliver a batch from the lanes
+        (answering requests on the way), then let waiting threads in if room was made.
 
         At most `DRAIN_MAX` messages per call, so that a flood from threads
         never makes one long step of the loop; the rest gets another call.
@@ -368,11 +468,12 @@ class ThreadGate:
         with self._lock:
             self._wake_scheduled = False  # before draining: a later append wakes us again
             lanes = self._lanes
-            wants = self._wants
-            self._wants = {}
-            notify = bool(self._space_waiters)
+            returned = self._take_back_credits(None) if self._holders else None
+        if returned:  # first, so that requests in this batch find that room
+            for mailbox, count in returned.items():
+                mailbox.unreserve(count)  # may let waiting threads in (room_freed)
         horizon = next(self._numbers)  # deliver only what was numbered before now
-        batch: list[tuple[int, MailboxQueue, Any]] = []
+        batch: list[Entry] = []
         dead: list[_Lane] = []
         busy = [lane.items for lane in lanes if lane.items]
         if len(busy) == 1:
@@ -397,7 +498,7 @@ class ThreadGate:
                 else:
                     heapq.heappop(heads)
         for lane in lanes:
-            if not lane.items and not lane.thread.is_alive():
+            if not lane.items and lane.state == _IDLE and not lane.thread.is_alive():
                 dead.append(lane)
         self._deliver_run(batch)
         self.delivered += len(batch)
@@ -406,40 +507,152 @@ class ThreadGate:
         if any(lane.items for lane in lanes):
             with self._lock:
                 self._request_wake()
-        if not wants and not notify:
-            return
-        grants = [(mailbox, mailbox.reserve(GRANT_MAX)) for mailbox in wants]
+        if self._space_waiters:
+            with self._lock:
+                self._cond.notify_all()
+        if self._lines:
+            self._serve_lines()
+
+    def _take_back_credits(self, only: MailboxQueue | None) -> dict[MailboxQueue, int]:
+        """Lock held: end the epoch and take back the credits lanes hold (all of them,
+        or only those for `only`); return how much, per mailbox.
+
+        A lane spending a credit right now keeps its credits: its tell schedules a
+        drain, which takes them back if they are still unused then.
+        """
+        self._epoch += 1  # first: a thread that raises `busy` after this sees it
+        returned: dict[MailboxQueue, int] = {}
+        kept: list[_Lane] = []
+        for lane in self._holders:
+            if lane.busy:
+                kept.append(lane)
+                continue
+            credits = lane.credits
+            if only is None:
+                for mailbox, count in credits.items():
+                    if count:
+                        returned[mailbox] = returned.get(mailbox, 0) + count
+                credits.clear()
+            else:
+                count = credits.pop(only, 0)
+                if count:
+                    returned[only] = count
+                if credits:
+                    kept.append(lane)
+        self._holders = set(kept)
+        return returned
+
+    def _admit(self, lane: _Lane, item: Any, admitted: dict[MailboxQueue, list[_Lane]]) -> None:
+        """Loop thread, in a drain: answer a request (a message sent without credit).
+
+        Delivers the message if there is room for it, and adds the thread to
+        `admitted`: it is told (and lent room for later) once the whole batch
+        is delivered, so that the threads admitted together share that room.
+        """
+        mailbox = lane.want
+        assert mailbox is not None
         with self._lock:
-            for mailbox, granted in grants:
-                if granted:
-                    self._granted[mailbox] = self._granted.get(mailbox, 0) + granted
-                elif mailbox.overflow == "block":
-                    mailbox.wait_for_threads()  # room_freed() will grant later
-            self._round += 1
-            self._cond.notify_all()
+            if lane.state != _ASKED:
+                return  # the gate closed: the thread raises RuntimeClosed, nothing is sent
+            line = None if mailbox.overflow == "fail" else self._lines.get(mailbox)
+            if not line and mailbox.reserve(1):  # room, and no thread ahead of it
+                admitted.setdefault(mailbox, []).append(lane)
+            elif line is None and mailbox.overflow == "fail":
+                lane.signal(_FULL)
+                return
+            else:  # block: wait in line, asleep
+                lane.item = item
+                if line is None:
+                    line = self._lines[mailbox] = deque()
+                line.append(lane)
+                mailbox.wait_for_threads()  # room_freed() will let it in
+                if lane.deadline == math.inf:
+                    lane.state = _WAITING
+                else:  # wake it to sleep until its deadline (or to give up now)
+                    lane.signal(_WAITING)
+                return
+        mailbox.put_many_reserved([item])
+
+    def _lend(self, mailbox: MailboxQueue, served: list[_Lane]) -> None:
+        """Lock held: room was reserved for the message each of `served` sent; lend
+        them an even share of what is left (up to a chunk each) for their next tells."""
+        extra = min(CREDIT_CHUNK - 1, mailbox.room() // len(served))
+        epoch = self._epoch
+        holders = self._holders
+        for lane in served:
+            lane.credits[mailbox] = mailbox.reserve(extra) if extra else 0
+            lane.epoch = epoch
+            holders.add(lane)
+            lane.signal(_SENT)
+
+    def _let_in(self, mailbox: MailboxQueue, line: deque[_Lane]) -> list[Any]:
+        """Lock held: room for the threads at the head of `line`, oldest first; return
+        their messages, to be delivered (in this order) once the lock is released."""
+        served: list[_Lane] = []
+        while line and mailbox.reserve(1):
+            served.append(line.popleft())
+        if not served:
+            return []
+        items = [lane.item for lane in served]
+        for lane in served:
+            lane.item = None
+        self._lend(mailbox, served)
+        if not line:
+            del self._lines[mailbox]
+        return items
+
+    def _serve_lines(self) -> None:
+        """Loop thread, after a drain: let waiting threads in where room was made
+        without `room_freed` being told (e.g. the mailbox closed: it takes anything)."""
+        with self._lock:
+            admitted = [
+                (mailbox, self._let_in(mailbox, line))
+                for mailbox, line in list(self._lines.items())
+                if self._roomy(mailbox)
+            ]
+        for mailbox, items in admitted:
+            if items:
+                mailbox.put_many_reserved(items)
 
     def _forget(self, dead: list[_Lane]) -> None:
         """Lanes of threads that ended: drop them and give back the room they held."""
+        returned: dict[MailboxQueue, int] = {}
         with self._lock:
             self._lanes = [lane for lane in self._lanes if lane not in dead]
-        for lane in dead:
-            for mailbox, held in lane.credits.items():
-                mailbox.unreserve(held)
-            lane.credits.clear()
+            for lane in dead:
+                self._holders.discard(lane)
+                for mailbox, count in lane.credits.items():
+                    returned[mailbox] = returned.get(mailbox, 0) + count
+                lane.credits.clear()
+        for mailbox, count in returned.items():
+            if count:
+                mailbox.unreserve(count)
 
-    def _deliver_run(self, entries: list[tuple[int, MailboxQueue, Any]]) -> None:
-        """Deliver in order, handing runs for the same mailbox over together."""
+    def _deliver_run(self, entries: list[Entry]) -> None:
+        """Deliver in order, handing runs for the same mailbox over together, and
+        answering requests where they come."""
         run: list[Any] = []
         target: MailboxQueue | None = None
-        for _, mailbox, item in entries:
-            if mailbox is not target:
+        admitted: dict[MailboxQueue, list[_Lane]] = {}
+        for _, to, item in entries:
+            if to is not target:
                 if run:
-                    self._deliver(target, run)  # type: ignore[arg-type]
+                    assert target is not None
+                    self._deliver(target, run)
                     run = []
-                target = mailbox
+                if isinstance(to, _Lane):
+                    self._admit(to, item, admitted)
+                    target = None
+                    continue
+                target = to
             run.append(item)
         if run:
-            self._deliver(target, run)  # type: ignore[arg-type]
+            assert target is not None
+            self._deliver(target, run)
+        if admitted:
+            with self._lock:
+                for mailbox, lanes in admitted.items():
+                    self._lend(mailbox, lanes)
 
     @staticmethod
     def _deliver(mailbox: MailboxQueue, items: list[Any]) -> None:
@@ -452,22 +665,37 @@ class ThreadGate:
                 mailbox.put(item)
 
     def room_freed(self, mailbox: MailboxQueue) -> bool:
-        """Loop thread, from `MailboxQueue`: room was made; grant some to blocked threads.
+        """Loop thread, from `MailboxQueue`: room was made; let waiting threads in.
 
-        Returns True once the threads need no more telling (room was granted).
+        Waits until a quarter of the mailbox (at most a chunk) is free, so that
+        threads are woken in batches, not once per message handled.  Returns
+        True once no thread waits for this mailbox any more.
         """
-        low_water = max(1, min(GRANT_MAX, mailbox.capacity // 4))
-        if mailbox.room() < low_water:
-            return False
-        granted = mailbox.reserve(GRANT_MAX)
         with self._lock:
-            self._granted[mailbox] = self._granted.get(mailbox, 0) + granted
-            self._cond.notify_all()
-        return True
+            line = self._lines.get(mailbox)
+            if not line:
+                return True
+            if not self._roomy(mailbox):
+                return False
+            items = self._let_in(mailbox, line)
+            done = mailbox not in self._lines
+        if items:
+            mailbox.put_many_reserved(items)
+        return done
+
+    @staticmethod
+    def _roomy(mailbox: MailboxQueue) -> bool:
+        """Whether enough room was made to wake waiting threads: a quarter of the
+        mailbox (at most a chunk), or anything once it closed (it takes all)."""
+        return mailbox.closed or mailbox.room() >= max(1, min(CREDIT_CHUNK, mailbox.capacity // 4))
 
     def reclaim(self, mailbox: MailboxQueue) -> int:
-        """Loop thread: take back granted room no thread has claimed (the loop needs it)."""
+        """Loop thread: take back the room threads hold for `mailbox` and have not used
+        (the loop needs it now); return how much."""
         with self._lock:
-            return self._granted.pop(mailbox, 0)
+            if not any(lane.credits.get(mailbox) for lane in self._holders):
+                return 0  # (only the loop adds credits: none can appear meanwhile)
+            return self._take_back_credits(mailbox).get(mailbox, 0)
+
 
 __all__ = ["ThreadGate", "ThreadReply"]

@@ -101,6 +101,17 @@ class Parked:
         assert self.errors == []
 
 
+def ask_when_room(ref: runtime.ActorRef, msg: Any) -> Any:
+    """`ask_blocking`, asking again while a ``fail`` mailbox is (really) full."""
+    deadline = time.monotonic() + WAIT
+    while True:
+        try:
+            return ref.ask_blocking(msg, timeout=WAIT)
+        except runtime.MailboxFull:
+            assert time.monotonic() < deadline, "the mailbox stayed full"
+            time.sleep(0.01)
+
+
 def in_thread(fn: Any) -> Any:
     """Run `fn` in a fresh thread (one that never told anything before); return its result."""
     out: list[Any] = []
@@ -121,7 +132,194 @@ def in_thread(fn: Any) -> Any:
     return value
 
 
-# -- timeouts -----------------------------------------------------------------------
+# -- credits never pin room -----------------------------------------------------
+@pytest.mark.parametrize("overflow", ["block", "fail"])
+def test_credits_of_live_idle_threads_do_not_pin_room_for_the_loop(overflow: str) -> None:
+    """4 threads tell once each (taking credits in advance) and live on: once their
+    messages are handled, the loop can tell `capacity` messages again."""
+    holding, release = threading.Event(), threading.Event()
+    with runtime.start_in_thread(tree(100, overflow, holding, release)) as system:
+        counter = system.ref("/app/counter")
+        parked = Parked(counter, 4)
+        assert counter.ask_blocking("count", timeout=WAIT) == 4  # all handled
+        assert system.ref("/app/flooder").ask_blocking(100, timeout=WAIT) == 100
+        assert ask_when_room(counter, "count") == 104
+        parked.join()
+
+
+@pytest.mark.parametrize("threads", [1, 4, 16])
+def test_credits_of_many_threads_over_time_do_not_pin_room(threads: int) -> None:
+    """However many threads told the mailbox earlier and however long they live."""
+    holding, release = threading.Event(), threading.Event()
+    with runtime.start_in_thread(tree(64, "block", holding, release)) as system:
+        counter = system.ref("/app/counter")
+        flooder = system.ref("/app/flooder")
+        crowd = [Parked(counter, threads) for _ in range(3)]
+        assert counter.ask_blocking("count", timeout=WAIT) == 3 * threads
+        for _ in range(3):
+            assert flooder.ask_blocking(64, timeout=WAIT) == 64
+        for parked in crowd:
+            parked.join()
+
+
+def test_fail_mailbox_full_only_when_it_really_is_full() -> None:
+    """Under ``fail`` a thread gets MailboxFull only when the loop found no room for it:
+    with the actor holding one message and the queue empty, exactly `capacity` more fit,
+    however many other live threads took credits before."""
+    holding, release = threading.Event(), threading.Event()
+    with runtime.start_in_thread(tree(100, "fail", holding, release)) as system:
+        counter = system.ref("/app/counter")
+        parked = Parked(counter, 8)
+        assert counter.ask_blocking("count", timeout=WAIT) == 8
+
+        def fill() -> int:
+            counter.tell("hold")
+            assert holding.wait(WAIT)
+            sent = 0
+            try:
+                for i in range(101):
+                    counter.tell(i)
+                    sent += 1
+            except runtime.MailboxFull:
+                pass
+            return sent
+
+        assert in_thread(fill) == 100
+        release.set()
+        assert ask_when_room(counter, "count") == 108
+        parked.join()
+
+
+def test_fail_no_spurious_mailbox_full_under_contention() -> None:
+    """8 threads flood a ``fail`` mailbox that can hold everything they send at once:
+    none of them may be told it is full."""
+    holding, release = threading.Event(), threading.Event()
+    with runtime.start_in_thread(tree(20_000, "fail", holding, release)) as system:
+        counter = system.ref("/app/counter")
+        errors: list[BaseException] = []
+        go = threading.Event()
+
+        def produce() -> None:
+            go.wait(WAIT)
+            try:
+                for i in range(2000):
+                    counter.tell(i)
+            except BaseException as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=produce, daemon=True) for _ in range(8)]
+        for t in threads:
+            t.start()
+        go.set()
+        for t in threads:
+            t.join(WAIT)
+            assert not t.is_alive(), "a producer hung"
+        assert errors == []
+        assert counter.ask_blocking("count", timeout=WAIT) == 16_000
+
+
+# -- blocked threads cost no CPU --------------------------------------------------
+def test_threads_blocked_on_a_full_mailbox_cost_no_cpu() -> None:
+    holding, release = threading.Event(), threading.Event()
+    with runtime.start_in_thread(tree(4, "block", holding, release)) as system:
+        counter = system.ref("/app/counter")
+        counter.tell("hold")
+        assert holding.wait(WAIT)
+        for i in range(4):
+            counter.tell(i)  # the mailbox is full now
+        errors: list[BaseException] = []
+
+        def blocked() -> None:
+            try:
+                for i in range(3):
+                    counter.tell(i, timeout=WAIT)
+            except BaseException as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=blocked, daemon=True) for _ in range(8)]
+        for t in threads:
+            t.start()
+        time.sleep(0.3)  # let them all block
+        assert all(t.is_alive() for t in threads)
+        gate = system._system.gate
+        cpu0, wall0, wakeups0 = time.process_time(), time.monotonic(), gate.wakeups
+        time.sleep(1.0)
+        cpu = time.process_time() - cpu0
+        wall = time.monotonic() - wall0
+        wakeups = gate.wakeups - wakeups0  # the loop's drains of thread lanes meanwhile
+        assert all(t.is_alive() for t in threads)  # still blocked: nothing was handled
+        release.set()
+        for t in threads:
+            t.join(WAIT)
+            assert not t.is_alive(), "a blocked thread was never let in"
+        assert errors == []
+        assert counter.ask_blocking("count", timeout=WAIT) == 4 + 8 * 3
+    assert cpu < 0.3 * wall, f"{cpu:.2f} CPU-s burnt in {wall:.2f} s of waiting"
+    assert wakeups <= 2, f"{wakeups} wake-ups of the loop while nothing changed"
+
+
+def test_a_thread_that_times_out_leaves_no_room_behind() -> None:
+    """Threads giving up on a full mailbox (MailboxFull after their timeout) hold no
+    room afterwards: once it is all handled the loop can fill the mailbox again."""
+    holding, release = threading.Event(), threading.Event()
+    with runtime.start_in_thread(tree(8, "block", holding, release)) as system:
+        counter = system.ref("/app/counter")
+        counter.tell("hold")
+        assert holding.wait(WAIT)
+        for i in range(8):
+            counter.tell(i)
+        outcomes: list[Any] = []
+
+        def give_up() -> None:
+            try:
+                counter.tell("late", timeout=0.2)
+                outcomes.append("sent")
+            except runtime.MailboxFull:
+                outcomes.append("full")
+
+        threads = [threading.Thread(target=give_up, daemon=True) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(WAIT)
+            assert not t.is_alive()
+        assert outcomes == ["full"] * 4
+        release.set()
+        assert counter.ask_blocking("count", timeout=WAIT) == 8
+        assert system.ref("/app/flooder").ask_blocking(8, timeout=WAIT) == 8
+
+
+# -- timeouts: 0 and inf ------------------------------------------------------------
+@pytest.mark.parametrize("overflow", ["block", "fail"])
+def test_tell_with_zero_timeout_succeeds_when_there_is_room(overflow: str) -> None:
+    holding, release = threading.Event(), threading.Event()
+    with runtime.start_in_thread(tree(10, overflow, holding, release)) as system:
+        counter = system.ref("/app/counter")
+        for _ in range(5):  # fresh threads: none holds credits yet
+            in_thread(lambda: counter.tell("x", timeout=0))
+        counter.tell("x", timeout=0)  # this thread, again and again
+        counter.tell("x", timeout=0)
+        assert counter.ask_blocking("count", timeout=WAIT) == 7
+
+
+def test_tell_with_zero_timeout_on_a_full_mailbox_raises_mailbox_full() -> None:
+    holding, release = threading.Event(), threading.Event()
+    with runtime.start_in_thread(tree(3, "block", holding, release)) as system:
+        counter = system.ref("/app/counter")
+        counter.tell("hold")
+        assert holding.wait(WAIT)
+        sent = 0
+        with pytest.raises(runtime.MailboxFull):
+            for i in range(10):
+                counter.tell(i, timeout=0)
+                sent += 1
+        assert sent == 3
+        with pytest.raises(runtime.MailboxFull):
+            in_thread(lambda: counter.tell("x", timeout=0))
+        release.set()
+        assert counter.ask_blocking("count", timeout=WAIT) == 3
+
+
 @pytest.mark.parametrize("timeout", [float("inf"), 1e10, None])
 def test_tell_and_ask_blocking_with_no_or_huge_timeout(timeout: float | None) -> None:
     """``inf`` (like None) means no timeout; a huge finite one is no error either."""
