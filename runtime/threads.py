@@ -156,9 +156,10 @@ class _Lane:
     only the loop pops from it, so a tell takes no lock (deque ops are atomic).
 
     Also the thread's credits (room it holds, per mailbox, valid while `epoch` is
-    the gate's) and its one request at a time (`state`, `want`, `deadline`, and
-    `item` while it waits in a mailbox's line), with the lock the thread sleeps
-    on (`wake`, released once per `signal`).
+    the gate's) and its one request at a time (`state`, `want`, `path`,
+    `deadline`, `item`, and `reply` for an `ask_blocking`, which waits for its
+    reply instead), with the lock the thread sleeps on (`wake`, released once
+    per `signal`).
     """
 
     __slots__ = (
@@ -168,6 +169,8 @@ class _Lane:
         "epoch",
         "item",
         "items",
+        "path",
+        "reply",
         "signalled",
         "state",
         "thread",
@@ -185,6 +188,8 @@ class _Lane:
         self.want: MailboxQueue | None = None
         self.deadline = math.inf
         self.item: Any = None
+        self.path = ""
+        self.reply: ThreadReply | None = None
         self.wake = threading.Lock()
         self.wake.acquire()
         self.signalled = False  # `wake` is released and nobody took it yet
@@ -258,7 +263,7 @@ class ThreadGate:
             self._replies.clear()
             for lane in lanes:  # requests not answered yet are not delivered either
                 if lane.state in (_ASKED, _WAITING):
-                    lane.item = None
+                    self._done(lane)
                     lane.signal(_CLOSED)
             self._lines.clear()
             self._holders.clear()
@@ -292,7 +297,7 @@ class ThreadGate:
             self._replies.add(reply)
         try:
             try:
-                self.tell(cell.mailbox, Ask(msg, reply), timeout, cell.path)
+                self.tell(cell.mailbox, Ask(msg, reply), timeout, cell.path, reply)
             except MailboxFull as exc:
                 if cell.mailbox.overflow == "block":
                     raise AskTimeout(
@@ -300,7 +305,17 @@ class ThreadGate:
                         f"{type(msg).__name__} was not sent"
                     ) from exc
                 raise
-            return reply.wait(deadline, f"{type(msg).__name__} from {cell.path} within {timeout}s")
+            try:
+                return reply.wait(
+                    deadline, f"{type(msg).__name__} from {cell.path} within {timeout}s"
+                )
+            except AskTimeout:
+                if self._withdraw(reply):
+                    raise AskTimeout(
+                        f"{cell.path}'s mailbox stayed full for {timeout:g}s; "
+                        f"{type(msg).__name__} was not sent"
+                    ) from None
+                raise
         finally:
             with self._lock:
                 self._replies.discard(reply)
@@ -313,12 +328,21 @@ class ThreadGate:
                 self._lanes.append(lane)
         return lane
 
-    def tell(self, mailbox: MailboxQueue, item: Any, timeout: float, path: str) -> None:
+    def tell(
+        self,
+        mailbox: MailboxQueue,
+        item: Any,
+        timeout: float,
+        path: str,
+        reply: ThreadReply | None = None,
+    ) -> None:
         """A foreign thread's tell (`ActorRef.tell` calls this directly).
 
         Blocks this thread while a ``block`` mailbox is full, up to `timeout`
         seconds (inf: no limit; 0: only if the loop finds room now), then
         raises `MailboxFull`; raises `RuntimeClosed` once the gate is closed.
+        With `reply` (`ask`, `item` being the Ask) it does not wait for the
+        loop to take the message: the outcome comes with the reply.
         """
         if not self._open:
             self._closed()
@@ -331,8 +355,8 @@ class ThreadGate:
                 lane.busy = False
             else:
                 lane.busy = False
-                if self._request(lane, mailbox, item, timeout, path):
-                    return  # delivered by the loop
+                if self._request(lane, mailbox, item, timeout, path, reply):
+                    return  # delivered by the loop (or, for an ask, on its way)
         elif len(lane.items) >= LANE_CAPACITY:
             self._wait_for_lane(lane, timeout, path)
         entry = (next(self._numbers), mailbox, item)
@@ -383,7 +407,13 @@ class ThreadGate:
                 self._space_waiters -= 1
 
     def _request(
-        self, lane: _Lane, mailbox: MailboxQueue, item: Any, timeout: float, path: str
+        self,
+        lane: _Lane,
+        mailbox: MailboxQueue,
+        item: Any,
+        timeout: float,
+        path: str,
+        reply: ThreadReply | None,
     ) -> bool:
         """Send `item` without credit: as a request the loop answers (see the module's
         docstring).  Returns True once the loop delivered it; False if this thread
@@ -391,7 +421,10 @@ class ThreadGate:
 
         Waits for the loop's answer however short `timeout` is; then, under
         ``block``, sleeps on in the mailbox's line until the loop delivers the
-        message or the deadline passes (`MailboxFull`, nothing sent).
+        message or the deadline passes (`MailboxFull`, nothing sent).  With
+        `reply` it returns True at once: the caller waits for the reply, which
+        the loop fails with `MailboxFull` if it finds no room under ``fail``
+        (under ``block`` the caller withdraws the request at its deadline).
         """
         deadline = math.inf if timeout == math.inf else time.monotonic() + timeout
         with self._lock:
@@ -409,15 +442,20 @@ class ThreadGate:
                 lane.signalled = False
             lane.state = _ASKED
             lane.want = mailbox
+            lane.path = path
             lane.deadline = deadline
+            lane.item = item
+            lane.reply = reply
             entry = (next(self._numbers), lane, item)
             lane.items.append(entry)
             try:
                 self._request_wake()
             except RuntimeClosed:  # the loop is gone: nobody took it
                 lane.items.remove(entry)
-                lane.state = _IDLE
+                self._done(lane)
                 raise
+        if reply is not None:
+            return True
         while True:
             # Until the first answer, wait for it whatever the deadline; then no longer.
             woke = _sleep(lane.wake, math.inf if lane.state == _ASKED else deadline)
@@ -427,20 +465,44 @@ class ThreadGate:
                 state = lane.state
                 if state == _ASKED or (state == _WAITING and time.monotonic() < deadline):
                     continue
-                lane.state = _IDLE
-                lane.want = None
+                if state == _WAITING:
+                    self._leave_line(lane)
+                self._done(lane)
                 if state == _SENT:
                     return True
                 if state == _CLOSED:
                     self._closed()
-                if state == _WAITING:  # give up our place in the line
-                    lane.item = None
-                    line = self._lines[mailbox]
-                    line.remove(lane)
-                    if not line:
-                        del self._lines[mailbox]
+                if state == _WAITING:
                     raise MailboxFull(f"mailbox of {path} stayed full (overflow='block')")
                 raise MailboxFull(f"mailbox of {path} is full (overflow='fail')")
+
+    @staticmethod
+    def _done(lane: _Lane) -> None:
+        """Lock held: the lane's request is over."""
+        lane.state = _IDLE
+        lane.want = None
+        lane.item = None
+        lane.reply = None
+
+    def _leave_line(self, lane: _Lane) -> None:
+        """Lock held: a waiting request gives up its place in its mailbox's line."""
+        assert lane.want is not None
+        line = self._lines[lane.want]
+        line.remove(lane)
+        if not line:
+            del self._lines[lane.want]
+
+    def _withdraw(self, reply: ThreadReply) -> bool:
+        """An `ask` timed out: if its message still waits for room (or for the loop),
+        take it back; True if it was not sent."""
+        lane: _Lane | None = getattr(self._local, "lane", None)
+        with self._lock:
+            if lane is None or lane.reply is not reply or lane.state not in (_ASKED, _WAITING):
+                return False
+            if lane.state == _WAITING:
+                self._leave_line(lane)
+            self._done(lane)  # a drain that reaches it (still _ASKED) leaves it
+            return True
 
     def _request_wake(self) -> None:
         """Lock held: make sure a drain is coming."""
@@ -542,48 +604,60 @@ class ThreadGate:
         self._holders = set(kept)
         return returned
 
-    def _admit(self, lane: _Lane, item: Any, admitted: dict[MailboxQueue, list[_Lane]]) -> None:
-        """Loop thread, in a drain: answer a request (a message sent without credit).
-
-        Delivers the message if there is room for it, and adds the thread to
-        `admitted`: it is told (and lent room for later) once the whole batch
-        is delivered, so that the threads admitted together share that room.
-        """
-        mailbox = lane.want
-        assert mailbox is not None
+    def _admit(self, lane: _Lane, item: Any) -> None:
+        """Loop thread, in a drain: answer a request (a message sent without credit):
+        deliver it if there is room (and lend the thread some for later), else
+        fail it (``fail``) or put it in the mailbox's line (``block``)."""
+        full: ThreadReply | None = None
         with self._lock:
-            if lane.state != _ASKED:
-                return  # the gate closed: the thread raises RuntimeClosed, nothing is sent
+            if lane.state != _ASKED or lane.item is not item:
+                return  # the gate closed, or the ask gave up: nothing is sent
+            mailbox = lane.want
+            assert mailbox is not None
             line = None if mailbox.overflow == "fail" else self._lines.get(mailbox)
             if not line and mailbox.reserve(1):  # room, and no thread ahead of it
-                admitted.setdefault(mailbox, []).append(lane)
+                self._lend(mailbox, [lane])
             elif line is None and mailbox.overflow == "fail":
-                lane.signal(_FULL)
-                return
+                if lane.reply is None:
+                    lane.signal(_FULL)
+                    return
+                full = lane.reply
+                self._done(lane)
             else:  # block: wait in line, asleep
-                lane.item = item
                 if line is None:
                     line = self._lines[mailbox] = deque()
                 line.append(lane)
                 mailbox.wait_for_threads()  # room_freed() will let it in
-                if lane.deadline == math.inf:
+                if lane.deadline == math.inf or lane.reply is not None:
                     lane.state = _WAITING
                 else:  # wake it to sleep until its deadline (or to give up now)
                     lane.signal(_WAITING)
                 return
+        if full is not None:
+            full.fail(MailboxFull(f"mailbox of {lane.path} is full (overflow='fail')"))
+            return
         mailbox.put_many_reserved([item])
 
     def _lend(self, mailbox: MailboxQueue, served: list[_Lane]) -> None:
-        """Lock held: room was reserved for the message each of `served` sent; lend
-        them an even share of what is left (up to a chunk each) for their next tells."""
-        extra = min(CREDIT_CHUNK - 1, mailbox.room() // len(served))
+        """Lock held: room was reserved for the message each of `served` sent; tell
+        them, and lend each a share of what is left for their next tells.
+
+        The share is the room left over the number of threads (up to a chunk),
+        so that as many threads as there are, asking together, all find room
+        for their message as long as there is room for that many.
+        """
         epoch = self._epoch
         holders = self._holders
+        threads = len(self._lanes)
         for lane in served:
+            extra = min(CREDIT_CHUNK - 1, mailbox.room() // threads)
             lane.credits[mailbox] = mailbox.reserve(extra) if extra else 0
             lane.epoch = epoch
             holders.add(lane)
-            lane.signal(_SENT)
+            if lane.reply is None:
+                lane.signal(_SENT)
+            else:  # an ask: its thread waits for the reply, not for this
+                self._done(lane)
 
     def _let_in(self, mailbox: MailboxQueue, line: deque[_Lane]) -> list[Any]:
         """Lock held: room for the threads at the head of `line`, oldest first; return
@@ -594,8 +668,6 @@ class ThreadGate:
         if not served:
             return []
         items = [lane.item for lane in served]
-        for lane in served:
-            lane.item = None
         self._lend(mailbox, served)
         if not line:
             del self._lines[mailbox]
@@ -633,7 +705,6 @@ class ThreadGate:
         answering requests where they come."""
         run: list[Any] = []
         target: MailboxQueue | None = None
-        admitted: dict[MailboxQueue, list[_Lane]] = {}
         for _, to, item in entries:
             if to is not target:
                 if run:
@@ -641,7 +712,7 @@ class ThreadGate:
                     self._deliver(target, run)
                     run = []
                 if isinstance(to, _Lane):
-                    self._admit(to, item, admitted)
+                    self._admit(to, item)
                     target = None
                     continue
                 target = to
@@ -649,10 +720,6 @@ class ThreadGate:
         if run:
             assert target is not None
             self._deliver(target, run)
-        if admitted:
-            with self._lock:
-                for mailbox, lanes in admitted.items():
-                    self._lend(mailbox, lanes)
 
     @staticmethod
     def _deliver(mailbox: MailboxQueue, items: list[Any]) -> None:

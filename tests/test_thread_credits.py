@@ -344,3 +344,26 @@ def test_tell_and_ask_blocking_with_no_or_huge_timeout(timeout: float | None) ->
         waiter.join(WAIT)
         assert not waiter.is_alive()
         assert result == [3]
+
+
+# -- ask_blocking on a full mailbox ---------------------------------------------------
+@pytest.mark.parametrize("overflow", ["block", "fail"])
+def test_ask_blocking_on_a_full_mailbox_sends_nothing(overflow: str) -> None:
+    """``block``: AskTimeout once the mailbox stayed full past the timeout; ``fail``:
+    MailboxFull.  Either way the question is not delivered later."""
+    holding, release = threading.Event(), threading.Event()
+    with runtime.start_in_thread(tree(2, overflow, holding, release)) as system:
+        counter = system.ref("/app/counter")
+        counter.tell("hold")
+        assert holding.wait(WAIT)
+        counter.tell(0)
+        counter.tell(1)
+        expected = runtime.AskTimeout if overflow == "block" else runtime.MailboxFull
+        for _ in range(3):  # this thread, then fresh ones
+            with pytest.raises(expected, match="full"):
+                in_thread(lambda: counter.ask_blocking("count", timeout=0.2))
+        with pytest.raises(expected, match="full"):
+            counter.ask_blocking("count", timeout=0.2)
+        release.set()
+        assert ask_when_room(counter, "count") == 2
+        assert system.snapshot().dead_letters["timeout"] == 0
