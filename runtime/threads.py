@@ -547,14 +547,32 @@ class ThreadGate:
                 while items and len(batch) < DRAIN_MAX and items[0][0] < horizon:
                     batch.append(items.popleft())
         elif busy:
+            # Merge by number.  Threads take turns on the interpreter, so a lane's
+            # numbers come in long runs: take a whole run (up to the next lane's
+            # head) per step of the heap, not one message.
             heads = [(items[0][0], i) for i, items in enumerate(busy)]
             heapq.heapify(heads)
-            while heads and len(batch) < DRAIN_MAX:
+            room = DRAIN_MAX
+            while heads and room:
                 number, i = heads[0]
                 if number >= horizon:
                     break
                 items = busy[i]
-                batch.append(items.popleft())
+                limit = horizon  # this run ends where the next smallest head is
+                if len(heads) > 1:
+                    limit = min(limit, heads[1][0])
+                    if len(heads) > 2:
+                        limit = min(limit, heads[2][0])
+                # items[0] is in the run; find where it ends (numbers only grow)
+                lo, hi = 1, min(len(items), room)
+                while lo < hi:
+                    mid = (lo + hi) // 2
+                    if items[mid][0] < limit:
+                        lo = mid + 1
+                    else:
+                        hi = mid
+                batch += [items.popleft() for _ in range(lo)]
+                room -= lo
                 if items:
                     heapq.heapreplace(heads, (items[0][0], i))
                 else:
