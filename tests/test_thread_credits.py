@@ -367,3 +367,35 @@ def test_ask_blocking_on_a_full_mailbox_sends_nothing(overflow: str) -> None:
         release.set()
         assert ask_when_room(counter, "count") == 2
         assert system.snapshot().dead_letters["timeout"] == 0
+
+
+# -- known gap --------------------------------------------------------------------------
+@pytest.mark.xfail(
+    strict=True,
+    reason="MailboxQueue.close() does not tell the gate, so a thread waiting for room in a "
+    "mailbox that closes for good is only let in (its message dead-lettered) by the next "
+    "drain, which a quiet system may never run; until then it waits for its own timeout",
+)
+def test_a_thread_waiting_on_a_mailbox_that_closes_for_good_is_let_go() -> None:
+    holding, release = threading.Event(), threading.Event()
+    with runtime.start_in_thread(tree(1, "block", holding, release)) as system:
+        counter = system.ref("/app/counter")
+        counter.tell("hold")
+        assert holding.wait(WAIT)
+        counter.tell(0)  # full now
+        outcome: list[Any] = []
+
+        def wait_for_room() -> None:
+            try:
+                counter.tell(1, timeout=3.0)
+                outcome.append("sent")
+            except runtime.MailboxFull:
+                outcome.append("full")
+
+        waiter = threading.Thread(target=wait_for_room, daemon=True)
+        waiter.start()
+        time.sleep(0.2)
+        system.terminate_child("/app/counter")  # waits out the 0.5 s shutdown
+        waiter.join(WAIT)
+        release.set()
+        assert outcome == ["sent"]  # let in, and dead-lettered as stopped
