@@ -14,23 +14,25 @@ the loop hands them out, reserving that much room in the mailbox
 (`MailboxQueue.reserve`), so that messages in flight from threads are counted
 against capacity and can always be delivered in order.
 
-A thread without credit sends its message as a *request*: it goes down the
-lane in its place, and the thread sleeps until the loop's drain reaches it
-and answers that request.  Room: the loop delivers the message there and then
-and lends the thread an even share of what is left (up to `CREDIT_CHUNK`) for
-its next tells.  No room: under ``fail`` the thread raises `MailboxFull`;
-under ``block`` the message waits with its thread in the mailbox's line,
-asleep, until the actor makes room (`room_freed`), the thread's timeout
-passes, or the gate closes.  Nothing wakes a waiting thread otherwise: no
-polling, no wake-up storms.
+The loop lends room for a mailbox in a pool (up to `GRANT_MAX`), from which
+threads take a chunk at a time (`CREDIT_CHUNK`) under the lock.  A thread
+that finds no credit and an empty pool sends its message as a *request*: it
+goes down the lane in its place, and the thread sleeps until the loop's drain
+reaches it and answers that request.  Room (in the pool or the mailbox): the
+loop delivers the message there and then, refills the pool and lends the
+thread a chunk for its next tells.  No room: under ``fail`` the thread raises
+`MailboxFull`; under ``block`` the message waits with its thread in the
+mailbox's line, asleep, until the actor makes room (`room_freed`), the
+thread's timeout passes, or the gate closes.  Nothing wakes a waiting thread
+otherwise: no polling, no wake-up storms.
 
-Credits are only lent: they are valid for the drain *epoch* they were granted
-in, and every drain (or a loop-side sender that finds the mailbox full,
-through `reclaim`) takes back what a thread did not use.  A thread spends a
-credit without the lock, so it and the loop synchronise with a Dekker
-handshake on two plain attributes: the thread raises its lane's ``busy``
-flag, then reads the gate's epoch; the loop bumps the epoch, then reads
-``busy``.  Either the thread sees the new epoch (and takes the lock) or the
+Credits are only lent: they (and the pool) are valid for the drain *epoch*
+they were granted in, and every drain (or a loop-side sender that finds the
+mailbox full, through `reclaim`) takes back what threads did not use.  A
+thread spends a credit without the lock, so it and the loop synchronise with
+a Dekker handshake on two plain attributes: the thread raises its lane's
+``busy`` flag, then reads the gate's epoch; the loop bumps the epoch, then
+reads ``busy``.  Either the thread sees the new epoch (and takes the lock) or the
 loop sees the flag (and leaves that lane for its next drain, which the
 thread's tell is about to schedule).  This relies on the interpreter running
 one bytecode at a time (the GIL), as the lanes' lock-free deques do.
@@ -60,9 +62,14 @@ LANE_CAPACITY = 16_384
 """Messages one thread may have waiting for the loop, at most (for dropping
 mailboxes; for ``block`` and ``fail`` ones the mailbox's own room is the bound)."""
 
-CREDIT_CHUNK = 1024
-"""Most room the loop grants one thread at once (the message in hand and the rest in
-advance, so that most tells need no lock); what the thread does not use is taken back."""
+CREDIT_CHUNK = 64
+"""Room a thread takes from the pool at once (at most 1/16 of the capacity), so
+that most tells need no lock; what it does not use is taken back."""
+
+GRANT_MAX = 1024
+"""Most room the loop lends threads for one mailbox at a time (the pool and the
+chunks taken from it).  It also bounds how long threads that never have to wait
+can keep the interpreter from the loop: when it is spent, they ask, and wait."""
 
 DRAIN_MAX = 2048
 """Most messages from threads delivered in one step of the loop."""
@@ -147,6 +154,11 @@ Entry = tuple[int, "MailboxQueue | _Lane", Any]
 message sent without credit (a request: the lane says which mailbox, `want`)."""
 
 
+def _chunk(mailbox: MailboxQueue) -> int:
+    """Room a thread takes from the pool at once, for one mailbox."""
+    return max(1, min(CREDIT_CHUNK, mailbox.capacity // 16))
+
+
 def _number(entry: Entry) -> int:
     return entry[0]
 
@@ -229,6 +241,7 @@ class ThreadGate:
         self._wake_scheduled = False
         self._epoch = 0  # bumped whenever the loop takes unused credits back
         self._holders: set[_Lane] = set()  # lanes that may hold credits
+        self._pools: dict[MailboxQueue, int] = {}  # room lent, not yet taken by a thread
         self._lines: dict[MailboxQueue, deque[_Lane]] = {}  # threads waiting for room
         self._space_waiters = 0
         self._replies: set[ThreadReply] = set()
@@ -267,6 +280,7 @@ class ThreadGate:
                     lane.signal(_CLOSED)
             self._lines.clear()
             self._holders.clear()
+            self._pools.clear()
             self._cond.notify_all()
         # Threads that append after this point see the gate closed and take their
         # message back (see tell); what is here now is delivered (and, the
@@ -437,6 +451,16 @@ class ThreadGate:
             if held:
                 lane.credits[mailbox] = held - 1
                 return False
+            pool = self._pools.get(mailbox)
+            if pool:  # take a chunk of what the loop lent
+                take = min(pool, _chunk(mailbox))
+                if take < pool:
+                    self._pools[mailbox] = pool - take
+                else:
+                    del self._pools[mailbox]
+                lane.credits[mailbox] = take - 1
+                self._holders.add(lane)
+                return False
             if lane.signalled:  # a wake-up left over from an earlier request
                 lane.wake.acquire()
                 lane.signalled = False
@@ -530,7 +554,7 @@ class ThreadGate:
         with self._lock:
             self._wake_scheduled = False  # before draining: a later append wakes us again
             lanes = self._lanes
-            returned = self._take_back_credits(None) if self._holders else None
+            returned = self._take_back_credits(None) if self._holders or self._pools else None
         if returned:  # first, so that requests in this batch find that room
             for mailbox, count in returned.items():
                 mailbox.unreserve(count)  # may let waiting threads in (room_freed)
@@ -594,8 +618,8 @@ class ThreadGate:
             self._serve_lines()
 
     def _take_back_credits(self, only: MailboxQueue | None) -> dict[MailboxQueue, int]:
-        """Lock held: end the epoch and take back the credits lanes hold (all of them,
-        or only those for `only`); return how much, per mailbox.
+        """Lock held: end the epoch and take back the credits lanes hold and the pools
+        (all of them, or only those for `only`); return how much, per mailbox.
 
         A lane spending a credit right now keeps its credits: its tell schedules a
         drain, which takes them back if they are still unused then.
@@ -620,6 +644,14 @@ class ThreadGate:
                 if credits:
                     kept.append(lane)
         self._holders = set(kept)
+        if only is None:
+            for mailbox, count in self._pools.items():
+                returned[mailbox] = returned.get(mailbox, 0) + count
+            self._pools.clear()
+        else:
+            count = self._pools.pop(only, 0)
+            if count:
+                returned[only] = returned.get(only, 0) + count
         return returned
 
     def _admit(self, lane: _Lane, item: Any) -> None:
@@ -633,7 +665,7 @@ class ThreadGate:
             mailbox = lane.want
             assert mailbox is not None
             line = None if mailbox.overflow == "fail" else self._lines.get(mailbox)
-            if not line and mailbox.reserve(1):  # room, and no thread ahead of it
+            if not line and self._room_for_one(mailbox):  # and no thread ahead of it
                 self._lend(mailbox, [lane])
             elif line is None and mailbox.overflow == "fail":
                 if lane.reply is None:
@@ -656,26 +688,41 @@ class ThreadGate:
             return
         mailbox.put_many_reserved([item])
 
+    def _room_for_one(self, mailbox: MailboxQueue) -> bool:
+        """Lock held: reserve room for one message, from the pool or the mailbox."""
+        pool = self._pools.get(mailbox)
+        if pool:
+            if pool > 1:
+                self._pools[mailbox] = pool - 1
+            else:
+                del self._pools[mailbox]
+            return True
+        return bool(mailbox.reserve(1))
+
     def _lend(self, mailbox: MailboxQueue, served: list[_Lane]) -> None:
         """Lock held: room was reserved for the message each of `served` sent; tell
-        them, and lend each a share of what is left for their next tells.
-
-        The share is the room left over the number of threads (up to a chunk),
-        so that as many threads as there are, asking together, all find room
-        for their message as long as there is room for that many.
-        """
+        them, refill the pool (threads asking for room want more) and lend each a
+        chunk of it for their next tells."""
+        pool = self._pools.get(mailbox, 0)
+        if pool < GRANT_MAX:
+            pool += mailbox.reserve(GRANT_MAX - pool)
+        chunk = _chunk(mailbox) - 1
         epoch = self._epoch
         holders = self._holders
-        threads = len(self._lanes)
         for lane in served:
-            extra = min(CREDIT_CHUNK - 1, mailbox.room() // threads)
-            lane.credits[mailbox] = mailbox.reserve(extra) if extra else 0
+            take = min(pool, chunk)
+            pool -= take
+            lane.credits[mailbox] = take
             lane.epoch = epoch
             holders.add(lane)
             if lane.reply is None:
                 lane.signal(_SENT)
             else:  # an ask: its thread waits for the reply, not for this
                 self._done(lane)
+        if pool:
+            self._pools[mailbox] = pool
+        else:
+            self._pools.pop(mailbox, None)
 
     def _let_in(self, mailbox: MailboxQueue, line: deque[_Lane]) -> list[Any]:
         """Lock held: room for the threads at the head of `line`, oldest first; return
@@ -771,14 +818,16 @@ class ThreadGate:
     @staticmethod
     def _roomy(mailbox: MailboxQueue) -> bool:
         """Whether enough room was made to wake waiting threads: a quarter of the
-        mailbox (at most a chunk), or anything once it closed (it takes all)."""
-        return mailbox.closed or mailbox.room() >= max(1, min(CREDIT_CHUNK, mailbox.capacity // 4))
+        mailbox (at most `GRANT_MAX`), or anything once it closed (it takes all)."""
+        return mailbox.closed or mailbox.room() >= max(1, min(GRANT_MAX, mailbox.capacity // 4))
 
     def reclaim(self, mailbox: MailboxQueue) -> int:
         """Loop thread: take back the room threads hold for `mailbox` and have not used
         (the loop needs it now); return how much."""
         with self._lock:
-            if not any(lane.credits.get(mailbox) for lane in self._holders):
+            if not self._pools.get(mailbox) and not any(
+                lane.credits.get(mailbox) for lane in self._holders
+            ):
                 return 0  # (only the loop adds credits: none can appear meanwhile)
             return self._take_back_credits(mailbox).get(mailbox, 0)
 
