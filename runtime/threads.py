@@ -26,16 +26,16 @@ mailbox's line, asleep, until the actor makes room (`room_freed`), the
 thread's timeout passes, or the gate closes.  Nothing wakes a waiting thread
 otherwise: no polling, no wake-up storms.
 
-Credits are only lent: they (and the pool) are valid for the drain *epoch*
-they were granted in, and every drain (or a loop-side sender that finds the
-mailbox full, through `reclaim`) takes back what threads did not use.  A
-thread spends a credit without the lock, so it and the loop synchronise with
-a Dekker handshake on two plain attributes: the thread raises its lane's
-``busy`` flag, then reads the gate's epoch; the loop bumps the epoch, then
-reads ``busy``.  Either the thread sees the new epoch (and takes the lock) or the
-loop sees the flag (and leaves that lane for its next drain, which the
-thread's tell is about to schedule).  This relies on the interpreter running
-one bytecode at a time (the GIL), as the lanes' lock-free deques do.
+Credits are only lent, until the loop's next drain: every drain (or a
+loop-side sender that finds the mailbox full, through `reclaim`) takes back
+the pool and what threads did not use.  A thread spends a credit without the
+lock, so it and the loop synchronise with a Dekker handshake on two plain
+attributes of the lane: the thread raises ``busy``, then reads ``live``; the
+loop clears ``live``, then reads ``busy``.  Either the thread sees its
+credits are no longer live (and takes the lock) or the loop sees the flag
+(and leaves that lane for its next drain, which the thread's tell is about
+to schedule).  This relies on the interpreter running one bytecode at a time
+(the GIL), as the lanes' lock-free deques do.
 """
 
 from __future__ import annotations
@@ -167,20 +167,19 @@ class _Lane:
     """One foreign thread's own FIFO into the loop: only that thread appends to it,
     only the loop pops from it, so a tell takes no lock (deque ops are atomic).
 
-    Also the thread's credits (room it holds, per mailbox, valid while `epoch` is
-    the gate's) and its one request at a time (`state`, `want`, `path`,
-    `deadline`, `item`, and `reply` for an `ask_blocking`, which waits for its
-    reply instead), with the lock the thread sleeps on (`wake`, released once
-    per `signal`).
+    Also the thread's credits (room it holds, per mailbox, valid while `live`)
+    and its one request at a time (`state`, `want`, `path`, `deadline`, `item`,
+    and `reply` for an `ask_blocking`, which waits for its reply instead), with
+    the lock the thread sleeps on (`wake`, released once per `signal`).
     """
 
     __slots__ = (
         "busy",
         "credits",
         "deadline",
-        "epoch",
         "item",
         "items",
+        "live",
         "path",
         "reply",
         "signalled",
@@ -190,10 +189,10 @@ class _Lane:
         "want",
     )
 
-    def __init__(self, epoch: int) -> None:
+    def __init__(self) -> None:
         self.items: deque[Entry] = deque()
         self.credits: dict[MailboxQueue, int] = {}
-        self.epoch = epoch
+        self.live = False  # whether `credits` may be spent without the lock
         self.busy = False  # spending a credit right now (see the module's docstring)
         self.thread = threading.current_thread()
         self.state = _IDLE
@@ -239,7 +238,6 @@ class ThreadGate:
         self._lanes: list[_Lane] = []
         self._numbers = itertools.count()
         self._wake_scheduled = False
-        self._epoch = 0  # bumped whenever the loop takes unused credits back
         self._holders: set[_Lane] = set()  # lanes that may hold credits
         self._pools: dict[MailboxQueue, int] = {}  # room lent, not yet taken by a thread
         self._lines: dict[MailboxQueue, deque[_Lane]] = {}  # threads waiting for room
@@ -338,7 +336,7 @@ class ThreadGate:
         lane: _Lane | None = getattr(self._local, "lane", None)
         if lane is None:
             with self._lock:
-                lane = self._local.lane = _Lane(self._epoch)
+                lane = self._local.lane = _Lane()
                 self._lanes.append(lane)
         return lane
 
@@ -362,8 +360,8 @@ class ThreadGate:
             self._closed()
         lane = getattr(self._local, "lane", None) or self._lane()
         if mailbox.credited:  # block / fail: spend room reserved for this thread
-            lane.busy = True  # then read the epoch: the loop does the converse
-            held = lane.credits.get(mailbox, 0) if lane.epoch == self._epoch else 0
+            lane.busy = True  # then read `live`: the loop does the converse
+            held = lane.credits.get(mailbox, 0) if lane.live else 0
             if held:
                 lane.credits[mailbox] = held - 1
                 lane.busy = False
@@ -443,10 +441,10 @@ class ThreadGate:
         deadline = math.inf if timeout == math.inf else time.monotonic() + timeout
         with self._lock:
             self._check_open()
-            if lane.epoch != self._epoch:
-                # Credits the loop left us because we were spending one as it took
-                # the rest back: still reserved, so still ours, for this epoch.
-                lane.epoch = self._epoch
+            # Credits still here were left to us by the loop (we were spending one
+            # as it took the rest back): still reserved, so still ours until the
+            # next drain.
+            lane.live = True
             held = lane.credits.get(mailbox, 0)
             if held:
                 lane.credits[mailbox] = held - 1
@@ -618,16 +616,16 @@ class ThreadGate:
             self._serve_lines()
 
     def _take_back_credits(self, only: MailboxQueue | None) -> dict[MailboxQueue, int]:
-        """Lock held: end the epoch and take back the credits lanes hold and the pools
-        (all of them, or only those for `only`); return how much, per mailbox.
+        """Lock held: take back the credits lanes hold and the pools (all of them, or
+        only those for `only`); return how much, per mailbox.
 
         A lane spending a credit right now keeps its credits: its tell schedules a
         drain, which takes them back if they are still unused then.
         """
-        self._epoch += 1  # first: a thread that raises `busy` after this sees it
         returned: dict[MailboxQueue, int] = {}
         kept: list[_Lane] = []
         for lane in self._holders:
+            lane.live = False  # first: a thread that raises `busy` after this sees it
             if lane.busy:
                 kept.append(lane)
                 continue
@@ -707,13 +705,12 @@ class ThreadGate:
         if pool < GRANT_MAX:
             pool += mailbox.reserve(GRANT_MAX - pool)
         chunk = _chunk(mailbox) - 1
-        epoch = self._epoch
         holders = self._holders
         for lane in served:
             take = min(pool, chunk)
             pool -= take
             lane.credits[mailbox] = take
-            lane.epoch = epoch
+            lane.live = True
             holders.add(lane)
             if lane.reply is None:
                 lane.signal(_SENT)
