@@ -42,12 +42,14 @@ class ThreadRoom(Protocol):
     """The foreign-thread gate, as a mailbox sees it (see `runtime.threads`)."""
 
     def reclaim(self, mailbox: MailboxQueue) -> int:
-        """Take back room granted to threads but not claimed by any; return how much."""
+        """Take back room lent to threads for later and not used yet (never room for
+        messages already sent); return how much."""
         ...
 
     def room_freed(self, mailbox: MailboxQueue) -> bool:
-        """The consumer made room: grant some to waiting threads; True if threads no
-        longer need to be told (they were granted room, or none waits)."""
+        """Room was made: let threads waiting for it in (their messages are handed
+        over with `put_many_reserved`, from inside this call); True once no thread
+        waits for this mailbox any more."""
         ...
 
 
@@ -321,7 +323,8 @@ class MailboxQueue:
             self._wake()
 
     def wait_for_threads(self) -> None:
-        """Threads wait for room here: tell the gate (`room_freed`) when some is made."""
+        """Threads wait for room here: tell the gate (`room_freed`) whenever some is
+        made, until it answers that none waits any more."""
         if not self._closed:
             self._threads_waiting = True
             self._room_wanted = True

@@ -3,17 +3,39 @@
 The only module of the runtime that uses threading locks.
 
 Rule 3 of the design: a foreign thread never touches runtime state.  It
-appends to a small injection queue guarded by one `threading.Lock` and wakes
-the loop with `TrioToken.run_sync_soon`, once per batch.  The lock is never
-held across anything that can block (waiting on the condition releases it).
+appends to a small injection queue (its own *lane*) and wakes the loop with
+`TrioToken.run_sync_soon`, once per batch.  The gate's lock is never held
+across anything that can block (a waiting thread sleeps on a lock of its own,
+with the gate's lock released).
 
 Backpressure without touching mailboxes from threads: for a ``block`` or
-``fail`` mailbox a thread needs a *credit* before it may enqueue.  Credits are
-handed out by the loop thread, which reserves that much room in the mailbox
-(`MailboxQueue.reserve`), so messages in flight from threads are counted
-against capacity and can always be delivered in order.  A thread without
-credit asks the loop for some and waits; ``fail`` gets `MailboxFull` if the
-loop has no room, ``block`` waits until the actor frees some.
+``fail`` mailbox a thread needs a *credit* before it may enqueue, and only
+the loop hands them out, reserving that much room in the mailbox
+(`MailboxQueue.reserve`), so that messages in flight from threads are counted
+against capacity and can always be delivered in order.
+
+The loop lends room for a mailbox in a pool (up to `GRANT_MAX`), from which
+threads take a chunk at a time (`CREDIT_CHUNK`) under the lock.  A thread
+that finds no credit and an empty pool sends its message as a *request*: it
+goes down the lane in its place, and the thread sleeps until the loop's drain
+reaches it and answers that request.  Room (in the pool or the mailbox): the
+loop delivers the message there and then, refills the pool and lends the
+thread a chunk for its next tells.  No room: under ``fail`` the thread raises
+`MailboxFull`; under ``block`` the message waits with its thread in the
+mailbox's line, asleep, until the actor makes room (`room_freed`), the
+thread's timeout passes, or the gate closes.  Nothing wakes a waiting thread
+otherwise: no polling, no wake-up storms.
+
+Credits are only lent, until the loop's next drain: every drain (or a
+loop-side sender that finds the mailbox full, through `reclaim`) takes back
+the pool and what threads did not use.  A thread spends a credit without the
+lock, so it and the loop synchronise with a Dekker handshake on two plain
+attributes of the lane: the thread raises ``busy``, then reads ``live``; the
+loop clears ``live``, then reads ``busy``.  Either the thread sees its
+credits are no longer live (and takes the lock) or the loop sees the flag
+(and leaves that lane for its next drain, which the thread's tell is about
+to schedule).  This relies on the interpreter running one bytecode at a time
+(the GIL), as the lanes' lock-free deques do.
 """
 
 from __future__ import annotations
@@ -41,13 +63,36 @@ LANE_CAPACITY = 16_384
 mailboxes; for ``block`` and ``fail`` ones the mailbox's own room is the bound)."""
 
 CREDIT_CHUNK = 64
-"""Room a thread takes for itself at once, so that most tells need no lock."""
+"""Room a thread takes from the pool at once (at most 1/16 of the capacity), so
+that most tells need no lock; what it does not use is taken back."""
 
 GRANT_MAX = 1024
-"""Most credits the loop hands out per mailbox at a time."""
+"""Most room the loop lends threads for one mailbox at a time (the pool and the
+chunks taken from it).  It also bounds how long threads that never have to wait
+can keep the interpreter from the loop: when it is spent, they ask, and wait."""
 
 DRAIN_MAX = 2048
 """Most messages from threads delivered in one step of the loop."""
+
+# Where a lane's request (a message sent without credit) stands (`_Lane.state`).
+_IDLE = 0  # no request
+_ASKED = 1  # in the lane, waiting for a drain to reach it
+_WAITING = 2  # reached, no room yet: waiting in the mailbox's line (``block`` only)
+_SENT = 3  # delivered (and maybe credits lent for later)
+_FULL = 4  # reached, no room (``fail``): not delivered
+_CLOSED = 5  # the gate closed: not delivered
+
+
+def _sleep(lock: threading.Lock, deadline: float) -> bool:
+    """Acquire `lock`, giving up at `deadline` (a `time.monotonic` time; inf: never)."""
+    while True:
+        if deadline == math.inf:
+            return lock.acquire()
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return lock.acquire(blocking=False)
+        if lock.acquire(timeout=min(remaining, threading.TIMEOUT_MAX)):
+            return True
 
 
 class ThreadReply:
@@ -94,8 +139,7 @@ class ThreadReply:
             return True
 
     def wait(self, deadline: float, what: str) -> Any:
-        remaining = -1.0 if deadline == math.inf else max(0.0, deadline - time.monotonic())
-        self._done.acquire(timeout=remaining)
+        _sleep(self._done, deadline)
         with self._gate._lock:
             if self.state != "done":
                 self.state = "abandoned"
@@ -105,29 +149,79 @@ class ThreadReply:
         return self._value
 
 
-def _number(entry: tuple[int, MailboxQueue, Any]) -> int:
+Entry = tuple[int, "MailboxQueue | _Lane", Any]
+"""What a lane holds: (number, mailbox, message), or (number, lane, message) for a
+message sent without credit (a request: the lane says which mailbox, `want`)."""
+
+
+def _chunk(mailbox: MailboxQueue) -> int:
+    """Room a thread takes from the pool at once, for one mailbox."""
+    return max(1, min(CREDIT_CHUNK, mailbox.capacity // 16))
+
+
+def _number(entry: Entry) -> int:
     return entry[0]
 
 
 class _Lane:
     """One foreign thread's own FIFO into the loop: only that thread appends to it,
-    only the loop pops from it, so a tell takes no lock (deque ops are atomic)."""
+    only the loop pops from it, so a tell takes no lock (deque ops are atomic).
 
-    __slots__ = ("credits", "items", "thread")
+    Also the thread's credits (room it holds, per mailbox, valid while `live`)
+    and its one request at a time (`state`, `want`, `path`, `deadline`, `item`,
+    and `reply` for an `ask_blocking`, which waits for its reply instead), with
+    the lock the thread sleeps on (`wake`, released once per `signal`).
+    """
+
+    __slots__ = (
+        "busy",
+        "credits",
+        "deadline",
+        "item",
+        "items",
+        "live",
+        "path",
+        "reply",
+        "signalled",
+        "state",
+        "thread",
+        "wake",
+        "want",
+    )
 
     def __init__(self) -> None:
-        self.items: deque[tuple[int, MailboxQueue, Any]] = deque()
-        self.credits: dict[MailboxQueue, int] = {}  # room this thread holds, per mailbox
+        self.items: deque[Entry] = deque()
+        self.credits: dict[MailboxQueue, int] = {}
+        self.live = False  # whether `credits` may be spent without the lock
+        self.busy = False  # spending a credit right now (see the module's docstring)
         self.thread = threading.current_thread()
+        self.state = _IDLE
+        self.want: MailboxQueue | None = None
+        self.deadline = math.inf
+        self.item: Any = None
+        self.path = ""
+        self.reply: ThreadReply | None = None
+        self.wake = threading.Lock()
+        self.wake.acquire()
+        self.signalled = False  # `wake` is released and nobody took it yet
+
+    def signal(self, state: int) -> None:
+        """Gate lock held: answer the request and wake the thread (once)."""
+        self.state = state
+        if not self.signalled:
+            self.signalled = True
+            self.wake.release()
 
 
 class ThreadGate:
     """Carries tells and asks from foreign threads onto the trio thread.
 
     Each foreign thread appends to its own lane (FIFO per thread, no lock);
-    the lock guards only what threads share: the lane list, the credits not
-    yet handed to a thread, requests for credit, and the wake-up flag.  One
-    `run_sync_soon` wakes the loop for everything queued since the last one.
+    the lock guards only what threads share: the lane list, requests for
+    room and the lines of threads waiting for it, lanes' credits (except
+    their owner's lock-free spending, see the module's docstring), and the
+    wake-up flag.  One `run_sync_soon` wakes the loop for everything queued
+    since the last one.
 
     Causal order across threads is kept too: every message takes a number
     from one atomic counter, and a drain delivers, in number order, only
@@ -139,16 +233,16 @@ class ThreadGate:
     def __init__(self, name: str) -> None:
         self._name = name
         self._lock = threading.Lock()
-        self._cond = threading.Condition(self._lock)
+        self._cond = threading.Condition(self._lock)  # threads whose own lane is full
         self._local = threading.local()
         self._lanes: list[_Lane] = []
         self._numbers = itertools.count()
         self._wake_scheduled = False
-        self._wants: dict[MailboxQueue, None] = {}
-        self._round = 0
+        self._holders: set[_Lane] = set()  # lanes that may hold credits
+        self._pools: dict[MailboxQueue, int] = {}  # room lent, not yet taken by a thread
+        self._lines: dict[MailboxQueue, deque[_Lane]] = {}  # threads waiting for room
         self._space_waiters = 0
         self._replies: set[ThreadReply] = set()
-        self._granted: dict[MailboxQueue, int] = {}  # room granted, not yet taken by a thread
         self._token: trio.lowlevel.TrioToken | None = None
         self.loop_thread: int | None = None  # ident of the trio thread, once open
         self._open = False
@@ -178,13 +272,18 @@ class ThreadGate:
             lanes = list(self._lanes)
             replies = list(self._replies)
             self._replies.clear()
-            self._wants.clear()
-            self._granted.clear()
+            for lane in lanes:  # requests not answered yet are not delivered either
+                if lane.state in (_ASKED, _WAITING):
+                    self._done(lane)
+                    lane.signal(_CLOSED)
+            self._lines.clear()
+            self._holders.clear()
+            self._pools.clear()
             self._cond.notify_all()
         # Threads that append after this point see the gate closed and take their
-        # message back (see _inject); what is here now is delivered (and, the
+        # message back (see tell); what is here now is delivered (and, the
         # mailboxes being closed, dead-lettered as `stopped`).
-        leftover: list[tuple[int, MailboxQueue, Any]] = []
+        leftover: list[Entry] = []
         for lane in lanes:
             while True:
                 try:
@@ -210,7 +309,7 @@ class ThreadGate:
             self._replies.add(reply)
         try:
             try:
-                self.tell(cell.mailbox, Ask(msg, reply), timeout, cell.path)
+                self.tell(cell.mailbox, Ask(msg, reply), timeout, cell.path, reply)
             except MailboxFull as exc:
                 if cell.mailbox.overflow == "block":
                     raise AskTimeout(
@@ -218,7 +317,17 @@ class ThreadGate:
                         f"{type(msg).__name__} was not sent"
                     ) from exc
                 raise
-            return reply.wait(deadline, f"{type(msg).__name__} from {cell.path} within {timeout}s")
+            try:
+                return reply.wait(
+                    deadline, f"{type(msg).__name__} from {cell.path} within {timeout}s"
+                )
+            except AskTimeout:
+                if self._withdraw(reply):
+                    raise AskTimeout(
+                        f"{cell.path}'s mailbox stayed full for {timeout:g}s; "
+                        f"{type(msg).__name__} was not sent"
+                    ) from None
+                raise
         finally:
             with self._lock:
                 self._replies.discard(reply)
@@ -226,27 +335,40 @@ class ThreadGate:
     def _lane(self) -> _Lane:
         lane: _Lane | None = getattr(self._local, "lane", None)
         if lane is None:
-            lane = self._local.lane = _Lane()
             with self._lock:
+                lane = self._local.lane = _Lane()
                 self._lanes.append(lane)
         return lane
 
-    def tell(self, mailbox: MailboxQueue, item: Any, timeout: float, path: str) -> None:
+    def tell(
+        self,
+        mailbox: MailboxQueue,
+        item: Any,
+        timeout: float,
+        path: str,
+        reply: ThreadReply | None = None,
+    ) -> None:
         """A foreign thread's tell (`ActorRef.tell` calls this directly).
 
         Blocks this thread while a ``block`` mailbox is full, up to `timeout`
-        seconds (inf: no limit; 0: only if there is room now), then raises
-        `MailboxFull`; raises `RuntimeClosed` once the gate is closed.
+        seconds (inf: no limit; 0: only if the loop finds room now), then
+        raises `MailboxFull`; raises `RuntimeClosed` once the gate is closed.
+        With `reply` (`ask`, `item` being the Ask) it does not wait for the
+        loop to take the message: the outcome comes with the reply.
         """
         if not self._open:
             self._closed()
         lane = getattr(self._local, "lane", None) or self._lane()
         if mailbox.credited:  # block / fail: spend room reserved for this thread
-            held = lane.credits.get(mailbox, 0)
+            lane.busy = True  # then read `live`: the loop does the converse
+            held = lane.credits.get(mailbox, 0) if lane.live else 0
             if held:
                 lane.credits[mailbox] = held - 1
+                lane.busy = False
             else:
-                self._take_credit(lane, mailbox, timeout, path)
+                lane.busy = False
+                if self._request(lane, mailbox, item, timeout, path, reply):
+                    return  # delivered by the loop (or, for an ask, on its way)
         elif len(lane.items) >= LANE_CAPACITY:
             self._wait_for_lane(lane, timeout, path)
         entry = (next(self._numbers), mailbox, item)
@@ -263,7 +385,7 @@ class ThreadGate:
             except RuntimeClosed:
                 self._take_back(lane, entry)
 
-    def _take_back(self, lane: _Lane, entry: tuple[int, MailboxQueue, Any]) -> None:
+    def _take_back(self, lane: _Lane, entry: Entry) -> None:
         """The gate closed under us: undo our append, or accept that close() has it."""
         items = lane.items
         try:
@@ -280,53 +402,129 @@ class ThreadGate:
         if not self._open:
             self._closed()
 
-    def _wait(self, deadline: float, what: str) -> None:
-        """Lock held: wait on the condition (lock released meanwhile); MailboxFull past
-        the deadline, RuntimeClosed if the gate closed."""
-        remaining = None if deadline == math.inf else deadline - time.monotonic()
-        if remaining is not None and remaining <= 0:
-            raise MailboxFull(what)
-        self._cond.wait(remaining)
-        self._check_open()
-
     def _wait_for_lane(self, lane: _Lane, timeout: float, path: str) -> None:
+        """This thread's own lane is full (dropping mailboxes): wait for the loop to drain it."""
         deadline = math.inf if timeout == math.inf else time.monotonic() + timeout
         with self._lock:
             self._space_waiters += 1
             try:
                 while len(lane.items) >= LANE_CAPACITY:
                     self._request_wake()
-                    self._wait(deadline, f"this thread's queue is full; {path} was not sent to")
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        raise MailboxFull(f"this thread's queue is full; {path} was not sent to")
+                    self._cond.wait(min(remaining, threading.TIMEOUT_MAX))
+                    self._check_open()
             finally:
                 self._space_waiters -= 1
 
-    def _take_credit(self, lane: _Lane, mailbox: MailboxQueue, timeout: float, path: str) -> None:
-        """Get room for one message (and a few more for later) from what the loop granted."""
+    def _request(
+        self,
+        lane: _Lane,
+        mailbox: MailboxQueue,
+        item: Any,
+        timeout: float,
+        path: str,
+        reply: ThreadReply | None,
+    ) -> bool:
+        """Send `item` without credit: as a request the loop answers (see the module's
+        docstring).  Returns True once the loop delivered it; False if this thread
+        still had credit after all (the caller then sends as usual).
+
+        Waits for the loop's answer however short `timeout` is; then, under
+        ``block``, sleeps on in the mailbox's line until the loop delivers the
+        message or the deadline passes (`MailboxFull`, nothing sent).  With
+        `reply` it returns True at once: the caller waits for the reply, which
+        the loop fails with `MailboxFull` if it finds no room under ``fail``
+        (under ``block`` the caller withdraws the request at its deadline).
+        """
         deadline = math.inf if timeout == math.inf else time.monotonic() + timeout
-        chunk = max(1, min(CREDIT_CHUNK, mailbox.capacity // 16))
         with self._lock:
-            while True:
-                self._check_open()
-                granted = self._granted.get(mailbox, 0)
-                if granted:
-                    take = min(granted, chunk)
-                    if granted > take:
-                        self._granted[mailbox] = granted - take
-                    else:
-                        del self._granted[mailbox]
-                    lane.credits[mailbox] = take - 1
-                    return
-                asked = self._round
-                self._wants[mailbox] = None
-                self._request_wake()
-                if mailbox.overflow == "fail":
-                    while self._round == asked:  # wait for the loop's answer, not for room
-                        self._cond.wait()
-                        self._check_open()
-                    if not self._granted.get(mailbox):
-                        raise MailboxFull(f"mailbox of {path} is full (overflow='fail')")
+            self._check_open()
+            # Credits still here were left to us by the loop (we were spending one
+            # as it took the rest back): still reserved, so still ours until the
+            # next drain.
+            lane.live = True
+            held = lane.credits.get(mailbox, 0)
+            if held:
+                lane.credits[mailbox] = held - 1
+                return False
+            pool = self._pools.get(mailbox)
+            if pool:  # take a chunk of what the loop lent
+                take = min(pool, _chunk(mailbox))
+                if take < pool:
+                    self._pools[mailbox] = pool - take
                 else:
-                    self._wait(deadline, f"mailbox of {path} stayed full (overflow='block')")
+                    del self._pools[mailbox]
+                lane.credits[mailbox] = take - 1
+                self._holders.add(lane)
+                return False
+            if lane.signalled:  # a wake-up left over from an earlier request
+                lane.wake.acquire()
+                lane.signalled = False
+            lane.state = _ASKED
+            lane.want = mailbox
+            lane.path = path
+            lane.deadline = deadline
+            lane.item = item
+            lane.reply = reply
+            entry = (next(self._numbers), lane, item)
+            lane.items.append(entry)
+            try:
+                self._request_wake()
+            except RuntimeClosed:  # the loop is gone: nobody took it
+                lane.items.remove(entry)
+                self._done(lane)
+                raise
+        if reply is not None:
+            return True
+        while True:
+            # Until the first answer, wait for it whatever the deadline; then no longer.
+            woke = _sleep(lane.wake, math.inf if lane.state == _ASKED else deadline)
+            with self._lock:
+                if woke:
+                    lane.signalled = False
+                state = lane.state
+                if state == _ASKED or (state == _WAITING and time.monotonic() < deadline):
+                    continue
+                if state == _WAITING:
+                    self._leave_line(lane)
+                self._done(lane)
+                if state == _SENT:
+                    return True
+                if state == _CLOSED:
+                    self._closed()
+                if state == _WAITING:
+                    raise MailboxFull(f"mailbox of {path} stayed full (overflow='block')")
+                raise MailboxFull(f"mailbox of {path} is full (overflow='fail')")
+
+    @staticmethod
+    def _done(lane: _Lane) -> None:
+        """Lock held: the lane's request is over."""
+        lane.state = _IDLE
+        lane.want = None
+        lane.item = None
+        lane.reply = None
+
+    def _leave_line(self, lane: _Lane) -> None:
+        """Lock held: a waiting request gives up its place in its mailbox's line."""
+        assert lane.want is not None
+        line = self._lines[lane.want]
+        line.remove(lane)
+        if not line:
+            del self._lines[lane.want]
+
+    def _withdraw(self, reply: ThreadReply) -> bool:
+        """An `ask` timed out: if its message still waits for room (or for the loop),
+        take it back; True if it was not sent."""
+        lane: _Lane | None = getattr(self._local, "lane", None)
+        with self._lock:
+            if lane is None or lane.reply is not reply or lane.state not in (_ASKED, _WAITING):
+                return False
+            if lane.state == _WAITING:
+                self._leave_line(lane)
+            self._done(lane)  # a drain that reaches it (still _ASKED) leaves it
+            return True
 
     def _request_wake(self) -> None:
         """Lock held: make sure a drain is coming."""
@@ -344,7 +542,8 @@ class ThreadGate:
 
     # -- the loop side ---------------------------------------------------
     def _drain(self) -> None:
-        """Loop thread: deliver a batch from the lanes, then answer requests for credit.
+        """Loop thread: take back unused credits, deliver a batch from the lanes
+        (answering requests on the way), then let waiting threads in if room was made.
 
         At most `DRAIN_MAX` messages per call, so that a flood from threads
         never makes one long step of the loop; the rest gets another call.
@@ -353,11 +552,12 @@ class ThreadGate:
         with self._lock:
             self._wake_scheduled = False  # before draining: a later append wakes us again
             lanes = self._lanes
-            wants = self._wants
-            self._wants = {}
-            notify = bool(self._space_waiters)
+            returned = self._take_back_credits(None) if self._holders or self._pools else None
+        if returned:  # first, so that requests in this batch find that room
+            for mailbox, count in returned.items():
+                mailbox.unreserve(count)  # may let waiting threads in (room_freed)
         horizon = next(self._numbers)  # deliver only what was numbered before now
-        batch: list[tuple[int, MailboxQueue, Any]] = []
+        batch: list[Entry] = []
         dead: list[_Lane] = []
         busy = [lane.items for lane in lanes if lane.items]
         if len(busy) == 1:
@@ -369,20 +569,38 @@ class ThreadGate:
                 while items and len(batch) < DRAIN_MAX and items[0][0] < horizon:
                     batch.append(items.popleft())
         elif busy:
+            # Merge by number.  Threads take turns on the interpreter, so a lane's
+            # numbers come in long runs: take a whole run (up to the next lane's
+            # head) per step of the heap, not one message.
             heads = [(items[0][0], i) for i, items in enumerate(busy)]
             heapq.heapify(heads)
-            while heads and len(batch) < DRAIN_MAX:
+            room = DRAIN_MAX
+            while heads and room:
                 number, i = heads[0]
                 if number >= horizon:
                     break
                 items = busy[i]
-                batch.append(items.popleft())
+                limit = horizon  # this run ends where the next smallest head is
+                if len(heads) > 1:
+                    limit = min(limit, heads[1][0])
+                    if len(heads) > 2:
+                        limit = min(limit, heads[2][0])
+                # items[0] is in the run; find where it ends (numbers only grow)
+                lo, hi = 1, min(len(items), room)
+                while lo < hi:
+                    mid = (lo + hi) // 2
+                    if items[mid][0] < limit:
+                        lo = mid + 1
+                    else:
+                        hi = mid
+                batch += [items.popleft() for _ in range(lo)]
+                room -= lo
                 if items:
                     heapq.heapreplace(heads, (items[0][0], i))
                 else:
                     heapq.heappop(heads)
         for lane in lanes:
-            if not lane.items and not lane.thread.is_alive():
+            if not lane.items and lane.state == _IDLE and not lane.thread.is_alive():
                 dead.append(lane)
         self._deliver_run(batch)
         self.delivered += len(batch)
@@ -391,40 +609,179 @@ class ThreadGate:
         if any(lane.items for lane in lanes):
             with self._lock:
                 self._request_wake()
-        if not wants and not notify:
-            return
-        grants = [(mailbox, mailbox.reserve(GRANT_MAX)) for mailbox in wants]
+        if self._space_waiters:
+            with self._lock:
+                self._cond.notify_all()
+        if self._lines:
+            self._serve_lines()
+
+    def _take_back_credits(self, only: MailboxQueue | None) -> dict[MailboxQueue, int]:
+        """Lock held: take back the credits lanes hold and the pools (all of them, or
+        only those for `only`); return how much, per mailbox.
+
+        A lane spending a credit right now keeps its credits: its tell schedules a
+        drain, which takes them back if they are still unused then.
+        """
+        returned: dict[MailboxQueue, int] = {}
+        kept: list[_Lane] = []
+        for lane in self._holders:
+            lane.live = False  # first: a thread that raises `busy` after this sees it
+            if lane.busy:
+                kept.append(lane)
+                continue
+            credits = lane.credits
+            if only is None:
+                for mailbox, count in credits.items():
+                    if count:
+                        returned[mailbox] = returned.get(mailbox, 0) + count
+                credits.clear()
+            else:
+                count = credits.pop(only, 0)
+                if count:
+                    returned[only] = count
+                if credits:
+                    kept.append(lane)
+        self._holders = set(kept)
+        if only is None:
+            for mailbox, count in self._pools.items():
+                returned[mailbox] = returned.get(mailbox, 0) + count
+            self._pools.clear()
+        else:
+            count = self._pools.pop(only, 0)
+            if count:
+                returned[only] = returned.get(only, 0) + count
+        return returned
+
+    def _admit(self, lane: _Lane, item: Any) -> None:
+        """Loop thread, in a drain: answer a request (a message sent without credit):
+        deliver it if there is room (and lend the thread some for later), else
+        fail it (``fail``) or put it in the mailbox's line (``block``)."""
+        full: ThreadReply | None = None
         with self._lock:
-            for mailbox, granted in grants:
-                if granted:
-                    self._granted[mailbox] = self._granted.get(mailbox, 0) + granted
-                elif mailbox.overflow == "block":
-                    mailbox.wait_for_threads()  # room_freed() will grant later
-            self._round += 1
-            self._cond.notify_all()
+            if lane.state != _ASKED or lane.item is not item:
+                return  # the gate closed, or the ask gave up: nothing is sent
+            mailbox = lane.want
+            assert mailbox is not None
+            line = None if mailbox.overflow == "fail" else self._lines.get(mailbox)
+            if not line and self._room_for_one(mailbox):  # and no thread ahead of it
+                self._lend(mailbox, [lane])
+            elif line is None and mailbox.overflow == "fail":
+                if lane.reply is None:
+                    lane.signal(_FULL)
+                    return
+                full = lane.reply
+                self._done(lane)
+            else:  # block: wait in line, asleep
+                if line is None:
+                    line = self._lines[mailbox] = deque()
+                line.append(lane)
+                mailbox.wait_for_threads()  # room_freed() will let it in
+                if lane.deadline == math.inf or lane.reply is not None:
+                    lane.state = _WAITING
+                else:  # wake it to sleep until its deadline (or to give up now)
+                    lane.signal(_WAITING)
+                return
+        if full is not None:
+            full.fail(MailboxFull(f"mailbox of {lane.path} is full (overflow='fail')"))
+            return
+        mailbox.put_many_reserved([item])
+
+    def _room_for_one(self, mailbox: MailboxQueue) -> bool:
+        """Lock held: reserve room for one message, from the pool or the mailbox."""
+        pool = self._pools.get(mailbox)
+        if pool:
+            if pool > 1:
+                self._pools[mailbox] = pool - 1
+            else:
+                del self._pools[mailbox]
+            return True
+        return bool(mailbox.reserve(1))
+
+    def _lend(self, mailbox: MailboxQueue, served: list[_Lane]) -> None:
+        """Lock held: room was reserved for the message each of `served` sent; tell
+        them, refill the pool (threads asking for room want more) and lend each a
+        chunk of it for their next tells."""
+        pool = self._pools.get(mailbox, 0)
+        if pool < GRANT_MAX:
+            pool += mailbox.reserve(GRANT_MAX - pool)
+        chunk = _chunk(mailbox) - 1
+        holders = self._holders
+        for lane in served:
+            take = min(pool, chunk)
+            pool -= take
+            lane.credits[mailbox] = take
+            lane.live = True
+            holders.add(lane)
+            if lane.reply is None:
+                lane.signal(_SENT)
+            else:  # an ask: its thread waits for the reply, not for this
+                self._done(lane)
+        if pool:
+            self._pools[mailbox] = pool
+        else:
+            self._pools.pop(mailbox, None)
+
+    def _let_in(self, mailbox: MailboxQueue, line: deque[_Lane]) -> list[Any]:
+        """Lock held: room for the threads at the head of `line`, oldest first; return
+        their messages, to be delivered (in this order) once the lock is released."""
+        served: list[_Lane] = []
+        while line and mailbox.reserve(1):
+            served.append(line.popleft())
+        if not served:
+            return []
+        items = [lane.item for lane in served]
+        self._lend(mailbox, served)
+        if not line:
+            del self._lines[mailbox]
+        return items
+
+    def _serve_lines(self) -> None:
+        """Loop thread, after a drain: let waiting threads in where room was made
+        without `room_freed` being told (e.g. the mailbox closed: it takes anything)."""
+        with self._lock:
+            admitted = [
+                (mailbox, self._let_in(mailbox, line))
+                for mailbox, line in list(self._lines.items())
+                if self._roomy(mailbox)
+            ]
+        for mailbox, items in admitted:
+            if items:
+                mailbox.put_many_reserved(items)
 
     def _forget(self, dead: list[_Lane]) -> None:
         """Lanes of threads that ended: drop them and give back the room they held."""
+        returned: dict[MailboxQueue, int] = {}
         with self._lock:
             self._lanes = [lane for lane in self._lanes if lane not in dead]
-        for lane in dead:
-            for mailbox, held in lane.credits.items():
-                mailbox.unreserve(held)
-            lane.credits.clear()
+            for lane in dead:
+                self._holders.discard(lane)
+                for mailbox, count in lane.credits.items():
+                    returned[mailbox] = returned.get(mailbox, 0) + count
+                lane.credits.clear()
+        for mailbox, count in returned.items():
+            if count:
+                mailbox.unreserve(count)
 
-    def _deliver_run(self, entries: list[tuple[int, MailboxQueue, Any]]) -> None:
-        """Deliver in order, handing runs for the same mailbox over together."""
+    def _deliver_run(self, entries: list[Entry]) -> None:
+        """Deliver in order, handing runs for the same mailbox over together, and
+        answering requests where they come."""
         run: list[Any] = []
         target: MailboxQueue | None = None
-        for _, mailbox, item in entries:
-            if mailbox is not target:
+        for _, to, item in entries:
+            if to is not target:
                 if run:
-                    self._deliver(target, run)  # type: ignore[arg-type]
+                    assert target is not None
+                    self._deliver(target, run)
                     run = []
-                target = mailbox
+                if isinstance(to, _Lane):
+                    self._admit(to, item)
+                    target = None
+                    continue
+                target = to
             run.append(item)
         if run:
-            self._deliver(target, run)  # type: ignore[arg-type]
+            assert target is not None
+            self._deliver(target, run)
 
     @staticmethod
     def _deliver(mailbox: MailboxQueue, items: list[Any]) -> None:
@@ -437,22 +794,39 @@ class ThreadGate:
                 mailbox.put(item)
 
     def room_freed(self, mailbox: MailboxQueue) -> bool:
-        """Loop thread, from `MailboxQueue`: room was made; grant some to blocked threads.
+        """Loop thread, from `MailboxQueue`: room was made; let waiting threads in.
 
-        Returns True once the threads need no more telling (room was granted).
+        Waits until a quarter of the mailbox (at most a chunk) is free, so that
+        threads are woken in batches, not once per message handled.  Returns
+        True once no thread waits for this mailbox any more.
         """
-        low_water = max(1, min(GRANT_MAX, mailbox.capacity // 4))
-        if mailbox.room() < low_water:
-            return False
-        granted = mailbox.reserve(GRANT_MAX)
         with self._lock:
-            self._granted[mailbox] = self._granted.get(mailbox, 0) + granted
-            self._cond.notify_all()
-        return True
+            line = self._lines.get(mailbox)
+            if not line:
+                return True
+            if not self._roomy(mailbox):
+                return False
+            items = self._let_in(mailbox, line)
+            done = mailbox not in self._lines
+        if items:
+            mailbox.put_many_reserved(items)
+        return done
+
+    @staticmethod
+    def _roomy(mailbox: MailboxQueue) -> bool:
+        """Whether enough room was made to wake waiting threads: a quarter of the
+        mailbox (at most `GRANT_MAX`), or anything once it closed (it takes all)."""
+        return mailbox.closed or mailbox.room() >= max(1, min(GRANT_MAX, mailbox.capacity // 4))
 
     def reclaim(self, mailbox: MailboxQueue) -> int:
-        """Loop thread: take back granted room no thread has claimed (the loop needs it)."""
+        """Loop thread: take back the room threads hold for `mailbox` and have not used
+        (the loop needs it now); return how much."""
         with self._lock:
-            return self._granted.pop(mailbox, 0)
+            if not self._pools.get(mailbox) and not any(
+                lane.credits.get(mailbox) for lane in self._holders
+            ):
+                return 0  # (only the loop adds credits: none can appear meanwhile)
+            return self._take_back_credits(mailbox).get(mailbox, 0)
+
 
 __all__ = ["ThreadGate", "ThreadReply"]
