@@ -419,9 +419,12 @@ class MailboxQueue:
         """Refuse further messages; return what was queued (system lane first).
 
         Blocked senders are let go (their `put_wait` dead-letters their item
-        as ``stopped``) and a parked consumer is woken.
+        as ``stopped``), so are threads waiting for room (the gate delivers
+        their messages, dead-lettered the same way), and a parked consumer is
+        woken.
         """
         self._closed = True
+        threads_waiting = self._threads_waiting
         self._threads_waiting = False
         self._room_wanted = False
         self._reserved = 0
@@ -430,6 +433,8 @@ class MailboxQueue:
         self._user = _NO_MESSAGES
         if self._space is not None:
             self._let_in(None)
+        if threads_waiting and self._gate is not None:
+            self._gate.room_freed(self)
         self.wake()
         return rest
 

@@ -369,13 +369,7 @@ def test_ask_blocking_on_a_full_mailbox_sends_nothing(overflow: str) -> None:
         assert system.snapshot().dead_letters["timeout"] == 0
 
 
-# -- known gap --------------------------------------------------------------------------
-@pytest.mark.xfail(
-    strict=True,
-    reason="MailboxQueue.close() does not tell the gate, so a thread waiting for room in a "
-    "mailbox that closes for good is only let in (its message dead-lettered) by the next "
-    "drain, which a quiet system may never run; until then it waits for its own timeout",
-)
+# -- a mailbox that closes for good ------------------------------------------------------
 def test_a_thread_waiting_on_a_mailbox_that_closes_for_good_is_let_go() -> None:
     holding, release = threading.Event(), threading.Event()
     with runtime.start_in_thread(tree(1, "block", holding, release)) as system:
