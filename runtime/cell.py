@@ -18,7 +18,7 @@ import trio
 
 from .actor import Actor, Context
 from .errors import ActorCrashed, ActorStopped, MailboxFull, UnhandledMessage
-from .mailbox import EMPTY, MailboxQueue
+from .mailbox import MailboxQueue
 from .messages import (
     UNHANDLED,
     Ask,
@@ -658,19 +658,20 @@ class ActorBehaviour:
         (the loop monitor's step count moved).  A handler that never yields
         takes microseconds, so the stamp stays true to well within that.
         """
-        get = cell.mailbox.get
-        parking = cell.mailbox.parking
+        mailbox = cell.mailbox
+        parking = mailbox.parking
         receive = actor.receive
         now = trio.lowlevel.current_clock().current_time
         monitor = cell.host.steps
         self.current_since = now()  # when the message in hand began, to within a batch
         budget = BATCH
         while True:
-            if cell.stop_reason is not None:
-                return cell.stop_reason
-            item = get()
-            if item is EMPTY:
-                # Park right here (not in a helper) to keep an idle actor's stack small.
+            if cell._stop_reason is not None:  # same module: no property call per message
+                return cell._stop_reason
+            try:
+                # The mailbox's own `take` (its fast path while there is only user mail).
+                item = mailbox.take()
+            except IndexError:  # empty: park right here, to keep an idle actor's stack small
                 budget = BATCH
                 await wait_task_rescheduled(parking())
                 self.current_since = now()

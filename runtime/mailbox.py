@@ -7,7 +7,7 @@ supervisor requests), not subject to capacity and taken first.
 
 Every queue operation lives here, fast paths included: `put` (a loop-thread
 ``tell``), `put_wait` (``send``), `put_system`, `put_many_reserved` (a batch
-from foreign threads), `get`/`parking` (the consumer), the room reserved for
+from foreign threads), `take`/`get`/`parking` (the consumer), the room reserved for
 threads (`reserve`, `unreserve`) and `statistics`.  Other modules call these
 methods; none of them reads or writes the deques or counters.
 
@@ -36,6 +36,9 @@ EMPTY: Final[Any] = object()
 _NO_MESSAGES: deque[Any] = deque()
 """Shared by every mailbox that never got a message (an idle actor costs no deque).
 Nothing is ever appended to it: the first put swaps in a deque of the mailbox's own."""
+
+_TAKE_NOTHING = _NO_MESSAGES.popleft
+"""`MailboxQueue.take` of a mailbox that never got a message: raises IndexError."""
 
 
 class ThreadRoom(Protocol):
@@ -101,6 +104,7 @@ class MailboxQueue:
         "capacity",
         "credited",
         "overflow",
+        "take",
     )
 
     def __init__(
@@ -130,6 +134,9 @@ class MailboxQueue:
         self._reserved = 0  # room promised to foreign threads, counted as taken
         self._threads_waiting = False
         self._room_wanted = False  # someone (a sender or a thread) waits for room
+        # The consumer's `take`: the user deque's own popleft while that is all there
+        # is to do (no system item, nobody waiting for room), else `_take_slow`.
+        self.take: Callable[[], Any] = _TAKE_NOTHING
 
     # -- queries -----------------------------------------------------------
     def __len__(self) -> int:
@@ -198,6 +205,7 @@ class MailboxQueue:
             # The fast path: room and open.  Only the first message allocates a deque.
             if user is _NO_MESSAGES:
                 user = self._user = deque()
+                self._refresh_take()
             user.append(item)
             n += 1
             if n > self._high_water:
@@ -265,6 +273,7 @@ class MailboxQueue:
             self._space = trio.lowlevel.ParkingLot()
         self._senders_waiting += 1
         self._room_wanted = True
+        self.take = self._take_slow
         try:
             while True:
                 await self._space.park()
@@ -273,6 +282,7 @@ class MailboxQueue:
         finally:
             self._senders_waiting -= 1
             self._room_wanted = bool(self._senders_waiting) or self._threads_waiting
+            self._refresh_take()
 
     def put_system(self, item: Any) -> None:
         """System lane: not subject to capacity, handled before user messages.
@@ -285,6 +295,7 @@ class MailboxQueue:
         if self._system is None:
             self._system = deque()
         self._system.append(item)
+        self.take = self._take_slow
         if self._waiter is not None:
             self._wake()
 
@@ -316,6 +327,7 @@ class MailboxQueue:
             return
         if self._user is _NO_MESSAGES:
             self._user = deque()
+            self._refresh_take()
         self._user.extend(items)
         if len(self._user) > self._high_water:
             self._high_water = len(self._user)
@@ -328,6 +340,7 @@ class MailboxQueue:
         if not self._closed:
             self._threads_waiting = True
             self._room_wanted = True
+            self.take = self._take_slow
 
     def _reclaim(self) -> bool:
         """Take back room promised to threads but not used; True if there is room now."""
@@ -345,21 +358,31 @@ class MailboxQueue:
 
         Taking a user message lets one blocked sender (or waiting threads) in.
         """
+        try:
+            return self.take()
+        except IndexError:
+            return EMPTY
+
+    def _take_slow(self) -> Any:
+        """`take` when there is more to do than pop a user message."""
         system = self._system
         if system:
-            return system.popleft()
-        user = self._user
-        if user:
-            item = user.popleft()
-            if self._room_wanted:
-                self._room_made()
+            item = system.popleft()
+            if not system:
+                self._refresh_take()
             return item
-        return EMPTY
+        item = self._user.popleft()  # IndexError when empty, as `take` promises
+        if self._room_wanted:
+            self._room_made()  # refreshes `take`
+        else:
+            self._refresh_take()
+        return item
 
-    def get_system(self) -> Any:
-        """The next system-lane item, or `EMPTY` (user messages stay queued)."""
-        system = self._system
-        return system.popleft() if system else EMPTY
+    def _refresh_take(self) -> None:
+        if self._system or self._room_wanted or self._closed:
+            self.take = self._take_slow
+        else:
+            self.take = self._user.popleft
 
     def parking(self) -> Callable[[Any], trio.lowlevel.Abort]:
         """Register the current task as the consumer to wake; return the abort function.
@@ -396,6 +419,7 @@ class MailboxQueue:
         if self._threads_waiting and self._gate is not None and self._gate.room_freed(self):
             self._threads_waiting = False
         self._room_wanted = bool(self._senders_waiting) or self._threads_waiting
+        self._refresh_take()
 
     def _let_in(self, count: int | None) -> None:
         """Let `count` blocked senders in (all if None), telling `on_let_in` who."""
@@ -431,6 +455,7 @@ class MailboxQueue:
         rest = [*(self._system or ()), *self._user]
         self._system = None
         self._user = _NO_MESSAGES
+        self.take = _TAKE_NOTHING
         if self._space is not None:
             self._let_in(None)
         if threads_waiting and self._gate is not None:
