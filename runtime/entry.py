@@ -336,6 +336,8 @@ def start_in_thread(
             box["abandon"] = functools.partial(
                 trio.from_thread.run_sync, scope.cancel, trio_token=token
             )
+            if box.get("abandoned"):  # the caller gave up before we could be told
+                scope.cancel()
             async with open_system(tree, **options) as system:
                 box["handle"] = ThreadedSystem(system, trio.lowlevel.current_trio_token())
                 ready.set()
@@ -354,8 +356,11 @@ def start_in_thread(
     if not ready.wait(start_timeout):
         # Give up on it, and leave nothing running: cancelled while it starts, the
         # system stops what has started (each within its shutdown timeout).
-        with contextlib.suppress(trio.RunFinishedError, KeyError):
-            box["abandon"]()
+        box["abandoned"] = True  # seen by main() if it has not set "abandon" yet
+        abandon = box.get("abandon")
+        if abandon is not None:
+            with contextlib.suppress(trio.RunFinishedError):
+                abandon()
         thread.join()
         raise RuntimeError(
             f"the actor system did not start within {start_timeout}s and was stopped; "

@@ -324,8 +324,8 @@ class ThreadGate:
             except AskTimeout:
                 if self._withdraw(reply):
                     raise AskTimeout(
-                        f"{cell.path}'s mailbox stayed full for {timeout:g}s; "
-                        f"{type(msg).__name__} was not sent"
+                        f"{type(msg).__name__} was not sent to {cell.path} within "
+                        f"{timeout:g}s (its mailbox was full, or the loop did not get to it)"
                     ) from None
                 raise
         finally:
@@ -638,7 +638,7 @@ class ThreadGate:
             else:
                 count = credits.pop(only, 0)
                 if count:
-                    returned[only] = count
+                    returned[only] = returned.get(only, 0) + count
                 if credits:
                     kept.append(lane)
         self._holders = set(kept)
@@ -687,15 +687,22 @@ class ThreadGate:
         mailbox.put_many_reserved([item])
 
     def _room_for_one(self, mailbox: MailboxQueue) -> bool:
-        """Lock held: reserve room for one message, from the pool or the mailbox."""
+        """Lock held: reserve room for one message, from the pool or the mailbox, or
+        else from credits lent to threads and not spent (e.g. chunks lent earlier in
+        this very drain to threads that will not tell again): that room is still
+        reserved in the mailbox, so it moves back to the pool."""
         pool = self._pools.get(mailbox)
-        if pool:
-            if pool > 1:
-                self._pools[mailbox] = pool - 1
-            else:
-                del self._pools[mailbox]
-            return True
-        return bool(mailbox.reserve(1))
+        if not pool:
+            if mailbox.reserve(1):
+                return True
+            pool = self._take_back_credits(mailbox).get(mailbox, 0)
+            if not pool:
+                return False
+        if pool > 1:
+            self._pools[mailbox] = pool - 1
+        else:
+            self._pools.pop(mailbox, None)
+        return True
 
     def _lend(self, mailbox: MailboxQueue, served: list[_Lane]) -> None:
         """Lock held: room was reserved for the message each of `served` sent; tell

@@ -719,3 +719,26 @@ async def test_lookups_on_a_stopped_system_and_odd_paths() -> None:
     with pytest.raises(RuntimeClosed):
         system.ref("/app/q")
     system.snapshot()  # reading what is left stays possible
+
+
+def test_start_in_thread_giving_up_at_once_does_not_hang() -> None:
+    """A start_timeout that expires before the system could be told to give up used to
+    leave it running and the caller joined on it for ever (found by attack)."""
+    import threading
+
+    tree = Supervisor("app", children=[child(Quits, name="q")])
+    outcome: list[Any] = []
+
+    def start() -> None:
+        try:
+            with runtime.start_in_thread(tree, start_timeout=1e-9):
+                outcome.append("started")
+        except RuntimeError as exc:
+            outcome.append(str(exc))
+
+    caller = threading.Thread(target=start, daemon=True)
+    caller.start()
+    caller.join(30)
+    assert not caller.is_alive(), "start_in_thread hung"
+    assert len(outcome) == 1
+    assert not any(t.name == "troupe:app" and t.is_alive() for t in threading.enumerate())

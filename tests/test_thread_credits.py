@@ -393,3 +393,92 @@ def test_a_thread_waiting_on_a_mailbox_that_closes_for_good_is_let_go() -> None:
         waiter.join(WAIT)
         release.set()
         assert outcome == ["sent"]  # let in, and dead-lettered as stopped
+
+
+# -- found by the second attack pass ---------------------------------------------------------
+def _tell_from_threads(ref: runtime.ActorRef, n: int, timeout: float | None) -> dict[str, int]:
+    """`n` threads tell once each, at the same moment; how each tell ended."""
+    outcome: dict[str, int] = {}
+    lock = threading.Lock()
+    start = threading.Barrier(n)
+
+    def one() -> None:
+        start.wait(WAIT)
+        try:
+            ref.tell("x", timeout=timeout)
+            what = "sent"
+        except runtime.MailboxFull:
+            what = "full"
+        with lock:
+            outcome[what] = outcome.get(what, 0) + 1
+
+    threads = [threading.Thread(target=one, daemon=True) for _ in range(n)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(WAIT)
+    assert not any(thread.is_alive() for thread in threads), "a thread stayed blocked"
+    return outcome
+
+
+@pytest.mark.parametrize(("capacity", "threads"), [(1024, 40), (64, 24)])
+def test_many_threads_at_once_into_fail_get_in_while_there_is_room(
+    capacity: int, threads: int
+) -> None:
+    """More than 16 threads answered in one drain used to find the room lent to the
+    first ones as chunks, and got MailboxFull from a mailbox that held 16 messages."""
+    holding, release = threading.Event(), threading.Event()
+    with runtime.start_in_thread(tree(capacity, "fail", holding, release)) as system:
+        counter = system.ref("/app/counter")
+        assert _tell_from_threads(counter, threads, None) == {"sent": threads}
+        release.set()
+
+
+def test_many_threads_at_once_into_block_are_not_left_waiting_on_an_empty_mailbox() -> None:
+    holding, release = threading.Event(), threading.Event()
+    with runtime.start_in_thread(tree(1024, "block", holding, release)) as system:
+        counter = system.ref("/app/counter")
+        assert _tell_from_threads(counter, 40, 10.0) == {"sent": 40}
+        release.set()
+
+
+class Hog(Actor):
+    """Holds the loop (on purpose) so that thread requests pile up for one drain, then
+    tells the counter from the loop until it is full; returns how many went in."""
+
+    async def receive(self, msg: Any) -> Any:
+        time.sleep(0.3)  # blocks the loop: the threads' requests wait for one drain
+        await trio.sleep(0.2)  # that drain answers them all, lending each a chunk
+        target = self.ctx.system.ref("/app/counter")
+        told = 0
+        try:
+            for i in range(msg):
+                target.tell(i)  # the first that finds it full takes back the chunks
+                told += 1
+        except runtime.MailboxFull:
+            pass
+        return told
+
+
+def test_room_taken_back_from_several_threads_is_all_given_back() -> None:
+    """The loop taking back room from idle threads (a loop-side tell found the mailbox
+    full) counted only the last thread's: the rest stayed reserved for ever."""
+    holding, release = threading.Event(), threading.Event()
+    spec = tree(64, "block", holding, release)
+    spec = Supervisor("app", children=[*spec.children, child(Hog, name="hog")])
+    with runtime.start_in_thread(spec) as system:
+        counter = system.ref("/app/counter")
+        counter.tell("hold")  # nothing is handled meanwhile: room is only what is left
+        assert holding.wait(WAIT)
+        told: list[Any] = []
+        hog = threading.Thread(
+            target=lambda: told.append(system.ref("/app/hog").ask_blocking(64, timeout=WAIT))
+        )
+        hog.start()
+        time.sleep(0.1)  # the hog holds the loop now
+        parked = Parked(counter, 4)
+        hog.join(WAIT)
+        assert told == [64 - 4]  # all but the 4 threads' messages fit ("hold" is in hand)
+        release.set()
+        parked.join()
+        assert ask_when_room(counter, "count") == 4 + 60
