@@ -228,11 +228,8 @@ class MailboxQueue:
         if policy == "drop_old":
             # Swap first, account after: dead-lettering can publish an event that
             # comes straight back to this mailbox, which must already be whole.
-            user = self._user
-            dropped = user.popleft() if user else EMPTY
-            if user is _NO_MESSAGES:  # all the room is reserved for threads
-                self._drop(item, "overflow")
-                return item
+            user = self._user  # full, so not empty: dropping mailboxes reserve no room
+            dropped = user.popleft()
             user.append(item)
             if self._waiter is not None:
                 self._wake()
