@@ -18,7 +18,7 @@ import trio
 
 from .actor import Actor, Context
 from .errors import ActorCrashed, ActorStopped, MailboxFull, UnhandledMessage
-from .mailbox import MailboxQueue
+from .mailbox import EMPTY, MailboxQueue
 from .messages import (
     UNHANDLED,
     Ask,
@@ -668,18 +668,18 @@ class ActorBehaviour:
         while True:
             if cell._stop_reason is not None:  # same module: no property call per message
                 return cell._stop_reason
-            try:
-                # The mailbox's own `take` (its fast path while there is only user mail).
-                item = mailbox.take()
-            except IndexError:  # empty: park right here, to keep an idle actor's stack small
+            # The mailbox's own ready/take: C-level calls while there is only user mail.
+            if not mailbox.ready() or (item := mailbox.take()) is EMPTY:
+                # Park right here (not in a helper) to keep an idle actor's stack small.
                 budget = BATCH
                 await wait_task_rescheduled(parking())
                 self.current_since = now()
                 continue
-            if type(item) is Ask:
+            kind = type(item)
+            if kind is Ask:
                 msg = item.msg
                 self.reply = item.reply
-            elif type(item) is InjectedCrash:
+            elif kind is InjectedCrash:
                 raise item.error
             else:
                 msg = item

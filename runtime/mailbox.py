@@ -17,6 +17,7 @@ queued survives a restart.  All of it is touched only from the trio thread.
 
 from __future__ import annotations
 
+import itertools
 from collections import deque
 from collections.abc import Callable
 from typing import Any, Final, Protocol
@@ -37,8 +38,14 @@ _NO_MESSAGES: deque[Any] = deque()
 """Shared by every mailbox that never got a message (an idle actor costs no deque).
 Nothing is ever appended to it: the first put swaps in a deque of the mailbox's own."""
 
-_TAKE_NOTHING = _NO_MESSAGES.popleft
-"""`MailboxQueue.take` of a mailbox that never got a message: raises IndexError."""
+_NOTHING_READY = _NO_MESSAGES.__len__
+"""`MailboxQueue.ready` of a mailbox that never got a message (always 0)."""
+
+_NO_TAKE = _NO_MESSAGES.popleft
+"""`MailboxQueue.take` of a mailbox that never got a message (never called: not ready)."""
+
+_ALWAYS_READY = itertools.repeat(1).__next__
+"""`MailboxQueue.ready` while `take` is the slow path (which answers EMPTY itself)."""
 
 
 class ThreadRoom(Protocol):
@@ -104,6 +111,7 @@ class MailboxQueue:
         "capacity",
         "credited",
         "overflow",
+        "ready",
         "take",
     )
 
@@ -134,9 +142,12 @@ class MailboxQueue:
         self._reserved = 0  # room promised to foreign threads, counted as taken
         self._threads_waiting = False
         self._room_wanted = False  # someone (a sender or a thread) waits for room
-        # The consumer's `take`: the user deque's own popleft while that is all there
-        # is to do (no system item, nobody waiting for room), else `_take_slow`.
-        self.take: Callable[[], Any] = _TAKE_NOTHING
+        # The consumer's pair: `ready()` is non-zero when `take()` has something to do.
+        # While only user mail is queued (no system item, nobody waiting for room) they
+        # are the user deque's own __len__ and popleft (no Python call per message);
+        # otherwise `_ALWAYS_READY` and `_take_slow`, which answers EMPTY when empty.
+        self.ready: Callable[[], int] = _NOTHING_READY
+        self.take: Callable[[], Any] = _NO_TAKE
 
     # -- queries -----------------------------------------------------------
     def __len__(self) -> int:
@@ -270,7 +281,7 @@ class MailboxQueue:
             self._space = trio.lowlevel.ParkingLot()
         self._senders_waiting += 1
         self._room_wanted = True
-        self.take = self._take_slow
+        self._slow_take()
         try:
             while True:
                 await self._space.park()
@@ -292,7 +303,7 @@ class MailboxQueue:
         if self._system is None:
             self._system = deque()
         self._system.append(item)
-        self.take = self._take_slow
+        self._slow_take()
         if self._waiter is not None:
             self._wake()
 
@@ -337,7 +348,7 @@ class MailboxQueue:
         if not self._closed:
             self._threads_waiting = True
             self._room_wanted = True
-            self.take = self._take_slow
+            self._slow_take()
 
     def _reclaim(self) -> bool:
         """Take back room promised to threads but not used; True if there is room now."""
@@ -354,11 +365,10 @@ class MailboxQueue:
         """The next item, system lane first; `EMPTY` if there is none.  Never blocks.
 
         Taking a user message lets one blocked sender (or waiting threads) in.
+        (`ready()` and `take()` do the same for a loop that wants no Python call per
+        message: ``item = take() if ready() else EMPTY``; `take` may say EMPTY too.)
         """
-        try:
-            return self.take()
-        except IndexError:
-            return EMPTY
+        return self.take() if self.ready() else EMPTY
 
     def _take_slow(self) -> Any:
         """`take` when there is more to do than pop a user message."""
@@ -368,7 +378,9 @@ class MailboxQueue:
             if not system:
                 self._refresh_take()
             return item
-        item = self._user.popleft()  # IndexError when empty, as `take` promises
+        if not self._user:
+            return EMPTY
+        item = self._user.popleft()
         if self._room_wanted:
             self._room_made()  # refreshes `take`
         else:
@@ -377,9 +389,15 @@ class MailboxQueue:
 
     def _refresh_take(self) -> None:
         if self._system or self._room_wanted or self._closed:
-            self.take = self._take_slow
+            self._slow_take()
         else:
-            self.take = self._user.popleft
+            user = self._user
+            self.take = user.popleft
+            self.ready = user.__len__
+
+    def _slow_take(self) -> None:
+        self.take = self._take_slow
+        self.ready = _ALWAYS_READY
 
     def parking(self) -> Callable[[Any], trio.lowlevel.Abort]:
         """Register the current task as the consumer to wake; return the abort function.
@@ -452,7 +470,7 @@ class MailboxQueue:
         rest = [*(self._system or ()), *self._user]
         self._system = None
         self._user = _NO_MESSAGES
-        self.take = _TAKE_NOTHING
+        self._slow_take()  # closed: it answers EMPTY
         if self._space is not None:
             self._let_in(None)
         if threads_waiting and self._gate is not None:
