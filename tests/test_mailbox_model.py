@@ -52,3 +52,31 @@ def test_lanes_are_fifo_and_system_first(steps: list[str], capacity: int) -> Non
         assert len(mailbox) == len(user)
         assert mailbox.depth == len(user) + len(system)
     assert all(reason == "overflow" for _, reason in dropped)
+
+
+def test_statistics_say_what_is_queued_and_who_waits() -> None:
+    from runtime import MailboxStatistics
+
+    mailbox = MailboxQueue(Mailbox(capacity=3, overflow="block"), lambda m, r: None)
+    assert mailbox.statistics() == MailboxStatistics(
+        depth=0,
+        system_depth=0,
+        capacity=3,
+        overflow="block",
+        high_water=0,
+        reserved=0,
+        senders_waiting=0,
+        threads_waiting=False,
+        closed=False,
+    )
+    mailbox.put(1)
+    mailbox.put(2)
+    mailbox.put_system("stop")
+    assert mailbox.reserve(5) == 1  # only one message's room is left
+    mailbox.wait_for_threads()
+    stats = mailbox.statistics()
+    assert (stats.depth, stats.system_depth, stats.high_water, stats.reserved) == (2, 1, 2, 1)
+    assert stats.threads_waiting is True
+    assert mailbox.close() == ["stop", 1, 2]
+    assert mailbox.statistics().closed is True
+    assert mailbox.statistics().depth == 0
