@@ -99,6 +99,7 @@ class MailboxQueue:
         "_drop",
         "_gate",
         "_high_water",
+        "_limit",
         "_on_let_in",
         "_reserved",
         "_room_wanted",
@@ -140,6 +141,7 @@ class MailboxQueue:
         self._space: trio.lowlevel.ParkingLot | None = None
         self._senders_waiting = 0
         self._reserved = 0  # room promised to foreign threads, counted as taken
+        self._limit = self.capacity  # capacity - reserved, 0 once closed: `put`'s one test
         self._threads_waiting = False
         self._room_wanted = False  # someone (a sender or a thread) waits for room
         # The consumer's pair: `ready()` is non-zero when `take()` has something to do.
@@ -212,7 +214,7 @@ class MailboxQueue:
         """
         user = self._user
         n = len(user)
-        if n + self._reserved < self.capacity and not self._closed:
+        if n < self._limit:  # room, and open
             # The fast path: room and open.  Only the first message allocates a deque.
             if user is _NO_MESSAGES:
                 user = self._user = deque()
@@ -317,18 +319,18 @@ class MailboxQueue:
         if self._closed:
             return 1
         granted = min(self.room(), limit)
-        self._reserved += granted
+        self._set_reserved(self._reserved + granted)
         return granted
 
     def unreserve(self, count: int) -> None:
         """Give back room reserved for threads that will not use it."""
-        self._reserved = max(0, self._reserved - count)
+        self._set_reserved(self._reserved - count)
         if count and self._room_wanted:
             self._room_made()
 
     def put_many_reserved(self, items: list[Any]) -> None:
         """Enqueue messages from threads that hold a reservation for each."""
-        self._reserved = max(0, self._reserved - len(items))
+        self._set_reserved(self._reserved - len(items))
         if self._closed:
             for item in items:
                 self._drop(item, "stopped")
@@ -355,10 +357,15 @@ class MailboxQueue:
         if self._reserved and self._gate is not None:
             taken = self._gate.reclaim(self)
             if taken:
-                self._reserved = max(0, self._reserved - taken)
+                self._set_reserved(self._reserved - taken)
                 if self._senders_waiting:
                     self._let_in(1)
         return len(self._user) + self._reserved < self.capacity
+
+    def _set_reserved(self, reserved: int) -> None:
+        self._reserved = max(0, reserved)
+        if not self._closed:
+            self._limit = self.capacity - self._reserved
 
     # -- the consumer --------------------------------------------------------
     def get(self) -> Any:
@@ -463,6 +470,7 @@ class MailboxQueue:
         woken.
         """
         self._closed = True
+        self._limit = 0
         threads_waiting = self._threads_waiting
         self._threads_waiting = False
         self._room_wanted = False
