@@ -25,6 +25,7 @@ import trio
 import trio.testing
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_supervision import Boom, why
 
 from runtime import (
     Actor,
@@ -39,14 +40,6 @@ from runtime import (
 from runtime.testing import crash
 
 # -- helpers -----------------------------------------------------------------
-
-
-class Boom(Exception):
-    """The crash our test actors raise."""
-
-
-def why(reason: object) -> str:
-    return "crash" if isinstance(reason, BaseException) else str(reason)
 
 
 class Worker(Actor):
