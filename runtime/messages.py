@@ -110,8 +110,12 @@ class Terminated:
 class ReplySlot(Protocol):
     """Where the answer to an ask goes: `Reply` on the loop, `ThreadReply` for threads."""
 
-    state: str
     asker: Any  # the slot whose handler waits on it (loop asks only), for rule 5
+
+    @property
+    def state(self) -> str:
+        """``pending``, ``done`` or ``abandoned`` (the asker gave up)."""
+        ...
 
     def send(self, value: Any) -> bool: ...
 

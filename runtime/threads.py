@@ -47,6 +47,8 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future, InvalidStateError
+from concurrent.futures import TimeoutError as FutureTimeout
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import trio
@@ -96,57 +98,60 @@ def _sleep(lock: threading.Lock, deadline: float) -> bool:
 
 
 class ThreadReply:
-    """What a thread in `ask_blocking` waits on.  Settled on the loop thread.
+    """What a thread in `ask_blocking` waits on: a `concurrent.futures.Future`, settled
+    on the loop thread (`send`/`fail`), waited on by the asking thread (`wait`)."""
 
-    The wait is a plain lock, held from creation until the reply is settled.
-    """
-
-    __slots__ = ("_done", "_error", "_gate", "_on_late", "_value", "state")
+    __slots__ = ("_future", "_gate", "_on_late")
     asker = None  # a thread is outside the wait-for graph (rule 5)
 
     def __init__(self, gate: ThreadGate, on_late: Callable[[Any], None]) -> None:
         self._gate = gate
-        self._done = threading.Lock()
-        self._done.acquire()
-        self._value: Any = None
-        self._error: BaseException | None = None
+        self._future: Future[Any] = Future()
         self._on_late = on_late
-        self.state = "pending"
+
+    @property
+    def state(self) -> str:
+        """``pending``, ``done``, or ``abandoned`` (the asker gave up)."""
+        future = self._future
+        if future.cancelled():
+            return "abandoned"
+        return "done" if future.done() else "pending"
 
     def send(self, value: Any) -> bool:
-        with self._gate._lock:
-            if self.state == "pending":
-                self._value = value
-                self.state = "done"
-                self._done.release()
-                return True
-            late = self.state == "abandoned"
-        if late:
-            self._on_late(value)
-        return False
+        try:
+            self._future.set_result(value)
+            return True
+        except InvalidStateError:  # the asker gave up (or it was settled already)
+            if self._future.cancelled():
+                self._on_late(value)
+            return False
 
     def fail(self, error: BaseException) -> bool:
         if isinstance(error, ActorStopped) and self._gate._stopping:
             closed = RuntimeClosed("the actor system stopped before replying")
             closed.__cause__ = error
             error = closed
-        with self._gate._lock:
-            if self.state != "pending":
-                return False
-            self._error = error
-            self.state = "done"
-            self._done.release()
+        try:
+            self._future.set_exception(error)
             return True
+        except InvalidStateError:
+            return False
 
     def wait(self, deadline: float, what: str) -> Any:
-        _sleep(self._done, deadline)
-        with self._gate._lock:
-            if self.state != "done":
-                self.state = "abandoned"
-                raise AskTimeout(f"no reply to {what}")
-        if self._error is not None:
-            raise self._error
-        return self._value
+        """Block this thread until the reply (or `deadline`, a `time.monotonic` time;
+        inf: none); then `AskTimeout`, and a reply that comes later is late."""
+        future = self._future
+        while True:
+            remaining = None if deadline == math.inf else deadline - time.monotonic()
+            try:
+                if remaining is None:
+                    return future.result(timeout=threading.TIMEOUT_MAX)
+                return future.result(timeout=min(max(0.0, remaining), threading.TIMEOUT_MAX))
+            except FutureTimeout:
+                if remaining is not None and remaining <= threading.TIMEOUT_MAX:
+                    if future.cancel():  # given up: from now on a reply is late
+                        raise AskTimeout(f"no reply to {what}") from None
+                    # settled meanwhile: take it
 
 
 Entry = tuple[int, "MailboxQueue | _Lane", Any]
