@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import trio
 
 from .actor import Actor, Context
-from .errors import ActorCrashed, ActorStopped, MailboxFull, UnhandledMessage
+from .errors import ActorCrashed, ActorStopped, MailboxFull, UnhandledMessage, unwrap_single
 from .mailbox import EMPTY, MailboxQueue
 from .messages import (
     UNHANDLED,
@@ -70,12 +70,6 @@ class HandlerFailed(Exception):
         return f"HandlerFailed({type(self.error).__qualname__})"
 
 
-def _single(exc: BaseException | None) -> BaseException | None:
-    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
-        exc = exc.exceptions[0]
-    return exc
-
-
 def classify(exc: BaseException) -> tuple[BaseException | None, BaseException | None]:
     """Split what ended an incarnation into ``(crash, interrupt)``.
 
@@ -90,10 +84,10 @@ def classify(exc: BaseException) -> tuple[BaseException | None, BaseException | 
         interrupt = None
         if others is not None:
             _, interrupt = others.split(trio.Cancelled)
-        crash = _single(crashes)
+        crash = unwrap_single(crashes) if crashes is not None else None
         if isinstance(crash, HandlerFailed):
             crash = crash.error
-        return crash, _single(interrupt)
+        return crash, unwrap_single(interrupt) if interrupt is not None else None
     if isinstance(exc, trio.Cancelled):
         return None, None
     if isinstance(exc, HandlerFailed):
@@ -129,7 +123,7 @@ class Behaviour(Protocol):
         """The supervisor is stopping this incarnation as a bystander of a group restart."""
         ...
 
-    def stop_requested(self, cell: Cell, reason: str) -> None:
+    def on_stop_request(self, cell: Cell, reason: str) -> None:
         """A stop was requested for the running incarnation (see `Cell.request_stop`)."""
         ...
 
@@ -222,10 +216,6 @@ class Cell:
         return self._running
 
     @property
-    def stop_requested(self) -> bool:
-        return self._stop_reason is not None
-
-    @property
     def stop_reason(self) -> str | None:
         """Why the running incarnation was asked to stop (``normal``/``shutdown``), if it was."""
         return self._stop_reason
@@ -307,7 +297,7 @@ class Cell:
         if self._stop_reason is None or reason == "shutdown":
             self._stop_reason = reason
         self.arm_shutdown_timeout()
-        self.behaviour.stop_requested(self, reason)
+        self.behaviour.on_stop_request(self, reason)
         self.mailbox.wake()
 
     def arm_shutdown_timeout(self) -> None:
@@ -508,7 +498,7 @@ class ActorBehaviour:
         """The supervisor stops this incarnation as a bystander of a group restart."""
         self._restarted = True
 
-    def stop_requested(self, cell: Cell, reason: str) -> None:
+    def on_stop_request(self, cell: Cell, reason: str) -> None:
         pass
 
     # -- one incarnation -------------------------------------------------

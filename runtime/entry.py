@@ -21,7 +21,7 @@ import trio
 import trio.testing
 
 from .control import ControlServer
-from .errors import RuntimeClosed
+from .errors import RuntimeClosed, unwrap_single
 from .metrics import MetricsServer
 from .monitor import TreeSnapshot
 from .ref import ActorRef
@@ -30,12 +30,6 @@ from .system import System
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
-
-
-def _unwrap(exc: BaseException) -> BaseException:
-    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
-        exc = exc.exceptions[0]
-    return exc
 
 
 @asynccontextmanager
@@ -177,7 +171,7 @@ async def _serving(
             nursery.cancel_scope.cancel()
         system.close()
     except BaseExceptionGroup as group:
-        error = system.interrupt or system.failure or _unwrap(group)
+        error = system.interrupt or system.failure or unwrap_single(group)
         raise error from error.__cause__  # keep its cause, drop the group
     finally:
         system.close()
@@ -241,7 +235,7 @@ async def _run_with_signals(
             finally:
                 outer.cancel_scope.cancel()
     except BaseException as exc:
-        error = _unwrap(exc)
+        error = unwrap_single(exc)
         if isinstance(error, Exception) and seen == 1 and system.failure is None:
             if system.started_at is None:
                 return  # stopped by a signal while starting: that is a clean stop

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from typing import TypeVar
+
+E = TypeVar("E", bound=BaseException)
+
 
 class TroupeError(Exception):
     """Base class of all Troupe errors."""
@@ -82,3 +86,12 @@ class RemoteError(TroupeError):
 
     def __reduce__(self) -> tuple[type[RemoteError], tuple[str, str, str]]:
         return (RemoteError, (self.type, self.message, self.traceback))
+
+
+def unwrap_single(exc: E) -> E | BaseException:
+    """The one exception inside nested single-exception groups (trio's nurseries wrap
+    what they raise), or `exc` itself when it holds several or is not a group."""
+    inner: BaseException = exc
+    while isinstance(inner, BaseExceptionGroup) and len(inner.exceptions) == 1:
+        inner = inner.exceptions[0]
+    return inner

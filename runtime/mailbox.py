@@ -185,10 +185,6 @@ class MailboxQueue:
         """How many more user messages fit now."""
         return max(0, self.capacity - len(self._user) - self._reserved)
 
-    def peek_oldest(self) -> Any:
-        """The oldest queued user message (the one ``drop_old`` would push out), or EMPTY."""
-        return self._user[0] if self._user else EMPTY
-
     def statistics(self) -> MailboxStatistics:
         return MailboxStatistics(
             depth=len(self._user),

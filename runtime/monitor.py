@@ -16,7 +16,7 @@ import trio
 from .cell import ActorBehaviour, Cell
 from .errors import ActorNotFound
 from .logs import log_once
-from .messages import ErrorInfo
+from .messages import ErrorInfo, describe
 from .supervisor import Supervising
 
 if TYPE_CHECKING:
@@ -265,7 +265,7 @@ def actor_stats(cell: Cell) -> dict[str, Any]:
         stats = cell.behaviour.stats()
         problem = _stats_problem(stats)
     except Exception as exc:
-        problem = f"snapshot_stats() raised {_describe(exc)}"
+        problem = f"snapshot_stats() raised {_short(describe(exc))}"
     if problem is None:
         return dict(stats)
     log_once(
@@ -293,18 +293,12 @@ def _stats_problem(stats: object) -> str | None:
     try:
         json.dumps(stats)
     except Exception as exc:  # a value JSON has no type for, a huge int, a cycle ...
-        return f"snapshot_stats() returned a value JSON cannot encode ({_describe(exc)})"
+        return f"snapshot_stats() returned a value JSON cannot encode ({_short(describe(exc))})"
     return None
 
 
-def _describe(exc: BaseException) -> str:
-    try:
-        message = str(exc)
-    except Exception:
-        message = "(its message cannot be shown)"
-    if len(message) > 200:
-        message = message[:200] + "..."
-    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+def _short(text: str, limit: int = 200) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def take_snapshot(system: System) -> TreeSnapshot:

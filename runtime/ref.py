@@ -162,7 +162,7 @@ class ActorRef:
         """
         cell = self._cell
         gate = cell.host.gate
-        if get_ident() == gate.loop_thread:
+        if gate.on_loop_thread():
             raise RuntimeError(
                 "ask_blocking() would deadlock on the trio thread: use `await ref.ask(msg)` "
                 "there, and keep ask_blocking() for plain threads"

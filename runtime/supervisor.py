@@ -109,7 +109,7 @@ class Supervising:
     def stopped_by_group_restart(self) -> None:
         pass
 
-    def stop_requested(self, cell: Cell, reason: str) -> None:
+    def on_stop_request(self, cell: Cell, reason: str) -> None:
         """While starting, the supervisor's task waits for a child's start: pass the stop
         on, so that an `on_start` that hangs is cancelled after its shutdown timeout."""
         if cell.state == "starting":
@@ -164,7 +164,7 @@ class Supervising:
                     async with trio.open_nursery() as nursery:
                         self._nursery = nursery
                         self._prepare_children(cell)
-                        if cell.stop_requested:
+                        if cell.stop_reason is not None:
                             start_error = ActorStopped(f"{cell.path} was stopped while starting")
                         else:
                             start_error = await self._start_in_order(self.children)

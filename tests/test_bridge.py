@@ -99,6 +99,16 @@ class Counter:
             self.now -= 1
             self.done += 1
 
+    def job(self, tag: Any, gate: threading.Event | None) -> Any:
+        """A counted blocking job: waits on `gate` (if any), then returns `tag`."""
+        self.enter(tag)
+        try:
+            if gate is not None:
+                wait_gate(gate)
+            return tag
+        finally:
+            self.leave()
+
 
 class Ticker(Actor):
     """Counts ticks from `ctx.every`: proof that the loop keeps running."""
@@ -286,14 +296,7 @@ async def test_a_call_cancelled_while_queued_never_runs_and_leaves_no_ghost() ->
     """
     counter = Counter()
 
-    def job(tag: str, gate: threading.Event | None) -> str:
-        counter.enter(tag)
-        try:
-            if gate is not None:
-                wait_gate(gate)
-            return tag
-        finally:
-            counter.leave()
+    job = counter.job
 
     tree = app(child(runtime.Bridge, name="one", kwargs={"max_workers": 1}))
     with gates() as g, trio.fail_after(WAIT):

@@ -9,12 +9,10 @@ the tests assert counts, never durations, and open every gate when they end.
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 import trio
 import trio.testing
-from test_bridge import WAIT, Counter, app, eventually, gates, stats, wait_gate
+from test_bridge import WAIT, Counter, app, eventually, gates, stats
 
 import runtime
 from runtime import child
@@ -29,14 +27,7 @@ def two_workers() -> runtime.Supervisor:
 async def test_abandoned_threads_keep_their_slots_until_they_return() -> None:
     counter = Counter()
 
-    def job(tag: str, gate: Any) -> str:
-        counter.enter(tag)
-        try:
-            if gate is not None:
-                wait_gate(gate)
-            return tag
-        finally:
-            counter.leave()
+    job = counter.job
 
     with gates() as g, trio.fail_after(WAIT):
         gate = g.new()
@@ -101,14 +92,7 @@ async def test_abandoned_threads_keep_their_slots_until_they_return() -> None:
 async def test_a_cancelled_caller_leaves_its_slot_held_until_the_thread_returns() -> None:
     counter = Counter()
 
-    def job(tag: str, gate: Any) -> str:
-        counter.enter(tag)
-        try:
-            if gate is not None:
-                wait_gate(gate)
-            return tag
-        finally:
-            counter.leave()
+    job = counter.job
 
     tree = app(child(runtime.Bridge, name="one", kwargs={"max_workers": 1}))
     with gates() as g, trio.fail_after(WAIT):
