@@ -1,17 +1,22 @@
 """The event bus: topic pub/sub with NATS-style patterns, history and stats.
 
-All of it lives on the trio thread (rule 1).  An async `publish` holds a
-`trio.Lock` while it awaits room in a subscriber's ``block`` mailbox, so
-concurrent publishers cannot interleave and every subscriber sees one total
-order (rule 2).  `publish_nowait` never waits: if the lock is held it queues
-the event behind the current one (bounded), and a full ``block`` mailbox gets
-the event dead-lettered as ``overflow``.  Threads publish through the bus
-actor's mailbox (`System.publish`), so they get the same backpressure as a
-foreign `tell`.
+All of it lives on the trio thread (rule 1).  There is no lock of the bus: a
+publish delivers at once to every matching subscriber with room, and for each
+full ``block`` subscriber takes a place in *that* mailbox's line (the same
+FIFO line as ``send``; see `runtime.mailbox`), all places before its first
+await, then waits until each line has let the event in.  The mailbox hands
+events over in line order whoever runs first, so every subscriber sees one
+total order, and a full subscriber delays only the publishers of its events
+(rule 2).  Waits are edges of the wait-for graph (rule 5): one that would
+close a cycle is not made and the event is dead-lettered for that subscriber
+(``deadlock``).  A cancelled publish dead-letters the event (``overflow``) for
+the subscribers it had not reached.  `publish_nowait` never waits: a
+subscriber that cannot take the event at once gets it dead-lettered as
+``overflow``.  Threads publish through the bus actor (`System.publish`).
 
-The fast path of `publish` delivers at once when no subscriber must be waited
-for, and yields to the scheduler only once every `YIELD_EVERY` calls (a
-publisher that never waits would otherwise never let others run).
+A publish that never has to wait yields to the scheduler only once every
+`YIELD_EVERY` calls (a publisher that never waits would otherwise never let
+others run).
 """
 
 from __future__ import annotations
@@ -27,8 +32,11 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from .errors import Deadlock
+from .mailbox import QUEUED, STOPPED, WAITING, Ticket
 from .messages import Event
 from .topics import MATCH_CACHE, PatternIndex, check_pattern, check_topic, matches, matching
+from .waits import Waiter, begin_wait, check_wait, end_wait, waiting_slot
 
 if TYPE_CHECKING:
     from .cell import Cell
@@ -37,7 +45,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("troupe.bus")
 
 HISTORY = 1000
-BACKLOG = 10_000
 TOPIC_STATS = 10_000
 YIELD_EVERY = 64
 """Fast-path publishes between two yields to the scheduler (fairness)."""
@@ -84,6 +91,10 @@ class Subscription:
         return self.cell.path if self.cell is not None else f"stream:{self.pattern}"
 
 
+Lines = list[tuple[Subscription, Ticket]]
+"""The places a publish took in the lines of full subscribers, in match order."""
+
+
 class Bus:
     """The router: subscriptions, delivery, history and stats (``system.bus``)."""
 
@@ -93,8 +104,6 @@ class Bus:
         self._by_cell: dict[Cell, dict[str, Subscription]] = {}
         self._streams: set[Subscription] = set()
         self._history: deque[Event] = deque(maxlen=history)
-        self._lock = trio.Lock()
-        self._backlog: deque[Event] = deque()
         self._ids = itertools.count(1)
         self._seq = itertools.count()
         self._callbacks: dict[Callable[..., Any], Cell] = {}
@@ -150,7 +159,8 @@ class Bus:
     def _replay(self, sub: Subscription, n: int) -> None:
         hits = list(matching(sub.pattern, self._history))[-n:]
         for event in hits:
-            self._deliver_nowait(sub, event)
+            if sub.cell is not None and self._accepts(sub, event):
+                self._offer(sub, event)
 
     # -- publishing ------------------------------------------------------
     def _event(
@@ -187,54 +197,191 @@ class Bus:
         correlation_id: str | None = None,
         metadata: Mapping[str, Any] | None = None,
     ) -> int:
-        """Deliver to every matching subscriber, waiting for room in ``block`` mailboxes.
+        """Deliver to every matching subscriber, waiting for room in full ``block`` mailboxes.
 
-        Returns how many subscribers it was delivered to.
+        Delivers at once to every subscriber with room; for each full
+        ``block`` subscriber it takes a place in that mailbox's line, all of
+        them before its first wait (so every subscriber sees one total order),
+        then blocks until each line has let the event in.  A wait that would
+        close a cycle of actors waiting on each other (rule 5: e.g. a
+        subscriber publishing to its own topic while its mailbox is full) is
+        not made: the event is dead-lettered for that subscriber (``deadlock``).
+        Cancelled while it waits, the event is dead-lettered (``overflow``)
+        for each subscriber it had not reached yet, and `trio.Cancelled`
+        propagates.  Returns how many subscribers it was delivered to.
         """
         segments = self._topic(topic)
         await trio.lowlevel.checkpoint_if_cancelled()
-        if not self._lock.locked():
-            subs = self._index.match(topic, segments)
-            if self._all_have_room(subs):
-                # The fast path: nobody has to wait, so deliver at once, atomically
-                # (no other publisher can interleave), and yield only now and then.
-                event = self._event(topic, payload, source, correlation_id, metadata)
-                count = self._publish_now(event, segments)
-                self._unyielded += 1
-                if self._unyielded >= YIELD_EVERY:
-                    self._unyielded = 0
-                    await trio.lowlevel.cancel_shielded_checkpoint()
-                return count
-        async with self._lock:
-            event = self._event(topic, payload, source, correlation_id, metadata)
-            self._record(event)
-            count = 0
-            for sub in list(self._index.match(topic, segments)):
-                if await self._deliver(sub, event):
-                    count += 1
-            self._drain_backlog()
+        event = self._event(topic, payload, source, correlation_id, metadata)
+        self._record(event)
+        waiter = waiting_slot()
+        count, lines = self._deliver(event, segments, wait=True, waiter=waiter)
+        if lines is None:
+            # Nobody to wait for.  A publisher that never waits would never let
+            # others run: yield now and then.
+            self._unyielded += 1
+            if self._unyielded >= YIELD_EVERY:
+                self._unyielded = 0
+                await trio.lowlevel.cancel_shielded_checkpoint()
             return count
+        return count + await self.wait_in_lines(event, lines, waiter)
 
-    @staticmethod
-    def _all_have_room(subs: list[Subscription]) -> bool:
-        """Would every ``block`` subscriber take its messages right now?
+    def publish_nowait(
+        self,
+        topic: str,
+        payload: Any = None,
+        *,
+        source: str = "system",
+        correlation_id: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> int:
+        """Deliver without waiting.  Never blocks.
 
-        A mailbox with room for as many messages as there are subscriptions
-        needs no counting (the common case, and no allocation); only a nearly
-        full one is checked against how many of these subscriptions are its own.
+        A subscriber that cannot take the event at once (a full ``block`` or
+        ``fail`` mailbox, or one with publishers waiting in its line) gets it
+        dead-lettered as ``overflow``; ``drop_new``/``drop_old`` mailboxes
+        apply their policy.  Returns how many subscribers it was delivered to.
         """
-        total = len(subs)
-        for sub in subs:
+        segments = self._topic(topic)
+        event = self._event(topic, payload, source, correlation_id, metadata)
+        self._record(event)
+        return self._deliver(event, segments, wait=False, waiter=None)[0]
+
+    def start_publish(
+        self,
+        topic: str,
+        payload: Any = None,
+        *,
+        source: str = "system",
+        correlation_id: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> tuple[Event, int, Lines | None]:
+        """The first half of a publish for a waiter outside the wait-for graph (a thread
+        publishing through the bus actor): deliver where there is room, take places in the
+        lines of full ``block`` subscribers, and return ``(event, delivered, lines)``.
+        Finish with `wait_in_lines` when `lines` is not None.  Never blocks.
+        """
+        segments = self._topic(topic)
+        event = self._event(topic, payload, source, correlation_id, metadata)
+        self._record(event)
+        count, lines = self._deliver(event, segments, wait=True, waiter=None)
+        return event, count, lines
+
+    def _deliver(
+        self, event: Event, segments: tuple[str, ...], *, wait: bool, waiter: Waiter | None
+    ) -> tuple[int, Lines | None]:
+        """Deliver `event` where it fits now; with `wait`, take a place in the line of
+        each full ``block`` subscriber (before anything awaits: one total order).
+
+        Returns how many got it now, and the places taken (None if none).
+        """
+        count = 0
+        lines: Lines | None = None
+        # A copy: `once` subscriptions leave the index as they are served.
+        for sub in list(self._index.match(event.topic, segments)):
+            if sub.filter is not None and not self._accepts(sub, event):
+                continue
             cell = sub.cell
-            if cell is None or cell.mailbox.overflow != "block":
+            if cell is None:
+                count += self._to_stream(sub, event)
                 continue
-            room = cell.mailbox.room()
-            if room >= total:
+            mailbox = cell.mailbox
+            if mailbox.must_wait():
+                if not wait:
+                    self._drop(sub, event, "overflow")
+                    continue
+                if waiter is not None:
+                    try:
+                        check_wait(waiter, cell, f"{waiter.path} publishing {event.topic!r}")
+                    except Deadlock:
+                        self._drop(sub, event, "deadlock")
+                        continue
+                if sub.once:
+                    self._unsubscribe(sub)
+                ticket = mailbox.enter_line(event, None if waiter is None else waiter.task)
+                if ticket.state is QUEUED:
+                    self._delivered(sub)
+                    count += 1
+                else:
+                    if lines is None:
+                        lines = []
+                    lines.append((sub, ticket))
                 continue
-            own = sum(1 for other in subs if other.cell is cell)
-            if room < own:
-                return False
-        return True
+            count += self._offer(sub, event)
+        return count, lines
+
+    def _offer(self, sub: Subscription, event: Event) -> int:
+        """Put `event` into the mailbox of an actor subscriber that need not wait
+        (one with room, or a dropping policy); 1 if delivered, else 0."""
+        assert sub.cell is not None
+        mailbox = sub.cell.mailbox
+        if mailbox.must_wait() or (mailbox.overflow == "fail" and not mailbox.has_room()):
+            self._drop(sub, event, "overflow")
+            return 0
+        # room (or a dropping policy, or a closed mailbox: they dead-letter themselves)
+        dropped = mailbox.put(event)
+        if dropped is event:
+            sub.dropped += 1
+            self.dropped += 1
+            return 0
+        if isinstance(dropped, Event):  # drop_old pushed out an older event
+            sub.dropped += 1
+            self.dropped += 1
+        if sub.once:
+            self._unsubscribe(sub)
+        self._delivered(sub)
+        return 1
+
+    async def wait_in_lines(self, event: Event, lines: Lines, waiter: Waiter | None) -> int:
+        """Wait until every line in `lines` let `event` in; return how many did.
+
+        One line at a time, in order; `waiter` (the publishing actor, if the
+        publisher is one) is an edge of the wait-for graph for the line it
+        waits in, and a line that would close a cycle is left: ``deadlock``.
+        Lines that let it in while the publisher waited elsewhere count too.
+        Cancelled, the rest are left and dead-lettered as ``overflow``; a
+        mailbox that closed dead-lettered the event itself (``stopped``).
+        """
+        count = 0
+        refused: set[int] = set()  # lines left for a deadlock (dead-lettered already)
+        try:
+            for i, (sub, ticket) in enumerate(lines):
+                if ticket.state is not WAITING:
+                    continue
+                cell = sub.cell
+                assert cell is not None
+                if waiter is None:
+                    await cell.mailbox.wait_in_line(ticket)
+                    continue
+                try:
+                    begin_wait(
+                        waiter, cell, f"{waiter.path} publishing {event.topic!r}", to_send=True
+                    )
+                except Deadlock:
+                    cell.mailbox.withdraw(ticket)
+                    refused.add(i)
+                    self._drop(sub, event, "deadlock")
+                    continue
+                try:
+                    await cell.mailbox.wait_in_line(ticket)
+                finally:
+                    end_wait(waiter, cell)
+        finally:
+            for i, (sub, ticket) in enumerate(lines):
+                state = ticket.state
+                if state is QUEUED:
+                    self._delivered(sub)
+                    count += 1
+                elif state is STOPPED:  # the mailbox dead-lettered it
+                    sub.dropped += 1
+                    self.dropped += 1
+                elif i not in refused:
+                    # left: the publish was cancelled (the wait that was cancelled
+                    # withdrew its own place already)
+                    assert sub.cell is not None
+                    sub.cell.mailbox.withdraw(ticket)
+                    self._drop(sub, event, "overflow")
+        return count
 
     def _topic(self, topic: str) -> tuple[str, ...]:
         """`check_topic`, remembered for topics seen before."""
@@ -246,56 +393,6 @@ class Bus:
             self._topics_seen[topic] = segments
         return segments
 
-    def publish_nowait(
-        self,
-        topic: str,
-        payload: Any = None,
-        *,
-        source: str = "system",
-        correlation_id: str | None = None,
-        metadata: Mapping[str, Any] | None = None,
-    ) -> int:
-        """Deliver without waiting; a full ``block`` mailbox gets it dead-lettered (overflow).
-
-        While an async publish is waiting for room, the event is queued right
-        behind it (keeping one total order) and the number of matching
-        subscribers is returned.
-        """
-        segments = self._topic(topic)
-        event = self._event(topic, payload, source, correlation_id, metadata)
-        if self._lock.locked():
-            if len(self._backlog) >= BACKLOG:
-                self._record(event)
-                subs = self._index.match(topic, segments)
-                for sub in subs:
-                    self._drop(sub, event)
-                return 0
-            self._backlog.append(event)
-            return len(self._index.match(topic, segments))
-        return self._publish_now(event, segments)
-
-    def _publish_now(self, event: Event, segments: tuple[str, ...]) -> int:
-        self._record(event)
-        # Overflow while delivering a dead-letter event (e.g. one queued in the
-        # backlog) must not publish another one: that would never end.
-        guard = event.topic == "system.deadletter" and not self._publishing_deadletter
-        if guard:
-            self._publishing_deadletter = True
-        try:
-            count = 0
-            for sub in list(self._index.match(event.topic, segments)):
-                if self._deliver_nowait(sub, event):
-                    count += 1
-            return count
-        finally:
-            if guard:
-                self._publishing_deadletter = False
-
-    def _drain_backlog(self) -> None:
-        while self._backlog:
-            event = self._backlog.popleft()
-            self._publish_now(event, self._topic(event.topic))
-
     def _accepts(self, sub: Subscription, event: Event) -> bool:
         if sub.filter is None:
             return True
@@ -305,62 +402,37 @@ class Bus:
             log.exception("filter of %s on %r raised; event skipped", sub.subscriber, sub.pattern)
             return False
 
-    async def _deliver(self, sub: Subscription, event: Event) -> bool:
-        if sub.cell is not None and sub.cell.mailbox.overflow == "block":
-            if not self._accepts(sub, event):
-                return False
-            mailbox = sub.cell.mailbox
-            if not mailbox.has_room():
-                await mailbox.put_wait(event)
-            else:
-                mailbox.put(event)
-            self._delivered(sub)
-            return True
-        return self._deliver_nowait(sub, event)
-
-    def _deliver_nowait(self, sub: Subscription, event: Event) -> bool:
-        if not self._accepts(sub, event):
-            return False
-        if sub.cell is not None:
-            mailbox = sub.cell.mailbox
-            if mailbox.overflow in ("block", "fail") and not mailbox.has_room():
-                self._drop(sub, event)
-                return False
-            # drop_new / drop_old / a closed mailbox dead-letter by themselves
-            dropped = mailbox.put(event)
-            if dropped is event:
-                sub.dropped += 1
-                self.dropped += 1
-                return False
-            if isinstance(dropped, Event):  # drop_old pushed out an older event
-                sub.dropped += 1
-                self.dropped += 1
-        else:
-            assert sub.channel is not None
-            try:
-                sub.channel.send_nowait(event)
-            except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
-                self._drop(sub, event)
-                return False
+    def _to_stream(self, sub: Subscription, event: Event) -> int:
+        """A stream never blocks a publisher: past its capacity, events are dropped."""
+        assert sub.channel is not None
+        try:
+            sub.channel.send_nowait(event)
+        except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+            self._drop(sub, event, "overflow")
+            return 0
+        if sub.once:
+            self._remove_stream(sub)
         self._delivered(sub)
-        return True
+        return 1
 
     def _delivered(self, sub: Subscription) -> None:
         sub.delivered += 1
         self.delivered += 1
-        if sub.once:
-            if sub.cell is not None:
-                self.unsubscribe_cell(sub.cell, sub.pattern)
-            else:
-                self._remove_stream(sub)
 
-    def _drop(self, sub: Subscription, event: Event) -> None:
+    def _unsubscribe(self, sub: Subscription) -> None:
+        """A ``once`` subscription was served."""
+        assert sub.cell is not None
+        mine = self._by_cell.get(sub.cell)
+        if mine is not None and mine.get(sub.pattern) is sub:
+            self.unsubscribe_cell(sub.cell, sub.pattern)
+
+    def _drop(self, sub: Subscription, event: Event, reason: str) -> None:
         sub.dropped += 1
         self.dropped += 1
         if sub.cell is not None:
-            sub.cell.drop(event, "overflow")
+            sub.cell.drop(event, reason)
         else:
-            self._host.dead_letter(event, "overflow", sub.subscriber)
+            self._host.dead_letter(event, reason, sub.subscriber)
 
     # -- system events -----------------------------------------------------
     def system_event(self, topic: str, payload: Mapping[str, Any]) -> None:

@@ -6,10 +6,18 @@ its overflow policy, and the system lane (stop notices, `Terminated`,
 supervisor requests), not subject to capacity and taken first.
 
 Every queue operation lives here, fast paths included: `put` (a loop-thread
-``tell``), `put_wait` (``send``), `put_system`, `put_many_reserved` (a batch
-from foreign threads), `take`/`get`/`parking` (the consumer), the room reserved for
-threads (`reserve`, `unreserve`) and `statistics`.  Other modules call these
-methods; none of them reads or writes the deques or counters.
+``tell``), `put_wait` (``send``), the line of senders waiting for room
+(`enter_line`, `wait_in_line`, `withdraw`: ``send``, ``ask`` and the bus's
+``publish`` share it), `put_system`, `put_many_reserved` (a batch from foreign
+threads), `take`/`get`/`parking` (the consumer), the room reserved for threads
+(`reserve`, `unreserve`) and `statistics`.  Other modules call these methods;
+none of them reads or writes the deques or counters.
+
+The line hands over: when room is made, the mailbox itself moves the message
+at the head of the line into the queue (as trio's memory channels hand a
+waiting sender's value to a receiver), then wakes its sender.  So the order of
+the line is the order of delivery whoever runs first, and a publisher can hold
+places in several lines at once (rule 2 of the design).
 
 The mailbox belongs to the actor's slot, not to an incarnation, so what is
 queued survives a restart.  All of it is touched only from the trio thread.
@@ -48,6 +56,38 @@ _ALWAYS_READY = itertools.repeat(1).__next__
 """`MailboxQueue.ready` while `take` is the slow path (which answers EMPTY itself)."""
 
 
+WAITING: Final = "waiting"
+"""A `Ticket` whose message is still in the line."""
+QUEUED: Final = "queued"
+"""A `Ticket` whose message was handed over into the queue."""
+STOPPED: Final = "stopped"
+"""A `Ticket` whose mailbox closed first: its message was dead-lettered as ``stopped``."""
+WITHDRAWN: Final = "withdrawn"
+"""A `Ticket` taken back by its sender (`MailboxQueue.withdraw`): its message stays with it."""
+
+
+class Ticket:
+    """A place in one mailbox's line of senders waiting for room.
+
+    Made by `MailboxQueue.enter_line`; its `state` says what became of the
+    message: `WAITING`, `QUEUED`, `STOPPED` or `WITHDRAWN`.
+    """
+
+    __slots__ = ("item", "sender", "state", "waiter")
+
+    def __init__(self, item: Any, sender: trio.lowlevel.Task | None) -> None:
+        self.item = item
+        self.sender = sender
+        """The task that is told (`on_let_in`) when its message is let in, if any."""
+        self.state: str = WAITING
+        self.waiter: trio.lowlevel.Task | None = None
+        """The task parked in `MailboxQueue.wait_in_line` on this ticket, if any."""
+
+    @property
+    def waiting(self) -> bool:
+        return self.state is WAITING
+
+
 class ThreadRoom(Protocol):
     """The foreign-thread gate, as a mailbox sees it (see `runtime.threads`)."""
 
@@ -80,7 +120,7 @@ class MailboxStatistics:
     reserved: int
     """Room promised to foreign threads and not yet used by their messages."""
     senders_waiting: int
-    """Tasks blocked in `put_wait` waiting for room."""
+    """Messages in the line of senders waiting for room (`put_wait`, a publish)."""
     threads_waiting: bool
     """Whether foreign threads wait for room (the gate is told when some is made)."""
     closed: bool
@@ -100,11 +140,10 @@ class MailboxQueue:
         "_gate",
         "_high_water",
         "_limit",
+        "_line",
         "_on_let_in",
         "_reserved",
         "_room_wanted",
-        "_senders_waiting",
-        "_space",
         "_system",
         "_threads_waiting",
         "_user",
@@ -121,10 +160,11 @@ class MailboxQueue:
         spec: Mailbox,
         drop: Drop,
         gate: ThreadRoom | None = None,
-        on_let_in: Callable[[trio.lowlevel.Task], None] | None = None,
+        on_let_in: Callable[[trio.lowlevel.Task, MailboxQueue], None] | None = None,
     ) -> None:
         """`drop(item, reason)` accounts for what is not delivered; `gate` is the
-        foreign-thread gate; `on_let_in(task)` is told of each blocked sender let in."""
+        foreign-thread gate; `on_let_in(task, mailbox)` is told of each waiting
+        sender's message let in (the sender may not have run yet)."""
         self.capacity = spec.capacity
         self.overflow = spec.overflow
         # Threads need room reserved by the loop before they send only where fullness
@@ -138,8 +178,7 @@ class MailboxQueue:
         self._gate = gate
         self._on_let_in = on_let_in
         self._waiter: trio.lowlevel.Task | None = None
-        self._space: trio.lowlevel.ParkingLot | None = None
-        self._senders_waiting = 0
+        self._line: deque[Ticket] | None = None  # senders waiting for room, made on first use
         self._reserved = 0  # room promised to foreign threads, counted as taken
         self._limit = self.capacity  # capacity - reserved, 0 once closed: `put`'s one test
         self._threads_waiting = False
@@ -178,7 +217,7 @@ class MailboxQueue:
         return (
             self.overflow == "block"
             and not self._closed
-            and (self._senders_waiting > 0 or len(self._user) + self._reserved >= self.capacity)
+            and (bool(self._line) or len(self._user) + self._reserved >= self.capacity)
         )
 
     def room(self) -> int:
@@ -193,7 +232,7 @@ class MailboxQueue:
             overflow=self.overflow,
             high_water=self._high_water,
             reserved=self._reserved,
-            senders_waiting=self._senders_waiting,
+            senders_waiting=len(self._line) if self._line else 0,
             threads_waiting=self._threads_waiting,
             closed=self._closed,
         )
@@ -229,7 +268,9 @@ class MailboxQueue:
             self._drop(item, "stopped")
             return item
         if self._reclaim():
-            return self.put(item)
+            self._hand_over()  # the line first: it was there before this item
+            if self.has_room():
+                return self.put(item)
         policy = self.overflow
         if policy == "drop_new":
             self._drop(item, "overflow")
@@ -256,39 +297,108 @@ class MailboxQueue:
         """Enqueue, waiting for room if the policy is ``block`` (others: like `put`).
 
         Blocks while a ``block`` mailbox is full, and behind senders already
-        waiting (one FIFO line per mailbox for `send`, `ask` and `publish`:
-        later ones queue behind earlier ones; a loop-thread `put` never waits
-        and takes free room).  A sender let in that finds the room taken again
-        (by a `put`) waits once more.  Cancellation while waiting leaves
-        nothing behind: the item was not queued and stays with the caller.
-        Once the item is queued the call is not cancelled any more.  If the
-        mailbox closes meanwhile, the item is dead-lettered as ``stopped``.
-        Raises `MailboxFull` under ``fail``.
+        waiting: one FIFO line per mailbox for `send`, `ask` and `publish`
+        (see `enter_line`); a loop-thread `put` never waits and takes free
+        room, which there is only while nobody waits in the line.
+        Cancellation while waiting leaves nothing behind: the item was not
+        queued and stays with the caller.  Once the item is queued the call is
+        not cancelled any more.  If the mailbox closes meanwhile, the item is
+        dead-lettered as ``stopped`` (and the call returns).  Raises
+        `MailboxFull` under ``fail``.
         """
         await trio.lowlevel.checkpoint_if_cancelled()
         if self.must_wait():
-            await self._wait_for_room()
-        self.put(item)
-        if self._senders_waiting and self.has_room():
-            self._let_in(1)  # room for the next in line too: pass it on
+            ticket = self.enter_line(item, trio.lowlevel.current_task())
+            if ticket.state is WAITING:
+                await self.wait_in_line(ticket)
+                return
+        else:
+            self.put(item)
         await trio.lowlevel.cancel_shielded_checkpoint()
 
-    async def _wait_for_room(self) -> None:
-        """Take a place in this mailbox's line; return when a message fits or it closed."""
-        if self._space is None:
-            self._space = trio.lowlevel.ParkingLot()
-        self._senders_waiting += 1
+    # -- the line of senders waiting for room ----------------------------------
+    def enter_line(self, item: Any, sender: trio.lowlevel.Task | None = None) -> Ticket:
+        """Take a place at the end of this mailbox's line for `item`.  Never blocks.
+
+        For a ``block`` mailbox where `must_wait` is true (otherwise use
+        `put`).  When room is made, the mailbox hands the item at the head of
+        the line over into its queue: the items are queued in the order their
+        tickets were taken.  Follow the returned `Ticket` with `wait_in_line`
+        (or `withdraw`).  `sender`, if given, is told to `on_let_in` when its
+        item is let in.  Its state may already be `QUEUED` (room that was lent
+        to threads and not used could be taken back at once).
+        """
+        ticket = Ticket(item, sender)
+        line = self._line
+        if line is None:
+            line = self._line = deque()
+        line.append(ticket)
         self._room_wanted = True
         self._slow_take()
-        try:
-            while True:
-                await self._space.park()
-                if self._closed or self._reclaim():
-                    return
-        finally:
-            self._senders_waiting -= 1
-            self._room_wanted = bool(self._senders_waiting) or self._threads_waiting
+        if len(line) == 1 and self._reclaim():
+            self._hand_over()
+        return ticket
+
+    async def wait_in_line(self, ticket: Ticket) -> None:
+        """Block until `ticket`'s item was queued (or dead-lettered as ``stopped``
+        because the mailbox closed).  Returns at once if that happened already.
+
+        Cancelled while waiting, the ticket is withdrawn (its item was not
+        queued and stays with the caller) and `trio.Cancelled` propagates.
+        Once the item is queued, the wait is not cancelled any more.
+        """
+        if ticket.state is not WAITING:
+            return
+        if ticket.waiter is not None:
+            raise RuntimeError("a ticket has exactly one task waiting on it")
+        ticket.waiter = trio.lowlevel.current_task()
+
+        def abort(_: object) -> trio.lowlevel.Abort:
+            ticket.waiter = None
+            self.withdraw(ticket)
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        await trio.lowlevel.wait_task_rescheduled(abort)
+
+    def withdraw(self, ticket: Ticket) -> bool:
+        """Take `ticket`'s item out of the line; False if it was queued or stopped already.
+
+        The item is the caller's again (nothing is dead-lettered).
+        """
+        if ticket.state is not WAITING:
+            return False
+        ticket.state = WITHDRAWN
+        assert self._line is not None
+        self._line.remove(ticket)
+        if not self._line:
+            self._room_wanted = self._threads_waiting
             self._refresh_take()
+        return True
+
+    def _hand_over(self) -> None:
+        """Move items from the head of the line into the queue while they fit."""
+        line = self._line
+        if not line:
+            return
+        user = self._user
+        if user is _NO_MESSAGES:
+            user = self._user = deque()
+        while line and len(user) + self._reserved < self.capacity:
+            ticket = line.popleft()
+            user.append(ticket.item)
+            ticket.state = QUEUED
+            if ticket.sender is not None and self._on_let_in is not None:
+                self._on_let_in(ticket.sender, self)
+            if ticket.waiter is not None:
+                trio.lowlevel.reschedule(ticket.waiter)
+                ticket.waiter = None
+        if len(user) > self._high_water:
+            self._high_water = len(user)
+        if not line:
+            self._room_wanted = self._threads_waiting
+            self._refresh_take()
+        if self._waiter is not None and user:
+            self._wake()
 
     def put_system(self, item: Any) -> None:
         """System lane: not subject to capacity, handled before user messages.
@@ -354,8 +464,6 @@ class MailboxQueue:
             taken = self._gate.reclaim(self)
             if taken:
                 self._set_reserved(self._reserved - taken)
-                if self._senders_waiting:
-                    self._let_in(1)
         return len(self._user) + self._reserved < self.capacity
 
     def _set_reserved(self, reserved: int) -> None:
@@ -431,21 +539,13 @@ class MailboxQueue:
             self._wake()
 
     def _room_made(self) -> None:
-        """Room was made: let a blocked sender in, and tell the gate if threads wait."""
-        if self._senders_waiting:
-            self._let_in(1)
+        """Room was made: hand it to the line first, then tell the gate if threads wait."""
+        if self._line:
+            self._hand_over()
         if self._threads_waiting and self._gate is not None and self._gate.room_freed(self):
             self._threads_waiting = False
-        self._room_wanted = bool(self._senders_waiting) or self._threads_waiting
+        self._room_wanted = bool(self._line) or self._threads_waiting
         self._refresh_take()
-
-    def _let_in(self, count: int | None) -> None:
-        """Let `count` blocked senders in (all if None), telling `on_let_in` who."""
-        assert self._space is not None
-        tasks = self._space.unpark_all() if count is None else self._space.unpark(count=count)
-        if self._on_let_in is not None:
-            for task in tasks:
-                self._on_let_in(task)
 
     def _wake(self) -> None:
         task = self._waiter
@@ -460,10 +560,10 @@ class MailboxQueue:
     def close(self) -> list[Any]:
         """Refuse further messages; return what was queued (system lane first).
 
-        Blocked senders are let go (their `put_wait` dead-letters their item
-        as ``stopped``), so are threads waiting for room (the gate delivers
-        their messages, dead-lettered the same way), and a parked consumer is
-        woken.
+        Items waiting in the line are dead-lettered as ``stopped`` and their
+        senders woken (their tickets say `STOPPED`), threads waiting for room
+        are let go (the gate delivers their messages, dead-lettered the same
+        way), and a parked consumer is woken.
         """
         self._closed = True
         self._limit = 0
@@ -475,12 +575,28 @@ class MailboxQueue:
         self._system = None
         self._user = _NO_MESSAGES
         self._slow_take()  # closed: it answers EMPTY
-        if self._space is not None:
-            self._let_in(None)
+        line = self._line
+        self._line = None
+        for ticket in line or ():
+            ticket.state = STOPPED
+            self._drop(ticket.item, "stopped")
+            if ticket.waiter is not None:
+                trio.lowlevel.reschedule(ticket.waiter)
+                ticket.waiter = None
         if threads_waiting and self._gate is not None:
             self._gate.room_freed(self)
         self.wake()
         return rest
 
 
-__all__ = ["EMPTY", "MailboxQueue", "MailboxStatistics", "ThreadRoom"]
+__all__ = [
+    "EMPTY",
+    "QUEUED",
+    "STOPPED",
+    "WAITING",
+    "WITHDRAWN",
+    "MailboxQueue",
+    "MailboxStatistics",
+    "ThreadRoom",
+    "Ticket",
+]

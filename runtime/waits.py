@@ -25,6 +25,7 @@ class Waiter(Protocol):
     """A slot as the graph sees it."""
 
     path: str
+    mailbox: Any  # its MailboxQueue
     waiting_for: Any  # another Waiter, or None
     waiting_to_send: bool  # the wait is for room (not for a reply)
     task: trio.lowlevel.Task | None  # the running incarnation's own task
@@ -62,13 +63,8 @@ def waiting_slot() -> Any:
     return _slots.get(trio.lowlevel.current_task())
 
 
-def begin_wait(waiter: Waiter, target: Waiter, what: str, *, to_send: bool = False) -> None:
-    """`waiter` is about to wait on `target`: raise `Deadlock` if that closes a cycle.
-
-    Otherwise record the edge; `end_wait` removes it.  `to_send`: the wait is
-    for room in `target`'s mailbox only (it ends when the mailbox lets the
-    waiter in, `let_in`); otherwise it lasts until `target` answers.
-    """
+def check_wait(waiter: Waiter, target: Waiter, what: str) -> None:
+    """Raise `Deadlock` if `waiter` waiting on `target` would close a cycle.  Records nothing."""
     path = [waiter.path, target.path]
     node: Any = target
     for _ in range(MAX_CHAIN):
@@ -78,15 +74,29 @@ def begin_wait(waiter: Waiter, target: Waiter, what: str, *, to_send: bool = Fal
         if node is None:
             break
         path.append(node.path)
+
+
+def begin_wait(waiter: Waiter, target: Waiter, what: str, *, to_send: bool = False) -> None:
+    """`waiter` is about to wait on `target`: raise `Deadlock` if that closes a cycle.
+
+    Otherwise record the edge; `end_wait` removes it.  `to_send`: the wait is
+    for room in `target`'s mailbox only (it ends when the mailbox lets the
+    waiter's message in, `let_in`); otherwise it lasts until `target` answers.
+    """
+    check_wait(waiter, target, what)
     waiter.waiting_for = target
     waiter.waiting_to_send = to_send
 
 
-def let_in(task: trio.lowlevel.Task) -> None:
-    """A mailbox let `task` in (it has room now): its wait to send is over already,
-    though the task has not run yet.  Not an edge any more."""
+def let_in(task: trio.lowlevel.Task, mailbox: Any) -> None:
+    """`mailbox` let the message of `task` in: if that task waited for room there,
+    its wait is over already, though the task has not run yet.  Not an edge any more.
+
+    (A publisher holds places in several lines and waits on one at a time: a
+    message let in elsewhere does not end its current wait.)
+    """
     slot = _slots.get(task)
-    if slot is not None and slot.waiting_to_send:
+    if slot is not None and slot.waiting_to_send and slot.waiting_for.mailbox is mailbox:
         slot.waiting_for = None
         slot.waiting_to_send = False
 
@@ -100,6 +110,7 @@ def end_wait(waiter: Waiter, target: Waiter) -> None:
 
 __all__ = [
     "begin_wait",
+    "check_wait",
     "end_wait",
     "enter_incarnation",
     "leave_incarnation",
