@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -332,40 +333,25 @@ class Bus:
         self._delivered(sub)
         return 1
 
-    async def wait_in_lines(self, event: Event, lines: Lines, waiter: Waiter | None) -> int:
+    async def wait_in_lines(
+        self, event: Event, lines: Lines, waiter: Waiter | None, *, deadline: float = math.inf
+    ) -> int:
         """Wait until every line in `lines` let `event` in; return how many did.
 
         One line at a time, in order; `waiter` (the publishing actor, if the
         publisher is one) is an edge of the wait-for graph for the line it
         waits in, and a line that would close a cycle is left: ``deadlock``.
         Lines that let it in while the publisher waited elsewhere count too.
-        Cancelled, the rest are left and dead-lettered as ``overflow``; a
-        mailbox that closed dead-lettered the event itself (``stopped``).
+        Cancelled, or at `deadline` (trio time), the rest are left and
+        dead-lettered as ``overflow`` (the count then says who got it:
+        `delivered_in`); a mailbox that closed dead-lettered the event itself
+        (``stopped``).
         """
         count = 0
         refused: set[int] = set()  # lines left for a deadlock (dead-lettered already)
         try:
-            for i, (sub, ticket) in enumerate(lines):
-                if ticket.state is not WAITING:
-                    continue
-                cell = sub.cell
-                assert cell is not None
-                if waiter is None:
-                    await cell.mailbox.wait_in_line(ticket)
-                    continue
-                try:
-                    begin_wait(
-                        waiter, cell, f"{waiter.path} publishing {event.topic!r}", to_send=True
-                    )
-                except Deadlock:
-                    cell.mailbox.withdraw(ticket)
-                    refused.add(i)
-                    self._drop(sub, event, "deadlock")
-                    continue
-                try:
-                    await cell.mailbox.wait_in_line(ticket)
-                finally:
-                    end_wait(waiter, cell)
+            with trio.move_on_at(deadline):
+                await self._wait_in_lines(event, lines, waiter, refused)
         finally:
             for i, (sub, ticket) in enumerate(lines):
                 state = ticket.state
@@ -382,6 +368,36 @@ class Bus:
                     sub.cell.mailbox.withdraw(ticket)
                     self._drop(sub, event, "overflow")
         return count
+
+    @staticmethod
+    def delivered_in(lines: Lines) -> int:
+        """How many of the lines a publish waited in have let its event in."""
+        return sum(1 for _, ticket in lines if ticket.state is QUEUED)
+
+    async def _wait_in_lines(
+        self, event: Event, lines: Lines, waiter: Waiter | None, refused: set[int]
+    ) -> None:
+        for i, (sub, ticket) in enumerate(lines):
+            if ticket.state is not WAITING:
+                continue
+            cell = sub.cell
+            assert cell is not None
+            if waiter is None:
+                await cell.mailbox.wait_in_line(ticket)
+                continue
+            try:
+                begin_wait(
+                    waiter, cell, f"{waiter.path} publishing {event.topic!r}", to_send=True
+                )
+            except Deadlock:
+                cell.mailbox.withdraw(ticket)
+                refused.add(i)
+                self._drop(sub, event, "deadlock")
+                continue
+            try:
+                await cell.mailbox.wait_in_line(ticket)
+            finally:
+                end_wait(waiter, cell)
 
     def _topic(self, topic: str) -> tuple[str, ...]:
         """`check_topic`, remembered for topics seen before."""

@@ -288,10 +288,19 @@ class ThreadedSystem:
         self._acall(self._system.terminate_child, path)
 
     def publish(
-        self, topic: str, payload: Any = None, *, correlation_id: str | None = None, **metadata: Any
+        self,
+        topic: str,
+        payload: Any = None,
+        *,
+        correlation_id: str | None = None,
+        timeout: float | None = None,
+        **metadata: Any,
     ) -> int:
-        """Publish on the bus from this thread (blocks while a subscriber's mailbox is full)."""
-        return self._system.publish(topic, payload, correlation_id=correlation_id, **metadata)
+        """Publish on the bus from this thread: blocks while a subscriber's ``block``
+        mailbox is full, up to `timeout` (see `System.publish`)."""
+        return self._system.publish(
+            topic, payload, correlation_id=correlation_id, timeout=timeout, **metadata
+        )
 
     def run_blocking(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Run `fn` on a bridge and wait for it here (see `System.run_blocking`)."""

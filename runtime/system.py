@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import os
 import random
 import time
@@ -356,16 +357,19 @@ class System:
         payload: Any = None,
         *,
         correlation_id: str | None = None,
+        timeout: float | None = None,
         **metadata: Any,
     ) -> int:
         """Publish an event; callable from the trio thread and from any other thread.
 
-        On the trio thread it never waits (like `ctx.publish_nowait`).  From a
-        foreign thread it goes through the bus actor's mailbox, blocks that
-        thread while subscribers' ``block`` mailboxes are full, and returns
-        once delivered.  Returns the number of subscribers delivered to.
-        Raises `RuntimeClosed` once the system has stopped, `ValueError` for
-        an invalid topic.
+        On the trio thread it never waits (like `ctx.publish_nowait`; `timeout`
+        does not apply).  From a foreign thread it goes through the bus actor,
+        and blocks that thread while subscribers' ``block`` mailboxes are full,
+        up to `timeout` seconds (None: as long as it takes; 0: only where there
+        is room now); past it, the event is dead-lettered (``overflow``) for
+        the subscribers it had not reached.  Returns the number of subscribers
+        it was delivered to.  Raises `RuntimeClosed` once the system has
+        stopped, `ValueError` for an invalid topic or timeout.
         """
         if self.gate.on_loop_thread():
             self._check_running(f"publish on {topic!r}")
@@ -373,11 +377,12 @@ class System:
                 topic, payload, correlation_id=correlation_id, metadata=metadata
             )
         check_topic(topic)
+        limit = check_timeout(timeout)
         bus = self._bus_cell
         if bus is None or not self.is_running:
             raise RuntimeClosed(f"system {self.name!r} is not running")
-        request = PublishRequest(topic, payload, correlation_id, dict(metadata))
-        return self.gate.ask(bus, request, float("inf"))  # type: ignore[no-any-return]
+        request = PublishRequest(topic, payload, correlation_id, dict(metadata), limit)
+        return self.gate.ask(bus, request, math.inf)  # type: ignore[no-any-return]
 
     async def run_blocking(
         self,
