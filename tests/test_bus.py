@@ -1092,11 +1092,17 @@ async def test_deadletter_events_do_not_loop_when_a_publish_overflows(
     children = []
     if subscriber != "stream":
         mailbox = Mailbox(capacity=5, overflow=subscriber)  # type: ignore[arg-type]
-        kwargs = {"patterns": (">",), "hold": trio.Event()}
+        # '>' leaves out the runtime's topics: the dead-letter events are named
+        kwargs = {"patterns": (">", "system.>"), "hold": trio.Event()}
         children.append(child(Collector, name="all", kwargs=kwargs, mailbox=mailbox))
+    stream = subscriber == "stream"
     async with runtime.open_system(app(*children, child(Collector, name="pub"))) as system:
         base = system.bus.stats()["topics"].get("system.deadletter", 0)
-        async with system.bus.stream(">" if subscriber == "stream" else "nothing", capacity=5):
+        async with (
+            system.bus.stream(">" if stream else "nothing", capacity=5),
+            # a full stream of dead-letter events (no room at all)
+            system.bus.stream("system.>" if stream else "nothing", capacity=0),
+        ):
             pub = system.ref("/app/pub")
             with trio.fail_after(10):
                 for i in range(20):
