@@ -9,6 +9,15 @@ the event dead-lettered as ``overflow``.  Threads publish through the bus
 actor's mailbox (`System.publish`), so they get the same backpressure as a
 foreign `tell`.
 
+Topics under ``system.`` belong to the runtime: only its own `system_event`
+and `dead_letter_event` publish there (users get `ValueError`), patterns that
+begin with a wildcard do not match them (`runtime.topics`), and they are
+counted apart (``stats()["system_published"]``).
+
+Duplicate suppression: an event published with a `msg_id` already seen within
+the last `duplicate_window` seconds is dropped (the publish returns 0), like
+NATS JetStream's ``Nats-Msg-Id``.
+
 The fast path of `publish` delivers at once when no subscriber must be waited
 for, and yields to the scheduler only once every `YIELD_EVERY` calls (a
 publisher that never waits would otherwise never let others run).
@@ -18,8 +27,9 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from types import MappingProxyType
@@ -28,7 +38,17 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from .messages import Event
-from .topics import MATCH_CACHE, PatternIndex, check_pattern, check_topic, matches, matching
+from .spec import check_duplicate_window, check_history
+from .topics import (
+    MATCH_CACHE,
+    SYSTEM,
+    PatternIndex,
+    check_pattern,
+    check_topic,
+    is_system_topic,
+    matches,
+    matching,
+)
 
 if TYPE_CHECKING:
     from .cell import Cell
@@ -37,6 +57,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("troupe.bus")
 
 HISTORY = 1000
+DUPLICATE_WINDOW = 120.0
+"""Seconds a `msg_id` is remembered (NATS JetStream's default duplicate window)."""
+DUPLICATES = 100_000
+"""At most this many `msg_id`s are remembered; past it the oldest are forgotten early."""
 BACKLOG = 10_000
 TOPIC_STATS = 10_000
 YIELD_EVERY = 64
@@ -87,20 +111,26 @@ class Subscription:
 class Bus:
     """The router: subscriptions, delivery, history and stats (``system.bus``)."""
 
-    def __init__(self, host: Host, history: int = HISTORY) -> None:
+    def __init__(
+        self, host: Host, history: int = HISTORY, duplicate_window: float = DUPLICATE_WINDOW
+    ) -> None:
         self._host = host
         self._index: PatternIndex[Subscription] = PatternIndex()
         self._by_cell: dict[Cell, dict[str, Subscription]] = {}
         self._streams: set[Subscription] = set()
-        self._history: deque[Event] = deque(maxlen=history)
+        self._history: deque[Event] = deque(maxlen=check_history(history))
+        self._window = check_duplicate_window(duplicate_window)
+        self._msg_ids: OrderedDict[str, float] = OrderedDict()  # msg_id -> when first seen
         self._lock = trio.Lock()
         self._backlog: deque[Event] = deque()
         self._ids = itertools.count(1)
         self._seq = itertools.count()
         self._callbacks: dict[Callable[..., Any], Cell] = {}
         self.published = 0
+        self.system_published = 0
         self.delivered = 0
         self.dropped = 0
+        self.duplicates = 0
         self._topics: dict[str, int] = {}
         self._publishing_deadletter = False
         self._topics_seen: dict[str, tuple[str, ...]] = {}
@@ -118,6 +148,7 @@ class Bus:
     ) -> Subscription:
         """Subscribe an actor; subscribing the same pattern again replaces the options."""
         check_pattern(pattern)  # before touching anything: a ValueError, never a TypeError
+        _check_replay(replay)
         mine = self._by_cell.setdefault(cell, {})
         old = mine.get(pattern)
         if old is not None:
@@ -160,6 +191,7 @@ class Bus:
         source: str,
         correlation_id: str | None,
         metadata: Mapping[str, Any] | None,
+        msg_id: str | None = None,
     ) -> Event:
         return Event(
             topic=topic,
@@ -169,10 +201,58 @@ class Bus:
             timestamp=time.time(),
             correlation_id=correlation_id,
             metadata=dict(metadata) if metadata else _NO_METADATA,
+            msg_id=msg_id,
+            node=self._host.node,
         )
 
+    def _duplicate(self, msg_id: str | None) -> bool:
+        """Was `msg_id` seen within the duplicate window?  Then the caller drops the event.
+
+        Otherwise it is remembered from now on (the window starts at the first
+        publish; duplicates do not extend it).  Memory stays bounded: ids older
+        than the window are forgotten as time goes on, and at most `DUPLICATES`
+        are kept.  Uses trio's clock.
+        """
+        if msg_id is None:
+            return False
+        if not isinstance(msg_id, str):
+            raise TypeError(f"msg_id must be a string (or None), got {msg_id!r}")
+        if self._window <= 0:
+            return False
+        seen = self._msg_ids
+        now = trio.current_time()
+        horizon = now - self._window
+        while seen:
+            oldest = next(iter(seen))
+            if seen[oldest] > horizon:
+                break
+            del seen[oldest]
+        if msg_id in seen:
+            self.duplicates += 1
+            return True
+        if len(seen) >= DUPLICATES:
+            seen.popitem(last=False)
+        seen[msg_id] = now
+        return False
+
+    @staticmethod
+    def _check_user_topic(topic: object) -> None:
+        """Refuse the runtime's own topics (``system``, ``system.*``) to users: ValueError.
+
+        The public `publish` and `publish_nowait` call it; the runtime's own
+        events (`system_event`, `dead_letter_event`) go through `_publish_nowait`.
+        """
+        if isinstance(topic, str) and is_system_topic(topic):
+            raise ValueError(
+                f"cannot publish on {topic!r}: topics under '{SYSTEM}.' belong to the runtime; "
+                "choose another first segment"
+            )
+
     def _record(self, event: Event) -> None:
-        self.published += 1
+        if is_system_topic(event.topic):
+            self.system_published += 1
+        else:
+            self.published += 1
         self._history.append(event)
         topics = self._topics
         key = event.topic if (event.topic in topics or len(topics) < TOPIC_STATS) else "(other)"
@@ -186,19 +266,24 @@ class Bus:
         source: str = "system",
         correlation_id: str | None = None,
         metadata: Mapping[str, Any] | None = None,
+        msg_id: str | None = None,
     ) -> int:
         """Deliver to every matching subscriber, waiting for room in ``block`` mailboxes.
 
-        Returns how many subscribers it was delivered to.
+        Returns how many subscribers it was delivered to (0 for a duplicate
+        `msg_id`).  ValueError for an invalid topic or one under ``system.``.
         """
+        self._check_user_topic(topic)
         segments = self._topic(topic)
         await trio.lowlevel.checkpoint_if_cancelled()
+        if msg_id is not None and self._duplicate(msg_id):
+            return 0
         if not self._lock.locked():
             subs = self._index.match(topic, segments)
             if self._all_have_room(subs):
                 # The fast path: nobody has to wait, so deliver at once, atomically
                 # (no other publisher can interleave), and yield only now and then.
-                event = self._event(topic, payload, source, correlation_id, metadata)
+                event = self._event(topic, payload, source, correlation_id, metadata, msg_id)
                 count = self._publish_now(event, segments)
                 self._unyielded += 1
                 if self._unyielded >= YIELD_EVERY:
@@ -206,7 +291,7 @@ class Bus:
                     await trio.lowlevel.cancel_shielded_checkpoint()
                 return count
         async with self._lock:
-            event = self._event(topic, payload, source, correlation_id, metadata)
+            event = self._event(topic, payload, source, correlation_id, metadata, msg_id)
             self._record(event)
             count = 0
             for sub in list(self._index.match(topic, segments)):
@@ -254,15 +339,32 @@ class Bus:
         source: str = "system",
         correlation_id: str | None = None,
         metadata: Mapping[str, Any] | None = None,
+        msg_id: str | None = None,
     ) -> int:
         """Deliver without waiting; a full ``block`` mailbox gets it dead-lettered (overflow).
 
         While an async publish is waiting for room, the event is queued right
         behind it (keeping one total order) and the number of matching
-        subscribers is returned.
+        subscribers is returned.  Returns 0 for a duplicate `msg_id`.
+        ValueError for an invalid topic or one under ``system.``.
         """
+        self._check_user_topic(topic)
+        return self._publish_nowait(topic, payload, source, correlation_id, metadata, msg_id)
+
+    def _publish_nowait(
+        self,
+        topic: str,
+        payload: Any,
+        source: str,
+        correlation_id: str | None,
+        metadata: Mapping[str, Any] | None,
+        msg_id: str | None,
+    ) -> int:
+        """`publish_nowait` on any topic, the runtime's own included."""
         segments = self._topic(topic)
-        event = self._event(topic, payload, source, correlation_id, metadata)
+        if msg_id is not None and self._duplicate(msg_id):
+            return 0
+        event = self._event(topic, payload, source, correlation_id, metadata, msg_id)
         if self._lock.locked():
             if len(self._backlog) >= BACKLOG:
                 self._record(event)
@@ -365,7 +467,7 @@ class Bus:
     # -- system events -----------------------------------------------------
     def system_event(self, topic: str, payload: Mapping[str, Any]) -> None:
         """Publish a runtime event (``system.*``) without waiting."""
-        self.publish_nowait(topic, dict(payload), source="system")
+        self._publish_nowait(topic, dict(payload), "system", None, None, None)
 
     def dead_letter_event(self, message: Any, reason: str, recipient: str) -> None:
         """Publish ``system.deadletter`` unless we are already doing so (no recursion)."""
@@ -374,7 +476,7 @@ class Bus:
         self._publishing_deadletter = True
         try:
             payload = {"message": message, "reason": reason, "recipient": recipient}
-            self.publish_nowait("system.deadletter", payload, source="system")
+            self._publish_nowait("system.deadletter", payload, "system", None, None, None)
         finally:
             self._publishing_deadletter = False
 
@@ -385,6 +487,8 @@ class Bus:
     ) -> AsyncIterator[trio.MemoryReceiveChannel[Event]]:
         """``async with bus.stream("training.*") as events: async for e in events: ...``
 
+        The default ``>`` is every application event; the runtime's own come
+        only to a pattern that names them (``system.>``).
         A slow reader does not slow publishers: past `capacity` queued events
         the newest are dead-lettered (``overflow``) and counted as dropped.
         """
@@ -440,10 +544,28 @@ class Bus:
         self._host.release_callback(cell)
 
     # -- looking back ----------------------------------------------------
-    def history(self, pattern: str = ">", limit: int = 100) -> list[Event]:
-        """The newest `limit` events matching `pattern`, newest first."""
+    def history(
+        self, pattern: str = ">", limit: int = 100, since: float | None = None
+    ) -> list[Event]:
+        """The newest `limit` events matching `pattern`, newest first.
+
+        `since`: only events whose `Event.timestamp` is at or after it (a
+        `time.time()` value).  Like subscriptions, ``>`` and other patterns that
+        begin with a wildcard leave out the runtime's ``system.`` events.
+        """
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+            raise ValueError(f"limit must be a whole number >= 0, got {limit!r}")
+        if since is not None and (
+            isinstance(since, bool) or not isinstance(since, int | float) or math.isnan(since)
+        ):
+            raise ValueError(f"since must be a timestamp (time.time()) or None, got {since!r}")
+        events = matching(pattern, reversed(self._history))
         out: list[Event] = []
-        for event in matching(pattern, reversed(self._history)):
+        if limit == 0:
+            return out
+        for event in events:
+            if since is not None and event.timestamp < since:
+                continue
             out.append(event)
             if len(out) >= limit:
                 break
@@ -453,13 +575,23 @@ class Bus:
         self._history.clear()
 
     def stats(self) -> dict[str, Any]:
+        """``published`` counts application events, ``system_published`` the runtime's
+        (``system.*``); ``topics`` counts both, per topic; ``duplicates`` counts
+        publishes dropped for a `msg_id` seen within the duplicate window."""
         return {
             "published": self.published,
+            "system_published": self.system_published,
             "delivered": self.delivered,
             "dropped": self.dropped,
+            "duplicates": self.duplicates,
             "topics": dict(self._topics),
             "subscriptions": self._index.count,
         }
+
+
+def _check_replay(replay: object) -> None:
+    if isinstance(replay, bool) or not isinstance(replay, int) or replay < 0:
+        raise ValueError(f"replay is how many past events to deliver first (>= 0), got {replay!r}")
 
 
 __all__ = [

@@ -29,6 +29,8 @@ class Host(Protocol):
 
     name: str
     """The system's name."""
+    node: str | None
+    """This node's name on a cluster; None on a single node."""
     rng: random.Random
     """Randomness for restart backoff jitter (seedable in tests)."""
     stuck_after: float

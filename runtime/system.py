@@ -26,7 +26,7 @@ from .spec import ChildInfo, ChildSpec, Supervisor, check_timeout, child
 from .supervisor import Supervising
 from .system_actors import BusActor, CallbackSubscriber, PublishRequest
 from .threads import ThreadGate
-from .topics import check_topic
+from .topics import check_user_topic
 
 RESERVED = "system"
 log = logging.getLogger("troupe")
@@ -75,6 +75,7 @@ class System:
         *,
         name: str | None = None,
         history: int = 1000,
+        duplicate_window: float = 120.0,
         stuck_after: float = 10.0,
     ) -> None:
         if not isinstance(tree, Supervisor):
@@ -89,10 +90,11 @@ class System:
             )
         self.tree = tree
         self.name = name or tree.name
+        self.node: str | None = None  # a node's name on a cluster (none yet)
         self.rng = random.Random()
         self.stuck_after = stuck_after
         self.dead_letters = DeadLetterOffice()
-        self.bus = Bus(self, history)
+        self.bus = Bus(self, history, duplicate_window)
         self.started_at: float | None = None
         self.control: Any = None  # the control server, when served (runtime.control)
         self.metrics: Any = None  # the metrics server, when served (runtime.metrics)
@@ -372,7 +374,7 @@ class System:
             return self.bus.publish_nowait(
                 topic, payload, correlation_id=correlation_id, metadata=metadata
             )
-        check_topic(topic)
+        check_user_topic(topic)
         bus = self._bus_cell
         if bus is None or not self.is_running:
             raise RuntimeClosed(f"system {self.name!r} is not running")
