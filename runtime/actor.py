@@ -122,6 +122,15 @@ class Context:
             self._cell.path, topic, payload, correlation_id, metadata
         )
 
+    def dead_letter(self, msg: Any, reason: str) -> None:
+        """Give up on `msg`: record it in dead letters for this actor, with `reason`
+        (one of the dead-letter reasons, e.g. ``"crashed"``, ``"timeout"``).
+
+        For an actor that handles a failure itself instead of crashing; the
+        message counts in this actor's ``dead_lettered`` like any other.
+        """
+        self._cell.drop(msg, reason)
+
     def subscribe(
         self,
         pattern: str,

@@ -25,20 +25,23 @@ publisher that never waits would otherwise never let others run).
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import logging
 import math
 import time
 from collections import OrderedDict, deque
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Hashable, Mapping
 from contextlib import asynccontextmanager
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
+import attrs
 import trio
 
 from .messages import Event
-from .spec import check_duplicate_window, check_history
+from .spec import check_duplicate_window, check_history, check_timeout
+from .system_actors import Callback
 from .topics import (
     MATCH_CACHE,
     SYSTEM,
@@ -66,6 +69,7 @@ TOPIC_STATS = 10_000
 YIELD_EVERY = 64
 """Fast-path publishes between two yields to the scheduler (fairness)."""
 _NO_METADATA: Mapping[str, Any] = MappingProxyType({})
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 class Subscription:
@@ -125,7 +129,7 @@ class Bus:
         self._backlog: deque[Event] = deque()
         self._ids = itertools.count(1)
         self._seq = itertools.count()
-        self._callbacks: dict[Callable[..., Any], Cell] = {}
+        self._callbacks: dict[Hashable, _Registered] = {}
         self.published = 0
         self.system_published = 0
         self.delivered = 0
@@ -511,37 +515,112 @@ class Bus:
     # -- callbacks (the reference design's decorator) --------------------
     def subscribe(
         self,
-        pattern: str,
-        *,
-        once: bool = False,
+        *patterns: str,
         filter: Callable[[Event], bool] | None = None,
+        once: bool = False,
         replay: int = 0,
-    ) -> Callable[[Callable[[Event], Any]], Callable[[Event], Any]]:
-        """Decorator: run `fn(event)` (sync or async) for each matching event.
+        timeout: float | None = None,
+        weak: bool = False,
+    ) -> Callable[[F], F]:
+        """Run `fn(event)` (sync or async) for each event matching any of `patterns`.
 
-        Each callback runs in its own supervised actor under
-        ``/system/callbacks``: calls are sequential, and an error in one is
-        counted and logged, never seen by publishers or other subscribers.
+        A decorator factory: ``@bus.subscribe("a.*", "b.>")`` above a ``def``,
+        or ``bus.subscribe("a.*")(fn)``; it returns `fn` unchanged, and the
+        subscription is active when it returns.  Subscribing a callable again
+        adds patterns to it; `filter`, `once` and `replay` apply to the
+        patterns of that call (as `ctx.subscribe`'s do).
+
+        Each callable runs in its own supervised actor under
+        ``/system/callbacks``, one call at a time.  A call that raises gets its
+        event dead-lettered (reason ``crashed``), counted in that actor's stats
+        and logged (once per callback); the next event is handled as usual.
+        `timeout`: an awaitable call running longer is cancelled and its event
+        dead-lettered (reason ``timeout``); a plain function runs to the end.
+        `weak`: hold the callable through a weak reference (`weakref.WeakMethod`
+        for a bound method): once its object is garbage-collected the
+        subscription ends, as with `unsubscribe`.  `timeout` and `weak` belong
+        to the callable: subscribing it again with other values is a ValueError.
         """
-        check_pattern(pattern)
+        for pattern in patterns:
+            if callable(pattern):
+                raise ValueError(
+                    f"subscribe takes the patterns first, then the callable: write "
+                    f"@bus.subscribe('a.*') above the def, or bus.subscribe('a.*')(fn); "
+                    f"got {pattern!r} as a pattern"
+                )
+            check_pattern(pattern)
+        if not patterns:
+            raise ValueError("subscribe needs at least one pattern, e.g. bus.subscribe('a.*')")
+        _check_replay(replay)
+        limit = check_timeout(timeout, "a callback's timeout")
 
-        def register(fn: Callable[[Event], Any]) -> Callable[[Event], Any]:
-            if fn in self._callbacks:
-                raise ValueError(f"{fn!r} is already subscribed; unsubscribe it first")
-            cell = self._host.adopt_callback(fn)
-            self._callbacks[fn] = cell
-            self.subscribe_cell(cell, pattern, once=once, filter=filter, replay=replay)
+        def register(fn: F) -> F:
+            if not callable(fn):
+                raise TypeError(f"bus.subscribe(...) decorates a callable, got {fn!r}")
+            key = _callable_key(fn)
+            entry = self._callbacks.get(key)
+            if entry is not None and (entry.callback.get() is None or entry.cell.finalized):
+                # its weakly held object is gone (and its id reused), or its actor
+                # stopped for good: this is a new callable
+                self._release(key)
+                entry = None
+            if entry is None:
+                callback = Callback(fn, timeout=limit, weak=weak, on_gone=self._gone_notice(key))
+                cell = self._host.adopt_callback(callback)
+                entry = self._callbacks[key] = _Registered(callback, cell)
+            elif entry.callback.weak != weak or entry.callback.timeout != limit:
+                raise ValueError(
+                    f"{fn!r} is already subscribed with timeout={_seconds(entry.callback.timeout)}"
+                    f", weak={entry.callback.weak}: subscribe it again with the same values "
+                    "(or unsubscribe it first to change them)"
+                )
+            for pattern in patterns:
+                self.subscribe_cell(entry.cell, pattern, once=once, filter=filter, replay=replay)
             return fn
 
         return register
 
     def unsubscribe(self, fn: Callable[[Event], Any]) -> None:
-        """Stop a callback registered with `subscribe` (its actor is stopped too)."""
-        cell = self._callbacks.pop(fn, None)
-        if cell is None:
+        """End every subscription of a callback registered with `subscribe` (and its actor).
+
+        ValueError if `fn` is not subscribed.
+        """
+        key = _callable_key(fn)
+        entry = self._callbacks.get(key)
+        if entry is None or entry.callback.get() is None:
             raise ValueError(f"{fn!r} is not a subscribed callback")
-        self.drop_all(cell)
-        self._host.release_callback(cell)
+        self._release(key)
+
+    def _release(self, key: Hashable) -> None:
+        entry = self._callbacks.pop(key)
+        self.drop_all(entry.cell)
+        if self._host.is_running and not entry.cell.finalized:
+            self._host.release_callback(entry.cell)
+
+    def _gone_notice(self, key: Hashable) -> Callable[[Callback], None]:
+        """What a weakly held callback calls when its object is collected.
+
+        That happens wherever the garbage collector runs: in any thread, in the
+        middle of any code.  So it only asks the loop (`run_sync_soon`, which is
+        safe from anywhere) to end the subscription later, on the trio thread.
+        """
+        token = trio.lowlevel.current_trio_token()
+
+        def notice(callback: Callback) -> None:
+            try:
+                token.run_sync_soon(self._callback_gone, key, callback)
+            except trio.RunFinishedError:
+                pass  # the system is gone already, and its subscriptions with it
+
+        return notice
+
+    def _callback_gone(self, key: Hashable, callback: Callback) -> None:
+        entry = self._callbacks.get(key)
+        if entry is not None and entry.callback is callback:
+            try:
+                self._release(key)
+            except Exception:  # never out of a run_sync_soon callback: trio would crash
+                log.exception("ending the subscription of %r failed", callback)
 
     # -- looking back ----------------------------------------------------
     def history(
@@ -589,9 +668,36 @@ class Bus:
         }
 
 
+@attrs.frozen
+class _Registered:
+    """A callback registered with `Bus.subscribe`, and the slot of the actor that runs it."""
+
+    callback: Callback
+    cell: Cell
+
+
+def _callable_key(fn: Callable[..., Any]) -> Hashable:
+    """Who a callable is, without holding on to it (a weakly held one must be let go).
+
+    ``obj.method`` makes a new bound method at every access: it is known by its
+    object and its function.  Ids stay unique while the callable is held (a
+    weakly held one whose object died is recognised by its dead reference).
+    """
+    if inspect.ismethod(fn):
+        return (id(fn.__self__), id(fn.__func__))
+    owner = getattr(fn, "__self__", None)
+    if inspect.isbuiltin(fn) and owner is not None and not inspect.ismodule(owner):
+        return (id(owner), fn.__name__)  # e.g. a_list.append
+    return (id(fn),)
+
+
 def _check_replay(replay: object) -> None:
     if isinstance(replay, bool) or not isinstance(replay, int) or replay < 0:
         raise ValueError(f"replay is how many past events to deliver first (>= 0), got {replay!r}")
+
+
+def _seconds(limit: float) -> str:
+    return "None" if limit == math.inf else repr(limit)
 
 
 __all__ = [

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from .cell import Cell
     from .messages import Event, ExitReason
     from .spec import ChildSpec, Supervisor
+    from .system_actors import Callback
     from .threads import ThreadGate
 
 
@@ -120,7 +121,7 @@ class Host(Protocol):
 
     def subscriptions_of(self, cell: Cell) -> tuple[str, ...]: ...
 
-    def adopt_callback(self, fn: Callable[[Event], Any]) -> Cell:
+    def adopt_callback(self, callback: Callback) -> Cell:
         """Make (and have started) the actor that runs a bus callback."""
         ...
 

@@ -24,7 +24,7 @@ from .monitor import BlockedStep, LoopMonitor, TreeSnapshot, take_snapshot
 from .ref import ActorRef
 from .spec import ChildInfo, ChildSpec, Supervisor, check_timeout, child
 from .supervisor import Supervising
-from .system_actors import BusActor, CallbackSubscriber, PublishRequest
+from .system_actors import BusActor, Callback, CallbackSubscriber, PublishRequest
 from .threads import ThreadGate
 from .topics import check_user_topic
 
@@ -249,14 +249,14 @@ class System:
     def subscriptions_of(self, cell: Cell) -> tuple[str, ...]:
         return self.bus.patterns_of(cell)
 
-    def adopt_callback(self, fn: Callable[[Event], Any]) -> Cell:
+    def adopt_callback(self, callback: Callback) -> Cell:
         """Make the actor that runs a bus callback; it starts as soon as its supervisor can."""
         parent = self._cells.get(f"/{RESERVED}/callbacks")
         if parent is None or not self.is_running:
             raise RuntimeClosed(f"system {self.name!r} is not running: cannot subscribe callbacks")
-        label = getattr(fn, "__name__", "callback").strip("<>") or "callback"
+        label = callback.label.strip("<>") or "callback"
         name = f"{label}-{next(self._callback_ids)}"
-        cell = self.new_cell(child(CallbackSubscriber, name=name, args=(fn,)), parent)
+        cell = self.new_cell(child(CallbackSubscriber, name=name, args=(callback,)), parent)
         parent.mailbox.put_system(Control("adopt", cell, _NoReply(f"starting callback {name}")))
         return cell
 
