@@ -104,23 +104,58 @@ class Context:
         return self._nursery
 
     async def publish(
-        self, topic: str, payload: Any = None, *, correlation_id: str | None = None, **metadata: Any
+        self,
+        topic: str,
+        payload: Any = None,
+        *,
+        correlation_id: str | None = None,
+        msg_id: str | None = None,
+        **metadata: Any,
     ) -> int:
-        """Publish on the bus; waits while a ``block`` subscriber's mailbox is full.
+        """Publish on the bus; returns the number of subscribers it was delivered to.
 
-        Returns the number of subscribers it was delivered to.
+        Delivers at once to every subscriber with room and waits only in the
+        lines of full ``block`` subscribers (a full subscriber of another topic
+        never delays it).  A subscriber for which waiting would close a cycle
+        of actors waiting on each other (e.g. this actor itself, full, on its
+        own topic) gets the event dead-lettered (``deadlock``) and is not
+        counted.  Cancelled while it waits, the event is dead-lettered
+        (``overflow``) for the subscribers it had not reached.  A `msg_id`
+        seen within the bus's duplicate window makes it a no-op returning 0.
+        Raises `ValueError` for an invalid topic or one under ``system.``,
+        `RuntimeClosed` once the system has stopped.
         """
         return await self._cell.host.publish_from(
-            self._cell.path, topic, payload, correlation_id, metadata
+            self._cell.path, topic, payload, correlation_id, metadata, msg_id
         )
 
     def publish_nowait(
-        self, topic: str, payload: Any = None, *, correlation_id: str | None = None, **metadata: Any
+        self,
+        topic: str,
+        payload: Any = None,
+        *,
+        correlation_id: str | None = None,
+        msg_id: str | None = None,
+        **metadata: Any,
     ) -> int:
-        """Publish without waiting: a full ``block`` subscriber gets it dead-lettered."""
+        """Publish without waiting.  Never blocks.
+
+        A subscriber that cannot take the event at once (full, or with
+        publishers waiting in its line) gets it dead-lettered (``overflow``);
+        the count says exactly how many got it.  Raises as `publish`.
+        """
         return self._cell.host.publish_nowait_from(
-            self._cell.path, topic, payload, correlation_id, metadata
+            self._cell.path, topic, payload, correlation_id, metadata, msg_id
         )
+
+    def dead_letter(self, msg: Any, reason: str) -> None:
+        """Give up on `msg`: record it in dead letters for this actor, with `reason`
+        (one of the dead-letter reasons, e.g. ``"crashed"``, ``"timeout"``).
+
+        For an actor that handles a failure itself instead of crashing; the
+        message counts in this actor's ``dead_lettered`` like any other.
+        """
+        self._cell.drop(msg, reason)
 
     def subscribe(
         self,

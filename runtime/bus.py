@@ -14,6 +14,15 @@ the subscribers it had not reached.  `publish_nowait` never waits: a
 subscriber that cannot take the event at once gets it dead-lettered as
 ``overflow``.  Threads publish through the bus actor (`System.publish`).
 
+Topics under ``system.`` belong to the runtime: only its own `system_event`
+and `dead_letter_event` publish there (users get `ValueError`), patterns that
+begin with a wildcard do not match them (`runtime.topics`), and they are
+counted apart (``stats()["system_published"]``).
+
+Duplicate suppression: an event published with a `msg_id` already seen within
+the last `duplicate_window` seconds is dropped (the publish returns 0), like
+NATS JetStream's ``Nats-Msg-Id``.
+
 A publish that never has to wait yields to the scheduler only once every
 `YIELD_EVERY` calls (a publisher that never waits would otherwise never let
 others run).
@@ -21,22 +30,35 @@ others run).
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import logging
 import math
 import time
-from collections import deque
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections import OrderedDict, deque
+from collections.abc import AsyncIterator, Callable, Hashable, Mapping
 from contextlib import asynccontextmanager
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
+import attrs
 import trio
 
 from .errors import Deadlock
 from .mailbox import QUEUED, STOPPED, WAITING, Ticket
 from .messages import Event
-from .topics import MATCH_CACHE, PatternIndex, check_pattern, check_topic, matches, matching
+from .spec import check_duplicate_window, check_history, check_timeout
+from .system_actors import Callback
+from .topics import (
+    MATCH_CACHE,
+    SYSTEM,
+    PatternIndex,
+    check_pattern,
+    check_topic,
+    is_system_topic,
+    matches,
+    matching,
+)
 from .waits import Waiter, begin_wait, check_wait, end_wait, waiting_slot
 
 if TYPE_CHECKING:
@@ -46,10 +68,15 @@ if TYPE_CHECKING:
 log = logging.getLogger("troupe.bus")
 
 HISTORY = 1000
+DUPLICATE_WINDOW = 120.0
+"""Seconds a `msg_id` is remembered (NATS JetStream's default duplicate window)."""
+DUPLICATES = 100_000
+"""At most this many `msg_id`s are remembered; past it the oldest are forgotten early."""
 TOPIC_STATS = 10_000
 YIELD_EVERY = 64
 """Fast-path publishes between two yields to the scheduler (fairness)."""
 _NO_METADATA: Mapping[str, Any] = MappingProxyType({})
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 class Subscription:
@@ -99,18 +126,24 @@ Lines = list[tuple[Subscription, Ticket]]
 class Bus:
     """The router: subscriptions, delivery, history and stats (``system.bus``)."""
 
-    def __init__(self, host: Host, history: int = HISTORY) -> None:
+    def __init__(
+        self, host: Host, history: int = HISTORY, duplicate_window: float = DUPLICATE_WINDOW
+    ) -> None:
         self._host = host
         self._index: PatternIndex[Subscription] = PatternIndex()
         self._by_cell: dict[Cell, dict[str, Subscription]] = {}
         self._streams: set[Subscription] = set()
-        self._history: deque[Event] = deque(maxlen=history)
+        self._history: deque[Event] = deque(maxlen=check_history(history))
+        self._window = check_duplicate_window(duplicate_window)
+        self._msg_ids: OrderedDict[str, float] = OrderedDict()  # msg_id -> when first seen
         self._ids = itertools.count(1)
         self._seq = itertools.count()
-        self._callbacks: dict[Callable[..., Any], Cell] = {}
+        self._callbacks: dict[Hashable, _Registered] = {}
         self.published = 0
+        self.system_published = 0
         self.delivered = 0
         self.dropped = 0
+        self.duplicates = 0
         self._topics: dict[str, int] = {}
         self._publishing_deadletter = False
         self._topics_seen: dict[str, tuple[str, ...]] = {}
@@ -128,6 +161,7 @@ class Bus:
     ) -> Subscription:
         """Subscribe an actor; subscribing the same pattern again replaces the options."""
         check_pattern(pattern)  # before touching anything: a ValueError, never a TypeError
+        _check_replay(replay)
         mine = self._by_cell.setdefault(cell, {})
         old = mine.get(pattern)
         if old is not None:
@@ -171,6 +205,7 @@ class Bus:
         source: str,
         correlation_id: str | None,
         metadata: Mapping[str, Any] | None,
+        msg_id: str | None = None,
     ) -> Event:
         return Event(
             topic=topic,
@@ -180,10 +215,58 @@ class Bus:
             timestamp=time.time(),
             correlation_id=correlation_id,
             metadata=dict(metadata) if metadata else _NO_METADATA,
+            msg_id=msg_id,
+            node=self._host.node,
         )
 
+    def _duplicate(self, msg_id: str | None) -> bool:
+        """Was `msg_id` seen within the duplicate window?  Then the caller drops the event.
+
+        Otherwise it is remembered from now on (the window starts at the first
+        publish; duplicates do not extend it).  Memory stays bounded: ids older
+        than the window are forgotten as time goes on, and at most `DUPLICATES`
+        are kept.  Uses trio's clock.
+        """
+        if msg_id is None:
+            return False
+        if not isinstance(msg_id, str):
+            raise TypeError(f"msg_id must be a string (or None), got {msg_id!r}")
+        if self._window <= 0:
+            return False
+        seen = self._msg_ids
+        now = trio.current_time()
+        horizon = now - self._window
+        while seen:
+            oldest = next(iter(seen))
+            if seen[oldest] > horizon:
+                break
+            del seen[oldest]
+        if msg_id in seen:
+            self.duplicates += 1
+            return True
+        if len(seen) >= DUPLICATES:
+            seen.popitem(last=False)
+        seen[msg_id] = now
+        return False
+
+    @staticmethod
+    def _check_user_topic(topic: object) -> None:
+        """Refuse the runtime's own topics (``system``, ``system.*``) to users: ValueError.
+
+        The public `publish` and `publish_nowait` call it; the runtime's own
+        events (`system_event`, `dead_letter_event`) go through `_publish_nowait`.
+        """
+        if isinstance(topic, str) and is_system_topic(topic):
+            raise ValueError(
+                f"cannot publish on {topic!r}: topics under '{SYSTEM}.' belong to the runtime; "
+                "choose another first segment"
+            )
+
     def _record(self, event: Event) -> None:
-        self.published += 1
+        if is_system_topic(event.topic):
+            self.system_published += 1
+        else:
+            self.published += 1
         self._history.append(event)
         topics = self._topics
         key = event.topic if (event.topic in topics or len(topics) < TOPIC_STATS) else "(other)"
@@ -197,6 +280,7 @@ class Bus:
         source: str = "system",
         correlation_id: str | None = None,
         metadata: Mapping[str, Any] | None = None,
+        msg_id: str | None = None,
     ) -> int:
         """Deliver to every matching subscriber, waiting for room in full ``block`` mailboxes.
 
@@ -209,11 +293,16 @@ class Bus:
         not made: the event is dead-lettered for that subscriber (``deadlock``).
         Cancelled while it waits, the event is dead-lettered (``overflow``)
         for each subscriber it had not reached yet, and `trio.Cancelled`
-        propagates.  Returns how many subscribers it was delivered to.
+        propagates.  Returns how many subscribers it was delivered to (0 for a
+        duplicate `msg_id`).  ValueError for an invalid topic or one under
+        ``system.``.
         """
+        self._check_user_topic(topic)
         segments = self._topic(topic)
         await trio.lowlevel.checkpoint_if_cancelled()
-        event = self._event(topic, payload, source, correlation_id, metadata)
+        if msg_id is not None and self._duplicate(msg_id):
+            return 0
+        event = self._event(topic, payload, source, correlation_id, metadata, msg_id)
         self._record(event)
         waiter = waiting_slot()
         count, lines = self._deliver(event, segments, wait=True, waiter=waiter)
@@ -235,16 +324,34 @@ class Bus:
         source: str = "system",
         correlation_id: str | None = None,
         metadata: Mapping[str, Any] | None = None,
+        msg_id: str | None = None,
     ) -> int:
         """Deliver without waiting.  Never blocks.
 
         A subscriber that cannot take the event at once (a full ``block`` or
         ``fail`` mailbox, or one with publishers waiting in its line) gets it
         dead-lettered as ``overflow``; ``drop_new``/``drop_old`` mailboxes
-        apply their policy.  Returns how many subscribers it was delivered to.
+        apply their policy.  Returns how many subscribers it was delivered to
+        (0 for a duplicate `msg_id`).  ValueError for an invalid topic or one
+        under ``system.``.
         """
+        self._check_user_topic(topic)
+        return self._publish_nowait(topic, payload, source, correlation_id, metadata, msg_id)
+
+    def _publish_nowait(
+        self,
+        topic: str,
+        payload: Any,
+        source: str,
+        correlation_id: str | None,
+        metadata: Mapping[str, Any] | None,
+        msg_id: str | None,
+    ) -> int:
+        """`publish_nowait` on any topic, the runtime's own included."""
         segments = self._topic(topic)
-        event = self._event(topic, payload, source, correlation_id, metadata)
+        if msg_id is not None and self._duplicate(msg_id):
+            return 0
+        event = self._event(topic, payload, source, correlation_id, metadata, msg_id)
         self._record(event)
         return self._deliver(event, segments, wait=False, waiter=None)[0]
 
@@ -256,14 +363,19 @@ class Bus:
         source: str = "system",
         correlation_id: str | None = None,
         metadata: Mapping[str, Any] | None = None,
-    ) -> tuple[Event, int, Lines | None]:
+        msg_id: str | None = None,
+    ) -> tuple[Event | None, int, Lines | None]:
         """The first half of a publish for a waiter outside the wait-for graph (a thread
         publishing through the bus actor): deliver where there is room, take places in the
-        lines of full ``block`` subscribers, and return ``(event, delivered, lines)``.
-        Finish with `wait_in_lines` when `lines` is not None.  Never blocks.
+        lines of full ``block`` subscribers, and return ``(event, delivered, lines)``
+        (``(None, 0, None)`` for a duplicate `msg_id`).  Finish with `wait_in_lines` when
+        `lines` is not None.  Never blocks.  ValueError as for `publish`.
         """
+        self._check_user_topic(topic)
         segments = self._topic(topic)
-        event = self._event(topic, payload, source, correlation_id, metadata)
+        if msg_id is not None and self._duplicate(msg_id):
+            return None, 0, None
+        event = self._event(topic, payload, source, correlation_id, metadata, msg_id)
         self._record(event)
         count, lines = self._deliver(event, segments, wait=True, waiter=None)
         return event, count, lines
@@ -453,7 +565,7 @@ class Bus:
     # -- system events -----------------------------------------------------
     def system_event(self, topic: str, payload: Mapping[str, Any]) -> None:
         """Publish a runtime event (``system.*``) without waiting."""
-        self.publish_nowait(topic, dict(payload), source="system")
+        self._publish_nowait(topic, dict(payload), "system", None, None, None)
 
     def dead_letter_event(self, message: Any, reason: str, recipient: str) -> None:
         """Publish ``system.deadletter`` unless we are already doing so (no recursion)."""
@@ -462,7 +574,7 @@ class Bus:
         self._publishing_deadletter = True
         try:
             payload = {"message": message, "reason": reason, "recipient": recipient}
-            self.publish_nowait("system.deadletter", payload, source="system")
+            self._publish_nowait("system.deadletter", payload, "system", None, None, None)
         finally:
             self._publishing_deadletter = False
 
@@ -473,6 +585,8 @@ class Bus:
     ) -> AsyncIterator[trio.MemoryReceiveChannel[Event]]:
         """``async with bus.stream("training.*") as events: async for e in events: ...``
 
+        The default ``>`` is every application event; the runtime's own come
+        only to a pattern that names them (``system.>``).
         A slow reader does not slow publishers: past `capacity` queued events
         the newest are dead-lettered (``overflow``) and counted as dropped.
         """
@@ -495,43 +609,136 @@ class Bus:
     # -- callbacks (the reference design's decorator) --------------------
     def subscribe(
         self,
-        pattern: str,
-        *,
-        once: bool = False,
+        *patterns: str,
         filter: Callable[[Event], bool] | None = None,
+        once: bool = False,
         replay: int = 0,
-    ) -> Callable[[Callable[[Event], Any]], Callable[[Event], Any]]:
-        """Decorator: run `fn(event)` (sync or async) for each matching event.
+        timeout: float | None = None,
+        weak: bool = False,
+    ) -> Callable[[F], F]:
+        """Run `fn(event)` (sync or async) for each event matching any of `patterns`.
 
-        Each callback runs in its own supervised actor under
-        ``/system/callbacks``: calls are sequential, and an error in one is
-        counted and logged, never seen by publishers or other subscribers.
+        A decorator factory: ``@bus.subscribe("a.*", "b.>")`` above a ``def``,
+        or ``bus.subscribe("a.*")(fn)``; it returns `fn` unchanged, and the
+        subscription is active when it returns.  Subscribing a callable again
+        adds patterns to it; `filter`, `once` and `replay` apply to the
+        patterns of that call (as `ctx.subscribe`'s do).
+
+        Each callable runs in its own supervised actor under
+        ``/system/callbacks``, one call at a time.  A call that raises gets its
+        event dead-lettered (reason ``crashed``), counted in that actor's stats
+        and logged (once per callback); the next event is handled as usual.
+        `timeout`: an awaitable call running longer is cancelled and its event
+        dead-lettered (reason ``timeout``); a plain function runs to the end.
+        `weak`: hold the callable through a weak reference (`weakref.WeakMethod`
+        for a bound method): once its object is garbage-collected the
+        subscription ends, as with `unsubscribe`.  `timeout` and `weak` belong
+        to the callable: subscribing it again with other values is a ValueError.
         """
-        check_pattern(pattern)
+        for pattern in patterns:
+            if callable(pattern):
+                raise ValueError(
+                    f"subscribe takes the patterns first, then the callable: write "
+                    f"@bus.subscribe('a.*') above the def, or bus.subscribe('a.*')(fn); "
+                    f"got {pattern!r} as a pattern"
+                )
+            check_pattern(pattern)
+        if not patterns:
+            raise ValueError("subscribe needs at least one pattern, e.g. bus.subscribe('a.*')")
+        _check_replay(replay)
+        limit = check_timeout(timeout, "a callback's timeout")
 
-        def register(fn: Callable[[Event], Any]) -> Callable[[Event], Any]:
-            if fn in self._callbacks:
-                raise ValueError(f"{fn!r} is already subscribed; unsubscribe it first")
-            cell = self._host.adopt_callback(fn)
-            self._callbacks[fn] = cell
-            self.subscribe_cell(cell, pattern, once=once, filter=filter, replay=replay)
+        def register(fn: F) -> F:
+            if not callable(fn):
+                raise TypeError(f"bus.subscribe(...) decorates a callable, got {fn!r}")
+            key = _callable_key(fn)
+            entry = self._callbacks.get(key)
+            if entry is not None and (entry.callback.get() is None or entry.cell.finalized):
+                # its weakly held object is gone (and its id reused), or its actor
+                # stopped for good: this is a new callable
+                self._release(key)
+                entry = None
+            if entry is None:
+                callback = Callback(fn, timeout=limit, weak=weak, on_gone=self._gone_notice(key))
+                cell = self._host.adopt_callback(callback)
+                entry = self._callbacks[key] = _Registered(callback, cell)
+            elif entry.callback.weak != weak or entry.callback.timeout != limit:
+                raise ValueError(
+                    f"{fn!r} is already subscribed with timeout={_seconds(entry.callback.timeout)}"
+                    f", weak={entry.callback.weak}: subscribe it again with the same values "
+                    "(or unsubscribe it first to change them)"
+                )
+            for pattern in patterns:
+                self.subscribe_cell(entry.cell, pattern, once=once, filter=filter, replay=replay)
             return fn
 
         return register
 
     def unsubscribe(self, fn: Callable[[Event], Any]) -> None:
-        """Stop a callback registered with `subscribe` (its actor is stopped too)."""
-        cell = self._callbacks.pop(fn, None)
-        if cell is None:
+        """End every subscription of a callback registered with `subscribe` (and its actor).
+
+        ValueError if `fn` is not subscribed.
+        """
+        key = _callable_key(fn)
+        entry = self._callbacks.get(key)
+        if entry is None or entry.callback.get() is None:
             raise ValueError(f"{fn!r} is not a subscribed callback")
-        self.drop_all(cell)
-        self._host.release_callback(cell)
+        self._release(key)
+
+    def _release(self, key: Hashable) -> None:
+        entry = self._callbacks.pop(key)
+        self.drop_all(entry.cell)
+        if self._host.is_running and not entry.cell.finalized:
+            self._host.release_callback(entry.cell)
+
+    def _gone_notice(self, key: Hashable) -> Callable[[Callback], None]:
+        """What a weakly held callback calls when its object is collected.
+
+        That happens wherever the garbage collector runs: in any thread, in the
+        middle of any code.  So it only asks the loop (`run_sync_soon`, which is
+        safe from anywhere) to end the subscription later, on the trio thread.
+        """
+        token = trio.lowlevel.current_trio_token()
+
+        def notice(callback: Callback) -> None:
+            try:
+                token.run_sync_soon(self._callback_gone, key, callback)
+            except trio.RunFinishedError:
+                pass  # the system is gone already, and its subscriptions with it
+
+        return notice
+
+    def _callback_gone(self, key: Hashable, callback: Callback) -> None:
+        entry = self._callbacks.get(key)
+        if entry is not None and entry.callback is callback:
+            try:
+                self._release(key)
+            except Exception:  # never out of a run_sync_soon callback: trio would crash
+                log.exception("ending the subscription of %r failed", callback)
 
     # -- looking back ----------------------------------------------------
-    def history(self, pattern: str = ">", limit: int = 100) -> list[Event]:
-        """The newest `limit` events matching `pattern`, newest first."""
+    def history(
+        self, pattern: str = ">", limit: int = 100, since: float | None = None
+    ) -> list[Event]:
+        """The newest `limit` events matching `pattern`, newest first.
+
+        `since`: only events whose `Event.timestamp` is at or after it (a
+        `time.time()` value).  Like subscriptions, ``>`` and other patterns that
+        begin with a wildcard leave out the runtime's ``system.`` events.
+        """
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+            raise ValueError(f"limit must be a whole number >= 0, got {limit!r}")
+        if since is not None and (
+            isinstance(since, bool) or not isinstance(since, int | float) or math.isnan(since)
+        ):
+            raise ValueError(f"since must be a timestamp (time.time()) or None, got {since!r}")
+        events = matching(pattern, reversed(self._history))
         out: list[Event] = []
-        for event in matching(pattern, reversed(self._history)):
+        if limit == 0:
+            return out
+        for event in events:
+            if since is not None and event.timestamp < since:
+                continue
             out.append(event)
             if len(out) >= limit:
                 break
@@ -541,13 +748,50 @@ class Bus:
         self._history.clear()
 
     def stats(self) -> dict[str, Any]:
+        """``published`` counts application events, ``system_published`` the runtime's
+        (``system.*``); ``topics`` counts both, per topic; ``duplicates`` counts
+        publishes dropped for a `msg_id` seen within the duplicate window."""
         return {
             "published": self.published,
+            "system_published": self.system_published,
             "delivered": self.delivered,
             "dropped": self.dropped,
+            "duplicates": self.duplicates,
             "topics": dict(self._topics),
             "subscriptions": self._index.count,
         }
+
+
+@attrs.frozen
+class _Registered:
+    """A callback registered with `Bus.subscribe`, and the slot of the actor that runs it."""
+
+    callback: Callback
+    cell: Cell
+
+
+def _callable_key(fn: Callable[..., Any]) -> Hashable:
+    """Who a callable is, without holding on to it (a weakly held one must be let go).
+
+    ``obj.method`` makes a new bound method at every access: it is known by its
+    object and its function.  Ids stay unique while the callable is held (a
+    weakly held one whose object died is recognised by its dead reference).
+    """
+    if inspect.ismethod(fn):
+        return (id(fn.__self__), id(fn.__func__))
+    owner = getattr(fn, "__self__", None)
+    if inspect.isbuiltin(fn) and owner is not None and not inspect.ismodule(owner):
+        return (id(owner), fn.__name__)  # e.g. a_list.append
+    return (id(fn),)
+
+
+def _check_replay(replay: object) -> None:
+    if isinstance(replay, bool) or not isinstance(replay, int) or replay < 0:
+        raise ValueError(f"replay is how many past events to deliver first (>= 0), got {replay!r}")
+
+
+def _seconds(limit: float) -> str:
+    return "None" if limit == math.inf else repr(limit)
 
 
 __all__ = [

@@ -199,7 +199,12 @@ def build_parser() -> argparse.ArgumentParser:
     top_cmd.set_defaults(func=_cmd_top)
     events_cmd = commands.add_parser("events", help="print bus events as they happen")
     events_cmd.add_argument("system", nargs="?", help=system_help)
-    events_cmd.add_argument("pattern", nargs="?", help="NATS-style pattern, e.g. 'training.>'")
+    events_cmd.add_argument(
+        "pattern",
+        nargs="?",
+        help="NATS-style pattern, e.g. 'training.>' (default '>': every event but the "
+        "runtime's own system.* ones; 'system.>' shows those)",
+    )
     events_cmd.set_defaults(func=_cmd_events)
     return parser
 

@@ -43,6 +43,7 @@ async def open_system(
     blocked_after: float = 0.05,
     stuck_after: float = 10.0,
     history: int = 1000,
+    duplicate_window: float = 120.0,
 ) -> AsyncIterator[System]:
     """Run `tree` for the body of the ``async with``; stop it gracefully on exit.
 
@@ -61,9 +62,18 @@ async def open_system(
     `metrics_port`: serve Prometheus metrics on 127.0.0.1 (0 picks a port:
     `system.metrics.port`).  `blocked_after`: a task step longer than this
     publishes ``system.loop.blocked``.  `stuck_after`: a handler running longer
-    is flagged ``stuck`` in the snapshot.  `history`: events the bus keeps.
+    is flagged ``stuck`` in the snapshot.  `history`: events the bus keeps (``0``
+    keeps none).  `duplicate_window`: seconds a published ``msg_id`` is
+    remembered, to drop duplicates (``0`` turns that off).  Invalid options
+    raise ValueError before anything starts.
     """
-    system = System(tree, name=name, history=history, stuck_after=stuck_after)
+    system = System(
+        tree,
+        name=name,
+        history=history,
+        duplicate_window=duplicate_window,
+        stuck_after=stuck_after,
+    )
     async with _serving(
         system,
         control=control,
@@ -84,6 +94,7 @@ class SystemOptions(TypedDict, total=False):
     blocked_after: float
     stuck_after: float
     history: int
+    duplicate_window: float
 
 
 def _system_of(tree: Supervisor, options: SystemOptions) -> tuple[System, dict[str, Any]]:
@@ -92,6 +103,7 @@ def _system_of(tree: Supervisor, options: SystemOptions) -> tuple[System, dict[s
         tree,
         name=options.get("name"),
         history=options.get("history", 1000),
+        duplicate_window=options.get("duplicate_window", 120.0),
         stuck_after=options.get("stuck_after", 10.0),
     )
     serving = {
@@ -293,13 +305,19 @@ class ThreadedSystem:
         payload: Any = None,
         *,
         correlation_id: str | None = None,
+        msg_id: str | None = None,
         timeout: float | None = None,
         **metadata: Any,
     ) -> int:
         """Publish on the bus from this thread: blocks while a subscriber's ``block``
         mailbox is full, up to `timeout` (see `System.publish`)."""
         return self._system.publish(
-            topic, payload, correlation_id=correlation_id, timeout=timeout, **metadata
+            topic,
+            payload,
+            correlation_id=correlation_id,
+            msg_id=msg_id,
+            timeout=timeout,
+            **metadata,
         )
 
     def run_blocking(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:

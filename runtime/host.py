@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from .cell import Cell
     from .messages import Event, ExitReason
     from .spec import ChildSpec, Supervisor
+    from .system_actors import Callback
     from .threads import ThreadGate
 
 
@@ -29,6 +30,8 @@ class Host(Protocol):
 
     name: str
     """The system's name."""
+    node: str | None
+    """This node's name on a cluster; None on a single node."""
     rng: random.Random
     """Randomness for restart backoff jitter (seedable in tests)."""
     stuck_after: float
@@ -93,6 +96,7 @@ class Host(Protocol):
         payload: Any,
         correlation_id: str | None,
         metadata: Mapping[str, Any],
+        msg_id: str | None = None,
     ) -> int: ...
 
     def publish_nowait_from(
@@ -102,6 +106,7 @@ class Host(Protocol):
         payload: Any,
         correlation_id: str | None,
         metadata: Mapping[str, Any],
+        msg_id: str | None = None,
     ) -> int: ...
 
     def subscribe_cell(
@@ -118,7 +123,7 @@ class Host(Protocol):
 
     def subscriptions_of(self, cell: Cell) -> tuple[str, ...]: ...
 
-    def adopt_callback(self, fn: Callable[[Event], Any]) -> Cell:
+    def adopt_callback(self, callback: Callback) -> Cell:
         """Make (and have started) the actor that runs a bus callback."""
         ...
 

@@ -39,7 +39,11 @@ that crashed it."""
 
 @attrs.frozen
 class Event:
-    """One published event.  `source` is the publisher's path, or ``"thread"``."""
+    """One published event.  `source` is the publisher's path, or ``"thread"``.
+
+    `msg_id`: the publisher's id for duplicate suppression, if it gave one.
+    `node`: the node whose bus published it (None without a cluster).
+    """
 
     topic: str
     payload: Any = None
@@ -48,6 +52,8 @@ class Event:
     timestamp: float = 0.0
     correlation_id: str | None = None
     metadata: Mapping[str, Any] = attrs.field(factory=dict)
+    msg_id: str | None = None
+    node: str | None = None
 
 
 def _safe_text(fn: Callable[[Any], str], value: Any) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import operator
 import random
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -85,6 +86,36 @@ def check_timeout(timeout: object, what: str = "timeout") -> float:
     if math.isnan(value) or value < 0:
         raise ValueError(f"{what} must be >= 0 seconds (or None for no timeout), got {timeout!r}")
     return value
+
+
+# -- the bus's options ---------------------------------------------------
+
+
+def check_history(history: object) -> int:
+    """How many events the bus keeps: a whole number >= 0 (``0`` keeps none)."""
+    if not isinstance(history, bool):
+        try:
+            count = operator.index(history)  # type: ignore[arg-type]
+        except TypeError:
+            pass
+        else:
+            if count >= 0:
+                return count
+    raise ValueError(
+        f"history must be a whole number of events >= 0 (0 keeps none), got {history!r}"
+    )
+
+
+def check_duplicate_window(window: object) -> float:
+    """Seconds a ``msg_id`` is remembered: >= 0 (``0`` turns duplicate suppression off)."""
+    if isinstance(window, int | float) and not isinstance(window, bool):
+        value = float(window)
+        if value >= 0:  # False for NaN
+            return value
+    raise ValueError(
+        f"duplicate_window must be a number of seconds >= 0 (0 turns duplicate "
+        f"suppression off), got {window!r}"
+    )
 
 
 def _check_name(_i: object, _a: object, value: Any) -> None:
@@ -299,7 +330,9 @@ __all__ = [
     "Restart",
     "Strategy",
     "Supervisor",
+    "check_duplicate_window",
     "check_handlers",
+    "check_history",
     "check_name",
     "check_timeout",
     "child",

@@ -25,9 +25,9 @@ from .monitor import BlockedStep, LoopMonitor, TreeSnapshot, take_snapshot
 from .ref import ActorRef
 from .spec import ChildInfo, ChildSpec, Supervisor, check_timeout, child
 from .supervisor import Supervising
-from .system_actors import BusActor, CallbackSubscriber, PublishRequest
+from .system_actors import BusActor, Callback, CallbackSubscriber, PublishRequest
 from .threads import ThreadGate
-from .topics import check_topic
+from .topics import check_user_topic
 
 RESERVED = "system"
 log = logging.getLogger("troupe")
@@ -76,6 +76,7 @@ class System:
         *,
         name: str | None = None,
         history: int = 1000,
+        duplicate_window: float = 120.0,
         stuck_after: float = 10.0,
     ) -> None:
         if not isinstance(tree, Supervisor):
@@ -90,10 +91,11 @@ class System:
             )
         self.tree = tree
         self.name = name or tree.name
+        self.node: str | None = None  # a node's name on a cluster (none yet)
         self.rng = random.Random()
         self.stuck_after = stuck_after
         self.dead_letters = DeadLetterOffice()
-        self.bus = Bus(self, history)
+        self.bus = Bus(self, history, duplicate_window)
         self.started_at: float | None = None
         self.control: Any = None  # the control server, when served (runtime.control)
         self.metrics: Any = None  # the metrics server, when served (runtime.metrics)
@@ -212,10 +214,16 @@ class System:
         payload: Any,
         correlation_id: str | None,
         metadata: Mapping[str, Any],
+        msg_id: str | None = None,
     ) -> int:
         self._check_running(f"publish on {topic!r}")
         return await self.bus.publish(
-            topic, payload, source=source, correlation_id=correlation_id, metadata=metadata
+            topic,
+            payload,
+            source=source,
+            correlation_id=correlation_id,
+            metadata=metadata,
+            msg_id=msg_id,
         )
 
     def publish_nowait_from(
@@ -225,10 +233,16 @@ class System:
         payload: Any,
         correlation_id: str | None,
         metadata: Mapping[str, Any],
+        msg_id: str | None = None,
     ) -> int:
         self._check_running(f"publish on {topic!r}")
         return self.bus.publish_nowait(
-            topic, payload, source=source, correlation_id=correlation_id, metadata=metadata
+            topic,
+            payload,
+            source=source,
+            correlation_id=correlation_id,
+            metadata=metadata,
+            msg_id=msg_id,
         )
 
     def subscribe_cell(
@@ -248,14 +262,14 @@ class System:
     def subscriptions_of(self, cell: Cell) -> tuple[str, ...]:
         return self.bus.patterns_of(cell)
 
-    def adopt_callback(self, fn: Callable[[Event], Any]) -> Cell:
+    def adopt_callback(self, callback: Callback) -> Cell:
         """Make the actor that runs a bus callback; it starts as soon as its supervisor can."""
         parent = self._cells.get(f"/{RESERVED}/callbacks")
         if parent is None or not self.is_running:
             raise RuntimeClosed(f"system {self.name!r} is not running: cannot subscribe callbacks")
-        label = getattr(fn, "__name__", "callback").strip("<>") or "callback"
+        label = callback.label.strip("<>") or "callback"
         name = f"{label}-{next(self._callback_ids)}"
-        cell = self.new_cell(child(CallbackSubscriber, name=name, args=(fn,)), parent)
+        cell = self.new_cell(child(CallbackSubscriber, name=name, args=(callback,)), parent)
         parent.mailbox.put_system(Control("adopt", cell, _NoReply(f"starting callback {name}")))
         return cell
 
@@ -357,6 +371,7 @@ class System:
         payload: Any = None,
         *,
         correlation_id: str | None = None,
+        msg_id: str | None = None,
         timeout: float | None = None,
         **metadata: Any,
     ) -> int:
@@ -374,14 +389,16 @@ class System:
         if self.gate.on_loop_thread():
             self._check_running(f"publish on {topic!r}")
             return self.bus.publish_nowait(
-                topic, payload, correlation_id=correlation_id, metadata=metadata
+                topic, payload, correlation_id=correlation_id, metadata=metadata, msg_id=msg_id
             )
-        check_topic(topic)
+        check_user_topic(topic)
         limit = check_timeout(timeout)
+        if msg_id is not None and not isinstance(msg_id, str):
+            raise TypeError(f"msg_id must be a string or None, got {msg_id!r}")
         bus = self._bus_cell
         if bus is None or not self.is_running:
             raise RuntimeClosed(f"system {self.name!r} is not running")
-        request = PublishRequest(topic, payload, correlation_id, dict(metadata), limit)
+        request = PublishRequest(topic, payload, correlation_id, dict(metadata), msg_id, limit)
         return self.gate.ask(bus, request, math.inf)  # type: ignore[no-any-return]
 
     async def run_blocking(

@@ -1,19 +1,24 @@
 """The runtime's own actors around the bus: `BusActor` at ``/system/bus`` (publishes
-for foreign threads) and `CallbackSubscriber` (runs one ``bus.subscribe`` callback)."""
+for foreign threads) and `CallbackSubscriber` (runs one ``bus.subscribe`` callback,
+held by a `Callback`)."""
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
+import weakref
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import trio
 
 from .actor import Actor
-from .bus import Bus, Lines
-from .messages import UNHANDLED, DeferredReply, Event
+from .messages import UNHANDLED, DeferredReply, Event, describe
+
+if TYPE_CHECKING:  # the bus holds `Callback`s: only types go the other way
+    from .bus import Bus, Lines
 
 log = logging.getLogger("troupe.bus")
 
@@ -26,6 +31,7 @@ class PublishRequest:
     payload: Any
     correlation_id: str | None
     metadata: Mapping[str, Any]
+    msg_id: str | None = None
     timeout: float = math.inf
     """How long the thread waits in full subscribers' lines (from when the bus actor
     takes the request); past it the event is dead-lettered for those (``overflow``)."""
@@ -51,8 +57,9 @@ class BusActor(Actor):
             source="thread",
             correlation_id=msg.correlation_id,
             metadata=msg.metadata,
+            msg_id=msg.msg_id,
         )
-        if lines is None:
+        if event is None or lines is None:
             return count
         deadline = trio.current_time() + msg.timeout
         self.ctx.nursery.start_soon(
@@ -75,31 +82,121 @@ class BusActor(Actor):
         return stats
 
 
-class CallbackSubscriber(Actor):
-    """Runs one `bus.subscribe` callback; its errors are counted, not fatal."""
+class Callback:
+    """A `bus.subscribe` callable as its subscriber actor holds it, and its timeout.
 
-    def __init__(self, fn: Callable[[Event], Any]) -> None:
-        self.fn = fn
+    Held strongly, or weakly (``weak=True``): a bound method through
+    `weakref.WeakMethod` (``obj.method`` itself is a new object at every
+    access, so a plain weak reference to it would die at once), anything
+    else through `weakref.ref`.  When a weakly held callable's object is
+    collected, `on_gone(self)` is called -- from wherever the garbage
+    collector happens to run, so it must only hand the news to the loop.
+    """
+
+    __slots__ = ("__weakref__", "_fn", "_ref", "label", "timeout")
+
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        *,
+        timeout: float = math.inf,
+        weak: bool = False,
+        on_gone: Callable[[Callback], None] | None = None,
+    ) -> None:
+        self.label: str = getattr(fn, "__name__", None) or type(fn).__name__
+        self.timeout = timeout
+        self._fn: Callable[..., Any] | None = None
+        self._ref: weakref.ref[Any] | None = None
+        if not weak:
+            self._fn = fn
+            return
+
+        def collected(_ref: object) -> None:
+            if on_gone is not None:
+                on_gone(self)
+
+        try:
+            if inspect.ismethod(fn):
+                self._ref = weakref.WeakMethod(fn, collected)
+            else:
+                self._ref = weakref.ref(fn, collected)
+        except TypeError:
+            raise TypeError(
+                f"weak=True needs a callable that can be weakly referenced (a function, or a "
+                f"method of an object that allows weak references); {fn!r} cannot"
+            ) from None
+
+    @property
+    def weak(self) -> bool:
+        return self._ref is not None
+
+    def get(self) -> Callable[..., Any] | None:
+        """The callable, or None once a weakly held one is gone."""
+        if self._ref is None:
+            return self._fn
+        fn: Callable[..., Any] | None = self._ref()
+        return fn
+
+    def __repr__(self) -> str:
+        how = "weak" if self.weak else "strong"
+        return f"<Callback {self.label} ({how})>"
+
+
+class CallbackSubscriber(Actor):
+    """Runs one `bus.subscribe` callback.  A call that raises or times out does not
+    crash it: the event is dead-lettered (``crashed`` / ``timeout``) and counted."""
+
+    def __init__(self, callback: Callback) -> None:
+        self.callback = callback
         self.calls = 0
         self.errors = 0
+        self.timeouts = 0
         self.last_error: str | None = None
 
     async def receive(self, msg: Any) -> Any:
         if not isinstance(msg, Event):
             return UNHANDLED
+        fn = self.callback.get()
+        if fn is None:  # held weakly and collected: the bus is ending the subscription
+            self.ctx.dead_letter(msg, "stopped")
+            return None
         self.calls += 1
         try:
-            result = self.fn(msg)
-            if hasattr(result, "__await__"):
-                await result
+            result = fn(msg)
+            del fn  # a weakly held object may go while an async call waits
+            if inspect.isawaitable(result):
+                limit = self.callback.timeout
+                if limit == math.inf:
+                    await result
+                else:
+                    with trio.move_on_after(limit) as scope:
+                        await result
+                    if scope.cancelled_caught:
+                        self.timeouts += 1
+                        self.last_error = f"timed out after {limit:g} s on {msg.topic}"
+                        self.ctx.dead_letter(msg, "timeout")
         except Exception as exc:
             self.errors += 1
-            self.last_error = f"{type(exc).__name__}: {exc}"
-            log.exception("bus callback %r failed on %s", self.fn, msg.topic)
+            self.last_error = describe(exc)
+            self.ctx.dead_letter(msg, "crashed")
+            if self.errors == 1:  # once per callback: later ones are counted and dead-lettered
+                log.error(
+                    "bus callback %s (%s) failed on %s; whenever it raises, its event is "
+                    "dead-lettered (reason 'crashed') and it goes on (logged once)",
+                    self.callback.label,
+                    self.ctx.path,
+                    msg.topic,
+                    exc_info=exc,
+                )
         return None
 
     def snapshot_stats(self) -> dict[str, Any]:
-        return {"calls": self.calls, "errors": self.errors, "last_error": self.last_error}
+        return {
+            "calls": self.calls,
+            "errors": self.errors,
+            "timeouts": self.timeouts,
+            "last_error": self.last_error,
+        }
 
 
-__all__ = ["BusActor", "CallbackSubscriber", "PublishRequest"]
+__all__ = ["BusActor", "Callback", "CallbackSubscriber", "PublishRequest"]

@@ -1,6 +1,8 @@
 """Topic and pattern syntax (NATS's: ``*`` one segment, ``>`` the rest) and `PatternIndex`.
 
-Topics whose first segment is ``system`` belong to the runtime (see the bus).
+Topics whose first segment is ``system`` belong to the runtime and are kept
+apart: a pattern whose first segment is a wildcard (``>``, ``*.x``, ``*.>``)
+does not match them; a pattern must name them (``system.>``).
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ if TYPE_CHECKING:
 
 MATCH_CACHE = 4096
 """Topics whose matching subscriptions the index remembers (then it starts over)."""
+SYSTEM = "system"
+"""The first segment of the runtime's own topics."""
 
 
 class Indexed(Protocol):
@@ -48,6 +52,22 @@ def check_topic(topic: object) -> tuple[str, ...]:
     return parts
 
 
+def is_system_topic(topic: str) -> bool:
+    """Does `topic` belong to the runtime (its first segment is ``system``)?"""
+    return topic.startswith(SYSTEM) and (len(topic) == len(SYSTEM) or topic[len(SYSTEM)] == ".")
+
+
+def check_user_topic(topic: object) -> tuple[str, ...]:
+    """`check_topic`, and refuse the runtime's own topics (``system`` and ``system.*``)."""
+    parts = check_topic(topic)
+    if parts[0] == SYSTEM:
+        raise ValueError(
+            f"cannot publish on {topic!r}: topics under 'system.' belong to the runtime; "
+            "choose another first segment"
+        )
+    return parts
+
+
 def check_pattern(pattern: object) -> tuple[str, ...]:
     """Validate a NATS-style pattern: ``*`` is one whole segment, ``>`` the last one."""
     parts = _segments(pattern, "pattern")
@@ -68,6 +88,8 @@ def matches(pattern: str, topic: str) -> bool:
 
 
 def _segments_match(pat: tuple[str, ...], top: tuple[str, ...]) -> bool:
+    if top[0] == SYSTEM and pat[0] in ("*", ">"):
+        return False  # the runtime's topics are matched only by patterns that name them
     for i, part in enumerate(pat):
         if part == ">":
             return len(top) > i
@@ -149,11 +171,21 @@ class PatternIndex(Generic[T]):
                 del parent.children[part]
 
     def match(self, topic: str, segments: tuple[str, ...]) -> list[T]:
+        """The subscriptions whose patterns match `topic` (its `segments`), oldest first.
+
+        A runtime topic (first segment ``system``) is matched only by patterns
+        that begin with ``system``: the walk skips the root's wildcards.
+        """
         found = self._cache.get(topic)
         if found is not None:
             return found
         found = []
-        self._walk(self._root, segments, 0, found)
+        if segments[0] == SYSTEM:
+            named = self._root.children.get(SYSTEM)
+            if named is not None:
+                self._walk(named, segments, 1, found)
+        else:
+            self._walk(self._root, segments, 0, found)
         if len(found) > 1:
             found.sort(key=lambda sub: sub.seq)
         if len(self._cache) >= MATCH_CACHE:
@@ -161,9 +193,7 @@ class PatternIndex(Generic[T]):
         self._cache[topic] = found
         return found
 
-    def _walk(
-        self, node: _Node, segments: tuple[str, ...], i: int, out: list[T]
-    ) -> None:
+    def _walk(self, node: _Node, segments: tuple[str, ...], i: int, out: list[T]) -> None:
         if i == len(segments):
             out.extend(node.here)
             return
@@ -176,5 +206,13 @@ class PatternIndex(Generic[T]):
             self._walk(node.star, segments, i + 1, out)
 
 
-
-__all__ = ["PatternIndex", "check_pattern", "check_topic", "matches", "matching"]
+__all__ = [
+    "SYSTEM",
+    "PatternIndex",
+    "check_pattern",
+    "check_topic",
+    "check_user_topic",
+    "is_system_topic",
+    "matches",
+    "matching",
+]
