@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import attrs
 import trio
 
-from .errors import Deadlock
+from .errors import Deadlock, RuntimeClosed
 from .mailbox import QUEUED, STOPPED, WAITING, Ticket
 from .messages import Event
 from .spec import check_duplicate_window, check_history, check_timeout
@@ -249,6 +249,15 @@ class Bus:
         seen[msg_id] = now
         return False
 
+    def _check_open(self, topic: object) -> None:
+        """A user's publish: refused once the system has stopped (`RuntimeClosed`)
+        and on the runtime's own topics (`ValueError`)."""
+        if not self._host.is_running:
+            raise RuntimeClosed(
+                f"actor system {self._host.name!r} is not running: cannot publish on {topic!r}"
+            )
+        self._check_user_topic(topic)
+
     @staticmethod
     def _check_user_topic(topic: object) -> None:
         """Refuse the runtime's own topics (``system``, ``system.*``) to users: ValueError.
@@ -297,7 +306,7 @@ class Bus:
         duplicate `msg_id`).  ValueError for an invalid topic or one under
         ``system.``.
         """
-        self._check_user_topic(topic)
+        self._check_open(topic)
         segments = self._topic(topic)
         await trio.lowlevel.checkpoint_if_cancelled()
         if msg_id is not None and self._duplicate(msg_id):
@@ -335,7 +344,7 @@ class Bus:
         (0 for a duplicate `msg_id`).  ValueError for an invalid topic or one
         under ``system.``.
         """
-        self._check_user_topic(topic)
+        self._check_open(topic)
         return self._publish_nowait(topic, payload, source, correlation_id, metadata, msg_id)
 
     def _publish_nowait(
@@ -371,7 +380,7 @@ class Bus:
         (``(None, 0, None)`` for a duplicate `msg_id`).  Finish with `wait_in_lines` when
         `lines` is not None.  Never blocks.  ValueError as for `publish`.
         """
-        self._check_user_topic(topic)
+        self._check_open(topic)
         segments = self._topic(topic)
         if msg_id is not None and self._duplicate(msg_id):
             return None, 0, None

@@ -389,3 +389,20 @@ def test_a_thread_publish_waits_in_the_line_until_its_timeout() -> None:
         )
         assert [(x.recipient, x.message.payload) for x in letters] == [("/app/slow", "late")]
         assert "bad" not in system.ref("/app/fast").ask_blocking("seen")
+
+
+async def test_publishing_once_the_system_has_stopped_raises_runtime_closed() -> None:
+    tree = app(child(Sub, name="a", args=(("t",),)))
+    async with runtime.open_system(tree) as system:
+        assert await system.bus.publish("t", 1) == 1
+    before = system.bus.stats()["published"]
+    with pytest.raises(runtime.RuntimeClosed):
+        await system.bus.publish("t", 2)
+    with pytest.raises(runtime.RuntimeClosed):
+        system.bus.publish_nowait("t", 3)
+    with pytest.raises(runtime.RuntimeClosed):
+        system.publish("t", 4)
+    thread, out = run_in_thread(system.publish, "t", 5)
+    thread.join(WAIT)
+    assert isinstance(out.get("error"), runtime.RuntimeClosed)
+    assert system.bus.stats()["published"] == before  # nothing recorded
