@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 import trio
 
-from .messages import UNHANDLED, DeferredReply, Event, ExitReason
+from .messages import DEAD_LETTER_REASONS, UNHANDLED, DeferredReply, Event, ExitReason
 from .spec import Mailbox
 
 if TYPE_CHECKING:
@@ -154,7 +154,12 @@ class Context:
 
         For an actor that handles a failure itself instead of crashing; the
         message counts in this actor's ``dead_lettered`` like any other.
+        Raises `ValueError` for a reason that is not one of
+        `runtime.messages.DEAD_LETTER_REASONS` (nothing is recorded then).
         """
+        if reason not in DEAD_LETTER_REASONS:
+            known = ", ".join(DEAD_LETTER_REASONS)
+            raise ValueError(f"unknown dead-letter reason {reason!r}; use one of {known}")
         self._cell.drop(msg, reason)
 
     def subscribe(

@@ -9,22 +9,10 @@ from typing import Any
 import attrs
 
 from .actor import Actor
-from .messages import UNHANDLED
+from .messages import DEAD_LETTER_REASONS, UNHANDLED
 
-REASONS: tuple[str, ...] = (
-    "crashed",
-    "unhandled",
-    "overflow",
-    "stopped",
-    "timeout",
-    "deadlock",
-    "undeliverable",
-)
-"""``crashed``: its handler raised; ``unhandled``: `receive` returned UNHANDLED;
-``overflow``: dropped by a full mailbox; ``stopped``: the actor stopped for good
-before handling it; ``timeout``: a reply that arrived after its asker gave up;
-``deadlock``: delivering it would have closed a wait cycle (design rule 5);
-``undeliverable``: on a cluster, its node is down or it could not be decoded."""
+REASONS = DEAD_LETTER_REASONS
+"""The reasons a message can be dead-lettered for (see `runtime.messages`)."""
 
 
 @attrs.frozen

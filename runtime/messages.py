@@ -37,6 +37,22 @@ system), ``"killed"`` (cancelled after its shutdown timeout) or the exception
 that crashed it."""
 
 
+DEAD_LETTER_REASONS: tuple[str, ...] = (
+    "crashed",
+    "unhandled",
+    "overflow",
+    "stopped",
+    "timeout",
+    "deadlock",
+    "undeliverable",
+)
+"""``crashed``: its handler raised; ``unhandled``: `receive` returned UNHANDLED;
+``overflow``: dropped by a full mailbox; ``stopped``: the actor stopped for good
+before handling it; ``timeout``: a reply that arrived after its asker gave up;
+``deadlock``: delivering it would have closed a wait cycle (design rule 5);
+``undeliverable``: on a cluster, its node is down or it could not be decoded."""
+
+
 @attrs.frozen
 class Event:
     """One published event.  `source` is the publisher's path, or ``"thread"``.

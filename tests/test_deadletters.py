@@ -174,3 +174,32 @@ async def test_every_told_message_is_handled_or_dead_lettered(
             assert snap.dead_letters["overflow"] > 0
             assert info.processed + info.dead_lettered == sent
             assert info.dead_lettered == sum(snap.dead_letters.values())
+
+
+class GivesUp(Actor):
+    """Handles its own failures: gives up on a message with `ctx.dead_letter`."""
+
+    async def receive(self, msg: Any) -> Any:
+        match msg:
+            case ("give up", reason):
+                try:
+                    self.ctx.dead_letter(msg, reason)
+                except ValueError as exc:
+                    return str(exc)
+                return "given up"
+        return UNHANDLED
+
+
+async def test_an_actor_can_dead_letter_a_message_itself() -> None:
+    async with runtime.open_system(app(child(GivesUp, name="g"))) as system:
+        g = system.ref("/app/g")
+        assert await g.ask(("give up", "timeout")) == "given up"
+        error = await g.ask(("give up", "bogus"))
+        assert "unknown dead-letter reason 'bogus'" in error and "crashed" in error
+        snap = system.snapshot()
+        assert snap.dead_letters["timeout"] == 1
+        assert snap.find("/app/g").dead_lettered == 1  # the refused one is not counted
+        letters = await system.ref("/system/deadletters").ask(DeadLettersQuery())
+        assert [(x.message, x.reason, x.recipient) for x in letters] == [
+            (("give up", "timeout"), "timeout", "/app/g")
+        ]
