@@ -55,7 +55,7 @@ from .topics import (
     PatternIndex,
     check_pattern,
     check_topic,
-    is_system_topic,
+    check_user_topic,
     matches,
     matching,
 )
@@ -146,7 +146,8 @@ class Bus:
         self.duplicates = 0
         self._topics: dict[str, int] = {}
         self._publishing_deadletter = False
-        self._topics_seen: dict[str, tuple[str, ...]] = {}
+        self._topics_seen: dict[str, tuple[str, ...]] = {}  # any topic, the runtime's too
+        self._user_topics: dict[str, tuple[str, ...]] = {}  # valid, not the runtime's
         self._unyielded = 0
 
     # -- subscriptions ---------------------------------------------------
@@ -249,30 +250,29 @@ class Bus:
         seen[msg_id] = now
         return False
 
-    def _check_open(self, topic: object) -> None:
-        """A user's publish: refused once the system has stopped (`RuntimeClosed`)
-        and on the runtime's own topics (`ValueError`)."""
+    def _user_topic(self, topic: object) -> tuple[str, ...]:
+        """A user's publish: `RuntimeClosed` once the system has stopped, `ValueError`
+        for an invalid topic or one of the runtime's own (``system``, ``system.*``);
+        the topic's segments otherwise (remembered for topics seen before).
+
+        The public `publish`, `publish_nowait` and `start_publish` call it; the
+        runtime's own events (`system_event`, `dead_letter_event`) go through
+        `_publish_runtime`.
+        """
         if not self._host.is_running:
             raise RuntimeClosed(
                 f"actor system {self._host.name!r} is not running: cannot publish on {topic!r}"
             )
-        self._check_user_topic(topic)
+        segments = self._user_topics.get(topic) if isinstance(topic, str) else None
+        if segments is None:
+            segments = check_user_topic(topic)
+            if len(self._user_topics) >= MATCH_CACHE:
+                self._user_topics.clear()
+            self._user_topics[topic] = segments  # type: ignore[index]  # a str: checked
+        return segments
 
-    @staticmethod
-    def _check_user_topic(topic: object) -> None:
-        """Refuse the runtime's own topics (``system``, ``system.*``) to users: ValueError.
-
-        The public `publish` and `publish_nowait` call it; the runtime's own
-        events (`system_event`, `dead_letter_event`) go through `_publish_nowait`.
-        """
-        if isinstance(topic, str) and is_system_topic(topic):
-            raise ValueError(
-                f"cannot publish on {topic!r}: topics under '{SYSTEM}.' belong to the runtime; "
-                "choose another first segment"
-            )
-
-    def _record(self, event: Event) -> None:
-        if is_system_topic(event.topic):
+    def _record(self, event: Event, *, system: bool = False) -> None:
+        if system:
             self.system_published += 1
         else:
             self.published += 1
@@ -306,15 +306,13 @@ class Bus:
         duplicate `msg_id`).  ValueError for an invalid topic or one under
         ``system.``.
         """
-        self._check_open(topic)
-        segments = self._topic(topic)
+        segments = self._user_topic(topic)
         await trio.lowlevel.checkpoint_if_cancelled()
         if msg_id is not None and self._duplicate(msg_id):
             return 0
         event = self._event(topic, payload, source, correlation_id, metadata, msg_id)
         self._record(event)
-        waiter = waiting_slot()
-        count, lines = self._deliver(event, segments, wait=True, waiter=waiter)
+        count, lines = self._deliver(event, segments, wait=True, graph=True)
         if lines is None:
             # Nobody to wait for.  A publisher that never waits would never let
             # others run: yield now and then.
@@ -323,7 +321,7 @@ class Bus:
                 self._unyielded = 0
                 await trio.lowlevel.cancel_shielded_checkpoint()
             return count
-        return count + await self.wait_in_lines(event, lines, waiter)
+        return count + await self.wait_in_lines(event, lines, waiting_slot())
 
     def publish_nowait(
         self,
@@ -344,25 +342,20 @@ class Bus:
         (0 for a duplicate `msg_id`).  ValueError for an invalid topic or one
         under ``system.``.
         """
-        self._check_open(topic)
-        return self._publish_nowait(topic, payload, source, correlation_id, metadata, msg_id)
-
-    def _publish_nowait(
-        self,
-        topic: str,
-        payload: Any,
-        source: str,
-        correlation_id: str | None,
-        metadata: Mapping[str, Any] | None,
-        msg_id: str | None,
-    ) -> int:
-        """`publish_nowait` on any topic, the runtime's own included."""
-        segments = self._topic(topic)
+        segments = self._user_topic(topic)
         if msg_id is not None and self._duplicate(msg_id):
             return 0
         event = self._event(topic, payload, source, correlation_id, metadata, msg_id)
         self._record(event)
-        return self._deliver(event, segments, wait=False, waiter=None)[0]
+        return self._deliver(event, segments, wait=False)[0]
+
+    def _publish_runtime(self, topic: str, payload: Any) -> int:
+        """Publish one of the runtime's own events (any topic, ``system.*`` included)
+        without waiting, as `publish_nowait` does."""
+        segments = self._topic(topic)
+        event = self._event(topic, payload, "system", None, None)
+        self._record(event, system=segments[0] == SYSTEM)
+        return self._deliver(event, segments, wait=False)[0]
 
     def start_publish(
         self,
@@ -380,25 +373,27 @@ class Bus:
         (``(None, 0, None)`` for a duplicate `msg_id`).  Finish with `wait_in_lines` when
         `lines` is not None.  Never blocks.  ValueError as for `publish`.
         """
-        self._check_open(topic)
-        segments = self._topic(topic)
+        segments = self._user_topic(topic)
         if msg_id is not None and self._duplicate(msg_id):
             return None, 0, None
         event = self._event(topic, payload, source, correlation_id, metadata, msg_id)
         self._record(event)
-        count, lines = self._deliver(event, segments, wait=True, waiter=None)
+        count, lines = self._deliver(event, segments, wait=True)
         return event, count, lines
 
     def _deliver(
-        self, event: Event, segments: tuple[str, ...], *, wait: bool, waiter: Waiter | None
+        self, event: Event, segments: tuple[str, ...], *, wait: bool, graph: bool = False
     ) -> tuple[int, Lines | None]:
         """Deliver `event` where it fits now; with `wait`, take a place in the line of
         each full ``block`` subscriber (before anything awaits: one total order).
+        With `graph`, the publisher is the handler running in this task (if any),
+        and a place whose wait would close a cycle is refused (``deadlock``).
 
         Returns how many got it now, and the places taken (None if none).
         """
         count = 0
         lines: Lines | None = None
+        waiter: Waiter | None = None  # looked up only if someone must be waited for
         # A copy: `once` subscriptions leave the index as they are served.
         for sub in list(self._index.match(event.topic, segments)):
             if sub.filter is not None and not self._accepts(sub, event):
@@ -412,6 +407,9 @@ class Bus:
                 if not wait:
                     self._drop(sub, event, "overflow")
                     continue
+                if graph:
+                    graph = False
+                    waiter = waiting_slot()
                 if waiter is not None:
                     try:
                         check_wait(waiter, cell, f"{waiter.path} publishing {event.topic!r}")
@@ -429,15 +427,23 @@ class Bus:
                         lines = []
                     lines.append((sub, ticket))
                 continue
-            count += self._offer(sub, event)
+            count += self._put(sub, event)
         return count, lines
 
     def _offer(self, sub: Subscription, event: Event) -> int:
         """Put `event` into the mailbox of an actor subscriber that need not wait
         (one with room, or a dropping policy); 1 if delivered, else 0."""
         assert sub.cell is not None
+        if sub.cell.mailbox.must_wait():
+            self._drop(sub, event, "overflow")
+            return 0
+        return self._put(sub, event)
+
+    def _put(self, sub: Subscription, event: Event) -> int:
+        """`_offer` for a mailbox known not to make a publisher wait."""
+        assert sub.cell is not None
         mailbox = sub.cell.mailbox
-        if mailbox.must_wait() or (mailbox.overflow == "fail" and not mailbox.has_room()):
+        if mailbox.overflow == "fail" and not mailbox.has_room():
             self._drop(sub, event, "overflow")
             return 0
         # room (or a dropping policy, or a closed mailbox: they dead-letter themselves)
@@ -574,7 +580,7 @@ class Bus:
     # -- system events -----------------------------------------------------
     def system_event(self, topic: str, payload: Mapping[str, Any]) -> None:
         """Publish a runtime event (``system.*``) without waiting."""
-        self._publish_nowait(topic, dict(payload), "system", None, None, None)
+        self._publish_runtime(topic, dict(payload))
 
     def dead_letter_event(self, message: Any, reason: str, recipient: str) -> None:
         """Publish ``system.deadletter`` unless we are already doing so (no recursion)."""
@@ -583,7 +589,7 @@ class Bus:
         self._publishing_deadletter = True
         try:
             payload = {"message": message, "reason": reason, "recipient": recipient}
-            self._publish_nowait("system.deadletter", payload, "system", None, None, None)
+            self._publish_runtime("system.deadletter", payload)
         finally:
             self._publishing_deadletter = False
 

@@ -213,12 +213,12 @@ class MailboxQueue:
 
     def must_wait(self) -> bool:
         """Whether `put_wait` would wait now: a ``block`` mailbox that is full, or
-        has senders in its line (a new one queues behind them)."""
-        return (
-            self.overflow == "block"
-            and not self._closed
-            and (bool(self._line) or len(self._user) + self._reserved >= self.capacity)
-        )
+        has senders in its line (a new one queues behind them).
+
+        (A line exists only while the mailbox is full: room made is handed to
+        the line at once.  So "full" is the whole test.)
+        """
+        return len(self._user) >= self._limit and self.overflow == "block" and not self._closed
 
     def room(self) -> int:
         """How many more user messages fit now."""
