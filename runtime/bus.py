@@ -271,6 +271,24 @@ class Bus:
             self._user_topics[topic] = segments  # type: ignore[index]  # a str: checked
         return segments
 
+    def _user_event(
+        self,
+        topic: str,
+        payload: Any,
+        source: str,
+        correlation_id: str | None,
+        metadata: Mapping[str, Any] | None,
+        msg_id: str | None,
+    ) -> tuple[Event, tuple[str, ...]] | None:
+        """A user's new event, checked (`_user_topic`) and recorded, with its topic's
+        segments; None if its `msg_id` is a duplicate (then nothing is recorded)."""
+        segments = self._user_topic(topic)
+        if msg_id is not None and self._duplicate(msg_id):
+            return None
+        event = self._event(topic, payload, source, correlation_id, metadata, msg_id)
+        self._record(event)
+        return event, segments
+
     def _record(self, event: Event, *, system: bool = False) -> None:
         if system:
             self.system_published += 1
@@ -306,12 +324,11 @@ class Bus:
         duplicate `msg_id`).  ValueError for an invalid topic or one under
         ``system.``.
         """
-        segments = self._user_topic(topic)
         await trio.lowlevel.checkpoint_if_cancelled()
-        if msg_id is not None and self._duplicate(msg_id):
+        made = self._user_event(topic, payload, source, correlation_id, metadata, msg_id)
+        if made is None:
             return 0
-        event = self._event(topic, payload, source, correlation_id, metadata, msg_id)
-        self._record(event)
+        event, segments = made
         count, lines = self._deliver(event, segments, wait=True, graph=True)
         if lines is None:
             # Nobody to wait for.  A publisher that never waits would never let
@@ -342,11 +359,10 @@ class Bus:
         (0 for a duplicate `msg_id`).  ValueError for an invalid topic or one
         under ``system.``.
         """
-        segments = self._user_topic(topic)
-        if msg_id is not None and self._duplicate(msg_id):
+        made = self._user_event(topic, payload, source, correlation_id, metadata, msg_id)
+        if made is None:
             return 0
-        event = self._event(topic, payload, source, correlation_id, metadata, msg_id)
-        self._record(event)
+        event, segments = made
         return self._deliver(event, segments, wait=False)[0]
 
     def _publish_runtime(self, topic: str, payload: Any) -> int:
@@ -373,11 +389,10 @@ class Bus:
         (``(None, 0, None)`` for a duplicate `msg_id`).  Finish with `wait_in_lines` when
         `lines` is not None.  Never blocks.  ValueError as for `publish`.
         """
-        segments = self._user_topic(topic)
-        if msg_id is not None and self._duplicate(msg_id):
+        made = self._user_event(topic, payload, source, correlation_id, metadata, msg_id)
+        if made is None:
             return None, 0, None
-        event = self._event(topic, payload, source, correlation_id, metadata, msg_id)
-        self._record(event)
+        event, segments = made
         count, lines = self._deliver(event, segments, wait=True)
         return event, count, lines
 

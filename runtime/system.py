@@ -216,7 +216,6 @@ class System:
         metadata: Mapping[str, Any],
         msg_id: str | None = None,
     ) -> int:
-        self._check_running(f"publish on {topic!r}")
         return await self.bus.publish(
             topic,
             payload,
@@ -235,7 +234,6 @@ class System:
         metadata: Mapping[str, Any],
         msg_id: str | None = None,
     ) -> int:
-        self._check_running(f"publish on {topic!r}")
         return self.bus.publish_nowait(
             topic,
             payload,
