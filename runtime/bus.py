@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import attrs
 import trio
 
-from .errors import Deadlock, RuntimeClosed
+from .errors import Deadlock, MailboxFull, RuntimeClosed
 from .mailbox import QUEUED, STOPPED, WAITING, Ticket
 from .messages import Event
 from .spec import check_duplicate_window, check_history, check_timeout
@@ -123,6 +123,46 @@ Lines = list[tuple[Subscription, Ticket]]
 """The places a publish took in the lines of full subscribers, in match order."""
 
 
+class PendingPublish:
+    """A publish that holds places in the lines of full subscribers (made by the bus).
+
+    `delivered` counts the subscribers that have the event: at first those
+    with room, and once `wait` returns (or is cancelled) also those whose
+    lines let it in.
+    """
+
+    __slots__ = ("_bus", "delivered", "event", "lines", "refused")
+
+    def __init__(self, bus: Bus, event: Event, lines: Lines, delivered: int) -> None:
+        self._bus = bus
+        self.event = event
+        self.lines = lines
+        self.delivered = delivered
+        self.refused: set[int] = set()  # lines left for a deadlock (dead-lettered already)
+
+    async def wait(self, waiter: Waiter | None = None, deadline: float = math.inf) -> int:
+        """Block until every line let the event in; return `delivered`.
+
+        One line at a time, in order; `waiter` (the publishing actor, if any) is
+        an edge of the wait-for graph for the line it waits in, and a line whose
+        wait would close a cycle is left (``deadlock``).  Lines that let the
+        event in while it waited elsewhere count too.  Cancelled, or at
+        `deadline` (trio time), the places still held are left and the event
+        is dead-lettered there (``overflow``), `delivered` is final, and the
+        cancellation propagates.  A mailbox that closed meanwhile dead-lettered
+        the event itself (``stopped``).
+        """
+        try:
+            if deadline == math.inf:
+                await self._bus._wait_in_lines(self, waiter)
+            else:
+                with trio.move_on_at(deadline):
+                    await self._bus._wait_in_lines(self, waiter)
+        finally:
+            self._bus._settle(self)
+        return self.delivered
+
+
 class Bus:
     """The router: subscriptions, delivery, history and stats (``system.bus``)."""
 
@@ -196,7 +236,12 @@ class Bus:
         hits = list(matching(sub.pattern, self._history))[-n:]
         for event in hits:
             if sub.cell is not None and self._accepts(sub, event):
-                self._offer(sub, event)
+                try:
+                    dropped = sub.cell.mailbox.put(event)
+                except MailboxFull:  # replay never waits
+                    self._drop(sub, event, "overflow")
+                else:
+                    self._count_put(sub, event, dropped)
 
     # -- publishing ------------------------------------------------------
     def _event(
@@ -255,7 +300,7 @@ class Bus:
         for an invalid topic or one of the runtime's own (``system``, ``system.*``);
         the topic's segments otherwise (remembered for topics seen before).
 
-        The public `publish`, `publish_nowait` and `start_publish` call it; the
+        The public `publish`, `publish_nowait` and `publish_for_thread` call it; the
         runtime's own events (`system_event`, `dead_letter_event`) go through
         `_publish_runtime`.
         """
@@ -325,11 +370,11 @@ class Bus:
         ``system.``.
         """
         await trio.lowlevel.checkpoint_if_cancelled()
-        made = self._user_event(topic, payload, source, correlation_id, metadata, msg_id)
-        if made is None:
+        new = self._user_event(topic, payload, source, correlation_id, metadata, msg_id)
+        if new is None:
             return 0
-        event, segments = made
-        count, lines = self._deliver(event, segments, wait=True, graph=True)
+        event, segments = new
+        count, lines = self._deliver(event, segments, wait=True, check_cycles=True)
         if lines is None:
             # Nobody to wait for.  A publisher that never waits would never let
             # others run: yield now and then.
@@ -338,7 +383,7 @@ class Bus:
                 self._unyielded = 0
                 await trio.lowlevel.cancel_shielded_checkpoint()
             return count
-        return count + await self.wait_in_lines(event, lines, waiting_slot())
+        return await PendingPublish(self, event, lines, count).wait(waiting_slot())
 
     def publish_nowait(
         self,
@@ -359,10 +404,10 @@ class Bus:
         (0 for a duplicate `msg_id`).  ValueError for an invalid topic or one
         under ``system.``.
         """
-        made = self._user_event(topic, payload, source, correlation_id, metadata, msg_id)
-        if made is None:
+        new = self._user_event(topic, payload, source, correlation_id, metadata, msg_id)
+        if new is None:
             return 0
-        event, segments = made
+        event, segments = new
         return self._deliver(event, segments, wait=False)[0]
 
     def _publish_runtime(self, topic: str, payload: Any) -> int:
@@ -373,36 +418,38 @@ class Bus:
         self._record(event, system=segments[0] == SYSTEM)
         return self._deliver(event, segments, wait=False)[0]
 
-    def start_publish(
+    def publish_for_thread(
         self,
         topic: str,
         payload: Any = None,
         *,
-        source: str = "system",
         correlation_id: str | None = None,
         metadata: Mapping[str, Any] | None = None,
         msg_id: str | None = None,
-    ) -> tuple[Event | None, int, Lines | None]:
-        """The first half of a publish for a waiter outside the wait-for graph (a thread
-        publishing through the bus actor): deliver where there is room, take places in the
-        lines of full ``block`` subscribers, and return ``(event, delivered, lines)``
-        (``(None, 0, None)`` for a duplicate `msg_id`).  Finish with `wait_in_lines` when
-        `lines` is not None.  Never blocks.  ValueError as for `publish`.
+    ) -> int | PendingPublish:
+        """The bus actor's half of a foreign thread's publish (see `System.publish`).
+
+        Delivers where there is room and takes places in the lines of full
+        ``block`` subscribers at once (the publisher, a thread, is outside the
+        wait-for graph).  Never blocks.  Returns the count delivered, or a
+        `PendingPublish` to wait on when some line must be waited in.  Raises
+        as `publish`.
         """
-        made = self._user_event(topic, payload, source, correlation_id, metadata, msg_id)
-        if made is None:
-            return None, 0, None
-        event, segments = made
+        new = self._user_event(topic, payload, "thread", correlation_id, metadata, msg_id)
+        if new is None:
+            return 0
+        event, segments = new
         count, lines = self._deliver(event, segments, wait=True)
-        return event, count, lines
+        return count if lines is None else PendingPublish(self, event, lines, count)
 
     def _deliver(
-        self, event: Event, segments: tuple[str, ...], *, wait: bool, graph: bool = False
+        self, event: Event, segments: tuple[str, ...], *, wait: bool, check_cycles: bool = False
     ) -> tuple[int, Lines | None]:
         """Deliver `event` where it fits now; with `wait`, take a place in the line of
         each full ``block`` subscriber (before anything awaits: one total order).
-        With `graph`, the publisher is the handler running in this task (if any),
-        and a place whose wait would close a cycle is refused (``deadlock``).
+        With `check_cycles`, the publisher is the handler running in this task (if
+        any), and a place whose wait would close a cycle is refused at once
+        (``deadlock``) rather than first waiting in the other lines.
 
         Returns how many got it now, and the places taken (None if none).
         """
@@ -418,12 +465,14 @@ class Bus:
                 count += self._to_stream(sub, event)
                 continue
             mailbox = cell.mailbox
-            if mailbox.must_wait():
-                if not wait:
+            try:
+                dropped = mailbox.put(event)
+            except MailboxFull:  # `block` or `fail`, full
+                if not wait or not mailbox.must_wait():
                     self._drop(sub, event, "overflow")
                     continue
-                if graph:
-                    graph = False
+                if check_cycles:
+                    check_cycles = False
                     waiter = waiting_slot()
                 if waiter is not None:
                     try:
@@ -431,7 +480,7 @@ class Bus:
                     except Deadlock:
                         self._drop(sub, event, "deadlock")
                         continue
-                if sub.once:
+                if sub.once:  # used up by this event, whatever becomes of it
                     self._unsubscribe(sub)
                 ticket = mailbox.enter_line(event, None if waiter is None else waiter.task)
                 if ticket.state is QUEUED:
@@ -442,84 +491,26 @@ class Bus:
                         lines = []
                     lines.append((sub, ticket))
                 continue
-            count += self._put(sub, event)
+            count += self._count_put(sub, event, dropped)
         return count, lines
 
-    def _offer(self, sub: Subscription, event: Event) -> int:
-        """Put `event` into the mailbox of an actor subscriber that need not wait
-        (one with room, or a dropping policy); 1 if delivered, else 0."""
-        assert sub.cell is not None
-        if sub.cell.mailbox.must_wait():
-            self._drop(sub, event, "overflow")
-            return 0
-        return self._put(sub, event)
-
-    def _put(self, sub: Subscription, event: Event) -> int:
-        """`_offer` for a mailbox known not to make a publisher wait."""
-        assert sub.cell is not None
-        mailbox = sub.cell.mailbox
-        if mailbox.overflow == "fail" and not mailbox.has_room():
-            self._drop(sub, event, "overflow")
-            return 0
-        # room (or a dropping policy, or a closed mailbox: they dead-letter themselves)
-        dropped = mailbox.put(event)
-        if dropped is event:
+    def _count_put(self, sub: Subscription, event: Event, dropped: Any) -> int:
+        """Account for `mailbox.put(event)` that returned `dropped`; 1 if delivered."""
+        if dropped is not None:
             sub.dropped += 1
             self.dropped += 1
-            return 0
-        if isinstance(dropped, Event):  # drop_old pushed out an older event
-            sub.dropped += 1
-            self.dropped += 1
+            if dropped is event:  # drop_new, or a closed mailbox: they dead-letter it
+                return 0
+            # drop_old pushed out an older event (dead-lettered by the mailbox)
         if sub.once:
             self._unsubscribe(sub)
         self._delivered(sub)
         return 1
 
-    async def wait_in_lines(
-        self, event: Event, lines: Lines, waiter: Waiter | None, *, deadline: float = math.inf
-    ) -> int:
-        """Wait until every line in `lines` let `event` in; return how many did.
-
-        One line at a time, in order; `waiter` (the publishing actor, if the
-        publisher is one) is an edge of the wait-for graph for the line it
-        waits in, and a line that would close a cycle is left: ``deadlock``.
-        Lines that let it in while the publisher waited elsewhere count too.
-        Cancelled, or at `deadline` (trio time), the rest are left and
-        dead-lettered as ``overflow`` (the count then says who got it:
-        `delivered_in`); a mailbox that closed dead-lettered the event itself
-        (``stopped``).
-        """
-        count = 0
-        refused: set[int] = set()  # lines left for a deadlock (dead-lettered already)
-        try:
-            with trio.move_on_at(deadline):
-                await self._wait_in_lines(event, lines, waiter, refused)
-        finally:
-            for i, (sub, ticket) in enumerate(lines):
-                state = ticket.state
-                if state is QUEUED:
-                    self._delivered(sub)
-                    count += 1
-                elif state is STOPPED:  # the mailbox dead-lettered it
-                    sub.dropped += 1
-                    self.dropped += 1
-                elif i not in refused:
-                    # left: the publish was cancelled (the wait that was cancelled
-                    # withdrew its own place already)
-                    assert sub.cell is not None
-                    sub.cell.mailbox.withdraw(ticket)
-                    self._drop(sub, event, "overflow")
-        return count
-
-    @staticmethod
-    def delivered_in(lines: Lines) -> int:
-        """How many of the lines a publish waited in have let its event in."""
-        return sum(1 for _, ticket in lines if ticket.state is QUEUED)
-
-    async def _wait_in_lines(
-        self, event: Event, lines: Lines, waiter: Waiter | None, refused: set[int]
-    ) -> None:
-        for i, (sub, ticket) in enumerate(lines):
+    async def _wait_in_lines(self, pending: PendingPublish, waiter: Waiter | None) -> None:
+        """Wait in each line of `pending` that has not let its event in, in order."""
+        event = pending.event
+        for i, (sub, ticket) in enumerate(pending.lines):
             if ticket.state is not WAITING:
                 continue
             cell = sub.cell
@@ -528,18 +519,36 @@ class Bus:
                 await cell.mailbox.wait_in_line(ticket)
                 continue
             try:
-                begin_wait(
-                    waiter, cell, f"{waiter.path} publishing {event.topic!r}", to_send=True
-                )
+                what = f"{waiter.path} publishing {event.topic!r}"
+                begin_wait(waiter, cell, what, to_send=True)
             except Deadlock:
                 cell.mailbox.withdraw(ticket)
-                refused.add(i)
+                pending.refused.add(i)
                 self._drop(sub, event, "deadlock")
                 continue
             try:
                 await cell.mailbox.wait_in_line(ticket)
             finally:
                 end_wait(waiter, cell)
+
+    def _settle(self, pending: PendingPublish) -> None:
+        """A publish is done waiting (all let in, cancelled or past its deadline):
+        count what was let in; dead-letter the event where it was not (``overflow``)."""
+        event = pending.event
+        for i, (sub, ticket) in enumerate(pending.lines):
+            state = ticket.state
+            if state is QUEUED:
+                self._delivered(sub)
+                pending.delivered += 1
+            elif state is STOPPED:  # the mailbox dead-lettered it
+                sub.dropped += 1
+                self.dropped += 1
+            elif i not in pending.refused:
+                # left: cancelled (the wait that was cancelled withdrew its place)
+                assert sub.cell is not None
+                sub.cell.mailbox.withdraw(ticket)
+                self._drop(sub, event, "overflow")
+        pending.lines = []
 
     def _topic(self, topic: str) -> tuple[str, ...]:
         """`check_topic`, remembered for topics seen before."""

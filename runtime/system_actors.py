@@ -18,7 +18,7 @@ from .actor import Actor
 from .messages import UNHANDLED, DeferredReply, Event, describe
 
 if TYPE_CHECKING:  # the bus holds `Callback`s: only types go the other way
-    from .bus import Bus, Lines
+    from .bus import PendingPublish
 
 log = logging.getLogger("troupe.bus")
 
@@ -50,31 +50,25 @@ class BusActor(Actor):
     async def receive(self, msg: Any) -> Any:
         if not isinstance(msg, PublishRequest):
             return UNHANDLED
-        bus = self.ctx.system.bus
-        event, count, lines = bus.start_publish(
+        pending = self.ctx.system.bus.publish_for_thread(
             msg.topic,
             msg.payload,
-            source="thread",
             correlation_id=msg.correlation_id,
             metadata=msg.metadata,
             msg_id=msg.msg_id,
         )
-        if event is None or lines is None:
-            return count
+        if isinstance(pending, int):
+            return pending
         deadline = trio.current_time() + msg.timeout
-        self.ctx.nursery.start_soon(
-            self._finish, bus, event, lines, count, deadline, self.ctx.defer_reply()
-        )
+        self.ctx.nursery.start_soon(self._answer, pending, deadline, self.ctx.defer_reply())
         return None
 
     @staticmethod
-    async def _finish(
-        bus: Bus, event: Event, lines: Lines, count: int, deadline: float, reply: DeferredReply
-    ) -> None:
+    async def _answer(pending: PendingPublish, deadline: float, reply: DeferredReply) -> None:
         try:
-            await bus.wait_in_lines(event, lines, None, deadline=deadline)
-        finally:  # cancelled too (the system stops): what was delivered is still the answer
-            reply.send(count + bus.delivered_in(lines))
+            await pending.wait(None, deadline)
+        finally:  # cancelled too (the system stops): what was delivered is the answer
+            reply.send(pending.delivered)
 
     def snapshot_stats(self) -> dict[str, Any]:
         stats = self.ctx.system.bus.stats()

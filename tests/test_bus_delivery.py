@@ -21,14 +21,17 @@ class Sub(Actor):
     """Subscribes to `patterns`; while `gate` (a trio.Event) is not set, handling
     an event waits for it, so the mailbox fills up behind the event in hand."""
 
-    def __init__(self, patterns: tuple[str, ...], gate: trio.Event | None = None) -> None:
+    def __init__(
+        self, patterns: tuple[str, ...], gate: trio.Event | None = None, once: bool = False
+    ) -> None:
         self.patterns = patterns
         self.gate = gate
+        self.once = once
         self.seen: list[Any] = []
 
     async def on_start(self) -> None:
         for pattern in self.patterns:
-            self.ctx.subscribe(pattern)
+            self.ctx.subscribe(pattern, once=self.once)
 
     async def receive(self, msg: Any) -> Any:
         match msg:
@@ -39,8 +42,13 @@ class Sub(Actor):
                 return None
             case "seen":
                 return list(self.seen)
+            case "hold":
+                assert self.gate is not None
+                await self.gate.wait()
             case ("publish", topic, payload):
                 return await self.ctx.publish(topic, payload)
+            case ("subscribe", pattern):
+                self.ctx.subscribe(pattern)
             case ("fill_then_publish", topic, payload):
                 self.ctx.ref.tell("filler")  # own mailbox full while the handler runs
                 return await self.ctx.publish(topic, payload)
@@ -71,32 +79,34 @@ async def dead(system: runtime.System, reason: str) -> list[tuple[str, Any]]:
 async def test_a_publish_takes_its_place_in_every_line_before_it_waits(
     autojump_clock: trio.abc.Clock,
 ) -> None:
-    """Two full subscribers freed in opposite orders still see one order of events."""
+    """Topics t1 and t2 match the two full subscribers in opposite orders; freed in
+    either order they still agree on the order of the waiting events."""
     gate_a, gate_b = trio.Event(), trio.Event()
     tree = app(
-        child(Sub, name="a", args=(("t",), gate_a), mailbox=tiny()),
-        child(Sub, name="b", args=(("t",), gate_b), mailbox=tiny()),
+        child(Sub, name="b", args=(("t2",), gate_b), mailbox=tiny()),
+        child(Sub, name="a", args=(("t1", "t2"), gate_a), mailbox=tiny()),
     )
     async with runtime.open_system(tree) as system:
-        counts: dict[int, int] = {}
+        await system.ref("/app/b").ask(("subscribe", "t1"))  # t1 matches a, b; t2 b, a
+        await system.bus.publish("t1", 0)  # in hand at both
+        await system.bus.publish("t1", 1)  # queued at both: both full
+        counts: dict[str, int] = {}
 
-        async def publish(i: int) -> None:
-            counts[i] = await system.bus.publish("t", i)
+        async def publish(topic: str, payload: str) -> None:
+            counts[payload] = await system.bus.publish(topic, payload)
 
-        # 0 is in hand at both, 1 fills both mailboxes; 2..9 wait in both lines
         async with trio.open_nursery() as nursery:
-            for i in range(10):
-                nursery.start_soon(publish, i)
-                await trio.testing.wait_all_tasks_blocked()
-            stats = system.ref("/app/a").mailbox_depth
-            assert stats == 1
-            # b drains first, then a: the order each saw is the order of the lines
+            nursery.start_soon(publish, "t1", "x")  # waits in a's line, then b's
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.start_soon(publish, "t2", "y")  # would wait in b's first
+            await trio.testing.wait_all_tasks_blocked()
+            assert system.ref("/app/a").mailbox_depth == 1  # nothing got past a full box
             gate_b.set()
             await trio.testing.wait_all_tasks_blocked()
             gate_a.set()
-        assert counts == {i: 2 for i in range(10)}
-        assert await system.ref("/app/a").ask("seen") == list(range(10))
-        assert await system.ref("/app/b").ask("seen") == list(range(10))
+        assert counts == {"x": 2, "y": 2}
+        assert await system.ref("/app/a").ask("seen") == [0, 1, "x", "y"]
+        assert await system.ref("/app/b").ask("seen") == [0, 1, "x", "y"]
 
 
 async def test_a_full_subscriber_delays_only_publishers_of_its_events(
@@ -214,8 +224,7 @@ async def test_a_cancelled_publish_dead_letters_what_it_had_not_delivered(
             await system.bus.publish("t", "cut")
         assert scope.cancelled_caught
         assert sorted(await dead(system, "overflow")) == [("/app/a", "cut"), ("/app/b", "cut")]
-        stats = system.ref("/app/a").mailbox_depth
-        assert stats == 1  # nothing stranded in a line
+        assert system.ref("/app/a").mailbox_depth == 1  # nothing stranded in a line
         gate_a.set()
         gate_b.set()
         await trio.testing.wait_all_tasks_blocked()
@@ -269,8 +278,7 @@ async def test_publish_nowait_overflows_behind_waiting_publishers(
         async with trio.open_nursery() as nursery:
             nursery.start_soon(system.bus.publish, "t", "waits")
             await trio.testing.wait_all_tasks_blocked()
-            gate_open = system.ref("/app/a")
-            assert gate_open.mailbox_depth == 2
+            assert system.ref("/app/a").mailbox_depth == 2
             # a has a line now: even once room is made, nowait may not jump it
             assert system.bus.publish_nowait("t", "nowait") == 1
             gate.set()
@@ -366,6 +374,7 @@ def test_a_thread_publish_waits_in_the_line_until_its_timeout() -> None:
     tree = app(
         child(Slow, name="slow", mailbox=tiny()),
         child(Sub, name="fast", args=(("t",),)),
+        child(Sub, name="other", args=(("other",),)),
     )
     with runtime.start_in_thread(tree) as system:
         assert system.publish("t", "hold") == 2
@@ -373,13 +382,16 @@ def test_a_thread_publish_waits_in_the_line_until_its_timeout() -> None:
         assert system.publish("t", "fills") == 2
         # the line is waited in up to the timeout; then overflow, and the count is exact
         assert system.publish("t", "late", timeout=0.2) == 1
-        # meanwhile, another thread's publish on another topic is not held up
-        assert system.publish("other", "x", timeout=0) == 0
         with pytest.raises(ValueError, match="timeout"):
             system.publish("t", "bad", timeout=-1)
         thread, out = run_in_thread(system.publish, "t", "waits")
         thread.join(0.2)
         assert thread.is_alive()  # no timeout: the thread blocks in the line
+        # meanwhile, another thread's publish on another topic is not held up
+        other, other_out = run_in_thread(system.publish, "other", "x")
+        other.join(WAIT)
+        assert other_out == {"value": 1}
+        assert thread.is_alive()
         release.set()
         thread.join(WAIT)
         assert out == {"value": 2}
@@ -406,3 +418,74 @@ async def test_publishing_once_the_system_has_stopped_raises_runtime_closed() ->
     thread.join(WAIT)
     assert isinstance(out.get("error"), runtime.RuntimeClosed)
     assert system.bus.stats()["published"] == before  # nothing recorded
+
+
+async def test_a_once_subscription_is_used_up_by_the_event_that_takes_its_place(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """A full `once` subscriber gets one event, never two: the first publish to take a
+    place in its line uses the subscription up, whatever becomes of that event."""
+    gate = trio.Event()
+    tree = app(child(Sub, name="a", args=(("t",), gate, True), mailbox=tiny()))
+    async with runtime.open_system(tree) as system:
+        a = system.ref("/app/a")
+        a.tell("hold")
+        await trio.testing.wait_all_tasks_blocked()
+        a.tell("queued")  # busy and full
+        counts: dict[str, int] = {}
+
+        async def publish(payload: str) -> None:
+            counts[payload] = await system.bus.publish("t", payload)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(publish, "first")  # takes the place: once is used up
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.start_soon(publish, "second")
+            await trio.testing.wait_all_tasks_blocked()
+            assert counts == {"second": 0}
+            gate.set()
+        assert counts == {"first": 1, "second": 0}
+        assert await a.ask("seen") == ["queued", "first"]
+        assert system.bus.stats()["subscriptions"] == 0
+
+
+async def test_a_once_place_left_by_a_cancelled_publish_is_dead_lettered_not_kept(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    gate = trio.Event()
+    tree = app(child(Sub, name="a", args=(("t",), gate, True), mailbox=tiny()))
+    async with runtime.open_system(tree) as system:
+        a = system.ref("/app/a")
+        a.tell("hold")
+        await trio.testing.wait_all_tasks_blocked()
+        a.tell("queued")
+        with trio.move_on_after(1):
+            await system.bus.publish("t", "cut")
+        assert await dead(system, "overflow") == [("/app/a", "cut")]
+        assert await system.bus.publish("t", "later") == 0  # the subscription is gone
+        gate.set()
+        assert await a.ask("seen") == ["queued"]
+
+
+async def test_a_place_that_would_close_a_cycle_is_refused_before_waiting_elsewhere(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """A full subscriber publishing to its own topic, with another full subscriber of
+    it: its own place is refused (deadlock) at once, not after the other line."""
+    gate = trio.Event()
+    tree = app(  # slow subscribes first: its line comes first in the publish
+        child(Sub, name="slow", args=(("data.*",), gate), mailbox=tiny()),
+        child(Sub, name="echo", args=(("data.*",),), mailbox=tiny()),
+    )
+    async with runtime.open_system(tree) as system:
+        await system.bus.publish("data.a", 0)  # slow: in hand
+        await system.bus.publish("data.a", 1)  # slow: full
+        await trio.testing.wait_all_tasks_blocked()
+        echo = system.ref("/app/echo")
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(echo.ask, ("fill_then_publish", "data.echo", "self"), None)
+            await trio.testing.wait_all_tasks_blocked()
+            # echo still waits in slow's line, and its own place was refused already
+            assert await dead(system, "deadlock") == [("/app/echo", "self")]
+            gate.set()
+        assert await system.ref("/app/slow").ask("seen") == [0, 1, "self"]

@@ -10,8 +10,9 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import runtime
 from runtime import Mailbox
-from runtime.mailbox import EMPTY, MailboxQueue
+from runtime.mailbox import EMPTY, QUEUED, WITHDRAWN, MailboxQueue
 
 steps = st.lists(
     st.sampled_from(["put", "put_system", "get", "take", "put_many"]), min_size=1, max_size=80
@@ -80,3 +81,98 @@ def test_statistics_say_what_is_queued_and_who_waits() -> None:
     assert mailbox.close() == ["stop", 1, 2]
     assert mailbox.statistics().closed is True
     assert mailbox.statistics().depth == 0
+
+
+class LendingGate:
+    """The thread gate as a mailbox sees it: room lent to threads comes back only when
+    `reclaimable` says so (as the real gate gives back credits not yet used)."""
+
+    def __init__(self) -> None:
+        self.reclaimable = 0
+
+    def reclaim(self, mailbox: MailboxQueue) -> int:
+        taken = min(self.reclaimable, mailbox.statistics().reserved)
+        self.reclaimable -= taken
+        return taken
+
+    def room_freed(self, mailbox: MailboxQueue) -> bool:
+        return True
+
+
+line_steps = st.lists(
+    st.sampled_from(
+        ["put", "enter_line", "withdraw", "take", "reserve", "unreserve", "lend_back", "threads"]
+    ),
+    min_size=1,
+    max_size=80,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(steps=line_steps, capacity=st.integers(1, 4), seed=st.integers(0, 3))
+def test_the_line_is_handed_over_in_order_and_exists_only_while_full(
+    steps: list[str], capacity: int, seed: int
+) -> None:
+    """Whatever tells, places in the line, withdrawals, takes and room lent to threads
+    come in: the line is handed over in its order, `put` never jumps it, and a line
+    exists only while the mailbox is full (what `must_wait` relies on)."""
+    gate = LendingGate()
+    mailbox = MailboxQueue(Mailbox(capacity=capacity, overflow="block"), lambda m, r: None, gate)
+    queued: list[Any] = []  # what the consumer must see, in order
+    line: list[Any] = []  # tickets still waiting, in order
+    taken: list[Any] = []
+    n = 0
+    for step in steps:
+        n += 1
+        stats = mailbox.statistics()
+        full = stats.depth + stats.reserved >= capacity
+        if step == "put":
+            try:
+                assert mailbox.put(n) is None
+            except runtime.MailboxFull:
+                assert line or full
+            else:
+                assert not line  # a tell never jumps the line
+                queued.append(n)
+        elif step == "enter_line" and mailbox.must_wait():
+            line.append(mailbox.enter_line(("line", n)))
+        elif step == "withdraw" and line:
+            ticket = line[(n + seed) % len(line)]
+            assert mailbox.withdraw(ticket)
+        elif step == "take":
+            item = mailbox.get()
+            if item is not EMPTY:
+                taken.append(item)
+        elif step == "reserve":
+            mailbox.reserve(1 + seed)
+        elif step == "unreserve" and stats.reserved:
+            mailbox.unreserve(1)
+        elif step == "lend_back":
+            gate.reclaimable += 1
+        elif step == "threads":
+            mailbox.wait_for_threads()
+        let_in(line, queued)
+        stats = mailbox.statistics()
+        assert stats.senders_waiting == len(line)
+        if line:
+            assert stats.depth + stats.reserved >= capacity  # a line only while full
+            assert mailbox.must_wait()
+        assert mailbox.must_wait() == (stats.depth + stats.reserved >= capacity or bool(line))
+    mailbox.unreserve(mailbox.statistics().reserved)  # the threads are done
+    let_in(line, queued)
+    while (item := mailbox.get()) is not EMPTY:
+        taken.append(item)
+        let_in(line, queued)
+    assert taken == queued
+    assert not line
+
+
+def let_in(line: list[Any], queued: list[Any]) -> None:
+    """Tickets let in since the last look were queued in line order, after the puts."""
+    for ticket in list(line):
+        if ticket.state is QUEUED:
+            assert ticket is line[0]  # in order
+            queued.append(ticket.item)
+            line.remove(ticket)
+        elif ticket.state is WITHDRAWN:
+            line.remove(ticket)
