@@ -47,7 +47,7 @@ import trio
 from .errors import Deadlock, MailboxFull, RuntimeClosed
 from .mailbox import QUEUED, STOPPED, WAITING, Ticket
 from .messages import Event
-from .spec import check_duplicate_window, check_history, check_timeout
+from .spec import check_duplicate_window, check_history, check_msg_id, check_timeout
 from .system_actors import Callback
 from .topics import (
     MATCH_CACHE,
@@ -83,7 +83,7 @@ class Subscription:
     """One pattern of one subscriber: an actor's mailbox or a stream's channel."""
 
     __slots__ = (
-                "cell",
+        "cell",
         "channel",
         "delivered",
         "dropped",
@@ -275,8 +275,7 @@ class Bus:
         """
         if msg_id is None:
             return False
-        if not isinstance(msg_id, str):
-            raise TypeError(f"msg_id must be a string (or None), got {msg_id!r}")
+        check_msg_id(msg_id)
         if self._window <= 0:
             return False
         seen = self._msg_ids
@@ -365,9 +364,12 @@ class Bus:
         not made: the event is dead-lettered for that subscriber (``deadlock``).
         Cancelled while it waits, the event is dead-lettered (``overflow``)
         for each subscriber it had not reached yet, and `trio.Cancelled`
-        propagates.  Returns how many subscribers it was delivered to (0 for a
-        duplicate `msg_id`).  ValueError for an invalid topic or one under
-        ``system.``.
+        propagates.  A publish that waits for nobody is a schedule point only
+        once every `YIELD_EVERY` calls (a cancel already pending is always
+        honoured first).  Returns how many subscribers it was delivered to (0
+        for a duplicate `msg_id`).  Raises `RuntimeClosed` once the system has
+        stopped, `ValueError` for an invalid topic or one under ``system.``,
+        `TypeError` for a `msg_id` that is not a string.
         """
         await trio.lowlevel.checkpoint_if_cancelled()
         new = self._user_event(topic, payload, source, correlation_id, metadata, msg_id)
@@ -401,8 +403,7 @@ class Bus:
         ``fail`` mailbox, or one with publishers waiting in its line) gets it
         dead-lettered as ``overflow``; ``drop_new``/``drop_old`` mailboxes
         apply their policy.  Returns how many subscribers it was delivered to
-        (0 for a duplicate `msg_id`).  ValueError for an invalid topic or one
-        under ``system.``.
+        (0 for a duplicate `msg_id`).  Raises as `publish`.
         """
         new = self._user_event(topic, payload, source, correlation_id, metadata, msg_id)
         if new is None:

@@ -83,10 +83,6 @@ class Ticket:
         self.waiter: trio.lowlevel.Task | None = None
         """The task parked in `MailboxQueue.wait_in_line` on this ticket, if any."""
 
-    @property
-    def waiting(self) -> bool:
-        return self.state is WAITING
-
 
 class ThreadRoom(Protocol):
     """The foreign-thread gate, as a mailbox sees it (see `runtime.threads`)."""
@@ -130,8 +126,8 @@ class MailboxStatistics:
 class MailboxQueue:
     """The live queue of one slot.  Loop thread only.
 
-    Kept small because every actor has one: the system lane and the lot of
-    blocked senders are made on first use.
+    Kept small because every actor has one: the system lane and the line of
+    waiting senders are made on first use.
     """
 
     __slots__ = (
@@ -345,7 +341,8 @@ class MailboxQueue:
 
         Cancelled while waiting, the ticket is withdrawn (its item was not
         queued and stays with the caller) and `trio.Cancelled` propagates.
-        Once the item is queued, the wait is not cancelled any more.
+        Once the item is queued, the wait is not cancelled any more.  When it
+        does not wait, it is not a checkpoint (the caller decides).
         """
         if ticket.state is not WAITING:
             return
@@ -475,7 +472,8 @@ class MailboxQueue:
     def get(self) -> Any:
         """The next item, system lane first; `EMPTY` if there is none.  Never blocks.
 
-        Taking a user message lets one blocked sender (or waiting threads) in.
+        Taking a user message hands the room made to the head of the line of
+        waiting senders (or to waiting threads).
         (`ready()` and `take()` do the same for a loop that wants no Python call per
         message: ``item = take() if ready() else EMPTY``; `take` may say EMPTY too.)
         """

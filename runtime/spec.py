@@ -106,6 +106,13 @@ def check_history(history: object) -> int:
     )
 
 
+def check_msg_id(msg_id: object) -> str | None:
+    """An event's ``msg_id`` for duplicate suppression: a string, or None for none."""
+    if msg_id is not None and not isinstance(msg_id, str):
+        raise TypeError(f"msg_id must be a string (or None), got {msg_id!r}")
+    return msg_id
+
+
 def check_duplicate_window(window: object) -> float:
     """Seconds a ``msg_id`` is remembered: >= 0 (``0`` turns duplicate suppression off)."""
     if isinstance(window, int | float) and not isinstance(window, bool):
@@ -333,6 +340,7 @@ __all__ = [
     "check_duplicate_window",
     "check_handlers",
     "check_history",
+    "check_msg_id",
     "check_name",
     "check_timeout",
     "child",

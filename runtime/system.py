@@ -23,7 +23,7 @@ from .errors import ActorNotFound, AskTimeout, RuntimeClosed
 from .messages import Control, Event, ExitReason, Reply
 from .monitor import BlockedStep, LoopMonitor, TreeSnapshot, take_snapshot
 from .ref import ActorRef
-from .spec import ChildInfo, ChildSpec, Supervisor, check_timeout, child
+from .spec import ChildInfo, ChildSpec, Supervisor, check_msg_id, check_timeout, child
 from .supervisor import Supervising
 from .system_actors import BusActor, Callback, CallbackSubscriber, PublishRequest
 from .threads import ThreadGate
@@ -376,23 +376,24 @@ class System:
         """Publish an event; callable from the trio thread and from any other thread.
 
         On the trio thread it never waits (like `ctx.publish_nowait`; `timeout`
-        does not apply).  From a foreign thread it goes through the bus actor,
-        and blocks that thread while subscribers' ``block`` mailboxes are full,
-        up to `timeout` seconds (None: as long as it takes; 0: only where there
+        is checked but does not apply).  From a foreign thread it goes through
+        the bus actor, and blocks that thread while subscribers' ``block``
+        mailboxes are full, up to `timeout` seconds counted from when the bus
+        actor takes the request (None: as long as it takes; 0: only where there
         is room now); past it, the event is dead-lettered (``overflow``) for
         the subscribers it had not reached.  Returns the number of subscribers
-        it was delivered to.  Raises `RuntimeClosed` once the system has
-        stopped, `ValueError` for an invalid topic or timeout.
+        it was delivered to (0 for a duplicate `msg_id`).  Raises
+        `RuntimeClosed` once the system has stopped, `ValueError` for an
+        invalid topic (or one under ``system.``) or timeout, `TypeError` for a
+        `msg_id` that is not a string.
         """
+        limit = check_timeout(timeout)
         if self.gate.on_loop_thread():
-            self._check_running(f"publish on {topic!r}")
             return self.bus.publish_nowait(
                 topic, payload, correlation_id=correlation_id, metadata=metadata, msg_id=msg_id
             )
         check_user_topic(topic)
-        limit = check_timeout(timeout)
-        if msg_id is not None and not isinstance(msg_id, str):
-            raise TypeError(f"msg_id must be a string or None, got {msg_id!r}")
+        check_msg_id(msg_id)
         bus = self._bus_cell
         if bus is None or not self.is_running:
             raise RuntimeClosed(f"system {self.name!r} is not running")

@@ -52,11 +52,6 @@ def check_topic(topic: object) -> tuple[str, ...]:
     return parts
 
 
-def is_system_topic(topic: str) -> bool:
-    """Does `topic` belong to the runtime (its first segment is ``system``)?"""
-    return topic.startswith(SYSTEM) and (len(topic) == len(SYSTEM) or topic[len(SYSTEM)] == ".")
-
-
 def check_user_topic(topic: object) -> tuple[str, ...]:
     """`check_topic`, and refuse the runtime's own topics (``system`` and ``system.*``)."""
     parts = check_topic(topic)
@@ -212,7 +207,6 @@ __all__ = [
     "check_pattern",
     "check_topic",
     "check_user_topic",
-    "is_system_topic",
     "matches",
     "matching",
 ]

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 import trio
 
 from .errors import Deadlock
+from .mailbox import MailboxQueue
 
 MAX_CHAIN = 100_000
 """A bound on walking a chain (the graph has no cycles; this only guards bugs)."""
@@ -25,7 +26,7 @@ class Waiter(Protocol):
     """A slot as the graph sees it."""
 
     path: str
-    mailbox: Any  # its MailboxQueue
+    mailbox: MailboxQueue
     waiting_for: Any  # another Waiter, or None
     waiting_to_send: bool  # the wait is for room (not for a reply)
     task: trio.lowlevel.Task | None  # the running incarnation's own task
@@ -88,7 +89,7 @@ def begin_wait(waiter: Waiter, target: Waiter, what: str, *, to_send: bool = Fal
     waiter.waiting_to_send = to_send
 
 
-def let_in(task: trio.lowlevel.Task, mailbox: Any) -> None:
+def let_in(task: trio.lowlevel.Task, mailbox: MailboxQueue) -> None:
     """`mailbox` let the message of `task` in: if that task waited for room there,
     its wait is over already, though the task has not run yet.  Not an edge any more.
 

@@ -1089,9 +1089,8 @@ async def test_system_deadletter_is_never_recursive(
 async def test_deadletter_events_do_not_loop_when_a_publish_overflows(
     subscriber: str, autojump_clock: trio.abc.Clock
 ) -> None:
-    """Overflow inside an awaited publish (the bus lock held) queues the
-    system.deadletter event; delivering that one to the same full subscriber
-    must not publish yet another dead-letter event."""
+    """Overflow while delivering publishes a system.deadletter event; delivering
+    that one to the same full subscriber must not publish yet another."""
     children = []
     if subscriber != "stream":
         mailbox = Mailbox(capacity=5, overflow=subscriber)  # type: ignore[arg-type]
