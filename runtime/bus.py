@@ -73,6 +73,7 @@ DUPLICATE_WINDOW = 120.0
 DUPLICATES = 100_000
 """At most this many `msg_id`s are remembered; past it the oldest are forgotten early."""
 TOPIC_STATS = 10_000
+DEAD_LETTER_TOPIC = "system.deadletter"
 YIELD_EVERY = 64
 """Fast-path publishes between two yields to the scheduler (fairness)."""
 _NO_METADATA: Mapping[str, Any] = MappingProxyType({})
@@ -241,7 +242,8 @@ class Bus:
                 except MailboxFull:  # replay never waits
                     self._drop(sub, event, "overflow")
                 else:
-                    self._count_put(sub, event, dropped)
+                    if self._count_put(sub, event, dropped) and sub.once:
+                        return  # served: the once subscription takes one event
 
     # -- publishing ------------------------------------------------------
     def _event(
@@ -481,7 +483,7 @@ class Bus:
                     except Deadlock:
                         self._drop(sub, event, "deadlock")
                         continue
-                if sub.once:  # used up by this event, whatever becomes of it
+                if sub.once:  # held for this event (back if it never gets there)
                     self._unsubscribe(sub)
                 ticket = mailbox.enter_line(event, None if waiter is None else waiter.task)
                 if ticket.state is QUEUED:
@@ -544,11 +546,14 @@ class Bus:
             elif state is STOPPED:  # the mailbox dead-lettered it
                 sub.dropped += 1
                 self.dropped += 1
-            elif i not in pending.refused:
-                # left: cancelled (the wait that was cancelled withdrew its place)
-                assert sub.cell is not None
-                sub.cell.mailbox.withdraw(ticket)
-                self._drop(sub, event, "overflow")
+            else:
+                if i not in pending.refused:
+                    # left: cancelled (the wait that was cancelled withdrew its place)
+                    assert sub.cell is not None
+                    sub.cell.mailbox.withdraw(ticket)
+                    self._drop(sub, event, "overflow")
+                if sub.once:
+                    self._resubscribe(sub)
         pending.lines = []
 
     def _topic(self, topic: str) -> tuple[str, ...]:
@@ -588,11 +593,23 @@ class Bus:
         self.delivered += 1
 
     def _unsubscribe(self, sub: Subscription) -> None:
-        """A ``once`` subscription was served."""
+        """A ``once`` subscription was served, or an event waits in its line for it."""
         assert sub.cell is not None
         mine = self._by_cell.get(sub.cell)
         if mine is not None and mine.get(sub.pattern) is sub:
             self.unsubscribe_cell(sub.cell, sub.pattern)
+
+    def _resubscribe(self, sub: Subscription) -> None:
+        """The event that took a ``once`` subscription's place never reached it: the
+        subscription is back (unless its actor stopped or subscribed that pattern again)."""
+        cell = sub.cell
+        assert cell is not None
+        if cell.mailbox.closed:
+            return
+        mine = self._by_cell.setdefault(cell, {})
+        if sub.pattern not in mine:
+            mine[sub.pattern] = sub
+            self._index.add(sub)
 
     def _drop(self, sub: Subscription, event: Event, reason: str) -> None:
         sub.dropped += 1
@@ -608,13 +625,18 @@ class Bus:
         self._publish_runtime(topic, dict(payload))
 
     def dead_letter_event(self, message: Any, reason: str, recipient: str) -> None:
-        """Publish ``system.deadletter`` unless we are already doing so (no recursion)."""
-        if self._publishing_deadletter:
+        """Publish ``system.deadletter`` unless we are already doing so (no recursion),
+        or the message is itself a ``system.deadletter`` event (one that its subscriber
+        failed on or dropped): a listener that fails on every dead letter would feed on
+        its own (such letters are recorded, as any, but not published again)."""
+        if self._publishing_deadletter or (
+            type(message) is Event and message.topic == DEAD_LETTER_TOPIC
+        ):
             return
         self._publishing_deadletter = True
         try:
             payload = {"message": message, "reason": reason, "recipient": recipient}
-            self._publish_runtime("system.deadletter", payload)
+            self._publish_runtime(DEAD_LETTER_TOPIC, payload)
         finally:
             self._publishing_deadletter = False
 

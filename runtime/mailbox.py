@@ -211,10 +211,13 @@ class MailboxQueue:
         """Whether `put_wait` would wait now: a ``block`` mailbox that is full, or
         has senders in its line (a new one queues behind them).
 
-        (A line exists only while the mailbox is full: room made is handed to
-        the line at once.  So "full" is the whole test.)
+        Room lent to threads and not used yet is taken back first (as `put`
+        does), so it never makes a loop-thread sender wait.  (A line exists only
+        while the mailbox is full: room made is handed to the line at once.)
         """
-        return len(self._user) >= self._limit and self.overflow == "block" and not self._closed
+        if len(self._user) < self._limit or self.overflow != "block" or self._closed:
+            return False
+        return bool(self._line) or not self._reclaim()
 
     def room(self) -> int:
         """How many more user messages fit now."""

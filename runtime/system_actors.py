@@ -7,6 +7,7 @@ from __future__ import annotations
 import inspect
 import logging
 import math
+import types
 import weakref
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -76,12 +77,21 @@ class BusActor(Actor):
         return stats
 
 
+def _bound_builtin(fn: object) -> bool:
+    """Is `fn` a builtin method bound to an object (``a_deque.append``, not ``len``)?"""
+    owner = getattr(fn, "__self__", None)
+    return isinstance(fn, types.BuiltinMethodType) and not (
+        owner is None or isinstance(owner, types.ModuleType)
+    )
+
+
 class Callback:
     """A `bus.subscribe` callable as its subscriber actor holds it, and its timeout.
 
     Held strongly, or weakly (``weak=True``): a bound method through
     `weakref.WeakMethod` (``obj.method`` itself is a new object at every
-    access, so a plain weak reference to it would die at once), anything
+    access, so a plain weak reference to it would die at once), a builtin
+    one (``a_deque.append``) through a weak reference to its object, anything
     else through `weakref.ref`.  When a weakly held callable's object is
     collected, `on_gone(self)` is called -- from wherever the garbage
     collector happens to run, so it must only hand the news to the loop.
@@ -100,7 +110,7 @@ class Callback:
         self.label: str = getattr(fn, "__name__", None) or type(fn).__name__
         self.timeout = timeout
         self._fn: Callable[..., Any] | None = None
-        self._ref: weakref.ref[Any] | None = None
+        self._ref: Callable[[], Any] | None = None
         if not weak:
             self._fn = fn
             return
@@ -112,6 +122,10 @@ class Callback:
         try:
             if inspect.ismethod(fn):
                 self._ref = weakref.WeakMethod(fn, collected)
+            elif _bound_builtin(fn):
+                owner = weakref.ref(getattr(fn, "__self__"), collected)  # noqa: B009
+                name = fn.__name__
+                self._ref = lambda: None if (obj := owner()) is None else getattr(obj, name)
             else:
                 self._ref = weakref.ref(fn, collected)
         except TypeError:

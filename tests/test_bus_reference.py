@@ -806,3 +806,24 @@ async def test_callbacks_end_with_the_system() -> None:
     gc.collect()  # after the run: nothing to tell, nothing raised
     with pytest.raises(runtime.RuntimeClosed):
         system.bus.subscribe("w")(lambda e: None)
+
+
+async def test_a_weak_builtin_method_lives_as_long_as_its_object(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """`a_deque.append` is a new object at every access, like a bound method: held
+    weakly by its object, not by itself (which would die at once)."""
+    import collections
+
+    async with runtime.open_system(app()) as system:
+        base = await subs(system)
+        box: collections.deque[Any] = collections.deque()
+        system.bus.subscribe("w", weak=True)(box.append)
+        gc.collect()
+        assert await system.bus.publish("w", 1) == 1
+        await wait_for(lambda: len(box) == 1)
+        del box
+        gc.collect()
+        await ended(system, base)
+        with pytest.raises(TypeError, match="weakly referenced"):
+            system.bus.subscribe("w", weak=True)([].append)  # a list allows no weak refs
