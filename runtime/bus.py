@@ -572,7 +572,12 @@ class Bus:
         try:
             return bool(sub.filter(event))
         except Exception:
-            log.exception("filter of %s on %r raised; event skipped", sub.subscriber, sub.pattern)
+            log.exception(
+                "filter of %s on %r raised; the event is dead-lettered for it",
+                sub.subscriber,
+                sub.pattern,
+            )
+            self._drop(sub, event, "crashed")
             return False
 
     def _to_stream(self, sub: Subscription, event: Event) -> int:

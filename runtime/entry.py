@@ -284,6 +284,11 @@ class ThreadedSystem:
         except trio.RunFinishedError:
             raise RuntimeClosed(f"actor system {self.name!r} is not running") from None
 
+    @property
+    def bus(self) -> ThreadedBus:
+        """The bus, for this thread: publish, subscribe callbacks, history, stats."""
+        return ThreadedBus(self)
+
     def ref(self, path: str) -> ActorRef:
         return self._call(self._system.ref, path)  # type: ignore[no-any-return]
 
@@ -330,6 +335,49 @@ class ThreadedSystem:
             self._call(self._system.stop)
         except RuntimeClosed:
             pass
+
+
+class ThreadedBus:
+    """`System.bus` for plain threads (``start_in_thread(...).bus``); every method is
+    thread-safe and runs on the loop.  `stream` needs trio: use a callback instead."""
+
+    def __init__(self, handle: ThreadedSystem) -> None:
+        self._handle = handle
+        self._bus = handle._system.bus
+
+    def publish(self, topic: str, payload: Any = None, **options: Any) -> int:
+        """`ThreadedSystem.publish`: blocks this thread while subscribers are full."""
+        return self._handle.publish(topic, payload, **options)
+
+    def publish_nowait(self, topic: str, payload: Any = None, **options: Any) -> int:
+        """Publish without waiting (``timeout=0``): a full subscriber gets it dead-lettered."""
+        return self._handle.publish(topic, payload, timeout=0, **options)
+
+    def subscribe(
+        self, *patterns: str, **options: Any
+    ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        """`Bus.subscribe` (a decorator); the subscription is active when it returns."""
+
+        def register(fn: Callable[..., Any]) -> Callable[..., Any]:
+            def on_loop() -> Callable[..., Any]:
+                return self._bus.subscribe(*patterns, **options)(fn)
+
+            return self._handle._call(on_loop)  # type: ignore[no-any-return]
+
+        return register
+
+    def unsubscribe(self, fn: Callable[..., Any]) -> None:
+        self._handle._call(self._bus.unsubscribe, fn)
+
+    def history(self, pattern: str = ">", limit: int = 100, since: float | None = None) -> Any:
+        return self._handle._call(lambda: self._bus.history(pattern, limit, since=since))
+
+    def clear_history(self) -> None:
+        self._handle._call(self._bus.clear_history)
+
+    def stats(self) -> dict[str, Any]:
+        return self._handle._call(self._bus.stats)  # type: ignore[no-any-return]
+
 
 
 @contextmanager
@@ -400,4 +448,4 @@ def start_in_thread(
             raise box["error"]
 
 
-__all__ = ["ThreadedSystem", "open_system", "run", "start_in_thread"]
+__all__ = ["ThreadedBus", "ThreadedSystem", "open_system", "run", "start_in_thread"]

@@ -176,7 +176,9 @@ class MailboxQueue:
         self._waiter: trio.lowlevel.Task | None = None
         self._line: deque[Ticket] | None = None  # senders waiting for room, made on first use
         self._reserved = 0  # room promised to foreign threads, counted as taken
-        self._limit = self.capacity  # capacity - reserved, 0 once closed: `put`'s one test
+        # `put`'s one test: what loop senders may fill, i.e. capacity less the room
+        # reserved for threads and the share kept while threads wait; 0 once closed
+        self._limit = self.capacity
         self._threads_waiting = False
         self._room_wanted = False  # someone (a sender or a thread) waits for room
         # The consumer's pair: `ready()` is non-zero when `take()` has something to do.
@@ -204,8 +206,9 @@ class MailboxQueue:
         return self._high_water
 
     def has_room(self) -> bool:
-        """Whether one more user message fits now (reserved room counts as taken)."""
-        return len(self._user) + self._reserved < self.capacity
+        """Whether one more user message from the loop fits now (room reserved for
+        threads, and the share kept for threads waiting, count as taken)."""
+        return len(self._user) < self._limit
 
     def must_wait(self) -> bool:
         """Whether `put_wait` would wait now: a ``block`` mailbox that is full, or
@@ -213,7 +216,8 @@ class MailboxQueue:
 
         Room lent to threads and not used yet is taken back first (as `put`
         does), so it never makes a loop-thread sender wait.  (A line exists only
-        while the mailbox is full: room made is handed to the line at once.)
+        while loop senders have filled what they may, `_limit`: room made is
+        handed to the line at once.)
         """
         if len(self._user) < self._limit or self.overflow != "block" or self._closed:
             return False
@@ -383,7 +387,7 @@ class MailboxQueue:
         user = self._user
         if user is _NO_MESSAGES:
             user = self._user = deque()
-        while line and len(user) + self._reserved < self.capacity:
+        while line and len(user) < self._limit:
             ticket = line.popleft()
             user.append(ticket.item)
             ticket.state = QUEUED
@@ -455,6 +459,7 @@ class MailboxQueue:
         made, until it answers that none waits any more."""
         if not self._closed:
             self._threads_waiting = True
+            self._set_limit()
             self._room_wanted = True
             self._slow_take()
 
@@ -464,12 +469,24 @@ class MailboxQueue:
             taken = self._gate.reclaim(self)
             if taken:
                 self._set_reserved(self._reserved - taken)
-        return len(self._user) + self._reserved < self.capacity
+        return len(self._user) < self._limit
 
     def _set_reserved(self, reserved: int) -> None:
         self._reserved = max(0, reserved)
-        if not self._closed:
-            self._limit = self.capacity - self._reserved
+        self._set_limit()
+
+    def _set_limit(self) -> None:
+        """What loop senders may fill: while threads wait for room, a share of the
+        mailbox (a quarter, at least one message) is kept for them, so that a busy
+        line of loop senders cannot starve them: room made is handed to the line
+        only up to the share, the rest gathers until the gate lets threads in."""
+        if self._closed:
+            self._limit = 0
+            return
+        limit = self.capacity - self._reserved
+        if self._threads_waiting:
+            limit -= max(1, self.capacity // 4)
+        self._limit = max(0, limit)
 
     # -- the consumer --------------------------------------------------------
     def get(self) -> Any:
@@ -545,6 +562,9 @@ class MailboxQueue:
             self._hand_over()
         if self._threads_waiting and self._gate is not None and self._gate.room_freed(self):
             self._threads_waiting = False
+            self._set_limit()  # the share kept for threads is the loop's again
+            if self._line:
+                self._hand_over()
         self._room_wanted = bool(self._line) or self._threads_waiting
         self._refresh_take()
 

@@ -336,7 +336,7 @@ async def test_filter_selects_events(autojump_clock: trio.abc.Clock) -> None:
         assert payloads(await ref.ask("events")) == [0, 2, 4]
 
 
-async def test_a_failing_filter_skips_the_event_and_breaks_nothing(
+async def test_a_failing_filter_dead_letters_the_event_and_breaks_nothing(
     autojump_clock: trio.abc.Clock,
 ) -> None:
     def picky(event: Event) -> bool:
@@ -351,7 +351,11 @@ async def test_a_failing_filter_skips_the_event_and_breaks_nothing(
         assert [await system.bus.publish("a.x", i) for i in range(3)] == [2, 1, 2]
         assert payloads(await ref.ask("events")) == [0, 2]
         assert payloads(await system.ref("/app/other").ask("events")) == [0, 1, 2]
-        assert system.snapshot().find("/app/c").state == "running"
+        snap = system.snapshot()
+        assert snap.find("/app/c").state == "running"
+        assert snap.dead_letters["crashed"] == 1  # not silently skipped
+        letters = await system.ref("/system/deadletters").ask(DeadLettersQuery(reason="crashed"))
+        assert [(x.recipient, x.message.payload) for x in letters] == [("/app/c", 1)]
 
 
 async def test_replay_delivers_the_last_n_matching_events_first(
@@ -1115,7 +1119,12 @@ async def test_deadletter_events_do_not_loop_when_a_publish_overflows(
             # each overflowing "s" event makes one dead-letter event, which overflows
             # too (recorded, not published again)
             assert 10 <= published <= 20
-            assert overflow == 2 * published
+            if subscriber == "drop_old":
+                # a dead-letter event gets in by pushing out an older message, whose
+                # own dead letter is recorded but not published (mid-publish)
+                assert published < overflow <= 3 * published
+            else:
+                assert overflow == 2 * published
 
 
 # -- total order ------------------------------------------------------------------

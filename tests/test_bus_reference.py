@@ -817,12 +817,12 @@ async def test_a_weak_builtin_method_lives_as_long_as_its_object(
 
     async with runtime.open_system(app()) as system:
         base = await subs(system)
-        box: collections.deque[Any] = collections.deque()
-        system.bus.subscribe("w", weak=True)(box.append)
+        holder: list[collections.deque[Any]] = [collections.deque()]
+        system.bus.subscribe("w", weak=True)(holder[0].append)
         gc.collect()
         assert await system.bus.publish("w", 1) == 1
-        await wait_for(lambda: len(box) == 1)
-        del box
+        await wait_for(lambda: len(holder[0]) == 1)
+        holder.clear()  # the deque's last reference
         gc.collect()
         await ended(system, base)
         with pytest.raises(TypeError, match="weakly referenced"):
