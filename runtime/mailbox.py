@@ -83,6 +83,13 @@ class Ticket:
         self.waiter: trio.lowlevel.Task | None = None
         """The task parked in `MailboxQueue.wait_in_line` on this ticket, if any."""
 
+    def _settle(self, state: str) -> None:
+        """Its message was queued or dead-lettered: say which, and wake its waiter."""
+        self.state = state
+        if self.waiter is not None:
+            trio.lowlevel.reschedule(self.waiter)
+            self.waiter = None
+
 
 class ThreadRoom(Protocol):
     """The foreign-thread gate, as a mailbox sees it (see `runtime.threads`)."""
@@ -384,24 +391,29 @@ class MailboxQueue:
         line = self._line
         if not line:
             return
-        user = self._user
-        if user is _NO_MESSAGES:
-            user = self._user = deque()
-        while line and len(user) < self._limit:
-            ticket = line.popleft()
-            user.append(ticket.item)
-            ticket.state = QUEUED
+        fits = self._limit - len(self._user)
+        let_in = [line.popleft() for _ in range(min(fits, len(line)))]
+        if not let_in:
+            return
+        self._queue_all([ticket.item for ticket in let_in])
+        for ticket in let_in:
+            ticket._settle(QUEUED)
             if ticket.sender is not None and self._on_let_in is not None:
                 self._on_let_in(ticket.sender, self)
-            if ticket.waiter is not None:
-                trio.lowlevel.reschedule(ticket.waiter)
-                ticket.waiter = None
-        if len(user) > self._high_water:
-            self._high_water = len(user)
         if not line:
             self._room_wanted = self._threads_waiting
             self._refresh_take()
-        if self._waiter is not None and user:
+
+    def _queue_all(self, items: list[Any]) -> None:
+        """Append `items` to the user lane (past any limit: the caller checked), note
+        the high water and wake the consumer."""
+        if self._user is _NO_MESSAGES:
+            self._user = deque()
+            self._refresh_take()
+        self._user.extend(items)
+        if len(self._user) > self._high_water:
+            self._high_water = len(self._user)
+        if self._waiter is not None:
             self._wake()
 
     def put_system(self, item: Any) -> None:
@@ -445,14 +457,7 @@ class MailboxQueue:
             for item in items:
                 self._drop(item, "stopped")
             return
-        if self._user is _NO_MESSAGES:
-            self._user = deque()
-            self._refresh_take()
-        self._user.extend(items)
-        if len(self._user) > self._high_water:
-            self._high_water = len(self._user)
-        if self._waiter is not None:
-            self._wake()
+        self._queue_all(items)
 
     def wait_for_threads(self) -> None:
         """Threads wait for room here: tell the gate (`room_freed`) whenever some is
@@ -599,11 +604,8 @@ class MailboxQueue:
         line = self._line
         self._line = None
         for ticket in line or ():
-            ticket.state = STOPPED
             self._drop(ticket.item, "stopped")
-            if ticket.waiter is not None:
-                trio.lowlevel.reschedule(ticket.waiter)
-                ticket.waiter = None
+            ticket._settle(STOPPED)
         if threads_waiting and self._gate is not None:
             self._gate.room_freed(self)
         self.wake()
