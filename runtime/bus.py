@@ -48,7 +48,7 @@ from .errors import Deadlock, MailboxFull, RuntimeClosed
 from .mailbox import QUEUED, STOPPED, WAITING, Ticket
 from .messages import Event
 from .spec import check_duplicate_window, check_history, check_msg_id, check_timeout
-from .system_actors import Callback
+from .system_actors import Callback, bound_builtin
 from .topics import (
     MATCH_CACHE,
     SYSTEM,
@@ -173,6 +173,9 @@ class Bus:
         self._host = host
         self._index: PatternIndex[Subscription] = PatternIndex()
         self._by_cell: dict[Cell, dict[str, Subscription]] = {}
+        # `once` subscriptions taken out of the index by the publish waiting in their
+        # line, by (actor, pattern): back in if that event never gets there
+        self._held: dict[tuple[Cell, str], Subscription] = {}
         self._streams: set[Subscription] = set()
         self._history: deque[Event] = deque(maxlen=check_history(history))
         self._window = check_duplicate_window(duplicate_window)
@@ -208,6 +211,7 @@ class Bus:
         old = mine.get(pattern)
         if old is not None:
             self._index.remove(old)
+        self._held.pop((cell, pattern), None)  # replaced: a held once is not coming back
         sub = Subscription(pattern, cell=cell, once=once, filter=filter, seq=next(self._seq))
         mine[pattern] = sub
         self._index.add(sub)
@@ -216,10 +220,13 @@ class Bus:
         return sub
 
     def unsubscribe_cell(self, cell: Cell, pattern: str) -> bool:
+        """Drop `cell`'s subscription to exactly `pattern` (one held by a waiting
+        publish included); False if there was none."""
+        held = self._held.pop((cell, pattern), None)
         mine = self._by_cell.get(cell)
         sub = mine.pop(pattern, None) if mine else None
         if sub is None:
-            return False
+            return held is not None
         self._index.remove(sub)
         if not mine:
             self._by_cell.pop(cell, None)
@@ -229,6 +236,8 @@ class Bus:
         """The actor stopped for good: its subscriptions go with it."""
         for sub in self._by_cell.pop(cell, {}).values():
             self._index.remove(sub)
+        for key in [key for key in self._held if key[0] is cell]:
+            del self._held[key]
 
     def patterns_of(self, cell: Cell) -> tuple[str, ...]:
         return tuple(self._by_cell.get(cell, ()))
@@ -485,8 +494,11 @@ class Bus:
                         continue
                 if sub.once:  # held for this event (back if it never gets there)
                     self._unsubscribe(sub)
+                    self._held[(cell, sub.pattern)] = sub
                 ticket = mailbox.enter_line(event, None if waiter is None else waiter.task)
-                if ticket.state is QUEUED:
+                if ticket.state is QUEUED:  # let in at once (room lent to threads came back)
+                    if sub.once:
+                        self._resubscribe(sub, back=False)
                     self._delivered(sub)
                     count += 1
                 else:
@@ -500,11 +512,13 @@ class Bus:
     def _count_put(self, sub: Subscription, event: Event, dropped: Any) -> int:
         """Account for `mailbox.put(event)` that returned `dropped`; 1 if delivered."""
         if dropped is not None:
-            sub.dropped += 1
-            self.dropped += 1
             if dropped is event:  # drop_new, or a closed mailbox: they dead-letter it
+                sub.dropped += 1
+                self.dropped += 1
                 return 0
-            # drop_old pushed out an older event (dead-lettered by the mailbox)
+            if type(dropped) is Event:  # drop_old pushed out an older event (not a tell)
+                sub.dropped += 1
+                self.dropped += 1
         if sub.once:
             self._unsubscribe(sub)
         self._delivered(sub)
@@ -546,14 +560,13 @@ class Bus:
             elif state is STOPPED:  # the mailbox dead-lettered it
                 sub.dropped += 1
                 self.dropped += 1
-            else:
-                if i not in pending.refused:
-                    # left: cancelled (the wait that was cancelled withdrew its place)
-                    assert sub.cell is not None
-                    sub.cell.mailbox.withdraw(ticket)
-                    self._drop(sub, event, "overflow")
-                if sub.once:
-                    self._resubscribe(sub)
+            elif i not in pending.refused:
+                # left: cancelled (the wait that was cancelled withdrew its place)
+                assert sub.cell is not None
+                sub.cell.mailbox.withdraw(ticket)
+                self._drop(sub, event, "overflow")
+            if sub.once:  # served, or back if the event never got there
+                self._resubscribe(sub, back=state is not QUEUED and state is not STOPPED)
         pending.lines = []
 
     def _topic(self, topic: str) -> tuple[str, ...]:
@@ -604,16 +617,18 @@ class Bus:
         if mine is not None and mine.get(sub.pattern) is sub:
             self.unsubscribe_cell(sub.cell, sub.pattern)
 
-    def _resubscribe(self, sub: Subscription) -> None:
-        """The event that took a ``once`` subscription's place never reached it: the
-        subscription is back (unless its actor stopped or subscribed that pattern again)."""
+    def _resubscribe(self, sub: Subscription, *, back: bool) -> None:
+        """The event holding a ``once`` subscription (`_held`) is settled: with `back`
+        (it never reached the subscriber) the subscription returns, unless the actor
+        unsubscribed or subscribed that pattern again meanwhile (or stopped)."""
         cell = sub.cell
         assert cell is not None
-        if cell.mailbox.closed:
+        key = (cell, sub.pattern)
+        if self._held.get(key) is not sub:
             return
-        mine = self._by_cell.setdefault(cell, {})
-        if sub.pattern not in mine:
-            mine[sub.pattern] = sub
+        del self._held[key]
+        if back:
+            self._by_cell.setdefault(cell, {})[sub.pattern] = sub
             self._index.add(sub)
 
     def _drop(self, sub: Subscription, event: Event, reason: str) -> None:
@@ -846,9 +861,8 @@ def _callable_key(fn: Callable[..., Any]) -> Hashable:
     """
     if inspect.ismethod(fn):
         return (id(fn.__self__), id(fn.__func__))
-    owner = getattr(fn, "__self__", None)
-    if inspect.isbuiltin(fn) and owner is not None and not inspect.ismodule(owner):
-        return (id(owner), fn.__name__)  # e.g. a_list.append
+    if bound_builtin(fn):  # e.g. a_list.append
+        return (id(getattr(fn, "__self__")), getattr(fn, "__name__"))  # noqa: B009
     return (id(fn),)
 
 

@@ -263,6 +263,7 @@ class ThreadedSystem:
     def __init__(self, system: System, token: trio.lowlevel.TrioToken) -> None:
         self._system = system
         self._token = token
+        self._bus = ThreadedBus(self)
 
     @property
     def name(self) -> str:
@@ -286,8 +287,8 @@ class ThreadedSystem:
 
     @property
     def bus(self) -> ThreadedBus:
-        """The bus, for this thread: publish, subscribe callbacks, history, stats."""
-        return ThreadedBus(self)
+        """The bus, for plain threads: publish, subscribe callbacks, history, stats."""
+        return self._bus
 
     def ref(self, path: str) -> ActorRef:
         return self._call(self._system.ref, path)  # type: ignore[no-any-return]
@@ -338,33 +339,61 @@ class ThreadedSystem:
 
 
 class ThreadedBus:
-    """`System.bus` for plain threads (``start_in_thread(...).bus``); every method is
-    thread-safe and runs on the loop.  `stream` needs trio: use a callback instead."""
+    """`System.bus` for plain threads (``start_in_thread(...).bus``): each method runs
+    on the loop and blocks the calling thread until it is done.  Not for the loop
+    thread itself (use ``system.bus`` there); `stream` needs trio, so it is not
+    here: subscribe a callback instead."""
 
     def __init__(self, handle: ThreadedSystem) -> None:
         self._handle = handle
         self._bus = handle._system.bus
 
-    def publish(self, topic: str, payload: Any = None, **options: Any) -> int:
+    def publish(
+        self,
+        topic: str,
+        payload: Any = None,
+        *,
+        correlation_id: str | None = None,
+        msg_id: str | None = None,
+        timeout: float | None = None,
+        **metadata: Any,
+    ) -> int:
         """`ThreadedSystem.publish`: blocks this thread while subscribers are full."""
-        return self._handle.publish(topic, payload, **options)
+        return self._handle.publish(
+            topic,
+            payload,
+            correlation_id=correlation_id,
+            msg_id=msg_id,
+            timeout=timeout,
+            **metadata,
+        )
 
-    def publish_nowait(self, topic: str, payload: Any = None, **options: Any) -> int:
-        """Publish without waiting (``timeout=0``): a full subscriber gets it dead-lettered."""
-        return self._handle.publish(topic, payload, timeout=0, **options)
+    def publish_nowait(
+        self,
+        topic: str,
+        payload: Any = None,
+        *,
+        correlation_id: str | None = None,
+        msg_id: str | None = None,
+        **metadata: Any,
+    ) -> int:
+        """Publish with ``timeout=0``: a full subscriber gets it dead-lettered at once
+        (the call still waits for the loop's answer, the count)."""
+        return self.publish(
+            topic, payload, correlation_id=correlation_id, msg_id=msg_id, timeout=0, **metadata
+        )
 
     def subscribe(
         self, *patterns: str, **options: Any
     ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-        """`Bus.subscribe` (a decorator); the subscription is active when it returns."""
+        """`Bus.subscribe`: checks its arguments now (``ValueError``), and returns the
+        decorator; the subscription is active when the decorator returns."""
+        register = self._handle._call(lambda: self._bus.subscribe(*patterns, **options))
 
-        def register(fn: Callable[..., Any]) -> Callable[..., Any]:
-            def on_loop() -> Callable[..., Any]:
-                return self._bus.subscribe(*patterns, **options)(fn)
+        def on_loop(fn: Callable[..., Any]) -> Callable[..., Any]:
+            return self._handle._call(register, fn)  # type: ignore[no-any-return]
 
-            return self._handle._call(on_loop)  # type: ignore[no-any-return]
-
-        return register
+        return on_loop
 
     def unsubscribe(self, fn: Callable[..., Any]) -> None:
         self._handle._call(self._bus.unsubscribe, fn)
@@ -377,7 +406,6 @@ class ThreadedBus:
 
     def stats(self) -> dict[str, Any]:
         return self._handle._call(self._bus.stats)  # type: ignore[no-any-return]
-
 
 
 @contextmanager

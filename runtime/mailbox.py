@@ -99,10 +99,12 @@ class ThreadRoom(Protocol):
         messages already sent); return how much."""
         ...
 
-    def room_freed(self, mailbox: MailboxQueue) -> bool:
+    def room_freed(self, mailbox: MailboxQueue, force: bool = False) -> bool:
         """Room was made: let threads waiting for it in (their messages are handed
         over with `put_many_reserved`, from inside this call); True once no thread
-        waits for this mailbox any more."""
+        waits for this mailbox any more.  The gate may wait for more room to wake
+        threads in batches; with `force` (their turn: loop senders wait too) it
+        lets in as many as fit now."""
         ...
 
 
@@ -144,6 +146,7 @@ class MailboxQueue:
         "_high_water",
         "_limit",
         "_line",
+        "_line_served",
         "_on_let_in",
         "_reserved",
         "_room_wanted",
@@ -182,10 +185,9 @@ class MailboxQueue:
         self._on_let_in = on_let_in
         self._waiter: trio.lowlevel.Task | None = None
         self._line: deque[Ticket] | None = None  # senders waiting for room, made on first use
+        self._line_served = 0  # let in from the line since waiting threads last got room
         self._reserved = 0  # room promised to foreign threads, counted as taken
-        # `put`'s one test: what loop senders may fill, i.e. capacity less the room
-        # reserved for threads and the share kept while threads wait; 0 once closed
-        self._limit = self.capacity
+        self._limit = self.capacity  # capacity - reserved, 0 once closed: `put`'s one test
         self._threads_waiting = False
         self._room_wanted = False  # someone (a sender or a thread) waits for room
         # The consumer's pair: `ready()` is non-zero when `take()` has something to do.
@@ -213,8 +215,7 @@ class MailboxQueue:
         return self._high_water
 
     def has_room(self) -> bool:
-        """Whether one more user message from the loop fits now (room reserved for
-        threads, and the share kept for threads waiting, count as taken)."""
+        """Whether one more user message fits now (reserved room counts as taken)."""
         return len(self._user) < self._limit
 
     def must_wait(self) -> bool:
@@ -223,8 +224,7 @@ class MailboxQueue:
 
         Room lent to threads and not used yet is taken back first (as `put`
         does), so it never makes a loop-thread sender wait.  (A line exists only
-        while loop senders have filled what they may, `_limit`: room made is
-        handed to the line at once.)
+        while the mailbox is full: room made is handed to the line at once.)
         """
         if len(self._user) < self._limit or self.overflow != "block" or self._closed:
             return False
@@ -395,6 +395,7 @@ class MailboxQueue:
         let_in = [line.popleft() for _ in range(min(fits, len(line)))]
         if not let_in:
             return
+        self._line_served += len(let_in)
         self._queue_all([ticket.item for ticket in let_in])
         for ticket in let_in:
             ticket._settle(QUEUED)
@@ -464,7 +465,6 @@ class MailboxQueue:
         made, until it answers that none waits any more."""
         if not self._closed:
             self._threads_waiting = True
-            self._set_limit()
             self._room_wanted = True
             self._slow_take()
 
@@ -478,20 +478,8 @@ class MailboxQueue:
 
     def _set_reserved(self, reserved: int) -> None:
         self._reserved = max(0, reserved)
-        self._set_limit()
-
-    def _set_limit(self) -> None:
-        """What loop senders may fill: while threads wait for room, a share of the
-        mailbox (a quarter, at least one message) is kept for them, so that a busy
-        line of loop senders cannot starve them: room made is handed to the line
-        only up to the share, the rest gathers until the gate lets threads in."""
-        if self._closed:
-            self._limit = 0
-            return
-        limit = self.capacity - self._reserved
-        if self._threads_waiting:
-            limit -= max(1, self.capacity // 4)
-        self._limit = max(0, limit)
+        if not self._closed:
+            self._limit = self.capacity - self._reserved
 
     # -- the consumer --------------------------------------------------------
     def get(self) -> Any:
@@ -562,14 +550,24 @@ class MailboxQueue:
             self._wake()
 
     def _room_made(self) -> None:
-        """Room was made: hand it to the line first, then tell the gate if threads wait."""
+        """Room was made: hand it to whoever waits for it.
+
+        Loop senders (the line) and foreign threads (the gate's line) take
+        turns while both wait: the line is let in up to a quarter of the
+        mailbox (at least one message), then the threads get what is free,
+        then the line again, so neither side starves the other.  With only
+        threads waiting, the gate wakes them in batches as it sees fit.
+        """
+        if self._threads_waiting and self._gate is not None:
+            competing = bool(self._line)
+            if not competing or self._line_served >= max(1, self.capacity // 4):
+                before = len(self._user)
+                if self._gate.room_freed(self, competing):
+                    self._threads_waiting = False
+                if not self._threads_waiting or len(self._user) > before:
+                    self._line_served = 0  # the threads had their turn
         if self._line:
             self._hand_over()
-        if self._threads_waiting and self._gate is not None and self._gate.room_freed(self):
-            self._threads_waiting = False
-            self._set_limit()  # the share kept for threads is the loop's again
-            if self._line:
-                self._hand_over()
         self._room_wanted = bool(self._line) or self._threads_waiting
         self._refresh_take()
 

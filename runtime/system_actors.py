@@ -77,7 +77,7 @@ class BusActor(Actor):
         return stats
 
 
-def _bound_builtin(fn: object) -> bool:
+def bound_builtin(fn: object) -> bool:
     """Is `fn` a builtin method bound to an object (``a_deque.append``, not ``len``)?"""
     owner = getattr(fn, "__self__", None)
     return isinstance(fn, types.BuiltinMethodType) and not (
@@ -122,7 +122,7 @@ class Callback:
         try:
             if inspect.ismethod(fn):
                 self._ref = weakref.WeakMethod(fn, collected)
-            elif _bound_builtin(fn):
+            elif bound_builtin(fn):
                 owner = weakref.ref(getattr(fn, "__self__"), collected)  # noqa: B009
                 name = fn.__name__
                 self._ref = lambda: None if (obj := owner()) is None else getattr(obj, name)
@@ -207,4 +207,4 @@ class CallbackSubscriber(Actor):
         }
 
 
-__all__ = ["BusActor", "Callback", "CallbackSubscriber", "PublishRequest"]
+__all__ = ["BusActor", "Callback", "CallbackSubscriber", "PublishRequest", "bound_builtin"]

@@ -805,18 +805,20 @@ class ThreadGate:
             for item in items:
                 mailbox.put(item)
 
-    def room_freed(self, mailbox: MailboxQueue) -> bool:
+    def room_freed(self, mailbox: MailboxQueue, force: bool = False) -> bool:
         """Loop thread, from `MailboxQueue`: room was made; let waiting threads in.
 
-        Waits until a quarter of the mailbox (at most a chunk) is free, so that
-        threads are woken in batches, not once per message handled.  Returns
-        True once no thread waits for this mailbox any more.
+        Waits until a quarter of the mailbox (at most `GRANT_MAX`) is free, so
+        that threads are woken in batches, not once per message handled; with
+        `force` (the threads' turn while loop senders wait too) it lets in as
+        many as fit now.  Returns True once no thread waits for this mailbox
+        any more.
         """
         with self._lock:
             line = self._lines.get(mailbox)
             if not line:
                 return True
-            if not self._roomy(mailbox):
+            if not force and not self._roomy(mailbox):
                 return False
             items = self._let_in(mailbox, line)
             done = mailbox not in self._lines

@@ -2,19 +2,14 @@
 
 README ("How threads get room"): "room is never pinned by threads: once
 everything sent has been handled, the mailbox takes `capacity` messages from
-the loop again, however many threads told it before".  A loop-thread `tell`
-honours that (`MailboxQueue.put` -> `_put_slow` -> `_reclaim`), but the bus
-and `send` decide "full" with `MailboxQueue.must_wait()` / `has_room()`,
-which count the lent-but-unused room as taken and never reclaim it.  After a
-single `tell` from a thread the rest of a small mailbox stays lent (the gate
-refills its pool up to GRANT_MAX and takes it back only at its next drain,
-which only another thread's tell schedules), so:
+the loop again, however many threads told it before".  After one `tell` from a
+thread has been handled, the bus and `send` take that room as a loop `tell` does:
 
-- `publish_nowait` dead-letters events as ``overflow`` where a `tell` fits;
-- a subscriber publishing to its own topic gets a false ``deadlock`` dead
-  letter (rule 5 says a wait that *would close a cycle*; this wait is not
-  needed at all);
-- `await ctx.ref.send(x)` to itself raises `Deadlock` and crashes the actor.
+- `publish_nowait` delivers where a `tell` fits (no ``overflow`` dead letter);
+- a subscriber publishing to its own topic with room gets no ``deadlock``;
+- `await ctx.ref.send(x)` to itself with room does not raise `Deadlock`.
+
+(Guards against room lent to threads once counted as full.)
 """
 
 from __future__ import annotations
@@ -124,7 +119,7 @@ async def test_publish_nowait_to_a_fail_subscriber_takes_room_a_tell_would_take(
 
 
 async def test_control_a_loop_tell_does_take_that_room() -> None:
-    """Holds up: the same situation through `tell` (shows the room is really there)."""
+    """Control: in the same situation loop `tell`s take the same room."""
     async with runtime.open_system(tree(release := trio.Event())) as system:
         ref = await thread_told_once(system)
         ref.tell("hold")

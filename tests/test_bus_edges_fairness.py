@@ -36,11 +36,9 @@ class Sub(Actor):
 
 
 async def test_a_thread_tell_is_not_starved_by_loop_publishers_that_came_later() -> None:
-    """A thread's `tell` that waits for room (its own line in the gate) is overtaken by
-    every loop publisher that comes after it: `MailboxQueue._room_made` hands room to the
-    loop line first, and `room_freed` lets threads in only when a quarter of the mailbox
-    is free, which a busy loop line never leaves.  With a steady publisher the thread
-    waits out its whole timeout (with ``timeout=None``: for ever)."""
+    """A thread's `tell` waiting for room gets in within its timeout while a steady loop
+    publisher keeps the mailbox's line busy (guards against room always going to the
+    loop line first, which made the thread wait out its whole timeout)."""
     tree = Supervisor(
         "app", children=[child(Sub, name="s", args=(0.002,), mailbox=Mailbox(capacity=4))]
     )
@@ -71,8 +69,8 @@ async def test_a_thread_tell_is_not_starved_by_loop_publishers_that_came_later()
 async def test_send_ask_publish_share_one_fifo_line_with_withdrawals(
     autojump_clock: trio.abc.Clock,
 ) -> None:
-    """Holds up: FIFO across the three kinds of senders, with a cancelled publish, a
-    timed-out ask and a cancelled send withdrawn from the middle of the line."""
+    """`publish`, `ask` and `send` are served FIFO in one line; a cancelled publish, a
+    timed-out ask and a cancelled send are withdrawn from the middle of it."""
     gate = trio.Event()
     tree = Supervisor(
         "app", children=[child(Sub, name="s", args=(0.0, gate), mailbox=Mailbox(capacity=1))]

@@ -15,11 +15,9 @@ from runtime import Actor, Event, Supervisor, child
 
 
 def test_the_start_in_thread_handle_has_a_bus() -> None:
-    """DESIGN, "Entry points and the system handle": "`System` (and the thread-safe
-    `ThreadedSystem` handle): ..., `bus` (`publish`, `publish_nowait`, `subscribe`,
-    `unsubscribe`, `stream`, `history`, `clear_history`, `stats`)".  The reference
-    design's users (sync code: `bus.get_stats()`, `bus.get_history()`, a decorator
-    subscribe) have no `bus` on the `start_in_thread` handle (AttributeError)."""
+    """The `start_in_thread` handle has a thread-safe `bus` (DESIGN, "Entry points and
+    the system handle"): `publish`, `publish_nowait`, `subscribe` (active when it
+    returns), `unsubscribe`, `history`, `clear_history` and `stats`, from sync code."""
     with runtime.start_in_thread(Supervisor("app", children=[])) as system:
         assert system.publish("t", 1) == 0
         bus = system.bus
@@ -68,11 +66,9 @@ async def test_an_event_whose_filter_raised_is_dead_lettered_not_just_skipped(
     autojump_clock: trio.abc.Clock, caplog: pytest.LogCaptureFixture
 ) -> None:
     """DESIGN: "Delivery: ... never silently: every message is either handled or
-    recorded in dead letters with a reason."  A filter that raises (here: 1/0) makes
-    `Bus._accepts` log the error and skip the event: not delivered, not dead-lettered,
-    not counted in `stats()["dropped"]` (a log line is all that is left).  A callback
-    subscriber that raises gets its event dead-lettered (``crashed``); a raising filter
-    is the same user bug one step earlier."""
+    recorded in dead letters with a reason."  An event whose filter raises (here: 1/0)
+    is not delivered to that subscriber; it is dead-lettered and counted in
+    ``stats()["dropped"]``, as a raising callback's event is (it was once only logged)."""
     caplog.set_level(logging.CRITICAL)
     tree = Supervisor("app", children=[child(Filtered, name="f")])
     async with runtime.open_system(tree) as system:

@@ -41,7 +41,8 @@ class Sub(Actor):
 
 
 async def test_once_with_replay_delivers_one_event(autojump_clock: trio.abc.Clock) -> None:
-    """Bug: `Bus._replay` keeps offering history after the once subscription was served."""
+    """``once=True`` with ``replay=3`` takes exactly one event: replay stops once the
+    subscription is served, and a later publish finds no subscriber."""
     tree = Supervisor("app", children=[child(Sub, name="s")])
     async with runtime.open_system(tree) as system:
         for i in range(5):
@@ -70,13 +71,9 @@ async def test_callback_once_with_replay_calls_once(autojump_clock: trio.abc.Clo
 async def test_once_subscriber_keeps_its_subscription_when_a_cancelled_publish_never_reached_it(
     autojump_clock: trio.abc.Clock,
 ) -> None:
-    """QUESTIONABLE (not clearly in the contract): a once-subscriber whose mailbox is full
-    is unsubscribed as soon as a publish takes a place in its line (`Bus._deliver`).  If
-    that publish is then cancelled, the event is dead-lettered (overflow) and the
-    subscription is gone too, so the subscriber never gets any event.  The same event
-    overflowing through `publish_nowait`, or refused as a `deadlock`, leaves the once
-    subscription in place (it gets the next event): the outcome depends on how the
-    event failed to arrive."""
+    """A full once-subscriber keeps its subscription when an event does not reach it:
+    after a `publish_nowait` overflow, and after a publish that waited in its line and
+    was cancelled (the held subscription is given back).  It takes the next event."""
     gate = trio.Event()
     tree = Supervisor(
         "app",

@@ -111,7 +111,8 @@ async def test_graceful_stop_with_actors_and_tasks_waiting_in_lines(
 async def test_a_subscriber_crashing_and_restarting_while_publishers_wait(
     autojump_clock: trio.abc.Clock, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Holds up: the mailbox survives the restart, the line is served by the next one."""
+    """The mailbox survives the restart and its line is served by the next instance:
+    only the event it crashed on is dead-lettered."""
     ledger = Ledger()
     tree = Supervisor(
         "app",

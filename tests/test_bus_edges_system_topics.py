@@ -1,13 +1,10 @@
 """Edge cases: subscribers of the runtime's own topics (``system.deadletter``).
 
-Issue 12 / DESIGN: "A callback that raises does not break anything: the event is
-dead-lettered for it (reason ``crashed``), counted in its stats, and the callback
-goes on with the next event."  Every dead letter is also published as a
-``system.deadletter`` event (`Bus.dead_letter_event`), whose only guard is against
-*synchronous* recursion.  So a dead-letter listener that fails on an event turns
-its own failure into the next ``system.deadletter`` event, which it fails on
-again: one dead letter becomes an endless storm (hundreds of thousands a second),
-the loop never idles, the dead-letter ring is flushed of every real letter.
+Every dead letter is also published as a ``system.deadletter`` event
+(`Bus.dead_letter_event`).  A listener that fails on such an event (a raising
+callback, issue 12, or an actor that leaves it unhandled) has that failure
+recorded as a dead letter but not published again: one dead letter yields a
+handful, not a storm of letters feeding on themselves.
 """
 
 from __future__ import annotations
@@ -35,7 +32,7 @@ async def one_dead_letter_then_count(system: runtime.System) -> int:
     await trio.sleep(0.05)
     before = system.dead_letters.total
     system.ref("/system/deadletters").tell("nonsense")  # one `unhandled` dead letter
-    await trio.sleep(0.3)  # real time: an autojump clock would never jump (no idle loop)
+    await trio.sleep(0.3)  # real time: a storm would leave an autojump clock no idle loop
     return system.dead_letters.total - before
 
 
@@ -58,7 +55,8 @@ async def test_a_failing_dead_letter_callback_does_not_feed_on_its_own_dead_lett
 async def test_an_unhandling_dead_letter_subscriber_does_not_feed_on_its_own_dead_letters(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """Same cause through an actor (the kernel's `unhandled` path, older than issue 12)."""
+    """The same through an actor that leaves the events unhandled (the kernel's
+    `unhandled` path)."""
     caplog.set_level(logging.CRITICAL)
     async with runtime.open_system(Supervisor("app", children=[child(Picky, name="p")])) as system:
         new = await one_dead_letter_then_count(system)

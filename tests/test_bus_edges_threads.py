@@ -181,8 +181,8 @@ def test_threads_publishing_while_the_system_stops_are_all_released(
 
 
 def test_a_thread_waiting_in_a_line_is_released_when_the_bus_actor_crashes() -> None:
-    """Holds up: `/system/bus` crashing (its tasks are cancelled) answers the waiting
-    thread with the count so far; the event is dead-lettered (overflow) where it waited."""
+    """`/system/bus` crashing (its tasks are cancelled) answers the waiting thread with
+    the count so far (0); the event is dead-lettered (``overflow``) where it waited."""
     import trio
 
     from runtime.testing import crash

@@ -21,8 +21,8 @@ async def test_system_publish_on_the_loop_thread_refuses_an_invalid_timeout(
     timeout: float,
 ) -> None:
     """`System.publish`'s docstring: "Raises ... `ValueError` for an invalid topic or
-    timeout"; from a thread it does (check_timeout), on the loop thread the timeout is
-    not looked at and the event is published (runtime/system.py: System.publish)."""
+    timeout"; on the loop thread too, an invalid timeout raises and nothing is
+    published (the timeout was once ignored there)."""
     async with runtime.open_system(empty()) as system:
         before = system.bus.stats()["published"]
         with pytest.raises(ValueError, match="timeout"):
@@ -34,7 +34,8 @@ async def test_system_publish_on_the_loop_thread_refuses_an_invalid_timeout(
 async def test_a_msg_id_that_is_not_a_string_is_refused_on_every_path_and_recorded_nowhere(
     msg_id: Any,
 ) -> None:
-    """Holds up."""
+    """A `msg_id` that is not a string raises `TypeError` on every publish path and
+    changes no stat."""
     async with runtime.open_system(empty()) as system:
         before = system.bus.stats()
         with pytest.raises(TypeError):
@@ -50,7 +51,8 @@ async def test_a_msg_id_that_is_not_a_string_is_refused_on_every_path_and_record
 
 @pytest.mark.parametrize("topic", ["system", "system.x", "system.actor.started"])
 async def test_runtime_topics_are_refused_on_every_path(topic: str) -> None:
-    """Holds up."""
+    """Publishing on a ``system.`` topic raises `ValueError` on every path and
+    publishes nothing."""
     async with runtime.open_system(empty()) as system:
         before = system.bus.stats()["system_published"]
         with pytest.raises(ValueError):

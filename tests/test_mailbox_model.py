@@ -95,7 +95,7 @@ class LendingGate:
         self.reclaimable -= taken
         return taken
 
-    def room_freed(self, mailbox: MailboxQueue) -> bool:
+    def room_freed(self, mailbox: MailboxQueue, force: bool = False) -> bool:
         return True
 
 
@@ -168,11 +168,9 @@ def test_the_line_is_handed_over_in_order_and_exists_only_while_full(
 
 
 def loop_full(mailbox: MailboxQueue) -> bool:
-    """Full for loop senders: room reserved for threads counts as taken, and so does a
-    quarter of the mailbox (at least one message) while threads wait for room."""
+    """Full for loop senders: room reserved for threads counts as taken."""
     stats = mailbox.statistics()
-    share = max(1, stats.capacity // 4) if stats.threads_waiting else 0
-    return stats.depth + stats.reserved + share >= stats.capacity
+    return stats.depth + stats.reserved >= stats.capacity
 
 
 def let_in(line: list[Any], queued: list[Any]) -> None:
