@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import weakref
 from bisect import bisect
 from collections.abc import Callable, Hashable
 from typing import Any
 
 import attrs
 
-from runtime import Actor, ActorRef, ChildSpec, Supervisor, child
+from runtime import Actor, ActorRef, ChildSpec, Supervisor, System, child
 
 ROUTINGS = ("round_robin", "smallest_mailbox", "broadcast")
 VIRTUAL_NODES = 64
@@ -54,25 +55,52 @@ def _digest(value: object) -> int:
     return int.from_bytes(hashlib.blake2b(raw, digest_size=8).digest(), "big")
 
 
+class Sizes:
+    """The size each pool was last resized to, outside the router's incarnations, so
+    that a restart of the router or of the whole pool keeps it.
+
+    Kept per system (weakly: it goes with the system) and per router slot (its
+    ref: a pool started anew at the same path starts at its spec's size).
+    """
+
+    def __init__(self) -> None:
+        self._by_system: weakref.WeakKeyDictionary[System, dict[ActorRef, int]] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def get(self, system: System, router: ActorRef, default: int) -> int:
+        return self._by_system.get(system, {}).get(router, default)
+
+    def set(self, system: System, router: ActorRef, size: int) -> None:
+        self._by_system.setdefault(system, {})[router] = size
+
+
 class Router(Actor):
     """The front of a pool: picks a worker and forwards the message, reply slot included."""
 
-    def __init__(self, worker: ChildSpec, routing: str | ConsistentHash, size: int) -> None:
+    def __init__(
+        self, worker: ChildSpec, routing: str | ConsistentHash, size: int, sizes: Sizes
+    ) -> None:
         self.worker = worker
         self.routing = routing
         self.size = size
+        self.sizes = sizes
         self.workers: list[ActorRef] = []
         self.next = 0
         self.ring: list[tuple[int, int]] = []
         self.routed = 0
 
     async def on_start(self) -> None:
-        self.workers_path = self.ctx.path.rsplit("/", 1)[0] + "/workers"
+        self.pool_path = self.ctx.path.rsplit("/", 1)[0]
         self._refresh()
+        target = self.sizes.get(self.ctx.system, self.ctx.ref, self.size)
+        if target != len(self.workers):
+            # resized before this incarnation: back to that size, once started
+            self.ctx.ref.tell(Resize(target))
 
     def _refresh(self) -> None:
-        infos = self.ctx.system.which_children(self.workers_path)
-        self.workers = [info.ref for info in infos]
+        infos = self.ctx.system.which_children(self.pool_path)
+        self.workers = [info.ref for info in infos if info.ref != self.ctx.ref]
         self.ring = sorted(
             (_digest(f"{ref.name}#{v}"), i)
             for i, ref in enumerate(self.workers)
@@ -117,15 +145,14 @@ class Router(Actor):
     async def _resize(self, size: int) -> None:
         _check_size(None, None, size)
         system = self.ctx.system
+        self.sizes.set(system, self.ctx.ref, size)
         names = {ref.name for ref in self.workers}
         n = 0
         while len(self.workers) < size:
             while f"w{n}" in names:
                 n += 1
             names.add(f"w{n}")
-            ref = await system.start_child(
-                self.workers_path, attrs.evolve(self.worker, name=f"w{n}")
-            )
+            ref = await system.start_child(self.pool_path, attrs.evolve(self.worker, name=f"w{n}"))
             self.workers.append(ref)
         while len(self.workers) > size:
             ref = self.workers.pop()
@@ -152,10 +179,13 @@ def Pool(
 
     ``system.ref("/app/<name>")`` reaches the pool's router, which forwards
     each message to one worker (`broadcast`: tells to all, an ask to one).
-    The workers sit under a ``one_for_one`` supervisor, so a crashing worker
-    is restarted alone and the others keep their messages.  Send
-    `Resize(n)` to the pool's ref to change its size at run time (dynamic
-    workers are dropped if the worker supervisor itself gives up).
+    The pool is one ``one_for_one`` supervisor of its workers (``w0``,
+    ``w1``, ...) and its router: a crashing worker is restarted alone and the
+    others keep their messages.  `max_restarts` within `within` seconds is
+    the pool's own restart intensity: past it the pool gives up and its
+    parent handles that like any supervisor's failure.  Send `Resize(n)` to
+    the pool's ref to change its size at run time; a restart of the router
+    or of the whole pool keeps the size it was last resized to.
     """
     if not isinstance(worker, ChildSpec):
         raise TypeError("Pool(worker=...) takes a child(...) spec")
@@ -164,20 +194,18 @@ def Pool(
             f"unknown routing {routing!r}; use one of {', '.join(ROUTINGS)} or consistent_hash(key)"
         )
     _check_size(None, None, size)
-    workers = Supervisor(
-        "workers",
-        strategy="one_for_one",
-        max_restarts=max_restarts,
-        within=within,
-        children=[attrs.evolve(worker, name=f"w{i}") for i in range(size)],
-    )
+    workers = [attrs.evolve(worker, name=f"w{i}") for i in range(size)]
     router = child(
-        Router, name="router", kwargs={"worker": worker, "routing": routing, "size": size}
+        Router,
+        name="router",
+        kwargs={"worker": worker, "routing": routing, "size": size, "sizes": Sizes()},
     )
     return Supervisor(
         name,
-        strategy="rest_for_one",  # the router restarts whenever the workers' supervisor does
-        children=[workers, router],
+        strategy="one_for_one",
+        max_restarts=max_restarts,
+        within=within,
+        children=[*workers, router],
         front="router",
         restart=restart,  # type: ignore[arg-type]
     )

@@ -59,7 +59,8 @@ def names(log: list[tuple[str, Any]]) -> Counter[str]:
 
 
 def worker_names(system: runtime.System) -> list[str]:
-    return [info.name for info in system.which_children("/app/pool/workers")]
+    """The pool's workers: its children but the router."""
+    return [info.name for info in system.which_children("/app/pool") if info.name != "router"]
 
 
 # -- shape ---------------------------------------------------------------------
@@ -119,7 +120,7 @@ async def test_smallest_mailbox_picks_the_least_loaded_worker() -> None:
     with trio.fail_after(WAIT):
         tree = pool_tree(log, size=3, routing="smallest_mailbox", gate=gate)
         async with runtime.open_system(tree) as system:
-            w = {n: system.ref(f"/app/pool/workers/{n}") for n in ("w0", "w1", "w2")}
+            w = {n: system.ref(f"/app/pool/{n}") for n in ("w0", "w1", "w2")}
             # load the workers directly: w0 busy + 3 queued, w1 busy + 1 queued, w2 busy
             for n, extra in (("w0", 3), ("w1", 1), ("w2", 0)):
                 for i in range(1 + extra):
@@ -214,9 +215,9 @@ async def test_a_crashing_worker_restarts_alone_and_no_queued_message_is_lost() 
             await trio.testing.wait_all_tasks_blocked()
             assert await pool.ask(PoolSize()) == 3
             snap = system.snapshot()
-            assert snap.find("/app/pool/workers/w0").restarts == 1
-            assert snap.find("/app/pool/workers/w1").restarts == 0
-            assert snap.find("/app/pool/workers/w2").restarts == 0
+            assert snap.find("/app/pool/w0").restarts == 1
+            assert snap.find("/app/pool/w1").restarts == 0
+            assert snap.find("/app/pool/w2").restarts == 0
             assert snap.find("/app/pool/router").restarts == 0
             assert snap.find("/app/pool").restarts == 0
     handled = {m.key for _, m in log}
@@ -235,6 +236,54 @@ async def test_an_ask_to_a_crashing_worker_fails_with_actor_crashed() -> None:
                 await pool.ask(Job("x", crash=True))
             assert await pool.ask(Job("y")) == "w1"
             assert await pool.ask(Job("z")) == "w0"  # restarted and back in the rotation
+
+
+async def test_the_pools_max_restarts_and_within_are_its_own_intensity(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    log: list[tuple[str, Any]] = []
+    with trio.fail_after(WAIT + 60):  # trio time: the clock jumps
+        tree = pool_tree(log, size=2, max_restarts=1, within=60)
+        async with runtime.open_system(tree) as system:
+            pool = system.ref("/app/pool")
+            with pytest.raises(runtime.ActorCrashed):
+                await pool.ask(Job(1, crash=True))
+            await trio.testing.wait_all_tasks_blocked()
+            assert system.snapshot().find("/app/pool").restarts == 0  # one restart is allowed
+            await trio.sleep(30)  # still within the 60 s window
+            with pytest.raises(runtime.ActorCrashed):
+                await pool.ask(Job(2, crash=True))
+            await trio.testing.wait_all_tasks_blocked()
+            # the second restart within 60 s: the pool gives up and its parent restarts it
+            snap = system.snapshot()
+            pool_info = snap.find("/app/pool")
+            assert pool_info.restarts == 1
+            assert pool_info.last_error is not None
+            assert pool_info.last_error.type == "RestartIntensityExceeded"
+            assert "/app/pool gave up: more than 1 restarts within 60s" in (
+                pool_info.last_error.message
+            )
+            assert snap.find("/app").restarts == 0
+            assert await pool.ask(PoolSize()) == 2
+            assert sorted([await pool.ask(Job(i)) for i in range(2)]) == ["w0", "w1"]
+
+
+async def test_a_restart_of_the_pool_keeps_its_current_size(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    log: list[tuple[str, Any]] = []
+    with trio.fail_after(WAIT):
+        async with runtime.open_system(pool_tree(log, size=2, max_restarts=0)) as system:
+            pool = system.ref("/app/pool")
+            for size, restarts in ((4, 1), (1, 2)):
+                assert await pool.ask(Resize(size)) == size
+                with pytest.raises(runtime.ActorCrashed):  # max_restarts=0: the pool gives up
+                    await pool.ask(Job("boom", crash=True))
+                await trio.testing.wait_all_tasks_blocked()
+                assert system.snapshot().find("/app/pool").restarts == restarts
+                assert await pool.ask(PoolSize()) == size
+                answers = {await pool.ask(Job(i)) for i in range(2 * size)}
+                assert answers == {f"w{i}" for i in range(size)}
 
 
 # -- resizing ------------------------------------------------------------------
@@ -258,7 +307,7 @@ async def test_resize_grows_and_shrinks_at_run_time() -> None:
             assert await pool.ask(PoolSize()) == 1
             assert worker_names(system) == ["w0"]
             with pytest.raises(runtime.ActorNotFound):
-                system.ref("/app/pool/workers/w3")
+                system.ref("/app/pool/w3")
             for i in range(5):
                 pool.tell(Job(i))
             await trio.testing.wait_all_tasks_blocked()
@@ -290,7 +339,7 @@ async def test_a_router_crash_keeps_the_workers_resized_ones_included() -> None:
             await trio.testing.wait_all_tasks_blocked()  # let the supervisor restart it
             snap = system.snapshot()
             assert snap.find("/app/pool/router").restarts == 1
-            assert snap.find("/app/pool/workers").restarts == 0
+            assert snap.find("/app/pool").restarts == 0
             assert await pool.ask(PoolSize()) == 3  # the dynamic worker is still routed to
             assert {k: await pool.ask(Job(k)) for k in range(30)} == owners
             assert "bad" not in {m.key for _, m in log}
