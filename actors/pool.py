@@ -10,7 +10,7 @@ from typing import Any
 
 import attrs
 
-from runtime import Actor, ActorRef, ChildSpec, Supervisor, System, child
+from runtime import Actor, ActorCrashed, ActorRef, ChildSpec, Supervisor, System, child
 
 ROUTINGS = ("round_robin", "smallest_mailbox", "broadcast")
 VIRTUAL_NODES = 64
@@ -55,6 +55,14 @@ def _digest(value: object) -> int:
     return int.from_bytes(hashlib.blake2b(raw, digest_size=8).digest(), "big")
 
 
+def _describe(error: BaseException) -> str:
+    try:
+        text = str(error)
+    except Exception:  # an error whose __str__ raises is still an error
+        text = "?"
+    return f"{type(error).__name__}({text!r})"
+
+
 class Sizes:
     """The size each pool was last resized to, outside the router's incarnations, so
     that a restart of the router or of the whole pool keeps it.
@@ -89,6 +97,7 @@ class Router(Actor):
         self.next = 0
         self.ring: list[tuple[int, int]] = []
         self.routed = 0
+        self.unroutable = 0
 
     async def on_start(self) -> None:
         self.pool_path = self.ctx.path.rsplit("/", 1)[0]
@@ -113,29 +122,45 @@ class Router(Actor):
             return len(self.workers)
         if isinstance(msg, PoolSize):
             return len(self.workers)
-        if not self.workers:
-            raise RuntimeError(f"pool {self.ctx.path} has no workers; Resize it first")
-        routing = self.routing
-        self.routed += 1
-        if routing == "broadcast":
-            # a tell reaches every worker; an ask reaches one (and gets one answer)
-            target = self._round_robin()
-            if not self.ctx.expects_reply:
-                for ref in self.workers:
-                    if ref != target:
-                        await ref.send(msg)
-            await self.ctx.forward(target)
+        try:
+            target = self._pick(msg)
+        except Exception as error:
+            self._unroutable(msg, error)
             return None
-        if routing == "smallest_mailbox":
-            target = min(self.workers, key=lambda r: r.mailbox_depth + r.is_busy)
-        elif isinstance(routing, ConsistentHash):
-            point = _digest(routing.key(msg))
-            index = bisect(self.ring, (point, len(self.workers)))
-            target = self.workers[self.ring[index % len(self.ring)][1]]
-        else:
-            target = self._round_robin()
+        self.routed += 1
+        if self.routing == "broadcast" and not self.ctx.expects_reply:
+            # a tell reaches every worker; an ask reaches one (and gets one answer)
+            for ref in list(self.workers):
+                if ref != target:
+                    await ref.send(msg)
         await self.ctx.forward(target)
         return None
+
+    def _pick(self, msg: Any) -> ActorRef:
+        """The worker for `msg`; raises if there is none (or the key function fails)."""
+        if not self.workers:
+            raise RuntimeError(f"pool {self.pool_path} has no workers; Resize it first")
+        routing = self.routing
+        if routing == "smallest_mailbox":
+            return min(self.workers, key=lambda r: r.mailbox_depth + r.is_busy)
+        if isinstance(routing, ConsistentHash):
+            key = routing.key(msg)
+            hash(key)  # an unhashable key is no key (TypeError), whatever its repr
+            index = bisect(self.ring, (_digest(key), len(self.workers)))
+            return self.workers[self.ring[index % len(self.ring)][1]]
+        return self._round_robin()  # round_robin, and the one worker a broadcast ask reaches
+
+    def _unroutable(self, msg: Any, error: Exception) -> None:
+        """Fail the message in hand alone: its asker gets `ActorCrashed` (the error as
+        ``__cause__``) and it is dead-lettered as ``crashed``; nothing restarts."""
+        self.unroutable += 1
+        if self.ctx.expects_reply:
+            failure = ActorCrashed(
+                f"{self.pool_path} could not route {type(msg).__name__}: {_describe(error)}"
+            )
+            failure.__cause__ = error
+            self.ctx.defer_reply().fail(failure)
+        self.ctx.dead_letter(msg, "crashed")
 
     def _round_robin(self) -> ActorRef:
         ref = self.workers[self.next % len(self.workers)]
@@ -161,7 +186,12 @@ class Router(Actor):
 
     def snapshot_stats(self) -> dict[str, Any]:
         routing = self.routing if isinstance(self.routing, str) else "consistent_hash"
-        return {"routing": routing, "workers": len(self.workers), "routed": self.routed}
+        return {
+            "routing": routing,
+            "workers": len(self.workers),
+            "routed": self.routed,
+            "unroutable": self.unroutable,
+        }
 
 
 def Pool(

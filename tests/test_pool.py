@@ -319,12 +319,16 @@ async def test_resize_grows_and_shrinks_at_run_time() -> None:
             assert system.snapshot().find("/app/pool/router").stats["workers"] == 3
 
 
-async def test_a_router_crash_keeps_the_workers_resized_ones_included() -> None:
+async def test_a_key_function_that_fails_fails_that_message_and_restarts_nothing() -> None:
+    # (this test used to expect the router to crash and restart on a bad key: a
+    # routing failure is the message's, not the router's)
     log: list[tuple[str, Any]] = []
 
     def key(msg: Any) -> Any:
         if msg.key == "bad":
             raise LookupError("no key")
+        if msg.key == "list":
+            return [1, 2]  # unhashable: not a key
         return msg.key
 
     with trio.fail_after(WAIT):
@@ -333,16 +337,27 @@ async def test_a_router_crash_keeps_the_workers_resized_ones_included() -> None:
             pool = system.ref("/app/pool")
             assert await pool.ask(Resize(3)) == 3
             owners = {k: await pool.ask(Job(k)) for k in range(30)}
+            for _ in range(8):
+                with pytest.raises(runtime.ActorCrashed) as info:
+                    await pool.ask(Job("bad"))
+                assert isinstance(info.value.__cause__, LookupError)
+            assert "/app/pool could not route Job: LookupError('no key')" in str(info.value)
             with pytest.raises(runtime.ActorCrashed) as info:
-                await pool.ask(Job("bad"))
-            assert isinstance(info.value.__cause__, LookupError)
-            await trio.testing.wait_all_tasks_blocked()  # let the supervisor restart it
+                await pool.ask(Job("list"))
+            assert isinstance(info.value.__cause__, TypeError)
+            pool.tell(Job("bad"))  # a tell has nobody to tell: only the dead letter
+            assert await pool.ask(PoolSize()) == 3
+            await trio.testing.wait_all_tasks_blocked()
             snap = system.snapshot()
-            assert snap.find("/app/pool/router").restarts == 1
+            assert snap.dead_letters.get("crashed", 0) == 10
+            router = snap.find("/app/pool/router")
+            assert router.dead_lettered == 10
+            assert router.stats["unroutable"] == 10
+            assert router.restarts == 0 and router.state == "running"
             assert snap.find("/app/pool").restarts == 0
-            assert await pool.ask(PoolSize()) == 3  # the dynamic worker is still routed to
+            assert [snap.find(f"/app/pool/w{i}").restarts for i in range(3)] == [0, 0, 0]
             assert {k: await pool.ask(Job(k)) for k in range(30)} == owners
-            assert "bad" not in {m.key for _, m in log}
+            assert not {"bad", "list"} & {m.key for _, m in log}
 
 
 # -- misuse --------------------------------------------------------------------
