@@ -4,16 +4,28 @@ from __future__ import annotations
 
 import hashlib
 import weakref
-from bisect import bisect
+from bisect import bisect, bisect_left
 from collections.abc import Callable, Hashable
 from typing import Any
 
 import attrs
 
-from runtime import Actor, ActorCrashed, ActorRef, ChildSpec, Supervisor, System, child
+from runtime import (
+    Actor,
+    ActorCrashed,
+    ActorNotFound,
+    ActorRef,
+    ChildSpec,
+    DeferredReply,
+    Supervisor,
+    System,
+    child,
+)
 
 ROUTINGS = ("round_robin", "smallest_mailbox", "broadcast")
 VIRTUAL_NODES = 64
+MAX_SIZE = 1024
+"""A pool's default `max_size`: the most workers a `Resize` may ask for."""
 
 
 @attrs.frozen
@@ -38,9 +50,19 @@ def _check_size(_instance: object, _attribute: object, value: int) -> None:
         raise ValueError(f"a pool size is an int >= 1, got {value!r}")
 
 
+def _check_resize(size: object, max_size: int) -> int:
+    """`size` as a pool may be resized to: an int from 1 to `max_size`, else `ValueError`."""
+    if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= max_size:
+        raise ValueError(
+            f"a pool size is an int from 1 to the pool's max_size ({max_size}), got {size!r}"
+        )
+    return size
+
+
 @attrs.frozen
 class Resize:
-    """Send to a pool's ref to grow or shrink it to `size` workers (at least 1)."""
+    """Send to a pool's ref to grow or shrink it to `size` workers (at least 1, at most
+    the pool's `max_size`)."""
 
     size: int = attrs.field(validator=_check_size)
 
@@ -61,6 +83,38 @@ def _describe(error: BaseException) -> str:
     except Exception:  # an error whose __str__ raises is still an error
         text = "?"
     return f"{type(error).__name__}({text!r})"
+
+
+class Ring:
+    """The hash ring of `consistent_hash`: `VIRTUAL_NODES` points per worker, placed by
+    the worker's name, so that a worker added or removed moves only its own keys."""
+
+    def __init__(self) -> None:
+        self.points: list[int] = []
+        self.owners: list[ActorRef] = []
+
+    @staticmethod
+    def _points(ref: ActorRef) -> list[int]:
+        return [_digest(f"{ref.name}#{v}") for v in range(VIRTUAL_NODES)]
+
+    def add(self, ref: ActorRef) -> None:
+        for point in self._points(ref):
+            i = bisect(self.points, point)
+            self.points.insert(i, point)
+            self.owners.insert(i, ref)
+
+    def remove(self, ref: ActorRef) -> None:
+        for point in self._points(ref):
+            i = bisect_left(self.points, point)
+            while i < len(self.points) and self.points[i] == point:
+                if self.owners[i] == ref:
+                    del self.points[i], self.owners[i]
+                    break
+                i += 1
+
+    def owner(self, point: int) -> ActorRef:
+        """The worker of the first point after `point`, round the ring (it is not empty)."""
+        return self.owners[bisect(self.points, point) % len(self.points)]
 
 
 class Sizes:
@@ -84,48 +138,58 @@ class Sizes:
 
 
 class Router(Actor):
-    """The front of a pool: picks a worker and forwards the message, reply slot included."""
+    """The front of a pool: picks a worker and forwards the message, reply slot included.
+
+    It also sizes the pool: a `Resize` sets the target, and a background task
+    of this incarnation starts or stops one worker at a time toward it (the
+    latest target wins) while `receive` goes on routing.
+    """
 
     def __init__(
-        self, worker: ChildSpec, routing: str | ConsistentHash, size: int, sizes: Sizes
+        self,
+        worker: ChildSpec,
+        routing: str | ConsistentHash,
+        size: int,
+        max_size: int,
+        sizes: Sizes,
     ) -> None:
         self.worker = worker
         self.routing = routing
-        self.size = size
+        self.max_size = max_size
         self.sizes = sizes
-        self.workers: list[ActorRef] = []
+        self.target = size
+        self.workers: list[ActorRef] = []  # routed to, in start order
+        self.names: set[str] = set()  # of every worker running under the pool
+        self.ring = Ring()
         self.next = 0
-        self.ring: list[tuple[int, int]] = []
+        self.resizing = False
+        self.resizes: list[DeferredReply] = []  # Resize asks, answered once it is done
         self.routed = 0
         self.unroutable = 0
 
     async def on_start(self) -> None:
         self.pool_path = self.ctx.path.rsplit("/", 1)[0]
-        self._refresh()
-        target = self.sizes.get(self.ctx.system, self.ctx.ref, self.size)
-        if target != len(self.workers):
-            # resized before this incarnation: back to that size, once started
-            self.ctx.ref.tell(Resize(target))
-
-    def _refresh(self) -> None:
-        infos = self.ctx.system.which_children(self.pool_path)
-        self.workers = [info.ref for info in infos if info.ref != self.ctx.ref]
-        self.ring = sorted(
-            (_digest(f"{ref.name}#{v}"), i)
-            for i, ref in enumerate(self.workers)
-            for v in range(VIRTUAL_NODES)
-        )
+        for info in self.ctx.system.which_children(self.pool_path):
+            if info.ref != self.ctx.ref:
+                self._route_to(info.ref)
+        # resized before this incarnation (or the pool's): back to that size
+        self.target = self.sizes.get(self.ctx.system, self.ctx.ref, self.target)
+        self._resize_soon()
 
     async def receive(self, msg: Any) -> Any:
         if isinstance(msg, Resize):
-            await self._resize(msg.size)
-            return len(self.workers)
+            return self._resize(msg)
         if isinstance(msg, PoolSize):
             return len(self.workers)
         try:
             target = self._pick(msg)
         except Exception as error:
-            self._unroutable(msg, error)
+            failure = ActorCrashed(
+                f"{self.pool_path} could not route {type(msg).__name__}: {_describe(error)}"
+            )
+            failure.__cause__ = error
+            self.unroutable += 1
+            self._fail(msg, failure)
             return None
         self.routed += 1
         if self.routing == "broadcast" and not self.ctx.expects_reply:
@@ -135,6 +199,8 @@ class Router(Actor):
                     await ref.send(msg)
         await self.ctx.forward(target)
         return None
+
+    # -- routing -------------------------------------------------------------
 
     def _pick(self, msg: Any) -> ActorRef:
         """The worker for `msg`; raises if there is none (or the key function fails)."""
@@ -146,49 +212,107 @@ class Router(Actor):
         if isinstance(routing, ConsistentHash):
             key = routing.key(msg)
             hash(key)  # an unhashable key is no key (TypeError), whatever its repr
-            index = bisect(self.ring, (_digest(key), len(self.workers)))
-            return self.workers[self.ring[index % len(self.ring)][1]]
-        return self._round_robin()  # round_robin, and the one worker a broadcast ask reaches
-
-    def _unroutable(self, msg: Any, error: Exception) -> None:
-        """Fail the message in hand alone: its asker gets `ActorCrashed` (the error as
-        ``__cause__``) and it is dead-lettered as ``crashed``; nothing restarts."""
-        self.unroutable += 1
-        if self.ctx.expects_reply:
-            failure = ActorCrashed(
-                f"{self.pool_path} could not route {type(msg).__name__}: {_describe(error)}"
-            )
-            failure.__cause__ = error
-            self.ctx.defer_reply().fail(failure)
-        self.ctx.dead_letter(msg, "crashed")
-
-    def _round_robin(self) -> ActorRef:
-        ref = self.workers[self.next % len(self.workers)]
+            return self.ring.owner(_digest(key))
+        ref = self.workers[self.next % len(self.workers)]  # round_robin; a broadcast ask
         self.next += 1
         return ref
 
-    async def _resize(self, size: int) -> None:
-        _check_size(None, None, size)
+    def _fail(self, msg: Any, error: BaseException) -> None:
+        """Fail the message in hand alone: its asker gets `error` and it is
+        dead-lettered as ``crashed``; nothing restarts."""
+        if self.ctx.expects_reply:
+            self.ctx.defer_reply().fail(error)
+        self.ctx.dead_letter(msg, "crashed")
+
+    def _route_to(self, ref: ActorRef) -> None:
+        self.workers.append(ref)
+        self.names.add(ref.name)
+        if isinstance(self.routing, ConsistentHash):
+            self.ring.add(ref)
+
+    def _stop_routing_to(self, ref: ActorRef) -> None:
+        self.workers.remove(ref)
+        if isinstance(self.routing, ConsistentHash):
+            self.ring.remove(ref)
+
+    # -- sizing --------------------------------------------------------------
+
+    def _resize(self, msg: Resize) -> int | None:
+        try:
+            size = _check_resize(msg.size, self.max_size)
+        except ValueError as error:
+            self._fail(msg, error)
+            return None
+        self.target = size
+        self.sizes.set(self.ctx.system, self.ctx.ref, size)
+        if not self.resizing and len(self.workers) == size:
+            return size
+        if self.ctx.expects_reply:
+            self.resizes.append(self.ctx.defer_reply())
+        self._resize_soon()
+        return None
+
+    def _resize_soon(self) -> None:
+        if not self.resizing and len(self.workers) != self.target:
+            self.resizing = True
+            self.ctx.nursery.start_soon(self._resizing)
+
+    async def _resizing(self) -> None:
+        """Start or stop workers one at a time until the pool has `target` of them.
+
+        Each step awaits the pool's supervisor, so the router keeps routing
+        meanwhile, and each step reads `target` afresh: a later `Resize`
+        supersedes this one where it stands.  A worker that fails to start ends
+        the resize there; the `Resize` asks get its start error.
+        """
         system = self.ctx.system
-        self.sizes.set(system, self.ctx.ref, size)
-        names = {ref.name for ref in self.workers}
+        error: Exception | None = None
+        try:
+            while len(self.workers) != self.target:
+                if len(self.workers) < self.target:
+                    name = self._free_name()
+                    self.names.add(name)
+                    try:
+                        ref = await system.start_child(
+                            self.pool_path, attrs.evolve(self.worker, name=name)
+                        )
+                    except BaseException:
+                        self.names.discard(name)
+                        raise
+                    self._route_to(ref)
+                else:
+                    ref = self.workers[-1]  # the last started goes first
+                    self._stop_routing_to(ref)
+                    try:
+                        await system.terminate_child(ref.path)
+                    except ActorNotFound:
+                        pass  # it had already stopped for good
+                    self.names.discard(ref.name)
+        except Exception as exc:
+            error = exc
+            self.target = len(self.workers)
+            self.sizes.set(system, self.ctx.ref, self.target)
+        finally:
+            self.resizing = False
+        resizes, self.resizes = self.resizes, []
+        for reply in resizes:
+            if error is None:
+                reply.send(len(self.workers))
+            else:
+                reply.fail(error)
+
+    def _free_name(self) -> str:
         n = 0
-        while len(self.workers) < size:
-            while f"w{n}" in names:
-                n += 1
-            names.add(f"w{n}")
-            ref = await system.start_child(self.pool_path, attrs.evolve(self.worker, name=f"w{n}"))
-            self.workers.append(ref)
-        while len(self.workers) > size:
-            ref = self.workers.pop()
-            await system.terminate_child(ref.path)
-        self._refresh()
+        while f"w{n}" in self.names:
+            n += 1
+        return f"w{n}"
 
     def snapshot_stats(self) -> dict[str, Any]:
         routing = self.routing if isinstance(self.routing, str) else "consistent_hash"
         return {
             "routing": routing,
             "workers": len(self.workers),
+            "target": self.target,
             "routed": self.routed,
             "unroutable": self.unroutable,
         }
@@ -200,6 +324,7 @@ def Pool(
     size: int = 4,
     routing: str | ConsistentHash = "round_robin",
     *,
+    max_size: int = MAX_SIZE,
     max_restarts: int = 3,
     within: float = 5.0,
     restart: str = "permanent",
@@ -213,9 +338,14 @@ def Pool(
     ``w1``, ...) and its router: a crashing worker is restarted alone and the
     others keep their messages.  `max_restarts` within `within` seconds is
     the pool's own restart intensity: past it the pool gives up and its
-    parent handles that like any supervisor's failure.  Send `Resize(n)` to
-    the pool's ref to change its size at run time; a restart of the router
-    or of the whole pool keeps the size it was last resized to.
+    parent handles that like any supervisor's failure.
+
+    Send `Resize(n)` to the pool's ref to change its size at run time, up to
+    `max_size` (a larger `n` fails that ask with `ValueError`).  The router
+    keeps routing while workers are started or stopped one at a time, a
+    later `Resize` supersedes one in progress, and an ask of `Resize` is
+    answered with the size reached once the pool has it.  A restart of the
+    router or of the whole pool keeps the size it was last resized to.
     """
     if not isinstance(worker, ChildSpec):
         raise TypeError("Pool(worker=...) takes a child(...) spec")
@@ -224,11 +354,21 @@ def Pool(
             f"unknown routing {routing!r}; use one of {', '.join(ROUTINGS)} or consistent_hash(key)"
         )
     _check_size(None, None, size)
+    if isinstance(max_size, bool) or not isinstance(max_size, int) or max_size < 1:
+        raise ValueError(f"max_size is an int >= 1, got {max_size!r}")
+    if size > max_size:
+        raise ValueError(f"size={size} is more than max_size={max_size}")
     workers = [attrs.evolve(worker, name=f"w{i}") for i in range(size)]
     router = child(
         Router,
         name="router",
-        kwargs={"worker": worker, "routing": routing, "size": size, "sizes": Sizes()},
+        kwargs={
+            "worker": worker,
+            "routing": routing,
+            "size": size,
+            "max_size": max_size,
+            "sizes": Sizes(),
+        },
     )
     return Supervisor(
         name,

@@ -313,10 +313,91 @@ async def test_resize_grows_and_shrinks_at_run_time() -> None:
             await trio.testing.wait_all_tasks_blocked()
             assert names(log) == {"w0": 5}
 
-            pool.tell(Resize(3))  # a tell works too
+            pool.tell(Resize(3))  # a tell works too (the pool gets there in the background)
+            await trio.testing.wait_all_tasks_blocked()
             assert await pool.ask(PoolSize()) == 3
             assert worker_names(system) == ["w0", "w1", "w2"]
             assert system.snapshot().find("/app/pool/router").stats["workers"] == 3
+
+
+async def test_a_resize_beyond_max_size_or_not_a_size_fails_that_ask_at_once() -> None:
+    log: list[tuple[str, Any]] = []
+    with trio.fail_after(WAIT):
+        async with runtime.open_system(pool_tree(log, size=2, max_size=8)) as system:
+            pool = system.ref("/app/pool")
+            with pytest.raises(ValueError, match="max_size"):
+                await pool.ask(Resize(9))
+            pool.tell(Resize(10**9))  # told: nobody to tell, dead-lettered
+            for size in (0, "3", 2.0):  # made around Resize's own check
+                bad = Resize(2)
+                object.__setattr__(bad, "size", size)
+                with pytest.raises(ValueError):
+                    await pool.ask(bad)
+            assert await pool.ask(PoolSize()) == 2
+            assert worker_names(system) == ["w0", "w1"]
+            snap = system.snapshot()
+            assert snap.find("/app/pool/router").restarts == 0
+            assert snap.dead_letters.get("crashed", 0) == 5
+            assert await pool.ask(Resize(8)) == 8  # max_size itself is fine
+        async with runtime.open_system(pool_tree(log, size=2)) as system:
+            pool = system.ref("/app/pool")
+            for size in (1025, 10**9):  # the default max_size is 1,024
+                with pytest.raises(ValueError, match="max_size"):
+                    await pool.ask(Resize(size))
+            assert await pool.ask(PoolSize()) == 2
+
+
+async def test_the_pool_answers_other_messages_while_it_grows_and_shrinks() -> None:
+    log: list[tuple[str, Any]] = []
+    with trio.fail_after(WAIT):
+        async with runtime.open_system(pool_tree(log, size=2)) as system:
+            pool = system.ref("/app/pool")
+            pool.tell(Resize(300))
+            assert await pool.ask(PoolSize()) < 300  # answered before the resize is done
+            assert await pool.ask(Job("meanwhile")) in {f"w{i}" for i in range(300)}
+            assert await pool.ask(Resize(300)) == 300  # answered once it is
+            assert len(worker_names(system)) == 300
+
+            pool.tell(Resize(2))
+            assert await pool.ask(Job("meanwhile")) in {"w0", "w1"}
+            assert len(worker_names(system)) > 2  # still stopping the others
+            assert await pool.ask(Resize(2)) == 2
+            assert worker_names(system) == ["w0", "w1"]
+            assert not any(system.snapshot().dead_letters.values())
+
+
+class Counted(Worker):
+    """A worker that counts its incarnations in `made`."""
+
+    def __init__(self, log: list[tuple[str, Any]], made: list[str]) -> None:
+        super().__init__(log)
+        self.made = made
+
+    async def on_start(self) -> None:
+        self.made.append(self.ctx.name)
+
+
+async def test_a_resize_in_progress_is_superseded_by_the_next_one() -> None:
+    log: list[tuple[str, Any]] = []
+    made: list[str] = []
+    worker = child(Counted, args=(log, made))
+    tree = Supervisor("app", children=[Pool("pool", worker=worker, size=2)])
+    answers: list[int] = []
+    with trio.fail_after(WAIT):
+        async with runtime.open_system(tree) as system, trio.open_nursery() as nursery:
+            pool = system.ref("/app/pool")
+
+            async def resize(size: int) -> None:
+                answers.append(await pool.ask(Resize(size)))
+
+            nursery.start_soon(resize, 1000)
+            while len(made) < 10:  # the pool is growing
+                await trio.sleep(0)
+            assert await pool.ask(Resize(3)) == 3  # the latest target wins
+            await trio.testing.wait_all_tasks_blocked()
+            assert answers == [3]  # the superseded ask is answered with where the pool ended
+            assert worker_names(system) == ["w0", "w1", "w2"]
+            assert len(made) < 1000
 
 
 async def test_a_key_function_that_fails_fails_that_message_and_restarts_nothing() -> None:
@@ -377,6 +458,13 @@ def test_invalid_pool_arguments_raise() -> None:
     for size in (0, -1, 2.5, "3"):
         with pytest.raises(ValueError):
             Pool("p", worker=worker, size=size)  # type: ignore[arg-type]
+        with pytest.raises(ValueError):
+            Pool("p", worker=worker, size=1, max_size=size)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="max_size"):
+        Pool("p", worker=worker, size=5, max_size=4)
+    Pool("p", worker=worker, size=1024)  # the default max_size
+    with pytest.raises(ValueError, match="max_size"):
+        Pool("p", worker=worker, size=1025)
     with pytest.raises(TypeError):
         consistent_hash(key="id")  # type: ignore[arg-type]
     # like Pool's size: a bad Resize fails where it is made, not in the router
