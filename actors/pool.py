@@ -9,6 +9,7 @@ from collections.abc import Callable, Hashable
 from typing import Any
 
 import attrs
+import trio
 
 from runtime import (
     Actor,
@@ -26,6 +27,8 @@ ROUTINGS = ("round_robin", "smallest_mailbox", "broadcast")
 VIRTUAL_NODES = 64
 MAX_SIZE = 1024
 """A pool's default `max_size`: the most workers a `Resize` may ask for."""
+DRAIN_POLL = 0.01
+"""Seconds between looks at a worker a shrink removes, until it has handled its queue."""
 
 
 @attrs.frozen
@@ -142,7 +145,9 @@ class Router(Actor):
 
     It also sizes the pool: a `Resize` sets the target, and a background task
     of this incarnation starts or stops one worker at a time toward it (the
-    latest target wins) while `receive` goes on routing.
+    latest target wins) while `receive` goes on routing.  A worker a shrink
+    removes is first taken out of the routing and stopped only once it has
+    handled what was queued at it (a grow takes it back first).
     """
 
     def __init__(
@@ -159,6 +164,9 @@ class Router(Actor):
         self.sizes = sizes
         self.target = size
         self.workers: list[ActorRef] = []  # routed to, in start order
+        self.routed_to: set[ActorRef] = set()  # the same, to look up
+        self.retiring: list[ActorRef] = []  # no longer routed to, stopped once drained
+        self.sending_to: ActorRef | None = None  # the worker a message is on its way to
         self.names: set[str] = set()  # of every worker running under the pool
         self.ring = Ring()
         self.next = 0
@@ -192,12 +200,18 @@ class Router(Actor):
             self._fail(msg, failure)
             return None
         self.routed += 1
-        if self.routing == "broadcast" and not self.ctx.expects_reply:
-            # a tell reaches every worker; an ask reaches one (and gets one answer)
-            for ref in list(self.workers):
-                if ref != target:
-                    await ref.send(msg)
-        await self.ctx.forward(target)
+        try:
+            if self.routing == "broadcast" and not self.ctx.expects_reply:
+                # a tell reaches every worker; an ask reaches one (and gets one answer)
+                for ref in list(self.workers):
+                    if ref in self.routed_to:  # not retired while this one waited
+                        self.sending_to = ref
+                        await ref.send(msg)
+            else:
+                self.sending_to = target
+                await self.ctx.forward(target)
+        finally:
+            self.sending_to = None
         return None
 
     # -- routing -------------------------------------------------------------
@@ -226,14 +240,18 @@ class Router(Actor):
 
     def _route_to(self, ref: ActorRef) -> None:
         self.workers.append(ref)
+        self.routed_to.add(ref)
         self.names.add(ref.name)
         if isinstance(self.routing, ConsistentHash):
             self.ring.add(ref)
 
-    def _stop_routing_to(self, ref: ActorRef) -> None:
-        self.workers.remove(ref)
+    def _retire_last(self) -> None:
+        """Stop routing to the last started worker; it is stopped once it has drained."""
+        ref = self.workers.pop()
+        self.routed_to.discard(ref)
         if isinstance(self.routing, ConsistentHash):
             self.ring.remove(ref)
+        self.retiring.append(ref)
 
     # -- sizing --------------------------------------------------------------
 
@@ -253,41 +271,43 @@ class Router(Actor):
         return None
 
     def _resize_soon(self) -> None:
-        if not self.resizing and len(self.workers) != self.target:
+        if not self.resizing and (len(self.workers) != self.target or self.retiring):
             self.resizing = True
             self.ctx.nursery.start_soon(self._resizing)
 
     async def _resizing(self) -> None:
-        """Start or stop workers one at a time until the pool has `target` of them.
+        """Start or retire workers one at a time until `target` of them are routed to,
+        and stop the retired ones as they drain.
 
-        Each step awaits the pool's supervisor, so the router keeps routing
-        meanwhile, and each step reads `target` afresh: a later `Resize`
-        supersedes this one where it stands.  A worker that fails to start ends
-        the resize there; the `Resize` asks get its start error.
+        Each step reads `target` afresh (a later `Resize` supersedes this one
+        where it stands) and each start or stop awaits the pool's supervisor,
+        so the router keeps routing meanwhile.  A worker that fails to start
+        ends the resize there; the `Resize` asks get its start error.
         """
         system = self.ctx.system
         error: Exception | None = None
         try:
-            while len(self.workers) != self.target:
+            while True:
                 if len(self.workers) < self.target:
-                    name = self._free_name()
-                    self.names.add(name)
-                    try:
-                        ref = await system.start_child(
-                            self.pool_path, attrs.evolve(self.worker, name=name)
-                        )
-                    except BaseException:
-                        self.names.discard(name)
-                        raise
-                    self._route_to(ref)
-                else:
-                    ref = self.workers[-1]  # the last started goes first
-                    self._stop_routing_to(ref)
-                    try:
-                        await system.terminate_child(ref.path)
-                    except ActorNotFound:
-                        pass  # it had already stopped for good
-                    self.names.discard(ref.name)
+                    if self.retiring:
+                        self._route_to(self.retiring.pop())  # the last retired comes back
+                    else:
+                        await self._start_worker()
+                    continue
+                while len(self.workers) > self.target:
+                    self._retire_last()
+                if not self.retiring:
+                    break
+                drained = next((ref for ref in self.retiring if self._drained(ref)), None)
+                if drained is None:
+                    await trio.sleep(DRAIN_POLL)
+                    continue
+                self.retiring.remove(drained)
+                try:
+                    await system.terminate_child(drained.path)
+                except ActorNotFound:
+                    pass  # it had already stopped for good
+                self.names.discard(drained.name)
         except Exception as exc:
             error = exc
             self.target = len(self.workers)
@@ -301,6 +321,24 @@ class Router(Actor):
             else:
                 reply.fail(error)
 
+    async def _start_worker(self) -> None:
+        name = self._free_name()
+        self.names.add(name)
+        try:
+            ref = await self.ctx.system.start_child(
+                self.pool_path, attrs.evolve(self.worker, name=name)
+            )
+        except BaseException:
+            self.names.discard(name)
+            raise
+        self._route_to(ref)
+
+    def _drained(self, ref: ActorRef) -> bool:
+        """Whether a retired worker has handled all that was routed to it (or is gone)."""
+        if not ref.is_alive:
+            return True
+        return ref != self.sending_to and ref.mailbox_depth == 0 and not ref.is_busy
+
     def _free_name(self) -> str:
         n = 0
         while f"w{n}" in self.names:
@@ -313,6 +351,7 @@ class Router(Actor):
             "routing": routing,
             "workers": len(self.workers),
             "target": self.target,
+            "retiring": len(self.retiring),
             "routed": self.routed,
             "unroutable": self.unroutable,
         }

@@ -366,6 +366,80 @@ async def test_the_pool_answers_other_messages_while_it_grows_and_shrinks() -> N
             assert not any(system.snapshot().dead_letters.values())
 
 
+async def test_a_shrink_hands_on_what_was_queued_at_removed_workers_and_drops_nothing(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    log: list[tuple[str, Any]] = []
+    gate = trio.Event()
+    answers: dict[int, list[str]] = {}
+    resized = trio.Event()
+    with trio.fail_after(WAIT):
+        tree = pool_tree(log, size=4, gate=gate)
+        async with runtime.open_system(tree) as system, trio.open_nursery() as nursery:
+            pool = system.ref("/app/pool")
+
+            async def ask(i: int) -> None:
+                answers.setdefault(i, []).append(await pool.ask(Job(i), timeout=None))
+
+            async def shrink() -> None:
+                assert await pool.ask(Resize(1), timeout=None) == 1
+                resized.set()
+
+            for i in range(20):  # every worker: one in hand (held at the gate), four queued
+                nursery.start_soon(ask, i)
+            await trio.testing.wait_all_tasks_blocked()
+            for i in range(20, 40):  # and five more told
+                pool.tell(Job(i))
+            await trio.testing.wait_all_tasks_blocked()
+            assert [system.ref(f"/app/pool/w{i}").mailbox_depth for i in range(4)] == [9] * 4
+            nursery.start_soon(shrink)
+            await trio.testing.wait_all_tasks_blocked()
+            assert await pool.ask(PoolSize()) == 1  # w1..w3 no longer routed to
+            for i in range(40, 44):  # so what comes now goes to w0
+                pool.tell(Job(i))
+            gate.set()
+            await resized.wait()
+            assert worker_names(system) == ["w0"]
+            assert not any(system.snapshot().dead_letters.values())
+    # every message handled once, every ask answered once, nothing lost
+    assert Counter(m.key for _, m in log) == Counter(range(44))
+    assert {i: len(a) for i, a in answers.items()} == {i: 1 for i in range(20)}
+    assert {m.key for n, m in log if n != "w0"} <= set(range(40))
+
+
+async def test_a_grow_takes_back_the_workers_a_shrink_is_still_draining(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    log: list[tuple[str, Any]] = []
+    gate = trio.Event()
+    answers: list[int] = []
+    with trio.fail_after(WAIT):
+        async with runtime.open_system(pool_tree(log, size=3, gate=gate)) as system:
+            pool = system.ref("/app/pool")
+            refs = [system.ref(f"/app/pool/w{i}") for i in range(3)]
+            for i in range(6):  # every worker: one in hand, one queued
+                pool.tell(Job(i))
+            async with trio.open_nursery() as nursery:
+
+                async def shrink() -> None:
+                    answers.append(await pool.ask(Resize(1)))
+
+                nursery.start_soon(shrink)
+                await trio.testing.wait_all_tasks_blocked()
+                assert await pool.ask(PoolSize()) == 1
+                assert worker_names(system) == ["w0", "w1", "w2"]  # w1, w2 still draining
+                assert await pool.ask(Resize(3)) == 3  # supersedes the shrink
+            assert answers == [3]
+            assert [system.ref(f"/app/pool/w{i}") for i in range(3)] == refs  # the same ones
+            for i in range(6, 9):
+                pool.tell(Job(i))
+            gate.set()
+            await trio.testing.wait_all_tasks_blocked()
+            assert not any(system.snapshot().dead_letters.values())
+    assert sorted(m.key for _, m in log) == list(range(9))
+    assert names(log) == {"w0": 3, "w1": 3, "w2": 3}
+
+
 class Counted(Worker):
     """A worker that counts its incarnations in `made`."""
 
