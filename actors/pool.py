@@ -168,6 +168,7 @@ class Router(Actor):
         self.retiring: list[ActorRef] = []  # no longer routed to, stopped once drained
         self.sending_to: ActorRef | None = None  # the worker a message is on its way to
         self.names: set[str] = set()  # of every worker running under the pool
+        self.free_from = 0  # no name below w<free_from> is free
         self.ring = Ring()
         self.next = 0
         self.resizing = False
@@ -263,11 +264,11 @@ class Router(Actor):
             return None
         self.target = size
         self.sizes.set(self.ctx.system, self.ctx.ref, size)
-        if not self.resizing and len(self.workers) == size:
-            return size
+        self._resize_soon()
+        if not self.resizing:
+            return size  # there already
         if self.ctx.expects_reply:
             self.resizes.append(self.ctx.defer_reply())
-        self._resize_soon()
         return None
 
     def _resize_soon(self) -> None:
@@ -307,7 +308,7 @@ class Router(Actor):
                     await system.terminate_child(drained.path)
                 except ActorNotFound:
                     pass  # it had already stopped for good
-                self.names.discard(drained.name)
+                self._release_name(drained.name)
         except Exception as exc:
             error = exc
             self.target = len(self.workers)
@@ -329,7 +330,7 @@ class Router(Actor):
                 self.pool_path, attrs.evolve(self.worker, name=name)
             )
         except BaseException:
-            self.names.discard(name)
+            self._release_name(name)
             raise
         self._route_to(ref)
 
@@ -340,10 +341,18 @@ class Router(Actor):
         return ref != self.sending_to and ref.mailbox_depth == 0 and not ref.is_busy
 
     def _free_name(self) -> str:
-        n = 0
+        """The lowest free worker name (``w0``, ``w1``, ...)."""
+        n = self.free_from
         while f"w{n}" in self.names:
             n += 1
+        self.free_from = n
         return f"w{n}"
+
+    def _release_name(self, name: str) -> None:
+        self.names.discard(name)
+        number = name[1:]
+        if number.isdigit():
+            self.free_from = min(self.free_from, int(number))
 
     def snapshot_stats(self) -> dict[str, Any]:
         routing = self.routing if isinstance(self.routing, str) else "consistent_hash"
@@ -383,8 +392,14 @@ def Pool(
     `max_size` (a larger `n` fails that ask with `ValueError`).  The router
     keeps routing while workers are started or stopped one at a time, a
     later `Resize` supersedes one in progress, and an ask of `Resize` is
-    answered with the size reached once the pool has it.  A restart of the
-    router or of the whole pool keeps the size it was last resized to.
+    answered with the size reached once the pool has it.  A shrink drops
+    nothing: a worker it removes gets no new messages and is stopped once
+    it has handled those queued at it.  A restart of the router or of the
+    whole pool keeps the size it was last resized to.  A routing failure
+    (a `consistent_hash` key function that raises or returns something
+    unhashable) fails that message alone: the asker gets `ActorCrashed`
+    with the error as its cause, the message is dead-lettered as
+    ``crashed``, and nothing restarts.
     """
     if not isinstance(worker, ChildSpec):
         raise TypeError("Pool(worker=...) takes a child(...) spec")
