@@ -474,6 +474,32 @@ async def test_a_resize_in_progress_is_superseded_by_the_next_one() -> None:
             assert len(made) < 1000
 
 
+class StartsOnlyThree(Worker):
+    """A worker whose fourth copy cannot start."""
+
+    async def on_start(self) -> None:
+        if self.ctx.name == "w3":
+            raise ConnectionError("no room for w3")
+
+
+async def test_a_worker_that_fails_to_start_ends_the_resize_where_it_is() -> None:
+    log: list[tuple[str, Any]] = []
+    worker = child(StartsOnlyThree, args=(log,))
+    tree = Supervisor("app", children=[Pool("pool", worker=worker, size=2)])
+    with trio.fail_after(WAIT):
+        async with runtime.open_system(tree) as system:
+            pool = system.ref("/app/pool")
+            with pytest.raises(ConnectionError, match="no room for w3"):
+                await pool.ask(Resize(6))
+            assert await pool.ask(PoolSize()) == 3
+            assert worker_names(system) == ["w0", "w1", "w2"]
+            snap = system.snapshot()
+            assert snap.find("/app/pool/router").stats["target"] == 3
+            assert snap.find("/app/pool/router").restarts == 0
+            assert snap.find("/app/pool").restarts == 0
+            assert {await pool.ask(Job(i)) for i in range(3)} == {"w0", "w1", "w2"}
+
+
 async def test_a_key_function_that_fails_fails_that_message_and_restarts_nothing() -> None:
     # (this test used to expect the router to crash and restart on a bad key: a
     # routing failure is the message's, not the router's)
