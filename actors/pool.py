@@ -3,16 +3,32 @@
 from __future__ import annotations
 
 import hashlib
-from bisect import bisect
+import weakref
+from bisect import bisect, bisect_left
 from collections.abc import Callable, Hashable
 from typing import Any
 
 import attrs
+import trio
 
-from runtime import Actor, ActorRef, ChildSpec, Supervisor, child
+from runtime import (
+    Actor,
+    ActorCrashed,
+    ActorNotFound,
+    ActorRef,
+    ChildSpec,
+    DeferredReply,
+    Supervisor,
+    System,
+    child,
+)
 
 ROUTINGS = ("round_robin", "smallest_mailbox", "broadcast")
 VIRTUAL_NODES = 64
+MAX_SIZE = 1024
+"""A pool's default `max_size`: the most workers a `Resize` may ask for."""
+DRAIN_POLL = 0.01
+"""Seconds between looks at a worker a shrink removes, until it has handled its queue."""
 
 
 @attrs.frozen
@@ -37,9 +53,19 @@ def _check_size(_instance: object, _attribute: object, value: int) -> None:
         raise ValueError(f"a pool size is an int >= 1, got {value!r}")
 
 
+def _check_resize(size: object, max_size: int) -> int:
+    """`size` as a pool may be resized to: an int from 1 to `max_size`, else `ValueError`."""
+    if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= max_size:
+        raise ValueError(
+            f"a pool size is an int from 1 to the pool's max_size ({max_size}), got {size!r}"
+        )
+    return size
+
+
 @attrs.frozen
 class Resize:
-    """Send to a pool's ref to grow or shrink it to `size` workers (at least 1)."""
+    """Send to a pool's ref to grow or shrink it to `size` workers (at least 1, at most
+    the pool's `max_size`)."""
 
     size: int = attrs.field(validator=_check_size)
 
@@ -54,87 +80,290 @@ def _digest(value: object) -> int:
     return int.from_bytes(hashlib.blake2b(raw, digest_size=8).digest(), "big")
 
 
-class Router(Actor):
-    """The front of a pool: picks a worker and forwards the message, reply slot included."""
+def _describe(error: BaseException) -> str:
+    try:
+        text = str(error)
+    except Exception:  # an error whose __str__ raises is still an error
+        text = "?"
+    return f"{type(error).__name__}({text!r})"
 
-    def __init__(self, worker: ChildSpec, routing: str | ConsistentHash, size: int) -> None:
+
+class Ring:
+    """The hash ring of `consistent_hash`: `VIRTUAL_NODES` points per worker, placed by
+    the worker's name, so that a worker added or removed moves only its own keys."""
+
+    def __init__(self) -> None:
+        self.points: list[int] = []
+        self.owners: list[ActorRef] = []
+
+    @staticmethod
+    def _points(ref: ActorRef) -> list[int]:
+        return [_digest(f"{ref.name}#{v}") for v in range(VIRTUAL_NODES)]
+
+    def add(self, ref: ActorRef) -> None:
+        for point in self._points(ref):
+            i = bisect(self.points, point)
+            self.points.insert(i, point)
+            self.owners.insert(i, ref)
+
+    def remove(self, ref: ActorRef) -> None:
+        for point in self._points(ref):
+            i = bisect_left(self.points, point)
+            while i < len(self.points) and self.points[i] == point:
+                if self.owners[i] == ref:
+                    del self.points[i], self.owners[i]
+                    break
+                i += 1
+
+    def owner(self, point: int) -> ActorRef:
+        """The worker of the first point after `point`, round the ring (it is not empty)."""
+        return self.owners[bisect(self.points, point) % len(self.points)]
+
+
+class Sizes:
+    """The size each pool was last resized to, outside the router's incarnations, so
+    that a restart of the router or of the whole pool keeps it.
+
+    Kept per system (weakly: it goes with the system) and per router slot (its
+    ref: a pool started anew at the same path starts at its spec's size).
+    """
+
+    def __init__(self) -> None:
+        self._by_system: weakref.WeakKeyDictionary[System, dict[ActorRef, int]] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def get(self, system: System, router: ActorRef, default: int) -> int:
+        return self._by_system.get(system, {}).get(router, default)
+
+    def set(self, system: System, router: ActorRef, size: int) -> None:
+        self._by_system.setdefault(system, {})[router] = size
+
+
+class Router(Actor):
+    """The front of a pool: picks a worker and forwards the message, reply slot included.
+
+    It also sizes the pool: a `Resize` sets the target, and a background task
+    of this incarnation starts or stops one worker at a time toward it (the
+    latest target wins) while `receive` goes on routing.  A worker a shrink
+    removes is first taken out of the routing and stopped only once it has
+    handled what was queued at it (a grow takes it back first).
+    """
+
+    def __init__(
+        self,
+        worker: ChildSpec,
+        routing: str | ConsistentHash,
+        size: int,
+        max_size: int,
+        sizes: Sizes,
+    ) -> None:
         self.worker = worker
         self.routing = routing
-        self.size = size
-        self.workers: list[ActorRef] = []
+        self.max_size = max_size
+        self.sizes = sizes
+        self.target = size
+        self.workers: list[ActorRef] = []  # routed to, in start order
+        self.routed_to: set[ActorRef] = set()  # the same, to look up
+        self.retiring: list[ActorRef] = []  # no longer routed to, stopped once drained
+        self.sending_to: ActorRef | None = None  # the worker a message is on its way to
+        self.names: set[str] = set()  # of every worker running under the pool
+        self.free_from = 0  # no name below w<free_from> is free
+        self.ring = Ring()
         self.next = 0
-        self.ring: list[tuple[int, int]] = []
+        self.resizing = False
+        self.resizes: list[DeferredReply] = []  # Resize asks, answered once it is done
         self.routed = 0
+        self.unroutable = 0
 
     async def on_start(self) -> None:
-        self.workers_path = self.ctx.path.rsplit("/", 1)[0] + "/workers"
-        self._refresh()
-
-    def _refresh(self) -> None:
-        infos = self.ctx.system.which_children(self.workers_path)
-        self.workers = [info.ref for info in infos]
-        self.ring = sorted(
-            (_digest(f"{ref.name}#{v}"), i)
-            for i, ref in enumerate(self.workers)
-            for v in range(VIRTUAL_NODES)
-        )
+        self.pool_path = self.ctx.path.rsplit("/", 1)[0]
+        for info in self.ctx.system.which_children(self.pool_path):
+            if info.ref != self.ctx.ref:
+                self._route_to(info.ref)
+        # resized before this incarnation (or the pool's): back to that size
+        self.target = self.sizes.get(self.ctx.system, self.ctx.ref, self.target)
+        self._resize_soon()
 
     async def receive(self, msg: Any) -> Any:
         if isinstance(msg, Resize):
-            await self._resize(msg.size)
-            return len(self.workers)
+            return self._resize(msg)
         if isinstance(msg, PoolSize):
             return len(self.workers)
-        if not self.workers:
-            raise RuntimeError(f"pool {self.ctx.path} has no workers; Resize it first")
-        routing = self.routing
-        self.routed += 1
-        if routing == "broadcast":
-            # a tell reaches every worker; an ask reaches one (and gets one answer)
-            target = self._round_robin()
-            if not self.ctx.expects_reply:
-                for ref in self.workers:
-                    if ref != target:
-                        await ref.send(msg)
-            await self.ctx.forward(target)
+        try:
+            target = self._pick(msg)
+        except Exception as error:
+            failure = ActorCrashed(
+                f"{self.pool_path} could not route {type(msg).__name__}: {_describe(error)}"
+            )
+            failure.__cause__ = error
+            self.unroutable += 1
+            self._fail(msg, failure)
             return None
-        if routing == "smallest_mailbox":
-            target = min(self.workers, key=lambda r: r.mailbox_depth + r.is_busy)
-        elif isinstance(routing, ConsistentHash):
-            point = _digest(routing.key(msg))
-            index = bisect(self.ring, (point, len(self.workers)))
-            target = self.workers[self.ring[index % len(self.ring)][1]]
-        else:
-            target = self._round_robin()
-        await self.ctx.forward(target)
+        self.routed += 1
+        try:
+            if self.routing == "broadcast" and not self.ctx.expects_reply:
+                # a tell reaches every worker; an ask reaches one (and gets one answer)
+                for ref in list(self.workers):
+                    if ref in self.routed_to:  # not retired while this one waited
+                        self.sending_to = ref
+                        await ref.send(msg)
+            else:
+                self.sending_to = target
+                await self.ctx.forward(target)
+        finally:
+            self.sending_to = None
         return None
 
-    def _round_robin(self) -> ActorRef:
-        ref = self.workers[self.next % len(self.workers)]
+    # -- routing -------------------------------------------------------------
+
+    def _pick(self, msg: Any) -> ActorRef:
+        """The worker for `msg`; raises if there is none (or the key function fails)."""
+        if not self.workers:
+            raise RuntimeError(f"pool {self.pool_path} has no workers; Resize it first")
+        routing = self.routing
+        if routing == "smallest_mailbox":
+            return min(self.workers, key=lambda r: r.mailbox_depth + r.is_busy)
+        if isinstance(routing, ConsistentHash):
+            key = routing.key(msg)
+            hash(key)  # an unhashable key is no key (TypeError), whatever its repr
+            return self.ring.owner(_digest(key))
+        ref = self.workers[self.next % len(self.workers)]  # round_robin; a broadcast ask
         self.next += 1
         return ref
 
-    async def _resize(self, size: int) -> None:
-        _check_size(None, None, size)
+    def _fail(self, msg: Any, error: BaseException) -> None:
+        """Fail the message in hand alone: its asker gets `error` and it is
+        dead-lettered as ``crashed``; nothing restarts."""
+        if self.ctx.expects_reply:
+            self.ctx.defer_reply().fail(error)
+        self.ctx.dead_letter(msg, "crashed")
+
+    def _route_to(self, ref: ActorRef) -> None:
+        self.workers.append(ref)
+        self.routed_to.add(ref)
+        self.names.add(ref.name)
+        if isinstance(self.routing, ConsistentHash):
+            self.ring.add(ref)
+
+    def _retire_last(self) -> None:
+        """Stop routing to the last started worker; it is stopped once it has drained."""
+        ref = self.workers.pop()
+        self.routed_to.discard(ref)
+        if isinstance(self.routing, ConsistentHash):
+            self.ring.remove(ref)
+        self.retiring.append(ref)
+
+    # -- sizing --------------------------------------------------------------
+
+    def _resize(self, msg: Resize) -> int | None:
+        try:
+            size = _check_resize(msg.size, self.max_size)
+        except ValueError as error:
+            self._fail(msg, error)
+            return None
+        self.target = size
+        self.sizes.set(self.ctx.system, self.ctx.ref, size)
+        self._resize_soon()
+        if not self.resizing:
+            return size  # there already
+        if self.ctx.expects_reply:
+            self.resizes.append(self.ctx.defer_reply())
+        return None
+
+    def _resize_soon(self) -> None:
+        if not self.resizing and (len(self.workers) != self.target or self.retiring):
+            self.resizing = True
+            self.ctx.nursery.start_soon(self._resizing)
+
+    async def _resizing(self) -> None:
+        """Start or retire workers one at a time until `target` of them are routed to,
+        and stop the retired ones as they drain.
+
+        Each step reads `target` afresh (a later `Resize` supersedes this one
+        where it stands) and each start or stop awaits the pool's supervisor,
+        so the router keeps routing meanwhile.  A worker that fails to start
+        ends the resize there; the `Resize` asks get its start error.
+        """
         system = self.ctx.system
-        names = {ref.name for ref in self.workers}
-        n = 0
-        while len(self.workers) < size:
-            while f"w{n}" in names:
-                n += 1
-            names.add(f"w{n}")
-            ref = await system.start_child(
-                self.workers_path, attrs.evolve(self.worker, name=f"w{n}")
+        error: Exception | None = None
+        try:
+            while True:
+                if len(self.workers) < self.target:
+                    if self.retiring:
+                        self._route_to(self.retiring.pop())  # the last retired comes back
+                    else:
+                        await self._start_worker()
+                    continue
+                while len(self.workers) > self.target:
+                    self._retire_last()
+                if not self.retiring:
+                    break
+                drained = next((ref for ref in self.retiring if self._drained(ref)), None)
+                if drained is None:
+                    await trio.sleep(DRAIN_POLL)
+                    continue
+                self.retiring.remove(drained)
+                try:
+                    await system.terminate_child(drained.path)
+                except ActorNotFound:
+                    pass  # it had already stopped for good
+                self._release_name(drained.name)
+        except Exception as exc:
+            error = exc
+            self.target = len(self.workers)
+            self.sizes.set(system, self.ctx.ref, self.target)
+        finally:
+            self.resizing = False
+        resizes, self.resizes = self.resizes, []
+        for reply in resizes:
+            if error is None:
+                reply.send(len(self.workers))
+            else:
+                reply.fail(error)
+
+    async def _start_worker(self) -> None:
+        name = self._free_name()
+        self.names.add(name)
+        try:
+            ref = await self.ctx.system.start_child(
+                self.pool_path, attrs.evolve(self.worker, name=name)
             )
-            self.workers.append(ref)
-        while len(self.workers) > size:
-            ref = self.workers.pop()
-            await system.terminate_child(ref.path)
-        self._refresh()
+        except BaseException:
+            self._release_name(name)
+            raise
+        self._route_to(ref)
+
+    def _drained(self, ref: ActorRef) -> bool:
+        """Whether a retired worker has handled all that was routed to it (or is gone)."""
+        if not ref.is_alive:
+            return True
+        return ref != self.sending_to and ref.mailbox_depth == 0 and not ref.is_busy
+
+    def _free_name(self) -> str:
+        """The lowest free worker name (``w0``, ``w1``, ...)."""
+        n = self.free_from
+        while f"w{n}" in self.names:
+            n += 1
+        self.free_from = n
+        return f"w{n}"
+
+    def _release_name(self, name: str) -> None:
+        self.names.discard(name)
+        number = name[1:]
+        if number.isdigit():
+            self.free_from = min(self.free_from, int(number))
 
     def snapshot_stats(self) -> dict[str, Any]:
         routing = self.routing if isinstance(self.routing, str) else "consistent_hash"
-        return {"routing": routing, "workers": len(self.workers), "routed": self.routed}
+        return {
+            "routing": routing,
+            "workers": len(self.workers),
+            "target": self.target,
+            "retiring": len(self.retiring),
+            "routed": self.routed,
+            "unroutable": self.unroutable,
+        }
 
 
 def Pool(
@@ -143,6 +372,7 @@ def Pool(
     size: int = 4,
     routing: str | ConsistentHash = "round_robin",
     *,
+    max_size: int = MAX_SIZE,
     max_restarts: int = 3,
     within: float = 5.0,
     restart: str = "permanent",
@@ -152,10 +382,24 @@ def Pool(
 
     ``system.ref("/app/<name>")`` reaches the pool's router, which forwards
     each message to one worker (`broadcast`: tells to all, an ask to one).
-    The workers sit under a ``one_for_one`` supervisor, so a crashing worker
-    is restarted alone and the others keep their messages.  Send
-    `Resize(n)` to the pool's ref to change its size at run time (dynamic
-    workers are dropped if the worker supervisor itself gives up).
+    The pool is one ``one_for_one`` supervisor of its workers (``w0``,
+    ``w1``, ...) and its router: a crashing worker is restarted alone and the
+    others keep their messages.  `max_restarts` within `within` seconds is
+    the pool's own restart intensity: past it the pool gives up and its
+    parent handles that like any supervisor's failure.
+
+    Send `Resize(n)` to the pool's ref to change its size at run time, up to
+    `max_size` (a larger `n` fails that ask with `ValueError`).  The router
+    keeps routing while workers are started or stopped one at a time, a
+    later `Resize` supersedes one in progress, and an ask of `Resize` is
+    answered with the size reached once the pool has it.  A shrink drops
+    nothing: a worker it removes gets no new messages and is stopped once
+    it has handled those queued at it.  A restart of the router or of the
+    whole pool keeps the size it was last resized to.  A routing failure
+    (a `consistent_hash` key function that raises or returns something
+    unhashable) fails that message alone: the asker gets `ActorCrashed`
+    with the error as its cause, the message is dead-lettered as
+    ``crashed``, and nothing restarts.
     """
     if not isinstance(worker, ChildSpec):
         raise TypeError("Pool(worker=...) takes a child(...) spec")
@@ -164,20 +408,28 @@ def Pool(
             f"unknown routing {routing!r}; use one of {', '.join(ROUTINGS)} or consistent_hash(key)"
         )
     _check_size(None, None, size)
-    workers = Supervisor(
-        "workers",
-        strategy="one_for_one",
-        max_restarts=max_restarts,
-        within=within,
-        children=[attrs.evolve(worker, name=f"w{i}") for i in range(size)],
-    )
+    if isinstance(max_size, bool) or not isinstance(max_size, int) or max_size < 1:
+        raise ValueError(f"max_size is an int >= 1, got {max_size!r}")
+    if size > max_size:
+        raise ValueError(f"size={size} is more than max_size={max_size}")
+    workers = [attrs.evolve(worker, name=f"w{i}") for i in range(size)]
     router = child(
-        Router, name="router", kwargs={"worker": worker, "routing": routing, "size": size}
+        Router,
+        name="router",
+        kwargs={
+            "worker": worker,
+            "routing": routing,
+            "size": size,
+            "max_size": max_size,
+            "sizes": Sizes(),
+        },
     )
     return Supervisor(
         name,
-        strategy="rest_for_one",  # the router restarts whenever the workers' supervisor does
-        children=[workers, router],
+        strategy="one_for_one",
+        max_restarts=max_restarts,
+        within=within,
+        children=[*workers, router],
         front="router",
         restart=restart,  # type: ignore[arg-type]
     )

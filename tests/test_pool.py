@@ -59,7 +59,8 @@ def names(log: list[tuple[str, Any]]) -> Counter[str]:
 
 
 def worker_names(system: runtime.System) -> list[str]:
-    return [info.name for info in system.which_children("/app/pool/workers")]
+    """The pool's workers: its children but the router."""
+    return [info.name for info in system.which_children("/app/pool") if info.name != "router"]
 
 
 # -- shape ---------------------------------------------------------------------
@@ -119,7 +120,7 @@ async def test_smallest_mailbox_picks_the_least_loaded_worker() -> None:
     with trio.fail_after(WAIT):
         tree = pool_tree(log, size=3, routing="smallest_mailbox", gate=gate)
         async with runtime.open_system(tree) as system:
-            w = {n: system.ref(f"/app/pool/workers/{n}") for n in ("w0", "w1", "w2")}
+            w = {n: system.ref(f"/app/pool/{n}") for n in ("w0", "w1", "w2")}
             # load the workers directly: w0 busy + 3 queued, w1 busy + 1 queued, w2 busy
             for n, extra in (("w0", 3), ("w1", 1), ("w2", 0)):
                 for i in range(1 + extra):
@@ -214,9 +215,9 @@ async def test_a_crashing_worker_restarts_alone_and_no_queued_message_is_lost() 
             await trio.testing.wait_all_tasks_blocked()
             assert await pool.ask(PoolSize()) == 3
             snap = system.snapshot()
-            assert snap.find("/app/pool/workers/w0").restarts == 1
-            assert snap.find("/app/pool/workers/w1").restarts == 0
-            assert snap.find("/app/pool/workers/w2").restarts == 0
+            assert snap.find("/app/pool/w0").restarts == 1
+            assert snap.find("/app/pool/w1").restarts == 0
+            assert snap.find("/app/pool/w2").restarts == 0
             assert snap.find("/app/pool/router").restarts == 0
             assert snap.find("/app/pool").restarts == 0
     handled = {m.key for _, m in log}
@@ -235,6 +236,54 @@ async def test_an_ask_to_a_crashing_worker_fails_with_actor_crashed() -> None:
                 await pool.ask(Job("x", crash=True))
             assert await pool.ask(Job("y")) == "w1"
             assert await pool.ask(Job("z")) == "w0"  # restarted and back in the rotation
+
+
+async def test_the_pools_max_restarts_and_within_are_its_own_intensity(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    log: list[tuple[str, Any]] = []
+    with trio.fail_after(WAIT + 60):  # trio time: the clock jumps
+        tree = pool_tree(log, size=2, max_restarts=1, within=60)
+        async with runtime.open_system(tree) as system:
+            pool = system.ref("/app/pool")
+            with pytest.raises(runtime.ActorCrashed):
+                await pool.ask(Job(1, crash=True))
+            await trio.testing.wait_all_tasks_blocked()
+            assert system.snapshot().find("/app/pool").restarts == 0  # one restart is allowed
+            await trio.sleep(30)  # still within the 60 s window
+            with pytest.raises(runtime.ActorCrashed):
+                await pool.ask(Job(2, crash=True))
+            await trio.testing.wait_all_tasks_blocked()
+            # the second restart within 60 s: the pool gives up and its parent restarts it
+            snap = system.snapshot()
+            pool_info = snap.find("/app/pool")
+            assert pool_info.restarts == 1
+            assert pool_info.last_error is not None
+            assert pool_info.last_error.type == "RestartIntensityExceeded"
+            assert "/app/pool gave up: more than 1 restarts within 60s" in (
+                pool_info.last_error.message
+            )
+            assert snap.find("/app").restarts == 0
+            assert await pool.ask(PoolSize()) == 2
+            assert sorted([await pool.ask(Job(i)) for i in range(2)]) == ["w0", "w1"]
+
+
+async def test_a_restart_of_the_pool_keeps_its_current_size(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    log: list[tuple[str, Any]] = []
+    with trio.fail_after(WAIT):
+        async with runtime.open_system(pool_tree(log, size=2, max_restarts=0)) as system:
+            pool = system.ref("/app/pool")
+            for size, restarts in ((4, 1), (1, 2)):
+                assert await pool.ask(Resize(size)) == size
+                with pytest.raises(runtime.ActorCrashed):  # max_restarts=0: the pool gives up
+                    await pool.ask(Job("boom", crash=True))
+                await trio.testing.wait_all_tasks_blocked()
+                assert system.snapshot().find("/app/pool").restarts == restarts
+                assert await pool.ask(PoolSize()) == size
+                answers = {await pool.ask(Job(i)) for i in range(2 * size)}
+                assert answers == {f"w{i}" for i in range(size)}
 
 
 # -- resizing ------------------------------------------------------------------
@@ -258,24 +307,209 @@ async def test_resize_grows_and_shrinks_at_run_time() -> None:
             assert await pool.ask(PoolSize()) == 1
             assert worker_names(system) == ["w0"]
             with pytest.raises(runtime.ActorNotFound):
-                system.ref("/app/pool/workers/w3")
+                system.ref("/app/pool/w3")
             for i in range(5):
                 pool.tell(Job(i))
             await trio.testing.wait_all_tasks_blocked()
             assert names(log) == {"w0": 5}
 
-            pool.tell(Resize(3))  # a tell works too
+            pool.tell(Resize(3))  # a tell works too (the pool gets there in the background)
+            await trio.testing.wait_all_tasks_blocked()
             assert await pool.ask(PoolSize()) == 3
             assert worker_names(system) == ["w0", "w1", "w2"]
             assert system.snapshot().find("/app/pool/router").stats["workers"] == 3
 
 
-async def test_a_router_crash_keeps_the_workers_resized_ones_included() -> None:
+async def test_a_resize_beyond_max_size_or_not_a_size_fails_that_ask_at_once() -> None:
+    log: list[tuple[str, Any]] = []
+    with trio.fail_after(WAIT):
+        async with runtime.open_system(pool_tree(log, size=2, max_size=8)) as system:
+            pool = system.ref("/app/pool")
+            with pytest.raises(ValueError, match="max_size"):
+                await pool.ask(Resize(9))
+            pool.tell(Resize(10**9))  # told: nobody to tell, dead-lettered
+            for size in (0, "3", 2.0):  # made around Resize's own check
+                bad = Resize(2)
+                object.__setattr__(bad, "size", size)
+                with pytest.raises(ValueError):
+                    await pool.ask(bad)
+            assert await pool.ask(PoolSize()) == 2
+            assert worker_names(system) == ["w0", "w1"]
+            snap = system.snapshot()
+            assert snap.find("/app/pool/router").restarts == 0
+            assert snap.dead_letters.get("crashed", 0) == 5
+            assert await pool.ask(Resize(8)) == 8  # max_size itself is fine
+        async with runtime.open_system(pool_tree(log, size=2)) as system:
+            pool = system.ref("/app/pool")
+            for size in (1025, 10**9):  # the default max_size is 1,024
+                with pytest.raises(ValueError, match="max_size"):
+                    await pool.ask(Resize(size))
+            assert await pool.ask(PoolSize()) == 2
+
+
+async def test_the_pool_answers_other_messages_while_it_grows_and_shrinks() -> None:
+    log: list[tuple[str, Any]] = []
+    with trio.fail_after(WAIT):
+        async with runtime.open_system(pool_tree(log, size=2)) as system:
+            pool = system.ref("/app/pool")
+            pool.tell(Resize(300))
+            assert await pool.ask(PoolSize()) < 300  # answered before the resize is done
+            assert await pool.ask(Job("meanwhile")) in {f"w{i}" for i in range(300)}
+            assert await pool.ask(Resize(300)) == 300  # answered once it is
+            assert len(worker_names(system)) == 300
+
+            pool.tell(Resize(2))
+            assert await pool.ask(Job("meanwhile")) in {"w0", "w1"}
+            assert len(worker_names(system)) > 2  # still stopping the others
+            assert await pool.ask(Resize(2)) == 2
+            assert worker_names(system) == ["w0", "w1"]
+            assert not any(system.snapshot().dead_letters.values())
+
+
+async def test_a_shrink_hands_on_what_was_queued_at_removed_workers_and_drops_nothing(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    log: list[tuple[str, Any]] = []
+    gate = trio.Event()
+    answers: dict[int, list[str]] = {}
+    resized = trio.Event()
+    with trio.fail_after(WAIT):
+        tree = pool_tree(log, size=4, gate=gate)
+        async with runtime.open_system(tree) as system, trio.open_nursery() as nursery:
+            pool = system.ref("/app/pool")
+
+            async def ask(i: int) -> None:
+                answers.setdefault(i, []).append(await pool.ask(Job(i), timeout=None))
+
+            async def shrink() -> None:
+                assert await pool.ask(Resize(1), timeout=None) == 1
+                resized.set()
+
+            for i in range(20):  # every worker: one in hand (held at the gate), four queued
+                nursery.start_soon(ask, i)
+            await trio.testing.wait_all_tasks_blocked()
+            for i in range(20, 40):  # and five more told
+                pool.tell(Job(i))
+            await trio.testing.wait_all_tasks_blocked()
+            assert [system.ref(f"/app/pool/w{i}").mailbox_depth for i in range(4)] == [9] * 4
+            nursery.start_soon(shrink)
+            await trio.testing.wait_all_tasks_blocked()
+            assert await pool.ask(PoolSize()) == 1  # w1..w3 no longer routed to
+            for i in range(40, 44):  # so what comes now goes to w0
+                pool.tell(Job(i))
+            gate.set()
+            await resized.wait()
+            assert worker_names(system) == ["w0"]
+            assert not any(system.snapshot().dead_letters.values())
+    # every message handled once, every ask answered once, nothing lost
+    assert Counter(m.key for _, m in log) == Counter(range(44))
+    assert {i: len(a) for i, a in answers.items()} == {i: 1 for i in range(20)}
+    assert {m.key for n, m in log if n != "w0"} <= set(range(40))
+
+
+async def test_a_grow_takes_back_the_workers_a_shrink_is_still_draining(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    log: list[tuple[str, Any]] = []
+    gate = trio.Event()
+    answers: list[int] = []
+    with trio.fail_after(WAIT):
+        async with runtime.open_system(pool_tree(log, size=3, gate=gate)) as system:
+            pool = system.ref("/app/pool")
+            refs = [system.ref(f"/app/pool/w{i}") for i in range(3)]
+            for i in range(6):  # every worker: one in hand, one queued
+                pool.tell(Job(i))
+            async with trio.open_nursery() as nursery:
+
+                async def shrink() -> None:
+                    answers.append(await pool.ask(Resize(1)))
+
+                nursery.start_soon(shrink)
+                await trio.testing.wait_all_tasks_blocked()
+                assert await pool.ask(PoolSize()) == 1
+                assert worker_names(system) == ["w0", "w1", "w2"]  # w1, w2 still draining
+                assert await pool.ask(Resize(3)) == 3  # supersedes the shrink
+            assert answers == [3]
+            assert [system.ref(f"/app/pool/w{i}") for i in range(3)] == refs  # the same ones
+            for i in range(6, 9):
+                pool.tell(Job(i))
+            gate.set()
+            await trio.testing.wait_all_tasks_blocked()
+            assert not any(system.snapshot().dead_letters.values())
+    assert sorted(m.key for _, m in log) == list(range(9))
+    assert names(log) == {"w0": 3, "w1": 3, "w2": 3}
+
+
+class Counted(Worker):
+    """A worker that counts its incarnations in `made`."""
+
+    def __init__(self, log: list[tuple[str, Any]], made: list[str]) -> None:
+        super().__init__(log)
+        self.made = made
+
+    async def on_start(self) -> None:
+        self.made.append(self.ctx.name)
+
+
+async def test_a_resize_in_progress_is_superseded_by_the_next_one() -> None:
+    log: list[tuple[str, Any]] = []
+    made: list[str] = []
+    worker = child(Counted, args=(log, made))
+    tree = Supervisor("app", children=[Pool("pool", worker=worker, size=2)])
+    answers: list[int] = []
+    with trio.fail_after(WAIT):
+        async with runtime.open_system(tree) as system, trio.open_nursery() as nursery:
+            pool = system.ref("/app/pool")
+
+            async def resize(size: int) -> None:
+                answers.append(await pool.ask(Resize(size)))
+
+            nursery.start_soon(resize, 1000)
+            while len(made) < 10:  # the pool is growing
+                await trio.sleep(0)
+            assert await pool.ask(Resize(3)) == 3  # the latest target wins
+            await trio.testing.wait_all_tasks_blocked()
+            assert answers == [3]  # the superseded ask is answered with where the pool ended
+            assert worker_names(system) == ["w0", "w1", "w2"]
+            assert len(made) < 1000
+
+
+class StartsOnlyThree(Worker):
+    """A worker whose fourth copy cannot start."""
+
+    async def on_start(self) -> None:
+        if self.ctx.name == "w3":
+            raise ConnectionError("no room for w3")
+
+
+async def test_a_worker_that_fails_to_start_ends_the_resize_where_it_is() -> None:
+    log: list[tuple[str, Any]] = []
+    worker = child(StartsOnlyThree, args=(log,))
+    tree = Supervisor("app", children=[Pool("pool", worker=worker, size=2)])
+    with trio.fail_after(WAIT):
+        async with runtime.open_system(tree) as system:
+            pool = system.ref("/app/pool")
+            with pytest.raises(ConnectionError, match="no room for w3"):
+                await pool.ask(Resize(6))
+            assert await pool.ask(PoolSize()) == 3
+            assert worker_names(system) == ["w0", "w1", "w2"]
+            snap = system.snapshot()
+            assert snap.find("/app/pool/router").stats["target"] == 3
+            assert snap.find("/app/pool/router").restarts == 0
+            assert snap.find("/app/pool").restarts == 0
+            assert {await pool.ask(Job(i)) for i in range(3)} == {"w0", "w1", "w2"}
+
+
+async def test_a_key_function_that_fails_fails_that_message_and_restarts_nothing() -> None:
+    # (this test used to expect the router to crash and restart on a bad key: a
+    # routing failure is the message's, not the router's)
     log: list[tuple[str, Any]] = []
 
     def key(msg: Any) -> Any:
         if msg.key == "bad":
             raise LookupError("no key")
+        if msg.key == "list":
+            return [1, 2]  # unhashable: not a key
         return msg.key
 
     with trio.fail_after(WAIT):
@@ -284,16 +518,27 @@ async def test_a_router_crash_keeps_the_workers_resized_ones_included() -> None:
             pool = system.ref("/app/pool")
             assert await pool.ask(Resize(3)) == 3
             owners = {k: await pool.ask(Job(k)) for k in range(30)}
+            for _ in range(8):
+                with pytest.raises(runtime.ActorCrashed) as info:
+                    await pool.ask(Job("bad"))
+                assert isinstance(info.value.__cause__, LookupError)
+            assert "/app/pool could not route Job: LookupError('no key')" in str(info.value)
             with pytest.raises(runtime.ActorCrashed) as info:
-                await pool.ask(Job("bad"))
-            assert isinstance(info.value.__cause__, LookupError)
-            await trio.testing.wait_all_tasks_blocked()  # let the supervisor restart it
+                await pool.ask(Job("list"))
+            assert isinstance(info.value.__cause__, TypeError)
+            pool.tell(Job("bad"))  # a tell has nobody to tell: only the dead letter
+            assert await pool.ask(PoolSize()) == 3
+            await trio.testing.wait_all_tasks_blocked()
             snap = system.snapshot()
-            assert snap.find("/app/pool/router").restarts == 1
-            assert snap.find("/app/pool/workers").restarts == 0
-            assert await pool.ask(PoolSize()) == 3  # the dynamic worker is still routed to
+            assert snap.dead_letters.get("crashed", 0) == 10
+            router = snap.find("/app/pool/router")
+            assert router.dead_lettered == 10
+            assert router.stats["unroutable"] == 10
+            assert router.restarts == 0 and router.state == "running"
+            assert snap.find("/app/pool").restarts == 0
+            assert [snap.find(f"/app/pool/w{i}").restarts for i in range(3)] == [0, 0, 0]
             assert {k: await pool.ask(Job(k)) for k in range(30)} == owners
-            assert "bad" not in {m.key for _, m in log}
+            assert not {"bad", "list"} & {m.key for _, m in log}
 
 
 # -- misuse --------------------------------------------------------------------
@@ -313,6 +558,13 @@ def test_invalid_pool_arguments_raise() -> None:
     for size in (0, -1, 2.5, "3"):
         with pytest.raises(ValueError):
             Pool("p", worker=worker, size=size)  # type: ignore[arg-type]
+        with pytest.raises(ValueError):
+            Pool("p", worker=worker, size=1, max_size=size)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="max_size"):
+        Pool("p", worker=worker, size=5, max_size=4)
+    Pool("p", worker=worker, size=1024)  # the default max_size
+    with pytest.raises(ValueError, match="max_size"):
+        Pool("p", worker=worker, size=1025)
     with pytest.raises(TypeError):
         consistent_hash(key="id")  # type: ignore[arg-type]
     # like Pool's size: a bad Resize fails where it is made, not in the router
