@@ -5,6 +5,8 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import numbers
+import reprlib
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, ClassVar
@@ -37,7 +39,10 @@ class Daemon(Actor):
     Override `receive` as usual for other messages.
     """
 
-    interval: ClassVar[float] = 1.0
+    interval: float = 1.0
+    """Seconds between ticks: a positive, finite real number, set on the class or per
+    instance (in `__init__`).  Checked when each incarnation starts: a bad one fails
+    the start with `ValueError`."""
     tick_at_start: ClassVar[bool] = True
     """Run the first tick right after `on_start` (else one interval later)."""
 
@@ -47,11 +52,10 @@ class Daemon(Actor):
     last_tick_duration: float | None = None
     lateness: float | None = None  # how late the last tick started, seconds
     _last_tick_at: float | None = None  # trio time the last tick started (for health)
+    _seconds: float | None = None  # `interval` as checked at the start of the incarnation
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        if not (isinstance(cls.interval, int | float) and cls.interval > 0):
-            raise ValueError(f"{cls.__name__}.interval must be a positive number of seconds")
         own = cls.__dict__.get("receive")
         if own is not None:  # let ticks through before the subclass's own handler
             setattr(cls, "receive", _with_ticks(own))  # noqa: B010 - wrap the subclass's own
@@ -61,15 +65,17 @@ class Daemon(Actor):
         raise NotImplementedError(f"{type(self).__name__} must implement `async def tick(self)`")
 
     async def on_start(self) -> None:
-        self.ctx.nursery.start_soon(self._schedule, name=f"{self.ctx.path} ticks")
+        """Check `interval` and start the schedule.  A subclass that overrides
+        `on_start` calls ``await super().on_start()``."""
+        self._seconds = _check_interval(self.interval, type(self).__name__)
+        self.ctx.nursery.start_soon(self._schedule, self._seconds, name=f"{self.ctx.path} ticks")
 
     async def receive(self, msg: Any) -> Any:
         if type(msg) is _Tick:
             return await self._run_tick(msg)
         return await super().receive(msg)
 
-    async def _schedule(self) -> None:
-        interval = float(self.interval)
+    async def _schedule(self, interval: float) -> None:
         due = trio.current_time() + (0.0 if self.tick_at_start else interval)
         me = self.ctx.ref
         while True:
@@ -93,23 +99,26 @@ class Daemon(Actor):
         self.ticks += 1
         took = trio.current_time() - started
         self.last_tick_duration = took
-        if took > self.interval:
+        interval = self._seconds
+        if interval is not None and took > interval:
             self.slow_ticks += 1
             log.warning(
                 "%s: tick took %.3fs, longer than its interval %.3fs",
                 self.ctx.path,
                 took,
-                self.interval,
+                interval,
             )
 
     def snapshot_stats(self) -> dict[str, Any]:
         # trio's clock, not the wall clock: it is the one ticks are scheduled on
+        interval = self._seconds
         overdue = (
             self._last_tick_at is not None
-            and trio.current_time() - self._last_tick_at > 3 * self.interval + 1
+            and interval is not None
+            and trio.current_time() - self._last_tick_at > 3 * interval + 1
         )
         return {
-            "interval": self.interval,
+            "interval": interval,
             "ticks": self.ticks,
             "slow_ticks": self.slow_ticks,
             "last_tick": self.last_tick,
@@ -117,6 +126,23 @@ class Daemon(Actor):
             "lateness": self.lateness,
             "healthy": not overdue,
         }
+
+
+def _check_interval(value: object, owner: str) -> float:
+    """`value` as seconds between ticks: a positive, finite real number (not a bool),
+    else `ValueError` naming ``<owner>.interval``."""
+    seconds = math.nan
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        try:
+            seconds = float(value)
+        except (ArithmeticError, TypeError, ValueError):  # e.g. an int too large for a float
+            pass
+    if not (seconds > 0 and math.isfinite(seconds)):
+        raise ValueError(
+            f"{owner}.interval must be a positive, finite number of seconds, "
+            f"got {reprlib.repr(value)}"
+        )
+    return seconds
 
 
 def _with_ticks(receive: Callable[[Any, Any], Awaitable[Any]]) -> Callable[[Any, Any], Any]:

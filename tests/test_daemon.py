@@ -6,6 +6,8 @@ when a tick ran is exact.
 
 from __future__ import annotations
 
+import math
+from fractions import Fraction
 from typing import Any, ClassVar
 
 import pytest
@@ -14,7 +16,7 @@ import trio.testing
 
 import runtime
 from actors import Daemon
-from runtime import Supervisor, child
+from runtime import RestartIntensityExceeded, Supervisor, child
 
 WAIT = 1_000.0  # virtual seconds: a bound that only a hang reaches
 
@@ -270,14 +272,125 @@ async def test_snapshot_stats_and_a_stuck_daemon_is_unhealthy(
             assert s["healthy"] is False
 
 
-def test_interval_must_be_a_positive_number() -> None:
-    for bad in (0, -1.0, "1", None):
-        with pytest.raises(ValueError):
+BAD_INTERVALS = [0, 0.0, -0.5, -1, math.nan, math.inf, -math.inf, True, "1", None, 10**400]
 
-            class Bad(Daemon):
-                interval: ClassVar[Any] = bad
 
-                async def tick(self) -> None: ...
+def bad_daemon(value: Any, *, per_instance: bool) -> type[Daemon]:
+    """A Daemon whose `interval` is `value`, set on the class or in `__init__`."""
+
+    class Bad(Daemon):
+        def __init__(self, log: list[float]) -> None:
+            self.log = log
+            if per_instance:
+                self.interval = value
+
+        async def tick(self) -> None:
+            self.log.append(trio.current_time())
+
+    if not per_instance:
+        Bad.interval = value  # set after the class statement, as a plain class attribute
+    return Bad
+
+
+@pytest.mark.parametrize("per_instance", [False, True], ids=["class", "instance"])
+@pytest.mark.parametrize("bad", BAD_INTERVALS, ids=lambda v: repr(v)[:12])
+async def test_a_bad_interval_fails_the_start_with_a_value_error_naming_it(
+    autojump_clock: trio.testing.MockClock, bad: Any, per_instance: bool
+) -> None:
+    log: list[float] = []
+    with trio.fail_after(WAIT):
+        async with runtime.open_system(app()) as system:
+            spec = child(bad_daemon(bad, per_instance=per_instance), name="d", args=(log,))
+            with pytest.raises(ValueError, match=r"Bad\.interval must be a positive, finite"):
+                await system.start_child("/app", spec)
+            await trio.sleep(5.0)
+            assert system.which_children("/app") == []  # a dynamic child that never started
+    assert log == []  # not a single tick, let alone a busy loop
+
+
+def test_a_bad_class_interval_can_be_defined_and_is_refused_only_when_started() -> None:
+    # A base class may leave `interval` to its subclasses or to `__init__`: the check
+    # is made where it matters, when an incarnation starts.
+    class Configured(Daemon):
+        interval: ClassVar[Any] = None
+
+        def __init__(self, seconds: float) -> None:
+            self.interval = seconds
+
+        async def tick(self) -> None: ...
+
+    assert Configured.interval is None
+
+
+@pytest.mark.parametrize("good", [1, 0.25, 1e-3, Fraction(1, 4), 50])
+async def test_a_good_interval_of_any_real_type_is_accepted(
+    autojump_clock: trio.testing.MockClock, good: Any
+) -> None:
+    log: list[float] = []
+    with trio.fail_after(WAIT):
+        async with runtime.open_system(app()) as system:
+            spec = child(bad_daemon(good, per_instance=True), name="d", args=(log,))
+            await system.start_child("/app", spec)
+            await trio.sleep(float(good) * 2.5)
+            assert stats(system, "/app/d")["interval"] == float(good)  # JSON-ready
+    start = log[0]
+    assert log == [start, start + float(good), start + 2 * float(good)]
+
+
+async def test_a_bad_static_interval_fails_the_system_start(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    log: list[float] = []
+    with trio.fail_after(WAIT), pytest.raises(ValueError, match=r"interval .*got 0"):
+        tree = app(child(bad_daemon(0, per_instance=True), name="d", args=(log,)))
+        async with runtime.open_system(tree):
+            await trio.sleep_forever()  # pragma: no cover - the start fails
+    assert log == []
+
+
+class Reconfigured(Daemon):
+    """Takes its interval from `config` at every start: valid at first, 0 later."""
+
+    def __init__(self, config: list[float], starts: list[float]) -> None:
+        self.interval = config[0]
+        self.starts = starts
+
+    async def on_start(self) -> None:
+        self.starts.append(trio.current_time())
+        await super().on_start()
+
+    async def tick(self) -> None:
+        pass
+
+    async def receive(self, msg: Any) -> Any:
+        raise ConnectionError(msg)
+
+
+async def test_a_restart_that_finds_a_bad_interval_is_a_crash_the_supervisor_counts(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # A failing start is a crash like any other: the supervisor restarts (with its
+    # backoff) and gives up past its intensity; it never becomes a tick loop.
+    config = [1.0]
+    starts: list[float] = []
+    tree = app(
+        child(Reconfigured, name="d", args=(config, starts)),
+        max_restarts=3,
+        within=60.0,
+        backoff=runtime.Backoff(min=1.0, max=1.0, jitter=0),
+    )
+    with trio.fail_after(WAIT), pytest.raises(RestartIntensityExceeded) as gave_up:
+        async with runtime.open_system(tree) as system:
+            await trio.sleep(2.5)
+            assert stats(system, "/app/d")["ticks"] == 3
+            config[0] = 0.0
+            system.ref("/app/d").tell("fail")
+            await trio.sleep_forever()  # until /app gives up
+    # one good start, then the crash and three restarts that failed to start
+    assert len(starts) == 4
+    assert [t - starts[1] for t in starts[1:]] == [0.0, 1.0, 2.0]  # the backoff, not a loop
+    cause = gave_up.value.__cause__
+    assert isinstance(cause, ValueError) and "Reconfigured.interval" in str(cause)
 
 
 async def test_a_daemon_without_tick_fails_on_its_first_tick(
