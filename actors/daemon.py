@@ -13,19 +13,28 @@ from typing import Any, ClassVar
 
 import trio
 
-from runtime import Actor
+from runtime import Actor, Internal, MailboxFull
 
 log = logging.getLogger("troupe.daemon")
 
 
-class _Tick:
-    """The private message that runs one tick inside the actor's message loop."""
+class _Tick(Internal):
+    """The private message that runs one tick inside the actor's message loop.
 
-    __slots__ = ("due", "owner")
+    Told, not asked, and `Internal`: whatever becomes of it (run, skipped by a later
+    incarnation, lost with a crash, a stop or a full mailbox) nothing is dead-lettered.
+    `done` tells the schedule that it ran or was given up on.
+    """
+
+    __slots__ = ("done", "due", "owner")
 
     def __init__(self, due: float, owner: Daemon) -> None:
         self.due = due
         self.owner = owner  # a tick queued by an earlier incarnation is skipped
+        self.done = trio.Event()
+
+    def discarded(self, reason: str) -> None:
+        self.done.set()
 
 
 class Daemon(Actor):
@@ -34,9 +43,13 @@ class Daemon(Actor):
     Ticks go through the actor's own mailbox, so they run one at a time and
     never overlap a message; the schedule is drift-free (tick *n* is due at
     ``start + n * interval``), and ticks missed while one overran are skipped,
-    not queued.  A tick that raises crashes the incarnation like any handler;
-    one that takes longer than `interval` is logged and counted as slow.
-    Override `receive` as usual for other messages.
+    not queued, as are ticks that find the mailbox full (``drop_new``, ``fail``;
+    under ``block`` a tick waits its turn).  A tick that raises crashes the
+    incarnation like any handler (in `failed` and `last_error`); one that takes
+    longer than `interval` is logged and counted as slow.  Ticks never appear in
+    dead letters: not one that crashed or was cancelled by a stop, nor one an
+    earlier incarnation left queued.  Override `receive` as usual for other
+    messages.
     """
 
     interval: float = 1.0
@@ -80,7 +93,13 @@ class Daemon(Actor):
         me = self.ctx.ref
         while True:
             await trio.sleep_until(due)
-            await me.ask(_Tick(due, self), timeout=None)
+            tick = _Tick(due, self)
+            try:
+                await me.send(tick)  # waits for room in a `block` mailbox
+            except MailboxFull:  # a full `fail` mailbox: skip this tick
+                pass
+            else:
+                await tick.done.wait()  # ran, or was dropped by a full `drop_new` mailbox
             due += interval
             now = trio.current_time()
             if due <= now:  # overran: skip the ticks we missed, keep the phase
@@ -90,9 +109,15 @@ class Daemon(Actor):
 
     async def _run_tick(self, msg: _Tick) -> None:
         if msg.owner is not self:
-            return
+            return  # queued by an earlier incarnation, whose schedule is gone
+        try:
+            await self._tick(msg.due)
+        finally:
+            msg.done.set()  # the schedule goes on once the tick is over
+
+    async def _tick(self, due: float) -> None:
         started = trio.current_time()
-        self.lateness = max(0.0, started - msg.due)
+        self.lateness = max(0.0, started - due)
         self.last_tick = time.time()
         self._last_tick_at = started
         await self.tick()

@@ -29,6 +29,13 @@ def stats(system: runtime.System, path: str) -> dict[str, Any]:
     return system.snapshot().find(path).stats
 
 
+def assert_dead_letters(system: runtime.System, **expected: int) -> None:
+    """The dead-letter counts are `expected` (reason=count), every other reason 0."""
+    counts = system.snapshot().dead_letters
+    assert counts == {reason: expected.get(reason, 0) for reason in counts}
+    assert sum(counts.values()) == len(system.dead_letters.recent(limit=1000))
+
+
 class Clocked(Daemon):
     """Records the trio time of each tick; a tick may take `work` seconds."""
 
@@ -209,12 +216,127 @@ async def test_a_failing_tick_crashes_the_incarnation_and_the_supervisor_restart
             assert info.last_error is not None
             assert info.last_error.type == "ConnectionError"
             assert info.stats["ticks"] >= 3  # the new incarnation ticks on
+            # the crash is in `failed`, `last_error` and the restart, not in dead letters:
+            # the tick is the daemon's own machinery, not a message anyone sent
+            assert_dead_letters(system)
+            assert info.failed == 1 and info.dead_lettered == 0
     assert len(starts) == 2
     first = [t for inc, t in log if inc == 1]
     second = [t for inc, t in log if inc == 2]
     assert len(first) == 3  # the third one raised
     assert second[0] == starts[1]  # the new incarnation ticks at its start
     assert [t - second[0] for t in second] == [float(n) for n in range(len(second))]
+
+
+class Crashy(Daemon):
+    """Handles ``("work", seconds)``; ``"boom"`` crashes it; its ticks are instant."""
+
+    interval = 1.0
+
+    def __init__(self, log: list[float]) -> None:
+        self.log = log
+
+    async def tick(self) -> None:
+        self.log.append(trio.current_time())
+
+    async def receive(self, msg: Any) -> Any:
+        match msg:
+            case ("work", seconds):
+                await trio.sleep(seconds)
+                return "worked"
+            case "boom":
+                raise ConnectionError("boom")
+            case _:
+                return runtime.UNHANDLED
+
+
+async def test_a_crash_with_a_tick_queued_leaves_no_dead_letter_for_the_tick(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    log: list[float] = []
+    with trio.fail_after(WAIT):
+        tree = app(child(Crashy, name="d", args=(log,)), max_restarts=100, within=60.0)
+        async with runtime.open_system(tree) as system:
+            ref = system.ref("/app/d")
+            for n in range(3):
+                # an incarnation ticks at its start (t); at t+0.5 a message takes one
+                # second, "boom" waits behind it, and the tick due at t+1 behind "boom"
+                start = log[-1]
+                await trio.sleep_until(start + 0.5)
+                ref.tell(("work", 1.0))
+                ref.tell("boom")
+                await trio.sleep_until(start + 1.75)  # crashed at t+1.5, restarted
+                info = system.snapshot().find("/app/d")
+                assert info.restarts == n + 1 and info.state == "running"
+                assert log[-1] == start + 1.5  # the new incarnation's own first tick
+            # each crash dead-lettered its own message, and only that: the tick queued
+            # behind it (asked by an incarnation that is gone) left no `timeout`
+            assert_dead_letters(system, crashed=3)
+            assert [d.message for d in system.dead_letters.recent()] == ["boom"] * 3
+            assert system.snapshot().find("/app/d").dead_lettered == 3
+
+
+class Slow(Daemon):
+    """Its ticks take ten seconds."""
+
+    interval = 1.0
+
+    async def tick(self) -> None:
+        await trio.sleep(10.0)
+
+
+async def test_stopping_during_a_long_tick_dead_letters_nothing(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    with trio.fail_after(WAIT):
+        tree = app(child(Slow, name="d", shutdown=1.0), child(Slow, name="e", shutdown=1.0))
+        async with runtime.open_system(tree) as system:
+            await trio.sleep(0.5)  # both are in their first tick
+            await system.terminate_child("/app/d")  # the tick is cancelled after 1 s
+            assert system.which_children("/app")[0].name == "e"
+            assert_dead_letters(system)
+        # the system's own stop cancels e's tick the same way
+        assert_dead_letters(system)
+
+
+async def test_a_tick_queued_when_the_daemon_stops_is_not_dead_lettered(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    log: list[float] = []
+    with trio.fail_after(WAIT):
+        async with runtime.open_system(app(child(Crashy, name="d", args=(log,)))) as system:
+            ref = system.ref("/app/d")
+            await trio.sleep(0.5)
+            ref.tell(("work", 2.0))  # until +2.5; the tick due at +1 waits behind it
+            await trio.sleep(1.0)
+            await system.terminate_child("/app/d")  # after the message in hand
+            assert log == [0.0]
+            assert_dead_letters(system)
+
+
+@pytest.mark.parametrize("overflow", ["drop_new", "fail"])
+async def test_a_tick_that_finds_the_mailbox_full_is_skipped_quietly(
+    autojump_clock: trio.testing.MockClock, overflow: Any
+) -> None:
+    class Small(Crashy):
+        mailbox = runtime.Mailbox(capacity=1, overflow=overflow)
+
+    log: list[float] = []
+    with trio.fail_after(WAIT):
+        async with runtime.open_system(app(child(Small, name="d", args=(log,)))) as system:
+            ref = system.ref("/app/d")
+            start = log[0]
+            await trio.sleep(0.5)
+            ref.tell(("work", 2.0))  # in hand until +2.5
+            await trio.sleep(0.25)
+            ref.tell(("work", 0.0))  # and the mailbox is full
+            await trio.sleep(3.75)
+            # the ticks due at +1 and +2 found no room: skipped, like ticks missed
+            # while one overran; the schedule goes on at +3
+            assert [t - start for t in log] == [0.0, 3.0, 4.0]
+            info = system.snapshot().find("/app/d")
+            assert info.restarts == 0 and info.failed == 0
+            assert_dead_letters(system)
 
 
 class Late(Daemon):
