@@ -59,6 +59,7 @@ class TestProbe:
     def __init__(self, ref: ActorRef, inbox: trio.MemoryReceiveChannel[Any]) -> None:
         self.ref = ref
         self._inbox = inbox
+        self._watched: set[ActorRef] = set()
 
     @classmethod
     async def start(
@@ -113,11 +114,22 @@ class TestProbe:
             raise AssertionError(f"{self.path} expected no message, got {msg!r}")
 
     def watch(self, ref: ActorRef) -> None:
-        """Get `Terminated` for `ref` (see `expect_terminated`)."""
+        """Get `Terminated` for `ref` (see `expect_terminated`); at once if it has stopped."""
         self._cell().watch(ref._cell)
+        self._watched.add(ref)
 
     async def expect_terminated(self, ref: ActorRef, *, timeout: float = 3.0) -> Terminated:
-        """The next message is `Terminated` for `ref` (call `watch(ref)` first)."""
+        """The next message is `Terminated` for `ref`.
+
+        Only watchers get `Terminated`: without a `watch(ref)` first this raises
+        `RuntimeError` at once, instead of waiting for a message that cannot come.
+        """
+        if ref not in self._watched:
+            raise RuntimeError(
+                f"{self.path} does not watch {ref.path}, and Terminated comes only to "
+                "watchers: call probe.watch(ref) first (before the actor stops, or after: "
+                "then it comes at once)"
+            )
         msg = await self.receive(timeout)
         if not (isinstance(msg, Terminated) and msg.ref == ref):
             raise AssertionError(f"{self.path} expected Terminated({ref.path}), got {msg!r}")

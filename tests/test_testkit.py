@@ -91,3 +91,14 @@ async def test_wait_for_polls_until_true(
     await wait_for(lambda: system.snapshot().find("/test/g").processed == 3)
     with pytest.raises(AssertionError, match="condition not met"):
         await wait_for(lambda: False, timeout=2.0)
+
+
+async def test_expect_terminated_without_watch_fails_at_once_saying_to_watch(
+    system: runtime.System, probe: TestProbe, autojump_clock: trio.testing.MockClock
+) -> None:
+    ref = await system.start_child("/test", child(Greeter, name="g"))
+    await system.terminate_child("/test/g")  # the Terminated it could have had never comes
+    with trio.fail_after(1.0), pytest.raises(RuntimeError, match=r"probe\.watch\(ref\) first"):
+        await probe.expect_terminated(ref, timeout=60.0)  # not a 60 s wait for nothing
+    probe.watch(ref)  # watching what has stopped delivers Terminated at once
+    assert (await probe.expect_terminated(ref)).reason == "shutdown"
