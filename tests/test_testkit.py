@@ -9,7 +9,7 @@ import trio
 
 import runtime
 from runtime import Actor, child
-from runtime.testing import TestProbe, crash, wait_for
+from runtime.testing import ANY, TestProbe, crash, wait_for
 
 
 class Greeter(Actor):
@@ -102,3 +102,40 @@ async def test_expect_terminated_without_watch_fails_at_once_saying_to_watch(
         await probe.expect_terminated(ref, timeout=60.0)  # not a 60 s wait for nothing
     probe.watch(ref)  # watching what has stopped delivers Terminated at once
     assert (await probe.expect_terminated(ref)).reason == "shutdown"
+
+
+async def test_expect_message_none_means_the_message_none_and_any_means_anything(
+    system: runtime.System, probe: TestProbe, autojump_clock: trio.testing.MockClock
+) -> None:
+    probe.ref.tell("something")
+    with pytest.raises(AssertionError, match="expected None, got 'something'"):
+        await probe.expect_message(None)
+    probe.ref.tell(None)
+    assert await probe.expect_message(None) is None
+    probe.ref.tell(0)
+    assert await probe.expect_message(ANY) == 0
+    probe.ref.tell(None)
+    assert await probe.expect_message() is None  # the default is ANY
+    # ANY also stands for any value inside an expected one
+    probe.ref.tell(("work", 3))
+    assert await probe.expect_message(("work", ANY)) == ("work", 3)
+    probe.ref.tell(("rest", 3))
+    with pytest.raises(AssertionError, match=r"expected \('work', ANY\), got \('rest', 3\)"):
+        await probe.expect_message(("work", ANY))
+    with pytest.raises(AssertionError, match="no message within"):
+        await probe.expect_message(ANY, timeout=1.0)  # ANY still needs a message
+
+
+async def test_expect_event_payload_none_means_the_payload_none(
+    system: runtime.System, probe: TestProbe, autojump_clock: trio.testing.MockClock
+) -> None:
+    probe.subscribe("jobs.*")
+    system.publish("jobs.a", {"id": 1})
+    with pytest.raises(AssertionError, match=r"expected payload None, got \{'id': 1\}"):
+        await probe.expect_event("jobs.*", payload=None)
+    system.publish("jobs.b")  # no payload: None
+    assert (await probe.expect_event("jobs.*", payload=None)).topic == "jobs.b"
+    system.publish("jobs.c", {"id": 3, "at": 12.5})
+    await probe.expect_event("jobs.*", payload={"id": 3, "at": ANY})
+    system.publish("jobs.d", 4)
+    assert (await probe.expect_event("jobs.*")).payload == 4  # the default is ANY
