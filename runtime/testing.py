@@ -188,12 +188,32 @@ class TestProbe:
 def crash(ref: ActorRef, error: BaseException | None = None) -> None:
     """Crash the actor at `ref` on purpose (as if its handler raised `error`).
 
-    The crash comes through the system lane, so it happens before queued user
-    messages; the supervisor then does whatever its strategy says.
+    One call is one crash, queued in the actor's system lane, ahead of its user
+    messages, and taken by the next incarnation that takes a message:
+
+    - running: it crashes after the message in hand (if any);
+    - starting or restarting (no incarnation takes messages yet): the next
+      incarnation starts (its `on_start` runs to the end, its start succeeds)
+      and crashes at once, before any message.
+
+    The supervisor then does whatever its strategy says, as for any crash
+    (backoff, restart intensity, escalation); n calls are n crashes.  If the
+    actor stops for good first, the crash goes with it.
+
+    Raises `ActorNotFound` if the actor has stopped for good, `TypeError` for a
+    supervisor (crash one of its children to test how it reacts) and
+    `RuntimeError` off the trio thread.
     """
     cell = ref._cell
+    if not cell.host.gate.on_loop_thread():
+        raise RuntimeError("crash() works on the trio thread only (the system's own loop)")
     if cell.finalized:
         raise ActorNotFound(f"{ref.path} has stopped; there is nothing to crash")
+    if cell.kind == "supervisor":
+        raise TypeError(
+            f"crash() crashes an actor, and {ref.path} is a supervisor: "
+            "to see how a supervisor reacts, crash one of its children"
+        )
     cell.mailbox.put_system(InjectedCrash(error or RuntimeError(f"crash injected into {ref.path}")))
 
 

@@ -139,3 +139,63 @@ async def test_expect_event_payload_none_means_the_payload_none(
     await probe.expect_event("jobs.*", payload={"id": 3, "at": ANY})
     system.publish("jobs.d", 4)
     assert (await probe.expect_event("jobs.*")).payload == 4  # the default is ANY
+
+
+class SlowStart(Actor):
+    """Takes two seconds to start, then says so."""
+
+    def __init__(self, reply_to: runtime.ActorRef) -> None:
+        self.reply_to = reply_to
+
+    async def on_start(self) -> None:
+        await trio.sleep(2.0)
+        self.reply_to.tell("started")
+
+
+async def test_crash_while_restarting_or_starting_crashes_the_next_incarnation_once(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    tree = runtime.Supervisor(
+        "app", max_restarts=10, within=60.0, backoff=runtime.Backoff(min=1.0, max=1.0, jitter=0)
+    )
+    with trio.fail_after(100.0):
+        async with runtime.open_system(tree) as system:
+            probe = await TestProbe.start(system, "/app")
+            ref = await system.start_child("/app", child(SlowStart, name="s", args=(probe.ref,)))
+            await probe.expect_message("started")
+
+            def info() -> runtime.ActorInfo:
+                return system.snapshot().find("/app/s")
+
+            def last_error() -> str | None:
+                error = info().last_error
+                return None if error is None else error.message
+
+            crash(ref, ValueError("first"))
+            await wait_for(lambda: info().state == "restarting")  # the 1 s backoff
+            crash(ref, ValueError("while restarting"))
+            await wait_for(lambda: info().state == "starting")  # the next one's on_start
+            crash(ref, ValueError("while starting"))
+            # each crash is one crash: the incarnation that starts next starts (its
+            # on_start runs to the end) and then crashes at once, before any message
+            await probe.expect_message("started", timeout=10.0)
+            await wait_for(lambda: last_error() == "while restarting")
+            await probe.expect_message("started", timeout=10.0)
+            await wait_for(lambda: last_error() == "while starting")
+            await probe.expect_message("started", timeout=10.0)
+            await probe.expect_no_message(within=10.0)  # and no more
+            assert info().state == "running" and info().restarts == 3 and info().failed == 3
+
+
+async def test_crash_refuses_a_supervisor_a_stopped_actor_and_other_threads(
+    system: runtime.System, autojump_clock: trio.testing.MockClock
+) -> None:
+    with pytest.raises(TypeError, match=r"/test is a supervisor.*crash one of its children"):
+        crash(system.ref("/test"))
+    ref = await system.start_child("/test", child(Greeter, name="g"))
+    with pytest.raises(RuntimeError, match="trio thread only"):
+        await trio.to_thread.run_sync(crash, ref)  # it would touch the mailbox off the loop
+    await system.terminate_child("/test/g")
+    with pytest.raises(runtime.ActorNotFound, match="has stopped"):
+        crash(ref)
+    assert system.snapshot().find("/test").restarts == 0
