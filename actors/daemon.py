@@ -5,25 +5,36 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import numbers
+import reprlib
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, ClassVar
 
 import trio
 
-from runtime import Actor
+from runtime import Actor, Internal, MailboxFull
 
 log = logging.getLogger("troupe.daemon")
 
 
-class _Tick:
-    """The private message that runs one tick inside the actor's message loop."""
+class _Tick(Internal):
+    """The private message that runs one tick inside the actor's message loop.
 
-    __slots__ = ("due", "owner")
+    Told, not asked, and `Internal`: whatever becomes of it (run, skipped by a later
+    incarnation, lost with a crash, a stop or a full mailbox) nothing is dead-lettered.
+    `done` tells the schedule that it ran or was given up on.
+    """
+
+    __slots__ = ("done", "due", "owner")
 
     def __init__(self, due: float, owner: Daemon) -> None:
         self.due = due
         self.owner = owner  # a tick queued by an earlier incarnation is skipped
+        self.done = trio.Event()
+
+    def discarded(self, reason: str) -> None:
+        self.done.set()
 
 
 class Daemon(Actor):
@@ -32,12 +43,19 @@ class Daemon(Actor):
     Ticks go through the actor's own mailbox, so they run one at a time and
     never overlap a message; the schedule is drift-free (tick *n* is due at
     ``start + n * interval``), and ticks missed while one overran are skipped,
-    not queued.  A tick that raises crashes the incarnation like any handler;
-    one that takes longer than `interval` is logged and counted as slow.
-    Override `receive` as usual for other messages.
+    not queued, as are ticks that find the mailbox full (``drop_new``, ``fail``;
+    under ``block`` a tick waits its turn).  A tick that raises crashes the
+    incarnation like any handler (in `failed` and `last_error`); one that takes
+    longer than `interval` is logged and counted as slow.  Ticks never appear in
+    dead letters: not one that crashed or was cancelled by a stop, nor one an
+    earlier incarnation left queued.  Override `receive` as usual for other
+    messages.
     """
 
-    interval: ClassVar[float] = 1.0
+    interval: float = 1.0
+    """Seconds between ticks: a positive, finite real number, set on the class or per
+    instance (in `__init__`).  Checked when each incarnation starts: a bad one fails
+    the start with `ValueError`."""
     tick_at_start: ClassVar[bool] = True
     """Run the first tick right after `on_start` (else one interval later)."""
 
@@ -47,11 +65,10 @@ class Daemon(Actor):
     last_tick_duration: float | None = None
     lateness: float | None = None  # how late the last tick started, seconds
     _last_tick_at: float | None = None  # trio time the last tick started (for health)
+    _seconds: float | None = None  # `interval` as checked at the start of the incarnation
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        if not (isinstance(cls.interval, int | float) and cls.interval > 0):
-            raise ValueError(f"{cls.__name__}.interval must be a positive number of seconds")
         own = cls.__dict__.get("receive")
         if own is not None:  # let ticks through before the subclass's own handler
             setattr(cls, "receive", _with_ticks(own))  # noqa: B010 - wrap the subclass's own
@@ -61,20 +78,28 @@ class Daemon(Actor):
         raise NotImplementedError(f"{type(self).__name__} must implement `async def tick(self)`")
 
     async def on_start(self) -> None:
-        self.ctx.nursery.start_soon(self._schedule, name=f"{self.ctx.path} ticks")
+        """Check `interval` and start the schedule.  A subclass that overrides
+        `on_start` calls ``await super().on_start()``."""
+        self._seconds = _check_interval(self.interval, type(self).__name__)
+        self.ctx.nursery.start_soon(self._schedule, self._seconds, name=f"{self.ctx.path} ticks")
 
     async def receive(self, msg: Any) -> Any:
         if type(msg) is _Tick:
             return await self._run_tick(msg)
         return await super().receive(msg)
 
-    async def _schedule(self) -> None:
-        interval = float(self.interval)
+    async def _schedule(self, interval: float) -> None:
         due = trio.current_time() + (0.0 if self.tick_at_start else interval)
         me = self.ctx.ref
         while True:
             await trio.sleep_until(due)
-            await me.ask(_Tick(due, self), timeout=None)
+            tick = _Tick(due, self)
+            try:
+                await me.send(tick)  # waits for room in a `block` mailbox
+            except MailboxFull:  # a full `fail` mailbox: skip this tick
+                pass
+            else:
+                await tick.done.wait()  # ran, or was dropped by a full `drop_new` mailbox
             due += interval
             now = trio.current_time()
             if due <= now:  # overran: skip the ticks we missed, keep the phase
@@ -84,32 +109,41 @@ class Daemon(Actor):
 
     async def _run_tick(self, msg: _Tick) -> None:
         if msg.owner is not self:
-            return
+            return  # queued by an earlier incarnation, whose schedule is gone
+        try:
+            await self._tick(msg.due)
+        finally:
+            msg.done.set()  # the schedule goes on once the tick is over
+
+    async def _tick(self, due: float) -> None:
         started = trio.current_time()
-        self.lateness = max(0.0, started - msg.due)
+        self.lateness = max(0.0, started - due)
         self.last_tick = time.time()
         self._last_tick_at = started
         await self.tick()
         self.ticks += 1
         took = trio.current_time() - started
         self.last_tick_duration = took
-        if took > self.interval:
+        interval = self._seconds
+        if interval is not None and took > interval:
             self.slow_ticks += 1
             log.warning(
                 "%s: tick took %.3fs, longer than its interval %.3fs",
                 self.ctx.path,
                 took,
-                self.interval,
+                interval,
             )
 
     def snapshot_stats(self) -> dict[str, Any]:
         # trio's clock, not the wall clock: it is the one ticks are scheduled on
+        interval = self._seconds
         overdue = (
             self._last_tick_at is not None
-            and trio.current_time() - self._last_tick_at > 3 * self.interval + 1
+            and interval is not None
+            and trio.current_time() - self._last_tick_at > 3 * interval + 1
         )
         return {
-            "interval": self.interval,
+            "interval": interval,
             "ticks": self.ticks,
             "slow_ticks": self.slow_ticks,
             "last_tick": self.last_tick,
@@ -117,6 +151,23 @@ class Daemon(Actor):
             "lateness": self.lateness,
             "healthy": not overdue,
         }
+
+
+def _check_interval(value: object, owner: str) -> float:
+    """`value` as seconds between ticks: a positive, finite real number (not a bool),
+    else `ValueError` naming ``<owner>.interval``."""
+    seconds = math.nan
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        try:
+            seconds = float(value)
+        except (ArithmeticError, TypeError, ValueError):  # e.g. an int too large for a float
+            pass
+    if not (seconds > 0 and math.isfinite(seconds)):
+        raise ValueError(
+            f"{owner}.interval must be a positive, finite number of seconds, "
+            f"got {reprlib.repr(value)}"
+        )
+    return seconds
 
 
 def _with_ticks(receive: Callable[[Any, Any], Awaitable[Any]]) -> Callable[[Any, Any], Any]:

@@ -22,7 +22,15 @@ from .errors import (
     UnhandledMessage,
 )
 from .mailbox import MailboxStatistics
-from .messages import UNHANDLED, DeferredReply, ErrorInfo, Event, ExitReason, Terminated
+from .messages import (
+    UNHANDLED,
+    DeferredReply,
+    ErrorInfo,
+    Event,
+    ExitReason,
+    Internal,
+    Terminated,
+)
 from .monitor import ActorInfo, LoopHealth, TreeSnapshot
 from .ref import ActorRef
 from .spec import Backoff, ChildInfo, ChildSpec, Mailbox, Supervisor, child
@@ -49,6 +57,7 @@ __all__ = [
     "ErrorInfo",
     "Event",
     "ExitReason",
+    "Internal",
     "LoopHealth",
     "Mailbox",
     "MailboxFull",

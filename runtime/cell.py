@@ -28,6 +28,7 @@ from .messages import (
     ErrorInfo,
     ExitReason,
     InjectedCrash,
+    Internal,
     ReplySlot,
     Terminated,
     describe,
@@ -245,6 +246,9 @@ class Cell:
         """
         if isinstance(item, Control):
             item.reply.fail(ActorStopped(f"{self.path} stopped before it could {item.op}"))
+            return
+        if isinstance(item, Internal):
+            item.discarded(reason)  # the actor's own machinery: nothing to account for
             return
         if isinstance(item, ChildExited | InjectedCrash) or (
             isinstance(item, Terminated) and reason == "stopped"

@@ -129,6 +129,22 @@ class Terminated:
     reason: ExitReason
 
 
+class Internal:
+    """Base of a message an actor sends itself for its own machinery (e.g. the tick of
+    `actors.Daemon`): it never shows up in dead letters.
+
+    Where the runtime would dead-letter one sent bare (its handler crashed, returned
+    UNHANDLED or was cancelled by a stop, a dropping mailbox overflowed, the actor
+    stopped for good with it queued), it calls `discarded(reason)` instead, with the reason it would
+    have recorded, and counts nothing.  Inside an ask it is a message like any other.
+    """
+
+    __slots__ = ()
+
+    def discarded(self, reason: str) -> None:
+        """Called on the trio thread, in place of the dead letter; must not raise."""
+
+
 class ReplySlot(Protocol):
     """Where the answer to an ask goes: `Reply` on the loop, `ThreadReply` for threads."""
 

@@ -7,13 +7,14 @@ tests two fixtures:
   (add actors with ``await system.start_child("/test", child(...))``);
 - ``probe``: a `TestProbe` under ``/test`` in that system.
 
+`ANY` stands for any message, payload or value in an expectation.
 Everything waits with trio timeouts, so it works with ``autojump_clock``.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import Any, Final
 
 import pytest
 import trio
@@ -29,6 +30,31 @@ from .topics import matches
 
 PROBE_CAPACITY = 10_000
 _probes = 0
+
+
+class _Any:
+    """The type of `ANY`: equal to everything."""
+
+    __slots__ = ()
+
+    def __eq__(self, other: object) -> bool:
+        return True
+
+    def __ne__(self, other: object) -> bool:
+        return False
+
+    def __hash__(self) -> int:
+        return 0
+
+    def __repr__(self) -> str:
+        return "ANY"
+
+
+ANY: Final[Any] = _Any()
+"""Any message: the default of `TestProbe.expect_message` (and of `expect_event`'s
+payload), so that ``None`` there means the message ``None``.  Equal to every value,
+so it also stands for one part of an expected value: ``("work", ANY)``,
+``{"id": 3, "at": ANY}``."""
 
 
 class _ProbeActor(Actor):
@@ -47,7 +73,8 @@ class TestProbe:
     """An actor driven from test code: send it things, then assert what arrived.
 
     ``await probe.expect_message(value_or_type_or_predicate)`` waits (at most
-    `timeout` seconds of trio time) for the next message and checks it;
+    `timeout` seconds of trio time) for the next message and checks it (`ANY`,
+    the default, accepts any message; ``None`` expects the message ``None``);
     ``expect_no_message(within)``, ``expect_terminated(ref)`` (after
     ``probe.watch(ref)``) and ``expect_event(pattern)`` (after
     ``probe.subscribe(pattern)``) work the same way.  Asks to the probe are
@@ -59,6 +86,7 @@ class TestProbe:
     def __init__(self, ref: ActorRef, inbox: trio.MemoryReceiveChannel[Any]) -> None:
         self.ref = ref
         self._inbox = inbox
+        self._watched: set[ActorRef] = set()
 
     @classmethod
     async def start(
@@ -90,11 +118,12 @@ class TestProbe:
             return await self._inbox.receive()
         raise AssertionError(f"{self.path} got no message within {timeout}s")
 
-    async def expect_message(self, expected: Any = None, *, timeout: float = 3.0) -> Any:
-        """The next message, checked: equal to `expected`, an instance of it (a
-        type), or `expected(msg)` true (a function).  None accepts anything."""
+    async def expect_message(self, expected: Any = ANY, *, timeout: float = 3.0) -> Any:
+        """The next message, checked: anything (`ANY`, the default), an instance of
+        `expected` (a type), `expected(msg)` true (a function), else equal to it
+        (``None``: the message ``None``; `ANY` may stand inside it, ``("work", ANY)``)."""
         msg = await self.receive(timeout)
-        if expected is None:
+        if expected is ANY:
             return msg
         if isinstance(expected, type):
             ok = isinstance(msg, expected)
@@ -113,11 +142,22 @@ class TestProbe:
             raise AssertionError(f"{self.path} expected no message, got {msg!r}")
 
     def watch(self, ref: ActorRef) -> None:
-        """Get `Terminated` for `ref` (see `expect_terminated`)."""
+        """Get `Terminated` for `ref` (see `expect_terminated`); at once if it has stopped."""
         self._cell().watch(ref._cell)
+        self._watched.add(ref)
 
     async def expect_terminated(self, ref: ActorRef, *, timeout: float = 3.0) -> Terminated:
-        """The next message is `Terminated` for `ref` (call `watch(ref)` first)."""
+        """The next message is `Terminated` for `ref`.
+
+        Only watchers get `Terminated`: without a `watch(ref)` first this raises
+        `RuntimeError` at once, instead of waiting for a message that cannot come.
+        """
+        if ref not in self._watched:
+            raise RuntimeError(
+                f"{self.path} does not watch {ref.path}, and Terminated comes only to "
+                "watchers: call probe.watch(ref) first (before the actor stops, or after: "
+                "then it comes at once)"
+            )
         msg = await self.receive(timeout)
         if not (isinstance(msg, Terminated) and msg.ref == ref):
             raise AssertionError(f"{self.path} expected Terminated({ref.path}), got {msg!r}")
@@ -129,14 +169,15 @@ class TestProbe:
         cell.host.subscribe_cell(cell, pattern)
 
     async def expect_event(
-        self, pattern: str = ">", payload: Any = None, *, timeout: float = 3.0
+        self, pattern: str = ">", payload: Any = ANY, *, timeout: float = 3.0
     ) -> Event:
-        """The next message is an `Event` whose topic matches `pattern` (and whose
-        payload equals `payload`, if given)."""
+        """The next message is an `Event` whose topic matches `pattern` and whose
+        payload equals `payload` (`ANY`, the default: any payload; ``None``: the
+        payload ``None``)."""
         msg = await self.receive(timeout)
         if not (isinstance(msg, Event) and matches(pattern, msg.topic)):
             raise AssertionError(f"{self.path} expected an event on {pattern!r}, got {msg!r}")
-        if payload is not None and msg.payload != payload:
+        if payload is not ANY and msg.payload != payload:
             raise AssertionError(f"{self.path} expected payload {payload!r}, got {msg.payload!r}")
         return msg
 
@@ -147,12 +188,32 @@ class TestProbe:
 def crash(ref: ActorRef, error: BaseException | None = None) -> None:
     """Crash the actor at `ref` on purpose (as if its handler raised `error`).
 
-    The crash comes through the system lane, so it happens before queued user
-    messages; the supervisor then does whatever its strategy says.
+    One call is one crash, queued in the actor's system lane, ahead of its user
+    messages, and taken by the next incarnation that takes a message:
+
+    - running: it crashes after the message in hand (if any);
+    - starting or restarting (no incarnation takes messages yet): the next
+      incarnation starts (its `on_start` runs to the end, its start succeeds)
+      and crashes at once, before any message.
+
+    The supervisor then does whatever its strategy says, as for any crash
+    (backoff, restart intensity, escalation); n calls are n crashes.  If the
+    actor stops for good first, the crash goes with it.
+
+    Raises `ActorNotFound` if the actor has stopped for good, `TypeError` for a
+    supervisor (crash one of its children to test how it reacts) and
+    `RuntimeError` off the trio thread.
     """
     cell = ref._cell
+    if not cell.host.gate.on_loop_thread():
+        raise RuntimeError("crash() works on the trio thread only (the system's own loop)")
     if cell.finalized:
         raise ActorNotFound(f"{ref.path} has stopped; there is nothing to crash")
+    if cell.kind == "supervisor":
+        raise TypeError(
+            f"crash() crashes an actor, and {ref.path} is a supervisor: "
+            "to see how a supervisor reacts, crash one of its children"
+        )
     cell.mailbox.put_system(InjectedCrash(error or RuntimeError(f"crash injected into {ref.path}")))
 
 
@@ -181,4 +242,4 @@ async def probe(system: System) -> TestProbe:
     return await TestProbe.start(system, "/test")
 
 
-__all__ = ["TestProbe", "crash", "probe", "system", "wait_for"]
+__all__ = ["ANY", "TestProbe", "crash", "probe", "system", "wait_for"]

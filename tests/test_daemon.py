@@ -6,6 +6,8 @@ when a tick ran is exact.
 
 from __future__ import annotations
 
+import math
+from fractions import Fraction
 from typing import Any, ClassVar
 
 import pytest
@@ -14,7 +16,7 @@ import trio.testing
 
 import runtime
 from actors import Daemon
-from runtime import Supervisor, child
+from runtime import RestartIntensityExceeded, Supervisor, child
 
 WAIT = 1_000.0  # virtual seconds: a bound that only a hang reaches
 
@@ -25,6 +27,13 @@ def app(*children: Any, **kw: Any) -> Supervisor:
 
 def stats(system: runtime.System, path: str) -> dict[str, Any]:
     return system.snapshot().find(path).stats
+
+
+def assert_dead_letters(system: runtime.System, **expected: int) -> None:
+    """The dead-letter counts are `expected` (reason=count), every other reason 0."""
+    counts = system.snapshot().dead_letters
+    assert counts == {reason: expected.get(reason, 0) for reason in counts}
+    assert sum(counts.values()) == len(system.dead_letters.recent(limit=1000))
 
 
 class Clocked(Daemon):
@@ -207,12 +216,127 @@ async def test_a_failing_tick_crashes_the_incarnation_and_the_supervisor_restart
             assert info.last_error is not None
             assert info.last_error.type == "ConnectionError"
             assert info.stats["ticks"] >= 3  # the new incarnation ticks on
+            # the crash is in `failed`, `last_error` and the restart, not in dead letters:
+            # the tick is the daemon's own machinery, not a message anyone sent
+            assert_dead_letters(system)
+            assert info.failed == 1 and info.dead_lettered == 0
     assert len(starts) == 2
     first = [t for inc, t in log if inc == 1]
     second = [t for inc, t in log if inc == 2]
     assert len(first) == 3  # the third one raised
     assert second[0] == starts[1]  # the new incarnation ticks at its start
     assert [t - second[0] for t in second] == [float(n) for n in range(len(second))]
+
+
+class Crashy(Daemon):
+    """Handles ``("work", seconds)``; ``"boom"`` crashes it; its ticks are instant."""
+
+    interval = 1.0
+
+    def __init__(self, log: list[float]) -> None:
+        self.log = log
+
+    async def tick(self) -> None:
+        self.log.append(trio.current_time())
+
+    async def receive(self, msg: Any) -> Any:
+        match msg:
+            case ("work", seconds):
+                await trio.sleep(seconds)
+                return "worked"
+            case "boom":
+                raise ConnectionError("boom")
+            case _:
+                return runtime.UNHANDLED
+
+
+async def test_a_crash_with_a_tick_queued_leaves_no_dead_letter_for_the_tick(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    log: list[float] = []
+    with trio.fail_after(WAIT):
+        tree = app(child(Crashy, name="d", args=(log,)), max_restarts=100, within=60.0)
+        async with runtime.open_system(tree) as system:
+            ref = system.ref("/app/d")
+            for n in range(3):
+                # an incarnation ticks at its start (t); at t+0.5 a message takes one
+                # second, "boom" waits behind it, and the tick due at t+1 behind "boom"
+                start = log[-1]
+                await trio.sleep_until(start + 0.5)
+                ref.tell(("work", 1.0))
+                ref.tell("boom")
+                await trio.sleep_until(start + 1.75)  # crashed at t+1.5, restarted
+                info = system.snapshot().find("/app/d")
+                assert info.restarts == n + 1 and info.state == "running"
+                assert log[-1] == start + 1.5  # the new incarnation's own first tick
+            # each crash dead-lettered its own message, and only that: the tick queued
+            # behind it (asked by an incarnation that is gone) left no `timeout`
+            assert_dead_letters(system, crashed=3)
+            assert [d.message for d in system.dead_letters.recent()] == ["boom"] * 3
+            assert system.snapshot().find("/app/d").dead_lettered == 3
+
+
+class Slow(Daemon):
+    """Its ticks take ten seconds."""
+
+    interval = 1.0
+
+    async def tick(self) -> None:
+        await trio.sleep(10.0)
+
+
+async def test_stopping_during_a_long_tick_dead_letters_nothing(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    with trio.fail_after(WAIT):
+        tree = app(child(Slow, name="d", shutdown=1.0), child(Slow, name="e", shutdown=1.0))
+        async with runtime.open_system(tree) as system:
+            await trio.sleep(0.5)  # both are in their first tick
+            await system.terminate_child("/app/d")  # the tick is cancelled after 1 s
+            assert system.which_children("/app")[0].name == "e"
+            assert_dead_letters(system)
+        # the system's own stop cancels e's tick the same way
+        assert_dead_letters(system)
+
+
+async def test_a_tick_queued_when_the_daemon_stops_is_not_dead_lettered(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    log: list[float] = []
+    with trio.fail_after(WAIT):
+        async with runtime.open_system(app(child(Crashy, name="d", args=(log,)))) as system:
+            ref = system.ref("/app/d")
+            await trio.sleep(0.5)
+            ref.tell(("work", 2.0))  # until +2.5; the tick due at +1 waits behind it
+            await trio.sleep(1.0)
+            await system.terminate_child("/app/d")  # after the message in hand
+            assert log == [0.0]
+            assert_dead_letters(system)
+
+
+@pytest.mark.parametrize("overflow", ["drop_new", "fail"])
+async def test_a_tick_that_finds_the_mailbox_full_is_skipped_quietly(
+    autojump_clock: trio.testing.MockClock, overflow: Any
+) -> None:
+    class Small(Crashy):
+        mailbox = runtime.Mailbox(capacity=1, overflow=overflow)
+
+    log: list[float] = []
+    with trio.fail_after(WAIT):
+        async with runtime.open_system(app(child(Small, name="d", args=(log,)))) as system:
+            ref = system.ref("/app/d")
+            start = log[0]
+            await trio.sleep(0.5)
+            ref.tell(("work", 2.0))  # in hand until +2.5
+            await trio.sleep(0.25)
+            ref.tell(("work", 0.0))  # and the mailbox is full
+            await trio.sleep(3.75)
+            # the ticks due at +1 and +2 found no room: skipped, like ticks missed
+            # while one overran; the schedule goes on at +3
+            assert [t - start for t in log] == [0.0, 3.0, 4.0]
+            info = system.snapshot().find("/app/d")
+            assert info.restarts == 0 and info.failed == 0
+            assert_dead_letters(system)
 
 
 class Late(Daemon):
@@ -270,14 +394,125 @@ async def test_snapshot_stats_and_a_stuck_daemon_is_unhealthy(
             assert s["healthy"] is False
 
 
-def test_interval_must_be_a_positive_number() -> None:
-    for bad in (0, -1.0, "1", None):
-        with pytest.raises(ValueError):
+BAD_INTERVALS = [0, 0.0, -0.5, -1, math.nan, math.inf, -math.inf, True, "1", None, 10**400]
 
-            class Bad(Daemon):
-                interval: ClassVar[Any] = bad
 
-                async def tick(self) -> None: ...
+def bad_daemon(value: Any, *, per_instance: bool) -> type[Daemon]:
+    """A Daemon whose `interval` is `value`, set on the class or in `__init__`."""
+
+    class Bad(Daemon):
+        def __init__(self, log: list[float]) -> None:
+            self.log = log
+            if per_instance:
+                self.interval = value
+
+        async def tick(self) -> None:
+            self.log.append(trio.current_time())
+
+    if not per_instance:
+        Bad.interval = value  # set after the class statement, as a plain class attribute
+    return Bad
+
+
+@pytest.mark.parametrize("per_instance", [False, True], ids=["class", "instance"])
+@pytest.mark.parametrize("bad", BAD_INTERVALS, ids=lambda v: repr(v)[:12])
+async def test_a_bad_interval_fails_the_start_with_a_value_error_naming_it(
+    autojump_clock: trio.testing.MockClock, bad: Any, per_instance: bool
+) -> None:
+    log: list[float] = []
+    with trio.fail_after(WAIT):
+        async with runtime.open_system(app()) as system:
+            spec = child(bad_daemon(bad, per_instance=per_instance), name="d", args=(log,))
+            with pytest.raises(ValueError, match=r"Bad\.interval must be a positive, finite"):
+                await system.start_child("/app", spec)
+            await trio.sleep(5.0)
+            assert system.which_children("/app") == []  # a dynamic child that never started
+    assert log == []  # not a single tick, let alone a busy loop
+
+
+def test_a_bad_class_interval_can_be_defined_and_is_refused_only_when_started() -> None:
+    # A base class may leave `interval` to its subclasses or to `__init__`: the check
+    # is made where it matters, when an incarnation starts.
+    class Configured(Daemon):
+        interval: ClassVar[Any] = None
+
+        def __init__(self, seconds: float) -> None:
+            self.interval = seconds
+
+        async def tick(self) -> None: ...
+
+    assert Configured.interval is None
+
+
+@pytest.mark.parametrize("good", [1, 0.25, 1e-3, Fraction(1, 4), 50])
+async def test_a_good_interval_of_any_real_type_is_accepted(
+    autojump_clock: trio.testing.MockClock, good: Any
+) -> None:
+    log: list[float] = []
+    with trio.fail_after(WAIT):
+        async with runtime.open_system(app()) as system:
+            spec = child(bad_daemon(good, per_instance=True), name="d", args=(log,))
+            await system.start_child("/app", spec)
+            await trio.sleep(float(good) * 2.5)
+            assert stats(system, "/app/d")["interval"] == float(good)  # JSON-ready
+    start = log[0]
+    assert log == [start, start + float(good), start + 2 * float(good)]
+
+
+async def test_a_bad_static_interval_fails_the_system_start(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    log: list[float] = []
+    with trio.fail_after(WAIT), pytest.raises(ValueError, match=r"interval .*got 0"):
+        tree = app(child(bad_daemon(0, per_instance=True), name="d", args=(log,)))
+        async with runtime.open_system(tree):
+            await trio.sleep_forever()  # pragma: no cover - the start fails
+    assert log == []
+
+
+class Reconfigured(Daemon):
+    """Takes its interval from `config` at every start: valid at first, 0 later."""
+
+    def __init__(self, config: list[float], starts: list[float]) -> None:
+        self.interval = config[0]
+        self.starts = starts
+
+    async def on_start(self) -> None:
+        self.starts.append(trio.current_time())
+        await super().on_start()
+
+    async def tick(self) -> None:
+        pass
+
+    async def receive(self, msg: Any) -> Any:
+        raise ConnectionError(msg)
+
+
+async def test_a_restart_that_finds_a_bad_interval_is_a_crash_the_supervisor_counts(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # A failing start is a crash like any other: the supervisor restarts (with its
+    # backoff) and gives up past its intensity; it never becomes a tick loop.
+    config = [1.0]
+    starts: list[float] = []
+    tree = app(
+        child(Reconfigured, name="d", args=(config, starts)),
+        max_restarts=3,
+        within=60.0,
+        backoff=runtime.Backoff(min=1.0, max=1.0, jitter=0),
+    )
+    with trio.fail_after(WAIT), pytest.raises(RestartIntensityExceeded) as gave_up:
+        async with runtime.open_system(tree) as system:
+            await trio.sleep(2.5)
+            assert stats(system, "/app/d")["ticks"] == 3
+            config[0] = 0.0
+            system.ref("/app/d").tell("fail")
+            await trio.sleep_forever()  # until /app gives up
+    # one good start, then the crash and three restarts that failed to start
+    assert len(starts) == 4
+    assert [t - starts[1] for t in starts[1:]] == [0.0, 1.0, 2.0]  # the backoff, not a loop
+    cause = gave_up.value.__cause__
+    assert isinstance(cause, ValueError) and "Reconfigured.interval" in str(cause)
 
 
 async def test_a_daemon_without_tick_fails_on_its_first_tick(
