@@ -355,8 +355,14 @@ class Cell:
             self.watching.pop(target, None)
 
     # -- the end of the slot --------------------------------------------
-    def finalize(self, reason: ExitReason) -> None:
-        """The slot stops for good: release the name, drain the mailbox, tell watchers."""
+    def finalize(self, reason: ExitReason, hand_over_to: Cell | None = None) -> None:
+        """The slot stops for good: release the name, drain the mailbox, tell watchers.
+
+        What was still queued (or waiting for room) is dead-lettered as
+        ``stopped``; with `hand_over_to`, its user messages (asks with their
+        askers) are put into that slot's mailbox instead, in order (one that
+        does not fit is dead-lettered as ``overflow``).
+        """
         if self.finalized:
             return
         self.behaviour.finalize(self)
@@ -364,8 +370,17 @@ class Cell:
         self.final_reason = reason
         self.state = "stopped"
         self.host.slot_released(self)
-        for item in self.mailbox.close():
+        system, user = self.mailbox.close(hand_over=hand_over_to is not None)
+        for item in system:
             self.drop(item, "stopped")
+        for item in user:
+            if hand_over_to is None:
+                self.drop(item, "stopped")
+                continue
+            try:
+                hand_over_to.mailbox.put(item)  # a closed one dead-letters it itself
+            except MailboxFull:
+                self.drop(item, "overflow")
         watching, self.watching = self.watching or {}, None
         for target in watching:
             if target.watchers is not None:

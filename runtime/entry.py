@@ -302,8 +302,11 @@ class ThreadedSystem:
     def start_child(self, parent: str, spec: ChildSpec | Supervisor) -> ActorRef:
         return self._acall(self._system.start_child, parent, spec)  # type: ignore[no-any-return]
 
-    def terminate_child(self, path: str) -> None:
-        self._acall(self._system.terminate_child, path)
+    def terminate_child(self, path: str, *, hand_over_to: ActorRef | None = None) -> None:
+        """`System.terminate_child`, from this thread."""
+        self._acall(
+            functools.partial(self._system.terminate_child, path, hand_over_to=hand_over_to)
+        )
 
     def publish(
         self,

@@ -581,13 +581,15 @@ class MailboxQueue:
         self._waiter = None
         return trio.lowlevel.Abort.SUCCEEDED
 
-    def close(self) -> list[Any]:
-        """Refuse further messages; return what was queued (system lane first).
+    def close(self, hand_over: bool = False) -> tuple[list[Any], list[Any]]:
+        """Refuse further messages; return what was queued: ``(system, user)``.
 
-        Items waiting in the line are dead-lettered as ``stopped`` and their
-        senders woken (their tickets say `STOPPED`), threads waiting for room
-        are let go (the gate delivers their messages, dead-lettered the same
-        way), and a parked consumer is woken.
+        Blocked senders' items are dead-lettered as ``stopped`` and their
+        tickets say `STOPPED`; with `hand_over` they are returned at the end of
+        the user items instead (the caller passes them on) and their tickets
+        say `QUEUED`.  Threads waiting for room are let go (the gate delivers
+        their messages, dead-lettered the same way), and a parked consumer is
+        woken.
         """
         self._closed = True
         self._limit = 0
@@ -595,19 +597,24 @@ class MailboxQueue:
         self._threads_waiting = False
         self._room_wanted = False
         self._reserved = 0
-        rest = [*(self._system or ()), *self._user]
+        system = list(self._system or ())
+        user = list(self._user)
         self._system = None
         self._user = _NO_MESSAGES
         self._slow_take()  # closed: it answers EMPTY
         line = self._line
         self._line = None
         for ticket in line or ():
-            self._drop(ticket.item, "stopped")
-            ticket._settle(STOPPED)
+            if hand_over:
+                user.append(ticket.item)
+                ticket._settle(QUEUED)
+            else:
+                self._drop(ticket.item, "stopped")
+                ticket._settle(STOPPED)
         if threads_waiting and self._gate is not None:
             self._gate.room_freed(self)
         self.wake()
-        return rest
+        return system, user
 
 
 __all__ = [

@@ -382,7 +382,9 @@ class Supervising:
                 return
             child_cell.lifecycle_event("restarted", restarts=child_cell.restarts)
 
-    def _remove(self, child_cell: Cell, reason: object) -> None:
+    def _remove(
+        self, child_cell: Cell, reason: object, hand_over_to: Cell | None = None
+    ) -> None:
         if child_cell in self.children:
             self.children.remove(child_cell)
         self.dynamic.discard(child_cell)
@@ -390,7 +392,7 @@ class Supervising:
         for _, group in self._pending:
             if child_cell in group:
                 group.remove(child_cell)
-        child_cell.finalize(reason)  # type: ignore[arg-type]
+        child_cell.finalize(reason, hand_over_to)  # type: ignore[arg-type]
 
     # -- requests: dynamic children ----------------------------------------
     async def _control(self, cell: Cell, item: Control) -> None:
@@ -401,11 +403,11 @@ class Supervising:
                 item.reply.send(await self._adopt(cell.host.new_cell(item.arg, cell)))
             elif item.op == "adopt":  # a slot made ahead of time (bus callbacks)
                 item.reply.send(await self._adopt(item.arg))
-            elif item.op == "terminate_child":
-                target = item.arg
+            elif item.op == "terminate_child":  # arg: (child, slot to hand its mail to)
+                target, hand_over_to = item.arg
                 if target in self.children:
                     await self._stop_child(target)
-                    self._remove(target, "shutdown")
+                    self._remove(target, "shutdown", hand_over_to)
                 item.reply.send(None)
             else:  # pragma: no cover - internal misuse
                 raise ValueError(f"unknown supervisor request {item.op!r}")

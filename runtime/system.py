@@ -274,7 +274,8 @@ class System:
     def release_callback(self, cell: Cell) -> None:
         if cell.parent is not None:
             what = f"stopping callback {cell.name}"
-            cell.parent.mailbox.put_system(Control("terminate_child", cell, _NoReply(what)))
+            request = Control("terminate_child", (cell, None), _NoReply(what))
+            cell.parent.mailbox.put_system(request)
 
     # -- public API ------------------------------------------------------
     def _check_running(self, what: str) -> None:
@@ -349,14 +350,33 @@ class System:
             raise TypeError(f"start_child needs a child(...) spec or a Supervisor, got {spec!r}")
         return await self._ask_supervisor(cell, "start_child", spec)  # type: ignore[no-any-return]
 
-    async def terminate_child(self, path: str) -> None:
-        """Stop the actor at `path` (graceful, within its shutdown timeout) and remove it."""
+    async def terminate_child(self, path: str, *, hand_over_to: ActorRef | None = None) -> None:
+        """Stop the actor at `path` (graceful, within its shutdown timeout) and remove it.
+
+        Messages still queued for it are dead-lettered as ``stopped``; with
+        `hand_over_to` (a running actor other than it and its descendants) they
+        are put into that actor's mailbox instead, in their order, asks with
+        their askers (e.g. a router re-routes what was queued at a worker it
+        removes).  Blocks until the actor has stopped.  Raises `ActorNotFound`,
+        `ValueError` for the runtime's own actors or an unfit `hand_over_to`,
+        `RuntimeClosed` once the system has stopped.
+        """
         self._check_running("terminate a child")
         cell = self._lookup(path)
         parent = cell.parent
         if parent is None or parent is self._root or cell.path.startswith("/" + RESERVED):
             raise ValueError(f"{cell.path} is managed by the runtime and cannot be terminated")
-        await self._ask_supervisor(parent, "terminate_child", cell)
+        target: Cell | None = None
+        if hand_over_to is not None:
+            if not isinstance(hand_over_to, ActorRef):
+                raise TypeError(f"hand_over_to must be an ActorRef, got {hand_over_to!r}")
+            target = self._lookup(hand_over_to.path)
+            if target is cell or target.path.startswith(cell.path + "/"):
+                raise ValueError(
+                    f"cannot hand {cell.path}'s messages over to {target.path}: "
+                    "it stops with it; choose an actor outside its subtree"
+                )
+        await self._ask_supervisor(parent, "terminate_child", (cell, target))
 
     async def _ask_supervisor(self, cell: Cell, op: str, arg: Any) -> Any:
         reply = Reply(lambda _value: None)

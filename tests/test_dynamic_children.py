@@ -441,3 +441,82 @@ async def test_thousand_dynamic_children_started_and_terminated(
     # the rest stopped with the system, in reverse start order
     assert stopped[N // 2 :] == child_names[1::2][::-1]
     assert system.snapshot().dead_letters == dict.fromkeys(system.snapshot().dead_letters, 0)
+
+
+# -- handing queued messages over ---------------------------------------------
+
+
+class Holder(Actor):
+    """Records what it handles; "hold" waits for `gate`; asks get (name, msg) back."""
+
+    def __init__(self, gate: trio.Event, seen: list[Any]) -> None:
+        self.gate = gate
+        self.seen = seen
+
+    async def receive(self, msg: Any) -> Any:
+        if msg == "hold":
+            await self.gate.wait()
+        self.seen.append((self.ctx.name, msg))
+        return (self.ctx.name, msg)
+
+
+async def test_terminate_child_can_hand_queued_messages_over(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """What was queued for a removed actor goes to another, in order, asks with their
+    askers; the message in hand is finished first; nothing is dead-lettered."""
+    from runtime import Mailbox
+
+    gate = trio.Event()
+    seen: list[Any] = []
+    tree = Supervisor(
+        "app",
+        children=[
+            child(Holder, name="old", args=(gate, seen), mailbox=Mailbox(capacity=3)),
+            child(Holder, name="new", args=(trio.Event(), seen)),
+        ],
+    )
+    async with open_system(tree) as system:
+        old = system.ref("/app/old")
+        old.tell("hold")
+        await trio.testing.wait_all_tasks_blocked()
+        old.tell(1)
+        answers: list[Any] = []
+        async with trio.open_nursery() as nursery:
+
+            async def ask(msg: Any) -> None:
+                answers.append(await old.ask(msg, timeout=100))
+
+            nursery.start_soon(ask, 2)
+            await trio.testing.wait_all_tasks_blocked()
+            old.tell(3)  # full now: the next one waits in the line
+            nursery.start_soon(old.send, 4)
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.start_soon(
+                lambda: system.terminate_child("/app/old", hand_over_to=system.ref("/app/new"))
+            )
+            await trio.testing.wait_all_tasks_blocked()
+            gate.set()  # the message in hand is finished by the old actor
+        assert answers == [("new", 2)]
+        assert seen == [("old", "hold"), ("new", 1), ("new", 2), ("new", 3), ("new", 4)]
+        assert system.dead_letters.total == 0
+        assert [c.name for c in system.which_children("/app")] == ["new"]
+
+
+async def test_hand_over_to_must_be_an_actor_outside_the_removed_subtree() -> None:
+    gate = trio.Event()
+    tree = Supervisor(
+        "app",
+        children=[
+            Supervisor("team", children=[child(Holder, name="a", args=(gate, []))]),
+            child(Holder, name="b", args=(gate, [])),
+        ],
+    )
+    async with open_system(tree) as system:
+        with pytest.raises(ValueError, match="outside its subtree"):
+            await system.terminate_child("/app/b", hand_over_to=system.ref("/app/b"))
+        with pytest.raises(ValueError, match="outside its subtree"):
+            await system.terminate_child("/app/team", hand_over_to=system.ref("/app/team/a"))
+        with pytest.raises(TypeError, match="ActorRef"):
+            await system.terminate_child("/app/b", hand_over_to="/app/team/a")  # type: ignore[arg-type]
+        assert [c.name for c in system.which_children("/app")] == ["team", "b"]

@@ -78,7 +78,7 @@ def test_statistics_say_what_is_queued_and_who_waits() -> None:
     stats = mailbox.statistics()
     assert (stats.depth, stats.system_depth, stats.high_water, stats.reserved) == (2, 1, 2, 1)
     assert stats.threads_waiting is True
-    assert mailbox.close() == ["stop", 1, 2]
+    assert mailbox.close() == (["stop"], [1, 2])
     assert mailbox.statistics().closed is True
     assert mailbox.statistics().depth == 0
 
