@@ -28,7 +28,8 @@ VIRTUAL_NODES = 64
 MAX_SIZE = 1024
 """A pool's default `max_size`: the most workers a `Resize` may ask for."""
 DRAIN_POLL = 0.01
-"""Seconds between looks at a worker a shrink removes, until it has handled its queue."""
+"""Seconds between looks at a broadcast worker a shrink removes, until it has handled
+its queue (its copies are its own; other pools hand a removed worker's queue back)."""
 
 
 @attrs.frozen
@@ -146,8 +147,11 @@ class Router(Actor):
     It also sizes the pool: a `Resize` sets the target, and a background task
     of this incarnation starts or stops one worker at a time toward it (the
     latest target wins) while `receive` goes on routing.  A worker a shrink
-    removes is first taken out of the routing and stopped only once it has
-    handled what was queued at it (a grow takes it back first).
+    removes is first taken out of the routing, then stopped after the message
+    in hand, and what was still queued at it comes back to this router to be
+    routed to the others (``terminate_child(..., hand_over_to=)``; asks keep
+    their askers).  In a broadcast pool a queued copy is that worker's own: it
+    handles its copies first, and a grow may take it back meanwhile.
     """
 
     def __init__(
@@ -247,7 +251,7 @@ class Router(Actor):
             self.ring.add(ref)
 
     def _retire_last(self) -> None:
-        """Stop routing to the last started worker; it is stopped once it has drained."""
+        """Stop routing to the last started worker; `_resizing` stops it next."""
         ref = self.workers.pop()
         self.routed_to.discard(ref)
         if isinstance(self.routing, ConsistentHash):
@@ -278,7 +282,7 @@ class Router(Actor):
 
     async def _resizing(self) -> None:
         """Start or retire workers one at a time until `target` of them are routed to,
-        and stop the retired ones as they drain.
+        and stop the retired ones (handing their queues back, see the class).
 
         Each step reads `target` afresh (a later `Resize` supersedes this one
         where it stands) and each start or stop awaits the pool's supervisor,
@@ -299,16 +303,18 @@ class Router(Actor):
                     self._retire_last()
                 if not self.retiring:
                     break
+                if self.routing != "broadcast":
+                    # it finishes the message in hand; what was still queued at it
+                    # comes back here and is routed again
+                    await self._stop_worker(self.retiring.pop(0), hand_over=True)
+                    continue
+                # a broadcast copy is that worker's own: it handles its copies first
                 drained = next((ref for ref in self.retiring if self._drained(ref)), None)
                 if drained is None:
                     await trio.sleep(DRAIN_POLL)
                     continue
                 self.retiring.remove(drained)
-                try:
-                    await system.terminate_child(drained.path)
-                except ActorNotFound:
-                    pass  # it had already stopped for good
-                self._release_name(drained.name)
+                await self._stop_worker(drained, hand_over=False)
         except Exception as exc:
             error = exc
             self.target = len(self.workers)
@@ -321,6 +327,17 @@ class Router(Actor):
                 reply.send(len(self.workers))
             else:
                 reply.fail(error)
+
+    async def _stop_worker(self, ref: ActorRef, *, hand_over: bool) -> None:
+        """Stop a retired worker (after the message in hand); with `hand_over`, what
+        was still queued at it comes back to this router, to be routed again."""
+        try:
+            await self.ctx.system.terminate_child(
+                ref.path, hand_over_to=self.ctx.ref if hand_over else None
+            )
+        except ActorNotFound:
+            pass  # it had already stopped for good
+        self._release_name(ref.name)
 
     async def _start_worker(self) -> None:
         name = self._free_name()
@@ -393,8 +410,10 @@ def Pool(
     keeps routing while workers are started or stopped one at a time, a
     later `Resize` supersedes one in progress, and an ask of `Resize` is
     answered with the size reached once the pool has it.  A shrink drops
-    nothing: a worker it removes gets no new messages and is stopped once
-    it has handled those queued at it.  A restart of the router or of the
+    nothing: a worker it removes gets no new messages, and once it has
+    finished the message in hand, what was queued at it is routed to the
+    other workers (asks answered once; in a broadcast pool it handles its
+    own copies first).  A restart of the router or of the
     whole pool keeps the size it was last resized to.  A routing failure
     (a `consistent_hash` key function that raises or returns something
     unhashable) fails that message alone: the asker gets `ActorCrashed`

@@ -46,9 +46,10 @@ def pool_tree(
     size: int = 4,
     routing: str | ConsistentHash = "round_robin",
     gate: trio.Event | None = None,
+    shutdown: float | None = 5.0,
     **kw: Any,
 ) -> Supervisor:
-    worker = child(Worker, args=(log,), kwargs={"gate": gate})
+    worker = child(Worker, args=(log,), kwargs={"gate": gate}, shutdown=shutdown)
     return Supervisor(
         "app", children=[Pool("pool", worker=worker, size=size, routing=routing, **kw)]
     )
@@ -374,7 +375,8 @@ async def test_a_shrink_hands_on_what_was_queued_at_removed_workers_and_drops_no
     answers: dict[int, list[str]] = {}
     resized = trio.Event()
     with trio.fail_after(WAIT):
-        tree = pool_tree(log, size=4, gate=gate)
+        # a removed worker finishes the message in hand, however long it takes
+        tree = pool_tree(log, size=4, gate=gate, shutdown=None)
         async with runtime.open_system(tree) as system, trio.open_nursery() as nursery:
             pool = system.ref("/app/pool")
 
@@ -399,6 +401,7 @@ async def test_a_shrink_hands_on_what_was_queued_at_removed_workers_and_drops_no
                 pool.tell(Job(i))
             gate.set()
             await resized.wait()
+            await trio.testing.wait_all_tasks_blocked()  # w0 works through what it got
             assert worker_names(system) == ["w0"]
             assert not any(system.snapshot().dead_letters.values())
     # every message handled once, every ask answered once, nothing lost
@@ -407,16 +410,39 @@ async def test_a_shrink_hands_on_what_was_queued_at_removed_workers_and_drops_no
     assert {m.key for n, m in log if n != "w0"} <= set(range(40))
 
 
-async def test_a_grow_takes_back_the_workers_a_shrink_is_still_draining(
+async def test_a_removed_worker_finishes_the_message_in_hand_and_hands_its_queue_on(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    log: list[tuple[str, Any]] = []
+    gate = trio.Event()
+    with trio.fail_after(WAIT):
+        tree = pool_tree(log, size=2, gate=gate, shutdown=None)
+        async with runtime.open_system(tree) as system, trio.open_nursery() as nursery:
+            pool = system.ref("/app/pool")
+            for i in range(10):  # w0 and w1: one in hand (held at the gate), four queued
+                pool.tell(Job(i))
+            await trio.testing.wait_all_tasks_blocked()
+            assert system.ref("/app/pool/w1").mailbox_depth == 4
+            nursery.start_soon(pool.ask, Resize(1))
+            await trio.testing.wait_all_tasks_blocked()  # w1 is asked to stop
+            gate.set()
+            await trio.testing.wait_all_tasks_blocked()
+            assert worker_names(system) == ["w0"]
+            assert not any(system.snapshot().dead_letters.values())
+    assert names(log) == {"w1": 1, "w0": 9}  # w1's queue was routed to w0
+    assert sorted(m.key for _, m in log) == list(range(10))
+
+
+async def test_a_grow_during_a_shrink_ends_with_the_new_size_and_drops_nothing(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     log: list[tuple[str, Any]] = []
     gate = trio.Event()
     answers: list[int] = []
     with trio.fail_after(WAIT):
-        async with runtime.open_system(pool_tree(log, size=3, gate=gate)) as system:
+        tree = pool_tree(log, size=3, gate=gate, shutdown=None)
+        async with runtime.open_system(tree) as system:
             pool = system.ref("/app/pool")
-            refs = [system.ref(f"/app/pool/w{i}") for i in range(3)]
             for i in range(6):  # every worker: one in hand, one queued
                 pool.tell(Job(i))
             async with trio.open_nursery() as nursery:
@@ -427,17 +453,45 @@ async def test_a_grow_takes_back_the_workers_a_shrink_is_still_draining(
                 nursery.start_soon(shrink)
                 await trio.testing.wait_all_tasks_blocked()
                 assert await pool.ask(PoolSize()) == 1
-                assert worker_names(system) == ["w0", "w1", "w2"]  # w1, w2 still draining
-                assert await pool.ask(Resize(3)) == 3  # supersedes the shrink
-            assert answers == [3]
-            assert [system.ref(f"/app/pool/w{i}") for i in range(3)] == refs  # the same ones
-            for i in range(6, 9):
-                pool.tell(Job(i))
-            gate.set()
+
+                async def grow() -> None:
+                    answers.append(await pool.ask(Resize(3)))  # supersedes the shrink
+
+                nursery.start_soon(grow)
+                await trio.testing.wait_all_tasks_blocked()
+                for i in range(6, 9):
+                    pool.tell(Job(i))
+                gate.set()
+            assert answers == [3, 3]  # both asks answered with the size reached
+            assert worker_names(system) == ["w0", "w1", "w2"]
             await trio.testing.wait_all_tasks_blocked()
             assert not any(system.snapshot().dead_letters.values())
     assert sorted(m.key for _, m in log) == list(range(9))
-    assert names(log) == {"w0": 3, "w1": 3, "w2": 3}
+
+
+async def test_a_broadcast_pool_lets_a_removed_worker_handle_its_own_copies(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A broadcast copy belongs to its worker: handing it to the others would
+    deliver it twice, so a removed worker handles its copies before it stops."""
+    log: list[tuple[str, Any]] = []
+    gate = trio.Event()
+    with trio.fail_after(WAIT):
+        async with runtime.open_system(
+            pool_tree(log, size=3, gate=gate, routing="broadcast")
+        ) as system:
+            pool = system.ref("/app/pool")
+            for i in range(3):
+                pool.tell(Job(i))  # every worker: one copy in hand, two queued
+            await trio.testing.wait_all_tasks_blocked()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(pool.ask, Resize(1))
+                await trio.testing.wait_all_tasks_blocked()
+                gate.set()
+            await trio.testing.wait_all_tasks_blocked()
+            assert worker_names(system) == ["w0"]
+            assert not any(system.snapshot().dead_letters.values())
+    assert names(log) == {"w0": 3, "w1": 3, "w2": 3}  # each copy handled once
 
 
 class Counted(Worker):
