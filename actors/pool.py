@@ -138,7 +138,10 @@ class Sizes:
         return self._by_system.get(system, {}).get(router, default)
 
     def set(self, system: System, router: ActorRef, size: int) -> None:
-        self._by_system.setdefault(system, {})[router] = size
+        sizes = self._by_system.setdefault(system, {})
+        for gone in [ref for ref in sizes if not ref.is_alive]:  # pools stopped for good
+            del sizes[gone]
+        sizes[router] = size
 
 
 class Router(Actor):

@@ -248,7 +248,10 @@ class Cell:
             item.reply.fail(ActorStopped(f"{self.path} stopped before it could {item.op}"))
             return
         if isinstance(item, Internal):
-            item.discarded(reason)  # the actor's own machinery: nothing to account for
+            try:  # the actor's own machinery: nothing to account for
+                item.discarded(reason)
+            except Exception:  # it must not stop the rest of the mailbox being accounted for
+                log.exception("%s: discarded() of %r raised", self.path, item)
             return
         if isinstance(item, ChildExited | InjectedCrash) or (
             isinstance(item, Terminated) and reason == "stopped"
