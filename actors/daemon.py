@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import decimal
 import functools
 import logging
 import math
@@ -17,6 +18,9 @@ from runtime import Actor, Internal, MailboxFull
 
 log = logging.getLogger("troupe.daemon")
 
+
+MIN_INTERVAL = 1e-6
+"""The shortest `Daemon.interval` (a microsecond): shorter ones cannot be scheduled."""
 
 class _Tick(Internal):
     """The private message that runs one tick inside the actor's message loop.
@@ -89,9 +93,13 @@ class Daemon(Actor):
         return await super().receive(msg)
 
     async def _schedule(self, interval: float) -> None:
-        due = trio.current_time() + (0.0 if self.tick_at_start else interval)
+        """Tick at ``start + n * interval`` (no drift from adding up intervals); a
+        tick that overran skips the ticks it missed and keeps the phase."""
+        start = trio.current_time()
+        n = 0 if self.tick_at_start else 1
         me = self.ctx.ref
         while True:
+            due = start + n * interval
             await trio.sleep_until(due)
             tick = _Tick(due, self)
             try:
@@ -100,12 +108,8 @@ class Daemon(Actor):
                 pass
             else:
                 await tick.done.wait()  # ran, or was dropped by a full `drop_new` mailbox
-            due += interval
-            now = trio.current_time()
-            if due <= now:  # overran: skip the ticks we missed, keep the phase
-                due += math.ceil((now - due) / interval) * interval
-                if due <= now:
-                    due += interval
+            # the next n whose time is still ahead (the missed ones are skipped)
+            n = max(n + 1, math.floor((trio.current_time() - start) / interval) + 1)
 
     async def _run_tick(self, msg: _Tick) -> None:
         if msg.owner is not self:
@@ -157,7 +161,7 @@ def _check_interval(value: object, owner: str) -> float:
     """`value` as seconds between ticks: a positive, finite real number (not a bool),
     else `ValueError` naming ``<owner>.interval``."""
     seconds = math.nan
-    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+    if isinstance(value, numbers.Real | decimal.Decimal) and not isinstance(value, bool):
         try:
             seconds = float(value)
         except (ArithmeticError, TypeError, ValueError):  # e.g. an int too large for a float
@@ -166,6 +170,11 @@ def _check_interval(value: object, owner: str) -> float:
         raise ValueError(
             f"{owner}.interval must be a positive, finite number of seconds, "
             f"got {reprlib.repr(value)}"
+        )
+    if seconds < MIN_INTERVAL:
+        raise ValueError(
+            f"{owner}.interval must be at least {MIN_INTERVAL:g} seconds (a clock cannot "
+            f"tell shorter ones apart), got {reprlib.repr(value)}"
         )
     return seconds
 

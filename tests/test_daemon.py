@@ -7,6 +7,7 @@ when a tick ran is exact.
 from __future__ import annotations
 
 import math
+from decimal import Decimal
 from fractions import Fraction
 from typing import Any, ClassVar
 
@@ -430,6 +431,19 @@ async def test_a_bad_interval_fails_the_start_with_a_value_error_naming_it(
     assert log == []  # not a single tick, let alone a busy loop
 
 
+@pytest.mark.parametrize("tiny", [5e-324, 1e-300, 1e-7])
+async def test_an_interval_too_short_for_the_clock_is_refused_not_busy_looped(
+    autojump_clock: trio.testing.MockClock, tiny: float
+) -> None:
+    log: list[float] = []
+    with trio.fail_after(WAIT):
+        async with runtime.open_system(app()) as system:
+            spec = child(bad_daemon(tiny, per_instance=True), name="d", args=(log,))
+            with pytest.raises(ValueError, match=r"Bad\.interval must be at least 1e-06"):
+                await system.start_child("/app", spec)
+    assert log == []
+
+
 def test_a_bad_class_interval_can_be_defined_and_is_refused_only_when_started() -> None:
     # A base class may leave `interval` to its subclasses or to `__init__`: the check
     # is made where it matters, when an incarnation starts.
@@ -444,7 +458,7 @@ def test_a_bad_class_interval_can_be_defined_and_is_refused_only_when_started() 
     assert Configured.interval is None
 
 
-@pytest.mark.parametrize("good", [1, 0.25, 1e-3, Fraction(1, 4), 50])
+@pytest.mark.parametrize("good", [1, 0.25, 1e-3, Fraction(1, 4), Decimal("0.5"), 50])
 async def test_a_good_interval_of_any_real_type_is_accepted(
     autojump_clock: trio.testing.MockClock, good: Any
 ) -> None:
