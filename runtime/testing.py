@@ -21,7 +21,7 @@ import trio
 
 from .actor import Actor
 from .entry import open_system
-from .errors import ActorNotFound
+from .errors import ActorNotFound, ActorStopped
 from .messages import Event, InjectedCrash, Terminated
 from .ref import ActorRef
 from .spec import Supervisor, child
@@ -200,7 +200,8 @@ def crash(ref: ActorRef, error: BaseException | None = None) -> None:
     (backoff, restart intensity, escalation); n calls are n crashes.  If the
     actor stops for good first, the crash goes with it.
 
-    Raises `ActorNotFound` if the actor has stopped for good, `TypeError` for a
+    Raises `ActorNotFound` if the actor has stopped for good, `ActorStopped` if it
+    ended and is not restarting (a transient child that stopped normally), `TypeError` for a
     supervisor (crash one of its children to test how it reacts) and
     `RuntimeError` off the trio thread.
     """
@@ -213,6 +214,11 @@ def crash(ref: ActorRef, error: BaseException | None = None) -> None:
         raise TypeError(
             f"crash() crashes an actor, and {ref.path} is a supervisor: "
             "to see how a supervisor reacts, crash one of its children"
+        )
+    if cell.state == "stopped":  # e.g. a transient child that ended normally: no
+        # incarnation is coming (a crash parked for a later group restart would surprise)
+        raise ActorStopped(
+            f"{ref.path} has stopped and is not restarting; there is nothing to crash"
         )
     cell.mailbox.put_system(InjectedCrash(error or RuntimeError(f"crash injected into {ref.path}")))
 

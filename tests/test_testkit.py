@@ -199,3 +199,49 @@ async def test_crash_refuses_a_supervisor_a_stopped_actor_and_other_threads(
     with pytest.raises(runtime.ActorNotFound, match="has stopped"):
         crash(ref)
     assert system.snapshot().find("/test").restarts == 0
+
+
+class Quits(runtime.Actor):
+    """Stops itself (normally) on "stop"; records its starts."""
+
+    def __init__(self, log: list[str]) -> None:
+        self.log = log
+
+    async def on_start(self) -> None:
+        self.log.append(self.ctx.name)
+
+    async def receive(self, msg: object) -> object:
+        if msg == "stop":
+            self.ctx.stop()
+        return None
+
+
+async def test_crash_refuses_a_transient_child_that_ended_normally(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """No incarnation is coming: a crash parked for a later group restart would
+    surprise (it used to cost a second restart there)."""
+    log: list[str] = []
+    tree = runtime.Supervisor(
+        "app",
+        strategy="one_for_all",
+        max_restarts=1,
+        within=60,
+        children=[
+            runtime.child(Quits, name="t", args=(log,), restart="transient"),
+            runtime.child(Quits, name="p", args=(log,)),
+        ],
+    )
+    with trio.fail_after(100):
+        async with runtime.open_system(tree) as system:
+            t, p = system.ref("/app/t"), system.ref("/app/p")
+            t.tell("stop")
+            await trio.testing.wait_all_tasks_blocked()
+            with pytest.raises(runtime.ActorStopped, match="not restarting"):
+                crash(t)
+            crash(p)  # one crash: one group restart
+            await trio.sleep(1)
+            snap = system.snapshot()
+            assert snap.find("/app").restarts == 0
+            assert snap.find("/app/p").restarts == 1
+            assert log == ["t", "p", "t", "p"]
