@@ -20,6 +20,7 @@ from runtime import (
     DeferredReply,
     Supervisor,
     System,
+    Terminated,
     child,
 )
 
@@ -197,6 +198,10 @@ class Router(Actor):
             return self._resize(msg)
         if isinstance(msg, PoolSize):
             return len(self.workers)
+        if isinstance(msg, Terminated):  # the notices of watching the workers
+            if msg.ref in self.routed_to:
+                self._gone(msg.ref)
+            return None
         try:
             target = self._pick(msg)
         except Exception as error:
@@ -246,7 +251,20 @@ class Router(Actor):
             self.ctx.defer_reply().fail(error)
         self.ctx.dead_letter(msg, "crashed")
 
+    def _gone(self, ref: ActorRef) -> None:
+        """A worker stopped for good by itself (a `temporary` one that crashed, a
+        `transient` one that ended normally) or by someone else's `terminate_child`:
+        it is no longer routed to, and the pool's size is what is left."""
+        self.workers.remove(ref)
+        self.routed_to.discard(ref)
+        if isinstance(self.routing, ConsistentHash):
+            self.ring.remove(ref)
+        self._release_name(ref.name)
+        self.target = max(len(self.workers), self.target - 1)  # one fewer wanted
+        self.sizes.set(self.ctx.system, self.ctx.ref, self.target)
+
     def _route_to(self, ref: ActorRef) -> None:
+        self.ctx.watch(ref)  # a worker that stops for good leaves the routing
         self.workers.append(ref)
         self.routed_to.add(ref)
         self.names.add(ref.name)
@@ -256,6 +274,7 @@ class Router(Actor):
     def _retire_last(self) -> None:
         """Stop routing to the last started worker; `_resizing` stops it next."""
         ref = self.workers.pop()
+        self.ctx.unwatch(ref)
         self.routed_to.discard(ref)
         if isinstance(self.routing, ConsistentHash):
             self.ring.remove(ref)

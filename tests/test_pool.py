@@ -625,3 +625,36 @@ def test_invalid_pool_arguments_raise() -> None:
     for size in (0, -1, 1.5, "2"):
         with pytest.raises(ValueError):
             Resize(size)  # type: ignore[arg-type]
+
+
+class Ending(Actor):
+    """Answers its name; "crash" raises."""
+
+    async def receive(self, msg: Any) -> Any:
+        if msg == "crash":
+            raise RuntimeError("on purpose")
+        return self.ctx.name
+
+
+@pytest.mark.parametrize("how", ["temporary crash", "terminated"])
+async def test_a_worker_that_stops_for_good_leaves_the_routing(
+    autojump_clock: trio.testing.MockClock, how: str
+) -> None:
+    restart = "temporary" if how == "temporary crash" else "permanent"
+    worker = child(Ending, restart=restart)  # type: ignore[arg-type]
+    tree = Supervisor("app", children=[Pool("pool", worker=worker, size=3)])
+    with trio.fail_after(WAIT):
+        async with runtime.open_system(tree) as system:
+            pool = system.ref("/app/pool")
+            if how == "temporary crash":
+                with pytest.raises(runtime.ActorCrashed):
+                    await pool.ask("crash")  # w0, not restarted
+            else:
+                await system.terminate_child("/app/pool/w0")
+            await trio.testing.wait_all_tasks_blocked()
+            assert await pool.ask(PoolSize()) == 2
+            answers = [await pool.ask(i, timeout=5) for i in range(6)]
+            assert sorted(set(answers)) == ["w1", "w2"]
+            letters = {k: v for k, v in system.snapshot().dead_letters.items() if v}
+            assert letters == ({"crashed": 1} if how == "temporary crash" else {})
+            assert await pool.ask(Resize(3)) == 3  # and it can grow again
