@@ -84,6 +84,7 @@ class Supervising:
         "_nursery",
         "_pending",
         "_restart_times",
+        "_starting",
         "children",
         "dynamic",
         "root",
@@ -102,6 +103,7 @@ class Supervising:
         # stopped it) is absorbed into that restart, as in OTP.
         self._handled: dict[Cell, int] = {}
         self._nursery: trio.Nursery | None = None
+        self._starting: Cell | None = None  # the child whose start this supervisor awaits
 
     def stats(self) -> dict[str, Any]:
         return {}
@@ -110,12 +112,21 @@ class Supervising:
         pass
 
     def on_stop_request(self, cell: Cell, reason: str) -> None:
-        """While starting, the supervisor's task waits for a child's start: pass the stop
-        on, so that an `on_start` that hangs is cancelled after its shutdown timeout."""
-        if cell.state == "starting":
-            for child_cell in self.children:
-                if child_cell.state == "starting":  # the one being started now
-                    child_cell.request_stop(reason)
+        """The supervisor's task may be waiting for a child's start (its own start, a
+        restart, a `start_child`): pass the stop on, so that an `on_start` that hangs is
+        cancelled after its shutdown timeout and the stop goes on."""
+        if self._starting is not None:
+            self._starting.request_stop(reason)
+
+    async def _start(self, child_cell: Cell) -> BaseException | None:
+        """Start `child_cell` (see `Cell.start`); a stop requested of this supervisor
+        meanwhile is passed on to it (`on_stop_request`)."""
+        assert self._nursery is not None
+        self._starting = child_cell
+        try:
+            return await child_cell.start(self._nursery)
+        finally:
+            self._starting = None
 
     def which_children(self) -> list[ChildInfo]:
         return [
@@ -232,7 +243,7 @@ class Supervising:
         assert self._nursery is not None
         started: list[Cell] = []
         for child_cell in cells:
-            error = await child_cell.start(self._nursery)
+            error = await self._start(child_cell)
             if error is not None:
                 for done in reversed(started):
                     await self._stop_child(done)
@@ -372,7 +383,7 @@ class Supervising:
             if child_cell.finalized or child_cell not in self.children or child_cell.running:
                 continue
             child_cell.restarts += 1
-            error = await child_cell.start(self._nursery)
+            error = await self._start(child_cell)
             if error is not None:
                 # A failed restart counts toward the intensity like any crash.
                 for rest in group[group.index(child_cell) + 1 :]:
@@ -419,7 +430,7 @@ class Supervising:
         assert self._nursery is not None
         if child_cell.finalized:
             raise ValueError(f"{child_cell.path} was stopped before it could start")
-        error = await child_cell.start(self._nursery)
+        error = await self._start(child_cell)
         if error is not None:
             child_cell.finalize(error)
             raise error
