@@ -17,7 +17,9 @@ from runtime import (
     ActorNotFound,
     ActorRef,
     ChildSpec,
+    Deadlock,
     DeferredReply,
+    MailboxFull,
     Supervisor,
     System,
     Terminated,
@@ -122,6 +124,11 @@ class Ring:
         return self.owners[bisect(self.points, point) % len(self.points)]
 
 
+
+def _full_reason(error: MailboxFull) -> str:
+    """The dead-letter reason for a message a worker's mailbox refused."""
+    return "deadlock" if isinstance(error, Deadlock) else "overflow"
+
 class Sizes:
     """The size each pool was last resized to, outside the router's incarnations, so
     that a restart of the router or of the whole pool keeps it.
@@ -219,10 +226,16 @@ class Router(Actor):
                 for ref in list(self.workers):
                     if ref in self.routed_to:  # not retired while this one waited
                         self.sending_to = ref
-                        await ref.send(msg)
+                        try:
+                            await ref.send(msg)
+                        except MailboxFull as error:  # that worker's copy alone
+                            self.ctx.dead_letter(msg, _full_reason(error))
             else:
                 self.sending_to = target
                 await self.ctx.forward(target)
+        except MailboxFull as error:  # a full `fail` worker, or a wait that would deadlock
+            self.unroutable += 1
+            self._fail(msg, error, _full_reason(error))
         finally:
             self.sending_to = None
         return None
@@ -244,12 +257,12 @@ class Router(Actor):
         self.next += 1
         return ref
 
-    def _fail(self, msg: Any, error: BaseException) -> None:
+    def _fail(self, msg: Any, error: BaseException, reason: str = "crashed") -> None:
         """Fail the message in hand alone: its asker gets `error` and it is
-        dead-lettered as ``crashed``; nothing restarts."""
+        dead-lettered with `reason`; nothing restarts."""
         if self.ctx.expects_reply:
             self.ctx.defer_reply().fail(error)
-        self.ctx.dead_letter(msg, "crashed")
+        self.ctx.dead_letter(msg, reason)
 
     def _gone(self, ref: ActorRef) -> None:
         """A worker stopped for good by itself (a `temporary` one that crashed, a

@@ -510,7 +510,11 @@ class ActorBehaviour:
         if reply is not None and reply.asker is not None:
             end_wait(reply.asker, cell)
         item = self.current if reply is None else Ask(self.current, reply)
-        await send_into(target, item, f"forwarding {type(self.current).__name__}")
+        try:
+            await send_into(target, item, f"forwarding {type(self.current).__name__}")
+        except BaseException:
+            self.reply = reply  # nothing was queued: the asker is still this actor's
+            raise
 
     def _deferred_done(self, handle: DeferredReply) -> None:
         if self._deferred is not None:

@@ -658,3 +658,48 @@ async def test_a_worker_that_stops_for_good_leaves_the_routing(
             letters = {k: v for k, v in system.snapshot().dead_letters.items() if v}
             assert letters == ({"crashed": 1} if how == "temporary crash" else {})
             assert await pool.ask(Resize(3)) == 3  # and it can grow again
+
+
+class Held(Actor):
+    """Holds every message at `gate`; answers its name."""
+
+    def __init__(self, gate: trio.Event) -> None:
+        self.gate = gate
+
+    async def receive(self, msg: Any) -> Any:
+        await self.gate.wait()
+        return self.ctx.name
+
+
+async def test_a_worker_that_refuses_a_message_fails_it_alone(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A full `fail` worker mailbox refuses a routed message: the asker gets the
+    `MailboxFull`, the message is dead-lettered as ``overflow``, nothing restarts."""
+    gate = trio.Event()
+    worker = child(Held, args=(gate,), mailbox=runtime.Mailbox(capacity=1, overflow="fail"))
+    tree = Supervisor("app", children=[Pool("pool", worker=worker, size=1)])
+    answers: list[Any] = []
+    with trio.fail_after(WAIT):
+        async with runtime.open_system(tree) as system:
+            pool = system.ref("/app/pool")
+            async with trio.open_nursery() as nursery:
+
+                async def ask(i: int) -> None:
+                    answers.append(await pool.ask(i, timeout=None))
+
+                for i in range(2):  # one in hand, one queued: the worker is full
+                    nursery.start_soon(ask, i)
+                    await trio.testing.wait_all_tasks_blocked()
+                with pytest.raises(runtime.MailboxFull):
+                    await pool.ask("one too many")
+                pool.tell("told, too many")
+                await trio.testing.wait_all_tasks_blocked()
+                gate.set()
+            snap = system.snapshot()
+        assert answers == ["w0", "w0"]
+        assert snap.dead_letters["overflow"] == 2
+        assert snap.dead_letters["crashed"] == 0  # the router did not crash
+        pool_info = snap.find("/app/pool")
+        assert pool_info.restarts == 0
+        assert [c.restarts for c in pool_info.children] == [0] * len(pool_info.children)
