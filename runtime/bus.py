@@ -190,8 +190,7 @@ class Bus:
         self.duplicates = 0
         self._topics: dict[str, int] = {}
         self._publishing_deadletter = False
-        self._topics_seen: dict[str, tuple[str, ...]] = {}  # any topic, the runtime's too
-        self._user_topics: dict[str, tuple[str, ...]] = {}  # valid, not the runtime's
+        self._topics_seen: dict[str, tuple[str, ...]] = {}  # any valid topic: its segments
         self._unyielded = 0
 
     # -- subscriptions ---------------------------------------------------
@@ -318,12 +317,9 @@ class Bus:
             raise RuntimeClosed(
                 f"actor system {self._host.name!r} is not running: cannot publish on {topic!r}"
             )
-        segments = self._user_topics.get(topic) if isinstance(topic, str) else None
-        if segments is None:
-            segments = check_user_topic(topic)
-            if len(self._user_topics) >= MATCH_CACHE:
-                self._user_topics.clear()
-            self._user_topics[topic] = segments  # type: ignore[index]  # a str: checked
+        segments = self._topic(topic)  # type: ignore[arg-type]  # checked there
+        if segments[0] == SYSTEM:
+            check_user_topic(topic)  # raises, saying why
         return segments
 
     def _user_event(

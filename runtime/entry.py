@@ -350,26 +350,8 @@ class ThreadedBus:
     def __init__(self, handle: ThreadedSystem) -> None:
         self._handle = handle
         self._bus = handle._system.bus
-
-    def publish(
-        self,
-        topic: str,
-        payload: Any = None,
-        *,
-        correlation_id: str | None = None,
-        msg_id: str | None = None,
-        timeout: float | None = None,
-        **metadata: Any,
-    ) -> int:
+        self.publish = handle.publish
         """`ThreadedSystem.publish`: blocks this thread while subscribers are full."""
-        return self._handle.publish(
-            topic,
-            payload,
-            correlation_id=correlation_id,
-            msg_id=msg_id,
-            timeout=timeout,
-            **metadata,
-        )
 
     def publish_nowait(
         self,

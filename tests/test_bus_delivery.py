@@ -67,6 +67,24 @@ def tiny(capacity: int = 1) -> Mailbox:
     return Mailbox(capacity=capacity, overflow="block")
 
 
+def held_pair(*others: Any) -> tuple[Supervisor, trio.Event, trio.Event]:
+    """Subscribers a and b of "t" with one-message mailboxes, each holding its events
+    at its own gate (returned with the tree), and `others` beside them."""
+    gate_a, gate_b = trio.Event(), trio.Event()
+    tree = app(
+        child(Sub, name="a", args=(("t",), gate_a), mailbox=tiny()),
+        child(Sub, name="b", args=(("t",), gate_b), mailbox=tiny()),
+        *others,
+    )
+    return tree, gate_a, gate_b
+
+
+async def fill(system: runtime.System) -> None:
+    """Make a and b of `held_pair` full: one event in hand, one queued."""
+    await system.bus.publish("t", 0)
+    await system.bus.publish("t", 1)
+
+
 async def dead(system: runtime.System, reason: str) -> list[tuple[str, Any]]:
     letters = await system.ref("/system/deadletters").ask(DeadLettersQuery(reason=reason))
     return [
@@ -211,15 +229,9 @@ async def test_two_subscribers_publishing_to_each_other_do_not_deadlock(
 async def test_a_cancelled_publish_dead_letters_what_it_had_not_delivered(
     autojump_clock: trio.abc.Clock,
 ) -> None:
-    gate_a, gate_b = trio.Event(), trio.Event()
-    tree = app(
-        child(Sub, name="a", args=(("t",), gate_a), mailbox=tiny()),
-        child(Sub, name="b", args=(("t",), gate_b), mailbox=tiny()),
-        child(Sub, name="c", args=(("t",),)),
-    )
+    tree, gate_a, gate_b = held_pair(child(Sub, name="c", args=(("t",),)))
     async with runtime.open_system(tree) as system:
-        await system.bus.publish("t", 0)
-        await system.bus.publish("t", 1)  # a and b: one in hand, one queued
+        await fill(system)
         with trio.move_on_after(10) as scope:
             await system.bus.publish("t", "cut")
         assert scope.cancelled_caught
@@ -235,14 +247,9 @@ async def test_a_cancelled_publish_dead_letters_what_it_had_not_delivered(
 async def test_a_publish_cancelled_after_one_line_let_it_in_counts_that_one(
     autojump_clock: trio.abc.Clock,
 ) -> None:
-    gate_a, gate_b = trio.Event(), trio.Event()
-    tree = app(
-        child(Sub, name="a", args=(("t",), gate_a), mailbox=tiny()),
-        child(Sub, name="b", args=(("t",), gate_b), mailbox=tiny()),
-    )
+    tree, gate_a, gate_b = held_pair()
     async with runtime.open_system(tree) as system:
-        await system.bus.publish("t", 0)
-        await system.bus.publish("t", 1)
+        await fill(system)
         async with trio.open_nursery() as nursery:
             scope = trio.CancelScope()
 

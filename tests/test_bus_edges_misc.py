@@ -4,6 +4,7 @@ would reach for."""
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import pytest
@@ -27,6 +28,10 @@ def test_the_start_in_thread_handle_has_a_bus() -> None:
         bus.subscribe("t", "u.>")(got.append)  # active when it returns
         assert bus.publish("u.x", 2) == 1
         assert bus.publish_nowait("t", 3) == 1
+        deadline = time.monotonic() + 30  # real time: the callback runs on the loop
+        while len(got) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert [event.payload for event in got] == [2, 3]
         bus.unsubscribe(got.append)
         assert bus.publish("t", 4) == 0
         bus.clear_history()
