@@ -47,8 +47,9 @@ class Daemon(Actor):
     Ticks go through the actor's own mailbox, so they run one at a time and
     never overlap a message; the schedule is drift-free (tick *n* is due at
     ``start + n * interval``), and ticks missed while one overran are skipped,
-    not queued, as are ticks that find the mailbox full (``drop_new``, ``fail``;
-    under ``block`` a tick waits its turn).  A tick that raises crashes the
+    not queued, as are ticks that find the mailbox full (``drop_new``,
+    ``drop_old``: a tick never pushes a message out, ``fail``; under ``block`` a
+    tick waits its turn).  A tick that raises crashes the
     incarnation like any handler (in `failed` and `last_error`); one that takes
     longer than `interval` is logged and counted as slow.  Ticks never appear in
     dead letters: not one that crashed or was cancelled by a stop, nor one an
@@ -107,7 +108,7 @@ class Daemon(Actor):
             except MailboxFull:  # a full `fail` mailbox: skip this tick
                 pass
             else:
-                await tick.done.wait()  # ran, or was dropped by a full `drop_new` mailbox
+                await tick.done.wait()  # ran, or was dropped by a full dropping mailbox
             # the next n whose time is still ahead (the missed ones are skipped)
             n = max(n + 1, math.floor((trio.current_time() - start) / interval) + 1)
 

@@ -34,6 +34,7 @@ import attrs
 import trio
 
 from .errors import MailboxFull
+from .messages import Internal
 from .spec import Mailbox
 
 Drop = Callable[[Any, str], None]
@@ -282,10 +283,7 @@ class MailboxQueue:
             if self.has_room():
                 return self.put(item)
         policy = self.overflow
-        if policy == "drop_new":
-            self._drop(item, "overflow")
-            return item
-        if policy == "drop_old":
+        if policy == "drop_old" and not isinstance(item, Internal):
             # Swap first, account after: dead-lettering can publish an event that
             # comes straight back to this mailbox, which must already be whole.
             user = self._user  # full, so not empty: dropping mailboxes reserve no room
@@ -295,6 +293,9 @@ class MailboxQueue:
                 self._wake()
             self._drop(dropped, "overflow")
             return dropped
+        if policy == "drop_new" or policy == "drop_old":  # an `Internal` one never evicts
+            self._drop(item, "overflow")
+            return item
         if policy == "fail":
             raise MailboxFull(f"mailbox full ({self.capacity} messages, overflow='fail')")
         raise MailboxFull(

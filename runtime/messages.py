@@ -131,18 +131,35 @@ class Terminated:
 
 class Internal:
     """Base of a message an actor sends itself for its own machinery (e.g. the tick of
-    `actors.Daemon`): it never shows up in dead letters.
+    `actors.Daemon`): it never shows up in dead letters, so its class accounts for it.
 
     Where the runtime would dead-letter one sent bare (its handler crashed, returned
     UNHANDLED or was cancelled by a stop, a dropping mailbox overflowed, the actor
-    stopped for good with it queued), it calls `discarded(reason)` instead, with the reason it would
-    have recorded, and counts nothing.  Inside an ask it is a message like any other.
+    stopped for good with it queued), it calls `discarded(reason)` instead, with the
+    reason it would have recorded, and counts nothing.  It never pushes another
+    message out: a full ``drop_old`` mailbox discards it (``overflow``) as
+    ``drop_new`` would.  Inside an ask it is a message like any other.
+
+    A subclass must define `discarded` (`TypeError` when the class is made
+    otherwise): nothing the runtime drops goes untold.
     """
 
     __slots__ = ()
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.discarded is Internal.discarded:
+            raise TypeError(
+                f"{cls.__qualname__} subclasses runtime.Internal but does not define "
+                "discarded(reason): the runtime calls it instead of dead-lettering a "
+                "dropped one, so it must say what becomes of it (or do not subclass "
+                "Internal, and dropped ones are dead-lettered as usual)"
+            )
+
     def discarded(self, reason: str) -> None:
-        """Called on the trio thread, in place of the dead letter; must not raise."""
+        """Called on the trio thread, in place of the dead letter; must not raise
+        (if it does, the error is logged and the rest is accounted for as usual)."""
+        raise NotImplementedError
 
 
 class ReplySlot(Protocol):

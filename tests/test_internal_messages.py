@@ -1,5 +1,6 @@
-"""`runtime.Internal` (an actor's own machinery, e.g. a Daemon's ticks): a `discarded`
-hook that raises, and an ask with an Internal message."""
+"""`runtime.Internal` (an actor's own machinery, e.g. a Daemon's ticks): a subclass
+must say what becomes of a dropped one, a `discarded` hook that raises, an ask with
+an Internal message, and a full `drop_old` mailbox that never evicts for one."""
 
 from __future__ import annotations
 
@@ -25,11 +26,21 @@ class Plain(Actor):
         return runtime.UNHANDLED
 
 
-class Mine(Internal):
+DISCARDED: list[tuple[str, str]] = []
+
+
+class Recorded(Internal):
+    """Records what the runtime dropped instead of dead-lettering it."""
+
+    def discarded(self, reason: str) -> None:
+        DISCARDED.append((type(self).__name__, reason))
+
+
+class Mine(Recorded):
     """A message that subclasses `Internal`."""
 
 
-class Boom(Internal):
+class Boom(Recorded):
     pass
 
 
@@ -83,3 +94,58 @@ async def test_an_internal_message_asked_is_accounted_like_any_other(
                 await ref.ask(Boom())
             dead = {k: v for k, v in system.snapshot().dead_letters.items() if v}
             assert dead == {"unhandled": 1, "crashed": 1}
+
+
+def test_an_internal_class_without_discarded_is_refused_when_it_is_made() -> None:
+    # a user's message class cannot opt out of dead letters without saying where
+    # its dropped messages go
+    with pytest.raises(TypeError, match=r"Silent subclasses runtime.Internal .* discarded"):
+
+        class Silent(Internal):
+            pass
+
+
+async def test_a_told_internal_message_that_is_dropped_is_told_to_its_class_not_lost(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    DISCARDED.clear()
+    with trio.fail_after(100):
+        tree = Supervisor("app", max_restarts=10, children=[child(Plain, name="p")])
+        async with runtime.open_system(tree) as system:
+            ref = system.ref("/app/p")
+            ref.tell(Mine())  # unhandled
+            ref.tell(Boom())  # crashes the actor
+            await trio.testing.wait_all_tasks_blocked()
+            info = system.snapshot().find("/app/p")
+            assert info.failed == 1 and info.restarts == 1
+            assert not any(system.snapshot().dead_letters.values())
+    assert DISCARDED == [("Mine", "unhandled"), ("Boom", "crashed")]
+
+
+class Full(Plain):
+    mailbox = runtime.Mailbox(capacity=1, overflow="drop_old")
+
+
+async def test_an_internal_message_never_pushes_a_message_out_of_a_full_drop_old_mailbox(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    DISCARDED.clear()
+    with trio.fail_after(100):
+        tree = Supervisor("app", children=[child(Full, name="p")])
+        async with runtime.open_system(tree) as system:
+            ref = system.ref("/app/p")
+            ref.tell(("work", 1.0))  # in hand
+            await trio.testing.wait_all_tasks_blocked()
+            asked = ref.ask(("work", 0))  # queued: the mailbox is full
+            async with trio.open_nursery() as nursery:
+                answers: list[Any] = []
+
+                async def ask() -> None:
+                    answers.append(await asked)
+
+                nursery.start_soon(ask)
+                await trio.testing.wait_all_tasks_blocked()
+                ref.tell(Mine())  # discarded, not the queued ask
+            assert answers == ["done"]
+            assert not any(system.snapshot().dead_letters.values())
+    assert DISCARDED == [("Mine", "overflow")]
