@@ -80,7 +80,18 @@ class PoolSize:
 
 
 def _digest(value: object) -> int:
-    raw = value if isinstance(value, bytes) else repr(value).encode()
+    """A well-spread 64-bit point for `value` on the ring.
+
+    Equal keys get equal points: strings and bytes by their content, anything
+    else by Python's own `hash` (equal values hash equal, so ``1``, ``1.0`` and
+    ``True`` are one key).  Raises `TypeError` for an unhashable key.
+    """
+    if isinstance(value, bytes):
+        raw = value
+    elif isinstance(value, str):
+        raw = value.encode("utf-8", "surrogatepass")
+    else:
+        raw = hash(value).to_bytes(8, "big", signed=True)
     return int.from_bytes(hashlib.blake2b(raw, digest_size=8).digest(), "big")
 
 
@@ -133,22 +144,24 @@ class Sizes:
     """The size each pool was last resized to, outside the router's incarnations, so
     that a restart of the router or of the whole pool keeps it.
 
-    Kept per system (weakly: it goes with the system) and per router slot (its
-    ref: a pool started anew at the same path starts at its spec's size).
+    Kept per system and per router slot (its ref: a pool started anew at the
+    same path starts at its spec's size), both weakly: an entry goes with the
+    slot it is for.
     """
 
     def __init__(self) -> None:
-        self._by_system: weakref.WeakKeyDictionary[System, dict[ActorRef, int]] = (
-            weakref.WeakKeyDictionary()
-        )
+        self._by_system: weakref.WeakKeyDictionary[
+            System, weakref.WeakKeyDictionary[ActorRef, int]
+        ] = weakref.WeakKeyDictionary()
 
     def get(self, system: System, router: ActorRef, default: int) -> int:
-        return self._by_system.get(system, {}).get(router, default)
+        sizes = self._by_system.get(system)
+        return default if sizes is None else sizes.get(router, default)
 
     def set(self, system: System, router: ActorRef, size: int) -> None:
-        sizes = self._by_system.setdefault(system, {})
-        for gone in [ref for ref in sizes if not ref.is_alive]:  # pools stopped for good
-            del sizes[gone]
+        sizes = self._by_system.get(system)
+        if sizes is None:
+            sizes = self._by_system[system] = weakref.WeakKeyDictionary()
         sizes[router] = size
 
 
@@ -250,9 +263,7 @@ class Router(Actor):
         if routing == "smallest_mailbox":
             return min(self.workers, key=lambda r: r.mailbox_depth + r.is_busy)
         if isinstance(routing, ConsistentHash):
-            key = routing.key(msg)
-            hash(key)  # an unhashable key is no key (TypeError), whatever its repr
-            return self.ring.owner(_digest(key))
+            return self.ring.owner(_digest(routing.key(msg)))
         ref = self.workers[self.next % len(self.workers)]  # round_robin; a broadcast ask
         self.next += 1
         return ref
@@ -303,6 +314,8 @@ class Router(Actor):
             return None
         self.target = size
         self.sizes.set(self.ctx.system, self.ctx.ref, size)
+        while len(self.workers) > size:  # no new messages for the removed ones
+            self._retire_last()
         self._resize_soon()
         if not self.resizing:
             return size  # there already
@@ -310,33 +323,49 @@ class Router(Actor):
             self.resizes.append(self.ctx.defer_reply())
         return None
 
+    def _answer_resizes(self, error: BaseException | None = None) -> None:
+        """Answer the waiting `Resize` asks: the pool's size now, or `error`."""
+        resizes, self.resizes = self.resizes, []
+        for reply in resizes:
+            if error is None:
+                reply.send(len(self.workers))
+            else:
+                reply.fail(error)
+
     def _resize_soon(self) -> None:
         if not self.resizing and (len(self.workers) != self.target or self.retiring):
             self.resizing = True
             self.ctx.nursery.start_soon(self._resizing)
 
     async def _resizing(self) -> None:
-        """Start or retire workers one at a time until `target` of them are routed to,
-        and stop the retired ones (handing their queues back, see the class).
+        """Start workers one at a time until `target` of them are routed to, and stop
+        the retired ones (handing their queues back, see the class).
 
         Each step reads `target` afresh (a later `Resize` supersedes this one
-        where it stands) and each start or stop awaits the pool's supervisor,
-        so the router keeps routing meanwhile.  A worker that fails to start
-        ends the resize there; the `Resize` asks get its start error.
+        where it stands: a worker whose start a shrink overtook is retired as
+        soon as it is up) and each start or stop awaits the pool's supervisor,
+        so the router keeps routing meanwhile.  The waiting `Resize` asks are
+        answered once the pool has `target` workers and no retired one is left.
+        A worker that fails to start ends the resize there; those asks get its
+        start error.
         """
         system = self.ctx.system
-        error: Exception | None = None
         try:
             while True:
                 if len(self.workers) < self.target:
                     if self.retiring:
                         self._route_to(self.retiring.pop())  # the last retired comes back
                     else:
-                        await self._start_worker()
+                        ref = await self._start_worker()
+                        if len(self.workers) < self.target:
+                            self._route_to(ref)
+                        else:  # a shrink came while it started
+                            self.retiring.append(ref)
                     continue
-                while len(self.workers) > self.target:
+                while len(self.workers) > self.target:  # e.g. `_gone` lowered the target
                     self._retire_last()
                 if not self.retiring:
+                    self._answer_resizes()
                     break
                 if self.routing != "broadcast":
                     # it finishes the message in hand; what was still queued at it
@@ -350,18 +379,12 @@ class Router(Actor):
                     continue
                 self.retiring.remove(drained)
                 await self._stop_worker(drained, hand_over=False)
-        except Exception as exc:
-            error = exc
+        except Exception as error:
             self.target = len(self.workers)
             self.sizes.set(system, self.ctx.ref, self.target)
+            self._answer_resizes(error)
         finally:
             self.resizing = False
-        resizes, self.resizes = self.resizes, []
-        for reply in resizes:
-            if error is None:
-                reply.send(len(self.workers))
-            else:
-                reply.fail(error)
 
     async def _stop_worker(self, ref: ActorRef, *, hand_over: bool) -> None:
         """Stop a retired worker (after the message in hand); with `hand_over`, what
@@ -374,7 +397,8 @@ class Router(Actor):
             pass  # it had already stopped for good
         self._release_name(ref.name)
 
-    async def _start_worker(self) -> None:
+    async def _start_worker(self) -> ActorRef:
+        """Start the next worker under the pool (not yet routed to)."""
         name = self._free_name()
         self.names.add(name)
         try:
@@ -384,7 +408,7 @@ class Router(Actor):
         except BaseException:
             self._release_name(name)
             raise
-        self._route_to(ref)
+        return ref
 
     def _drained(self, ref: ActorRef) -> bool:
         """Whether a retired worker has handled all that was routed to it (or is gone)."""
@@ -444,12 +468,15 @@ def Pool(
     `max_size` (a larger `n` fails that ask with `ValueError`).  The router
     keeps routing while workers are started or stopped one at a time, a
     later `Resize` supersedes one in progress, and an ask of `Resize` is
-    answered with the size reached once the pool has it.  A shrink drops
-    nothing: a worker it removes gets no new messages, and once it has
-    finished the message in hand, what was queued at it is routed to the
-    other workers (asks answered once; in a broadcast pool it handles its
-    own copies first).  A restart of the router or of the
-    whole pool keeps the size it was last resized to.  A routing failure
+    answered with the size reached once the pool has it (removed workers
+    stopped).  A shrink drops nothing: a worker it removes gets no new
+    messages at once, and once it has finished the message in hand, what was
+    queued at it is routed to the other workers (asks answered once; in a
+    broadcast pool it handles its own copies first).  A restart of the
+    router or of the whole pool keeps the size it was last resized to.
+
+    Workers are ``permanent`` or ``temporary`` (one that stops or crashes
+    leaves the pool); a ``transient`` worker spec raises `ValueError`.  A routing failure
     (a `consistent_hash` key function that raises or returns something
     unhashable) fails that message alone: the asker gets `ActorCrashed`
     with the error as its cause, the message is dead-lettered as
@@ -460,6 +487,12 @@ def Pool(
     if not isinstance(routing, ConsistentHash) and routing not in ROUTINGS:
         raise ValueError(
             f"unknown routing {routing!r}; use one of {', '.join(ROUTINGS)} or consistent_hash(key)"
+        )
+    if worker.restart == "transient":
+        raise ValueError(
+            "a pool's workers cannot be restart='transient': one that stopped normally "
+            "would keep a place the pool cannot route to; use 'permanent' (restarted "
+            "whatever ends it) or 'temporary' (a worker that stops or crashes leaves the pool)"
         )
     _check_size(None, None, size)
     if isinstance(max_size, bool) or not isinstance(max_size, int) or max_size < 1:

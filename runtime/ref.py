@@ -25,7 +25,7 @@ class ActorRef:
     restarts, and its messages wait in the slot's mailbox meanwhile.
     """
 
-    __slots__ = ("_cell",)
+    __slots__ = ("__weakref__", "_cell")  # weak: e.g. a pool's size, kept per router slot
 
     def __init__(self, cell: Cell) -> None:
         self._cell = cell
