@@ -44,7 +44,12 @@ class _Any:
         return False
 
     def __hash__(self) -> int:
-        return 0
+        # sets and dict keys compare by hash first: ANY cannot stand for a value there
+        raise TypeError(
+            "ANY cannot be put in a set or used as a dict key (those match by hash, "
+            "and ANY stands for every value); expect a function instead, e.g. "
+            "expect_message(lambda msg: len(msg) == 1)"
+        )
 
     def __repr__(self) -> str:
         return "ANY"
@@ -54,7 +59,8 @@ ANY: Final[Any] = _Any()
 """Any message: the default of `TestProbe.expect_message` (and of `expect_event`'s
 payload), so that ``None`` there means the message ``None``.  Equal to every value,
 so it also stands for one part of an expected value: ``("work", ANY)``,
-``{"id": 3, "at": ANY}``."""
+``{"id": 3, "at": ANY}`` (in sequences, dict values and attrs fields; not in a set or
+as a dict key, which match by hash: hashing ANY raises `TypeError`)."""
 
 
 class _ProbeActor(Actor):
