@@ -68,7 +68,34 @@ class RestartIntensityExceeded(TroupeError):
 
 
 class NotSerializable(TroupeError, TypeError):
-    """A value cannot cross to another process: it cannot be pickled (or unpickled there)."""
+    """A value cannot cross to another process: it cannot be pickled for a worker
+    process, or encoded for the cluster's wire (an unregistered type, a message
+    larger than the NATS server's `max_payload`)."""
+
+
+class ClusterError(TroupeError):
+    """A node cannot join its cluster: its name is taken or invalid, or no NATS
+    server answered at the URL it was given."""
+
+
+class NodeDown(TroupeError):
+    """The node an actor lives on is down (it left, was silent past
+    `node_down_after`, or came back as a new incarnation).
+
+    Raised by an ask to an actor on it, and the `reason` of the `Terminated`
+    that its watchers get.  Attributes: `node` (its name), `incarnation` (the
+    incarnation that went down, or None if it was never seen).
+    """
+
+    def __init__(self, node: str, incarnation: str | None = None, why: str = "") -> None:
+        text = f"node {node!r} is down"
+        super().__init__(f"{text}: {why}" if why else text)
+        self.node = node
+        self.incarnation = incarnation
+        self.why = why
+
+    def __reduce__(self) -> tuple[type[NodeDown], tuple[str, str | None, str]]:
+        return (NodeDown, (self.node, self.incarnation, self.why))
 
 
 class RemoteError(TroupeError):
