@@ -3,6 +3,7 @@
 The public API is re-exported here; everything else is internal.
 """
 
+from . import wire
 from .actor import Actor, Context, Timer
 from .bridge import Bridge
 from .deadletters import DeadLetter, DeadLettersQuery
