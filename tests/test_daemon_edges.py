@@ -1,5 +1,5 @@
-"""Attacks on `actors.Daemon` (issue 13): odd intervals, ticks and dropping mailboxes,
-crashes and stops at every point around a tick."""
+"""Edges of `actors.Daemon`: intervals of every kind and size, ticks at a full
+mailbox, and crashes and stops at every point around a tick."""
 
 from __future__ import annotations
 
@@ -45,11 +45,8 @@ class Logged(Daemon):
 async def test_a_tick_never_evicts_a_user_message_from_a_full_drop_old_mailbox(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    # REAL BUG.  DESIGN: "The tick machinery never appears in user-visible
-    # accounting"; README: ticks are skipped at a full drop_new/fail mailbox.  Under
-    # drop_old the tick is queued and pushes the user's oldest queued message out:
-    # the user's message is dead-lettered `overflow` because of a tick.
-    # (daemon.py `_schedule`: `await me.send(tick)` applies the overflow policy.)
+    # A tick that finds a full `drop_old` mailbox is skipped: it never pushes the
+    # user's queued message out (no `overflow` dead letter because of a tick).
     class Small(Logged):
         mailbox = Mailbox(capacity=1, overflow="drop_old")
 
@@ -69,12 +66,10 @@ async def test_a_tick_never_evicts_a_user_message_from_a_full_drop_old_mailbox(
 
 
 async def test_the_smallest_positive_interval_does_not_crash_loop() -> None:
-    # REAL BUG (edge).  5e-324 passes `_check_interval` (positive, finite), and then
-    # `_schedule` computes ceil((now - due) / interval) = ceil(inf): OverflowError in
-    # the schedule task, which crashes every incarnation until the supervisor gives
-    # up.  Either refuse intervals the clock cannot represent as a step (`due +
-    # interval == due`) or schedule without dividing by them.  Real clock: under
-    # autojump_clock such a daemon never lets trio time move.
+    # The smallest positive float never crash-loops a daemon: it is refused at the
+    # start (`ValueError`, below the microsecond minimum); were it accepted, it would
+    # have to run without restarts.  Real clock: under autojump_clock such a daemon
+    # would never let trio time move.
     log: list[Any] = []
     with trio.move_on_after(0.5):
         async with runtime.open_system(Supervisor("app", max_restarts=1000, within=1)) as system:
@@ -88,9 +83,9 @@ async def test_the_smallest_positive_interval_does_not_crash_loop() -> None:
 
 
 async def test_a_1e_300_interval_does_not_busy_loop() -> None:
-    # QUESTIONABLE.  1e-300 is accepted, but `due += interval` no longer moves `due`
-    # (the clock's float cannot hold the step): the daemon ticks back to back, a busy
-    # loop -- what the issue called a bug for -0.5.  (Thousands of ticks in 0.3 s.)
+    # An interval too small for the clock's float to step by never makes the daemon
+    # tick back to back: it is refused at the start (`ValueError`), or else ticks
+    # fewer than 100 times in 0.3 s.
     log: list[Any] = []
     with trio.move_on_after(1):
         async with runtime.open_system(Supervisor("app")) as system:
@@ -106,8 +101,8 @@ async def test_a_1e_300_interval_does_not_busy_loop() -> None:
 async def test_a_positive_finite_number_of_any_kind_is_an_interval(
     autojump_clock: trio.testing.MockClock, good: Any
 ) -> None:
-    # QUESTIONABLE: DESIGN says "a positive finite number"; `_check_interval` wants a
-    # `numbers.Real`, and Decimal is not one (ValueError "got Decimal('0.5')").
+    # Any positive, finite number is an interval: a Decimal (not a `numbers.Real`), a
+    # Fraction and an int far beyond a float's integers all start and tick.
     log: list[Any] = []
     with trio.fail_after(WAIT):
         async with runtime.open_system(Supervisor("app")) as system:
@@ -116,17 +111,20 @@ async def test_a_positive_finite_number_of_any_kind_is_an_interval(
     assert len(log) >= 1
 
 
-# -- holds ----------------------------------------------------------------------
+# -- crashes, stops and a full block mailbox -------------------------------------
 
 
 @pytest.mark.parametrize("action", ["crash", "boom", "terminate", "tell_then_crash"])
 @pytest.mark.parametrize("at", [i * 0.125 for i in range(17)])
-async def test_holds_a_crash_or_stop_at_any_point_around_a_tick_leaves_no_trace(
+async def test_a_crash_or_stop_at_any_point_around_a_tick_leaves_no_trace(
     autojump_clock: trio.testing.MockClock,
     caplog: pytest.LogCaptureFixture,
     action: str,
     at: float,
 ) -> None:
+    # A crash (injected, or a message that raises) or a stop at any moment around a
+    # tick leaves no trace of the tick: no dead letter but the raising message's own
+    # `crashed`, no warning, and (unless stopped) the next incarnation keeps ticking.
     log: list[Any] = []
     tree = Supervisor(
         "app",
@@ -160,9 +158,12 @@ async def test_holds_a_crash_or_stop_at_any_point_around_a_tick_leaves_no_trace(
         assert len([e for e in log if e[0] == "tick" and e[1] > at + 0.01]) >= 3, log
 
 
-async def test_holds_a_tick_waits_its_turn_in_a_full_block_mailbox(
+async def test_a_tick_waits_its_turn_in_a_full_block_mailbox(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
+    # Under `block` a tick that finds the mailbox full waits its turn behind the
+    # queued message (the tick due at 1.0 runs at 2.5); the schedule then skips the
+    # ticks it missed and keeps its phase (3.0, 4.0).
     class Small(Logged):
         mailbox = Mailbox(capacity=1, overflow="block")
 

@@ -1,9 +1,6 @@
-"""Attacks on `actors.Pool` (issue 13): routing failures, the size store, removed and
-stuck workers, storms of resizes, crashes and asks.
-
-Tests marked "holds" pin down behaviour that survived the attack; the others fail
-on the branch under review and name the contract sentence they hold it to.
-"""
+"""Edges of `actors.Pool`: routing failures, the size store, workers that stop for
+good, removed workers that are stuck or slow to start, keys and names, and storms of
+resizes, crashes and asks."""
 
 from __future__ import annotations
 
@@ -76,12 +73,9 @@ def nonzero(counts: dict[str, int]) -> dict[str, int]:
 async def test_a_full_fail_mailbox_at_a_worker_fails_that_message_and_restarts_nothing(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    # REAL BUG.  Contract: "A routing failure ... fails that one message ... and
-    # restarts nothing"; "the pool's max_restarts/within are its own intensity".
-    # A worker whose `fail` mailbox is full makes `ctx.forward` raise MailboxFull in
-    # the router's receive: the router crashes, every such message is one restart of
-    # the router, charged to the pool, and a burst of 12 tells makes the pool give up
-    # (its parent restarts it, cancelling the work in hand: a `stopped` dead letter).
+    # A worker whose `fail` mailbox is full refuses a routed message: that message
+    # alone is dead-lettered `overflow`, and neither the router nor the pool restarts
+    # (a restart per refused message would soon exhaust the pool's intensity).
     gates = {"w0": trio.Event()}
     worker = child(
         Worker, args=([],), kwargs={"gates": gates}, mailbox=Mailbox(capacity=1, overflow="fail")
@@ -122,11 +116,8 @@ class Forwarder(Actor):
 async def test_an_actor_that_handles_a_failed_forward_still_answers_the_ask(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    # REAL BUG (pre-existing, runtime/cell.py `ActorBehaviour.forward`), and the trap
-    # in the obvious fix of the test above: `forward` takes the reply slot before
-    # `send_into` raises MailboxFull, so an actor that catches the error and returns
-    # has nobody to answer -- the asker waits out its timeout.  `forward` should put
-    # the slot back when nothing was queued.
+    # `ctx.forward` gives the reply slot back when the target refuses the message, so
+    # an actor that catches the `MailboxFull` and returns still answers the ask.
     sink = child(Sink, name="sink", shutdown=0.1, mailbox=Mailbox(capacity=1, overflow="fail"))
     tree = Supervisor("app", children=[sink, child(Forwarder, name="f")])
     with trio.fail_after(WAIT):
@@ -145,10 +136,9 @@ async def test_an_actor_that_handles_a_failed_forward_still_answers_the_ask(
 async def test_a_pool_started_again_from_the_same_spec_does_not_keep_old_slots_alive(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    # REAL BUG (a leak).  `Sizes` lives in the spec (the router's kwargs) and maps
-    # system -> {router ref: size}; nothing ever removes an entry, and a ref holds
-    # its slot (cell, mailbox, spec ...).  A pool started and stopped again and again
-    # from one spec (per session, per job) keeps every router slot it ever had.
+    # The size store lives in the spec and holds router slots weakly: a pool started
+    # and terminated again and again from one spec keeps no old slot alive, and each
+    # new slot starts at the spec's size.
     spec = Pool("pool", worker=child(Worker, args=([],)), size=1)
     with trio.fail_after(WAIT):
         async with runtime.open_system(Supervisor("app")) as system:
@@ -175,12 +165,9 @@ async def test_a_pool_started_again_from_the_same_spec_does_not_keep_old_slots_a
 async def test_a_worker_that_stops_for_good_is_not_routed_to_or_counted(
     autojump_clock: trio.testing.MockClock, how: str
 ) -> None:
-    # REAL BUG (or: refuse such specs).  A worker spec may be `temporary`/`transient`
-    # and a worker can be terminated by path; the router never notices (it watches
-    # nothing): PoolSize still says 3, and every third message forever after is
-    # dead-lettered `stopped` / fails with ActorStopped -- or, for a transient worker
-    # that exited normally (its slot is kept, with no incarnation), waits in that
-    # slot's mailbox unhandled until the pool stops (asks time out).
+    # A worker that stops for good (a `temporary` one that crashed or stopped, one
+    # terminated by path) leaves the routing: the pool's size drops to 2, and every
+    # later ask reaches a live worker (none fails, nothing is dead-lettered `stopped`).
     restart = "permanent" if how == "terminated" else "temporary"
     worker = child(Worker, args=([],), restart=restart)  # type: ignore[arg-type]
     with trio.fail_after(WAIT):
@@ -205,8 +192,9 @@ async def test_a_worker_that_stops_for_good_is_not_routed_to_or_counted(
 
 
 def test_a_pool_refuses_transient_workers_saying_what_to_use_instead() -> None:
-    # a transient worker that stopped normally would keep its place in the pool's
-    # supervisor (OTP), with no incarnation and no Terminated: routed to for ever
+    # `transient` workers are refused, naming what to use instead: one that stopped
+    # normally would keep its place in the pool's supervisor (OTP), with no
+    # incarnation and no `Terminated`, and be routed to for ever.
     worker = child(Worker, args=([],), restart="transient")
     with pytest.raises(ValueError, match=r"transient.*'permanent'.*'temporary'"):
         Pool("pool", worker=worker)
@@ -218,10 +206,9 @@ def test_a_pool_refuses_transient_workers_saying_what_to_use_instead() -> None:
 async def test_a_resize_ask_is_answered_although_a_removed_worker_is_stuck(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    # QUESTIONABLE (issue: "Resize is bounded and answers promptly").  The pool routes
-    # to 2 workers at once (PoolSize says 2), but an asked Resize(2) -- and every
-    # Resize after it that does not take the stuck worker back -- waits for the stuck
-    # worker to drain, i.e. forever; meanwhile the router polls it every 10 ms.
+    # A shrink takes a stuck worker out of the routing at once (PoolSize says 2), and
+    # Resize asks are answered once it has been stopped at its `shutdown` timeout,
+    # not when (never) it would have drained.
     with trio.fail_after(WAIT):
         tree = app(Pool("pool", worker=child(Worker, args=([],), shutdown=1.0), size=3))
         async with runtime.open_system(tree) as system:
@@ -239,11 +226,8 @@ async def test_a_resize_ask_is_answered_although_a_removed_worker_is_stuck(
 async def test_what_was_queued_at_a_removed_worker_is_re_routed_past_a_stuck_message(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    # REAL vs DESIGN ("a shrink re-routes what was queued at removed workers"; the
-    # issue: "re-routed to the remaining workers").  The branch lets a removed worker
-    # drain its own queue instead (README and docstring say so): what is queued behind
-    # a stuck message at a removed worker is never handled, though the pool has
-    # another worker, and is dead-lettered `stopped` when the system stops.
+    # What was queued behind a stuck message at a removed worker comes back to the
+    # router when that worker is stopped, and a remaining worker handles it.
     log: list[tuple[str, Any]] = []
     with trio.fail_after(WAIT):
         tree = app(Pool("pool", worker=child(Worker, args=(log,), shutdown=1.0), size=2))
@@ -298,9 +282,8 @@ async def test_a_later_resize_supersedes_a_grow_whose_worker_is_slow_to_start(
 
 
 async def test_equal_keys_reach_the_same_worker(autojump_clock: trio.testing.MockClock) -> None:
-    # QUESTIONABLE, pre-existing (`_digest` hashes `repr(key)`).  consistent_hash's
-    # docstring: "equal keys go to the same worker"; 1 == 1.0 == True, but their reprs
-    # differ, and so do their workers.
+    # consistent_hash sends equal keys to one worker: 1 and 1.0 are one key, though
+    # their reprs differ.
     routing = consistent_hash(key=lambda msg: msg.key)
     with trio.fail_after(WAIT):
         tree = app(Pool("pool", worker=child(Worker, args=([],)), size=8, routing=routing))
@@ -314,10 +297,9 @@ async def test_equal_keys_reach_the_same_worker(autojump_clock: trio.testing.Moc
 async def test_after_a_grow_took_back_a_retiring_worker_the_names_are_w0_to_wn(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    # NIT.  README: workers `w0`, `w1`, ...; `_free_name`: "the lowest free name".
-    # A grow takes back the last retired worker, whatever its name: here [w0, w2]
-    # with w1 free.  A restart of the pool then makes [w0, w1], so consistent_hash
-    # keys move although the size was kept.
+    # Worker names stay w0 .. w(n-1) through a shrink and a grow that takes a retired
+    # worker back (here w2, held by a message, is stopped and w1 comes back), so a
+    # restart of the pool, which makes w0 .. w(n-1), moves no consistent_hash keys.
     gates = {"w2": trio.Event()}
     worker = child(Worker, args=([],), kwargs={"gates": gates})
     with trio.fail_after(WAIT):
@@ -336,15 +318,18 @@ async def test_after_a_grow_took_back_a_retiring_worker_the_names_are_w0_to_wn(
             assert worker_names(system) == ["w0", "w1"]
 
 
-# -- holds: storms, stops and intensity ---------------------------------------------
+# -- storms, stops and intensity ---------------------------------------------------
 
 
 @pytest.mark.parametrize("seed", range(3))
 @pytest.mark.parametrize("crash_router", [False, True])
 @pytest.mark.parametrize("routing", ["round_robin", "broadcast", "smallest_mailbox", "hash"])
-async def test_holds_every_ask_answered_once_through_a_storm_of_resizes_and_crashes(
+async def test_every_ask_answered_once_through_a_storm_of_resizes_and_crashes(
     autojump_clock: trio.testing.MockClock, seed: int, crash_router: bool, routing: str
 ) -> None:
+    # Through 40 random resizes (told and asked), injected router crashes and jobs
+    # that crash their worker, every ask is answered once and every job handled once;
+    # only the crashing jobs are dead-lettered, and the pool ends at the size asked.
     rnd = random.Random(seed)
     log: list[tuple[str, Any]] = []
     how: Any = consistent_hash(key=lambda m: m.key) if routing == "hash" else routing
@@ -409,9 +394,12 @@ async def test_holds_every_ask_answered_once_through_a_storm_of_resizes_and_cras
 
 
 @pytest.mark.parametrize("stop_after", [0.5, 2.5, 3.05, 5.5])
-async def test_holds_stopping_the_system_mid_resize_loses_nothing_and_warns_nothing(
+async def test_stopping_the_system_mid_resize_loses_nothing_and_warns_nothing(
     autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture, stop_after: float
 ) -> None:
+    # Stopping the system anywhere in a grow of slow-starting workers and the shrink
+    # after it: every ask gets an answer or an error, every job is handled or
+    # dead-lettered, and nothing is logged at WARNING or above.
     class SlowStart(Worker):
         async def on_start(self) -> None:
             await trio.sleep(1)
@@ -451,9 +439,12 @@ async def test_holds_stopping_the_system_mid_resize_loses_nothing_and_warns_noth
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
 
 
-async def test_holds_router_and_dynamic_worker_crashes_count_once_toward_the_pools_intensity(
+async def test_router_and_dynamic_worker_crashes_count_once_toward_the_pools_intensity(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
+    # Restarts of workers added by Resize and of the router each count once toward
+    # the pool's own max_restarts/within: the third within 10 s makes the pool give
+    # up, and its parent restarts it at the size it was resized to.
     tree = app(Pool("pool", worker=child(Worker, args=([],)), size=1, max_restarts=2, within=10))
     with trio.fail_after(WAIT):
         async with runtime.open_system(tree) as system:
@@ -471,9 +462,12 @@ async def test_holds_router_and_dynamic_worker_crashes_count_once_toward_the_poo
             assert sorted(worker_names(system)) == ["w0", "w1", "w2"]
 
 
-async def test_holds_a_pool_with_a_stuck_retiring_worker_stops_cleanly(
+async def test_a_pool_with_a_stuck_retiring_worker_stops_cleanly(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
+    # A shrink whose removed worker is stuck ends at that worker's shutdown timeout
+    # (the Resize ask answered 1, the stuck message dead-lettered `stopped`), and
+    # the pool then terminates cleanly.
     answers: list[Any] = []
     with trio.fail_after(WAIT):
         tree = app(Pool("pool", worker=child(Worker, args=([],), shutdown=1.0), size=2))

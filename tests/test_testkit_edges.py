@@ -1,5 +1,5 @@
-"""Edges of `runtime.testing` (issue 13): crash() on an actor with no incarnation
-to come, ANY inside structures."""
+"""Edges of `runtime.testing`: `crash()` on an actor with no incarnation to come, and
+`ANY` inside structures."""
 
 from __future__ import annotations
 
@@ -29,12 +29,9 @@ class Noted(Actor):
 async def test_crash_on_a_transient_child_that_exited_normally_is_refused_not_kept(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    # REAL BUG.  crash() docstring: "one call is one crash", ActorNotFound "if the
-    # actor has stopped for good".  A transient child that exited normally keeps its
-    # slot (DESIGN) but has no incarnation and may never get one: crash() is accepted
-    # and silently parked in its system lane.  Much later, an unrelated sibling crash
-    # restarts the one_for_all group, the parked crash fires in the restarted child,
-    # and one crash(p) costs two restarts: here the supervisor (max_restarts=1) gives up.
+    # crash() on a transient child that ended normally (its slot kept, no incarnation
+    # coming) raises `ActorStopped` instead of parking the crash for a later group
+    # restart: a sibling's one crash is then one restart, and the supervisor does not give up.
     log: list[str] = []
     tree = Supervisor(
         "app",
@@ -64,17 +61,19 @@ async def test_crash_on_a_transient_child_that_exited_normally_is_refused_not_ke
 
 
 def test_any_refuses_to_stand_in_a_set_or_as_a_dict_key() -> None:
-    # sets and dict keys match by hash, so ANY cannot stand for a value there: it
-    # says so at once instead of matching {0} and not {"a"}
+    # Sets and dict keys match by hash, so ANY cannot stand for a value there:
+    # hashing it raises `TypeError` at once, pointing to a predicate instead.
     with pytest.raises(TypeError, match=r"set or used as a dict key.*function"):
         _ = {ANY}
     with pytest.raises(TypeError, match="set or used as a dict key"):
         _ = {ANY: 1}
 
 
-async def test_holds_any_nested_in_events_and_values(
+async def test_any_nested_in_events_and_values(
     system: runtime.System, probe: TestProbe, autojump_clock: trio.testing.MockClock
 ) -> None:
+    # ANY stands for one part of a value, in event payloads (dict values, list items)
+    # and in messages (tuple items, nan included); `None` and values still match exactly.
     probe.subscribe("jobs.*")
     system.publish("jobs.a", {"id": 1, "tags": ["x", 2.5], "at": None})
     await probe.expect_event("jobs.*", payload={"id": 1, "tags": [ANY, 2.5], "at": ANY})
@@ -88,9 +87,10 @@ async def test_holds_any_nested_in_events_and_values(
         await probe.expect_message(None)
 
 
-async def test_holds_crash_refuses_what_has_stopped_for_good(
+async def test_crash_refuses_what_has_stopped_for_good(
     system: runtime.System, autojump_clock: trio.testing.MockClock
 ) -> None:
+    # crash() on an actor that has stopped for good raises `ActorNotFound`.
     log: list[str] = []
     ref = await system.start_child("/test", child(Noted, name="n", args=(log,)))
     await system.terminate_child("/test/n")
