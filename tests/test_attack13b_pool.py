@@ -579,6 +579,8 @@ async def test_holds_pools_started_resized_and_terminated_leave_no_task_or_slot(
         async with runtime.open_system(Supervisor("app")) as system:
             root = trio.lowlevel.current_root_task()
             before = len(tasks_under(root))
+            gc.collect()  # earlier tests' failures keep their frames (and cells): not ours
+            earlier = {id(o) for o in gc.get_objects() if isinstance(o, Cell)}
             for round_ in range(12):
                 routing: Any = ["round_robin", "broadcast", "smallest_mailbox"][round_ % 3]
                 if round_ % 4 == 3:
@@ -600,5 +602,92 @@ async def test_holds_pools_started_resized_and_terminated_leave_no_task_or_slot(
             leftover = [t.name for t in tasks_under(root)]
             assert len(leftover) == before, leftover
             gc.collect()
-            cells = [o.path for o in gc.get_objects() if isinstance(o, Cell)]
+            cells = [
+                o.path for o in gc.get_objects() if isinstance(o, Cell) and id(o) not in earlier
+            ]
             assert Counter(p for p in cells if p.startswith("/app/pool")) == Counter()
+
+
+# -- a removed worker that crashes on the message in hand -----------------------------
+
+
+@pytest.mark.parametrize("restart", ["permanent", "temporary"])
+async def test_holds_a_removed_worker_crashing_on_the_message_in_hand_still_hands_its_queue_on(
+    autojump_clock: trio.testing.MockClock, restart: str
+) -> None:
+    # HOLDS (both).  Contract: "A shrink drops nothing:
+    # a worker it removes gets no new messages at once, and once it has finished the
+    # message in hand, what was queued at it is routed to the other workers" -- also
+    # when that message crashes it (a crash during the stop ends it as a stop).
+    log: list[tuple[str, Any]] = []
+    gates = {"w1": trio.Event()}
+    worker = child(Worker, args=(log,), kwargs={"gates": gates}, restart=restart)
+    answers: list[Any] = []
+    with trio.fail_after(WAIT):
+        async with runtime.open_system(app(Pool("pool", worker=worker, size=2))) as system:
+            pool = system.ref("/app/pool")
+            pool.tell(Job(0))
+            pool.tell(Job(1, crash=True))  # w1, held, crashes when let go
+            for i in range(2, 8):
+                pool.tell(Job(i))  # w0: 2, 4, 6; w1 queued: 3, 5, 7
+            await trio.testing.wait_all_tasks_blocked()
+            async with trio.open_nursery() as nursery:
+
+                async def shrink() -> None:
+                    answers.append(await pool.ask(Resize(1), timeout=None))
+
+                nursery.start_soon(shrink)
+                await trio.testing.wait_all_tasks_blocked()
+                gates["w1"].set()
+            await trio.testing.wait_all_tasks_blocked()
+            assert answers == [1]
+            assert worker_names(system) == ["w0"]
+            assert nonzero(system.snapshot().dead_letters) == {"crashed": 1}
+            assert sorted(k for n, k in log if n == "w0") == [0, 2, 3, 4, 5, 6, 7]
+
+
+# -- asks that give up while a shrink moves their message -------------------------------
+
+
+async def test_holds_asks_that_time_out_or_are_cancelled_during_a_shrink_are_counted_once(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # HOLDS.  "every message is either handled or recorded in dead letters" (once);
+    # an ask answered (or timed out) once; a Resize asker that gives up leaves the
+    # resize going on.
+    log: list[tuple[str, Any]] = []
+    gates = {"w2": trio.Event()}
+    worker = child(Worker, args=(log,), kwargs={"gates": gates})
+    outcomes: dict[Any, list[Any]] = {}
+    with trio.fail_after(WAIT):
+        async with runtime.open_system(app(Pool("pool", worker=worker, size=3))) as system:
+            pool = system.ref("/app/pool")
+            async with trio.open_nursery() as nursery:
+
+                async def ask(key: Any, msg: Any, timeout: float | None, cancel: float) -> None:
+                    outcome: Any = "cancelled"
+                    with trio.move_on_after(cancel):
+                        try:
+                            outcome = await pool.ask(msg, timeout=timeout)
+                        except runtime.TroupeError as error:
+                            outcome = type(error).__name__
+                    outcomes.setdefault(key, []).append(outcome)
+
+                for i in range(30):  # w2 gets 2, 5, 8, ... held behind its gate
+                    timeout, cancel = [(None, 1e9), (3.0, 1e9), (None, 3.0)][i % 3]
+                    nursery.start_soon(ask, i, Job(i, 0.1), timeout, cancel)
+                await trio.testing.wait_all_tasks_blocked()
+                nursery.start_soon(ask, "resize-timeout", Resize(1), 1.0, 1e9)
+                nursery.start_soon(ask, "resize-cancel", Resize(1), None, 1.0)
+                await trio.sleep(4)  # past the asks' limits, within w2's shutdown (5 s)
+                gates["w2"].set()
+            await trio.sleep(10)
+            assert await pool.ask(PoolSize()) == 1 and worker_names(system) == ["w0"]
+            dead = nonzero(system.snapshot().dead_letters)
+    assert {k: len(v) for k, v in outcomes.items()} == {
+        k: 1 for k in [*range(30), "resize-timeout", "resize-cancel"]
+    }
+    assert Counter(k for _, k in log) == Counter(range(30))  # all handled, once
+    timed_out = sum(v in (["AskTimeout"], ["cancelled"]) for v in outcomes.values())
+    # the only dead letters: the late replies to asks that had timed out or were cancelled
+    assert set(dead) <= {"timeout"} and dead.get("timeout", 0) <= timed_out, (dead, outcomes)
