@@ -8,7 +8,6 @@ the branch under review and name the contract sentence they hold it to.
 from __future__ import annotations
 
 import gc
-import math
 import threading
 from collections import Counter
 from typing import Any
@@ -20,7 +19,7 @@ import trio.testing
 
 import runtime
 from actors import Pool, PoolSize, Resize, consistent_hash
-from runtime import Actor, ActorRef, Mailbox, Supervisor, child
+from runtime import Actor, Mailbox, Supervisor, child
 from runtime.testing import crash
 
 WAIT = 1_000.0  # trio time under autojump_clock: only a hang reaches it
@@ -132,9 +131,7 @@ async def test_a_shrink_under_load_hands_over_without_dropping(
     # router's capacity, or should wait their turn, not be dropped.)
     log: list[tuple[str, Any]] = []
     gates = {"w0": trio.Event(), "w1": trio.Event()}
-    worker = child(
-        Worker, args=(log,), kwargs={"gates": gates}, mailbox=Mailbox(capacity=5)
-    )
+    worker = child(Worker, args=(log,), kwargs={"gates": gates}, mailbox=Mailbox(capacity=5))
     sent = 0
     with trio.fail_after(WAIT):
         async with runtime.open_system(app(Pool("pool", worker=worker, size=2))) as system:
@@ -260,7 +257,6 @@ async def test_holds_a_keyboard_interrupt_in_a_worker_mid_shrink_stops_the_syste
             interrupted.append(group)
     assert interrupted
     dead = nonzero(system.snapshot().dead_letters)
-    print(answers, dead, log)
     assert {k: len(v) for k, v in answers.items()} == {k: 1 for k in [*range(9), "resize"]}
     # each job handled or dead-lettered once (the interrupting message too)
     assert len(log) + sum(dead.values()) == 10, (log, dead)
@@ -304,7 +300,7 @@ def test_holds_threads_asking_and_telling_a_pool_while_other_threads_resize_it()
                             answers.setdefault(key, []).append(answer)
                     else:
                         pool.tell(Job(key, 0.001), timeout=30)
-            except BaseException as error:  # noqa: BLE001 - reported below
+            except BaseException as error:
                 errors.append(error)
 
         def resizer() -> None:
@@ -314,7 +310,7 @@ def test_holds_threads_asking_and_telling_a_pool_while_other_threads_resize_it()
                         pool.ask_blocking(Resize(n), timeout=30)
                     else:
                         pool.tell(Resize(n))
-            except BaseException as error:  # noqa: BLE001
+            except BaseException as error:
                 errors.append(error)
 
         threads = [threading.Thread(target=asker, args=(t,)) for t in range(4)]
@@ -403,10 +399,10 @@ class Sibling(Actor):
 
 
 @pytest.mark.parametrize("strategy", ["one_for_all", "rest_for_one"])
-async def test_a_pool_restarted_as_a_bystander_keeps_the_size_it_was_resized_to(
+async def test_holds_a_pool_restarted_as_a_bystander_keeps_the_size_it_was_resized_to(
     autojump_clock: trio.testing.MockClock, strategy: str
 ) -> None:
-    # Contract (DESIGN): "a restart keeps its current size"; pool.py: "A restart of
+    # HOLDS.  DESIGN: "a restart keeps its current size"; pool.py: "A restart of
     # the router or of the whole pool keeps the size it was last resized to".
     log: list[tuple[str, Any]] = []
     pool_spec = Pool("pool", worker=child(Worker, args=(log,)), size=2)
@@ -431,7 +427,7 @@ async def test_a_pool_restarted_as_a_bystander_keeps_the_size_it_was_resized_to(
 
 
 def router_of(system: runtime.System) -> Any:
-    return system._lookup("/app/pool/router").behaviour.actor  # noqa: SLF001 - a look inside
+    return system._lookup("/app/pool/router").behaviour.actor
 
 
 NAN = float("nan")
@@ -478,7 +474,9 @@ async def test_holds_the_ring_maps_every_key_to_a_routed_worker_after_many_resiz
                     owners = {}
                     for k in keys:
                         owners[k] = await pool.ask(Job(k), timeout=None)
-                        assert owners[k] == await pool.ask(Job(k), timeout=None)  # stable while it holds
+                        assert owners[k] == await pool.ask(
+                            Job(k), timeout=None
+                        )  # stable while it holds
                     assert set(owners.values()) <= set(worker_names(system))
                     assert owners[1] == await pool.ask(Job(1.0)) == await pool.ask(Job(True))
             assert nonzero(system.snapshot().dead_letters) == {}
@@ -585,8 +583,9 @@ async def test_holds_pools_started_resized_and_terminated_leave_no_task_or_slot(
                 routing: Any = ["round_robin", "broadcast", "smallest_mailbox"][round_ % 3]
                 if round_ % 4 == 3:
                     routing = consistent_hash(key=lambda m: m.key)
-                spec = Pool("pool", worker=child(Worker, args=(log,), shutdown=1.0), size=2,
-                            routing=routing)
+                spec = Pool(
+                    "pool", worker=child(Worker, args=(log,), shutdown=1.0), size=2, routing=routing
+                )
                 await system.start_child("/app", spec)
                 pool = system.ref("/app/pool")
                 for i in range(10):
