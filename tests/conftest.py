@@ -1,8 +1,15 @@
-"""Shared pytest options: ``--slow`` runs the property and chaos suites long."""
+"""Shared pytest options (``--slow`` runs the property and chaos suites long) and the
+fixtures that start real NATS servers (`nats_server`, `fresh_nats_server`, `nats_cluster`)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from typing import TypeVar
+
 import pytest
+from natsserver import NatsCluster, NatsServer, NatsServerError
+
+T = TypeVar("T")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -24,3 +31,45 @@ def pytest_configure(config: pytest.Config) -> None:
 def slow(request: pytest.FixtureRequest) -> bool:
     """True when the run was started with ``--slow``."""
     return bool(request.config.getoption("--slow"))
+
+
+# -- real NATS servers (tests/natsserver.py) -----------------------------------
+def _nats_or_fail(make: Callable[[], T]) -> T:
+    """`make()`, turning a missing binary into a loud failure naming the package."""
+    try:
+        return make()
+    except NatsServerError as error:
+        if "binary is missing" in str(error):
+            pytest.fail(str(error), pytrace=False)
+        raise
+
+
+@pytest.fixture(scope="module")
+def nats_server() -> Iterator[NatsServer]:
+    """One `nats-server` shared by the tests of a module (don't kill it: use
+    `fresh_nats_server` for that)."""
+    server = _nats_or_fail(lambda: NatsServer().start())
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def fresh_nats_server() -> Iterator[NatsServer]:
+    """A `nats-server` of this test's own: kill it, restart it, fill it."""
+    server = _nats_or_fail(lambda: NatsServer().start())
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture(scope="module")
+def nats_cluster() -> Iterator[NatsCluster]:
+    """Three `nats-server`s joined by routes, shared by the tests of a module."""
+    cluster = _nats_or_fail(lambda: NatsCluster().start())
+    try:
+        yield cluster
+    finally:
+        cluster.close()
