@@ -6,7 +6,7 @@ import hashlib
 import weakref
 from bisect import bisect, bisect_left
 from collections.abc import Callable, Hashable
-from typing import Any
+from typing import Any, Literal
 
 import attrs
 import trio
@@ -103,6 +103,11 @@ def _describe(error: BaseException) -> str:
     return f"{type(error).__name__}({text!r})"
 
 
+def _full_reason(error: MailboxFull) -> str:
+    """The dead-letter reason for a message a worker's mailbox refused."""
+    return "deadlock" if isinstance(error, Deadlock) else "overflow"
+
+
 class Ring:
     """The hash ring of `consistent_hash`: `VIRTUAL_NODES` points per worker, placed by
     the worker's name, so that a worker added or removed moves only its own keys."""
@@ -135,34 +140,23 @@ class Ring:
         return self.owners[bisect(self.points, point) % len(self.points)]
 
 
-
-def _full_reason(error: MailboxFull) -> str:
-    """The dead-letter reason for a message a worker's mailbox refused."""
-    return "deadlock" if isinstance(error, Deadlock) else "overflow"
-
 class Sizes:
     """The size each pool was last resized to, outside the router's incarnations, so
     that a restart of the router or of the whole pool keeps it.
 
-    Kept per system and per router slot (its ref: a pool started anew at the
-    same path starts at its spec's size), both weakly: an entry goes with the
+    Kept per router slot (its ref, unique to its system: a pool started anew at
+    the same path starts at its spec's size), weakly: an entry goes with the
     slot it is for.
     """
 
     def __init__(self) -> None:
-        self._by_system: weakref.WeakKeyDictionary[
-            System, weakref.WeakKeyDictionary[ActorRef, int]
-        ] = weakref.WeakKeyDictionary()
+        self._sizes: weakref.WeakKeyDictionary[ActorRef, int] = weakref.WeakKeyDictionary()
 
-    def get(self, system: System, router: ActorRef, default: int) -> int:
-        sizes = self._by_system.get(system)
-        return default if sizes is None else sizes.get(router, default)
+    def get(self, router: ActorRef, default: int) -> int:
+        return self._sizes.get(router, default)
 
-    def set(self, system: System, router: ActorRef, size: int) -> None:
-        sizes = self._by_system.get(system)
-        if sizes is None:
-            sizes = self._by_system[system] = weakref.WeakKeyDictionary()
-        sizes[router] = size
+    def set(self, router: ActorRef, size: int) -> None:
+        self._sizes[router] = size
 
 
 class Router(Actor):
@@ -194,7 +188,6 @@ class Router(Actor):
         self.workers: list[ActorRef] = []  # routed to, in start order
         self.routed_to: set[ActorRef] = set()  # the same, to look up
         self.retiring: list[ActorRef] = []  # no longer routed to, stopped once drained
-        self.sending_to: ActorRef | None = None  # the worker a message is on its way to
         self.names: set[str] = set()  # of every worker running under the pool
         self.free_from = 0  # no name below w<free_from> is free
         self.ring = Ring()
@@ -210,7 +203,9 @@ class Router(Actor):
             if info.ref != self.ctx.ref:
                 self._route_to(info.ref)
         # resized before this incarnation (or the pool's): back to that size
-        self.target = self.sizes.get(self.ctx.system, self.ctx.ref, self.target)
+        self.target = self.sizes.get(self.ctx.ref, self.target)
+        while len(self.workers) > self.target:  # before any message is routed
+            self._retire_last()
         self._resize_soon()
 
     async def receive(self, msg: Any) -> Any:
@@ -236,21 +231,18 @@ class Router(Actor):
         try:
             if self.routing == "broadcast" and not self.ctx.expects_reply:
                 # a tell reaches every worker; an ask reaches one (and gets one answer)
+                # (workers are retired only between messages: each gets its copy)
                 for ref in list(self.workers):
-                    if ref in self.routed_to:  # not retired while this one waited
-                        self.sending_to = ref
-                        try:
-                            await ref.send(msg)
-                        except MailboxFull as error:  # that worker's copy alone
-                            self.ctx.dead_letter(msg, _full_reason(error))
+                    try:
+                        await ref.send(msg)
+                    except MailboxFull as error:  # that worker's copy alone
+                        self.unroutable += 1
+                        self.ctx.dead_letter(msg, _full_reason(error))
             else:
-                self.sending_to = target
                 await self.ctx.forward(target)
         except MailboxFull as error:  # a full `fail` worker, or a wait that would deadlock
             self.unroutable += 1
             self._fail(msg, error, _full_reason(error))
-        finally:
-            self.sending_to = None
         return None
 
     # -- routing -------------------------------------------------------------
@@ -276,16 +268,20 @@ class Router(Actor):
         self.ctx.dead_letter(msg, reason)
 
     def _gone(self, ref: ActorRef) -> None:
-        """A worker stopped for good by itself (a `temporary` one that crashed, a
-        `transient` one that ended normally) or by someone else's `terminate_child`:
-        it is no longer routed to, and the pool's size is what is left."""
+        """A worker stopped for good by itself (a `temporary` one that crashed or
+        stopped) or by someone else's `terminate_child`: it is no longer routed to.
+        The pool's size is what is left, unless a `Resize` is under way: that one
+        still makes the size it was asked for (it starts a worker in its place)."""
         self.workers.remove(ref)
         self.routed_to.discard(ref)
         if isinstance(self.routing, ConsistentHash):
             self.ring.remove(ref)
         self._release_name(ref.name)
+        if self.resizing:
+            self._resize_soon()
+            return
         self.target = max(len(self.workers), self.target - 1)  # one fewer wanted
-        self.sizes.set(self.ctx.system, self.ctx.ref, self.target)
+        self.sizes.set(self.ctx.ref, self.target)
 
     def _route_to(self, ref: ActorRef) -> None:
         self.ctx.watch(ref)  # a worker that stops for good leaves the routing
@@ -313,7 +309,7 @@ class Router(Actor):
             self._fail(msg, error)
             return None
         self.target = size
-        self.sizes.set(self.ctx.system, self.ctx.ref, size)
+        self.sizes.set(self.ctx.ref, size)
         while len(self.workers) > size:  # no new messages for the removed ones
             self._retire_last()
         self._resize_soon()
@@ -346,15 +342,16 @@ class Router(Actor):
         soon as it is up) and each start or stop awaits the pool's supervisor,
         so the router keeps routing meanwhile.  The waiting `Resize` asks are
         answered once the pool has `target` workers and no retired one is left.
-        A worker that fails to start ends the resize there; those asks get its
-        start error.
+        A worker that fails to start (or a stop that fails, e.g. as the system
+        stops) ends the resize there; those asks get that error.
         """
         system = self.ctx.system
         try:
             while True:
                 if len(self.workers) < self.target:
-                    if self.retiring:
-                        self._route_to(self.retiring.pop())  # the last retired comes back
+                    back = self._take_back()
+                    if back is not None:
+                        self._route_to(back)
                     else:
                         ref = await self._start_worker()
                         if len(self.workers) < self.target:
@@ -362,8 +359,6 @@ class Router(Actor):
                         else:  # a shrink came while it started
                             self.retiring.append(ref)
                     continue
-                while len(self.workers) > self.target:  # e.g. `_gone` lowered the target
-                    self._retire_last()
                 if not self.retiring:
                     self._answer_resizes()
                     break
@@ -381,10 +376,21 @@ class Router(Actor):
                 await self._stop_worker(drained, hand_over=False)
         except Exception as error:
             self.target = len(self.workers)
-            self.sizes.set(system, self.ctx.ref, self.target)
+            self.sizes.set(self.ctx.ref, self.target)
             self._answer_resizes(error)
         finally:
             self.resizing = False
+
+    def _take_back(self) -> ActorRef | None:
+        """The last retired worker still alive, out of `retiring` (None if none is):
+        a grow routes to it again rather than start a new one.  Retired workers
+        that stopped meanwhile (e.g. a `temporary` one that crashed) are let go."""
+        while self.retiring:
+            ref = self.retiring.pop()
+            if ref.is_alive:
+                return ref
+            self._release_name(ref.name)
+        return None
 
     async def _stop_worker(self, ref: ActorRef, *, hand_over: bool) -> None:
         """Stop a retired worker (after the message in hand); with `hand_over`, what
@@ -414,7 +420,7 @@ class Router(Actor):
         """Whether a retired worker has handled all that was routed to it (or is gone)."""
         if not ref.is_alive:
             return True
-        return ref != self.sending_to and ref.mailbox_depth == 0 and not ref.is_busy
+        return ref.mailbox_depth == 0 and not ref.is_busy
 
     def _free_name(self) -> str:
         """The lowest free worker name (``w0``, ``w1``, ...)."""
@@ -451,7 +457,7 @@ def Pool(
     max_size: int = MAX_SIZE,
     max_restarts: int = 3,
     within: float = 5.0,
-    restart: str = "permanent",
+    restart: Literal["permanent", "transient", "temporary"] = "permanent",
 ) -> Supervisor:
     """A supervisor spec (named like a class, as it reads in a children list):
     `size` copies of `worker` behind one ref.
@@ -518,5 +524,5 @@ def Pool(
         within=within,
         children=[*workers, router],
         front="router",
-        restart=restart,  # type: ignore[arg-type]
+        restart=restart,
     )

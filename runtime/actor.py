@@ -219,10 +219,10 @@ class Context:
 
     def watch(self, ref: ActorRef) -> None:
         """Get one `Terminated(ref, reason)` when `ref` stops for good (at once if it has)."""
-        self._cell.watch(ref._cell)
+        ref._watch_from(self._cell)
 
     def unwatch(self, ref: ActorRef) -> None:
-        self._cell.unwatch(ref._cell)
+        ref._unwatch_from(self._cell)
 
     def send_after(self, delay: float, msg: Any) -> Timer:
         """Send `msg` to this actor once, `delay` seconds from now."""

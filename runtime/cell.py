@@ -34,7 +34,7 @@ from .messages import (
     describe,
 )
 from .ref import ActorRef, send_into
-from .spec import ChildSpec, check_handlers
+from .spec import ChildSpec, check_handlers, resolve_factory
 from .waits import (
     end_wait,
     enter_incarnation,
@@ -351,6 +351,12 @@ class Cell:
             self.watching = {}
         self.watching[target] = None
 
+    def remote_terminated(self, ref: ActorRef, reason: ExitReason) -> None:
+        """An actor on another node that this slot watched stopped for good (or its
+        node went down): one `Terminated`, unless this slot is gone itself."""
+        if not self.finalized:
+            self.mailbox.put_system(Terminated(ref, reason))
+
     def unwatch(self, target: Cell) -> None:
         if target.watchers is not None:
             target.watchers.pop(self, None)
@@ -363,8 +369,8 @@ class Cell:
 
         What was still queued (or waiting for room) is dead-lettered as
         ``stopped``; with `hand_over_to`, its user messages (asks with their
-        askers) are put into that slot's mailbox instead, in order (one that
-        does not fit is dead-lettered as ``overflow``).
+        askers) are put into that slot's mailbox instead, in order, past its
+        capacity if need be (they were counted here: nothing is dropped).
         """
         if self.finalized:
             return
@@ -376,14 +382,11 @@ class Cell:
         system, user = self.mailbox.close(hand_over=hand_over_to is not None)
         for item in system:
             self.drop(item, "stopped")
-        for item in user:
-            if hand_over_to is None:
+        if hand_over_to is None:
+            for item in user:
                 self.drop(item, "stopped")
-                continue
-            try:
-                hand_over_to.mailbox.put(item)  # a closed one dead-letters it itself
-            except MailboxFull:
-                self.drop(item, "overflow")
+        else:  # taken whole, past its capacity if need be (a closed one dead-letters them)
+            hand_over_to.mailbox.put_handed_over(list(user))
         watching, self.watching = self.watching or {}, None
         for target in watching:
             if target.watchers is not None:
@@ -530,7 +533,7 @@ class ActorBehaviour:
     # -- one incarnation -------------------------------------------------
     def _make_actor(self, cell: Cell) -> Actor:
         spec = self.spec
-        actor = spec.factory(*spec.args, **spec.kwargs)
+        actor = resolve_factory(spec.factory)(*spec.args, **spec.kwargs)
         if not isinstance(actor, Actor):
             raise TypeError(
                 f"{cell.cls_name} made {actor!r}, which is not an Actor; "

@@ -418,6 +418,20 @@ class MailboxQueue:
         if self._waiter is not None:
             self._wake()
 
+    def put_handed_over(self, items: list[Any]) -> None:
+        """Take the user messages a stopping slot hands over (``terminate_child(...,
+        hand_over_to=)``), in their order, past the capacity if need be: they were
+        counted in the mailbox they come from, so the total stays within the two
+        capacities, and a hand-over drops nothing.  Never blocks.  A closed
+        mailbox dead-letters them as ``stopped``.
+        """
+        if self._closed:
+            for item in items:
+                self._drop(item, "stopped")
+            return
+        if items:
+            self._queue_all(items)
+
     def put_system(self, item: Any) -> None:
         """System lane: not subject to capacity, handled before user messages.
 

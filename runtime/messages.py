@@ -146,6 +146,11 @@ class Internal:
 
     __slots__ = ()
 
+    def __new__(cls, *args: Any, **kwargs: Any) -> Internal:
+        if cls is Internal:
+            raise TypeError("Internal is a base class: subclass it and define discarded()")
+        return super().__new__(cls)
+
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         if cls.discarded is Internal.discarded:
@@ -157,8 +162,9 @@ class Internal:
             )
 
     def discarded(self, reason: str) -> None:
-        """Called on the trio thread, in place of the dead letter; must not raise
-        (if it does, the error is logged and the rest is accounted for as usual)."""
+        """Called on the trio thread, in place of the dead letter.  Subclasses define
+        it; it should not raise (if it does, the error is logged and the rest of
+        the mailbox is accounted for as usual)."""
         raise NotImplementedError
 
 

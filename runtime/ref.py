@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from .errors import ActorStopped, AskTimeout, RuntimeClosed
-from .messages import Ask, Reply
+from .messages import Ask, Reply, ReplySlot
 from .spec import check_timeout
 from .waits import begin_wait, end_wait, waiting_slot
 
@@ -41,12 +41,13 @@ class ActorRef:
     @property
     def node(self) -> str | None:
         """The cluster node the actor lives on (None without a cluster)."""
-        return None
+        return self._cell.host.node
 
     @property
     def url(self) -> str | None:
         """``troupe://<node>/<path>`` on a cluster (None without one)."""
-        return None
+        node = self._cell.host.node
+        return None if node is None else f"troupe://{node}{self._cell.path}"
 
     @property
     def is_alive(self) -> bool:
@@ -169,8 +170,25 @@ class ActorRef:
             )
         return gate.ask(cell, msg, check_timeout(timeout))
 
+    def deliver_ask(self, msg: Any, reply: ReplySlot) -> None:
+        """Queue an ask whose answer goes to `reply` (e.g. one that came from another
+        node), without waiting: the loop thread only.  Raises `MailboxFull` when
+        the mailbox cannot take it now, `RuntimeClosed` once the system stopped;
+        for an actor that stopped for good it is dead-lettered and `reply` fails."""
+        cell = self._cell
+        if cell.finalized:
+            self._check_open(msg)
+        cell.mailbox.put(Ask(msg, reply))
+
+    # how a local actor watches this ref (a remote ref's node watches for it)
+    def _watch_from(self, cell: Cell) -> None:
+        cell.watch(self._cell)
+
+    def _unwatch_from(self, cell: Cell) -> None:
+        cell.unwatch(self._cell)
+
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, ActorRef) and other._cell is self._cell
+        return other.__class__ is ActorRef and other._cell is self._cell  # type: ignore[attr-defined]
 
     def __hash__(self) -> int:
         return id(self._cell)

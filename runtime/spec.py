@@ -7,6 +7,7 @@ the supervising behaviour (`runtime.supervisor`) never re-checks.
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import math
 import operator
@@ -164,11 +165,40 @@ def check_handlers(factory: Callable[..., Any]) -> None:
 
 
 # -- child specs ----------------------------------------------------------
+IMPORT_STRING = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
+"""``"package.module:Class"``: a factory named by where to import it from."""
+
+
+def resolve_factory(factory: Callable[..., Actor] | str) -> Callable[..., Actor]:
+    """The factory itself; an import string is imported (and checked like a class).
+
+    Raises `ImportError` naming the string when its module or attribute is
+    missing, `TypeError` when it is not callable or has a plain-def handler.
+    """
+    if not isinstance(factory, str):
+        return factory
+    module_name, _, attribute = factory.partition(":")
+    try:
+        found: Any = importlib.import_module(module_name)
+        for part in attribute.split("."):
+            found = getattr(found, part)
+    except (ImportError, AttributeError) as error:
+        raise ImportError(f"cannot import the actor factory {factory!r}: {error}") from error
+    if not callable(found):
+        raise TypeError(f"{factory!r} names {found!r}, which is not an Actor subclass or factory")
+    check_handlers(found)
+    return found  # type: ignore[no-any-return]
+
+
 @attrs.frozen
 class ChildSpec:
-    """How a supervisor makes, restarts and stops one worker. Build it with `child()`."""
+    """How a supervisor makes, restarts and stops one worker. Build it with `child()`.
 
-    factory: Callable[..., Actor]
+    `factory` may be an import string (``"package.module:Class"``), resolved
+    when the child starts, on the node that starts it.
+    """
+
+    factory: Callable[..., Actor] | str
     name: str = attrs.field(validator=_check_name)
     args: tuple[Any, ...] = ()
     kwargs: Mapping[str, Any] = attrs.field(factory=dict)
@@ -181,21 +211,26 @@ class ChildSpec:
         """The mailbox this child gets: the spec's, else the class's, else the default."""
         spec = self.mailbox
         if spec is None:
-            spec = getattr(self.factory, "mailbox", None)
+            spec = getattr(resolve_factory(self.factory), "mailbox", None)
         return spec if isinstance(spec, Mailbox) else Mailbox()
 
     @property
     def cls_name(self) -> str:
+        if isinstance(self.factory, str):
+            return self.factory.rpartition(":")[2]
         return str(getattr(self.factory, "__qualname__", repr(self.factory)))
 
 
-def _default_name(factory: Callable[..., Any]) -> str:
-    raw = getattr(factory, "__name__", "actor")
+def _default_name(factory: Callable[..., Any] | str) -> str:
+    if isinstance(factory, str):
+        raw = factory.rpartition(":")[2].rpartition(".")[2] or "actor"
+    else:
+        raw = getattr(factory, "__name__", "actor")
     return re.sub(r"(?<!^)(?=[A-Z])", "-", raw).lower()
 
 
 def child(
-    factory: Callable[..., Actor],
+    factory: Callable[..., Actor] | str,
     *,
     name: str | None = None,
     args: Sequence[Any] = (),
@@ -206,6 +241,10 @@ def child(
 ) -> ChildSpec:
     """A worker child: `factory(*args, **kwargs)` makes a fresh actor at every (re)start.
 
+    `factory` is an Actor subclass (or a function returning an actor), or an
+    import string ``"package.module:Class"`` resolved when the child starts (on
+    the node that starts it: how a child is started on another node).
+
     `restart`: ``permanent`` (always), ``transient`` (only after a crash),
     ``temporary`` (never).  `shutdown`: seconds `on_stop` may take before the
     incarnation is cancelled (None waits forever).
@@ -214,9 +253,15 @@ def child(
     `on_start` or `on_stop` is not ``async def``; `ValueError` for a bad
     name, restart type or shutdown.
     """
-    if not callable(factory):
+    if isinstance(factory, str):
+        if not IMPORT_STRING.fullmatch(factory):
+            raise ValueError(
+                f"an import string names a class as 'package.module:Class', got {factory!r}"
+            )
+    elif not callable(factory):
         raise TypeError(f"child() needs an Actor subclass or factory, got {factory!r}")
-    check_handlers(factory)
+    else:
+        check_handlers(factory)
     if mailbox is not None and not isinstance(mailbox, Mailbox):
         raise TypeError(f"mailbox= takes a Mailbox(capacity=..., overflow=...), got {mailbox!r}")
     return ChildSpec(

@@ -30,6 +30,7 @@ from .threads import ThreadGate
 from .topics import check_user_topic
 
 RESERVED = "system"
+URL_SCHEME = "troupe://"
 log = logging.getLogger("troupe")
 
 
@@ -92,6 +93,7 @@ class System:
         self.tree = tree
         self.name = name or tree.name
         self.node: str | None = None  # a node's name on a cluster (none yet)
+        self.cluster: Any = None  # the node (runtime.cluster.Cluster) when on a cluster
         self.rng = random.Random()
         self.stuck_after = stuck_after
         self.dead_letters = DeadLetterOffice()
@@ -167,6 +169,8 @@ class System:
         if self._cells.get(cell.path) is cell:
             del self._cells[cell.path]
         self.bus.drop_all(cell)
+        if self.cluster is not None:
+            self.cluster.slot_released(cell)
 
     def root_exited(self, reason: ExitReason) -> None:
         self.gate.stopping()
@@ -313,8 +317,14 @@ class System:
     def ref(self, path: str) -> ActorRef:
         """The ref of the actor at `path` (``/app/worker``); `ActorNotFound` if none.
 
-        A supervisor with a `front` child (e.g. a pool) is addressed through it.
+        On a cluster `path` may also be a URL, ``troupe://node/app/worker``: a
+        ref to an actor of another node (not checked here: an unknown path shows
+        when it is used) or of this one.  Without a cluster a URL raises
+        `ValueError`.  A supervisor with a `front` child (e.g. a pool) is
+        addressed through it.
         """
+        if isinstance(path, str) and path.startswith(URL_SCHEME):
+            return self._remote(path).ref(path)  # type: ignore[no-any-return]
         cell = self._lookup(path)
         while isinstance(cell.behaviour, Supervising) and cell.behaviour.sup.front is not None:
             front = cell.behaviour.child_named(cell.behaviour.sup.front)
@@ -322,6 +332,15 @@ class System:
                 raise ActorNotFound(f"{cell.path} has no running {cell.behaviour.sup.front!r} now")
             cell = front
         return cell.ref
+
+    def _remote(self, url: str) -> Any:
+        """The cluster, to reach `url` through; `ValueError` without one."""
+        if self.cluster is None:
+            raise ValueError(
+                f"{url!r} names an actor on a cluster node, but system {self.name!r} is not on "
+                "a cluster: start it with open_system(..., node=NAME, cluster=NATS_URL)"
+            )
+        return self.cluster
 
     def snapshot(self) -> TreeSnapshot:
         """The whole tree, its dead-letter counts and the loop's health, right now."""
@@ -340,6 +359,8 @@ class System:
         not re-created when their supervisor restarts.
         """
         self._check_running("start a child")
+        if isinstance(parent, str) and parent.startswith(URL_SCHEME):
+            return await self._remote(parent).start_child(parent, spec)  # type: ignore[no-any-return]
         cell = self._lookup(parent)
         self._supervising(cell, "it cannot have children")
         if cell is self._root or cell.path.startswith("/" + RESERVED):
@@ -355,13 +376,18 @@ class System:
 
         Messages still queued for it are dead-lettered as ``stopped``; with
         `hand_over_to` (a running actor other than it and its descendants) they
-        are put into that actor's mailbox instead, in their order, asks with
-        their askers (e.g. a router re-routes what was queued at a worker it
-        removes).  Blocks until the actor has stopped.  Raises `ActorNotFound`,
+        are put into that actor's mailbox instead, in their order (past its
+        capacity if need be: nothing is dropped), asks with their askers
+        (e.g. a router re-routes what was queued at a worker it removes).  Blocks until the actor has stopped.  Raises `ActorNotFound`,
         `ValueError` for the runtime's own actors or an unfit `hand_over_to`,
         `RuntimeClosed` once the system has stopped.
         """
         self._check_running("terminate a child")
+        if isinstance(path, str) and path.startswith(URL_SCHEME):
+            if hand_over_to is not None:
+                raise ValueError("hand_over_to works only for actors of this node")
+            await self._remote(path).terminate_child(path)
+            return
         cell = self._lookup(path)
         parent = cell.parent
         if parent is None or parent is self._root or cell.path.startswith("/" + RESERVED):
@@ -370,6 +396,8 @@ class System:
         if hand_over_to is not None:
             if not isinstance(hand_over_to, ActorRef):
                 raise TypeError(f"hand_over_to must be an ActorRef, got {hand_over_to!r}")
+            if type(hand_over_to) is not ActorRef:
+                raise ValueError(f"hand_over_to must be an actor of this node, got {hand_over_to!r}")
             target = self._lookup(hand_over_to.path)
             if target is cell or target.path.startswith(cell.path + "/"):
                 raise ValueError(

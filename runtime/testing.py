@@ -136,7 +136,7 @@ class TestProbe:
         elif callable(expected):
             ok = bool(expected(msg))
         else:
-            ok = msg == expected
+            ok = bool(expected == msg)  # expected first: an ANY inside it compares first
         if not ok:
             raise AssertionError(f"{self.path} expected {expected!r}, got {msg!r}")
         return msg
@@ -183,7 +183,7 @@ class TestProbe:
         msg = await self.receive(timeout)
         if not (isinstance(msg, Event) and matches(pattern, msg.topic)):
             raise AssertionError(f"{self.path} expected an event on {pattern!r}, got {msg!r}")
-        if payload is not ANY and msg.payload != payload:
+        if payload is not ANY and not bool(payload == msg.payload):  # ANY first, as above
             raise AssertionError(f"{self.path} expected payload {payload!r}, got {msg.payload!r}")
         return msg
 
