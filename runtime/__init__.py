@@ -83,4 +83,5 @@ __all__ = [
     "open_system",
     "run",
     "start_in_thread",
+    "wire",
 ]
