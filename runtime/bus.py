@@ -192,6 +192,8 @@ class Bus:
         self._publishing_deadletter = False
         self._topics_seen: dict[str, tuple[str, ...]] = {}  # any valid topic: its segments
         self._unyielded = 0
+        self._exporter: Callable[[Event], None] | None = None
+        self.remote = 0  # events that came from other nodes
 
     # -- subscriptions ---------------------------------------------------
     def subscribe_cell(
@@ -337,8 +339,33 @@ class Bus:
         if msg_id is not None and self._duplicate(msg_id):
             return None
         event = self._event(topic, payload, source, correlation_id, metadata, msg_id)
+        if self._exporter is not None:
+            self._exporter(event)  # may refuse it (NotSerializable): nothing delivered then
         self._record(event)
         return event, segments
+
+    def set_exporter(self, exporter: Callable[[Event], None] | None) -> None:
+        """The cluster's hook: called with each new user event before it is delivered
+        here (it shares those of the cluster-wide topics; raising refuses the publish)."""
+        self._exporter = exporter
+
+    def deliver_remote(self, event: Event) -> int:
+        """An event another node published on a cluster-wide topic: deliver it to the
+        matching subscribers here, without waiting (a full ``block`` mailbox gets it
+        dead-lettered as ``overflow``); duplicates by `msg_id` are dropped as for
+        local publishes.  Returns how many subscribers got it."""
+        if not self._host.is_running:
+            return 0
+        try:
+            segments = self._topic(event.topic)
+        except ValueError:
+            return 0
+        if segments[0] == SYSTEM or (event.msg_id is not None and self._duplicate(event.msg_id)):
+            return 0
+        event = attrs.evolve(event, id=next(self._ids))
+        self.remote += 1
+        self._record(event)
+        return self._deliver(event, segments, wait=False)[0]
 
     def _record(self, event: Event, *, system: bool = False) -> None:
         if system:

@@ -13,7 +13,7 @@ import pathlib
 import signal
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from typing import TYPE_CHECKING, Any, TypedDict
 
@@ -44,6 +44,15 @@ async def open_system(
     stuck_after: float = 10.0,
     history: int = 1000,
     duplicate_window: float = 120.0,
+    node: str | None = None,
+    cluster: str | Sequence[str] | None = None,
+    cluster_name: str = "troupe",
+    cluster_topics: Sequence[str] = (),
+    cluster_control: str = "ro",
+    nats_options: dict[str, Any] | None = None,
+    heartbeat: float = 1.0,
+    node_down_after: float = 5.0,
+    outbox: int = 10_000,
 ) -> AsyncIterator[System]:
     """Run `tree` for the body of the ``async with``; stop it gracefully on exit.
 
@@ -66,21 +75,38 @@ async def open_system(
     keeps none).  `duplicate_window`: seconds a published ``msg_id`` is
     remembered, to drop duplicates (``0`` turns that off).  Invalid options
     raise ValueError before anything starts.
+
+    On a cluster (``cluster=`` a NATS URL or a list of them, ``node=`` this
+    node's name): the node joins before the tree starts (`ClusterError` if
+    its name is taken or no server answers) and leaves after it stopped.
+    `cluster_name` is the subject prefix, `cluster_topics` the bus patterns
+    shared with every node, `cluster_control` ``"ro"`` or ``"rw"`` (may other
+    nodes start and stop actors here), `nats_options` go to
+    ``nats.connect`` (credentials, TLS), `heartbeat` and `node_down_after`
+    (seconds) tune failure detection, `outbox` bounds the messages queued
+    per destination node.
     """
-    system = System(
-        tree,
-        name=name,
-        history=history,
-        duplicate_window=duplicate_window,
-        stuck_after=stuck_after,
-    )
-    async with _serving(
-        system,
-        control=control,
-        control_dir=control_dir,
-        metrics_port=metrics_port,
-        blocked_after=blocked_after,
-    ):
+    options: SystemOptions = {
+        "name": name,
+        "control": control,
+        "control_dir": control_dir,
+        "metrics_port": metrics_port,
+        "blocked_after": blocked_after,
+        "stuck_after": stuck_after,
+        "history": history,
+        "duplicate_window": duplicate_window,
+        "node": node,
+        "cluster": cluster,
+        "cluster_name": cluster_name,
+        "cluster_topics": cluster_topics,
+        "cluster_control": cluster_control,
+        "nats_options": nats_options,
+        "heartbeat": heartbeat,
+        "node_down_after": node_down_after,
+        "outbox": outbox,
+    }
+    system, serving = _system_of(tree, options)
+    async with _serving(system, **serving):
         yield system
 
 
@@ -95,10 +121,34 @@ class SystemOptions(TypedDict, total=False):
     stuck_after: float
     history: int
     duplicate_window: float
+    node: str | None
+    cluster: str | Sequence[str] | None
+    cluster_name: str
+    cluster_topics: Sequence[str]
+    cluster_control: str
+    nats_options: dict[str, Any] | None
+    heartbeat: float
+    node_down_after: float
+    outbox: int
+
+
+CLUSTER_OPTIONS = (
+    "cluster_name",
+    "cluster_topics",
+    "cluster_control",
+    "nats_options",
+    "heartbeat",
+    "node_down_after",
+    "outbox",
+)
 
 
 def _system_of(tree: Supervisor, options: SystemOptions) -> tuple[System, dict[str, Any]]:
-    """A `System` made from `options`, and the rest of them, for `_serving`."""
+    """A `System` made from `options`, and the rest of them, for `_serving`.
+
+    With ``cluster=``, the system's node (`runtime.cluster.Cluster`, imported
+    only then) is made too, its options checked (`ValueError`).
+    """
     system = System(
         tree,
         name=options.get("name"),
@@ -106,6 +156,28 @@ def _system_of(tree: Supervisor, options: SystemOptions) -> tuple[System, dict[s
         duplicate_window=options.get("duplicate_window", 120.0),
         stuck_after=options.get("stuck_after", 10.0),
     )
+    node, servers = options.get("node"), options.get("cluster")
+    if servers is None:
+        if node is not None:
+            raise ValueError(
+                f"node={node!r} needs cluster= (the NATS server(s) the node joins through)"
+            )
+    else:
+        if node is None:
+            raise ValueError("cluster= needs node= (this node's name in the cluster)")
+        from .cluster.node import Cluster
+
+        given = {key: options[key] for key in CLUSTER_OPTIONS if options.get(key) is not None}  # type: ignore[literal-required]
+        nats_options = given.pop("nats_options", None)
+        cluster = Cluster(
+            system,
+            node=node,
+            servers=[servers] if isinstance(servers, str) else list(servers),
+            **given,
+        )
+        cluster.set_nats_options(nats_options)
+        system.node = node
+        system.cluster = cluster
     serving = {
         "control": options.get("control", False),
         "control_dir": options.get("control_dir"),
@@ -142,6 +214,9 @@ async def _serving(
             async with trio.open_nursery() as nursery:
                 if not mock:
                     nursery.start_soon(monitor.probe, name="troupe loop probe")
+                if system.cluster is not None:  # joined before the tree starts: a name
+                    # taken or a server unreachable fails the start
+                    await nursery.start(system.cluster.run, name="troupe cluster node")
                 error = await system.root.start(nursery)
                 if error is None:
                     system.started_at = time.time()

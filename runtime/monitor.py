@@ -180,6 +180,23 @@ class TreeSnapshot:
     dead_letters: dict[str, int]
     loop: LoopHealth | None
     taken_at: float
+    cluster: dict[str, Any] | None = None  # this node's view of its cluster, when on one
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TreeSnapshot:
+        """The snapshot `to_dict` made (e.g. one that came from another node).
+
+        Raises `KeyError`, `TypeError` or `ValueError` for data that is not one.
+        """
+        loop = data.get("loop")
+        return cls(
+            system=str(data["system"]),
+            root=_info_from(data["root"]),
+            dead_letters={str(k): int(v) for k, v in data["dead_letters"].items()},
+            loop=None if loop is None else _loop_from(loop),
+            taken_at=float(data["taken_at"]),
+            cluster=data.get("cluster"),
+        )
 
     def find(self, path: str) -> ActorInfo:
         for node in self.root.walk():
@@ -215,6 +232,46 @@ class TreeSnapshot:
 
         draw(self.root, "", True, True)
         return "\n".join(lines)
+
+
+def _info_from(data: dict[str, Any]) -> ActorInfo:
+    error = data.get("last_error")
+    return ActorInfo(
+        path=str(data["path"]),
+        name=str(data["name"]),
+        kind=str(data["kind"]),
+        cls=str(data["cls"]),
+        state=str(data["state"]),
+        restarts=int(data["restarts"]),
+        mailbox_depth=int(data["mailbox_depth"]),
+        mailbox_capacity=int(data["mailbox_capacity"]),
+        mailbox_high_water=int(data["mailbox_high_water"]),
+        processed=int(data["processed"]),
+        failed=int(data["failed"]),
+        dead_lettered=int(data["dead_lettered"]),
+        current=data.get("current"),
+        current_for=data.get("current_for"),
+        stuck=bool(data.get("stuck", False)),
+        last_error=None if error is None else ErrorInfo(**error),
+        uptime=data.get("uptime"),
+        subscriptions=tuple(data.get("subscriptions", ())),
+        stats=dict(data.get("stats", {})),
+        children=tuple(_info_from(c) for c in data.get("children", ())),
+    )
+
+
+def _loop_from(data: dict[str, Any]) -> LoopHealth:
+    last = data.get("last_blocked")
+    return LoopHealth(
+        longest_step=float(data["longest_step"]),
+        longest_step_task=data.get("longest_step_task"),
+        longest_step_at=data.get("longest_step_at"),
+        max_lag=float(data["max_lag"]),
+        last_lag=float(data["last_lag"]),
+        steps=int(data["steps"]),
+        blocked=int(data["blocked"]),
+        last_blocked=None if last is None else BlockedStep(**last),
+    )
 
 
 def _counts(counts: dict[str, int]) -> str:
@@ -309,4 +366,5 @@ def take_snapshot(system: System) -> TreeSnapshot:
         dead_letters=dict(system.dead_letters.counts),
         loop=system.loop_monitor.health(),
         taken_at=time.time(),
+        cluster=None if system.cluster is None else system.cluster.stats(),
     )

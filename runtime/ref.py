@@ -188,7 +188,7 @@ class ActorRef:
         cell.unwatch(self._cell)
 
     def __eq__(self, other: object) -> bool:
-        return other.__class__ is ActorRef and other._cell is self._cell  # type: ignore[attr-defined]
+        return other.__class__ is ActorRef and other._cell is self._cell
 
     def __hash__(self) -> int:
         return id(self._cell)

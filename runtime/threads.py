@@ -537,6 +537,27 @@ class ThreadGate:
             self._wake_scheduled = True
             self._token_call(self._drain)
 
+    @property
+    def token(self) -> trio.lowlevel.TrioToken | None:
+        """The loop's token while the gate is open (None before, and once closed)."""
+        return self._token if self._open else None
+
+    def call_soon(self, fn: Callable[[], None]) -> bool:
+        """Any thread: run `fn` on the loop thread soon (one `run_sync_soon`).
+
+        For code that batches on its own side and wakes the loop once per batch
+        (the cluster's NATS thread).  `fn` must not raise.  Returns False, and
+        `fn` does not run, once the loop has finished.
+        """
+        token = self._token
+        if token is None:
+            return False
+        try:
+            token.run_sync_soon(fn)
+        except trio.RunFinishedError:
+            return False
+        return True
+
     def _token_call(self, fn: Callable[[], None]) -> None:
         """Wake the loop (non-blocking; safe with or without the lock held)."""
         assert self._token is not None

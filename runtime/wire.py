@@ -42,7 +42,7 @@ def register(cls: T, tag: str | None = None) -> T:
     or already names another class, or if `cls` is already registered under
     another tag.
     """
-    if not (isinstance(cls, type) and attrs.has(cls)):
+    if not (isinstance(cls, type) and attrs.has(cls)):  # (narrows `cls` for attrs)
         raise TypeError(
             f"runtime.wire.register takes an attrs class (@attrs.frozen or @attrs.define), "
             f"got {cls!r}"
@@ -66,7 +66,7 @@ def register(cls: T, tag: str | None = None) -> T:
             )
         _by_tag[tag] = cls
         _by_class[cls] = tag
-    return cls
+    return cls  # type: ignore[return-value]  # attrs.has() narrowed it to AttrsInstance
 
 
 def tag_of(cls: type) -> str | None:

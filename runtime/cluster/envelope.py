@@ -1,0 +1,113 @@
+"""The cluster's envelope: what wraps every message between nodes.
+
+An envelope is a msgpack array ``[kind, from_node, from_incarnation, ...]``;
+the user's message travels inside it as separately encoded bytes (the
+`Codec`'s), so that an envelope whose body cannot be decoded can still be
+answered or dead-lettered using its sender and path.
+
+Subjects (``C`` is the cluster name, ``N`` a node):
+
+- ``C.node.N.u``: N's user lane (tells, asks, sends, in the order sent)
+- ``C.node.N.s``: N's system lane (watches, control requests, direct heartbeats)
+- ``C.node.N.r.<incarnation>.<id>``: replies to N's asks
+- ``C.node.N.probe``: the probe of N's name at start
+- ``C.hb``: heartbeats and leaves of every node
+- ``C.bus.<topic>``: events of the cluster-wide topics
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Final
+
+import msgspec
+
+TELL: Final = 1  # [TELL, node, inc, seq, path, body]
+ASK: Final = 2  # [ASK, node, inc, seq, path, body, ask_id, remaining_timeout]
+SEND: Final = 3  # [SEND, node, inc, seq, path, body, ask_id, remaining_timeout]
+SKIP: Final = 4  # [SKIP, node, inc, first_seq, last_seq]: dead-lettered at the sender
+REPLY: Final = 5  # [REPLY, node, inc, ok, body | error]
+HEARTBEAT: Final = 6  # [HEARTBEAT, node, inc, info, answer_me]
+LEAVE: Final = 7  # [LEAVE, node, inc]
+WATCH: Final = 8  # [WATCH, node, inc, target_path, watcher_path]
+UNWATCH: Final = 9  # [UNWATCH, node, inc, target_path, watcher_path]
+TERMINATED: Final = 10  # [TERMINATED, node, inc, target_path, watcher_path, reason]
+DOWN: Final = 11  # [DOWN, node, inc, your_incarnation]: you were declared down
+CONTROL: Final = 12  # [CONTROL, node, inc, op, args]
+EVENT: Final = 13  # [EVENT, node, inc, body]
+
+NAME = re.compile(r"[A-Za-z0-9_-]+")
+"""A node name: one NATS subject token."""
+CLUSTER_NAME = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*")
+"""A cluster name: one or more tokens (the subject prefix)."""
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder()
+
+
+def pack(*fields: Any) -> bytes:
+    """An envelope's bytes."""
+    return _encoder.encode(fields)
+
+
+def unpack(data: bytes) -> list[Any] | None:
+    """An envelope's fields, or None if `data` is not one (then it is ignored)."""
+    try:
+        fields = _decoder.decode(data)
+    except (msgspec.DecodeError, ValueError, TypeError):
+        return None
+    if (
+        not isinstance(fields, list)
+        or len(fields) < 3
+        or not isinstance(fields[0], int)
+        or not isinstance(fields[1], str)
+        or not isinstance(fields[2], str)
+    ):
+        return None
+    return fields
+
+
+class Subjects:
+    """The NATS subjects of one cluster, as seen from one node."""
+
+    def __init__(self, cluster: str, node: str) -> None:
+        self.cluster = cluster
+        self.node = node
+        self.heartbeats = f"{cluster}.hb"
+        self.mine = f"{cluster}.node.{node}.>"
+        self.probe = f"{cluster}.node.{node}.probe"
+        self._replies = f"{cluster}.node.{node}.r."
+
+    def user(self, node: str) -> str:
+        return f"{self.cluster}.node.{node}.u"
+
+    def system(self, node: str) -> str:
+        return f"{self.cluster}.node.{node}.s"
+
+    def reply(self, incarnation: str, ask_id: int) -> str:
+        return f"{self._replies}{incarnation}.{ask_id}"
+
+    def topic(self, topic: str) -> str:
+        return f"{self.cluster}.bus.{topic}"
+
+    def pattern(self, pattern: str) -> str:
+        return f"{self.cluster}.bus.{pattern}"
+
+    def lane(self, subject: str) -> tuple[str, str | None, int | None]:
+        """Which of this node's subjects `subject` is: ``("u"|"s"|"probe", None, None)``,
+        ``("r", incarnation, ask_id)``, ``("hb", ...)``, ``("bus", ...)`` or ``("?", ...)``."""
+        if subject == self.heartbeats:
+            return "hb", None, None
+        prefix = f"{self.cluster}.node.{self.node}."
+        if subject.startswith(prefix):
+            rest = subject[len(prefix) :]
+            if rest in ("u", "s", "probe"):
+                return rest, None, None
+            if rest.startswith("r."):
+                parts = rest.split(".")
+                if len(parts) == 3 and parts[2].isdigit():
+                    return "r", parts[1], int(parts[2])
+            return "?", None, None
+        if subject.startswith(f"{self.cluster}.bus."):
+            return "bus", None, None
+        return "?", None, None

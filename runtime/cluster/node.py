@@ -1,0 +1,1334 @@
+"""`Cluster`: this system as a node of a cluster on NATS (``system.cluster``).
+
+It owns everything a node knows of the others: their membership (heartbeats,
+failure detection, incarnations), the outbox bound and sequence numbers per
+peer, the asks waiting for remote answers, the watches across nodes, and the
+cluster-wide bus topics.  All of it lives on the trio thread; the NATS
+connection runs on a thread of its own (`Transport`) and hands over batches.
+
+Accounting across nodes: every user message told or asked to another node
+carries a sequence number per (sender incarnation, receiver).  A receiver
+counts what never arrived (`lost_in_transit`, per peer): the highest number
+seen, less what arrived, less what the sender said it dead-lettered itself
+(a ``SKIP`` notice for messages the connection could not take).  So every
+message is handled, dead-lettered on one side, or counted as lost: never
+silently gone.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import os
+import secrets
+import socket
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import attrs
+import trio
+
+from .. import errors
+from ..errors import (
+    ActorCrashed,
+    ActorNotFound,
+    ActorStopped,
+    AskTimeout,
+    MailboxFull,
+    NodeDown,
+    NotSerializable,
+    RemoteError,
+    RuntimeClosed,
+    TroupeError,
+    UnhandledMessage,
+)
+from ..messages import ErrorInfo, Event, Reply, describe
+from ..ref import ActorRef
+from ..spec import ChildInfo, ChildSpec, child
+from ..topics import check_pattern, matches
+from . import envelope as env
+from .codec import Codec, Undecodable
+from .remote import RemoteRef
+from .transport import (
+    ConnectionState,
+    Inbound,
+    Incoming,
+    Outgoing,
+    Sent,
+    Transport,
+    Undeliverable,
+)
+
+if TYPE_CHECKING:
+    from ..cell import Cell
+    from ..monitor import TreeSnapshot
+    from ..system import System
+
+log = logging.getLogger("troupe.cluster")
+
+URL_SCHEME = "troupe://"
+RECENT_TELLS = 10_000
+"""Tells per peer remembered until NATS could have said nobody listens (to dead-letter them)."""
+DRAIN_MAX = 2_000
+"""Inbound messages handled per loop step; the rest waits for the next step."""
+CONTROL_OPS = ("snapshot", "which_children", "start_child", "terminate_child", "ping")
+WRITE_OPS = ("start_child", "terminate_child")
+
+
+@attrs.frozen
+class NodeInfo:
+    """One node of the cluster, as this node sees it (`Cluster.nodes`)."""
+
+    name: str
+    incarnation: str
+    host: str
+    pid: int
+    actors: int
+    started: float  # wall-clock time the incarnation started
+    last_seen: float  # wall-clock time of its last heartbeat or message (now, for this node)
+    status: str  # "up" | "down"
+
+
+@attrs.frozen
+class RemoteMessage:
+    """What a dead letter records for a message from another node that could not be
+    decoded here: who sent it, to which path, and why it could not be read."""
+
+    node: str
+    path: str
+    error: str
+
+
+class _Peer:
+    """What this node knows of another: identity, liveness, and the traffic to it."""
+
+    __slots__ = (
+        "actors",
+        "down_why",
+        "host",
+        "incarnation",
+        "last_seen",
+        "last_seen_wall",
+        "lost",
+        "max_seq",
+        "name",
+        "pid",
+        "queued",
+        "received",
+        "recent",
+        "room",
+        "seq",
+        "skipped",
+        "started",
+        "status",
+    )
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.incarnation: str | None = None
+        self.host = ""
+        self.pid = 0
+        self.actors = 0
+        self.started = 0.0
+        self.last_seen = -math.inf  # trio time
+        self.last_seen_wall = 0.0
+        self.status = "down"
+        self.down_why = "never seen"
+        # outbound: to its current incarnation
+        self.seq = 0
+        self.queued = 0  # in the outbox, not yet handed to NATS
+        self.recent: OrderedDict[int, tuple[Any, str]] = OrderedDict()  # seq -> (msg, path)
+        self.room = trio.Event()  # set when the outbox has room again
+        # inbound: from its current incarnation
+        self.max_seq = 0
+        self.received = 0
+        self.skipped = 0
+        self.lost = 0  # from earlier incarnations
+
+    def reset_inbound(self) -> None:
+        self.lost += self.lost_now()
+        self.max_seq = self.received = self.skipped = 0
+
+    def lost_now(self) -> int:
+        return max(0, self.max_seq - self.received - self.skipped)
+
+    def info(self, cluster: Cluster) -> NodeInfo:
+        return NodeInfo(
+            name=self.name,
+            incarnation=self.incarnation or "",
+            host=self.host,
+            pid=self.pid,
+            actors=self.actors,
+            started=self.started,
+            last_seen=self.last_seen_wall,
+            status=self.status,
+        )
+
+
+class _RemoteReply:
+    """The reply slot of an ask that came from another node: the answer is sent back."""
+
+    __slots__ = ("_cluster", "_peer", "_subject", "asker", "state")
+
+    def __init__(self, cluster: Cluster, peer: str, subject: str) -> None:
+        self._cluster = cluster
+        self._peer = peer
+        self._subject = subject
+        self.asker = None
+        self.state = "pending"
+
+    def send(self, value: Any) -> bool:
+        if self.state != "pending":
+            return False
+        self.state = "done"
+        self._cluster._answer(self._peer, self._subject, True, value)
+        return True
+
+    def fail(self, error: BaseException) -> bool:
+        if self.state != "pending":
+            return False
+        self.state = "done"
+        self._cluster._answer(self._peer, self._subject, False, error)
+        return True
+
+
+def parse_url(url: str) -> tuple[str, str]:
+    """``troupe://node/path`` -> (node, "/path"); `ValueError` naming what is wrong."""
+    if not isinstance(url, str) or not url.startswith(URL_SCHEME):
+        raise ValueError(f"an actor URL looks like 'troupe://node/app/worker', got {url!r}")
+    rest = url[len(URL_SCHEME) :]
+    node, _, path = rest.partition("/")
+    if not env.NAME.fullmatch(node):
+        raise ValueError(
+            f"invalid node name {node!r} in {url!r}: letters, digits, '-' and '_' only"
+        )
+    return node, "/" + path.strip("/") if path.strip("/") else "/"
+
+
+def encode_error(error: BaseException) -> list[Any]:
+    """An error as it crosses the wire: [kind, type, message, traceback]."""
+    kind = "remote"
+    source: BaseException = error
+    if isinstance(error, ActorCrashed):
+        kind = "crashed"
+        source = error.__cause__ or error
+    elif isinstance(error, errors.Deadlock):
+        kind = "deadlock"
+    elif isinstance(error, MailboxFull):
+        kind = "full"
+    elif isinstance(error, ActorNotFound):
+        kind = "notfound"
+    elif isinstance(error, UnhandledMessage):
+        kind = "unhandled"
+    elif isinstance(error, ActorStopped | RuntimeClosed):
+        kind = "stopped"
+    elif isinstance(error, AskTimeout):
+        kind = "timeout"
+    elif isinstance(error, NodeDown):
+        kind = "nodedown"
+    if isinstance(source, RemoteError):
+        return [kind, source.type, source.message, source.traceback, str(error)]
+    info = ErrorInfo.of(source)
+    return [kind, info.type, info.message, info.traceback, describe_text(error)]
+
+
+def describe_text(error: BaseException) -> str:
+    try:
+        return str(error)
+    except Exception:
+        return type(error).__name__
+
+
+def decode_error(fields: Any, where: str) -> BaseException:
+    """The error an asker gets for an error that crossed the wire."""
+    if not isinstance(fields, list) or len(fields) < 5:
+        return RemoteError("RemoteError", f"an undecodable error came back from {where}")
+    kind, type_, message, traceback, text = (str(f) for f in fields[:5])
+    remote = RemoteError(type_, message, traceback)
+    error: BaseException
+    if kind == "crashed":
+        error = ActorCrashed(text)
+        error.__cause__ = remote
+        return error
+    known: dict[str, type[TroupeError]] = {
+        "deadlock": errors.Deadlock,
+        "full": MailboxFull,
+        "notfound": ActorNotFound,
+        "unhandled": UnhandledMessage,
+        "stopped": ActorStopped,
+        "timeout": AskTimeout,
+    }
+    cls = known.get(kind)
+    if cls is not None:
+        error = cls(text)
+        error.__cause__ = remote
+        return error
+    if kind == "nodedown":
+        return NodeDown(where, None, text)
+    return remote
+
+
+class Cluster:
+    """This system's node on a cluster (``system.cluster``); trio thread only unless
+    a method says otherwise.
+
+    Made and run by the entry points when ``cluster=`` is given.
+    """
+
+    def __init__(
+        self,
+        system: System,
+        *,
+        node: str,
+        servers: Sequence[str],
+        cluster_name: str = "troupe",
+        cluster_topics: Iterable[str] = (),
+        cluster_control: str = "ro",
+        nats_options: dict[str, Any] | None = None,
+        heartbeat: float = 1.0,
+        node_down_after: float = 5.0,
+        outbox: int = 10_000,
+    ) -> None:
+        if not isinstance(node, str) or not env.NAME.fullmatch(node):
+            raise ValueError(
+                f"a node name is one NATS subject token (letters, digits, '-' and '_'), "
+                f"got {node!r}"
+            )
+        if not isinstance(cluster_name, str) or not env.CLUSTER_NAME.fullmatch(cluster_name):
+            raise ValueError(
+                f"cluster_name is one or more dot-separated tokens of letters, digits, '-' and "
+                f"'_', got {cluster_name!r}"
+            )
+        if isinstance(cluster_topics, str):
+            cluster_topics = (cluster_topics,)
+        topics = tuple(cluster_topics)
+        for pattern in topics:
+            check_pattern(pattern)
+        if cluster_control not in ("ro", "rw"):
+            raise ValueError(f"cluster_control is 'ro' or 'rw', got {cluster_control!r}")
+        if not (isinstance(heartbeat, int | float) and 0 < heartbeat < math.inf):
+            raise ValueError(f"heartbeat is a positive number of seconds, got {heartbeat!r}")
+        if not (
+            isinstance(node_down_after, int | float) and heartbeat < node_down_after < math.inf
+        ):
+            raise ValueError(
+                f"node_down_after is a number of seconds longer than heartbeat ({heartbeat}), "
+                f"got {node_down_after!r}"
+            )
+        if isinstance(outbox, bool) or not isinstance(outbox, int) or outbox < 1:
+            raise ValueError(f"outbox is an int >= 1 (messages per destination), got {outbox!r}")
+        if isinstance(servers, str):
+            servers = [servers]
+        servers = list(servers)
+        if not servers or not all(isinstance(s, str) and s for s in servers):
+            raise ValueError(f"cluster= takes a NATS URL or a list of them, got {servers!r}")
+        if nats_options is not None and not isinstance(nats_options, dict):
+            raise TypeError(
+                f"nats_options is a dict of nats.connect() options, got {nats_options!r}"
+            )
+        self.system = system
+        self.node = node
+        self.servers = servers
+        self.cluster_name = cluster_name
+        self.topics = topics
+        self.control = cluster_control
+        self.heartbeat = float(heartbeat)
+        self.node_down_after = float(node_down_after)
+        self.outbox = outbox
+        self.incarnation = _new_incarnation()
+        self.incarnations = {self.incarnation}  # this process's, for late replies
+        self.started = time.time()
+        self.subjects = env.Subjects(cluster_name, node)
+        self.codec = Codec(ref_to_url=self._url_of, url_to_ref=self.ref)
+        self._peers: dict[str, _Peer] = {}
+        self._declared_down: set[tuple[str, str]] = set()  # (node, incarnation) we saw go down
+        self._asks: dict[int, tuple[Reply, str, str, Any]] = {}  # id -> (reply, node, path, msg)
+        self._ask_ids = itertools.count(1)
+        self._watches: dict[tuple[str, str], dict[Cell, None]] = {}  # (node, path) -> watchers
+        self._watched_by: dict[str, set[tuple[str, str]]] = {}  # local path -> (node, watcher)
+        self._backlog: list[Inbound] = []
+        self._transport: Transport | None = None
+        self._nursery: trio.Nursery | None = None
+        self._connected = False
+        self._closing = False
+        self.lost_replies = 0
+        self.undecodable = 0
+        self.events_out = 0
+        self.events_in = 0
+
+    # -- lifecycle -------------------------------------------------------
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Join (connect, probe the name, subscribe), then heartbeat and watch the
+        others until cancelled; then leave (tell the others) and close.
+
+        Raises `ClusterError` when the node cannot join.
+        """
+        subjects = [self.subjects.mine, self.subjects.heartbeats]
+        subjects += [self.subjects.pattern(p) for p in self.topics]
+        options = {"no_echo": True, **(self._nats_options or {})}
+        transport = Transport(
+            self.servers,
+            name=self.node,
+            probe_subject=self.subjects.probe,
+            subjects=subjects,
+            deliver=self._deliver,
+            call_soon=self.system.gate.call_soon,
+            options=options,
+        )
+        self._transport = transport
+        await transport.start()
+        self.codec = Codec(
+            ref_to_url=self._url_of,
+            url_to_ref=self.ref,
+            max_payload=max(1024, transport.max_payload - 1024),  # room for the envelope
+        )
+        self._connected = True
+        self.system.bus.set_exporter(self._export if self.topics else None)
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                self._heartbeat_now(answer_me=True)
+                nursery.start_soon(self._heartbeats, name=f"troupe cluster {self.node} heartbeats")
+                task_status.started()
+                await trio.sleep_forever()
+        finally:
+            self._closing = True
+            self.system.bus.set_exporter(None)
+            with trio.CancelScope(shield=True):
+                if self._connected:
+                    transport.publish(
+                        Outgoing(
+                            self.subjects.heartbeats,
+                            env.pack(env.LEAVE, self.node, self.incarnation),
+                        )
+                    )
+                await transport.close()
+                self._fail_all(RuntimeClosed(f"node {self.node!r} left its cluster"))
+
+    @property
+    def _nats_options(self) -> dict[str, Any]:
+        return self.__dict__.get("_options_given", {}) or {}
+
+    def set_nats_options(self, options: dict[str, Any] | None) -> None:
+        self.__dict__["_options_given"] = dict(options or {})
+
+    # -- membership ------------------------------------------------------
+    def nodes(self) -> list[NodeInfo]:
+        """Every node this one knows (itself included), by name."""
+        me = NodeInfo(
+            name=self.node,
+            incarnation=self.incarnation,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            actors=self.system.info()["actors"],
+            started=self.started,
+            last_seen=time.time(),
+            status="up" if self._connected and not self._closing else "down",
+        )
+        others = [peer.info(self) for peer in self._peers.values() if peer.incarnation]
+        return sorted([me, *others], key=lambda info: info.name)
+
+    def is_up(self, node: str) -> bool:
+        if node == self.node:
+            return self.system.is_running
+        peer = self._peers.get(node)
+        return peer is not None and peer.status == "up" and self.system.is_running
+
+    def _peer(self, node: str) -> _Peer:
+        peer = self._peers.get(node)
+        if peer is None:
+            peer = self._peers[node] = _Peer(node)
+        return peer
+
+    def _heartbeat_info(self) -> dict[str, Any]:
+        return {
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "started": self.started,
+            "actors": self.system.info()["actors"],
+        }
+
+    def _heartbeat_now(self, *, answer_me: bool = False, to: str | None = None) -> None:
+        data = env.pack(
+            env.HEARTBEAT, self.node, self.incarnation, self._heartbeat_info(), answer_me
+        )
+        subject = self.subjects.heartbeats if to is None else self.subjects.system(to)
+        self._publish(Outgoing(subject, data))
+
+    async def _heartbeats(self) -> None:
+        """Heartbeat every `heartbeat` seconds and declare silent nodes down.
+
+        A check that comes much later than planned means this process was
+        frozen (SIGSTOP, a debugger, a swapped-out machine): the others' silence
+        then says nothing about them, so they get a fresh grace period.
+        """
+        period = self.heartbeat
+        next_at = trio.current_time()
+        while True:
+            next_at += period
+            await trio.sleep_until(next_at)
+            now = trio.current_time()
+            if now - next_at > self.node_down_after / 2:  # we were frozen
+                for peer in self._peers.values():
+                    peer.last_seen = max(peer.last_seen, now)
+                next_at = now
+            self._heartbeat_now()
+            for peer in list(self._peers.values()):
+                if peer.status == "up" and now - peer.last_seen > self.node_down_after:
+                    self._node_down(peer, f"silent for more than {self.node_down_after:g}s")
+
+    def _seen(
+        self, node: str, incarnation: str, info: dict[str, Any] | None = None
+    ) -> _Peer | None:
+        """`node` is alive as `incarnation`: mark it up (a new incarnation replaces the
+        old one, which is down).  None if that incarnation was declared down."""
+        if (node, incarnation) in self._declared_down:
+            # it was declared down and does not know yet: tell it to rejoin
+            self._publish(
+                Outgoing(
+                    self.subjects.system(node),
+                    env.pack(env.DOWN, self.node, self.incarnation, incarnation),
+                )
+            )
+            return None
+        peer = self._peer(node)
+        if peer.incarnation != incarnation:
+            if peer.status == "up":
+                self._node_down(peer, "it came back as a new incarnation")
+            peer.incarnation = incarnation
+            peer.seq = 0
+            peer.recent.clear()
+            peer.reset_inbound()
+        if info:
+            peer.host = str(info.get("host", ""))
+            peer.pid = int(info.get("pid", 0) or 0)
+            peer.started = float(info.get("started", 0.0) or 0.0)
+            peer.actors = int(info.get("actors", 0) or 0)
+        peer.last_seen = trio.current_time()
+        peer.last_seen_wall = time.time()
+        if peer.status != "up":
+            peer.status = "up"
+            peer.down_why = ""
+            peer.room.set()
+            log.info("node %s: node %s is up (incarnation %s)", self.node, node, incarnation)
+            self.system.system_event(
+                "system.cluster.node_up", {"node": node, "incarnation": incarnation}
+            )
+            for (watched_node, path), watchers in list(self._watches.items()):
+                if watched_node == node and watchers:
+                    self._send_watch(node, path, env.WATCH)
+        return peer
+
+    def _node_down(self, peer: _Peer, why: str) -> None:
+        """`peer`'s incarnation is gone: fail what waits on it, tell its watchers."""
+        if peer.status != "up":
+            return
+        peer.status = "down"
+        peer.down_why = why
+        incarnation = peer.incarnation
+        if incarnation is not None:
+            self._declared_down.add((peer.name, incarnation))
+        log.warning("node %s: node %s is down (%s)", self.node, peer.name, why)
+        error = NodeDown(peer.name, incarnation, why)
+        for ask_id, (reply, node, _path, _msg) in list(self._asks.items()):
+            if node == peer.name:
+                del self._asks[ask_id]
+                reply.fail(error)
+        for key in [key for key in self._watches if key[0] == peer.name]:
+            cells = self._watches.pop(key)
+            remote = RemoteRef(self, key[0], key[1])
+            for cell in cells:
+                cell.remote_terminated(remote, NodeDown(peer.name, incarnation, why))
+        for path, by in list(self._watched_by.items()):
+            by -= {w for w in by if w[0] == peer.name}
+            if not by:
+                del self._watched_by[path]
+        peer.room.set()  # senders waiting for room learn it is down
+        peer.room = trio.Event()
+        self.system.system_event(
+            "system.cluster.node_down",
+            {"node": peer.name, "incarnation": incarnation, "reason": why},
+        )
+
+    def _rejoin(self) -> None:
+        """The others declared this incarnation down: carry on as a new one."""
+        old = self.incarnation
+        self.incarnation = _new_incarnation()
+        self.incarnations.add(self.incarnation)
+        log.warning(
+            "node %s: the cluster declared incarnation %s down; rejoining as %s",
+            self.node,
+            old,
+            self.incarnation,
+        )
+        for peer in self._peers.values():
+            peer.seq = 0
+            peer.recent.clear()
+        self._heartbeat_now(answer_me=True)
+        for (node, path), watchers in self._watches.items():
+            if watchers and self.is_up(node):
+                self._send_watch(node, path, env.WATCH)
+
+    # -- refs ------------------------------------------------------------
+    def ref(self, url: str) -> ActorRef:
+        """The ref for ``troupe://node/path``: a local one for this node's actors
+        (`ActorNotFound` if there is none), a `RemoteRef` otherwise (not checked:
+        an unknown path shows when it is used)."""
+        node, path = parse_url(url)
+        if node == self.node:
+            return self.system.ref(path)
+        return RemoteRef(self, node, path)
+
+    def _url_of(self, ref: ActorRef) -> str:
+        url = ref.url
+        if url is None:
+            raise NotSerializable(f"{ref!r} has no URL: its system is not on a cluster")
+        return url
+
+    # -- sending ---------------------------------------------------------
+    def _check_open(self, what: str) -> None:
+        if not self.system.is_running or self._closing:
+            raise RuntimeClosed(f"actor system {self.system.name!r} is not running: cannot {what}")
+
+    def _publish(self, entry: Outgoing) -> None:
+        transport = self._transport
+        if transport is not None:
+            transport.publish(entry)
+
+    def _user_entry(
+        self, peer: _Peer, kind: int, path: str, body: bytes, origin: Any, *extra: Any
+    ) -> Outgoing:
+        peer.seq += 1
+        data = env.pack(kind, self.node, self.incarnation, peer.seq, path, body, *extra)
+        reply = self.subjects.reply(self.incarnation, -peer.seq) if kind == env.TELL else ""
+        return Outgoing(self.subjects.user(peer.name), data, reply, peer.name, origin)
+
+    def tell(self, ref: RemoteRef, msg: Any, timeout: float | None) -> None:
+        """`RemoteRef.tell` (any thread)."""
+        gate = self.system.gate
+        if not gate.on_loop_thread():
+            self._from_thread(self._tell_waiting, ref, msg, timeout)
+            return
+        self._check_open(f"tell {ref.url}")
+        body = self.codec.encode(msg)
+        peer = self._peer(ref.node)
+        if peer.status != "up":
+            self.system.dead_letter(msg, "undeliverable", ref.url)
+            return
+        if peer.queued >= self.outbox:
+            raise MailboxFull(
+                f"the outbox to node {ref.node!r} is full ({self.outbox} messages): "
+                "use `await ref.send(msg)` to wait for room, or tell less at once"
+            )
+        self._queue_user(peer, env.TELL, ref.path, body, (msg, ref.url))
+
+    def _queue_user(
+        self, peer: _Peer, kind: int, path: str, body: bytes, origin: Any, *extra: Any
+    ) -> None:
+        entry = self._user_entry(peer, kind, path, body, origin, *extra)
+        if kind == env.TELL:
+            recent = peer.recent
+            recent[peer.seq] = origin
+            if len(recent) > RECENT_TELLS:
+                recent.popitem(last=False)
+        peer.queued += 1
+        self._publish(entry)
+
+    async def _tell_waiting(self, ref: RemoteRef, msg: Any, timeout: float | None) -> None:
+        """A foreign thread's tell: wait for outbox room (up to `timeout`), then tell."""
+        peer = self._peer(ref.node)
+        deadline = math.inf if timeout is None else trio.current_time() + timeout
+        with trio.move_on_at(deadline):
+            while peer.status == "up" and peer.queued >= self.outbox:
+                await peer.room.wait()
+        self.tell(ref, msg, None)
+
+    async def _wait_for_room(self, peer: _Peer, deadline: float = math.inf) -> None:
+        with trio.move_on_at(deadline):
+            while peer.status == "up" and peer.queued >= self.outbox:
+                await peer.room.wait()
+
+    async def send(self, ref: RemoteRef, msg: Any) -> None:
+        """`RemoteRef.send`: an ask whose answer is the remote mailbox's acceptance."""
+        await self._request(ref, msg, math.inf, env.SEND)
+
+    async def ask(self, ref: RemoteRef, msg: Any, timeout: float) -> Any:
+        """`RemoteRef.ask` (trio thread)."""
+        return await self._request(ref, msg, timeout, env.ASK)
+
+    def ask_blocking(self, ref: RemoteRef, msg: Any, timeout: float) -> Any:
+        if self.system.gate.on_loop_thread():
+            raise RuntimeError(
+                "ask_blocking() would deadlock on the trio thread: use `await ref.ask(msg)` "
+                "there, and keep ask_blocking() for plain threads"
+            )
+        return self._from_thread(self._request, ref, msg, timeout, env.ASK)
+
+    def _from_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
+        token = self.system.gate.token
+        if token is None:
+            raise RuntimeClosed(f"actor system {self.system.name!r} is not running")
+        try:
+            return trio.from_thread.run(fn, *args, trio_token=token)
+        except trio.RunFinishedError:
+            raise RuntimeClosed(f"actor system {self.system.name!r} is not running") from None
+
+    async def _request(self, ref: RemoteRef, msg: Any, timeout: float, kind: int) -> Any:
+        self._check_open(f"ask {ref.url}")
+        what = f"{type(msg).__name__} from {ref.url}"
+        body = self.codec.encode(msg)
+        peer = self._peer(ref.node)
+        if peer.status != "up":
+            raise NodeDown(ref.node, peer.incarnation, peer.down_why)
+        deadline = trio.current_time() + timeout if timeout != math.inf else math.inf
+        if peer.queued >= self.outbox:
+            await self._wait_for_room(peer, deadline)
+            if peer.status != "up":
+                raise NodeDown(ref.node, peer.incarnation, peer.down_why)
+            if peer.queued >= self.outbox:
+                raise AskTimeout(
+                    f"the outbox to node {ref.node!r} stayed full; {what} was not sent"
+                )
+        ask_id = next(self._ask_ids)
+        reply = Reply(lambda value: self.system.dead_letter(value, "timeout", ref.url))
+        self._asks[ask_id] = (reply, ref.node, ref.path, msg)
+        entry = self._user_entry(
+            peer,
+            kind,
+            ref.path,
+            body,
+            None,
+            ask_id,
+            None if timeout == math.inf else timeout,
+        )
+        entry.reply = self.subjects.reply(self.incarnation, ask_id)
+        entry.origin = ("ask", ask_id)
+        peer.queued += 1
+        self._publish(entry)
+        try:
+            return await reply.wait(deadline, f"{what} within {timeout}s")
+        finally:
+            self._asks.pop(ask_id, None)
+
+    def _answer(self, node: str, subject: str, ok: bool, value: Any) -> None:
+        """Send the answer to an ask that came from `node` (see `_RemoteReply`)."""
+        if ok:
+            try:
+                payload: Any = self.codec.encode(value)
+            except NotSerializable as error:
+                ok, payload = False, encode_error(error)
+        else:
+            payload = encode_error(value)
+        self._publish(
+            Outgoing(subject, env.pack(env.REPLY, self.node, self.incarnation, ok, payload))
+        )
+
+    # -- watching ----------------------------------------------------------
+    def watch(self, cell: Cell, ref: RemoteRef) -> None:
+        key = (ref.node, ref.path)
+        if not self.is_up(ref.node):
+            peer = self._peers.get(ref.node)
+            why = peer.down_why if peer is not None else "never seen"
+            cell.remote_terminated(
+                ref, NodeDown(ref.node, None if peer is None else peer.incarnation, why)
+            )
+            return
+        watchers = self._watches.setdefault(key, {})
+        first = not watchers
+        watchers[cell] = None
+        if first:
+            self._send_watch(ref.node, ref.path, env.WATCH)
+
+    def unwatch(self, cell: Cell, ref: RemoteRef) -> None:
+        key = (ref.node, ref.path)
+        watchers = self._watches.get(key)
+        if watchers is None:
+            return
+        watchers.pop(cell, None)
+        if not watchers:
+            del self._watches[key]
+            if self.is_up(ref.node):
+                self._send_watch(ref.node, ref.path, env.UNWATCH)
+
+    def _send_watch(self, node: str, path: str, kind: int) -> None:
+        self._publish(
+            Outgoing(
+                self.subjects.system(node),
+                env.pack(kind, self.node, self.incarnation, path, ""),
+            )
+        )
+
+    def slot_released(self, cell: Cell) -> None:
+        """A local slot stopped for good: tell the nodes watching it (the system calls this)."""
+        watchers = self._watched_by.pop(cell.path, None)
+        if watchers:
+            reason = _wire_reason(cell.final_reason)
+            for node, _ in watchers:
+                self._publish(
+                    Outgoing(
+                        self.subjects.system(node),
+                        env.pack(
+                            env.TERMINATED, self.node, self.incarnation, cell.path, "", reason
+                        ),
+                    )
+                )
+        for watchers_of in self._watches.values():
+            watchers_of.pop(cell, None)
+
+    # -- the bus -------------------------------------------------------------
+    def _export(self, event: Event) -> None:
+        """The bus's hook for a new user event: share it if its topic is a cluster topic.
+
+        Raises `NotSerializable` (before anything is delivered) for a payload
+        that cannot cross.
+        """
+        if not any(matches(pattern, event.topic) for pattern in self.topics):
+            return
+        body = self.codec.encode(event)
+        self.events_out += 1
+        self._publish(
+            Outgoing(
+                self.subjects.topic(event.topic),
+                env.pack(env.EVENT, self.node, self.incarnation, body),
+            )
+        )
+
+    # -- control over NATS -------------------------------------------------------
+    async def _control(self, node: str, op: str, args: Any, timeout: float) -> Any:
+        if node == self.node:
+            return await self._local_control(op, args)
+        self._check_open(f"ask node {node!r}")
+        peer = self._peer(node)
+        if peer.status != "up":
+            raise NodeDown(node, peer.incarnation, peer.down_why)
+        ask_id = next(self._ask_ids)
+        reply = Reply(lambda value: None)
+        self._asks[ask_id] = (reply, node, "/", op)
+        self._publish(
+            Outgoing(
+                self.subjects.system(node),
+                env.pack(env.CONTROL, self.node, self.incarnation, op, args),
+                self.subjects.reply(self.incarnation, ask_id),
+            )
+        )
+        try:
+            return await reply.wait(trio.current_time() + timeout, f"{op} from node {node!r}")
+        finally:
+            self._asks.pop(ask_id, None)
+
+    async def _local_control(self, op: str, args: Any) -> Any:
+        system = self.system
+        if op == "ping":
+            return "pong"
+        if op == "snapshot":
+            return system.snapshot().to_dict()
+        if op == "which_children":
+            return [_child_info(info) for info in system.which_children(str(args))]
+        if op == "start_child":
+            parent, spec = args
+            ref = await system.start_child(str(parent), _spec_from_wire(spec, self.codec))
+            return ref.url
+        if op == "terminate_child":
+            await system.terminate_child(str(args))
+            return None
+        raise ValueError(f"unknown control operation {op!r}")
+
+    async def snapshot(self, timeout: float = 5.0) -> dict[str, TreeSnapshot]:
+        """Every live node's `TreeSnapshot` (this node's included), by node name."""
+        from ..monitor import TreeSnapshot
+
+        result: dict[str, TreeSnapshot] = {self.node: self.system.snapshot()}
+        live = [name for name, peer in self._peers.items() if peer.status == "up"]
+
+        async def one(name: str) -> None:
+            try:
+                data = await self._control(name, "snapshot", None, timeout)
+                result[name] = TreeSnapshot.from_dict(data)
+            except (TroupeError, ValueError, TypeError, KeyError) as error:
+                log.warning("node %s: no snapshot from node %s: %s", self.node, name, error)
+
+        async with trio.open_nursery() as nursery:
+            for name in live:
+                nursery.start_soon(one, name)
+        return dict(sorted(result.items()))
+
+    async def which_children(self, url: str, timeout: float = 5.0) -> list[ChildInfo]:
+        """The children of the supervisor at ``troupe://node/path``."""
+        node, path = parse_url(url)
+        if node == self.node:
+            return self.system.which_children(path)
+        data = await self._control(node, "which_children", path, timeout)
+        return [_child_info_from(item, self) for item in data]
+
+    async def start_child(self, url: str, spec: ChildSpec, timeout: float = 30.0) -> ActorRef:
+        """Start `spec` (its class given as an import string) under the supervisor at
+        ``troupe://node/path``; its ref.  The node must allow it (``cluster_control="rw"``)."""
+        node, path = parse_url(url)
+        if node == self.node:
+            return await self.system.start_child(path, spec)
+        found = await self._control(
+            node, "start_child", [path, _spec_to_wire(spec, self.codec)], timeout
+        )
+        return self.ref(str(found))
+
+    async def terminate_child(self, url: str, timeout: float = 30.0) -> None:
+        node, path = parse_url(url)
+        if node == self.node:
+            await self.system.terminate_child(path)
+            return
+        await self._control(node, "terminate_child", path, timeout)
+
+    def stats(self) -> dict[str, Any]:
+        """This node's view, for the snapshot and metrics."""
+        return {
+            "node": self.node,
+            "incarnation": self.incarnation,
+            "connected": self._connected,
+            "server": None if self._transport is None else self._transport.connected_url,
+            "peers": {
+                name: {
+                    "status": peer.status,
+                    "incarnation": peer.incarnation,
+                    "outbox": peer.queued,
+                    "lost_in_transit": peer.lost + peer.lost_now(),
+                }
+                for name, peer in sorted(self._peers.items())
+            },
+            "lost_in_transit": sum(p.lost + p.lost_now() for p in self._peers.values()),
+            "events_out": self.events_out,
+            "events_in": self.events_in,
+            "undecodable": self.undecodable,
+            "wakeups": 0 if self._transport is None else self._transport.wakeups,
+        }
+
+    # -- inbound (trio thread) ---------------------------------------------------
+    def _deliver(self, batch: list[Inbound]) -> None:
+        """The transport's batch: handle up to `DRAIN_MAX` now, the rest in a later step."""
+        backlog = self._backlog
+        if backlog:
+            backlog.extend(batch)
+            return
+        self._handle(batch)
+
+    def _handle(self, batch: list[Inbound]) -> None:
+        rest = batch[DRAIN_MAX:]
+        for item in batch[:DRAIN_MAX]:
+            try:
+                self._one(item)
+            except Exception:  # one bad message never stops the node
+                log.exception("node %s: could not handle %r", self.node, item)
+        if rest:
+            self._backlog = rest
+            self.system.gate.call_soon(self._resume)
+
+    def _resume(self) -> None:
+        batch, self._backlog = self._backlog, []
+        self._handle(batch)
+
+    def _one(self, item: Inbound) -> None:
+        if isinstance(item, Incoming):
+            self._incoming(item)
+        elif isinstance(item, Sent):
+            for node, count in item.counts.items():
+                peer = self._peers.get(node)
+                if peer is not None:
+                    peer.queued = max(0, peer.queued - count)
+                    if peer.queued < self.outbox:
+                        peer.room.set()
+                        peer.room = trio.Event()
+        elif isinstance(item, Undeliverable):
+            self._undeliverable(item.entries)
+        elif isinstance(item, ConnectionState):
+            self._connection(item)
+
+    def _connection(self, item: ConnectionState) -> None:
+        if self._closing:
+            return  # our own close
+        if item.state == "disconnected":
+            self._connected = False
+            log.warning("node %s: lost its NATS connection; reconnecting", self.node)
+        elif item.state == "reconnected":
+            self._connected = True
+            log.info("node %s: reconnected to NATS at %s", self.node, item.server)
+            self._heartbeat_now(answer_me=True)
+        elif item.state == "closed":
+            self._connected = False
+
+    def _undeliverable(self, entries: list[Outgoing]) -> None:
+        """Publishes the connection could not take: dead-letter them here, and tell
+        their receivers which sequence numbers not to count as lost."""
+        skips: dict[str, list[int]] = {}
+        for entry in entries:
+            origin = entry.origin
+            if entry.node is not None:
+                fields = env.unpack(entry.data)
+                if (
+                    fields
+                    and fields[0] in (env.TELL, env.ASK, env.SEND)
+                    and fields[2] == self.incarnation
+                ):
+                    skips.setdefault(entry.node, []).append(int(fields[3]))
+            if isinstance(origin, tuple) and len(origin) == 2 and origin[0] == "ask":
+                found = self._asks.pop(origin[1], None)
+                if found is not None:
+                    reply, node, path, msg = found
+                    self.system.dead_letter(msg, "undeliverable", f"{URL_SCHEME}{node}{path}")
+                    reply.fail(
+                        NodeDown(node, None, "the NATS connection was lost before it was sent")
+                    )
+            elif isinstance(origin, tuple) and len(origin) == 2:
+                msg, url = origin
+                peer = self._peers.get(entry.node or "")
+                if peer is not None:
+                    fields = env.unpack(entry.data)
+                    if fields:
+                        peer.recent.pop(int(fields[3]), None)
+                self.system.dead_letter(msg, "undeliverable", url)
+        for node, seqs in skips.items():
+            seqs.sort()
+            start = prev = seqs[0]
+            for seq in [*seqs[1:], None]:
+                if seq is not None and seq == prev + 1:
+                    prev = seq
+                    continue
+                self._publish(
+                    Outgoing(
+                        self.subjects.user(node),
+                        env.pack(env.SKIP, self.node, self.incarnation, start, prev),
+                    )
+                )
+                if seq is not None:
+                    start = prev = seq
+
+    def _incoming(self, item: Incoming) -> None:
+        lane, incarnation, ask_id = self.subjects.lane(item.subject)
+        if lane == "probe":
+            if item.reply:
+                self._publish(Outgoing(item.reply, b"taken"))
+            return
+        if lane == "r":
+            self._reply_arrived(item, incarnation, ask_id)
+            return
+        fields = env.unpack(item.data)
+        if fields is None:
+            self.undecodable += 1
+            return
+        kind, node, inc = fields[0], fields[1], fields[2]
+        if node == self.node:
+            return  # our own (a heartbeat or an event NATS echoed)
+        if kind == env.HEARTBEAT:
+            info = fields[3] if len(fields) > 3 and isinstance(fields[3], dict) else None
+            peer = self._seen(node, inc, info)
+            if peer is not None and len(fields) > 4 and fields[4]:
+                self._heartbeat_now(to=node)  # a newcomer: let it see us at once
+            return
+        if kind == env.LEAVE:
+            peer = self._peers.get(node)
+            if peer is not None and peer.incarnation == inc:
+                self._node_down(peer, "it left")
+            return
+        if kind == env.DOWN:
+            if len(fields) > 3 and fields[3] == self.incarnation:
+                self._rejoin()
+            return
+        peer = self._seen(node, inc)
+        if peer is None:
+            # from an incarnation already declared down: its messages are not delivered
+            if kind in (env.TELL, env.ASK, env.SEND) and len(fields) >= 6:
+                self.system.dead_letter(
+                    RemoteMessage(node, str(fields[4]), "from a node incarnation declared down"),
+                    "undeliverable",
+                    str(fields[4]),
+                )
+            return
+        if kind in (env.TELL, env.ASK, env.SEND):
+            self._user_message(peer, kind, fields, item.reply)
+        elif kind == env.SKIP:
+            first, last = int(fields[3]), int(fields[4])
+            peer.skipped += max(0, last - first + 1)
+            peer.max_seq = max(peer.max_seq, last)
+        elif kind == env.WATCH:
+            self._watched(node, str(fields[3]))
+        elif kind == env.UNWATCH:
+            watchers = self._watched_by.get(str(fields[3]))
+            if watchers is not None:
+                watchers.discard((node, ""))
+        elif kind == env.TERMINATED:
+            self._terminated(node, str(fields[3]), fields[5] if len(fields) > 5 else "normal")
+        elif kind == env.CONTROL:
+            self._control_request(
+                node, str(fields[3]), fields[4] if len(fields) > 4 else None, item.reply
+            )
+        elif kind == env.EVENT:
+            self._event(node, fields[3])
+
+    def _user_message(self, peer: _Peer, kind: int, fields: list[Any], reply_to: str) -> None:
+        if len(fields) < 6:
+            self.undecodable += 1
+            return
+        seq, path, body = int(fields[3]), str(fields[4]), fields[5]
+        peer.received += 1
+        peer.max_seq = max(peer.max_seq, seq)
+        try:
+            msg = self.codec.decode(body)
+        except Undecodable as error:
+            self.undecodable += 1
+            self.system.dead_letter(
+                RemoteMessage(peer.name, path, str(error)), "undeliverable", path
+            )
+            if kind != env.TELL and reply_to:
+                self._answer(peer.name, reply_to, False, RemoteError("Undecodable", str(error)))
+            return
+        try:
+            ref = self.system.ref(path)
+        except ActorNotFound as error:
+            if kind == env.TELL:
+                self.system.dead_letter(msg, "undeliverable", path)
+            elif reply_to:
+                self.system.dead_letter(msg, "undeliverable", path)
+                self._answer(peer.name, reply_to, False, error)
+            return
+        except RuntimeClosed:
+            return
+        if kind == env.TELL:
+            try:
+                ref.tell(msg)
+            except MailboxFull:
+                self.system.dead_letter(msg, "overflow", path)
+            except RuntimeClosed:
+                pass
+        elif kind == env.ASK:
+            try:
+                ref.deliver_ask(msg, _RemoteReply(self, peer.name, reply_to))
+            except MailboxFull as error:
+                self.system.dead_letter(msg, "overflow", path)
+                self._answer(peer.name, reply_to, False, error)
+            except RuntimeClosed as error:
+                self._answer(peer.name, reply_to, False, error)
+        else:  # SEND: answered once the mailbox took it
+            assert self._nursery is not None
+            self._nursery.start_soon(self._accept, peer.name, ref, msg, reply_to)
+
+    async def _accept(self, node: str, ref: ActorRef, msg: Any, reply_to: str) -> None:
+        try:
+            await ref.send(msg)
+        except (TroupeError, TypeError) as error:
+            self._answer(node, reply_to, False, error)
+        else:
+            self._answer(node, reply_to, True, None)
+
+    def _reply_arrived(self, item: Incoming, incarnation: str | None, ask_id: int | None) -> None:
+        if incarnation not in self.incarnations or ask_id is None:
+            self.lost_replies += 1
+            return
+        if ask_id < 0:  # a tell's reply subject: NATS says nobody listened
+            if item.status == "503":
+                self._nobody_listened(-ask_id)
+            return
+        found = self._asks.get(ask_id)
+        if item.status == "503":
+            if found is not None:
+                del self._asks[ask_id]
+                reply, node, path, msg = found
+                self.system.dead_letter(msg, "undeliverable", f"{URL_SCHEME}{node}{path}")
+                reply.fail(NodeDown(node, None, "nobody listens on its subject (no responders)"))
+            return
+        fields = env.unpack(item.data)
+        if fields is None or fields[0] != env.REPLY or len(fields) < 5:
+            if found is not None:
+                del self._asks[ask_id]
+                found[0].fail(RemoteError("Undecodable", "an undecodable answer came back"))
+            return
+        node = fields[1]
+        if found is None:
+            self.lost_replies += 1
+            return
+        del self._asks[ask_id]
+        reply = found[0]
+        if fields[3]:
+            try:
+                value = self.codec.decode(fields[4])
+            except Undecodable as error:
+                reply.fail(RemoteError("Undecodable", f"the answer from {node!r}: {error}"))
+                return
+            reply.send(value)
+        else:
+            reply.fail(decode_error(fields[4], node))
+
+    def _nobody_listened(self, seq: int) -> None:
+        """NATS said nobody listens on the subject a tell went to: dead-letter it."""
+        for peer in self._peers.values():
+            origin = peer.recent.pop(seq, None)
+            if origin is not None:
+                msg, url = origin
+                self.system.dead_letter(msg, "undeliverable", url)
+                return
+
+    def _watched(self, node: str, path: str) -> None:
+        try:
+            ref = self.system.ref(path)
+        except (ActorNotFound, RuntimeClosed, ValueError, TypeError):
+            self._publish(
+                Outgoing(
+                    self.subjects.system(node),
+                    env.pack(env.TERMINATED, self.node, self.incarnation, path, "", "noproc"),
+                )
+            )
+            return
+        self._watched_by.setdefault(ref.path, set()).add((node, ""))
+
+    def _terminated(self, node: str, path: str, reason: Any) -> None:
+        watchers = self._watches.pop((node, path), None)
+        if not watchers:
+            return
+        ref = RemoteRef(self, node, path)
+        why = _reason_from_wire(reason)
+        for cell in watchers:
+            cell.remote_terminated(ref, why)
+
+    def _control_request(self, node: str, op: str, args: Any, reply_to: str) -> None:
+        if not reply_to:
+            return
+        if op not in CONTROL_OPS:
+            self._answer(node, reply_to, False, ValueError(f"unknown control operation {op!r}"))
+            return
+        if op in WRITE_OPS and self.control != "rw":
+            self._answer(
+                node,
+                reply_to,
+                False,
+                PermissionError(
+                    f"node {self.node!r} takes read-only control over NATS; start it with "
+                    "cluster_control='rw' to allow starting and stopping actors remotely"
+                ),
+            )
+            return
+        assert self._nursery is not None
+        self._nursery.start_soon(self._serve_control, node, op, args, reply_to)
+
+    async def _serve_control(self, node: str, op: str, args: Any, reply_to: str) -> None:
+        try:
+            value = await self._local_control(op, args)
+        except Exception as error:
+            self._answer(node, reply_to, False, error)
+        else:
+            self._answer(node, reply_to, True, value)
+
+    def _event(self, node: str, body: Any) -> None:
+        try:
+            event = self.codec.decode(body)
+        except Undecodable as error:
+            self.undecodable += 1
+            self.system.dead_letter(RemoteMessage(node, "bus", str(error)), "undeliverable", "bus")
+            return
+        if not isinstance(event, Event):
+            self.undecodable += 1
+            return
+        self.events_in += 1
+        self.system.bus.deliver_remote(event)
+
+    def _fail_all(self, error: BaseException) -> None:
+        asks, self._asks = self._asks, {}
+        for reply, _node, _path, _msg in asks.values():
+            reply.fail(error)
+
+
+def _new_incarnation() -> str:
+    return f"{int(time.time() * 1000):x}{secrets.token_hex(3)}"
+
+
+def _wire_reason(reason: object) -> Any:
+    if isinstance(reason, BaseException):
+        info = ErrorInfo.of(reason)
+        return [info.type, info.message, info.traceback]
+    return describe(reason)
+
+
+def _reason_from_wire(reason: Any) -> Any:
+    if isinstance(reason, list) and len(reason) >= 3:
+        return RemoteError(str(reason[0]), str(reason[1]), str(reason[2]))
+    return str(reason)
+
+
+def _child_info(info: ChildInfo) -> dict[str, Any]:
+    return {
+        "name": info.name,
+        "path": info.path,
+        "url": info.ref.url,
+        "kind": info.kind,
+        "state": info.state,
+        "restart": info.restart,
+        "dynamic": info.dynamic,
+    }
+
+
+def _child_info_from(item: Any, cluster: Cluster) -> ChildInfo:
+    if not isinstance(item, dict):
+        raise RemoteError("Undecodable", f"a child's description came back as {item!r}")
+    return ChildInfo(
+        name=str(item["name"]),
+        path=str(item["path"]),
+        ref=cluster.ref(str(item["url"])),
+        kind=str(item["kind"]),
+        state=str(item["state"]),
+        restart=str(item["restart"]),
+        dynamic=bool(item["dynamic"]),
+    )
+
+
+def import_path(factory: Any) -> str:
+    """``"module:QualifiedName"`` for a spec's factory, to start it on another node."""
+    if isinstance(factory, str):
+        return factory
+    module = getattr(factory, "__module__", None)
+    qualname = getattr(factory, "__qualname__", None)
+    if not module or not qualname or "<locals>" in qualname or module == "__main__":
+        raise NotSerializable(
+            f"{factory!r} cannot be started on another node: give child() an import string "
+            "like 'myapp.workers:Worker' naming a module-level class both nodes can import"
+        )
+    return f"{module}:{qualname}"
+
+
+def _spec_to_wire(spec: ChildSpec, codec: Codec) -> list[Any]:
+    if not isinstance(spec, ChildSpec):
+        raise TypeError(
+            f"a remote start_child takes a child(...) spec (supervisors are started "
+            f"locally), got {spec!r}"
+        )
+    mailbox = None if spec.mailbox is None else [spec.mailbox.capacity, spec.mailbox.overflow]
+    return [
+        import_path(spec.factory),
+        spec.name,
+        codec.encode([list(spec.args), dict(spec.kwargs)]),
+        spec.restart,
+        spec.shutdown,
+        mailbox,
+    ]
+
+
+def _spec_from_wire(data: Any, codec: Codec) -> ChildSpec:
+    from ..spec import Mailbox
+
+    factory, name, body, restart, shutdown, mailbox = data
+    try:
+        args, kwargs = codec.decode(body)
+    except Undecodable as error:
+        raise ValueError(
+            f"the arguments of {factory!r} could not be decoded here: {error}"
+        ) from None
+    return child(
+        str(factory),
+        name=str(name),
+        args=args,
+        kwargs=kwargs,
+        restart=restart,
+        shutdown=shutdown,
+        mailbox=None if mailbox is None else Mailbox(capacity=mailbox[0], overflow=mailbox[1]),
+    )
+
+
+__all__ = ["Cluster", "NodeInfo", "RemoteMessage", "parse_url"]

@@ -1,0 +1,233 @@
+"""Nodes of one cluster on a real nats-server, run in this process (two systems on one
+trio loop, each with its own NATS thread): remote refs, asks, tells, watches, the
+cluster-wide bus, membership.  Real time with generous bounds; counts, not durations."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import attrs
+import pytest
+import trio
+from natsserver import NatsServer
+
+import runtime
+from runtime import Actor, Supervisor, child, wire
+
+WAIT = 20.0
+_names = itertools.count()
+
+
+@wire.register
+@attrs.frozen
+class Ping:
+    n: int
+    reply_to: runtime.ActorRef | None = None
+
+
+class Echo(Actor):
+    """Answers what it gets; ``"boom"`` crashes it; ``Ping`` with a ref tells it back."""
+
+    def __init__(self, log: list[Any] | None = None) -> None:
+        self.log = log if log is not None else []
+
+    async def receive(self, msg: Any) -> Any:
+        if msg == "boom":
+            raise ValueError("boom on purpose")
+        if msg == "ignore":
+            return runtime.UNHANDLED
+        if isinstance(msg, Ping) and msg.reply_to is not None:
+            msg.reply_to.tell(Ping(msg.n + 1))
+        self.log.append(msg)
+        return msg
+
+
+def tree(log: list[Any] | None = None) -> Supervisor:
+    return Supervisor("app", children=[child(Echo, name="echo", args=(log,))])
+
+
+def fresh(prefix: str) -> str:
+    return f"{prefix}{next(_names)}"
+
+
+@asynccontextmanager
+async def node(
+    server: NatsServer, name: str, log: list[Any] | None = None, **options: Any
+) -> AsyncIterator[runtime.System]:
+    options.setdefault("cluster_name", "t" + name.split("-")[0])
+    async with runtime.open_system(
+        tree(log),
+        name=name,
+        node=name,
+        cluster=server.url,
+        heartbeat=0.2,
+        node_down_after=1.5,
+        **options,
+    ) as system:
+        yield system
+
+
+async def until(condition: Any, what: str, limit: float = WAIT) -> None:
+    with trio.move_on_after(limit):
+        while not condition():
+            await trio.sleep(0.01)
+        return
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@asynccontextmanager
+async def pair(
+    server: NatsServer, **options: Any
+) -> AsyncIterator[tuple[runtime.System, runtime.System]]:
+    cluster = fresh("c")
+    async with node(server, f"{cluster}-a", cluster_name=cluster, **options) as a:
+        async with node(server, f"{cluster}-b", cluster_name=cluster, **options) as b:
+            await until(lambda: a.cluster.is_up(b.node) and b.cluster.is_up(a.node), "nodes up")
+            yield a, b
+
+
+async def test_ask_and_tell_across_nodes(nats_server: NatsServer) -> None:
+    with trio.fail_after(WAIT):
+        async with pair(nats_server) as (a, b):
+            echo = a.ref(f"troupe://{b.node}/app/echo")
+            assert isinstance(echo, runtime.ActorRef)
+            assert (echo.node, echo.url) == (b.node, f"troupe://{b.node}/app/echo")
+            assert await echo.ask({"x": [1, 2.5, "s", None, b"b"]}) == {
+                "x": [1, 2.5, "s", None, b"b"]
+            }
+            assert await echo.ask(Ping(1)) == Ping(1)
+            assert await echo.ask((1, 2)) == [1, 2]  # tuples arrive as lists
+            local = a.ref("/app/echo")
+            assert local.url == f"troupe://{a.node}/app/echo"
+            echo.tell(Ping(1, reply_to=local))  # the ref crosses and works there
+            await until(lambda: a.snapshot().find("/app/echo").processed >= 1, "the tell back")
+
+
+async def test_remote_failures_come_back_typed(nats_server: NatsServer) -> None:
+    with trio.fail_after(WAIT):
+        async with pair(nats_server) as (a, b):
+            echo = a.ref(f"troupe://{b.node}/app/echo")
+            with pytest.raises(runtime.ActorCrashed) as crashed:
+                await echo.ask("boom")
+            cause = crashed.value.__cause__
+            assert isinstance(cause, runtime.RemoteError)
+            assert cause.type == "ValueError" and "boom on purpose" in str(cause)
+            assert "Traceback" in cause.traceback or "raise ValueError" in cause.traceback
+            with pytest.raises(runtime.UnhandledMessage):
+                await echo.ask("ignore")
+            with pytest.raises(runtime.ActorNotFound):
+                await a.ref(f"troupe://{b.node}/app/nobody").ask(1)
+            with pytest.raises(runtime.NotSerializable, match="set"):
+                await echo.ask({1, 2})
+            with pytest.raises(runtime.NodeDown):
+                await a.ref(f"troupe://{fresh('never')}/app/echo").ask(1)
+
+
+async def test_watch_a_remote_actor_and_its_node(nats_server: NatsServer) -> None:
+    class Watcher(Actor):
+        def __init__(self, target: str, seen: list[Any]) -> None:
+            self.target, self.seen = target, seen
+
+        async def on_start(self) -> None:
+            self.ctx.watch(self.ctx.system.ref(self.target))
+
+        async def receive(self, msg: Any) -> Any:
+            self.seen.append(msg)
+
+    with trio.fail_after(WAIT):
+        cluster = fresh("w")
+        async with node(nats_server, f"{cluster}-a", cluster_name=cluster) as a:
+            seen: list[Any] = []
+            async with node(nats_server, f"{cluster}-b", cluster_name=cluster) as b:
+                await until(lambda: a.cluster.is_up(b.node), "b up")
+                await b.start_child("/app", child(Echo, name="victim"))
+                url = f"troupe://{b.node}/app/victim"
+                await a.start_child("/app", child(Watcher, name="w1", args=(url, seen)))
+                await a.start_child(
+                    "/app", child(Watcher, name="w2", args=(f"troupe://{b.node}/app/echo", seen))
+                )
+                await trio.sleep(0.3)  # the watch crossed
+                await b.terminate_child("/app/victim")
+                await until(lambda: len(seen) == 1, "Terminated for the victim")
+                assert isinstance(seen[0], runtime.Terminated)
+                assert seen[0].ref.url == url
+            # b stopped gracefully: its echo stopped for good first (one Terminated,
+            # reason "shutdown"), then the node left
+            await until(lambda: len(seen) == 2, "Terminated for b's echo")
+            assert seen[1].reason == "shutdown"
+            await until(lambda: not a.cluster.is_up(b.node), "b down")
+            await trio.sleep(0.5)
+            assert len(seen) == 2  # exactly one each
+
+
+async def test_cluster_topics_reach_every_node_once(nats_server: NatsServer) -> None:
+    with trio.fail_after(WAIT):
+        async with pair(nats_server, cluster_topics=("jobs.>",)) as (a, b):
+            got_a: list[runtime.Event] = []
+            got_b: list[runtime.Event] = []
+            a.bus.subscribe("jobs.>")(got_a.append)
+            b.bus.subscribe("jobs.>")(got_b.append)
+            b.bus.subscribe("local.>")(got_b.append)
+            await trio.sleep(0.2)
+            a.publish("jobs.done", {"id": 1})
+            a.publish("local.only", 1)
+            await until(lambda: len(got_b) == 1 and len(got_a) == 1, "the event on both nodes")
+            await trio.sleep(0.2)
+            assert [e.topic for e in got_b] == ["jobs.done"]
+            assert got_b[0].node == a.node and got_b[0].payload == {"id": 1}
+            assert len(got_a) == 1  # not echoed back
+            with pytest.raises(runtime.NotSerializable):
+                a.publish("jobs.bad", object())
+
+
+async def test_a_taken_node_name_fails_the_start(nats_server: NatsServer) -> None:
+    with trio.fail_after(WAIT):
+        cluster = fresh("n")
+        async with node(nats_server, f"{cluster}-a", cluster_name=cluster):
+            with pytest.raises(runtime.ClusterError, match="taken"):
+                async with node(nats_server, f"{cluster}-a", cluster_name=cluster):
+                    pass
+        # once it left, the name is free again at once
+        async with node(nats_server, f"{cluster}-a", cluster_name=cluster) as again:
+            assert again.node == f"{cluster}-a"
+
+
+async def test_an_unreachable_server_fails_the_start_naming_it() -> None:
+    with trio.fail_after(WAIT):
+        with pytest.raises(runtime.ClusterError, match=r"127\.0\.0\.1:1\b"):
+            async with runtime.open_system(
+                tree(), node="x", cluster="nats://127.0.0.1:1", nats_options={"connect_timeout": 1}
+            ):
+                pass
+
+
+def test_bad_cluster_options_are_refused_before_anything_starts() -> None:
+    async def main(options: dict[str, Any]) -> None:
+        async with runtime.open_system(tree(), **options):
+            pass
+
+    for options, match in [
+        ({"node": "a.b", "cluster": "nats://127.0.0.1:4222"}, "subject token"),
+        ({"node": "a"}, "needs cluster"),
+        ({"cluster": "nats://127.0.0.1:4222"}, "needs node"),
+        ({"node": "a", "cluster": "nats://x", "cluster_control": "all"}, "cluster_control"),
+        ({"node": "a", "cluster": "nats://x", "cluster_topics": ("a..b",)}, "pattern"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            trio.run(main, options)
+
+
+async def test_snapshot_and_nodes_across_the_cluster(nats_server: NatsServer) -> None:
+    with trio.fail_after(WAIT):
+        async with pair(nats_server) as (a, b):
+            names = [info.name for info in a.cluster.nodes()]
+            assert names == sorted([a.node, b.node])
+            assert {info.status for info in a.cluster.nodes()} == {"up"}
+            snaps = await a.cluster.snapshot()
+            assert set(snaps) == {a.node, b.node}
+            assert snaps[b.node].find("/app/echo").name == "echo"
+            assert "echo" in snaps[b.node].render()
+            assert snaps[a.node].cluster is not None
