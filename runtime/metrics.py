@@ -71,6 +71,8 @@ class SnapshotCollector(Collector):
             dead.add_metric([reason], count)
         yield dead
         yield from self._bridges(nodes)
+        if snap.cluster is not None:
+            yield from self._cluster(snap.cluster)
         if snap.loop is not None:
             yield GaugeMetricFamily(
                 "troupe_loop_longest_step_seconds",
@@ -80,6 +82,29 @@ class SnapshotCollector(Collector):
             yield GaugeMetricFamily(
                 "troupe_loop_max_lag_seconds", "Worst scheduling lag seen", value=snap.loop.max_lag
             )
+
+    def _cluster(self, cluster: dict[str, Any]) -> Iterator[Metric]:
+        peers = cluster.get("peers") or {}
+        lost = CounterMetricFamily(
+            "troupe_cluster_lost_in_transit",
+            "Messages from a peer node that never arrived (gaps in its sequence numbers)",
+            labels=["peer"],
+        )
+        up = GaugeMetricFamily(
+            "troupe_cluster_node_up", "Peer nodes seen up (1) or down (0)", labels=["peer"]
+        )
+        outbox = GaugeMetricFamily(
+            "troupe_cluster_outbox", "Messages queued for a peer node", labels=["peer"]
+        )
+        for name, peer in peers.items():
+            if (value := _number(peer.get("lost_in_transit", 0))) is not None:
+                lost.add_metric([str(name)], value)
+            up.add_metric([str(name)], 1.0 if peer.get("status") == "up" else 0.0)
+            if (value := _number(peer.get("outbox", 0))) is not None:
+                outbox.add_metric([str(name)], value)
+        yield lost
+        yield up
+        yield outbox
 
     def _bridges(self, nodes: list[ActorInfo]) -> Iterator[Metric]:
         bridges = [n for n in nodes if n.cls == "Bridge" and n.stats]

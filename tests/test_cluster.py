@@ -5,6 +5,7 @@ cluster-wide bus, membership.  Real time with generous bounds; counts, not durat
 from __future__ import annotations
 
 import itertools
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -231,3 +232,135 @@ async def test_snapshot_and_nodes_across_the_cluster(nats_server: NatsServer) ->
             assert snaps[b.node].find("/app/echo").name == "echo"
             assert "echo" in snaps[b.node].render()
             assert snaps[a.node].cluster is not None
+
+
+class Slow(Actor):
+    """Holds each message for a while: its `fail` mailbox of one fills up."""
+
+    mailbox = runtime.Mailbox(capacity=1, overflow="fail")
+
+    async def receive(self, msg: Any) -> Any:
+        await trio.sleep(0.5)
+        return msg
+
+
+async def test_send_is_acknowledged_by_the_remote_mailbox(nats_server: NatsServer) -> None:
+    with trio.fail_after(WAIT):
+        async with pair(nats_server) as (a, b):
+            await b.start_child("/app", child(Slow, name="slow"))
+            slow = a.ref(f"troupe://{b.node}/app/slow")
+            await slow.send(1)  # taken: in hand
+            await slow.send(2)  # taken: queued
+            with pytest.raises(runtime.MailboxFull):
+                await slow.send(3)  # refused there, and said so here
+            echo = a.ref(f"troupe://{b.node}/app/echo")
+            await echo.send(Ping(7))
+            await until(lambda: b.snapshot().find("/app/echo").processed == 1, "the send handled")
+
+
+async def test_a_full_outbox_refuses_a_tell_on_the_loop(nats_server: NatsServer) -> None:
+    with trio.fail_after(WAIT):
+        async with pair(nats_server, outbox=1) as (a, b):
+            echo = a.ref(f"troupe://{b.node}/app/echo")
+            echo.tell(1)  # queued for the NATS thread
+            with pytest.raises(runtime.MailboxFull, match="outbox"):
+                echo.tell(2)  # no loop step in between: the outbox is still full
+            await echo.send(3)  # waits for room instead
+            await until(lambda: b.snapshot().find("/app/echo").processed == 2, "both handled")
+
+
+def test_threads_tell_and_ask_remote_actors(nats_server: NatsServer) -> None:
+    cluster = fresh("th")
+    log: list[Any] = []
+    options = {"cluster": nats_server.url, "cluster_name": cluster, "heartbeat": 0.2}
+    with runtime.start_in_thread(tree(log), node=f"{cluster}-b", **options) as b:
+        with runtime.start_in_thread(tree(), node=f"{cluster}-a", **options) as a:
+            echo = a.ref(f"troupe://{cluster}-b/app/echo")
+            for _ in range(200):  # until b is seen up
+                try:
+                    assert echo.ask_blocking("hello", timeout=5) == "hello"
+                    break
+                except runtime.NodeDown:
+                    time.sleep(0.05)
+            else:
+                raise AssertionError("b never came up")
+            for i in range(50):
+                echo.tell(i)
+            assert echo.ask_blocking("last", timeout=5) == "last"
+            assert [m for m in log if isinstance(m, int)] == list(range(50))
+            with pytest.raises(runtime.NotSerializable):
+                echo.tell({1})
+        assert b.is_running
+
+
+async def test_remote_spawn_needs_a_node_that_allows_it(nats_server: NatsServer) -> None:
+    with trio.fail_after(WAIT):
+        cluster = fresh("sp")
+        async with node(nats_server, f"{cluster}-a", cluster_name=cluster) as a:
+            async with node(
+                nats_server, f"{cluster}-b", cluster_name=cluster, cluster_control="rw"
+            ) as b:
+                await until(lambda: a.cluster.is_up(b.node) and b.cluster.is_up(a.node), "up")
+                ref = await a.start_child(
+                    f"troupe://{b.node}/app", child("test_cluster:Echo", name="spawned")
+                )
+                assert ref.url == f"troupe://{b.node}/app/spawned"
+                assert await ref.ask(Ping(3)) == Ping(3)
+                kids = await a.cluster.which_children(f"troupe://{b.node}/app")
+                assert [k.name for k in kids] == ["echo", "spawned"]
+                assert kids[1].ref == ref and kids[1].dynamic
+                with pytest.raises(runtime.RemoteError, match="ImportError"):
+                    await a.start_child(f"troupe://{b.node}/app", child("nowhere.at_all:Nope"))
+                await a.terminate_child(ref.url)
+                assert [k.name for k in b.which_children("/app")] == ["echo"]
+                # b may not start anything on a (read-only control by default)
+                with pytest.raises(runtime.RemoteError, match="PermissionError"):
+                    await b.start_child(f"troupe://{a.node}/app", child("test_cluster:Echo"))
+
+
+async def test_a_message_over_max_payload_is_refused_in_the_sender() -> None:
+    with NatsServer(max_payload=4096) as server:
+        with trio.fail_after(WAIT):
+            async with pair(server) as (a, b):
+                echo = a.ref(f"troupe://{b.node}/app/echo")
+                with pytest.raises(runtime.NotSerializable, match="max_payload"):
+                    echo.tell(b"x" * 10_000)
+                assert await echo.ask(b"x" * 1000) == b"x" * 1000  # the link still works
+
+
+async def test_an_arrival_that_cannot_be_decoded_is_dead_lettered_and_the_asker_told(
+    nats_server: NatsServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from runtime.cluster.codec import Undecodable
+
+    with trio.fail_after(WAIT):
+        async with pair(nats_server) as (a, b):
+            echo = a.ref(f"troupe://{b.node}/app/echo")
+            real = b.cluster.codec.decode
+
+            def decode(data: bytes) -> Any:
+                value = real(data)
+                if value == "poison":
+                    raise Undecodable("unknown wire tag 'x:Y' (on purpose)")
+                return value
+
+            monkeypatch.setattr(b.cluster.codec, "decode", decode)
+            with pytest.raises(runtime.RemoteError, match="x:Y"):
+                await echo.ask("poison")
+            echo.tell("poison")
+            await until(
+                lambda: b.snapshot().dead_letters.get("undeliverable", 0) == 2, "dead letters"
+            )
+            assert await echo.ask("fine") == "fine"
+
+
+async def test_lost_in_transit_is_in_the_snapshot_and_the_metrics(nats_server: NatsServer) -> None:
+    with trio.fail_after(WAIT):
+        async with pair(nats_server, metrics_port=0) as (a, b):
+            echo = a.ref(f"troupe://{b.node}/app/echo")
+            assert await echo.ask(1) == 1
+            peers = b.snapshot().cluster["peers"]
+            assert peers[a.node]["lost_in_transit"] == 0 and peers[a.node]["status"] == "up"
+            text = b.metrics.render().decode()
+            assert f'troupe_cluster_lost_in_transit_total{{peer="{a.node}"}} 0.0' in text
+            assert f'troupe_cluster_node_up{{peer="{a.node}"}} 1.0' in text
