@@ -1,8 +1,5 @@
-"""Attack 13b on `actors.Pool` (issue 13): hand-over, retiring workers, router restarts,
-threads, odd keys, accounting.
-
-Tests named ``test_holds_*`` pin down behaviour that survived; the others fail on
-the branch under review and name the contract sentence they hold it to.
+"""Adversarial tests for `actors.Pool`: hand-over of a removed worker's queue, retiring
+workers, router and pool restarts, foreign threads, odd hash keys and message accounting.
 """
 
 from __future__ import annotations
@@ -70,16 +67,9 @@ def nonzero(counts: dict[str, int]) -> dict[str, int]:
 async def test_a_grow_that_takes_back_a_retired_worker_which_crashed_meanwhile_keeps_the_size(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    # REAL BUG.  Contract (pool.py docstring / README): "an ask of Resize is answered
-    # with the size reached once the pool has it"; DESIGN: "resizable at run time with
-    # Resize(n)".  A `temporary` worker that crashes *while retiring* is already out
-    # of the pool (unwatched, not routed to), but `_resizing` takes it back on the
-    # next grow (`_route_to(self.retiring.pop())`, actors/pool.py ~line 388) without
-    # looking whether it is still alive: `ctx.watch` of a finalized slot queues a
-    # Terminated at once, `_gone` then drops it and *lowers the target by one*
-    # (pool.py `_gone`: target = max(len(workers), target - 1)).  Resize(3) is
-    # answered 3, but the pool routes to 2 workers from then on, and whatever was
-    # routed to the dead one in between is lost (ActorStopped / `stopped`).
+    # A grow takes back only retired workers that are still alive: a temporary worker
+    # that crashed while retiring is replaced by a new one, so Resize(3) is answered 3,
+    # three workers are routed to from then on, and no message is lost to the dead one.
     log: list[tuple[str, Any]] = []
     gates = {"w1": trio.Event(), "w2": trio.Event()}
     worker = child(Worker, args=(log,), kwargs={"gates": gates}, restart="temporary")
@@ -121,14 +111,9 @@ async def test_a_grow_that_takes_back_a_retired_worker_which_crashed_meanwhile_k
 async def test_a_shrink_under_load_hands_over_without_dropping(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    # REAL BUG.  Contract: "a shrink re-routes what was queued at removed workers"
-    # (DESIGN); "A shrink drops nothing" (pool.py `Pool` docstring).  The removed
-    # worker's queue is handed over with a plain, non-waiting `mailbox.put` into the
-    # router's mailbox (runtime/cell.py `finalize`, ~line 384); the router's mailbox is
-    # the default `block` 10,000 one, which a pool under load fills, so every handed
-    # over message is dead-lettered `overflow` -- under load, when shrinking is most
-    # likely to meet a queue.  (Messages handed back should not count against the
-    # router's capacity, or should wait their turn, not be dropped.)
+    # A shrink drops nothing, even under load: a removed worker's queue is handed to
+    # the router whole, past the router's capacity, so a full router mailbox does not
+    # turn the handed-over messages into `overflow` dead letters.
     log: list[tuple[str, Any]] = []
     gates = {"w0": trio.Event(), "w1": trio.Event()}
     worker = child(Worker, args=(log,), kwargs={"gates": gates}, mailbox=Mailbox(capacity=5))
@@ -167,12 +152,11 @@ async def test_a_shrink_under_load_hands_over_without_dropping(
 
 
 @pytest.mark.parametrize("routing", ["round_robin", "broadcast", "hash"])
-async def test_holds_a_router_crash_in_the_middle_of_a_shrink_keeps_the_asked_size(
+async def test_a_router_crash_in_the_middle_of_a_shrink_keeps_the_asked_size(
     autojump_clock: trio.testing.MockClock, routing: str
 ) -> None:
-    # HOLDS.  Contract: "a restart of the router or of the whole pool keeps the size
-    # it was last resized to"; "A shrink drops nothing".  The crash lands while the
-    # router awaits `terminate_child(w2, hand_over_to=router)`.
+    # A router that crashes while it waits for a removed worker to stop comes back at
+    # the size it was asked for, and the shrink still drops nothing, for every routing.
     log: list[tuple[str, Any]] = []
     gates = {"w2": trio.Event()}
     how: Any = consistent_hash(key=lambda m: m.key) if routing == "hash" else routing
@@ -221,12 +205,12 @@ class Interrupting(Worker):
         return await super().receive(msg)
 
 
-async def test_holds_a_keyboard_interrupt_in_a_worker_mid_shrink_stops_the_system_and_answers_all(
+async def test_a_keyboard_interrupt_in_a_worker_mid_shrink_stops_the_system_and_answers_all(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    # HOLDS.  DESIGN: "KeyboardInterrupt ... raised in a handler ...: the system stops
-    # gracefully and the exception propagates out of open_system"; every ask answered
-    # once, every message handled or dead-lettered.
+    # A KeyboardInterrupt raised in a worker's handler during a shrink stops the system
+    # gracefully and propagates out of open_system; every ask is answered once and
+    # every message is handled or dead-lettered once.
     log: list[tuple[str, Any]] = []
     gates = {"w2": trio.Event()}
     worker = child(Interrupting, args=(log,), kwargs={"gates": gates}, shutdown=1.0)
@@ -278,9 +262,9 @@ class RealWorker(Actor):
         return self.ctx.name
 
 
-def test_holds_threads_asking_and_telling_a_pool_while_other_threads_resize_it() -> None:
-    # HOLDS.  "every message is either handled or recorded in dead letters"; asks
-    # answered once; ask_blocking / tell from foreign threads while Resize storms.
+def test_threads_asking_and_telling_a_pool_while_other_threads_resize_it() -> None:
+    # Foreign threads can ask (ask_blocking) and tell a pool while another thread keeps
+    # resizing it: every ask is answered once and every message handled, none dead-lettered.
     log: list[Any] = []
     lock = threading.Lock()
     worker = child(RealWorker, args=(log, lock), mailbox=Mailbox(capacity=3))
@@ -336,11 +320,11 @@ def test_holds_threads_asking_and_telling_a_pool_while_other_threads_resize_it()
 # -- the pool gives up and is restarted: the size it had ---------------------------
 
 
-async def test_holds_a_pool_that_gives_up_is_restarted_with_the_size_it_was_resized_to(
+async def test_a_pool_that_gives_up_is_restarted_with_the_size_it_was_resized_to(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    # HOLDS.  DESIGN: "The pool's max_restarts/within are its own intensity ..., and
-    # a restart keeps its current size" -- also for the router's next restart.
+    # A pool that exceeds its own max_restarts and is restarted by its supervisor comes
+    # back at the size it was last resized to, and so does its router's next restart.
     log: list[tuple[str, Any]] = []
     tree = app(Pool("pool", worker=child(Worker, args=(log,)), size=2, max_restarts=0, within=60))
     with trio.fail_after(WAIT):
@@ -361,8 +345,9 @@ async def test_holds_a_pool_that_gives_up_is_restarted_with_the_size_it_was_resi
 async def test_an_asked_resize_is_never_answered_with_a_size_below_one(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    # An asked Resize(n) is never answered with less than n because a temporary
-    # worker the shrink kept crashed while a removed one finished its message.
+    # An asked Resize(n) is answered n even if a kept temporary worker crashes while a
+    # removed one finishes its message: a worker that leaves while the resize is under
+    # way is replaced by it (one that leaves after it is not).
     gates = {"w1": trio.Event()}
     worker = child(Worker, args=([],), kwargs={"gates": gates}, restart="temporary")
     answers: list[Any] = []
@@ -383,8 +368,6 @@ async def test_an_asked_resize_is_never_answered_with_a_size_below_one(
                 nursery.start_soon(shrink)
                 await trio.sleep(2)  # w0 crashed meanwhile; w1 still held, retiring
                 gates["w1"].set()
-    # The ask gets the size it asked for: a temporary worker that leaves while the
-    # resize is under way is replaced by it (one that leaves after it is not).
     assert answers == [1]
 
 
@@ -394,11 +377,11 @@ class Sibling(Actor):
 
 
 @pytest.mark.parametrize("strategy", ["one_for_all", "rest_for_one"])
-async def test_holds_a_pool_restarted_as_a_bystander_keeps_the_size_it_was_resized_to(
+async def test_a_pool_restarted_as_a_bystander_keeps_the_size_it_was_resized_to(
     autojump_clock: trio.testing.MockClock, strategy: str
 ) -> None:
-    # HOLDS.  DESIGN: "a restart keeps its current size"; pool.py: "A restart of
-    # the router or of the whole pool keeps the size it was last resized to".
+    # A pool restarted because a sibling crashed (one_for_all / rest_for_one) comes
+    # back at the size it was last resized to, and so does its router after a crash.
     log: list[tuple[str, Any]] = []
     pool_spec = Pool("pool", worker=child(Worker, args=(log,)), size=2)
     siblings = [child(Sibling, name="sib")]
@@ -429,12 +412,12 @@ NAN = float("nan")
 
 
 @pytest.mark.parametrize("seed", range(3))
-async def test_holds_the_ring_maps_every_key_to_a_routed_worker_after_many_resizes(
+async def test_the_ring_maps_every_key_to_a_routed_worker_after_many_resizes(
     autojump_clock: trio.testing.MockClock, seed: int
 ) -> None:
-    # HOLDS.  consistent_hash: "equal keys go to the same worker while the pool size
-    # holds"; the ring has exactly the routed workers' points, whatever the resizes
-    # (busy removed workers, take-backs, overtaken starts, router crashes) did.
+    # Whatever resizes and router crashes came before, the hash ring holds exactly the
+    # routed workers' points, and equal keys (1, 1.0, True) go to the same worker while
+    # the size holds.
     import random
 
     from actors.pool import VIRTUAL_NODES
@@ -489,11 +472,11 @@ class BadHash:
 
 
 @pytest.mark.parametrize("error", [ValueError("no hash"), RecursionError(), MemoryError()])
-async def test_holds_a_key_whose_hash_raises_fails_that_message_alone(
+async def test_a_key_whose_hash_raises_fails_that_message_alone(
     autojump_clock: trio.testing.MockClock, error: BaseException
 ) -> None:
-    # HOLDS.  DESIGN: "A routing failure (a key function that raises) fails that one
-    # message (asker gets the error, dead letter `crashed`) and restarts nothing."
+    # A key whose hash raises fails that one message (the asker gets ActorCrashed, a
+    # tell is dead-lettered `crashed`) and restarts nothing.
     routing = consistent_hash(key=lambda m: m.key)
     tree = app(Pool("pool", worker=child(Worker, args=([],)), size=3, routing=routing))
     with trio.fail_after(WAIT):
@@ -511,11 +494,12 @@ async def test_holds_a_key_whose_hash_raises_fails_that_message_alone(
 # -- broadcast pools: asks and tells across shrinks ----------------------------------
 
 
-async def test_holds_broadcast_tells_reach_each_worker_once_and_asks_one_across_shrinks(
+async def test_broadcast_tells_reach_each_worker_once_and_asks_one_across_shrinks(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    # HOLDS.  "broadcast: tells to all, an ask to one"; "in a broadcast pool [a
-    # removed worker] handles its own copies first"; Resize asks answered once.
+    # Across shrinks and grows a broadcast tell reaches each worker routed to at the
+    # time once (a removed worker handles its own copies first), an ask reaches exactly
+    # one worker, and each Resize ask is answered once.
     log: list[tuple[str, Any]] = []
     tree = app(Pool("pool", worker=child(Worker, args=(log,)), size=4, routing="broadcast"))
     answers: dict[Any, list[Any]] = {}
@@ -555,11 +539,11 @@ def tasks_under(task: trio.lowlevel.Task) -> list[trio.lowlevel.Task]:
     return found
 
 
-async def test_holds_pools_started_resized_and_terminated_leave_no_task_or_slot(
+async def test_pools_started_resized_and_terminated_leave_no_task_or_slot(
     autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # HOLDS.  No task left, no slot (cell) kept alive after pools of each routing are
-    # started, resized mid-work, crashed and terminated again and again.
+    # Pools of each routing, started, resized mid-work, crashed and terminated again
+    # and again, leave no task running and no cell alive.
     import logging
 
     from runtime.cell import Cell
@@ -606,13 +590,12 @@ async def test_holds_pools_started_resized_and_terminated_leave_no_task_or_slot(
 
 
 @pytest.mark.parametrize("restart", ["permanent", "temporary"])
-async def test_holds_a_removed_worker_crashing_on_the_message_in_hand_still_hands_its_queue_on(
+async def test_a_removed_worker_crashing_on_the_message_in_hand_still_hands_its_queue_on(
     autojump_clock: trio.testing.MockClock, restart: str
 ) -> None:
-    # HOLDS (both).  Contract: "A shrink drops nothing:
-    # a worker it removes gets no new messages at once, and once it has finished the
-    # message in hand, what was queued at it is routed to the other workers" -- also
-    # when that message crashes it (a crash during the stop ends it as a stop).
+    # A removed worker (permanent or temporary) that crashes on the message in hand
+    # still has its queue routed to the remaining workers: a crash during the stop
+    # ends it as a stop.
     log: list[tuple[str, Any]] = []
     gates = {"w1": trio.Event()}
     worker = child(Worker, args=(log,), kwargs={"gates": gates}, restart=restart)
@@ -643,12 +626,12 @@ async def test_holds_a_removed_worker_crashing_on_the_message_in_hand_still_hand
 # -- asks that give up while a shrink moves their message -------------------------------
 
 
-async def test_holds_asks_that_time_out_or_are_cancelled_during_a_shrink_are_counted_once(
+async def test_asks_that_time_out_or_are_cancelled_during_a_shrink_are_counted_once(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    # HOLDS.  "every message is either handled or recorded in dead letters" (once);
-    # an ask answered (or timed out) once; a Resize asker that gives up leaves the
-    # resize going on.
+    # Asks that time out or are cancelled while a shrink moves their message get one
+    # outcome each and their messages are handled once; a Resize asker that gives up
+    # leaves the resize going on.
     log: list[tuple[str, Any]] = []
     gates = {"w2": trio.Event()}
     worker = child(Worker, args=(log,), kwargs={"gates": gates})
