@@ -87,6 +87,10 @@ class Subjects:
     def reply(self, incarnation: str, ask_id: int) -> str:
         return f"{self._replies}{incarnation}.{ask_id}"
 
+    def tell_reply(self, incarnation: str, node: str, seq: int) -> str:
+        """Where NATS says that nobody listens on the subject a tell went to."""
+        return f"{self._replies}{incarnation}.{node}.{seq}"
+
     def topic(self, topic: str) -> str:
         return f"{self.cluster}.bus.{topic}"
 
@@ -95,7 +99,8 @@ class Subjects:
 
     def lane(self, subject: str) -> tuple[str, str | None, int | None]:
         """Which of this node's subjects `subject` is: ``("u"|"s"|"probe", None, None)``,
-        ``("r", incarnation, ask_id)``, ``("hb", ...)``, ``("bus", ...)`` or ``("?", ...)``."""
+        ``("r", incarnation, ask_id)``, ``("t", incarnation, seq)`` (a tell's reply
+        subject), ``("hb", ...)``, ``("bus", ...)`` or ``("?", ...)``."""
         if subject == self.heartbeats:
             return "hb", None, None
         prefix = f"{self.cluster}.node.{self.node}."
@@ -107,6 +112,8 @@ class Subjects:
                 parts = rest.split(".")
                 if len(parts) == 3 and parts[2].isdigit():
                     return "r", parts[1], int(parts[2])
+                if len(parts) == 4 and parts[3].isdigit():
+                    return "t", parts[1], int(parts[3])
             return "?", None, None
         if subject.startswith(f"{self.cluster}.bus."):
             return "bus", None, None

@@ -168,6 +168,31 @@ class _Peer:
         )
 
 
+@attrs.frozen
+class _Sent:
+    """What a user message to another node was (the `origin` of its `Outgoing`): what
+    this node needs to account for it if the connection cannot take it."""
+
+    kind: int
+    peer_incarnation: str | None  # the receiver's incarnation it was numbered for
+    incarnation: str  # this node's, when it was sent
+    seq: int
+    msg: Any
+    url: str
+    ask_id: int | None = None
+
+
+@attrs.frozen
+class _Skip:
+    """A SKIP notice (sequence numbers `first`..`last`, dead-lettered here) in flight."""
+
+    node: str
+    peer_incarnation: str | None
+    incarnation: str
+    first: int
+    last: int
+
+
 class _RemoteReply:
     """The reply slot of an ask that came from another node: the answer is sent back."""
 
@@ -350,6 +375,7 @@ class Cluster:
         self._watches: dict[tuple[str, str], dict[Cell, None]] = {}  # (node, path) -> watchers
         self._watched_by: dict[str, set[tuple[str, str]]] = {}  # local path -> (node, watcher)
         self._backlog: list[Inbound] = []
+        self._skips: dict[str, list[_Skip]] = {}  # SKIP notices not sent yet, per node
         self._transport: Transport | None = None
         self._nursery: trio.Nursery | None = None
         self._connected = False
@@ -598,13 +624,33 @@ class Cluster:
         if transport is not None:
             transport.publish(entry)
 
-    def _user_entry(
-        self, peer: _Peer, kind: int, path: str, body: bytes, origin: Any, *extra: Any
-    ) -> Outgoing:
+    def _queue_user(
+        self,
+        peer: _Peer,
+        kind: int,
+        ref: RemoteRef,
+        msg: Any,
+        body: bytes,
+        ask_id: int | None = None,
+        timeout: float | None = None,
+    ) -> None:
+        """Number a user message for `peer` and queue it (the outbox bound is the caller's)."""
         peer.seq += 1
-        data = env.pack(kind, self.node, self.incarnation, peer.seq, path, body, *extra)
-        reply = self.subjects.reply(self.incarnation, -peer.seq) if kind == env.TELL else ""
-        return Outgoing(self.subjects.user(peer.name), data, reply, peer.name, origin)
+        seq = peer.seq
+        origin = _Sent(kind, peer.incarnation, self.incarnation, seq, msg, ref.url, ask_id)
+        if kind == env.TELL:
+            data = env.pack(kind, self.node, self.incarnation, seq, ref.path, body)
+            reply = self.subjects.tell_reply(self.incarnation, peer.name, seq)
+            recent = peer.recent
+            recent[seq] = (msg, ref.url)
+            if len(recent) > RECENT_TELLS:
+                recent.popitem(last=False)
+        else:
+            assert ask_id is not None
+            data = env.pack(kind, self.node, self.incarnation, seq, ref.path, body, ask_id, timeout)
+            reply = self.subjects.reply(self.incarnation, ask_id)
+        peer.queued += 1
+        self._publish(Outgoing(self.subjects.user(peer.name), data, reply, peer.name, origin))
 
     def tell(self, ref: RemoteRef, msg: Any, timeout: float | None) -> None:
         """`RemoteRef.tell` (any thread)."""
@@ -623,19 +669,7 @@ class Cluster:
                 f"the outbox to node {ref.node!r} is full ({self.outbox} messages): "
                 "use `await ref.send(msg)` to wait for room, or tell less at once"
             )
-        self._queue_user(peer, env.TELL, ref.path, body, (msg, ref.url))
-
-    def _queue_user(
-        self, peer: _Peer, kind: int, path: str, body: bytes, origin: Any, *extra: Any
-    ) -> None:
-        entry = self._user_entry(peer, kind, path, body, origin, *extra)
-        if kind == env.TELL:
-            recent = peer.recent
-            recent[peer.seq] = origin
-            if len(recent) > RECENT_TELLS:
-                recent.popitem(last=False)
-        peer.queued += 1
-        self._publish(entry)
+        self._queue_user(peer, env.TELL, ref, msg, body)
 
     async def _tell_waiting(self, ref: RemoteRef, msg: Any, timeout: float | None) -> None:
         """A foreign thread's tell: wait for outbox room (up to `timeout`), then tell."""
@@ -695,19 +729,9 @@ class Cluster:
         ask_id = next(self._ask_ids)
         reply = Reply(lambda value: self.system.dead_letter(value, "timeout", ref.url))
         self._asks[ask_id] = (reply, ref.node, ref.path, msg)
-        entry = self._user_entry(
-            peer,
-            kind,
-            ref.path,
-            body,
-            None,
-            ask_id,
-            None if timeout == math.inf else timeout,
+        self._queue_user(
+            peer, kind, ref, msg, body, ask_id, None if timeout == math.inf else timeout
         )
-        entry.reply = self.subjects.reply(self.incarnation, ask_id)
-        entry.origin = ("ask", ask_id)
-        peer.queued += 1
-        self._publish(entry)
         try:
             return await reply.wait(deadline, f"{what} within {timeout}s")
         finally:
@@ -954,54 +978,67 @@ class Cluster:
             self._connected = True
             log.info("node %s: reconnected to NATS at %s", self.node, item.server)
             self._heartbeat_now(answer_me=True)
+            self._send_skips()
         elif item.state == "closed":
             self._connected = False
 
     def _undeliverable(self, entries: list[Outgoing]) -> None:
-        """Publishes the connection could not take: dead-letter them here, and tell
-        their receivers which sequence numbers not to count as lost."""
-        skips: dict[str, list[int]] = {}
+        """Publishes the connection could not take: dead-letter them here (an ask also
+        fails, with `NodeDown`), and tell their receivers, once connected again,
+        which sequence numbers not to count as lost (SKIP notices)."""
         for entry in entries:
             origin = entry.origin
-            if entry.node is not None:
-                fields = env.unpack(entry.data)
-                if (
-                    fields
-                    and fields[0] in (env.TELL, env.ASK, env.SEND)
-                    and fields[2] == self.incarnation
-                ):
-                    skips.setdefault(entry.node, []).append(int(fields[3]))
-            if isinstance(origin, tuple) and len(origin) == 2 and origin[0] == "ask":
-                found = self._asks.pop(origin[1], None)
+            if isinstance(origin, _Skip):
+                self._skip_later(origin)
+                continue
+            if not isinstance(origin, _Sent):
+                continue  # heartbeats, replies, watches: the others find out by themselves
+            if origin.ask_id is not None:
+                found = self._asks.pop(origin.ask_id, None)
                 if found is not None:
-                    reply, node, path, msg = found
-                    self.system.dead_letter(msg, "undeliverable", f"{URL_SCHEME}{node}{path}")
-                    reply.fail(
-                        NodeDown(node, None, "the NATS connection was lost before it was sent")
+                    found[0].fail(
+                        NodeDown(found[1], None, "the NATS connection was lost before it was sent")
                     )
-            elif isinstance(origin, tuple) and len(origin) == 2:
-                msg, url = origin
+            else:
                 peer = self._peers.get(entry.node or "")
                 if peer is not None:
-                    fields = env.unpack(entry.data)
-                    if fields:
-                        peer.recent.pop(int(fields[3]), None)
-                self.system.dead_letter(msg, "undeliverable", url)
-        for node, seqs in skips.items():
-            seqs.sort()
-            start = prev = seqs[0]
-            for seq in [*seqs[1:], None]:
-                if seq is not None and seq == prev + 1:
-                    prev = seq
+                    peer.recent.pop(origin.seq, None)
+            self.system.dead_letter(origin.msg, "undeliverable", origin.url)
+            node = entry.node or ""
+            self._skip_later(
+                _Skip(node, origin.peer_incarnation, origin.incarnation, origin.seq, origin.seq)
+            )
+        self._send_skips()
+
+    def _skip_later(self, skip: _Skip) -> None:
+        """Keep a SKIP notice until it can be sent (merged with the one before it)."""
+        pending = self._skips.setdefault(skip.node, [])
+        if pending:
+            last = pending[-1]
+            if (
+                last.last + 1 == skip.first
+                and last.incarnation == skip.incarnation
+                and last.peer_incarnation == skip.peer_incarnation
+            ):
+                pending[-1] = attrs.evolve(last, last=skip.last)
+                return
+        pending.append(skip)
+
+    def _send_skips(self) -> None:
+        """Send the SKIP notices kept, if connected; those for an incarnation (ours or
+        the receiver's) that has since changed are dropped: nobody counts them."""
+        if not self._connected or not self._skips:
+            return
+        skips, self._skips = self._skips, {}
+        for node, pending in skips.items():
+            peer = self._peers.get(node)
+            for skip in pending:
+                if skip.incarnation != self.incarnation or peer is None:
                     continue
-                self._publish(
-                    Outgoing(
-                        self.subjects.user(node),
-                        env.pack(env.SKIP, self.node, self.incarnation, start, prev),
-                    )
-                )
-                if seq is not None:
-                    start = prev = seq
+                if skip.peer_incarnation != peer.incarnation:
+                    continue
+                data = env.pack(env.SKIP, self.node, self.incarnation, skip.first, skip.last)
+                self._publish(Outgoing(self.subjects.user(node), data, origin=skip))
 
     def _incoming(self, item: Incoming) -> None:
         lane, incarnation, ask_id = self.subjects.lane(item.subject)
@@ -1011,6 +1048,10 @@ class Cluster:
             return
         if lane == "r":
             self._reply_arrived(item, incarnation, ask_id)
+            return
+        if lane == "t":  # a tell's reply subject: only NATS writes there, to say nobody listened
+            if item.status == "503" and incarnation in self.incarnations and ask_id is not None:
+                self._nobody_listened(item.subject.split(".")[-2], ask_id)
             return
         fields = env.unpack(item.data)
         if fields is None:
@@ -1124,10 +1165,6 @@ class Cluster:
         if incarnation not in self.incarnations or ask_id is None:
             self.lost_replies += 1
             return
-        if ask_id < 0:  # a tell's reply subject: NATS says nobody listened
-            if item.status == "503":
-                self._nobody_listened(-ask_id)
-            return
         found = self._asks.get(ask_id)
         if item.status == "503":
             if found is not None:
@@ -1158,14 +1195,17 @@ class Cluster:
         else:
             reply.fail(decode_error(fields[4], node))
 
-    def _nobody_listened(self, seq: int) -> None:
-        """NATS said nobody listens on the subject a tell went to: dead-letter it."""
-        for peer in self._peers.values():
-            origin = peer.recent.pop(seq, None)
-            if origin is not None:
-                msg, url = origin
-                self.system.dead_letter(msg, "undeliverable", url)
-                return
+    def _nobody_listened(self, node: str, seq: int) -> None:
+        """NATS said nobody listens on the subject a tell to `node` went to: dead-letter
+        it here and tell `node` (should it come back) not to count it as lost."""
+        peer = self._peers.get(node)
+        if peer is None:
+            return
+        origin = peer.recent.pop(seq, None)
+        if origin is not None:
+            msg, url = origin
+            self.system.dead_letter(msg, "undeliverable", url)
+            self._skip_later(_Skip(node, peer.incarnation, self.incarnation, seq, seq))
 
     def _watched(self, node: str, path: str) -> None:
         try:

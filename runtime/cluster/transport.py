@@ -20,9 +20,9 @@ reconnect buffer.
 from __future__ import annotations
 
 import asyncio
-import math
 import concurrent.futures
 import logging
+import math
 import threading
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -239,7 +239,12 @@ class Transport:
         self._stop = asyncio.Event()
 
         async def on_error(error: Exception) -> None:
-            log.warning("node %s: NATS: %s", self.name, error)
+            nc = self._nc
+            if isinstance(error, OSError) or (nc is not None and nc.is_reconnecting):
+                # each failed reconnect attempt: the disconnection itself was logged once
+                log.debug("node %s: NATS: %s", self.name, error)
+            else:
+                log.warning("node %s: NATS: %s", self.name, error)
 
         async def on_disconnected() -> None:
             self._to_loop(ConnectionState("disconnected"))

@@ -1,0 +1,130 @@
+"""A node survives its NATS server: a server killed and restarted (the node
+reconnects), and a server of a NATS cluster killed (the node fails over to another).
+Nothing sent meanwhile vanishes uncounted: handled + dead-lettered + lost_in_transit
+== sent.  Real servers, real time with generous bounds; counts, not durations."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import trio
+
+import runtime
+from natsserver import NatsCluster, NatsServer
+from runtime import Actor, Supervisor, child
+from test_cluster import fresh, until
+
+WAIT = 30.0
+
+
+class Counter(Actor):
+    def __init__(self, seen: list[int]) -> None:
+        self.seen = seen
+
+    async def receive(self, msg: Any) -> Any:
+        if isinstance(msg, int):
+            self.seen.append(msg)
+        return msg
+
+
+def counter_tree(seen: list[int]) -> Supervisor:
+    return Supervisor("app", children=[child(Counter, name="counter", args=(seen,))])
+
+
+def options(cluster: str, servers: Any) -> dict[str, Any]:
+    return {
+        "cluster": servers,
+        "cluster_name": cluster,
+        "heartbeat": 0.2,
+        "node_down_after": 3.0,
+        "nats_options": {"reconnect_time_wait": 0.1},
+    }
+
+
+def accounted(a: runtime.System, b: runtime.System, seen: list[int]) -> tuple[int, int, int]:
+    """(handled at b, dead-lettered at a or b, lost in transit at b) for a's messages."""
+    dead = sum(a.snapshot().dead_letters.values()) + sum(b.snapshot().dead_letters.values())
+    assert b.snapshot().cluster is not None
+    lost = b.snapshot().cluster["peers"][a.node]["lost_in_transit"]
+    return len(seen), dead, lost
+
+
+async def test_a_server_restart_is_survived_and_nothing_vanishes(
+    fresh_nats_server: NatsServer,
+) -> None:
+    server = fresh_nats_server
+    seen: list[int] = []
+    cluster = fresh("rs")
+    with trio.fail_after(WAIT):
+        async with runtime.open_system(
+            counter_tree([]), node=f"{cluster}-a", **options(cluster, server.url)
+        ) as a, runtime.open_system(
+            counter_tree(seen), node=f"{cluster}-b", **options(cluster, server.url)
+        ) as b:
+            await until(lambda: a.cluster.is_up(b.node) and b.cluster.is_up(a.node), "up")
+            counter = a.ref(f"troupe://{b.node}/app/counter")
+            sent = 0
+            for _ in range(100):
+                counter.tell(sent)
+                sent += 1
+            assert await counter.ask("sync") == "sync"
+            await trio.to_thread.run_sync(server.kill)
+            await until(lambda: not a.cluster.stats()["connected"], "a sees the outage")
+            for _ in range(100):  # during the outage: dead-lettered `undeliverable` at a
+                counter.tell(sent)
+                sent += 1
+            await trio.sleep(0.2)
+            await trio.to_thread.run_sync(server.restart)
+            await until(lambda: a.cluster.stats()["connected"], "a reconnected")
+            await until(lambda: b.cluster.stats()["connected"], "b reconnected")
+            for _ in range(5_000):  # traffic resumes (the ask may race the resubscription)
+                try:
+                    assert await counter.ask("sync", timeout=1) == "sync"
+                    break
+                except (runtime.AskTimeout, runtime.NodeDown):
+                    await trio.sleep(0.1)
+            for _ in range(100):
+                counter.tell(sent)
+                sent += 1
+            assert await counter.ask("sync", timeout=5) == "sync"
+            handled, dead, lost = accounted(a, b, seen)
+            assert handled + dead + lost == sent, (handled, dead, lost, sent)
+            assert a.snapshot().dead_letters.get("undeliverable", 0) >= 1
+            assert seen == sorted(seen)  # FIFO held for what arrived
+
+
+async def test_a_node_fails_over_to_another_server_of_a_nats_cluster() -> None:
+    seen: list[int] = []
+    cluster = fresh("fo")
+    with NatsCluster() as servers, trio.fail_after(WAIT):
+        urls = servers.urls
+        async with runtime.open_system(
+            counter_tree([]), node=f"{cluster}-a", **options(cluster, urls)
+        ) as a, runtime.open_system(
+            counter_tree(seen), node=f"{cluster}-b", **options(cluster, urls)
+        ) as b:
+            await until(lambda: a.cluster.is_up(b.node) and b.cluster.is_up(a.node), "up")
+            counter = a.ref(f"troupe://{b.node}/app/counter")
+            for i in range(50):
+                counter.tell(i)
+            assert await counter.ask("sync") == "sync"
+            first = a.cluster.stats()["server"]
+            await trio.to_thread.run_sync(servers.kill, urls.index(first))  # a's server
+
+            def failed_over() -> bool:
+                stats = a.cluster.stats()
+                return bool(stats["connected"]) and stats["server"] != first
+
+            await until(failed_over, "a failed over")
+            for _ in range(5_000):
+                try:
+                    assert await counter.ask("sync", timeout=1) == "sync"
+                    break
+                except (runtime.AskTimeout, runtime.NodeDown):
+                    await trio.sleep(0.1)
+            for i in range(50, 100):
+                counter.tell(i)
+            assert await counter.ask("sync", timeout=5) == "sync"
+            handled, dead, lost = accounted(a, b, seen)
+            assert handled + dead + lost == 100, (handled, dead, lost)
+            assert a.cluster.is_up(b.node) and b.cluster.is_up(a.node)
