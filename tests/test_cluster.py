@@ -364,3 +364,39 @@ async def test_lost_in_transit_is_in_the_snapshot_and_the_metrics(nats_server: N
             text = b.metrics.render().decode()
             assert f'troupe_cluster_lost_in_transit_total{{peer="{a.node}"}} 0.0' in text
             assert f'troupe_cluster_node_up{{peer="{a.node}"}} 1.0' in text
+
+
+def test_a_system_without_a_cluster_imports_none_of_it() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, trio, runtime\n"
+        "async def main():\n"
+        "    async with runtime.open_system(runtime.Supervisor('app')) as s:\n"
+        "        s.ref('/app')\n"
+        "trio.run(main)\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('nats', 'msgspec')"
+        " or m.startswith('runtime.cluster')))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+async def test_a_url_without_a_cluster_is_refused_saying_what_to_do() -> None:
+    async with runtime.open_system(tree()) as system:
+        with pytest.raises(ValueError, match="not on a cluster"):
+            system.ref("troupe://other/app/echo")
+        assert system.ref("/app/echo").url is None and system.ref("/app/echo").node is None
+
+
+async def test_tells_to_a_node_never_seen_are_dead_lettered(nats_server: NatsServer) -> None:
+    with trio.fail_after(WAIT):
+        async with pair(nats_server) as (a, _b):
+            ghost = a.ref(f"troupe://{fresh('ghost')}/app/echo")
+            assert not ghost.is_alive
+            ghost.tell("hello")
+            letters = a.dead_letters.recent(10, "undeliverable")
+            assert [(d.message, d.recipient) for d in letters] == [("hello", ghost.url)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pathlib
 import re
 import subprocess
@@ -41,10 +42,17 @@ def test_readme_test_examples_pass_under_pytest(code: str, tmp_path: pathlib.Pat
 
 
 @pytest.mark.parametrize("code", SCRIPTS, ids=[f"snippet{i}" for i in range(len(SCRIPTS))])
-def test_readme_snippet_runs(code: str, tmp_path: pathlib.Path) -> None:
+def test_readme_snippet_runs(
+    code: str, tmp_path: pathlib.Path, request: pytest.FixtureRequest
+) -> None:
     script = tmp_path / "snippet.py"
     script.write_text(code)
-    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    env = dict(os.environ)
+    if "NATS_URL" in code:  # a cluster snippet: a real server for it
+        env["NATS_URL"] = request.getfixturevalue("nats_server").url
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=60, env=env
+    )
     assert done.returncode == 0, done.stderr
     # `print(...)  # 13` in a snippet promises that the line `13` is printed;
     # promised lines must appear in that order (other output may come between)
