@@ -400,3 +400,37 @@ async def test_tells_to_a_node_never_seen_are_dead_lettered(nats_server: NatsSer
             ghost.tell("hello")
             letters = a.dead_letters.recent(10, "undeliverable")
             assert [(d.message, d.recipient) for d in letters] == [("hello", ghost.url)]
+
+
+async def test_a_late_remote_answer_is_dead_lettered_as_timeout(nats_server: NatsServer) -> None:
+    with trio.fail_after(WAIT):
+        async with pair(nats_server) as (a, b):
+            await b.start_child("/app", child(Slow, name="slow"))
+            slow = a.ref(f"troupe://{b.node}/app/slow")
+            with pytest.raises(runtime.AskTimeout):
+                await slow.ask("late", timeout=0.1)
+            await until(lambda: a.dead_letters.counts.get("timeout", 0) == 1, "the late answer")
+            assert [d.message for d in a.dead_letters.recent(5, "timeout")] == ["late"]
+
+
+async def test_watching_a_pool_by_its_path_across_nodes(nats_server: NatsServer) -> None:
+    from actors import Pool
+
+    seen: list[Any] = []
+
+    class Watcher(Actor):
+        async def on_start(self) -> None:
+            self.ctx.watch(self.ctx.system.ref(f"troupe://{b.node}/app/pool"))
+
+        async def receive(self, msg: Any) -> Any:
+            seen.append(msg)
+
+    with trio.fail_after(WAIT):
+        async with pair(nats_server) as (a, b):
+            await b.start_child("/app", Pool("pool", worker=child(Echo), size=2))
+            assert await a.ref(f"troupe://{b.node}/app/pool").ask(5) == 5
+            await a.start_child("/app", child(Watcher, name="watcher"))
+            await trio.sleep(0.3)
+            await b.terminate_child("/app/pool")
+            await until(lambda: len(seen) == 1, "Terminated for the pool")
+            assert seen[0].ref.url == f"troupe://{b.node}/app/pool"

@@ -72,6 +72,10 @@ log = logging.getLogger("troupe.cluster")
 URL_SCHEME = "troupe://"
 RECENT_TELLS = 10_000
 """Tells per peer remembered until NATS could have said nobody listens (to dead-letter them)."""
+DECLARED_DOWN = 10_000
+"""Node incarnations remembered as down (their late messages are refused)."""
+ABANDONED = 10_000
+"""Asks given up on, remembered so that a late answer is dead-lettered (as ``timeout``)."""
 DRAIN_MAX = 2_000
 """Inbound messages handled per loop step; the rest waits for the next step."""
 CONTROL_OPS = ("snapshot", "which_children", "start_child", "terminate_child", "ping")
@@ -191,6 +195,18 @@ class _Skip:
     incarnation: str
     first: int
     last: int
+
+
+@attrs.define(slots=True)
+class _Pending:
+    """An ask (or a send, or a control request) waiting for another node's answer."""
+
+    reply: Reply
+    node: str
+    url: str
+    msg: Any
+    seq: int | None = None  # its sequence number, for a user message
+    peer_incarnation: str | None = None
 
 
 class _RemoteReply:
@@ -369,11 +385,14 @@ class Cluster:
         self.subjects = env.Subjects(cluster_name, node)
         self.codec = Codec(ref_to_url=self._url_of, url_to_ref=self.ref)
         self._peers: dict[str, _Peer] = {}
-        self._declared_down: set[tuple[str, str]] = set()  # (node, incarnation) we saw go down
-        self._asks: dict[int, tuple[Reply, str, str, Any]] = {}  # id -> (reply, node, path, msg)
+        # (node, incarnation) we saw go down -> when we last told it so (trio time)
+        self._declared_down: OrderedDict[tuple[str, str], float] = OrderedDict()
+        self._asks: dict[int, _Pending] = {}
+        self._abandoned: OrderedDict[int, str] = OrderedDict()  # ask id -> url, given up on
         self._ask_ids = itertools.count(1)
         self._watches: dict[tuple[str, str], dict[Cell, None]] = {}  # (node, path) -> watchers
-        self._watched_by: dict[str, set[tuple[str, str]]] = {}  # local path -> (node, watcher)
+        # local slot path -> (watching node, the path it asked for: e.g. a pool's, not its router's)
+        self._watched_by: dict[str, set[tuple[str, str]]] = {}
         self._backlog: list[Inbound] = []
         self._skips: dict[str, list[_Skip]] = {}  # SKIP notices not sent yet, per node
         self._transport: Transport | None = None
@@ -511,14 +530,20 @@ class Cluster:
     ) -> _Peer | None:
         """`node` is alive as `incarnation`: mark it up (a new incarnation replaces the
         old one, which is down).  None if that incarnation was declared down."""
-        if (node, incarnation) in self._declared_down:
-            # it was declared down and does not know yet: tell it to rejoin
-            self._publish(
-                Outgoing(
-                    self.subjects.system(node),
-                    env.pack(env.DOWN, self.node, self.incarnation, incarnation),
+        key = (node, incarnation)
+        told = self._declared_down.get(key)
+        if told is not None:
+            # it was declared down and may not know yet: tell it to rejoin (at most
+            # once a heartbeat, however much it sends meanwhile)
+            now = trio.current_time()
+            if now - told >= self.heartbeat:
+                self._declared_down[key] = now
+                self._publish(
+                    Outgoing(
+                        self.subjects.system(node),
+                        env.pack(env.DOWN, self.node, self.incarnation, incarnation),
+                    )
                 )
-            )
             return None
         peer = self._peer(node)
         if peer.incarnation != incarnation:
@@ -556,13 +581,15 @@ class Cluster:
         peer.down_why = why
         incarnation = peer.incarnation
         if incarnation is not None:
-            self._declared_down.add((peer.name, incarnation))
+            self._declared_down[(peer.name, incarnation)] = -math.inf
+            while len(self._declared_down) > DECLARED_DOWN:
+                self._declared_down.popitem(last=False)
         log.warning("node %s: node %s is down (%s)", self.node, peer.name, why)
         error = NodeDown(peer.name, incarnation, why)
-        for ask_id, (reply, node, _path, _msg) in list(self._asks.items()):
-            if node == peer.name:
+        for ask_id, pending in list(self._asks.items()):
+            if pending.node == peer.name:
                 del self._asks[ask_id]
-                reply.fail(error)
+                pending.reply.fail(error)
         for key in [key for key in self._watches if key[0] == peer.name]:
             cells = self._watches.pop(key)
             remote = RemoteRef(self, key[0], key[1])
@@ -728,14 +755,17 @@ class Cluster:
                 )
         ask_id = next(self._ask_ids)
         reply = Reply(lambda value: self.system.dead_letter(value, "timeout", ref.url))
-        self._asks[ask_id] = (reply, ref.node, ref.path, msg)
+        self._asks[ask_id] = _Pending(reply, ref.node, ref.url, msg, peer.seq + 1, peer.incarnation)
         self._queue_user(
             peer, kind, ref, msg, body, ask_id, None if timeout == math.inf else timeout
         )
         try:
             return await reply.wait(deadline, f"{what} within {timeout}s")
         finally:
-            self._asks.pop(ask_id, None)
+            if self._asks.pop(ask_id, None) is not None:  # given up on: an answer is late
+                self._abandoned[ask_id] = ref.url
+                if len(self._abandoned) > ABANDONED:
+                    self._abandoned.popitem(last=False)
 
     def _answer(self, node: str, subject: str, ok: bool, value: Any) -> None:
         """Send the answer to an ask that came from `node` (see `_RemoteReply`)."""
@@ -790,13 +820,11 @@ class Cluster:
         watchers = self._watched_by.pop(cell.path, None)
         if watchers:
             reason = _wire_reason(cell.final_reason)
-            for node, _ in watchers:
+            for node, asked in watchers:
                 self._publish(
                     Outgoing(
                         self.subjects.system(node),
-                        env.pack(
-                            env.TERMINATED, self.node, self.incarnation, cell.path, "", reason
-                        ),
+                        env.pack(env.TERMINATED, self.node, self.incarnation, asked, "", reason),
                     )
                 )
         for watchers_of in self._watches.values():
@@ -830,7 +858,7 @@ class Cluster:
             raise NodeDown(node, peer.incarnation, peer.down_why)
         ask_id = next(self._ask_ids)
         reply = Reply(lambda value: None)
-        self._asks[ask_id] = (reply, node, "/", op)
+        self._asks[ask_id] = _Pending(reply, node, f"{URL_SCHEME}{node}/", op)
         self._publish(
             Outgoing(
                 self.subjects.system(node),
@@ -996,8 +1024,10 @@ class Cluster:
             if origin.ask_id is not None:
                 found = self._asks.pop(origin.ask_id, None)
                 if found is not None:
-                    found[0].fail(
-                        NodeDown(found[1], None, "the NATS connection was lost before it was sent")
+                    found.reply.fail(
+                        NodeDown(
+                            found.node, None, "the NATS connection was lost before it was sent"
+                        )
                     )
             else:
                 peer = self._peers.get(entry.node or "")
@@ -1094,9 +1124,7 @@ class Cluster:
         elif kind == env.WATCH:
             self._watched(node, str(fields[3]))
         elif kind == env.UNWATCH:
-            watchers = self._watched_by.get(str(fields[3]))
-            if watchers is not None:
-                watchers.discard((node, ""))
+            self._unwatched(node, str(fields[3]))
         elif kind == env.TERMINATED:
             self._terminated(node, str(fields[3]), fields[5] if len(fields) > 5 else "normal")
         elif kind == env.CONTROL:
@@ -1163,37 +1191,60 @@ class Cluster:
 
     def _reply_arrived(self, item: Incoming, incarnation: str | None, ask_id: int | None) -> None:
         if incarnation not in self.incarnations or ask_id is None:
-            self.lost_replies += 1
+            self.lost_replies += 1  # for an earlier process that had this node's name
             return
-        found = self._asks.get(ask_id)
+        found = self._asks.pop(ask_id, None)
         if item.status == "503":
             if found is not None:
-                del self._asks[ask_id]
-                reply, node, path, msg = found
-                self.system.dead_letter(msg, "undeliverable", f"{URL_SCHEME}{node}{path}")
-                reply.fail(NodeDown(node, None, "nobody listens on its subject (no responders)"))
+                self._no_responders(found)
             return
         fields = env.unpack(item.data)
         if fields is None or fields[0] != env.REPLY or len(fields) < 5:
+            self.undecodable += 1
             if found is not None:
-                del self._asks[ask_id]
-                found[0].fail(RemoteError("Undecodable", "an undecodable answer came back"))
+                found.reply.fail(RemoteError("Undecodable", "an undecodable answer came back"))
             return
         node = fields[1]
-        if found is None:
-            self.lost_replies += 1
-            return
-        del self._asks[ask_id]
-        reply = found[0]
+        value: Any = None
         if fields[3]:
             try:
                 value = self.codec.decode(fields[4])
             except Undecodable as error:
-                reply.fail(RemoteError("Undecodable", f"the answer from {node!r}: {error}"))
+                self.undecodable += 1
+                if found is not None:
+                    found.reply.fail(
+                        RemoteError("Undecodable", f"the answer from {node!r}: {error}")
+                    )
                 return
-            reply.send(value)
+        if found is None:  # the asker gave up: a late answer, dead-lettered as a local one is
+            url = self._abandoned.pop(ask_id, None)
+            self.lost_replies += 1
+            if url is not None and fields[3]:
+                self.system.dead_letter(value, "timeout", url)
+            return
+        if fields[3]:
+            found.reply.send(value)
         else:
-            reply.fail(decode_error(fields[4], node))
+            found.reply.fail(decode_error(fields[4], node))
+
+    def _no_responders(self, pending: _Pending) -> None:
+        """NATS said nobody listens where an ask went: it is dead-lettered here, fails
+        with `NodeDown`, and its sequence number is not to be counted as lost."""
+        self.system.dead_letter(pending.msg, "undeliverable", pending.url)
+        pending.reply.fail(
+            NodeDown(pending.node, None, "nobody listens on its subject (no responders)")
+        )
+        if pending.seq is not None:
+            self._skip_later(
+                _Skip(
+                    pending.node,
+                    pending.peer_incarnation,
+                    self.incarnation,
+                    pending.seq,
+                    pending.seq,
+                )
+            )
+            self._send_skips()
 
     def _nobody_listened(self, node: str, seq: int) -> None:
         """NATS said nobody listens on the subject a tell to `node` went to: dead-letter
@@ -1218,7 +1269,18 @@ class Cluster:
                 )
             )
             return
-        self._watched_by.setdefault(ref.path, set()).add((node, ""))
+        self._watched_by.setdefault(ref.path, set()).add((node, path))
+
+    def _unwatched(self, node: str, path: str) -> None:
+        try:
+            ref = self.system.ref(path)
+        except (ActorNotFound, RuntimeClosed, ValueError, TypeError):
+            return
+        watchers = self._watched_by.get(ref.path)
+        if watchers is not None:
+            watchers.discard((node, path))
+            if not watchers:
+                del self._watched_by[ref.path]
 
     def _terminated(self, node: str, path: str, reason: Any) -> None:
         watchers = self._watches.pop((node, path), None)
@@ -1272,8 +1334,8 @@ class Cluster:
 
     def _fail_all(self, error: BaseException) -> None:
         asks, self._asks = self._asks, {}
-        for reply, _node, _path, _msg in asks.values():
-            reply.fail(error)
+        for pending in asks.values():
+            pending.reply.fail(error)
 
 
 def _new_incarnation() -> str:
