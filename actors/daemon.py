@@ -47,9 +47,9 @@ class Daemon(Actor):
     Ticks go through the actor's own mailbox, so they run one at a time and
     never overlap a message; the schedule is drift-free (tick *n* is due at
     ``start + n * interval``), and ticks missed while one overran are skipped,
-    not queued, as are ticks that find the mailbox full (``drop_new``,
-    ``drop_old``: a tick never pushes a message out, ``fail``; under ``block`` a
-    tick waits its turn).  A tick that raises crashes the
+    not queued, as are ticks that find the mailbox full under ``drop_new``,
+    ``drop_old`` or ``fail`` (a tick never pushes a message out); under ``block``
+    a tick waits its turn.  A tick that raises crashes the
     incarnation like any handler (in `failed` and `last_error`); one that takes
     longer than `interval` is logged and counted as slow.  Ticks never appear in
     dead letters: not one that crashed or was cancelled by a stop, nor one an
@@ -58,7 +58,8 @@ class Daemon(Actor):
     """
 
     interval: float = 1.0
-    """Seconds between ticks: a positive, finite real number, set on the class or per
+    """Seconds between ticks: a finite number (int, float, Fraction or Decimal; not a
+    bool) of at least `MIN_INTERVAL`, set on the class or per
     instance (in `__init__`).  Checked when each incarnation starts: a bad one fails
     the start with `ValueError`."""
     tick_at_start: ClassVar[bool] = True
@@ -159,7 +160,8 @@ class Daemon(Actor):
 
 
 def _check_interval(value: object, owner: str) -> float:
-    """`value` as seconds between ticks: a positive, finite real number (not a bool),
+    """`value` as seconds between ticks: a finite number of at least `MIN_INTERVAL` (an
+    int, float, Fraction or Decimal; not a bool),
     else `ValueError` naming ``<owner>.interval``."""
     seconds = math.nan
     if isinstance(value, numbers.Real | decimal.Decimal) and not isinstance(value, bool):

@@ -584,7 +584,8 @@ class Cluster:
             self._declared_down[(peer.name, incarnation)] = -math.inf
             while len(self._declared_down) > DECLARED_DOWN:
                 self._declared_down.popitem(last=False)
-        log.warning("node %s: node %s is down (%s)", self.node, peer.name, why)
+        level = logging.INFO if why == "it left" else logging.WARNING
+        log.log(level, "node %s: node %s is down (%s)", self.node, peer.name, why)
         error = NodeDown(peer.name, incarnation, why)
         for ask_id, pending in list(self._asks.items()):
             if pending.node == peer.name:
