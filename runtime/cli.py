@@ -7,14 +7,23 @@ import importlib
 import importlib.util
 import logging
 import os
+import re
 import sys
 import time
 from collections.abc import Sequence
 from types import ModuleType
 
 from .control import Client, ControlError, endpoints, pick
-from .entry import run
+from .entry import SystemOptions, run
+from .errors import ClusterError
 from .spec import Supervisor
+from .topics import check_pattern
+
+CLUSTER_ENV = "TROUPE_CLUSTER"
+"""The NATS URL(s) (comma-separated) `troupe run --node` joins through when no
+``--cluster`` is given."""
+NODE_NAME = re.compile(r"[A-Za-z0-9_-]+")
+CLUSTER_NAME = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*")
 
 
 class UsageError(Exception):
@@ -69,16 +78,78 @@ def _import(script: str) -> ModuleType:
         raise UsageError(f"cannot import module {script!r}: {exc}") from None
 
 
+def cluster_options(args: argparse.Namespace) -> SystemOptions:
+    """The `run` options of ``--node/--cluster/--cluster-*`` (none without ``--node``);
+    `UsageError` for a flag without ``--node``, a missing URL or a bad name."""
+    options: SystemOptions = {}
+    cluster_flags = [
+        flag
+        for flag, value in (
+            ("--cluster", args.cluster),
+            ("--cluster-name", args.cluster_name),
+            ("--cluster-topics", args.cluster_topics),
+            ("--cluster-control", args.cluster_control),
+        )
+        if value is not None
+    ]
+    if args.node is None:
+        if cluster_flags:
+            raise UsageError(
+                f"{cluster_flags[0]} needs --node NAME (this node's name in the cluster)"
+            )
+        return options
+    if not NODE_NAME.fullmatch(args.node):
+        raise UsageError(
+            f"invalid node name {args.node!r}: one NATS subject token "
+            "(letters, digits, '-' and '_')"
+        )
+    servers: list[str] = list(args.cluster or [])
+    if not servers:
+        from_env = os.environ.get(CLUSTER_ENV, "")
+        servers = [url.strip() for url in from_env.split(",") if url.strip()]
+    if not servers:
+        raise UsageError(
+            f"--node {args.node} needs --cluster URL (a NATS server, e.g. "
+            f"nats://127.0.0.1:4222) or the {CLUSTER_ENV} environment variable"
+        )
+    options["node"] = args.node
+    options["cluster"] = servers[0] if len(servers) == 1 else servers
+    if args.cluster_name is not None:
+        if not CLUSTER_NAME.fullmatch(args.cluster_name):
+            raise UsageError(
+                f"invalid cluster name {args.cluster_name!r}: dot-separated tokens of "
+                "letters, digits, '-' and '_'"
+            )
+        options["cluster_name"] = args.cluster_name
+    if args.cluster_topics is not None:
+        for pattern in args.cluster_topics:
+            try:
+                check_pattern(pattern)
+            except ValueError as exc:
+                raise UsageError(f"--cluster-topics {pattern!r}: {exc}") from None
+        options["cluster_topics"] = tuple(args.cluster_topics)
+    if args.cluster_control is not None:
+        options["cluster_control"] = args.cluster_control
+    return options
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
+    options = cluster_options(args)
+    options["name"] = args.name if args.name is not None else options.get("node")
+    options["control"] = True
+    options["metrics_port"] = args.metrics_port
     tree = load_tree(args.target)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     try:
-        run(tree, name=args.name, control=True, metrics_port=args.metrics_port)
+        run(tree, **options)
     except KeyboardInterrupt:
         print("troupe: killed", file=sys.stderr)
         return 130
+    except ClusterError as exc:
+        print(f"troupe: cannot join the cluster: ClusterError: {exc}", file=sys.stderr)
+        return 1
     except Exception as exc:
         print(f"troupe: the tree failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
@@ -180,9 +251,38 @@ def build_parser() -> argparse.ArgumentParser:
         "The control socket is on, for `troupe tree/top/events` from another terminal.",
     )
     run_cmd.add_argument("target", metavar="SCRIPT[:NAME]")
-    run_cmd.add_argument("--name", help="system name (default: the root supervisor's name)")
+    run_cmd.add_argument(
+        "--name", help="system name (default: the node's name, else the root supervisor's)"
+    )
     run_cmd.add_argument(
         "--metrics-port", type=int, help="serve Prometheus metrics on 127.0.0.1:PORT"
+    )
+    node = run_cmd.add_argument_group(
+        "cluster",
+        "run the tree as a node of a cluster on NATS (refs as troupe://NODE/PATH)",
+    )
+    node.add_argument("--node", metavar="NAME", help="this node's name, unique in the cluster")
+    node.add_argument(
+        "--cluster",
+        metavar="URL",
+        action="append",
+        help=f"a NATS server to join through (repeat for several; default: ${CLUSTER_ENV}, "
+        "comma-separated)",
+    )
+    node.add_argument(
+        "--cluster-name", metavar="NAME", help="the cluster's subject prefix (default 'troupe')"
+    )
+    node.add_argument(
+        "--cluster-topics",
+        metavar="PATTERN",
+        nargs="+",
+        action="extend",
+        help="bus patterns shared with every node of the cluster, e.g. 'jobs.>'",
+    )
+    node.add_argument(
+        "--cluster-control",
+        choices=("ro", "rw"),
+        help="may other nodes start and stop actors here (default 'ro': read-only)",
     )
     run_cmd.set_defaults(func=_cmd_run)
     ls_cmd = commands.add_parser("ls", help="list the running systems")

@@ -8,9 +8,13 @@ import signal
 import subprocess
 import sys
 import textwrap
+from typing import Any
 
 import pytest
+import trio
+from natsserver import NatsServer
 
+import runtime
 import runtime.cli
 
 SCRIPT = textwrap.dedent(
@@ -139,3 +143,130 @@ def test_load_tree_accepts_a_module_name_and_a_callable(script: pathlib.Path) ->
         assert runtime.cli.load_tree("app").name == "greet"
     finally:
         sys.path.remove(str(script.parent))
+
+
+# -- troupe run --node/--cluster: a node of a cluster on NATS ---------------------------
+NODE_SCRIPT = pathlib.Path(__file__).with_name("cluster_node.py")
+
+
+def run_options(monkeypatch: pytest.MonkeyPatch, *args: str) -> dict[str, Any]:
+    """The options `troupe run ARGS` passes to `runtime.run` (not run)."""
+    got: dict[str, Any] = {}
+
+    def fake_run(tree: runtime.Supervisor, **options: Any) -> None:
+        got.update(options)
+
+    monkeypatch.setattr(runtime.cli, "run", fake_run)
+    assert runtime.cli.main(["run", f"{NODE_SCRIPT}:tree", *args]) == 0
+    return got
+
+
+def test_cluster_flags_map_to_the_run_options(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TROUPE_CLUSTER", raising=False)
+    assert "node" not in run_options(monkeypatch)
+    options = run_options(
+        monkeypatch,
+        "--node",
+        "w-1",
+        "--cluster",
+        "nats://127.0.0.1:4222",
+        "--cluster-name",
+        "prod.eu",
+        "--cluster-topics",
+        "jobs.>",
+        "metrics.*",
+        "--cluster-topics",
+        "alerts",
+        "--cluster-control",
+        "rw",
+    )
+    assert options["node"] == "w-1"
+    assert options["name"] == "w-1"  # the system is named after its node by default
+    assert options["cluster"] == "nats://127.0.0.1:4222"
+    assert options["cluster_name"] == "prod.eu"
+    assert options["cluster_topics"] == ("jobs.>", "metrics.*", "alerts")
+    assert options["cluster_control"] == "rw"
+    options = run_options(
+        monkeypatch,
+        "--node",
+        "w",
+        "--name",
+        "sys",
+        "--cluster",
+        "nats://a:1",
+        "--cluster",
+        "nats://b:2",
+    )
+    assert (options["name"], options["cluster"]) == ("sys", ["nats://a:1", "nats://b:2"])
+    assert "cluster_name" not in options and "cluster_topics" not in options
+    monkeypatch.setenv("TROUPE_CLUSTER", "nats://env:4222")
+    assert run_options(monkeypatch, "--node", "w")["cluster"] == "nats://env:4222"
+    assert run_options(monkeypatch, "--node", "w", "--cluster", "nats://flag:1")["cluster"] == (
+        "nats://flag:1"
+    )
+    monkeypatch.setenv("TROUPE_CLUSTER", "nats://a:1, nats://b:2")
+    assert run_options(monkeypatch, "--node", "w")["cluster"] == ["nats://a:1", "nats://b:2"]
+    assert "node" not in run_options(monkeypatch)  # the variable alone makes no node
+
+
+def test_bad_cluster_flags_get_clear_errors(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("TROUPE_CLUSTER", raising=False)
+    target = f"{NODE_SCRIPT}:tree"
+    for args, message in [
+        (["--cluster", "nats://127.0.0.1:4222"], "--cluster needs --node"),
+        (["--cluster-topics", "a.>"], "--cluster-topics needs --node"),
+        (["--node", "w"], "TROUPE_CLUSTER"),
+        (["--node", "a.b", "--cluster", "nats://x:1"], "invalid node name 'a.b'"),
+        (["--node", "a", "--cluster", "nats://x:1", "--cluster-name", "a..b"], "cluster name"),
+        (["--node", "a", "--cluster", "nats://x:1", "--cluster-topics", "a..b"], "a..b"),
+    ]:
+        assert runtime.cli.main(["run", target, *args]) == 2, args
+        assert message in capsys.readouterr().err, args
+    with pytest.raises(SystemExit):
+        runtime.cli.main(["run", target, "--node", "a", "--cluster-control", "all"])
+    assert "invalid choice" in capsys.readouterr().err
+
+
+def test_run_starts_a_node_that_another_node_asks(nats_server: NatsServer) -> None:
+    name = f"cli{os.getpid()}"
+    cluster_name = f"clitest{os.getpid()}"
+    proc = troupe(
+        "run",
+        f"{NODE_SCRIPT}:tree",
+        "--node",
+        name,
+        "--cluster",
+        nats_server.url,
+        "--cluster-name",
+        cluster_name,
+    )
+    try:
+        wait_for_line(proc, f"ready {name} {proc.pid}")
+
+        async def ask_it() -> tuple[Any, str]:
+            with trio.fail_after(20):
+                async with runtime.open_system(
+                    runtime.Supervisor("here", children=[]),
+                    node=f"{name}-here",
+                    cluster=nats_server.url,
+                    cluster_name=cluster_name,
+                    heartbeat=0.2,
+                ) as here:
+                    while not here.cluster.is_up(name):
+                        await trio.sleep(0.01)
+                    answer = await here.ref(f"troupe://{name}/app/echo").ask("whoami")
+                    proc.send_signal(signal.SIGTERM)  # a graceful stop: the node leaves
+                    while here.cluster.is_up(name):
+                        await trio.sleep(0.01)
+                    why = next(i for i in here.cluster.nodes() if i.name == name).status
+                    return answer, why
+
+        answer, status = trio.run(ask_it)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert answer["node"] == name and answer["pid"] == proc.pid
+    assert status == "down"
+    assert proc.returncode == 0, err
