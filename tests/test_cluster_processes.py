@@ -421,14 +421,7 @@ async def test_a_node_name_held_by_a_live_node_fails_the_start(procs: Processes)
         assert first.proc.poll() is None  # the live node is untouched
 
 
-# -- bugs found in runtime/cluster (strict xfails: they pass once it is fixed) -----------
-@pytest.mark.xfail(
-    strict=True,
-    reason="a tell's reply subject carries a negative id (node.py `_user_entry`: "
-    "`reply(incarnation, -peer.seq)`), which envelope.py `Subjects.lane` does not parse "
-    "(`parts[2].isdigit()` is False for '-5'): NATS's 'no responders' for a tell is "
-    "counted as undecodable and the tell is never dead-lettered",
-)
+# -- accounting at the edges: no responders, rejoins ----------------------------------
 async def test_tells_to_a_node_nobody_listens_on_are_dead_lettered(procs: Processes) -> None:
     with trio.fail_after(WAIT * 2):
         # node_down_after long: the node stays "up" here for the whole test
@@ -455,13 +448,6 @@ async def test_tells_to_a_node_nobody_listens_on_are_dead_lettered(procs: Proces
             assert (dead, here.cluster.undecodable - undecodable) == (20, 0)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="node.py `_nobody_listened(seq)` looks the tell up by its sequence number "
-    "in every peer's `recent` and takes the first match, but sequence numbers are per "
-    "peer (the reply subject does not name the destination): another node's delivered "
-    "tell with the same number is dead-lettered instead, and the lost one stays uncounted",
-)
 async def test_no_responders_for_a_tell_dead_letters_that_tell_and_no_other(
     procs: Processes,
 ) -> None:
@@ -497,14 +483,6 @@ async def test_no_responders_for_a_tell_dead_letters_that_tell_and_no_other(
             assert (new_letters(dead_url), new_letters(alive_url)) == (5, 0)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="node.py `_rejoin` starts a new incarnation, and every peer restarts its "
-    "sequence numbers to it (`_seen`: `peer.seq = 0`), but the rejoining node does not "
-    "reset its inbound counts (`reset_inbound`): `received` keeps growing past "
-    "`max_seq`, so `lost_in_transit` (max(0, max_seq - received - skipped)) drops to "
-    "0 and stays there: a loss counted before, and any loss after, vanish",
-)
 async def test_lost_in_transit_survives_a_rejoin(procs: Processes) -> None:
     with trio.fail_after(WAIT * 2):
         async with local_node(procs) as (here, _events):

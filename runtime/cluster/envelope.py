@@ -22,10 +22,11 @@ from typing import Any, Final
 
 import msgspec
 
-TELL: Final = 1  # [TELL, node, inc, seq, path, body]
-ASK: Final = 2  # [ASK, node, inc, seq, path, body, ask_id, remaining_timeout]
-SEND: Final = 3  # [SEND, node, inc, seq, path, body, ask_id, remaining_timeout]
-SKIP: Final = 4  # [SKIP, node, inc, first_seq, last_seq]: dead-lettered at the sender
+# user messages name the receiver's incarnation they were numbered for (`to`)
+TELL: Final = 1  # [TELL, node, inc, to, seq, path, body]
+ASK: Final = 2  # [ASK, node, inc, to, seq, path, body, ask_id, remaining_timeout]
+SEND: Final = 3  # [SEND, node, inc, to, seq, path, body, ask_id, remaining_timeout]
+SKIP: Final = 4  # [SKIP, node, inc, to, first_seq, last_seq]: dead-lettered at the sender
 REPLY: Final = 5  # [REPLY, node, inc, ok, body | error]
 HEARTBEAT: Final = 6  # [HEARTBEAT, node, inc, info, answer_me]
 LEAVE: Final = 7  # [LEAVE, node, inc]
@@ -67,6 +68,27 @@ def unpack(data: bytes) -> list[Any] | None:
     return fields
 
 
+def unpack_batch(data: bytes) -> list[list[Any]] | None:
+    """The envelopes of a batch of tells (an array of envelopes), or None."""
+    try:
+        items = _decoder.decode(data)
+    except (msgspec.DecodeError, ValueError, TypeError):
+        return None
+    if not isinstance(items, list) or not items:
+        return None
+    for fields in items:
+        if (
+            not isinstance(fields, list)
+            or len(fields) < 7
+            or not isinstance(fields[0], int)
+            or not isinstance(fields[1], str)
+            or not isinstance(fields[2], str)
+            or not isinstance(fields[4], int)
+        ):
+            return None
+    return items
+
+
 class Subjects:
     """The NATS subjects of one cluster, as seen from one node."""
 
@@ -87,9 +109,10 @@ class Subjects:
     def reply(self, incarnation: str, ask_id: int) -> str:
         return f"{self._replies}{incarnation}.{ask_id}"
 
-    def tell_reply(self, incarnation: str, node: str, seq: int) -> str:
-        """Where NATS says that nobody listens on the subject a tell went to."""
-        return f"{self._replies}{incarnation}.{node}.{seq}"
+    def tell_reply(self, incarnation: str, node: str) -> str:
+        """The prefix of the reply subject of tells to `node`: the writer appends
+        ``<first seq>-<last seq>``; NATS writes there that nobody listens."""
+        return f"{self._replies}{incarnation}.{node}."
 
     def topic(self, topic: str) -> str:
         return f"{self.cluster}.bus.{topic}"
@@ -99,7 +122,7 @@ class Subjects:
 
     def lane(self, subject: str) -> tuple[str, str | None, int | None]:
         """Which of this node's subjects `subject` is: ``("u"|"s"|"probe", None, None)``,
-        ``("r", incarnation, ask_id)``, ``("t", incarnation, seq)`` (a tell's reply
+        ``("r", incarnation, ask_id)``, ``("t", incarnation, None)`` (tells' reply
         subject), ``("hb", ...)``, ``("bus", ...)`` or ``("?", ...)``."""
         if subject == self.heartbeats:
             return "hb", None, None
@@ -112,8 +135,8 @@ class Subjects:
                 parts = rest.split(".")
                 if len(parts) == 3 and parts[2].isdigit():
                     return "r", parts[1], int(parts[2])
-                if len(parts) == 4 and parts[3].isdigit():
-                    return "t", parts[1], int(parts[3])
+                if len(parts) == 4:
+                    return "t", parts[1], None
             return "?", None, None
         if subject.startswith(f"{self.cluster}.bus."):
             return "bus", None, None

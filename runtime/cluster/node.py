@@ -24,7 +24,7 @@ import os
 import secrets
 import socket
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -57,7 +57,7 @@ from .transport import (
     Inbound,
     Incoming,
     Outgoing,
-    Sent,
+    RoomMade,
     Transport,
     Undeliverable,
 )
@@ -76,6 +76,10 @@ DECLARED_DOWN = 10_000
 """Node incarnations remembered as down (their late messages are refused)."""
 ABANDONED = 10_000
 """Asks given up on, remembered so that a late answer is dead-lettered (as ``timeout``)."""
+REFS = 4_096
+"""Local paths whose refs an arriving message looks up are cached, up to this many."""
+STREAMS = 16
+"""Inbound streams (pairs of incarnations) counted per peer; older ones are folded."""
 DRAIN_MAX = 2_000
 """Inbound messages handled per loop step; the rest waits for the next step."""
 CONTROL_OPS = ("snapshot", "which_children", "start_child", "terminate_child", "ping")
@@ -106,28 +110,43 @@ class RemoteMessage:
     error: str
 
 
+class _Stream:
+    """The user messages one incarnation of a peer numbered for one incarnation of this
+    node: what arrived, what the sender said it dead-lettered itself (SKIP), and the
+    highest number seen.  What is missing is lost in transit."""
+
+    __slots__ = ("max_seq", "received", "skipped")
+
+    def __init__(self) -> None:
+        self.max_seq = 0
+        self.received = 0
+        self.skipped = 0
+
+    def lost(self) -> int:
+        return max(0, self.max_seq - self.received - self.skipped)
+
+
 class _Peer:
     """What this node knows of another: identity, liveness, and the traffic to it."""
 
     __slots__ = (
         "actors",
         "down_why",
+        "enqueued",
         "host",
         "incarnation",
         "last_seen",
         "last_seen_wall",
-        "lost",
-        "max_seq",
+        "lost_before",
         "name",
         "pid",
-        "queued",
-        "received",
         "recent",
         "room",
         "seq",
-        "skipped",
         "started",
         "status",
+        "streams",
+        "tell_reply",
     )
 
     def __init__(self, name: str) -> None:
@@ -141,23 +160,38 @@ class _Peer:
         self.last_seen_wall = 0.0
         self.status = "down"
         self.down_why = "never seen"
-        # outbound: to its current incarnation
+        # outbound, numbered for its current incarnation
         self.seq = 0
-        self.queued = 0  # in the outbox, not yet handed to NATS
-        self.recent: OrderedDict[int, tuple[Any, str]] = OrderedDict()  # seq -> (msg, path)
+        self.enqueued = 0  # entries ever given to the transport for it
+        # the tells of the last RECENT_TELLS numbers (None for asks), last one = seq
+        self.recent: deque[tuple[Any, str] | None] = deque(maxlen=RECENT_TELLS)
+        self.tell_reply = ""  # the reply-subject prefix of tells to it (per incarnation)
         self.room = trio.Event()  # set when the outbox has room again
-        # inbound: from its current incarnation
-        self.max_seq = 0
-        self.received = 0
-        self.skipped = 0
-        self.lost = 0  # from earlier incarnations
+        # inbound: (its incarnation, ours) -> what arrived, the latest last
+        self.streams: OrderedDict[tuple[str, str], _Stream] = OrderedDict()
+        self.lost_before = 0  # lost in streams no longer kept
 
-    def reset_inbound(self) -> None:
-        self.lost += self.lost_now()
-        self.max_seq = self.received = self.skipped = 0
+    def stream(self, sender: str, receiver: str) -> _Stream:
+        key = (sender, receiver)
+        stream = self.streams.get(key)
+        if stream is None:
+            stream = self.streams[key] = _Stream()
+            while len(self.streams) > STREAMS:
+                _, old = self.streams.popitem(last=False)
+                self.lost_before += old.lost()
+        return stream
 
-    def lost_now(self) -> int:
-        return max(0, self.max_seq - self.received - self.skipped)
+    def lost(self) -> int:
+        return self.lost_before + sum(stream.lost() for stream in self.streams.values())
+
+    def take_recent(self, seq: int) -> tuple[Any, str] | None:
+        """The tell numbered `seq` (forgotten from now on), if it is still remembered."""
+        index = len(self.recent) - 1 - (self.seq - seq)
+        if 0 <= index < len(self.recent):
+            found = self.recent[index]
+            self.recent[index] = None
+            return found
+        return None
 
     def info(self, cluster: Cluster) -> NodeInfo:
         return NodeInfo(
@@ -394,6 +428,7 @@ class Cluster:
         # local slot path -> (watching node, the path it asked for: e.g. a pool's, not its router's)
         self._watched_by: dict[str, set[tuple[str, str]]] = {}
         self._backlog: list[Inbound] = []
+        self._refs: dict[str, ActorRef] = {}  # local path -> ref, for arrivals
         self._skips: dict[str, list[_Skip]] = {}  # SKIP notices not sent yet, per node
         self._transport: Transport | None = None
         self._nursery: trio.Nursery | None = None
@@ -552,7 +587,7 @@ class Cluster:
             peer.incarnation = incarnation
             peer.seq = 0
             peer.recent.clear()
-            peer.reset_inbound()
+            peer.tell_reply = self.subjects.tell_reply(self.incarnation, node)
         if info:
             peer.host = str(info.get("host", ""))
             peer.pid = int(info.get("pid", 0) or 0)
@@ -621,6 +656,7 @@ class Cluster:
         for peer in self._peers.values():
             peer.seq = 0
             peer.recent.clear()
+            peer.tell_reply = self.subjects.tell_reply(self.incarnation, peer.name)
         self._heartbeat_now(answer_me=True)
         for (node, path), watchers in self._watches.items():
             if watchers and self.is_up(node):
@@ -665,20 +701,35 @@ class Cluster:
         """Number a user message for `peer` and queue it (the outbox bound is the caller's)."""
         peer.seq += 1
         seq = peer.seq
-        origin = _Sent(kind, peer.incarnation, self.incarnation, seq, msg, ref.url, ask_id)
+        to = peer.incarnation
+        origin = _Sent(kind, to, self.incarnation, seq, msg, ref.url, ask_id)
         if kind == env.TELL:
-            data = env.pack(kind, self.node, self.incarnation, seq, ref.path, body)
-            reply = self.subjects.tell_reply(self.incarnation, peer.name, seq)
-            recent = peer.recent
-            recent[seq] = (msg, ref.url)
-            if len(recent) > RECENT_TELLS:
-                recent.popitem(last=False)
+            data = env.pack(kind, self.node, self.incarnation, to, seq, ref.path, body)
+            peer.recent.append((msg, ref.url))
+            entry = Outgoing(
+                self.subjects.user(peer.name), data, peer.tell_reply, peer.name, origin, True, seq
+            )
         else:
             assert ask_id is not None
-            data = env.pack(kind, self.node, self.incarnation, seq, ref.path, body, ask_id, timeout)
-            reply = self.subjects.reply(self.incarnation, ask_id)
-        peer.queued += 1
-        self._publish(Outgoing(self.subjects.user(peer.name), data, reply, peer.name, origin))
+            data = env.pack(
+                kind, self.node, self.incarnation, to, seq, ref.path, body, ask_id, timeout
+            )
+            peer.recent.append(None)
+            entry = Outgoing(
+                self.subjects.user(peer.name),
+                data,
+                self.subjects.reply(self.incarnation, ask_id),
+                peer.name,
+                origin,
+            )
+        peer.enqueued += 1
+        self._publish(entry)
+
+    def _queued(self, peer: _Peer) -> int:
+        """Messages for `peer` in the outbox, not yet taken by the NATS thread."""
+        transport = self._transport
+        taken = 0 if transport is None else transport.taken.get(peer.name, 0)
+        return peer.enqueued - taken
 
     def tell(self, ref: RemoteRef, msg: Any, timeout: float | None) -> None:
         """`RemoteRef.tell` (any thread)."""
@@ -692,7 +743,7 @@ class Cluster:
         if peer.status != "up":
             self.system.dead_letter(msg, "undeliverable", ref.url)
             return
-        if peer.queued >= self.outbox:
+        if self._queued(peer) >= self.outbox:
             raise MailboxFull(
                 f"the outbox to node {ref.node!r} is full ({self.outbox} messages): "
                 "use `await ref.send(msg)` to wait for room, or tell less at once"
@@ -703,14 +754,14 @@ class Cluster:
         """A foreign thread's tell: wait for outbox room (up to `timeout`), then tell."""
         peer = self._peer(ref.node)
         deadline = math.inf if timeout is None else trio.current_time() + timeout
-        with trio.move_on_at(deadline):
-            while peer.status == "up" and peer.queued >= self.outbox:
-                await peer.room.wait()
+        await self._wait_for_room(peer, deadline)
         self.tell(ref, msg, None)
 
     async def _wait_for_room(self, peer: _Peer, deadline: float = math.inf) -> None:
         with trio.move_on_at(deadline):
-            while peer.status == "up" and peer.queued >= self.outbox:
+            while peer.status == "up" and self._queued(peer) >= self.outbox:
+                if self._transport is not None:
+                    self._transport.room_wanted = True  # the writer says when it took some
                 await peer.room.wait()
 
     async def send(self, ref: RemoteRef, msg: Any) -> None:
@@ -746,11 +797,11 @@ class Cluster:
         if peer.status != "up":
             raise NodeDown(ref.node, peer.incarnation, peer.down_why)
         deadline = trio.current_time() + timeout if timeout != math.inf else math.inf
-        if peer.queued >= self.outbox:
+        if self._queued(peer) >= self.outbox:
             await self._wait_for_room(peer, deadline)
             if peer.status != "up":
                 raise NodeDown(ref.node, peer.incarnation, peer.down_why)
-            if peer.queued >= self.outbox:
+            if self._queued(peer) >= self.outbox:
                 raise AskTimeout(
                     f"the outbox to node {ref.node!r} stayed full; {what} was not sent"
                 )
@@ -945,12 +996,12 @@ class Cluster:
                 name: {
                     "status": peer.status,
                     "incarnation": peer.incarnation,
-                    "outbox": peer.queued,
-                    "lost_in_transit": peer.lost + peer.lost_now(),
+                    "outbox": self._queued(peer),
+                    "lost_in_transit": peer.lost(),
                 }
                 for name, peer in sorted(self._peers.items())
             },
-            "lost_in_transit": sum(p.lost + p.lost_now() for p in self._peers.values()),
+            "lost_in_transit": sum(p.lost() for p in self._peers.values()),
             "events_out": self.events_out,
             "events_in": self.events_in,
             "undecodable": self.undecodable,
@@ -984,14 +1035,13 @@ class Cluster:
     def _one(self, item: Inbound) -> None:
         if isinstance(item, Incoming):
             self._incoming(item)
-        elif isinstance(item, Sent):
-            for node, count in item.counts.items():
-                peer = self._peers.get(node)
-                if peer is not None:
-                    peer.queued = max(0, peer.queued - count)
-                    if peer.queued < self.outbox:
-                        peer.room.set()
-                        peer.room = trio.Event()
+        elif isinstance(item, RoomMade):
+            if self._transport is not None:
+                self._transport.room_wanted = False  # a sender still waiting says so again
+            for peer in self._peers.values():
+                if self._queued(peer) < self.outbox:
+                    peer.room.set()
+                    peer.room = trio.Event()
         elif isinstance(item, Undeliverable):
             self._undeliverable(item.entries)
         elif isinstance(item, ConnectionState):
@@ -1032,8 +1082,8 @@ class Cluster:
                     )
             else:
                 peer = self._peers.get(entry.node or "")
-                if peer is not None:
-                    peer.recent.pop(origin.seq, None)
+                if peer is not None and peer.incarnation == origin.peer_incarnation:
+                    peer.take_recent(origin.seq)
             self.system.dead_letter(origin.msg, "undeliverable", origin.url)
             node = entry.node or ""
             self._skip_later(
@@ -1068,7 +1118,9 @@ class Cluster:
                     continue
                 if skip.peer_incarnation != peer.incarnation:
                     continue
-                data = env.pack(env.SKIP, self.node, self.incarnation, skip.first, skip.last)
+                data = env.pack(
+                    env.SKIP, self.node, self.incarnation, peer.incarnation, skip.first, skip.last
+                )
                 self._publish(Outgoing(self.subjects.user(node), data, origin=skip))
 
     def _incoming(self, item: Incoming) -> None:
@@ -1080,13 +1132,20 @@ class Cluster:
         if lane == "r":
             self._reply_arrived(item, incarnation, ask_id)
             return
-        if lane == "t":  # a tell's reply subject: only NATS writes there, to say nobody listened
-            if item.status == "503" and incarnation in self.incarnations and ask_id is not None:
-                self._nobody_listened(item.subject.split(".")[-2], ask_id)
+        if lane == "t":  # tells' reply subject: only NATS writes there, to say nobody listened
+            if item.status == "503" and incarnation in self.incarnations:
+                node, _, seqs = item.subject.rpartition(".")
+                first, _, last = seqs.partition("-")
+                if first.isdigit() and last.isdigit():
+                    self._nobody_listened(node.rpartition(".")[2], int(first), int(last))
             return
         fields = env.unpack(item.data)
         if fields is None:
-            self.undecodable += 1
+            batch = env.unpack_batch(item.data)
+            if batch is None:
+                self.undecodable += 1
+            else:
+                self._batch(batch)
             return
         kind, node, inc = fields[0], fields[1], fields[2]
         if node == self.node:
@@ -1109,19 +1168,17 @@ class Cluster:
         peer = self._seen(node, inc)
         if peer is None:
             # from an incarnation already declared down: its messages are not delivered
-            if kind in (env.TELL, env.ASK, env.SEND) and len(fields) >= 6:
-                self.system.dead_letter(
-                    RemoteMessage(node, str(fields[4]), "from a node incarnation declared down"),
-                    "undeliverable",
-                    str(fields[4]),
-                )
+            if kind in (env.TELL, env.ASK, env.SEND) and len(fields) >= 7:
+                self._from_the_dead(node, str(fields[5]))
             return
         if kind in (env.TELL, env.ASK, env.SEND):
             self._user_message(peer, kind, fields, item.reply)
-        elif kind == env.SKIP:
-            first, last = int(fields[3]), int(fields[4])
-            peer.skipped += max(0, last - first + 1)
-            peer.max_seq = max(peer.max_seq, last)
+        elif kind == env.SKIP and len(fields) >= 6:
+            if fields[3] in self.incarnations:
+                low, high = int(fields[4]), int(fields[5])
+                stream = peer.stream(inc, fields[3])
+                stream.skipped += max(0, high - low + 1)
+                stream.max_seq = max(stream.max_seq, high)
         elif kind == env.WATCH:
             self._watched(node, str(fields[3]))
         elif kind == env.UNWATCH:
@@ -1135,13 +1192,63 @@ class Cluster:
         elif kind == env.EVENT:
             self._event(node, fields[3])
 
+    def _batch(self, batch: list[Any]) -> None:
+        """Tells one node packed into one NATS message (see `Outgoing.batch`)."""
+        first = batch[0]
+        node, inc = first[1], first[2]
+        if node == self.node:
+            return
+        peer = self._seen(node, inc)
+        for fields in batch:
+            if fields[0] != env.TELL or fields[1] != node or fields[2] != inc:
+                self.undecodable += 1
+            elif peer is None:
+                self._from_the_dead(node, str(fields[5]))
+            else:
+                self._user_message(peer, env.TELL, fields, "")
+
+    def _from_the_dead(self, node: str, path: str) -> None:
+        """A message from an incarnation declared down: not delivered, dead-lettered."""
+        self.system.dead_letter(
+            RemoteMessage(node, path, "from a node incarnation declared down"),
+            "undeliverable",
+            path,
+        )
+
+    def _local(self, path: str) -> ActorRef:
+        """The local ref for `path` (cached: refs name slots); `ActorNotFound`."""
+        ref = self._refs.get(path)
+        if ref is not None and ref.is_alive:
+            return ref
+        ref = self.system.ref(path)
+        if len(self._refs) >= REFS:
+            self._refs.clear()
+        self._refs[path] = ref
+        return ref
+
     def _user_message(self, peer: _Peer, kind: int, fields: list[Any], reply_to: str) -> None:
-        if len(fields) < 6:
+        if len(fields) < 7:
             self.undecodable += 1
             return
-        seq, path, body = int(fields[3]), str(fields[4]), fields[5]
-        peer.received += 1
-        peer.max_seq = max(peer.max_seq, seq)
+        to, seq, path, body = fields[3], fields[4], fields[5], fields[6]
+        if to not in self.incarnations:
+            # for an earlier process of this node's name: its actors are gone
+            self._from_the_dead(peer.name, str(path))
+            if kind != env.TELL and reply_to:
+                self._answer(
+                    peer.name,
+                    reply_to,
+                    False,
+                    ActorStopped(
+                        f"{path} on node {self.node!r} was of an earlier incarnation of that node"
+                    ),
+                )
+            return
+        stream = peer.stream(fields[2], to)
+        stream.received += 1
+        if seq > stream.max_seq:
+            stream.max_seq = seq
+        path = str(path)
         try:
             msg = self.codec.decode(body)
         except Undecodable as error:
@@ -1153,15 +1260,14 @@ class Cluster:
                 self._answer(peer.name, reply_to, False, RemoteError("Undecodable", str(error)))
             return
         try:
-            ref = self.system.ref(path)
+            ref = self._local(path)
         except ActorNotFound as error:
-            if kind == env.TELL:
-                self.system.dead_letter(msg, "undeliverable", path)
-            elif reply_to:
-                self.system.dead_letter(msg, "undeliverable", path)
+            self.system.dead_letter(msg, "undeliverable", path)
+            if kind != env.TELL and reply_to:
                 self._answer(peer.name, reply_to, False, error)
             return
-        except RuntimeClosed:
+        except (RuntimeClosed, ValueError, TypeError):
+            self.system.dead_letter(msg, "undeliverable", path)
             return
         if kind == env.TELL:
             try:
@@ -1247,17 +1353,20 @@ class Cluster:
             )
             self._send_skips()
 
-    def _nobody_listened(self, node: str, seq: int) -> None:
-        """NATS said nobody listens on the subject a tell to `node` went to: dead-letter
-        it here and tell `node` (should it come back) not to count it as lost."""
+    def _nobody_listened(self, node: str, first: int, last: int) -> None:
+        """NATS said nobody listens on the subject the tells `first`..`last` to `node`
+        went to: dead-letter them here, and tell `node` (should it come back) not to
+        count them as lost."""
         peer = self._peers.get(node)
         if peer is None:
             return
-        origin = peer.recent.pop(seq, None)
-        if origin is not None:
-            msg, url = origin
-            self.system.dead_letter(msg, "undeliverable", url)
-            self._skip_later(_Skip(node, peer.incarnation, self.incarnation, seq, seq))
+        for seq in range(first, last + 1):
+            found = peer.take_recent(seq)
+            if found is not None:
+                msg, url = found
+                self.system.dead_letter(msg, "undeliverable", url)
+        self._skip_later(_Skip(node, peer.incarnation, self.incarnation, first, last))
+        self._send_skips()
 
     def _watched(self, node: str, path: str) -> None:
         try:

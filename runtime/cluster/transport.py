@@ -45,17 +45,29 @@ CLOSE_TIMEOUT = 5.0
 """Seconds the NATS thread may take to flush and close the connection."""
 
 
+BATCH_MAX = 1_000
+"""Most tells the writer packs into one NATS message."""
+
+
 @attrs.define(slots=True)
 class Outgoing:
     """One NATS publish.  `node` and `origin` are the loop's bookkeeping: the
     destination node (for the outbox bound) and what to hand back if it
-    cannot be sent (never looked at on the NATS thread)."""
+    cannot be sent (never looked at on the NATS thread).
+
+    A `batch` entry (a tell) may share one NATS message with the batch entries
+    next to it that go to the same subject: the message is then a msgpack array
+    of their envelopes, and its reply subject is `reply` followed by
+    ``"<first seq>-<last seq>"``.
+    """
 
     subject: str
     data: bytes
     reply: str = ""
     node: str | None = None
     origin: Any = None
+    batch: bool = False
+    seq: int = 0
 
 
 @attrs.frozen
@@ -76,10 +88,8 @@ class Undeliverable:
 
 
 @attrs.frozen
-class Sent:
-    """How many publishes per destination node the writer has handed to NATS."""
-
-    counts: dict[str, int]
+class RoomMade:
+    """The writer took entries out of the outbox while the loop waited for room."""
 
 
 @attrs.frozen
@@ -90,7 +100,19 @@ class ConnectionState:
     server: str | None = None
 
 
-Inbound = Incoming | Undeliverable | Sent | ConnectionState
+Inbound = Incoming | Undeliverable | RoomMade | ConnectionState
+
+
+def pack_batch(datas: list[bytes]) -> bytes:
+    """A msgpack array of already encoded envelopes (no decoding, no copying but one)."""
+    n = len(datas)
+    if n < 16:
+        head = bytes((0x90 | n,))
+    elif n < 1 << 16:
+        head = b"\xdc" + n.to_bytes(2, "big")
+    else:
+        head = b"\xdd" + n.to_bytes(4, "big")
+    return head + b"".join(datas)
 
 
 class Transport:
@@ -136,6 +158,10 @@ class Transport:
         self._nc: Any = None
         self.max_payload = 1 << 20
         self.connected_url: str | None = None
+        # per destination node: entries the writer took out of the outbox (sent or
+        # handed back); written by the NATS thread only, read by the loop
+        self.taken: dict[str, int] = {}
+        self.room_wanted = False  # the loop waits for outbox room (written by the loop)
         self.wakeups = 0  # loop wake-ups (batches delivered)
         self.received = 0
         self.published = 0
@@ -341,22 +367,45 @@ class Transport:
             self._outbox_woken = False  # before taking: a later publish wakes us again
         outbox = self._outbox
         nc = self._nc
-        counts: dict[str, int] = {}
+        taken = self.taken
+        limit = self.max_payload - 16  # room for the batch's array header
         failed: list[Outgoing] = []
         while outbox:
             entry = outbox.popleft()
-            if entry.node is not None:
-                counts[entry.node] = counts.get(entry.node, 0) + 1
+            group = [entry]
+            if entry.batch:
+                size = len(entry.data)
+                while outbox and len(group) < BATCH_MAX:
+                    nxt = outbox[0]
+                    if (
+                        not nxt.batch
+                        or nxt.subject != entry.subject
+                        or nxt.reply != entry.reply
+                        or size + len(nxt.data) > limit
+                    ):
+                        break
+                    group.append(outbox.popleft())
+                    size += len(nxt.data)
             if failed or not nc.is_connected:
-                failed.append(entry)
-                continue
-            try:
-                await nc.publish(entry.subject, entry.data, reply=entry.reply)
-                self.published += 1
-            except Exception as error:  # e.g. the connection dropped under us
-                log.debug("node %s: publish to %s failed: %s", self.name, entry.subject, error)
-                failed.append(entry)
-        if counts:
-            self._to_loop(Sent(counts))
+                failed.extend(group)
+            else:
+                try:
+                    if entry.batch:
+                        last = group[-1].seq
+                        await nc.publish(
+                            entry.subject,
+                            pack_batch([e.data for e in group]),
+                            reply=f"{entry.reply}{entry.seq}-{last}",
+                        )
+                    else:
+                        await nc.publish(entry.subject, entry.data, reply=entry.reply)
+                    self.published += len(group)
+                except Exception as error:  # e.g. the connection dropped under us
+                    log.debug("node %s: publish to %s failed: %s", self.name, entry.subject, error)
+                    failed.extend(group)
+            if entry.node is not None:
+                taken[entry.node] = taken.get(entry.node, 0) + len(group)
         if failed:
             self._to_loop(Undeliverable(failed))
+        if self.room_wanted:
+            self._to_loop(RoomMade())
