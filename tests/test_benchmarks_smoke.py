@@ -41,6 +41,12 @@ SCENARIOS = (
     "system.run_blocking per-call overhead",
     "1,000 concurrent 1 ms blocking calls, Bridge(max_workers=8)",
     "Pool(size=4, smallest_mailbox) vs one actor",
+    # cluster on NATS (benchmarks/cluster.py): node processes on a real nats-server
+    "remote ask round trip between two node processes",
+    "remote tell throughput, 1 sender",
+    "node-down detection after SIGKILL of a node process",
+    "codec encode+decode, 3-field registered attrs message",
+    "a tell's wire work: body + envelope",
 )
 
 REPORT_ONLY = (
