@@ -300,13 +300,13 @@ def codec_figures(k: int) -> Figures:
 
     def envelope_loop(m: int) -> None:
         for seq in range(m):
-            fields = unpack(pack(tell, ME, incarnation, seq, path, encode(SAMPLE)))
+            fields = unpack(pack(tell, ME, incarnation, incarnation, seq, path, encode(SAMPLE)))
             assert fields is not None
-            decode(fields[5])
+            decode(fields[6])
 
     def pickle_envelope_loop(m: int) -> None:
         for seq in range(m):
-            loads(dumps((tell, ME, incarnation, seq, path, SAMPLE), protocol))
+            loads(dumps((tell, ME, incarnation, incarnation, seq, path, SAMPLE), protocol))
 
     return {
         "codec_us": timed(codec_loop),
@@ -382,11 +382,12 @@ TELL = Bench(
         "body task to troupe://bench-b/app/count in the other process, then `await "
         "ref.ask('count')`, which FIFO per sender->receiver puts behind the last tell: timed "
         "from the first tell to that answer, which must be 100,000 (after a warm-up round of "
-        f"{WARMUP_TELLS:,}). Pacing: `await trio.sleep(0)` after every {TELL_BATCH:,} tells, "
-        "because the outbox (10,000 per destination node) is only freed on the loop, when "
-        "the NATS thread's 'sent' notice is handled; a tell that still raises MailboxFull "
-        "(0 to 8 times per 100,000 in the runs recorded: outbox_full in the log) goes as "
-        "`await ref.send(msg)`, which waits for room and the remote mailbox's acceptance. The "
+        f"{WARMUP_TELLS:,}). Pacing: `await trio.sleep(0)` after every {TELL_BATCH:,} tells "
+        "(a sender that never yields starves its own node's loop); a tell that finds the "
+        "outbox (10,000 per destination node) full raises MailboxFull and goes as "
+        "`await ref.send(msg)` instead (outbox_full in the log), which waits for room and "
+        "the remote mailbox's acceptance. The writer packs consecutive tells to one node "
+        "into one NATS message. The "
         f"receiving actor's mailbox holds {PEER_CAPACITY:,} (default 10,000; a burst beyond "
         "what the actor keeps up with is dead-lettered as overflow by design, as nats-py's "
         "subscriber drops past its pending limit of 524,288).",
@@ -440,7 +441,7 @@ CODEC = Bench(
         "@attrs.frozen class of 3 fields registered with runtime.wire.register, by "
         "runtime.cluster.codec.Codec (msgspec MessagePack, ext type for the tag); "
         f"{wire_sizes()}. The second row adds what a tell also does: the envelope "
-        "[TELL, node, incarnation, seq, path, body] packed and unpacked "
+        "[TELL, node, incarnation, to, seq, path, body] packed and unpacked "
         "(runtime.cluster.envelope). Same process, one after the other; report only.",
     ],
 )
