@@ -168,14 +168,12 @@ def _system_of(tree: Supervisor, options: SystemOptions) -> tuple[System, dict[s
         from .cluster.node import Cluster
 
         given = {key: options[key] for key in CLUSTER_OPTIONS if options.get(key) is not None}  # type: ignore[literal-required]
-        nats_options = given.pop("nats_options", None)
         cluster = Cluster(
             system,
             node=node,
             servers=[servers] if isinstance(servers, str) else list(servers),
             **given,
         )
-        cluster.set_nats_options(nats_options)
         system.node = node
         system.cluster = cluster
     serving = {

@@ -193,7 +193,7 @@ class _Peer:
             return found
         return None
 
-    def info(self, cluster: Cluster) -> NodeInfo:
+    def info(self) -> NodeInfo:
         return NodeInfo(
             name=self.name,
             incarnation=self.incarnation or "",
@@ -405,6 +405,7 @@ class Cluster:
                 f"nats_options is a dict of nats.connect() options, got {nats_options!r}"
             )
         self.system = system
+        self.nats_options = dict(nats_options or {})
         self.node = node
         self.servers = servers
         self.cluster_name = cluster_name
@@ -448,7 +449,7 @@ class Cluster:
         """
         subjects = [self.subjects.mine, self.subjects.heartbeats]
         subjects += [self.subjects.pattern(p) for p in self.topics]
-        options = {"no_echo": True, **(self._nats_options or {})}
+        options = {"no_echo": True, **self.nats_options}
         transport = Transport(
             self.servers,
             name=self.node,
@@ -488,13 +489,6 @@ class Cluster:
                 await transport.close()
                 self._fail_all(RuntimeClosed(f"node {self.node!r} left its cluster"))
 
-    @property
-    def _nats_options(self) -> dict[str, Any]:
-        return self.__dict__.get("_options_given", {}) or {}
-
-    def set_nats_options(self, options: dict[str, Any] | None) -> None:
-        self.__dict__["_options_given"] = dict(options or {})
-
     # -- membership ------------------------------------------------------
     def nodes(self) -> list[NodeInfo]:
         """Every node this one knows (itself included), by name."""
@@ -508,7 +502,7 @@ class Cluster:
             last_seen=time.time(),
             status="up" if self._connected and not self._closing else "down",
         )
-        others = [peer.info(self) for peer in self._peers.values() if peer.incarnation]
+        others = [peer.info() for peer in self._peers.values() if peer.incarnation]
         return sorted([me, *others], key=lambda info: info.name)
 
     def is_up(self, node: str) -> bool:
