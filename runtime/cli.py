@@ -7,7 +7,6 @@ import importlib
 import importlib.util
 import logging
 import os
-import re
 import sys
 import time
 from collections.abc import Sequence
@@ -16,14 +15,12 @@ from types import ModuleType
 from .control import Client, ControlError, endpoints, pick
 from .entry import SystemOptions, run
 from .errors import ClusterError
-from .spec import Supervisor
+from .spec import CLUSTER_NAME, NODE_NAME, Supervisor
 from .topics import check_pattern
 
 CLUSTER_ENV = "TROUPE_CLUSTER"
 """The NATS URL(s) (comma-separated) `troupe run --node` joins through when no
 ``--cluster`` is given."""
-NODE_NAME = re.compile(r"[A-Za-z0-9_-]+")
-CLUSTER_NAME = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*")
 
 
 class UsageError(Exception):

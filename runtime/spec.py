@@ -164,6 +164,32 @@ def check_handlers(factory: Callable[..., Any]) -> None:
             )
 
 
+# -- cluster names ---------------------------------------------------------
+NODE_NAME = re.compile(r"[A-Za-z0-9_-]+")
+"""A node name: one NATS subject token."""
+CLUSTER_NAME = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*")
+"""A cluster name: one or more dot-separated tokens (the NATS subject prefix)."""
+
+
+def check_node_name(name: object) -> str:
+    """`name` as a node name, else `ValueError` saying what one is."""
+    if not isinstance(name, str) or not NODE_NAME.fullmatch(name):
+        raise ValueError(
+            f"a node name is one NATS subject token (letters, digits, '-' and '_'), got {name!r}"
+        )
+    return name
+
+
+def check_cluster_name(name: object) -> str:
+    """`name` as a cluster name, else `ValueError` saying what one is."""
+    if not isinstance(name, str) or not CLUSTER_NAME.fullmatch(name):
+        raise ValueError(
+            "a cluster name is one or more dot-separated tokens of letters, digits, '-' "
+            f"and '_', got {name!r}"
+        )
+    return name
+
+
 # -- child specs ----------------------------------------------------------
 IMPORT_STRING = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
 """``"package.module:Class"``: a factory named by where to import it from."""

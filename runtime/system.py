@@ -378,9 +378,11 @@ class System:
         `hand_over_to` (a running actor other than it and its descendants) they
         are put into that actor's mailbox instead, in their order (past its
         capacity if need be: nothing is dropped), asks with their askers
-        (e.g. a router re-routes what was queued at a worker it removes).  Blocks until the actor has stopped.  Raises `ActorNotFound`,
-        `ValueError` for the runtime's own actors or an unfit `hand_over_to`,
-        `RuntimeClosed` once the system has stopped.
+        (e.g. a router re-routes what was queued at a worker it removes).
+        Blocks until the actor has stopped.  On a cluster, `path` may be a
+        ``troupe://node/...`` URL (that node must allow it).  Raises
+        `ActorNotFound`, `ValueError` for the runtime's own actors or an unfit
+        `hand_over_to`, `RuntimeClosed` once the system has stopped.
         """
         self._check_running("terminate a child")
         if isinstance(path, str) and path.startswith(URL_SCHEME):
@@ -397,7 +399,9 @@ class System:
             if not isinstance(hand_over_to, ActorRef):
                 raise TypeError(f"hand_over_to must be an ActorRef, got {hand_over_to!r}")
             if type(hand_over_to) is not ActorRef:
-                raise ValueError(f"hand_over_to must be an actor of this node, got {hand_over_to!r}")
+                raise ValueError(
+                    f"hand_over_to must be an actor of this node, got {hand_over_to!r}"
+                )
             target = self._lookup(hand_over_to.path)
             if target is cell or target.path.startswith(cell.path + "/"):
                 raise ValueError(

@@ -17,7 +17,6 @@ Subjects (``C`` is the cluster name, ``N`` a node):
 
 from __future__ import annotations
 
-import re
 from typing import Any, Final
 
 import msgspec
@@ -36,11 +35,6 @@ TERMINATED: Final = 10  # [TERMINATED, node, inc, target_path, watcher_path, rea
 DOWN: Final = 11  # [DOWN, node, inc, your_incarnation]: you were declared down
 CONTROL: Final = 12  # [CONTROL, node, inc, op, args]
 EVENT: Final = 13  # [EVENT, node, inc, body]
-
-NAME = re.compile(r"[A-Za-z0-9_-]+")
-"""A node name: one NATS subject token."""
-CLUSTER_NAME = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*")
-"""A cluster name: one or more tokens (the subject prefix)."""
 
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder()

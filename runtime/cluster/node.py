@@ -47,7 +47,7 @@ from ..errors import (
 )
 from ..messages import ErrorInfo, Event, Reply, describe
 from ..ref import ActorRef
-from ..spec import ChildInfo, ChildSpec, child
+from ..spec import NODE_NAME, ChildInfo, ChildSpec, check_cluster_name, check_node_name, child
 from ..topics import check_pattern, matches
 from . import envelope as env
 from .codec import Codec, Undecodable
@@ -276,7 +276,7 @@ def parse_url(url: str) -> tuple[str, str]:
         raise ValueError(f"an actor URL looks like 'troupe://node/app/worker', got {url!r}")
     rest = url[len(URL_SCHEME) :]
     node, _, path = rest.partition("/")
-    if not env.NAME.fullmatch(node):
+    if not NODE_NAME.fullmatch(node):
         raise ValueError(
             f"invalid node name {node!r} in {url!r}: letters, digits, '-' and '_' only"
         )
@@ -367,16 +367,8 @@ class Cluster:
         node_down_after: float = 5.0,
         outbox: int = 10_000,
     ) -> None:
-        if not isinstance(node, str) or not env.NAME.fullmatch(node):
-            raise ValueError(
-                f"a node name is one NATS subject token (letters, digits, '-' and '_'), "
-                f"got {node!r}"
-            )
-        if not isinstance(cluster_name, str) or not env.CLUSTER_NAME.fullmatch(cluster_name):
-            raise ValueError(
-                f"cluster_name is one or more dot-separated tokens of letters, digits, '-' and "
-                f"'_', got {cluster_name!r}"
-            )
+        check_node_name(node)
+        check_cluster_name(cluster_name)
         if isinstance(cluster_topics, str):
             cluster_topics = (cluster_topics,)
         topics = tuple(cluster_topics)
