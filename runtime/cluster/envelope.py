@@ -12,6 +12,9 @@ Subjects (``C`` is the cluster name, ``N`` a node):
 - ``C.node.N.r.<incarnation>.<id>``: replies to N's asks
 - ``C.node.N.probe``: the probe of N's name at start
 - ``C.hb``: heartbeats and leaves of every node
+- ``C.ctl.N`` and ``C.ctl`` (one node of the cluster answers): requests of plain
+  NATS clients such as ``troupe ls --cluster`` (a msgpack ``[op, args]``; the
+  answer is ``[ok, value]``), which join no membership
 - ``C.bus.<topic>``: events of the cluster-wide topics
 """
 
@@ -62,6 +65,17 @@ def unpack(data: bytes) -> list[Any] | None:
     return fields
 
 
+def unpack_request(data: bytes) -> tuple[str, Any] | None:
+    """A client's ``[op, args]``, or None if `data` is not one."""
+    try:
+        fields = _decoder.decode(data)
+    except (msgspec.DecodeError, ValueError, TypeError):
+        return None
+    if not isinstance(fields, list) or len(fields) != 2 or not isinstance(fields[0], str):
+        return None
+    return fields[0], fields[1]
+
+
 def unpack_batch(data: bytes) -> list[list[Any]] | None:
     """The envelopes of a batch of tells (an array of envelopes), or None."""
     try:
@@ -90,6 +104,8 @@ class Subjects:
         self.cluster = cluster
         self.node = node
         self.heartbeats = f"{cluster}.hb"
+        self.control_any = f"{cluster}.ctl"
+        self.control_mine = f"{cluster}.ctl.{node}"
         self.mine = f"{cluster}.node.{node}.>"
         self.probe = f"{cluster}.node.{node}.probe"
         self._replies = f"{cluster}.node.{node}.r."
@@ -117,9 +133,12 @@ class Subjects:
     def lane(self, subject: str) -> tuple[str, str | None, int | None]:
         """Which of this node's subjects `subject` is: ``("u"|"s"|"probe", None, None)``,
         ``("r", incarnation, ask_id)``, ``("t", incarnation, None)`` (tells' reply
-        subject), ``("hb", ...)``, ``("bus", ...)`` or ``("?", ...)``."""
+        subject), ``("hb", ...)``, ``("ctl", ...)`` (a client's request), ``("bus",
+        ...)`` or ``("?", ...)``."""
         if subject == self.heartbeats:
             return "hb", None, None
+        if subject == self.control_mine or subject == self.control_any:
+            return "ctl", None, None
         prefix = f"{self.cluster}.node.{self.node}."
         if subject.startswith(prefix):
             rest = subject[len(prefix) :]

@@ -439,7 +439,12 @@ class Cluster:
 
         Raises `ClusterError` when the node cannot join.
         """
-        subjects = [self.subjects.mine, self.subjects.heartbeats]
+        subjects: list[str | tuple[str, str]] = [
+            self.subjects.mine,
+            self.subjects.heartbeats,
+            self.subjects.control_mine,
+            (self.subjects.control_any, "troupe-control"),
+        ]
         subjects += [self.subjects.pattern(p) for p in self.topics]
         options = {"no_echo": True, **self.nats_options}
         transport = Transport(
@@ -1118,6 +1123,9 @@ class Cluster:
         if lane == "r":
             self._reply_arrived(item, incarnation, ask_id)
             return
+        if lane == "ctl":
+            self._client_request(item)
+            return
         if lane == "t":  # tells' reply subject: only NATS writes there, to say nobody listened
             if item.status == "503" and incarnation in self.incarnations:
                 node, _, seqs = item.subject.rpartition(".")
@@ -1414,6 +1422,54 @@ class Cluster:
             self._answer(node, reply_to, False, error)
         else:
             self._answer(node, reply_to, True, value)
+
+    def _client_request(self, item: Incoming) -> None:
+        """A plain NATS client's request (``troupe ls|tree|top|stop --cluster``): it
+        joins no membership; ``[op, args]`` in, ``[ok, value or error text]`` out.
+
+        Ops: ``nodes`` (this node's view of the cluster), ``snapshot`` (its tree,
+        as `TreeSnapshot.to_dict`), ``ping``, and ``stop`` (a graceful stop; only
+        with ``cluster_control="rw"``).
+        """
+        if not item.reply:
+            return
+        request = env.unpack_request(item.data)
+        if request is None:
+            self.undecodable += 1
+            self._client_answer(item.reply, False, "a request is a msgpack [op, args]")
+            return
+        op, _args = request
+        try:
+            if op == "ping":
+                value: Any = {"node": self.node, "incarnation": self.incarnation}
+            elif op == "nodes":
+                value = [attrs.asdict(info) for info in self.nodes()]
+            elif op == "snapshot":
+                value = self.system.snapshot().to_dict()
+            elif op == "stop":
+                if self.control != "rw":
+                    raise PermissionError(
+                        f"node {self.node!r} takes read-only control over NATS; start it "
+                        "with cluster_control='rw' (troupe run --cluster-control rw) to "
+                        "allow stopping it"
+                    )
+                value = {"node": self.node, "stopping": True}
+                self.system.stop()
+            else:
+                raise ValueError(
+                    f"unknown operation {op!r}; a node answers ping, nodes, snapshot and stop"
+                )
+        except Exception as error:
+            self._client_answer(item.reply, False, f"{type(error).__name__}: {error}")
+            return
+        self._client_answer(item.reply, True, value)
+
+    def _client_answer(self, subject: str, ok: bool, value: Any) -> None:
+        try:
+            data = env.pack(ok, value)
+        except (TypeError, ValueError, OverflowError) as error:  # a value msgpack refuses
+            data = env.pack(False, f"the answer could not be encoded: {error}")
+        self._publish(Outgoing(subject, data))
 
     def _event(self, node: str, body: Any) -> None:
         try:

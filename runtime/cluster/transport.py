@@ -129,7 +129,7 @@ class Transport:
         *,
         name: str,
         probe_subject: str,
-        subjects: Sequence[str],
+        subjects: Sequence[str | tuple[str, str]],
         deliver: Callable[[list[Inbound]], None],
         call_soon: Callable[[Callable[[], None]], bool],
         options: dict[str, Any] | None = None,
@@ -325,8 +325,11 @@ class Transport:
                     "choose another name"
                 )
             self.max_payload = nc.max_payload
-            for subject in self.subjects:
-                await nc.subscribe(subject, cb=self._on_message)
+            for subject in self.subjects:  # a (subject, queue group) pair: one of the group
+                if isinstance(subject, tuple):
+                    await nc.subscribe(subject[0], queue=subject[1], cb=self._on_message)
+                else:
+                    await nc.subscribe(subject, cb=self._on_message)
             await nc.flush(timeout=math.ceil(self._connect_timeout))
         except BaseException:
             await nc.close()
