@@ -165,6 +165,8 @@ def check_handlers(factory: Callable[..., Any]) -> None:
 
 
 # -- cluster names ---------------------------------------------------------
+URL_SCHEME = "troupe://"
+"""How an actor's URL begins: ``troupe://<node>/<path>``."""
 NODE_NAME = re.compile(r"[A-Za-z0-9_-]+")
 """A node name: one NATS subject token."""
 CLUSTER_NAME = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*")

@@ -11,7 +11,7 @@ import os
 import random
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -23,14 +23,24 @@ from .errors import ActorNotFound, AskTimeout, RuntimeClosed
 from .messages import Control, Event, ExitReason, Reply
 from .monitor import BlockedStep, LoopMonitor, TreeSnapshot, take_snapshot
 from .ref import ActorRef
-from .spec import ChildInfo, ChildSpec, Supervisor, check_msg_id, check_timeout, child
+from .spec import (
+    URL_SCHEME,
+    ChildInfo,
+    ChildSpec,
+    Supervisor,
+    check_msg_id,
+    check_timeout,
+    child,
+)
 from .supervisor import Supervising
 from .system_actors import BusActor, Callback, CallbackSubscriber, PublishRequest
 from .threads import ThreadGate
 from .topics import check_user_topic
 
+if TYPE_CHECKING:
+    from .cluster.node import Cluster
+
 RESERVED = "system"
-URL_SCHEME = "troupe://"
 log = logging.getLogger("troupe")
 
 
@@ -93,7 +103,7 @@ class System:
         self.tree = tree
         self.name = name or tree.name
         self.node: str | None = None  # a node's name on a cluster (none yet)
-        self.cluster: Any = None  # the node (runtime.cluster.Cluster) when on a cluster
+        self.cluster: Cluster | None = None  # this system's node, when on a cluster
         self.rng = random.Random()
         self.stuck_after = stuck_after
         self.dead_letters = DeadLetterOffice()
@@ -324,7 +334,7 @@ class System:
         addressed through it.
         """
         if isinstance(path, str) and path.startswith(URL_SCHEME):
-            return self._remote(path).ref(path)  # type: ignore[no-any-return]
+            return self._remote(path).resolve(path)
         cell = self._lookup(path)
         while isinstance(cell.behaviour, Supervising) and cell.behaviour.sup.front is not None:
             front = cell.behaviour.child_named(cell.behaviour.sup.front)
@@ -333,7 +343,7 @@ class System:
             cell = front
         return cell.ref
 
-    def _remote(self, url: str) -> Any:
+    def _remote(self, url: str) -> Cluster:
         """The cluster, to reach `url` through; `ValueError` without one."""
         if self.cluster is None:
             raise ValueError(
@@ -360,7 +370,7 @@ class System:
         """
         self._check_running("start a child")
         if isinstance(parent, str) and parent.startswith(URL_SCHEME):
-            return await self._remote(parent).start_child(parent, spec)  # type: ignore[no-any-return]
+            return await self._remote(parent).start_child(parent, spec)
         cell = self._lookup(parent)
         self._supervising(cell, "it cannot have children")
         if cell is self._root or cell.path.startswith("/" + RESERVED):

@@ -59,14 +59,10 @@ async def node(
     server: NatsServer, name: str, log: list[Any] | None = None, **options: Any
 ) -> AsyncIterator[runtime.System]:
     options.setdefault("cluster_name", "t" + name.split("-")[0])
+    options.setdefault("heartbeat", 0.2)
+    options.setdefault("node_down_after", 1.5)
     async with runtime.open_system(
-        tree(log),
-        name=name,
-        node=name,
-        cluster=server.url,
-        heartbeat=0.2,
-        node_down_after=1.5,
-        **options,
+        tree(log), name=name, node=name, cluster=server.url, **options
     ) as system:
         yield system
 
@@ -437,3 +433,44 @@ async def test_watching_a_pool_by_its_path_across_nodes(nats_server: NatsServer)
             await b.terminate_child("/app/pool")
             await until(lambda: len(seen) == 1, "Terminated for the pool")
             assert seen[0].ref.url == f"troupe://{b.node}/app/pool"
+
+
+async def test_messages_lost_at_the_end_of_a_stream_are_counted(nats_server: NatsServer) -> None:
+    # nothing follows the lost one to show a gap: the sender's next heartbeat marks
+    # the last number it sent, in order behind the messages
+    with trio.fail_after(WAIT):
+        async with pair(nats_server) as (a, b):
+            echo = a.ref(f"troupe://{b.node}/app/echo")
+            for i in range(5):
+                echo.tell(i)
+            assert await echo.ask("sync") == "sync"
+            a.cluster._peers[b.node].seq += 1  # as if a sixth tell were lost inside NATS
+
+            def lost() -> int:
+                return int(b.snapshot().cluster["peers"][a.node]["lost_in_transit"])
+
+            await until(lambda: lost() == 1, "the loss counted after a heartbeat")
+
+
+async def test_an_ask_from_an_incarnation_declared_down_fails_fast(
+    nats_server: NatsServer,
+) -> None:
+    with trio.fail_after(WAIT):
+        async with pair(nats_server, node_down_after=30.0) as (a, b):
+            old = a.cluster.incarnation
+            b.cluster._node_down(b.cluster._peers[a.node], "declared down on purpose")
+            echo = a.ref(f"troupe://{b.node}/app/echo")
+            with pytest.raises(runtime.NodeDown, match="declared incarnation"):
+                await echo.ask("hello", timeout=20)  # at once, not after 20 s
+            # told so, a rejoins as a new incarnation, and asks work again
+            await until(lambda: a.cluster.incarnation != old, "a rejoined")
+            await until(lambda: b.cluster.is_up(a.node), "b sees the new incarnation")
+            assert await echo.ask("again") == "again"
+
+
+async def test_a_remote_ref_cannot_take_a_local_ask(nats_server: NatsServer) -> None:
+    with trio.fail_after(WAIT):
+        async with pair(nats_server) as (a, b):
+            echo = a.ref(f"troupe://{b.node}/app/echo")
+            with pytest.raises(TypeError, match="another node"):
+                echo.deliver_ask("x", None)

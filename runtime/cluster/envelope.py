@@ -38,6 +38,7 @@ TERMINATED: Final = 10  # [TERMINATED, node, inc, target_path, watcher_path, rea
 DOWN: Final = 11  # [DOWN, node, inc, your_incarnation]: you were declared down
 CONTROL: Final = 12  # [CONTROL, node, inc, op, args]
 EVENT: Final = 13  # [EVENT, node, inc, body]
+MARK: Final = 14  # [MARK, node, inc, to, last_seq]: the last number sent so far (in order)
 
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder()
@@ -119,16 +120,15 @@ class Subjects:
     def reply(self, incarnation: str, ask_id: int) -> str:
         return f"{self._replies}{incarnation}.{ask_id}"
 
-    def tell_reply(self, incarnation: str, node: str) -> str:
-        """The prefix of the reply subject of tells to `node`: the writer appends
-        ``<first seq>-<last seq>``; NATS writes there that nobody listens."""
-        return f"{self._replies}{incarnation}.{node}."
+    def tell_reply(self, incarnation: str, node: str, to: str) -> str:
+        """The prefix of the reply subject of tells to incarnation `to` of `node`: the
+        writer appends ``<first seq>-<last seq>``; NATS writes there that nobody
+        listens."""
+        return f"{self._replies}{incarnation}.{node}.{to}."
 
     def topic(self, topic: str) -> str:
+        """The subject of a cluster-wide topic (or pattern: the syntax is NATS's)."""
         return f"{self.cluster}.bus.{topic}"
-
-    def pattern(self, pattern: str) -> str:
-        return f"{self.cluster}.bus.{pattern}"
 
     def lane(self, subject: str) -> tuple[str, str | None, int | None]:
         """Which of this node's subjects `subject` is: ``("u"|"s"|"probe", None, None)``,
@@ -148,7 +148,7 @@ class Subjects:
                 parts = rest.split(".")
                 if len(parts) == 3 and parts[2].isdigit():
                     return "r", parts[1], int(parts[2])
-                if len(parts) == 4:
+                if len(parts) == 5:
                     return "t", parts[1], None
             return "?", None, None
         if subject.startswith(f"{self.cluster}.bus."):

@@ -47,7 +47,16 @@ from ..errors import (
 )
 from ..messages import ErrorInfo, Event, Reply, describe
 from ..ref import ActorRef
-from ..spec import NODE_NAME, ChildInfo, ChildSpec, check_cluster_name, check_node_name, child
+from ..spec import (
+    NODE_NAME,
+    URL_SCHEME,
+    ChildInfo,
+    ChildSpec,
+    Supervisor,
+    check_cluster_name,
+    check_node_name,
+    child,
+)
 from ..topics import check_pattern, matches
 from . import envelope as env
 from .codec import Codec, Undecodable
@@ -69,7 +78,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("troupe.cluster")
 
-URL_SCHEME = "troupe://"
 RECENT_TELLS = 10_000
 """Tells per peer remembered until NATS could have said nobody listens (to dead-letter them)."""
 DECLARED_DOWN = 10_000
@@ -78,6 +86,8 @@ ABANDONED = 10_000
 """Asks given up on, remembered so that a late answer is dead-lettered (as ``timeout``)."""
 REFS = 4_096
 """Local paths whose refs an arriving message looks up are cached, up to this many."""
+SEQ_MAX = 1 << 62
+"""No sequence number is believed beyond this (a spoofed one cannot make counts explode)."""
 STREAMS = 16
 """Inbound streams (pairs of incarnations) counted per peer; older ones are folded."""
 DRAIN_MAX = 2_000
@@ -138,6 +148,7 @@ class _Peer:
         "last_seen",
         "last_seen_wall",
         "lost_before",
+        "marked",
         "name",
         "pid",
         "recent",
@@ -147,9 +158,10 @@ class _Peer:
         "status",
         "streams",
         "tell_reply",
+        "waiting",
     )
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, recent: int = RECENT_TELLS) -> None:
         self.name = name
         self.incarnation: str | None = None
         self.host = ""
@@ -159,17 +171,26 @@ class _Peer:
         self.last_seen = -math.inf  # trio time
         self.last_seen_wall = 0.0
         self.status = "down"
-        self.down_why = "never seen"
+        self.down_why = (
+            "never seen: is it started, on the same NATS server(s), with the same cluster_name?"
+        )
         # outbound, numbered for its current incarnation
         self.seq = 0
         self.enqueued = 0  # entries ever given to the transport for it
+        self.marked = 0  # the last number a MARK told it
         # the tells of the last RECENT_TELLS numbers (None for asks), last one = seq
-        self.recent: deque[tuple[Any, str] | None] = deque(maxlen=RECENT_TELLS)
+        self.recent: deque[tuple[Any, str] | None] = deque(maxlen=recent)
         self.tell_reply = ""  # the reply-subject prefix of tells to it (per incarnation)
         self.room = trio.Event()  # set when the outbox has room again
+        self.waiting = 0  # senders waiting for room
         # inbound: (its incarnation, ours) -> what arrived, the latest last
         self.streams: OrderedDict[tuple[str, str], _Stream] = OrderedDict()
         self.lost_before = 0  # lost in streams no longer kept
+
+    def wake_senders(self) -> None:
+        """Wake the senders waiting for room (they look again at why they waited)."""
+        self.room.set()
+        self.room = trio.Event()
 
     def stream(self, sender: str, receiver: str) -> _Stream:
         key = (sender, receiver)
@@ -183,6 +204,11 @@ class _Peer:
 
     def lost(self) -> int:
         return self.lost_before + sum(stream.lost() for stream in self.streams.values())
+
+    def forgotten(self, seq: int) -> bool:
+        """Whether `seq` was a tell too old to be remembered any more (ask numbers and
+        tells already accounted for are remembered as None)."""
+        return 0 < seq <= self.seq - len(self.recent)
 
     def take_recent(self, seq: int) -> tuple[Any, str] | None:
         """The tell numbered `seq` (forgotten from now on), if it is still remembered."""
@@ -410,7 +436,7 @@ class Cluster:
         self.incarnations = {self.incarnation}  # this process's, for late replies
         self.started = time.time()
         self.subjects = env.Subjects(cluster_name, node)
-        self.codec = Codec(ref_to_url=self._url_of, url_to_ref=self.ref)
+        self.codec = Codec(ref_to_url=self._url_of, url_to_ref=self.resolve)
         self._peers: dict[str, _Peer] = {}
         # (node, incarnation) we saw go down -> when we last told it so (trio time)
         self._declared_down: OrderedDict[tuple[str, str], float] = OrderedDict()
@@ -445,7 +471,7 @@ class Cluster:
             self.subjects.control_mine,
             (self.subjects.control_any, "troupe-control"),
         ]
-        subjects += [self.subjects.pattern(p) for p in self.topics]
+        subjects += [self.subjects.topic(p) for p in self.topics]
         options = {"no_echo": True, **self.nats_options}
         transport = Transport(
             self.servers,
@@ -460,7 +486,7 @@ class Cluster:
         await transport.start()
         self.codec = Codec(
             ref_to_url=self._url_of,
-            url_to_ref=self.ref,
+            url_to_ref=self.resolve,
             max_payload=max(1024, transport.max_payload - 1024),  # room for the envelope
         )
         self._connected = True
@@ -475,6 +501,8 @@ class Cluster:
         finally:
             self._closing = True
             self.system.bus.set_exporter(None)
+            for peer in self._peers.values():
+                peer.wake_senders()  # waiting senders find the node closing
             with trio.CancelScope(shield=True):
                 if self._connected:
                     transport.publish(
@@ -511,7 +539,9 @@ class Cluster:
     def _peer(self, node: str) -> _Peer:
         peer = self._peers.get(node)
         if peer is None:
-            peer = self._peers[node] = _Peer(node)
+            # tells are remembered for as long as NATS could say nobody heard them:
+            # a full outbox and the batches in flight behind it
+            peer = self._peers[node] = _Peer(node, max(RECENT_TELLS, 2 * self.outbox))
         return peer
 
     def _heartbeat_info(self) -> dict[str, Any]:
@@ -550,6 +580,16 @@ class Cluster:
             for peer in list(self._peers.values()):
                 if peer.status == "up" and now - peer.last_seen > self.node_down_after:
                     self._node_down(peer, f"silent for more than {self.node_down_after:g}s")
+                elif peer.status == "up" and peer.seq != peer.marked:
+                    self._mark(peer)
+
+    def _mark(self, peer: _Peer) -> None:
+        """Tell `peer`, in order behind the user messages numbered so far, the last
+        number: messages lost at the end of a stream (nothing behind them to show
+        the gap) are counted too."""
+        peer.marked = peer.seq
+        data = env.pack(env.MARK, self.node, self.incarnation, peer.incarnation, peer.seq)
+        self._publish(Outgoing(self.subjects.user(peer.name), data))
 
     def _seen(
         self, node: str, incarnation: str, info: dict[str, Any] | None = None
@@ -576,9 +616,9 @@ class Cluster:
             if peer.status == "up":
                 self._node_down(peer, "it came back as a new incarnation")
             peer.incarnation = incarnation
-            peer.seq = 0
+            peer.seq = peer.marked = 0
             peer.recent.clear()
-            peer.tell_reply = self.subjects.tell_reply(self.incarnation, node)
+            peer.tell_reply = self.subjects.tell_reply(self.incarnation, node, incarnation)
         if info:
             peer.host = str(info.get("host", ""))
             peer.pid = int(info.get("pid", 0) or 0)
@@ -589,7 +629,7 @@ class Cluster:
         if peer.status != "up":
             peer.status = "up"
             peer.down_why = ""
-            peer.room.set()
+            peer.wake_senders()
             log.info("node %s: node %s is up (incarnation %s)", self.node, node, incarnation)
             self.system.system_event(
                 "system.cluster.node_up", {"node": node, "incarnation": incarnation}
@@ -626,8 +666,7 @@ class Cluster:
             by -= {w for w in by if w[0] == peer.name}
             if not by:
                 del self._watched_by[path]
-        peer.room.set()  # senders waiting for room learn it is down
-        peer.room = trio.Event()
+        peer.wake_senders()  # senders waiting for room learn it is down
         self.system.system_event(
             "system.cluster.node_down",
             {"node": peer.name, "incarnation": incarnation, "reason": why},
@@ -645,19 +684,22 @@ class Cluster:
             self.incarnation,
         )
         for peer in self._peers.values():
-            peer.seq = 0
+            peer.seq = peer.marked = 0
             peer.recent.clear()
-            peer.tell_reply = self.subjects.tell_reply(self.incarnation, peer.name)
+            peer.tell_reply = self.subjects.tell_reply(
+                self.incarnation, peer.name, peer.incarnation or "-"
+            )
         self._heartbeat_now(answer_me=True)
         for (node, path), watchers in self._watches.items():
             if watchers and self.is_up(node):
                 self._send_watch(node, path, env.WATCH)
 
     # -- refs ------------------------------------------------------------
-    def ref(self, url: str) -> ActorRef:
-        """The ref for ``troupe://node/path``: a local one for this node's actors
-        (`ActorNotFound` if there is none), a `RemoteRef` otherwise (not checked:
-        an unknown path shows when it is used)."""
+    def resolve(self, url: str) -> ActorRef:
+        """The ref for ``troupe://node/path`` (`System.ref` for URLs, and the codec's
+        for refs that arrive): a local one for this node's actors (`ActorNotFound`
+        if there is none), a `RemoteRef` otherwise (not checked: an unknown path
+        shows when it is used).  `ValueError` for a malformed URL."""
         node, path = parse_url(url)
         if node == self.node:
             return self.system.ref(path)
@@ -749,11 +791,20 @@ class Cluster:
         self.tell(ref, msg, None)
 
     async def _wait_for_room(self, peer: _Peer, deadline: float = math.inf) -> None:
+        """Wait until the outbox to `peer` has room, `peer` is down, this node is
+        closing, or `deadline`.  The flag is raised before the count is read (the
+        writer counts before it reads the flag): one of the two sees the other."""
         with trio.move_on_at(deadline):
-            while peer.status == "up" and self._queued(peer) >= self.outbox:
+            while peer.status == "up" and not self._closing:
                 if self._transport is not None:
                     self._transport.room_wanted = True  # the writer says when it took some
-                await peer.room.wait()
+                if self._queued(peer) < self.outbox:
+                    return
+                peer.waiting += 1
+                try:
+                    await peer.room.wait()
+                finally:
+                    peer.waiting -= 1
 
     async def send(self, ref: RemoteRef, msg: Any) -> None:
         """`RemoteRef.send`: an ask whose answer is the remote mailbox's acceptance."""
@@ -958,7 +1009,9 @@ class Cluster:
         data = await self._control(node, "which_children", path, timeout)
         return [_child_info_from(item, self) for item in data]
 
-    async def start_child(self, url: str, spec: ChildSpec, timeout: float = 30.0) -> ActorRef:
+    async def start_child(
+        self, url: str, spec: ChildSpec | Supervisor, timeout: float = 30.0
+    ) -> ActorRef:
         """Start `spec` (its class given as an import string) under the supervisor at
         ``troupe://node/path``; its ref.  The node must allow it (``cluster_control="rw"``)."""
         node, path = parse_url(url)
@@ -967,7 +1020,7 @@ class Cluster:
         found = await self._control(
             node, "start_child", [path, _spec_to_wire(spec, self.codec)], timeout
         )
-        return self.ref(str(found))
+        return self.resolve(str(found))
 
     async def terminate_child(self, url: str, timeout: float = 30.0) -> None:
         node, path = parse_url(url)
@@ -997,6 +1050,7 @@ class Cluster:
             "events_in": self.events_in,
             "undecodable": self.undecodable,
             "wakeups": 0 if self._transport is None else self._transport.wakeups,
+            "dropped_inbound": 0 if self._transport is None else self._transport.dropped,
         }
 
     # -- inbound (trio thread) ---------------------------------------------------
@@ -1027,12 +1081,14 @@ class Cluster:
         if isinstance(item, Incoming):
             self._incoming(item)
         elif isinstance(item, RoomMade):
-            if self._transport is not None:
-                self._transport.room_wanted = False  # a sender still waiting says so again
+            still_full = False
             for peer in self._peers.values():
                 if self._queued(peer) < self.outbox:
-                    peer.room.set()
-                    peer.room = trio.Event()
+                    peer.wake_senders()
+                elif peer.waiting:
+                    still_full = True
+            if self._transport is not None:
+                self._transport.room_wanted = still_full
         elif isinstance(item, Undeliverable):
             self._undeliverable(item.entries)
         elif isinstance(item, ConnectionState):
@@ -1128,10 +1184,10 @@ class Cluster:
             return
         if lane == "t":  # tells' reply subject: only NATS writes there, to say nobody listened
             if item.status == "503" and incarnation in self.incarnations:
-                node, _, seqs = item.subject.rpartition(".")
-                first, _, last = seqs.partition("-")
-                if first.isdigit() and last.isdigit():
-                    self._nobody_listened(node.rpartition(".")[2], int(first), int(last))
+                parts = item.subject.split(".")
+                node, to, (first, _, last) = parts[-3], parts[-2], parts[-1].partition("-")
+                if first.isdigit() and last.isdigit() and int(first) <= int(last):
+                    self._nobody_listened(node, to, int(first), int(last))
             return
         fields = env.unpack(item.data)
         if fields is None:
@@ -1164,9 +1220,25 @@ class Cluster:
             # from an incarnation already declared down: its messages are not delivered
             if kind in (env.TELL, env.ASK, env.SEND) and len(fields) >= 7:
                 self._from_the_dead(node, str(fields[5]))
+                if kind != env.TELL and item.reply:  # fail fast, not at the asker's timeout
+                    self._answer(
+                        node,
+                        item.reply,
+                        False,
+                        NodeDown(
+                            node,
+                            inc,
+                            f"node {self.node!r} declared incarnation {inc} of node {node!r} "
+                            "down; it is rejoining as a new incarnation: ask again",
+                        ),
+                    )
             return
         if kind in (env.TELL, env.ASK, env.SEND):
             self._user_message(peer, kind, fields, item.reply)
+        elif kind == env.MARK and len(fields) >= 5:
+            if fields[3] in self.incarnations and isinstance(fields[4], int):
+                stream = peer.stream(inc, fields[3])
+                stream.max_seq = max(stream.max_seq, min(fields[4], SEQ_MAX))
         elif kind == env.SKIP and len(fields) >= 6:
             if fields[3] in self.incarnations:
                 low, high = int(fields[4]), int(fields[5])
@@ -1262,14 +1334,18 @@ class Cluster:
             return
         except (RuntimeClosed, ValueError, TypeError):
             self.system.dead_letter(msg, "undeliverable", path)
+            if kind != env.TELL and reply_to:
+                self._answer(
+                    peer.name, reply_to, False, ActorStopped(f"node {self.node!r} is stopping")
+                )
             return
         if kind == env.TELL:
             try:
                 ref.tell(msg)
             except MailboxFull:
                 self.system.dead_letter(msg, "overflow", path)
-            except RuntimeClosed:
-                pass
+            except RuntimeClosed:  # arrived while this node stops: still accounted for
+                self.system.dead_letter(msg, "stopped", path)
         elif kind == env.ASK:
             try:
                 ref.deliver_ask(msg, _RemoteReply(self, peer.name, reply_to))
@@ -1347,18 +1423,27 @@ class Cluster:
             )
             self._send_skips()
 
-    def _nobody_listened(self, node: str, first: int, last: int) -> None:
-        """NATS said nobody listens on the subject the tells `first`..`last` to `node`
-        went to: dead-letter them here, and tell `node` (should it come back) not to
-        count them as lost."""
+    def _nobody_listened(self, node: str, to: str, first: int, last: int) -> None:
+        """NATS said nobody listens on the subject the tells `first`..`last` to
+        incarnation `to` of `node` went to: dead-letter them here, and tell `node`
+        (should it come back) not to count them as lost.  One no longer remembered
+        (past the window of recent tells) is dead-lettered as a `RemoteMessage`."""
         peer = self._peers.get(node)
-        if peer is None:
-            return
-        for seq in range(first, last + 1):
+        if peer is None or peer.incarnation != to or last > peer.seq:
+            return  # meant for an incarnation we no longer send to, or not ours at all
+        for seq in range(max(first, peer.seq - len(peer.recent) - RECENT_TELLS), last + 1):
             found = peer.take_recent(seq)
             if found is not None:
                 msg, url = found
                 self.system.dead_letter(msg, "undeliverable", url)
+            elif peer.forgotten(seq):
+                self.system.dead_letter(
+                    RemoteMessage(
+                        node, "?", f"tell number {seq}: nobody listened, no longer remembered"
+                    ),
+                    "undeliverable",
+                    f"{URL_SCHEME}{node}",
+                )
         self._skip_later(_Skip(node, peer.incarnation, self.incarnation, first, last))
         self._send_skips()
 
@@ -1525,7 +1610,7 @@ def _child_info_from(item: Any, cluster: Cluster) -> ChildInfo:
     return ChildInfo(
         name=str(item["name"]),
         path=str(item["path"]),
-        ref=cluster.ref(str(item["url"])),
+        ref=cluster.resolve(str(item["url"])),
         kind=str(item["kind"]),
         state=str(item["state"]),
         restart=str(item["restart"]),
@@ -1547,7 +1632,7 @@ def import_path(factory: Any) -> str:
     return f"{module}:{qualname}"
 
 
-def _spec_to_wire(spec: ChildSpec, codec: Codec) -> list[Any]:
+def _spec_to_wire(spec: ChildSpec | Supervisor, codec: Codec) -> list[Any]:
     if not isinstance(spec, ChildSpec):
         raise TypeError(
             f"a remote start_child takes a child(...) spec (supervisors are started "

@@ -107,6 +107,10 @@ class RemoteRef(ActorRef):
         """
         return self._cluster.ask_blocking(self, msg, check_timeout(timeout))
 
+    def deliver_ask(self, msg: Any, reply: Any) -> None:
+        """Only for local actors (a remote ask crosses the wire: use `ask`)."""
+        raise TypeError(f"{self!r} is on another node: ask it with `await ref.ask(msg)`")
+
     def _watch_from(self, cell: Cell) -> None:
         self._cluster.watch(cell, self)
 
