@@ -9,8 +9,9 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 from .control import Client, ControlError, endpoints, pick
 from .entry import SystemOptions, run
@@ -18,9 +19,16 @@ from .errors import ClusterError
 from .spec import CLUSTER_NAME, NODE_NAME, Supervisor
 from .topics import check_pattern
 
+if TYPE_CHECKING:
+    from .cluster.client import ClusterClient as ClusterClientType
+
+SORTS = ("depth", "rate", "restarts", "path", "node")
+"""The orders of `troupe top` (as `runtime.top.SORTS`, which imports rich)."""
+
 CLUSTER_ENV = "TROUPE_CLUSTER"
 """The NATS URL(s) (comma-separated) `troupe run --node` joins through when no
-``--cluster`` is given."""
+``--cluster`` is given, and that ``troupe ls|tree|top|events|stop --cluster`` use
+when ``--cluster`` has no URL."""
 
 
 class UsageError(Exception):
@@ -165,6 +173,8 @@ def _client(system: str | None) -> Client:
 
 
 def _cmd_ls(args: argparse.Namespace) -> int:
+    if args.cluster is not None:
+        return _cluster_ls(args)
     rows = []
     for endpoint in endpoints():
         try:
@@ -187,6 +197,8 @@ def _cmd_ls(args: argparse.Namespace) -> int:
 
 
 def _cmd_tree(args: argparse.Namespace) -> int:
+    if args.cluster is not None:
+        return _cluster_tree(args)
     with _client(args.system) as client:
         reply = client.call("tree")
     print(reply["text"])
@@ -194,6 +206,8 @@ def _cmd_tree(args: argparse.Namespace) -> int:
 
 
 def _cmd_events(args: argparse.Namespace) -> int:
+    if args.cluster is not None:
+        return _cluster_events(args)
     system, pattern = args.system, args.pattern
     if pattern is None:  # `troupe events PATTERN` with SYSTEM omitted
         system, pattern = None, system or ">"
@@ -216,6 +230,8 @@ def _cmd_events(args: argparse.Namespace) -> int:
 
 
 def _cmd_top(args: argparse.Namespace) -> int:
+    if args.cluster is not None:
+        return _cluster_top(args)
     from .top import run_top
 
     with _client(args.system) as client:
@@ -225,6 +241,207 @@ def _cmd_top(args: argparse.Namespace) -> int:
             pass
         except ConnectionError:
             print("troupe: the system stopped", file=sys.stderr)
+    return 0
+
+
+def _cmd_stop(args: argparse.Namespace) -> int:
+    if args.cluster is not None:
+        return _cluster_stop(args)
+    with _client(args.system) as client:
+        reply = client.call("stop")
+    print(f"{reply['stopping']} is stopping")
+    return 0
+
+
+# -- the cluster (`--cluster`): a plain NATS client, never a node ---------------------
+def _cluster_target(args: argparse.Namespace, *positionals: str | None) -> list[str]:
+    """Resolve ``--cluster [URL]``: set ``args.servers``, and return the positional
+    arguments, an argument that `--cluster` swallowed first (a value without ``:``
+    is not a URL: ``troupe tree --cluster NODE`` means NODE, with $TROUPE_CLUSTER)."""
+    value: str = args.cluster
+    given = [p for p in positionals if p is not None]
+    if value and ":" not in value:
+        given.insert(0, value)
+        value = ""
+    if not value:
+        value = os.environ.get(CLUSTER_ENV, "")
+        if not value.strip():
+            raise UsageError(
+                f"--cluster needs a NATS URL (e.g. nats://127.0.0.1:4222; comma-separated "
+                f"for several) or the {CLUSTER_ENV} environment variable"
+            )
+    args.servers = [url.strip() for url in value.split(",") if url.strip()]
+    return given
+
+
+def _cluster_client(args: argparse.Namespace) -> ClusterClientType:
+    try:
+        from .cluster.client import ClusterClient
+    except ImportError as exc:
+        raise UsageError(
+            f"--cluster needs the cluster extra (pip install 'trio-troupe[cluster]'): {exc}"
+        ) from None
+    options = {} if args.cluster_creds is None else {"user_credentials": args.cluster_creds}
+    try:
+        return ClusterClient(
+            args.servers, cluster_name=args.cluster_name or "troupe", nats_options=options
+        )
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _cluster_command(run_it: Callable[[argparse.Namespace], int]) -> Callable[..., int]:
+    """`run_it`, with a cluster's errors printed as ``troupe: ...`` (exit 1)."""
+
+    def wrapped(args: argparse.Namespace) -> int:
+        try:
+            return run_it(args)
+        except ClusterError as exc:
+            print(f"troupe: {exc}", file=sys.stderr)
+            return 1
+        except ValueError as exc:  # a bad node name or pattern
+            raise UsageError(str(exc)) from None
+
+    return wrapped
+
+
+def _no_more(given: list[str], what: str) -> None:
+    if given:
+        raise UsageError(
+            f"unexpected argument {given[0]!r} {what} (a NATS URL has a ':', e.g. nats://HOST:4222)"
+        )
+
+
+def _ago(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    return f"{seconds:.1f}s ago" if seconds < 60 else _duration(seconds) + " ago"
+
+
+@_cluster_command
+def _cluster_ls(args: argparse.Namespace) -> int:
+    _no_more(_cluster_target(args), "for `troupe ls --cluster`")
+    with _cluster_client(args) as client:
+        infos = client.nodes()
+    now = time.time()
+    header = ("NODE", "INCARNATION", "HOST", "PID", "UPTIME", "ACTORS", "STATUS", "LAST SEEN")
+    rows = [header]
+    for info in infos:
+        up = info["status"] == "up"
+        rows.append(
+            (
+                str(info["name"]),
+                str(info["incarnation"]),
+                str(info["host"]),
+                str(info["pid"]),
+                _duration(now - info["started"]) if up else "-",
+                str(info["actors"]),
+                str(info["status"]),
+                _ago(now - info["last_seen"]),
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    return 0
+
+
+@_cluster_command
+def _cluster_tree(args: argparse.Namespace) -> int:
+    from .monitor import TreeSnapshot
+
+    given = _cluster_target(args, args.system)
+    node = given.pop(0) if given else None
+    _no_more(given, "for `troupe tree --cluster [NODE]`")
+    with _cluster_client(args) as client:
+        if node is not None:
+            print(TreeSnapshot.from_dict(client.snapshot(node)).render())
+            return 0
+        infos = client.nodes()
+        up = [info["name"] for info in infos if info["status"] == "up"]
+        snapshots = client.snapshots(up)
+    blocks = []
+    silent = 0
+    for info in infos:
+        name = info["name"]
+        title = f"== {name}  ({info['host']} pid {info['pid']}, incarnation {info['incarnation']})"
+        if name in snapshots:
+            blocks.append(f"{title}\n{TreeSnapshot.from_dict(snapshots[name]).render()}")
+        elif info["status"] == "up":
+            silent += 1
+            blocks.append(f"{title}\n(did not answer)")
+        else:
+            blocks.append(f"{title}\n(down: last seen {_ago(time.time() - info['last_seen'])})")
+    print("\n\n".join(blocks))
+    return 1 if silent else 0
+
+
+@_cluster_command
+def _cluster_top(args: argparse.Namespace) -> int:
+    from .top import run_cluster_top
+
+    _no_more(_cluster_target(args, args.system), "for `troupe top --cluster`")
+    with _cluster_client(args) as client:
+
+        def fetch() -> tuple[dict[str, dict[str, Any]], list[str]]:
+            up = [info["name"] for info in client.nodes() if info["status"] == "up"]
+            snapshots = client.snapshots(up)
+            return snapshots, [name for name in up if name not in snapshots]
+
+        try:
+            run_cluster_top(
+                fetch,
+                cluster=client.cluster_name,
+                sort=args.sort,
+                interval=args.interval,
+                once=args.once,
+            )
+        except KeyboardInterrupt:
+            pass
+    return 0
+
+
+@_cluster_command
+def _cluster_events(args: argparse.Namespace) -> int:
+    given = _cluster_target(args, args.system, args.pattern)
+    pattern = given.pop(0) if given else ">"
+    _no_more(given, "for `troupe events --cluster PATTERN`")
+    try:
+        check_pattern(pattern)
+    except ValueError as exc:
+        raise UsageError(f"bad pattern {pattern!r}: {exc}") from None
+    try:
+        with _cluster_client(args) as client:
+            for event in client.events(pattern):
+                stamp = time.strftime("%H:%M:%S", time.localtime(event.get("timestamp") or 0))
+                if "error" in event:
+                    print(f"{stamp} undecodable event from {event['node']}: {event['error']}")
+                    continue
+                print(
+                    f"{stamp} {event['topic']} from {event['source']} on {event['node']}: "
+                    f"{event['payload']!r}",
+                    flush=True,
+                )
+    except (KeyboardInterrupt, BrokenPipeError):
+        return 0
+    return 0
+
+
+@_cluster_command
+def _cluster_stop(args: argparse.Namespace) -> int:
+    from .cluster.client import ControlRefused
+
+    given = _cluster_target(args, args.system)
+    if not given:
+        raise UsageError("troupe stop --cluster URL NODE: which node?")
+    node = given.pop(0)
+    _no_more(given, "for `troupe stop --cluster URL NODE`")
+    with _cluster_client(args) as client:
+        try:
+            client.stop(node)
+        except ControlRefused as exc:
+            print(f"troupe: node {node!r} refused to stop: {exc}", file=sys.stderr)
+            return 1
+    print(f"node {node} is stopping")
     return 0
 
 
@@ -282,33 +499,106 @@ def build_parser() -> argparse.ArgumentParser:
         help="may other nodes start and stop actors here (default 'ro': read-only)",
     )
     run_cmd.set_defaults(func=_cmd_run)
-    ls_cmd = commands.add_parser("ls", help="list the running systems")
+    ls_cmd = commands.add_parser(
+        "ls",
+        help="list the running systems (with --cluster: the cluster's nodes)",
+        description="List the Troupe systems running on this machine (their control "
+        "sockets); with --cluster, every node of the cluster: NODE, INCARNATION, HOST, "
+        "PID, UPTIME, ACTORS, STATUS (up/down) and LAST SEEN (its last heartbeat).",
+    )
+    _cluster_flags(ls_cmd, "troupe ls --cluster nats://HOST:4222")
     ls_cmd.set_defaults(func=_cmd_ls)
-    system_help = "NAME, NAME-PID or PID (may be omitted when only one system runs)"
-    tree_cmd = commands.add_parser("tree", help="print a system's actor tree once")
-    tree_cmd.add_argument("system", nargs="?", help=system_help)
+    system_help = (
+        "NAME, NAME-PID or PID (may be omitted when only one system runs); with --cluster, a NODE"
+    )
+    tree_cmd = commands.add_parser(
+        "tree",
+        help="print a system's actor tree once (with --cluster: every node's, or one)",
+    )
+    tree_cmd.add_argument("system", nargs="?", metavar="SYSTEM|NODE", help=system_help)
+    _cluster_flags(tree_cmd, "troupe tree --cluster nats://HOST:4222 [NODE]")
     tree_cmd.set_defaults(func=_cmd_tree)
-    top_cmd = commands.add_parser("top", help="a live view of a system's actors")
-    top_cmd.add_argument("system", nargs="?", help=system_help)
-    top_cmd.add_argument("--sort", choices=("depth", "rate", "restarts", "path"), default="depth")
+    top_cmd = commands.add_parser(
+        "top", help="a live view of a system's actors (with --cluster: of every node's)"
+    )
+    top_cmd.add_argument("system", nargs="?", metavar="SYSTEM", help=system_help)
+    top_cmd.add_argument(
+        "--sort",
+        choices=SORTS,
+        default="depth",
+        help="row order (default depth; 'node' sorts by node, then path)",
+    )
     top_cmd.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes")
     top_cmd.add_argument("--once", action="store_true", help="print one frame and exit")
+    _cluster_flags(top_cmd, "troupe top --cluster nats://HOST:4222 (a NODE column)")
     top_cmd.set_defaults(func=_cmd_top)
     events_cmd = commands.add_parser("events", help="print bus events as they happen")
-    events_cmd.add_argument("system", nargs="?", help=system_help)
+    events_cmd.add_argument("system", nargs="?", metavar="SYSTEM", help=system_help)
     events_cmd.add_argument(
         "pattern",
         nargs="?",
         help="NATS-style pattern, e.g. 'training.>' (default '>': every event but the "
         "runtime's own system.* ones; 'system.>' shows those)",
     )
+    _cluster_flags(
+        events_cmd,
+        "troupe events --cluster nats://HOST:4222 PATTERN: the events of the cluster's "
+        "topics (those the nodes share, their --cluster-topics) and the node that "
+        "published each",
+    )
     events_cmd.set_defaults(func=_cmd_events)
+    stop_cmd = commands.add_parser(
+        "stop",
+        help="stop a system gracefully (with --cluster: a node that allows it)",
+        description="Stop a system gracefully through its control socket; with --cluster, "
+        "stop NODE, which it allows only if it runs with --cluster-control rw (a read-only "
+        "node refuses: exit 1).",
+    )
+    stop_cmd.add_argument("system", nargs="?", metavar="SYSTEM|NODE", help=system_help)
+    _cluster_flags(stop_cmd, "troupe stop --cluster nats://HOST:4222 NODE")
+    stop_cmd.set_defaults(func=_cmd_stop)
     return parser
+
+
+def _cluster_flags(command: argparse.ArgumentParser, usage: str) -> None:
+    group = command.add_argument_group(
+        "cluster",
+        f"{usage}. The command joins NATS as a plain client, never as a node. "
+        f"URL: a NATS server (nats://HOST:PORT; comma-separated for several); "
+        f"--cluster without a URL uses ${CLUSTER_ENV}. A value without ':' is not a URL "
+        f"but the next argument, so `--cluster NODE` uses ${CLUSTER_ENV} too. "
+        "Errors (no server, no node answering) exit 1.",
+    )
+    group.add_argument(
+        "--cluster",
+        metavar="URL",
+        nargs="?",
+        const="",
+        help=f"the cluster reached through URL (default ${CLUSTER_ENV}) instead of this "
+        "machine's control sockets",
+    )
+    group.add_argument(
+        "--cluster-name",
+        metavar="NAME",
+        help="the cluster's subject prefix (default 'troupe'; needs --cluster)",
+    )
+    group.add_argument(
+        "--cluster-creds",
+        metavar="FILE",
+        help="a NATS credentials file (user:password@ in the URL and tls:// URLs work too)",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.command != "run" and args.cluster is None:
+            for flag, value in (
+                ("--cluster-name", args.cluster_name),
+                ("--cluster-creds", args.cluster_creds),
+            ):
+                if value is not None:
+                    raise UsageError(f"{flag} needs --cluster [URL]")
         code: int = args.func(args)
     except UsageError as exc:
         print(f"troupe: {exc}", file=sys.stderr)
