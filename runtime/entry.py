@@ -218,6 +218,8 @@ async def _serving(
                 error = await system.root.start(nursery)
                 if error is None:
                     system.started_at = time.time()
+                    if system.cluster is not None:
+                        system.cluster.announce()  # the others see its actors at once
                     if control:
                         folder = pathlib.Path(control_dir) if control_dir is not None else None
                         system.control = ControlServer(system, folder)

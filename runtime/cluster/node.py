@@ -544,6 +544,12 @@ class Cluster:
             peer = self._peers[node] = _Peer(node, max(RECENT_TELLS, 2 * self.outbox))
         return peer
 
+    def announce(self) -> None:
+        """Heartbeat now (the entry point calls it once the tree has started, so that
+        the others see this node's actors at once, not a heartbeat later)."""
+        if self._transport is not None and not self._closing:
+            self._heartbeat_now()
+
     def _heartbeat_info(self) -> dict[str, Any]:
         return {
             "host": socket.gethostname(),
@@ -1514,7 +1520,8 @@ class Cluster:
 
         Ops: ``nodes`` (this node's view of the cluster), ``snapshot`` (its tree,
         as `TreeSnapshot.to_dict`), ``ping``, and ``stop`` (a graceful stop; only
-        with ``cluster_control="rw"``).
+        with ``cluster_control="rw"``).  A node answers them all both on its own
+        subject and, as one of a queue group, on the cluster's (any one node).
         """
         if not item.reply:
             return
