@@ -180,6 +180,15 @@ class ActorRef:
             self._check_open(msg)
         cell.mailbox.put(Ask(msg, reply))
 
+    async def send_ask(self, msg: Any, reply: ReplySlot) -> None:
+        """`deliver_ask`, waiting for room in a ``block`` mailbox as `send` does: in the
+        mailbox's line of senders.  Cancelled while waiting, nothing was queued.
+        Raises `MailboxFull` under ``fail``, `Deadlock`, `RuntimeClosed`."""
+        cell = self._cell
+        if cell.finalized:
+            self._check_open(msg)
+        await send_into(cell, Ask(msg, reply), f"asking {type(msg).__name__}")
+
     # how a local actor watches this ref (a remote ref's node watches for it)
     def _watch_from(self, cell: Cell) -> None:
         cell.watch(self._cell)

@@ -33,9 +33,10 @@ def _segments(text: object, what: str) -> tuple[str, ...]:
     if not isinstance(text, str):
         raise ValueError(f"a {what} is a dot-separated string like 'training.done', got {text!r}")
     parts = tuple(text.split("."))
-    if not text or any(not part or part != part.strip() or " " in part for part in parts):
+    if not text or any(not part or any(c.isspace() for c in part) for part in parts):
         raise ValueError(
-            f"invalid {what} {text!r}: segments are non-empty, dot-separated and contain no spaces"
+            f"invalid {what} {text!r}: segments are non-empty, dot-separated and contain no "
+            "whitespace"
         )
     return parts
 

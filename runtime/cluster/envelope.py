@@ -20,6 +20,7 @@ Subjects (``C`` is the cluster name, ``N`` a node):
 
 from __future__ import annotations
 
+import re
 from typing import Any, Final
 
 import msgspec
@@ -39,6 +40,10 @@ DOWN: Final = 11  # [DOWN, node, inc, your_incarnation]: you were declared down
 CONTROL: Final = 12  # [CONTROL, node, inc, op, args]
 EVENT: Final = 13  # [EVENT, node, inc, body]
 MARK: Final = 14  # [MARK, node, inc, to, last_seq]: the last number sent so far (in order)
+
+INCARNATION = re.compile(r"[A-Za-z0-9_-]{1,64}")
+"""What a node incarnation id may look like (ours are hex: milliseconds since the
+epoch and a random part); anything else is not from a node."""
 
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder()
@@ -146,7 +151,7 @@ class Subjects:
                 return rest, None, None
             if rest.startswith("r."):
                 parts = rest.split(".")
-                if len(parts) == 3 and parts[2].isdigit():
+                if len(parts) == 3 and parts[2].isascii() and parts[2].isdigit():
                     return "r", parts[1], int(parts[2])
                 if len(parts) == 5:
                     return "t", parts[1], None

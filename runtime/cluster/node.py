@@ -62,6 +62,7 @@ from . import envelope as env
 from .codec import Codec, Undecodable
 from .remote import RemoteRef
 from .transport import (
+    BATCH_MAX,
     ConnectionState,
     Inbound,
     Incoming,
@@ -86,8 +87,10 @@ ABANDONED = 10_000
 """Asks given up on, remembered so that a late answer is dead-lettered (as ``timeout``)."""
 REFS = 4_096
 """Local paths whose refs an arriving message looks up are cached, up to this many."""
-SEQ_MAX = 1 << 62
-"""No sequence number is believed beyond this (a spoofed one cannot make counts explode)."""
+SEQ_JUMP = 1 << 24
+"""No sequence number is believed this far beyond the highest seen from its sender."""
+PEERS = 10_000
+"""Nodes remembered; past it, the longest-gone ones that nothing refers to are forgotten."""
 STREAMS = 16
 """Inbound streams (pairs of incarnations) counted per peer; older ones are folded."""
 DRAIN_MAX = 2_000
@@ -454,6 +457,7 @@ class Cluster:
         self._connected = False
         self._closing = False
         self.lost_replies = 0
+        self.lost_forgotten = 0  # lost in transit from nodes no longer remembered
         self.undecodable = 0
         self.events_out = 0
         self.events_in = 0
@@ -539,6 +543,8 @@ class Cluster:
     def _peer(self, node: str) -> _Peer:
         peer = self._peers.get(node)
         if peer is None:
+            if len(self._peers) >= PEERS:
+                self._forget_peers()
             # tells are remembered for as long as NATS could say nobody heard them:
             # a full outbox and the batches in flight behind it
             peer = self._peers[node] = _Peer(node, max(RECENT_TELLS, 2 * self.outbox))
@@ -549,6 +555,19 @@ class Cluster:
         the others see this node's actors at once, not a heartbeat later)."""
         if self._transport is not None and not self._closing:
             self._heartbeat_now()
+
+    def _forget_peers(self) -> None:
+        """Forget the longest-gone tenth of the nodes that are down and that no watch or
+        ask refers to (their loss counts fold into `lost_forgotten`)."""
+        busy = {key[0] for key in self._watches} | {p.node for p in self._asks.values()}
+        gone = sorted(
+            (p for p in self._peers.values() if p.status != "up" and p.name not in busy),
+            key=lambda p: p.last_seen,
+        )
+        for peer in gone[: max(1, len(gone) // 10)]:
+            self.lost_forgotten += peer.lost()
+            del self._peers[peer.name]
+            self._skips.pop(peer.name, None)
 
     def _heartbeat_info(self) -> dict[str, Any]:
         return {
@@ -737,22 +756,35 @@ class Cluster:
         ask_id: int | None = None,
         timeout: float | None = None,
     ) -> None:
-        """Number a user message for `peer` and queue it (the outbox bound is the caller's)."""
-        peer.seq += 1
-        seq = peer.seq
+        """Number a user message for `peer` and queue it (the outbox bound is the caller's).
+
+        Raises `NotSerializable` (nothing numbered, nothing queued) when the whole
+        envelope, path included, is larger than the NATS server takes.
+        """
+        seq = peer.seq + 1
         to = peer.incarnation
-        origin = _Sent(kind, to, self.incarnation, seq, msg, ref.url, ask_id)
         if kind == env.TELL:
             data = env.pack(kind, self.node, self.incarnation, to, seq, ref.path, body)
+        else:
+            data = env.pack(
+                kind, self.node, self.incarnation, to, seq, ref.path, body, ask_id, timeout
+            )
+        limit = self._transport.max_payload if self._transport is not None else math.inf
+        if len(data) > limit - 16:  # room for a batch's array header
+            raise NotSerializable(
+                f"the message to {ref.url} encodes to {len(data):,} bytes with its envelope, "
+                f"more than the NATS server's max_payload of {limit:,}: send less, or a "
+                "shorter path"
+            )
+        peer.seq = seq
+        origin = _Sent(kind, to, self.incarnation, seq, msg, ref.url, ask_id)
+        if kind == env.TELL:
             peer.recent.append((msg, ref.url))
             entry = Outgoing(
                 self.subjects.user(peer.name), data, peer.tell_reply, peer.name, origin, True, seq
             )
         else:
             assert ask_id is not None
-            data = env.pack(
-                kind, self.node, self.incarnation, to, seq, ref.path, body, ask_id, timeout
-            )
             peer.recent.append(None)
             entry = Outgoing(
                 self.subjects.user(peer.name),
@@ -855,14 +887,16 @@ class Cluster:
                 )
         ask_id = next(self._ask_ids)
         reply = Reply(lambda value: self.system.dead_letter(value, "timeout", ref.url))
-        self._asks[ask_id] = _Pending(reply, ref.node, ref.url, msg, peer.seq + 1, peer.incarnation)
         self._queue_user(
             peer, kind, ref, msg, body, ask_id, None if timeout == math.inf else timeout
         )
+        self._asks[ask_id] = _Pending(reply, ref.node, ref.url, msg, peer.seq, peer.incarnation)
         try:
             return await reply.wait(deadline, f"{what} within {timeout}s")
         finally:
-            if self._asks.pop(ask_id, None) is not None:  # given up on: an answer is late
+            if self._asks.pop(ask_id, None) is not None and kind == env.ASK:
+                # given up on: a late answer is dead-lettered (a late acknowledgement of
+                # a send is not: the message was handled)
                 self._abandoned[ask_id] = ref.url
                 if len(self._abandoned) > ABANDONED:
                     self._abandoned.popitem(last=False)
@@ -927,8 +961,13 @@ class Cluster:
                         env.pack(env.TERMINATED, self.node, self.incarnation, asked, "", reason),
                     )
                 )
-        for watchers_of in self._watches.values():
-            watchers_of.pop(cell, None)
+        for key, watchers_of in list(self._watches.items()):
+            if cell in watchers_of:
+                del watchers_of[cell]
+                if not watchers_of:  # its last local watcher: the remote node can let go
+                    del self._watches[key]
+                    if self.is_up(key[0]):
+                        self._send_watch(key[0], key[1], env.UNWATCH)
 
     # -- the bus -------------------------------------------------------------
     def _export(self, event: Event) -> None:
@@ -945,6 +984,7 @@ class Cluster:
             Outgoing(
                 self.subjects.topic(event.topic),
                 env.pack(env.EVENT, self.node, self.incarnation, body),
+                origin=event,
             )
         )
 
@@ -1051,7 +1091,7 @@ class Cluster:
                 }
                 for name, peer in sorted(self._peers.items())
             },
-            "lost_in_transit": sum(p.lost() for p in self._peers.values()),
+            "lost_in_transit": self.lost_forgotten + sum(p.lost() for p in self._peers.values()),
             "events_out": self.events_out,
             "events_in": self.events_in,
             "undecodable": self.undecodable,
@@ -1123,6 +1163,9 @@ class Cluster:
             if isinstance(origin, _Skip):
                 self._skip_later(origin)
                 continue
+            if isinstance(origin, Event):  # a cluster event the connection did not take
+                self.system.dead_letter(origin, "undeliverable", entry.subject)
+                continue
             if not isinstance(origin, _Sent):
                 continue  # heartbeats, replies, watches: the others find out by themselves
             if origin.ask_id is not None:
@@ -1192,7 +1235,8 @@ class Cluster:
             if item.status == "503" and incarnation in self.incarnations:
                 parts = item.subject.split(".")
                 node, to, (first, _, last) = parts[-3], parts[-2], parts[-1].partition("-")
-                if first.isdigit() and last.isdigit() and int(first) <= int(last):
+                digits = first.isascii() and first.isdigit() and last.isascii() and last.isdigit()
+                if digits and int(first) <= int(last):
                     self._nobody_listened(node, to, int(first), int(last))
             return
         fields = env.unpack(item.data)
@@ -1206,6 +1250,16 @@ class Cluster:
         kind, node, inc = fields[0], fields[1], fields[2]
         if node == self.node:
             return  # our own (a heartbeat or an event NATS echoed)
+        if not (NODE_NAME.fullmatch(node) and env.INCARNATION.fullmatch(inc)):
+            self.undecodable += 1  # not from a node of ours: no member is made of it
+            return
+        try:
+            self._from_node(item, kind, node, inc, fields)
+        except (TypeError, ValueError, KeyError, IndexError, OverflowError, AttributeError):
+            self.undecodable += 1  # a malformed envelope: counted, the node carries on
+
+    def _from_node(self, item: Incoming, kind: int, node: str, inc: str, fields: list[Any]) -> None:
+        """An envelope from `node` (incarnation `inc`), by kind."""
         if kind == env.HEARTBEAT:
             info = fields[3] if len(fields) > 3 and isinstance(fields[3], dict) else None
             peer = self._seen(node, inc, info)
@@ -1218,7 +1272,15 @@ class Cluster:
                 self._node_down(peer, "it left")
             return
         if kind == env.DOWN:
-            if len(fields) > 3 and fields[3] == self.incarnation:
+            # only a member we see up, as the incarnation we know, is believed
+            known = self._peers.get(node)
+            if (
+                known is not None
+                and known.status == "up"
+                and known.incarnation == inc
+                and len(fields) > 3
+                and fields[3] == self.incarnation
+            ):
                 self._rejoin()
             return
         peer = self._seen(node, inc)
@@ -1242,15 +1304,22 @@ class Cluster:
         if kind in (env.TELL, env.ASK, env.SEND):
             self._user_message(peer, kind, fields, item.reply)
         elif kind == env.MARK and len(fields) >= 5:
-            if fields[3] in self.incarnations and isinstance(fields[4], int):
+            if fields[3] in self.incarnations:
                 stream = peer.stream(inc, fields[3])
-                stream.max_seq = max(stream.max_seq, min(fields[4], SEQ_MAX))
+                mark = fields[4]
+                if _plausible(mark, stream):
+                    stream.max_seq = max(stream.max_seq, mark)
+                else:
+                    self.undecodable += 1
         elif kind == env.SKIP and len(fields) >= 6:
             if fields[3] in self.incarnations:
-                low, high = int(fields[4]), int(fields[5])
                 stream = peer.stream(inc, fields[3])
-                stream.skipped += max(0, high - low + 1)
-                stream.max_seq = max(stream.max_seq, high)
+                low, high = fields[4], fields[5]
+                if _plausible(low, stream) and _plausible(high, stream) and low <= high:
+                    stream.skipped += high - low + 1
+                    stream.max_seq = max(stream.max_seq, high)
+                else:
+                    self.undecodable += 1
         elif kind == env.WATCH:
             self._watched(node, str(fields[3]))
         elif kind == env.UNWATCH:
@@ -1303,6 +1372,9 @@ class Cluster:
             self.undecodable += 1
             return
         to, seq, path, body = fields[3], fields[4], fields[5], fields[6]
+        if not isinstance(path, str) or not isinstance(body, bytes):
+            self.undecodable += 1
+            return
         if to not in self.incarnations:
             # for an earlier process of this node's name: its actors are gone
             self._from_the_dead(peer.name, str(path))
@@ -1317,10 +1389,12 @@ class Cluster:
                 )
             return
         stream = peer.stream(fields[2], to)
+        if not _plausible(seq, stream):
+            self.undecodable += 1  # no sender numbers like that: not counted, not delivered
+            return
         stream.received += 1
         if seq > stream.max_seq:
             stream.max_seq = seq
-        path = str(path)
         try:
             msg = self.codec.decode(body)
         except Undecodable as error:
@@ -1353,16 +1427,40 @@ class Cluster:
             except RuntimeClosed:  # arrived while this node stops: still accounted for
                 self.system.dead_letter(msg, "stopped", path)
         elif kind == env.ASK:
+            reply = _RemoteReply(self, peer.name, reply_to)
             try:
-                ref.deliver_ask(msg, _RemoteReply(self, peer.name, reply_to))
-            except MailboxFull as error:
-                self.system.dead_letter(msg, "overflow", path)
-                self._answer(peer.name, reply_to, False, error)
+                ref.deliver_ask(msg, reply)
+            except MailboxFull:  # wait for room there, as a local ask does
+                timeout = fields[8] if len(fields) > 8 else None
+                assert self._nursery is not None
+                self._nursery.start_soon(self._ask_waiting, ref, msg, reply, path, timeout)
             except RuntimeClosed as error:
-                self._answer(peer.name, reply_to, False, error)
+                self.system.dead_letter(msg, "stopped", path)
+                reply.fail(error)
         else:  # SEND: answered once the mailbox took it
             assert self._nursery is not None
             self._nursery.start_soon(self._accept, peer.name, ref, msg, reply_to)
+
+    async def _ask_waiting(
+        self, ref: ActorRef, msg: Any, reply: _RemoteReply, path: str, timeout: Any
+    ) -> None:
+        """An ask that found the mailbox full: it waits in the mailbox's line, as a local
+        ask would, for as long as its asker waits (`timeout`, None: no limit)."""
+        limit = float(timeout) if isinstance(timeout, int | float) and timeout >= 0 else math.inf
+        try:
+            with trio.move_on_after(limit) as scope:
+                await ref.send_ask(msg, reply)
+        except (MailboxFull, RuntimeClosed) as error:  # a `fail` mailbox, a deadlock, a stop
+            self.system.dead_letter(
+                msg, "overflow" if isinstance(error, MailboxFull) else "stopped", path
+            )
+            reply.fail(error)
+            return
+        if scope.cancelled_caught:  # its asker has given up by now
+            self.system.dead_letter(msg, "timeout", path)
+            reply.fail(
+                AskTimeout(f"{path}'s mailbox stayed full; {type(msg).__name__} was not queued")
+            )
 
     async def _accept(self, node: str, ref: ActorRef, msg: Any, reply_to: str) -> None:
         try:
@@ -1401,7 +1499,8 @@ class Cluster:
                 return
         if found is None:  # the asker gave up: a late answer, dead-lettered as a local one is
             url = self._abandoned.pop(ask_id, None)
-            self.lost_replies += 1
+            if url is None:
+                return  # a send's acknowledgement, or an answer to an ask long forgotten
             if url is not None and fields[3]:
                 self.system.dead_letter(value, "timeout", url)
             return
@@ -1435,7 +1534,12 @@ class Cluster:
         (should it come back) not to count them as lost.  One no longer remembered
         (past the window of recent tells) is dead-lettered as a `RemoteMessage`."""
         peer = self._peers.get(node)
-        if peer is None or peer.incarnation != to or last > peer.seq:
+        if (
+            peer is None
+            or peer.incarnation != to
+            or last > peer.seq
+            or last - first >= BATCH_MAX  # one NATS message carries one batch at most
+        ):
             return  # meant for an incarnation we no longer send to, or not ours at all
         for seq in range(max(first, peer.seq - len(peer.recent) - RECENT_TELLS), last + 1):
             found = peer.take_recent(seq)
@@ -1580,6 +1684,13 @@ class Cluster:
         asks, self._asks = self._asks, {}
         for pending in asks.values():
             pending.reply.fail(error)
+
+
+def _plausible(seq: object, stream: _Stream) -> bool:
+    """Whether `seq` can be a number of `stream`: positive, and not further ahead of
+    the highest seen than a sender could have numbered meanwhile (a spoofed or
+    corrupt one must not make the loss count explode)."""
+    return type(seq) is int and 0 < seq <= stream.max_seq + SEQ_JUMP
 
 
 def _new_incarnation() -> str:

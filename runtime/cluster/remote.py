@@ -111,6 +111,10 @@ class RemoteRef(ActorRef):
         """Only for local actors (a remote ask crosses the wire: use `ask`)."""
         raise TypeError(f"{self!r} is on another node: ask it with `await ref.ask(msg)`")
 
+    async def send_ask(self, msg: Any, reply: Any) -> None:
+        """Only for local actors (a remote ask crosses the wire: use `ask`)."""
+        raise TypeError(f"{self!r} is on another node: ask it with `await ref.ask(msg)`")
+
     def _watch_from(self, cell: Cell) -> None:
         self._cluster.watch(cell, self)
 

@@ -388,6 +388,7 @@ class Transport:
         taken = self.taken
         limit = self.max_payload - 16  # room for the batch's array header
         failed: list[Outgoing] = []
+        broken = False
         while outbox:
             entry = outbox.popleft()
             group = [entry]
@@ -404,7 +405,8 @@ class Transport:
                         break
                     group.append(outbox.popleft())
                     size += len(nxt.data)
-            if failed or not nc.is_connected:
+            if broken or not nc.is_connected:
+                broken = True  # the connection is gone: what follows fails too (in order)
                 failed.extend(group)
             else:
                 try:
@@ -418,9 +420,10 @@ class Transport:
                     else:
                         await nc.publish(entry.subject, entry.data, reply=entry.reply)
                     self.published += len(group)
-                except Exception as error:  # e.g. the connection dropped under us
+                except Exception as error:  # refused (a bad subject, too large) or dropped
                     log.debug("node %s: publish to %s failed: %s", self.name, entry.subject, error)
                     failed.extend(group)
+                    broken = not nc.is_connected
             if entry.node is not None:
                 taken[entry.node] = taken.get(entry.node, 0) + len(group)
         if failed:
