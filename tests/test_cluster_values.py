@@ -1,9 +1,6 @@
-"""Attacks on the cluster (issue 14) through the public API: odd values, threads,
-cancellation, backpressure and accounting, between nodes on a real nats-server.
-
-Tests named ``..._holds`` pin behaviour that resists the attack; the others fail
-on the code they were written against, each naming the contract sentence broken.
-Real time with generous bounds; counts and types, never durations."""
+"""The cluster through the public API: odd values, threads, cancellation, backpressure
+and accounting, between nodes on a real nats-server.  Real time with generous bounds;
+counts and types, never durations."""
 
 from __future__ import annotations
 
@@ -33,17 +30,13 @@ def dead(system: runtime.System) -> int:
     return sum(system.snapshot().dead_letters.values())
 
 
-# -- a refused publish poisons the writer's batch ----------------------------------
+# -- a publish NATS refuses fails alone --------------------------------------------
 
 
 async def test_a_tab_in_a_cluster_topic_is_refused_or_delivered(nats_server: NatsServer) -> None:
-    """DESIGN (Cluster-wide bus): "events on topics matching cluster_topics are delivered
-    to matching subscribers on every node".  The bus accepts ``jobs.a<TAB>b`` (topics.py
-    `_segments` refuses only " " and leading/trailing whitespace); the node publishes it
-    to the NATS subject ``<c>.bus.jobs.a<TAB>b``, which nats-py refuses
-    (BadSubjectError); transport.py `_write_batch` hands it back as Undeliverable and
-    node.py `_undeliverable` drops entries whose origin is not a `_Sent`: the event
-    vanishes from the cluster with no error, no count, no dead letter."""
+    """Events on cluster topics "are delivered to matching subscribers on every node": a
+    topic NATS cannot carry as a subject (a tab in it) is refused at the sender or
+    delivered, never silently dropped."""
     with trio.fail_after(WAIT):
         async with pair(nats_server, cluster_topics=("jobs.>",)) as (a, b):
             got: list[runtime.Event] = []
@@ -60,12 +53,10 @@ async def test_a_tab_in_a_cluster_topic_is_refused_or_delivered(nats_server: Nat
 async def test_one_refused_publish_does_not_take_the_rest_of_its_batch_down(
     nats_server: NatsServer,
 ) -> None:
-    """DESIGN (Refs and messages): "every message is either handled or recorded in dead
-    letters"; `undeliverable` means the node is down or the message undecodable.  After
-    one publish nats-py refuses (here the tab topic), transport.py `_write_batch` marks
-    every later entry of the same batch as failed (``if failed or not nc.is_connected:
-    failed.extend(group)``) although the connection is fine: a valid event after it is
-    silently dropped and tells to a healthy node are dead-lettered `undeliverable`."""
+    """Each message is "either handled or recorded in dead letters"; `undeliverable`
+    means the node is down or the message undecodable.  A publish NATS refuses fails
+    alone: while the connection is up, the rest of its write batch (a valid event, tells
+    to a healthy node) is delivered and nothing is dead-lettered `undeliverable`."""
     with trio.fail_after(WAIT):
         async with pair(nats_server, cluster_topics=("jobs.>",)) as (a, b):
             got: list[runtime.Event] = []
@@ -87,13 +78,9 @@ async def test_one_refused_publish_does_not_take_the_rest_of_its_batch_down(
 
 
 async def test_a_message_too_big_for_nats_because_of_its_path_is_refused_at_the_sender() -> None:
-    """DESIGN (Wire): a message "whose encoding exceeds the NATS server's max_payload"
-    raises `NotSerializable` in the sender.  The codec checks the body only (against
-    max_payload - 1024, node.py `run`); the envelope adds the path, unbounded (and the
-    node name, also unbounded).  A tell to a long path is accepted, then nats-py refuses
-    the publish (MaxPayloadError) and it is dead-lettered `undeliverable`; an ask to it
-    fails with `NodeDown` "the NATS connection was lost before it was sent" although
-    node and connection are up (node.py `_undeliverable`)."""
+    """A message "whose encoding exceeds the NATS server's max_payload" raises
+    `NotSerializable` in the sender, tell and ask alike, when the envelope is too large
+    because of its path (not its body): it is never handed to NATS to be refused."""
     with NatsServer(max_payload=4096) as server:
         with trio.fail_after(WAIT):
             async with pair(server) as (a, b):
@@ -104,7 +91,7 @@ async def test_a_message_too_big_for_nats_because_of_its_path_is_refused_at_the_
                     await long.ask("hi", timeout=5)
 
 
-async def test_a_message_at_exactly_the_codec_limit_crosses_holds() -> None:
+async def test_a_message_at_exactly_the_codec_limit_crosses() -> None:
     with NatsServer(max_payload=4096) as server:
         with trio.fail_after(WAIT):
             async with pair(server) as (a, b):
@@ -136,12 +123,10 @@ class Blocky(Actor):
 async def test_a_remote_ask_waits_for_room_in_a_block_mailbox_as_a_local_one_does(
     nats_server: NatsServer,
 ) -> None:
-    """DESIGN (Refs and messages): `await ask(msg, timeout)` "waits for mailbox room like
-    `send`, then for the reply, all within `timeout`"; a remote ref has "the same API as
-    a local one".  Four concurrent local asks to a busy `block` mailbox of one all get
-    their answers; the same four through a remote ref get `MailboxFull` (node.py
-    `_user_message` ASK: `ref.deliver_ask` never waits, and MailboxFull is answered and
-    dead-lettered `overflow`), although SEND, next to it, does wait (`_accept`)."""
+    """`await ask(msg, timeout)` "waits for mailbox room like `send`, then for the reply,
+    all within `timeout`", and a remote ref has "the same API as a local one": four
+    concurrent asks to a busy `block` mailbox of one all get their answers, whether the
+    ref is local or remote."""
     with trio.fail_after(WAIT):
         async with pair(nats_server) as (a, b):
             await b.start_child("/app", child(Blocky, name="blocky"))
@@ -173,7 +158,7 @@ class Sleepy(Actor):
         return msg
 
 
-async def test_a_cancelled_remote_ask_leaves_nothing_behind_holds(nats_server: NatsServer) -> None:
+async def test_a_cancelled_remote_ask_leaves_nothing_behind(nats_server: NatsServer) -> None:
     with trio.fail_after(WAIT):
         async with pair(nats_server) as (a, b):
             await b.start_child("/app", child(Sleepy, name="slow"))
@@ -189,13 +174,10 @@ async def test_a_cancelled_remote_ask_leaves_nothing_behind_holds(nats_server: N
 
 
 async def test_a_cancelled_remote_send_is_counted_once(nats_server: NatsServer) -> None:
-    """DESIGN (Refs and messages): "every message is either handled or recorded in dead
-    letters" — one or the other.  A remote `send` cancelled while the remote mailbox
-    is full is still enqueued there later (node.py `_accept` keeps waiting: the
-    cancellation does not cross) and handled, and its acknowledgement (`None`) then
-    arrives late and is dead-lettered `timeout` on the sender (`_reply_arrived`:
-    ``self.system.dead_letter(value, "timeout", url)``): 3 sends, 3 handled, 1 dead
-    letter.  (A cancelled local `send` queues nothing.)"""
+    """Each message is "either handled or recorded in dead letters", not both.  A
+    remote `send` cancelled while the remote mailbox is full may still be enqueued and
+    handled there (the cancellation does not cross); its late acknowledgement is then
+    no dead letter."""
     with trio.fail_after(WAIT):
         async with pair(nats_server) as (a, b):
             await b.start_child("/app", child(Blocky, name="blocky"))
@@ -209,7 +191,7 @@ async def test_a_cancelled_remote_send_is_counted_once(nats_server: NatsServer) 
             assert handled + dead(a) + dead(b) == 3, (handled, a.snapshot().dead_letters)
 
 
-async def test_open_system_cancelled_with_remote_asks_pending_holds(
+async def test_open_system_cancelled_with_remote_asks_pending(
     nats_server: NatsServer,
 ) -> None:
     """A node's `open_system` cancelled from outside while its actors' remote asks wait:
@@ -258,12 +240,10 @@ async def test_open_system_cancelled_with_remote_asks_pending_holds(
 def test_threads_waiting_on_a_full_outbox_get_runtime_closed_at_stop(
     nats_server: NatsServer,
 ) -> None:
-    """DESIGN (Refs and messages): "Once the system has stopped, every call on any ref
-    ... raises `RuntimeClosed`".  Threads in `ask_blocking` that wait for outbox room
-    when the node stops get `trio.Cancelled` (trio's internal exception, leaked into a
-    foreign thread): node.py `_from_thread` runs `_request` with
-    `trio.from_thread.run`, the system task is cancelled at shutdown and only
-    `RunFinishedError` is translated."""
+    """Once the system has stopped, "every call on any ref ... raises `RuntimeClosed`":
+    threads in `ask_blocking` or `tell` waiting for outbox room when the node stops
+    never see trio's internal exceptions (such as `trio.Cancelled`), none hangs, and
+    later calls raise `RuntimeClosed`."""
     cluster = fresh("ts")
     options = {"cluster": nats_server.url, "cluster_name": cluster, "heartbeat": 0.2}
     with runtime.start_in_thread(tree(), node=f"{cluster}-b", **options):
@@ -313,7 +293,7 @@ def test_threads_waiting_on_a_full_outbox_get_runtime_closed_at_stop(
             echo.ask_blocking(1)
 
 
-def test_many_threads_tell_and_ask_remote_refs_at_once_holds(nats_server: NatsServer) -> None:
+def test_many_threads_tell_and_ask_remote_refs_at_once(nats_server: NatsServer) -> None:
     """4 threads tell 200 each and ask_blocking between, through an outbox of 4:
     FIFO per thread, every tell handled, nothing dead-lettered."""
     cluster = fresh("tm")
@@ -357,15 +337,10 @@ def test_many_threads_tell_and_ask_remote_refs_at_once_holds(nats_server: NatsSe
 def test_threads_waiting_for_outbox_room_are_woken_when_there_is_room(
     nats_server: NatsServer,
 ) -> None:
-    """DESIGN (Cluster, Backpressure): when the outbox is full "a foreign thread blocks"
-    — until there is room.  8 threads tell through an outbox of 4 with `timeout=2`:
-    the NATS thread drains it in microseconds, yet some tells raise `MailboxFull`
-    after 2 s.  A lost wake-up: node.py `_wait_for_room` checks `_queued(peer)` and
-    only then sets ``transport.room_wanted = True``; transport.py `_write_batch`
-    updates `taken` and then reads `room_wanted`.  If the writer reads it between the
-    loop's check and its set, no `RoomMade` comes and the waiter sleeps until the
-    next write (the next heartbeat: up to 1 s by default, 20 s here), also for
-    `await send` and `ask` waiting for room."""
+    """When the outbox is full "a foreign thread blocks" — until there is room, and no
+    longer: 8 threads telling through an outbox of 4 with `timeout=2` all find room,
+    though heartbeats (which would also wake a waiter) are 20 s apart, so no wake-up
+    may be lost."""
     cluster = fresh("lw")
     options = {
         "cluster": nats_server.url,
@@ -415,7 +390,7 @@ class Tiny(Actor):
         return msg
 
 
-async def test_a_burst_into_a_tiny_fail_mailbox_is_all_accounted_for_holds(
+async def test_a_burst_into_a_tiny_fail_mailbox_is_all_accounted_for(
     nats_server: NatsServer,
 ) -> None:
     with trio.fail_after(WAIT):
@@ -459,7 +434,7 @@ class Carrier:
     note: str = ""
 
 
-async def test_refs_inside_registered_classes_and_events_arrive_working_holds(
+async def test_refs_inside_registered_classes_and_events_arrive_working(
     nats_server: NatsServer,
 ) -> None:
     with trio.fail_after(WAIT):
@@ -479,7 +454,7 @@ async def test_refs_inside_registered_classes_and_events_arrive_working_holds(
             assert payload["nested"][0].refs[0].path == "/app/echo"
 
 
-async def test_bad_urls_and_refused_values_are_clear_errors_holds(nats_server: NatsServer) -> None:
+async def test_bad_urls_and_refused_values_are_clear_errors(nats_server: NatsServer) -> None:
     import datetime
     import enum
     import uuid
@@ -546,7 +521,7 @@ class RemoteWatcher(Actor):
         self.seen.append(msg)
 
 
-async def test_a_restarting_watcher_node_is_forgotten_by_the_watched_node_holds(
+async def test_a_restarting_watcher_node_is_forgotten_by_the_watched_node(
     nats_server: NatsServer,
 ) -> None:
     """A node whose actor watches b's echo comes and goes five times (a new incarnation
@@ -570,12 +545,9 @@ async def test_a_restarting_watcher_node_is_forgotten_by_the_watched_node_holds(
 async def test_a_watcher_that_stops_is_unwatched_on_the_watched_node(
     nats_server: NatsServer,
 ) -> None:
-    """DESIGN (Actors, watch) + Cluster: `ctx.watch(remote_ref)` is released with the
-    watcher.  When the watching actor stops for good, node.py `slot_released` drops the
-    cell from `_watches` but sends no UNWATCH and keeps the empty entry: the watched
-    node keeps `(a, path)` in `_watched_by` (and sends a TERMINATED nobody wants when
-    the target stops) for as long as both nodes live.  With per-request watcher actors
-    on many distinct targets both maps keep one stale entry per target."""
+    """`ctx.watch(remote_ref)` is released with the watcher: when the watching actor
+    stops for good, its node unwatches remotely and forgets the watch, and the watched
+    node drops it from `_watched_by`, so neither map keeps an entry per stale target."""
     with trio.fail_after(WAIT):
         async with pair(nats_server) as (a, b):
             for i in range(5):

@@ -1,9 +1,7 @@
-"""Review of issue 14 (the cluster on NATS): failing tests that show two defects.
-
-Both run without a NATS server: the first drives the real `Transport` writer and
-the real `Cluster` by hand (a fake NATS client, callbacks run when the test says);
-the second fails while the options are checked, before anything connects.
-"""
+"""Outbox wake-ups and option checks of the cluster, without a NATS server: the real
+`Transport` writer and the real `Cluster` are driven by hand (a fake NATS client,
+callbacks run when the test says), and bad options are refused before anything
+connects."""
 
 from __future__ import annotations
 
@@ -34,11 +32,9 @@ def _write_batch(transport: Transport) -> None:
 
 
 async def test_a_sender_waiting_for_room_to_a_second_node_is_woken() -> None:
-    """Two senders wait for outbox room, to nodes b and c.  The writer takes b's
-    entry and says RoomMade; before the loop handles it, c's outbox fills too.
-    The loop handles RoomMade (room_wanted = False, only b has room), then the
-    writer takes c's entry: it does not say RoomMade (room_wanted is False), and
-    c's sender waits forever though c's outbox is empty (node.py:1038-1044)."""
+    """Every sender waiting for outbox room is woken once there is room, even when its
+    outbox filled while room to another node was being announced: senders to b and c
+    both wake as the writer takes their entries."""
     pending: list[Callable[[], None]] = []
     cluster = Cluster(None, node="a", servers=["nats://127.0.0.1:1"], outbox=1)  # type: ignore[arg-type]
     transport = Transport(
@@ -80,7 +76,7 @@ async def test_a_sender_waiting_for_room_to_a_second_node_is_woken() -> None:
         await trio.testing.wait_all_tasks_blocked()
         assert cluster._queued(c) == 0  # there is room to c ...
         nursery.cancel_scope.cancel()
-    assert woken == ["b", "c"]  # ... but c's sender was never told
+    assert woken == ["b", "c"]  # ... and c's sender was told
 
 
 class _Idle(Actor):
@@ -89,9 +85,8 @@ class _Idle(Actor):
 
 
 async def test_bad_nats_options_are_refused_naming_them() -> None:
-    """`Cluster.__init__` checks `nats_options`, but `_system_of` pops it before
-    calling it and hands it to `set_nats_options`, which does ``dict(options)``:
-    a wrong type gives a ValueError about "dictionary update sequence"."""
+    """`nats_options` of the wrong type is refused with a TypeError that names it, not
+    an unrelated error from deeper down, before anything connects."""
     tree = Supervisor("app", children=[child(_Idle, name="idle")])
     with pytest.raises(TypeError, match="nats_options"):
         async with runtime.open_system(
