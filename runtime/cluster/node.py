@@ -24,16 +24,14 @@ import os
 import secrets
 import socket
 import time
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import attrs
 import trio
 
-from .. import errors
 from ..errors import (
-    ActorCrashed,
     ActorNotFound,
     ActorStopped,
     AskTimeout,
@@ -43,9 +41,8 @@ from ..errors import (
     RemoteError,
     RuntimeClosed,
     TroupeError,
-    UnhandledMessage,
 )
-from ..messages import ErrorInfo, Event, Reply, describe
+from ..messages import Event, Reply
 from ..ref import ActorRef
 from ..spec import (
     NODE_NAME,
@@ -55,12 +52,19 @@ from ..spec import (
     Supervisor,
     check_cluster_name,
     check_node_name,
-    child,
 )
 from ..topics import check_pattern, matches
 from . import envelope as env
 from .codec import Codec, Undecodable
+from .failures import decode_error, encode_error, reason_from_wire, wire_reason
+from .peers import RECENT_TELLS, NodeInfo, Peer, plausible
 from .remote import RemoteRef
+from .spawn import (
+    child_info_from_wire,
+    child_info_to_wire,
+    spec_from_wire,
+    spec_to_wire,
+)
 from .transport import (
     BATCH_MAX,
     ConnectionState,
@@ -79,38 +83,18 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("troupe.cluster")
 
-RECENT_TELLS = 10_000
-"""Tells per peer remembered until NATS could have said nobody listens (to dead-letter them)."""
 DECLARED_DOWN = 10_000
 """Node incarnations remembered as down (their late messages are refused)."""
 ABANDONED = 10_000
 """Asks given up on, remembered so that a late answer is dead-lettered (as ``timeout``)."""
 REFS = 4_096
 """Local paths whose refs an arriving message looks up are cached, up to this many."""
-SEQ_JUMP = 1 << 24
-"""No sequence number is believed this far beyond the highest seen from its sender."""
 PEERS = 10_000
 """Nodes remembered; past it, the longest-gone ones that nothing refers to are forgotten."""
-STREAMS = 16
-"""Inbound streams (pairs of incarnations) counted per peer; older ones are folded."""
 DRAIN_MAX = 2_000
 """Inbound messages handled per loop step; the rest waits for the next step."""
 CONTROL_OPS = ("snapshot", "which_children", "start_child", "terminate_child", "ping")
 WRITE_OPS = ("start_child", "terminate_child")
-
-
-@attrs.frozen
-class NodeInfo:
-    """One node of the cluster, as this node sees it (`Cluster.nodes`)."""
-
-    name: str
-    incarnation: str
-    host: str
-    pid: int
-    actors: int
-    started: float  # wall-clock time the incarnation started
-    last_seen: float  # wall-clock time of its last heartbeat or message (now, for this node)
-    status: str  # "up" | "down"
 
 
 @attrs.frozen
@@ -121,118 +105,6 @@ class RemoteMessage:
     node: str
     path: str
     error: str
-
-
-class _Stream:
-    """The user messages one incarnation of a peer numbered for one incarnation of this
-    node: what arrived, what the sender said it dead-lettered itself (SKIP), and the
-    highest number seen.  What is missing is lost in transit."""
-
-    __slots__ = ("max_seq", "received", "skipped")
-
-    def __init__(self) -> None:
-        self.max_seq = 0
-        self.received = 0
-        self.skipped = 0
-
-    def lost(self) -> int:
-        return max(0, self.max_seq - self.received - self.skipped)
-
-
-class _Peer:
-    """What this node knows of another: identity, liveness, and the traffic to it."""
-
-    __slots__ = (
-        "actors",
-        "down_why",
-        "enqueued",
-        "host",
-        "incarnation",
-        "last_seen",
-        "last_seen_wall",
-        "lost_before",
-        "marked",
-        "name",
-        "pid",
-        "recent",
-        "room",
-        "seq",
-        "started",
-        "status",
-        "streams",
-        "tell_reply",
-        "waiting",
-    )
-
-    def __init__(self, name: str, recent: int = RECENT_TELLS) -> None:
-        self.name = name
-        self.incarnation: str | None = None
-        self.host = ""
-        self.pid = 0
-        self.actors = 0
-        self.started = 0.0
-        self.last_seen = -math.inf  # trio time
-        self.last_seen_wall = 0.0
-        self.status = "down"
-        self.down_why = (
-            "never seen: is it started, on the same NATS server(s), with the same cluster_name?"
-        )
-        # outbound, numbered for its current incarnation
-        self.seq = 0
-        self.enqueued = 0  # entries ever given to the transport for it
-        self.marked = 0  # the last number a MARK told it
-        # the tells of the last RECENT_TELLS numbers (None for asks), last one = seq
-        self.recent: deque[tuple[Any, str] | None] = deque(maxlen=recent)
-        self.tell_reply = ""  # the reply-subject prefix of tells to it (per incarnation)
-        self.room = trio.Event()  # set when the outbox has room again
-        self.waiting = 0  # senders waiting for room
-        # inbound: (its incarnation, ours) -> what arrived, the latest last
-        self.streams: OrderedDict[tuple[str, str], _Stream] = OrderedDict()
-        self.lost_before = 0  # lost in streams no longer kept
-
-    def wake_senders(self) -> None:
-        """Wake the senders waiting for room (they look again at why they waited)."""
-        self.room.set()
-        self.room = trio.Event()
-
-    def stream(self, sender: str, receiver: str) -> _Stream:
-        key = (sender, receiver)
-        stream = self.streams.get(key)
-        if stream is None:
-            stream = self.streams[key] = _Stream()
-            while len(self.streams) > STREAMS:
-                _, old = self.streams.popitem(last=False)
-                self.lost_before += old.lost()
-        return stream
-
-    def lost(self) -> int:
-        return self.lost_before + sum(stream.lost() for stream in self.streams.values())
-
-    def forgotten(self, seq: int) -> bool:
-        """Whether `seq` was a tell too old to be remembered any more (ask numbers and
-        tells already accounted for are remembered as None)."""
-        return 0 < seq <= self.seq - len(self.recent)
-
-    def take_recent(self, seq: int) -> tuple[Any, str] | None:
-        """The tell numbered `seq` (forgotten from now on), if it is still remembered."""
-        index = len(self.recent) - 1 - (self.seq - seq)
-        if 0 <= index < len(self.recent):
-            found = self.recent[index]
-            self.recent[index] = None
-            return found
-        return None
-
-    def info(self) -> NodeInfo:
-        return NodeInfo(
-            name=self.name,
-            incarnation=self.incarnation or "",
-            host=self.host,
-            pid=self.pid,
-            actors=self.actors,
-            started=self.started,
-            last_seen=self.last_seen_wall,
-            status=self.status,
-        )
 
 
 @attrs.frozen
@@ -312,69 +184,6 @@ def parse_url(url: str) -> tuple[str, str]:
     return node, "/" + path.strip("/") if path.strip("/") else "/"
 
 
-def encode_error(error: BaseException) -> list[Any]:
-    """An error as it crosses the wire: [kind, type, message, traceback]."""
-    kind = "remote"
-    source: BaseException = error
-    if isinstance(error, ActorCrashed):
-        kind = "crashed"
-        source = error.__cause__ or error
-    elif isinstance(error, errors.Deadlock):
-        kind = "deadlock"
-    elif isinstance(error, MailboxFull):
-        kind = "full"
-    elif isinstance(error, ActorNotFound):
-        kind = "notfound"
-    elif isinstance(error, UnhandledMessage):
-        kind = "unhandled"
-    elif isinstance(error, ActorStopped | RuntimeClosed):
-        kind = "stopped"
-    elif isinstance(error, AskTimeout):
-        kind = "timeout"
-    elif isinstance(error, NodeDown):
-        kind = "nodedown"
-    if isinstance(source, RemoteError):
-        return [kind, source.type, source.message, source.traceback, str(error)]
-    info = ErrorInfo.of(source)
-    return [kind, info.type, info.message, info.traceback, describe_text(error)]
-
-
-def describe_text(error: BaseException) -> str:
-    try:
-        return str(error)
-    except Exception:
-        return type(error).__name__
-
-
-def decode_error(fields: Any, where: str) -> BaseException:
-    """The error an asker gets for an error that crossed the wire."""
-    if not isinstance(fields, list) or len(fields) < 5:
-        return RemoteError("RemoteError", f"an undecodable error came back from {where}")
-    kind, type_, message, traceback, text = (str(f) for f in fields[:5])
-    remote = RemoteError(type_, message, traceback)
-    error: BaseException
-    if kind == "crashed":
-        error = ActorCrashed(text)
-        error.__cause__ = remote
-        return error
-    known: dict[str, type[TroupeError]] = {
-        "deadlock": errors.Deadlock,
-        "full": MailboxFull,
-        "notfound": ActorNotFound,
-        "unhandled": UnhandledMessage,
-        "stopped": ActorStopped,
-        "timeout": AskTimeout,
-    }
-    cls = known.get(kind)
-    if cls is not None:
-        error = cls(text)
-        error.__cause__ = remote
-        return error
-    if kind == "nodedown":
-        return NodeDown(where, None, text)
-    return remote
-
-
 class Cluster:
     """This system's node on a cluster (``system.cluster``); trio thread only unless
     a method says otherwise.
@@ -440,7 +249,7 @@ class Cluster:
         self.started = time.time()
         self.subjects = env.Subjects(cluster_name, node)
         self.codec = Codec(ref_to_url=self._url_of, url_to_ref=self.resolve)
-        self._peers: dict[str, _Peer] = {}
+        self._peers: dict[str, Peer] = {}
         # (node, incarnation) we saw go down -> when we last told it so (trio time)
         self._declared_down: OrderedDict[tuple[str, str], float] = OrderedDict()
         self._asks: dict[int, _Pending] = {}
@@ -540,14 +349,14 @@ class Cluster:
         peer = self._peers.get(node)
         return peer is not None and peer.status == "up" and self.system.is_running
 
-    def _peer(self, node: str) -> _Peer:
+    def _peer(self, node: str) -> Peer:
         peer = self._peers.get(node)
         if peer is None:
             if len(self._peers) >= PEERS:
                 self._forget_peers()
             # tells are remembered for as long as NATS could say nobody heard them:
             # a full outbox and the batches in flight behind it
-            peer = self._peers[node] = _Peer(node, max(RECENT_TELLS, 2 * self.outbox))
+            peer = self._peers[node] = Peer(node, max(RECENT_TELLS, 2 * self.outbox))
         return peer
 
     def announce(self) -> None:
@@ -608,7 +417,7 @@ class Cluster:
                 elif peer.status == "up" and peer.seq != peer.marked:
                     self._mark(peer)
 
-    def _mark(self, peer: _Peer) -> None:
+    def _mark(self, peer: Peer) -> None:
         """Tell `peer`, in order behind the user messages numbered so far, the last
         number: messages lost at the end of a stream (nothing behind them to show
         the gap) are counted too."""
@@ -616,9 +425,7 @@ class Cluster:
         data = env.pack(env.MARK, self.node, self.incarnation, peer.incarnation, peer.seq)
         self._publish(Outgoing(self.subjects.user(peer.name), data))
 
-    def _seen(
-        self, node: str, incarnation: str, info: dict[str, Any] | None = None
-    ) -> _Peer | None:
+    def _seen(self, node: str, incarnation: str, info: dict[str, Any] | None = None) -> Peer | None:
         """`node` is alive as `incarnation`: mark it up (a new incarnation replaces the
         old one, which is down).  None if that incarnation was declared down."""
         key = (node, incarnation)
@@ -664,7 +471,7 @@ class Cluster:
                     self._send_watch(node, path, env.WATCH)
         return peer
 
-    def _node_down(self, peer: _Peer, why: str) -> None:
+    def _node_down(self, peer: Peer, why: str) -> None:
         """`peer`'s incarnation is gone: fail what waits on it, tell its watchers."""
         if peer.status != "up":
             return
@@ -748,7 +555,7 @@ class Cluster:
 
     def _queue_user(
         self,
-        peer: _Peer,
+        peer: Peer,
         kind: int,
         ref: RemoteRef,
         msg: Any,
@@ -796,7 +603,7 @@ class Cluster:
         peer.enqueued += 1
         self._publish(entry)
 
-    def _queued(self, peer: _Peer) -> int:
+    def _queued(self, peer: Peer) -> int:
         """Messages for `peer` in the outbox, not yet taken by the NATS thread."""
         transport = self._transport
         taken = 0 if transport is None else transport.taken.get(peer.name, 0)
@@ -828,7 +635,7 @@ class Cluster:
         await self._wait_for_room(peer, deadline)
         self.tell(ref, msg, None)
 
-    async def _wait_for_room(self, peer: _Peer, deadline: float = math.inf) -> None:
+    async def _wait_for_room(self, peer: Peer, deadline: float = math.inf) -> None:
         """Wait until the outbox to `peer` has room, `peer` is down, this node is
         closing, or `deadline`.  The flag is raised before the count is read (the
         writer counts before it reads the flag): one of the two sees the other."""
@@ -953,7 +760,7 @@ class Cluster:
         """A local slot stopped for good: tell the nodes watching it (the system calls this)."""
         watchers = self._watched_by.pop(cell.path, None)
         if watchers:
-            reason = _wire_reason(cell.final_reason)
+            reason = wire_reason(cell.final_reason)
             for node, asked in watchers:
                 self._publish(
                     Outgoing(
@@ -1018,10 +825,10 @@ class Cluster:
         if op == "snapshot":
             return system.snapshot().to_dict()
         if op == "which_children":
-            return [_child_info(info) for info in system.which_children(str(args))]
+            return [child_info_to_wire(info) for info in system.which_children(str(args))]
         if op == "start_child":
             parent, spec = args
-            ref = await system.start_child(str(parent), _spec_from_wire(spec, self.codec))
+            ref = await system.start_child(str(parent), spec_from_wire(spec, self.codec))
             return ref.url
         if op == "terminate_child":
             await system.terminate_child(str(args))
@@ -1053,7 +860,7 @@ class Cluster:
         if node == self.node:
             return self.system.which_children(path)
         data = await self._control(node, "which_children", path, timeout)
-        return [_child_info_from(item, self) for item in data]
+        return [child_info_from_wire(item, self) for item in data]
 
     async def start_child(
         self, url: str, spec: ChildSpec | Supervisor, timeout: float = 30.0
@@ -1064,7 +871,7 @@ class Cluster:
         if node == self.node:
             return await self.system.start_child(path, spec)
         found = await self._control(
-            node, "start_child", [path, _spec_to_wire(spec, self.codec)], timeout
+            node, "start_child", [path, spec_to_wire(spec, self.codec)], timeout
         )
         return self.resolve(str(found))
 
@@ -1307,7 +1114,7 @@ class Cluster:
             if fields[3] in self.incarnations:
                 stream = peer.stream(inc, fields[3])
                 mark = fields[4]
-                if _plausible(mark, stream):
+                if plausible(mark, stream):
                     stream.max_seq = max(stream.max_seq, mark)
                 else:
                     self.undecodable += 1
@@ -1315,7 +1122,7 @@ class Cluster:
             if fields[3] in self.incarnations:
                 stream = peer.stream(inc, fields[3])
                 low, high = fields[4], fields[5]
-                if _plausible(low, stream) and _plausible(high, stream) and low <= high:
+                if plausible(low, stream) and plausible(high, stream) and low <= high:
                     stream.skipped += high - low + 1
                     stream.max_seq = max(stream.max_seq, high)
                 else:
@@ -1367,7 +1174,7 @@ class Cluster:
         self._refs[path] = ref
         return ref
 
-    def _user_message(self, peer: _Peer, kind: int, fields: list[Any], reply_to: str) -> None:
+    def _user_message(self, peer: Peer, kind: int, fields: list[Any], reply_to: str) -> None:
         if len(fields) < 7:
             self.undecodable += 1
             return
@@ -1389,7 +1196,7 @@ class Cluster:
                 )
             return
         stream = peer.stream(fields[2], to)
-        if not _plausible(seq, stream):
+        if not plausible(seq, stream):
             self.undecodable += 1  # no sender numbers like that: not counted, not delivered
             return
         stream.received += 1
@@ -1586,7 +1393,7 @@ class Cluster:
         if not watchers:
             return
         ref = RemoteRef(self, node, path)
-        why = _reason_from_wire(reason)
+        why = reason_from_wire(reason)
         for cell in watchers:
             cell.remote_terminated(ref, why)
 
@@ -1686,106 +1493,8 @@ class Cluster:
             pending.reply.fail(error)
 
 
-def _plausible(seq: object, stream: _Stream) -> bool:
-    """Whether `seq` can be a number of `stream`: positive, and not further ahead of
-    the highest seen than a sender could have numbered meanwhile (a spoofed or
-    corrupt one must not make the loss count explode)."""
-    return type(seq) is int and 0 < seq <= stream.max_seq + SEQ_JUMP
-
-
 def _new_incarnation() -> str:
     return f"{int(time.time() * 1000):x}{secrets.token_hex(3)}"
-
-
-def _wire_reason(reason: object) -> Any:
-    if isinstance(reason, BaseException):
-        info = ErrorInfo.of(reason)
-        return [info.type, info.message, info.traceback]
-    return describe(reason)
-
-
-def _reason_from_wire(reason: Any) -> Any:
-    if isinstance(reason, list) and len(reason) >= 3:
-        return RemoteError(str(reason[0]), str(reason[1]), str(reason[2]))
-    return str(reason)
-
-
-def _child_info(info: ChildInfo) -> dict[str, Any]:
-    return {
-        "name": info.name,
-        "path": info.path,
-        "url": info.ref.url,
-        "kind": info.kind,
-        "state": info.state,
-        "restart": info.restart,
-        "dynamic": info.dynamic,
-    }
-
-
-def _child_info_from(item: Any, cluster: Cluster) -> ChildInfo:
-    if not isinstance(item, dict):
-        raise RemoteError("Undecodable", f"a child's description came back as {item!r}")
-    return ChildInfo(
-        name=str(item["name"]),
-        path=str(item["path"]),
-        ref=cluster.resolve(str(item["url"])),
-        kind=str(item["kind"]),
-        state=str(item["state"]),
-        restart=str(item["restart"]),
-        dynamic=bool(item["dynamic"]),
-    )
-
-
-def import_path(factory: Any) -> str:
-    """``"module:QualifiedName"`` for a spec's factory, to start it on another node."""
-    if isinstance(factory, str):
-        return factory
-    module = getattr(factory, "__module__", None)
-    qualname = getattr(factory, "__qualname__", None)
-    if not module or not qualname or "<locals>" in qualname or module == "__main__":
-        raise NotSerializable(
-            f"{factory!r} cannot be started on another node: give child() an import string "
-            "like 'myapp.workers:Worker' naming a module-level class both nodes can import"
-        )
-    return f"{module}:{qualname}"
-
-
-def _spec_to_wire(spec: ChildSpec | Supervisor, codec: Codec) -> list[Any]:
-    if not isinstance(spec, ChildSpec):
-        raise TypeError(
-            f"a remote start_child takes a child(...) spec (supervisors are started "
-            f"locally), got {spec!r}"
-        )
-    mailbox = None if spec.mailbox is None else [spec.mailbox.capacity, spec.mailbox.overflow]
-    return [
-        import_path(spec.factory),
-        spec.name,
-        codec.encode([list(spec.args), dict(spec.kwargs)]),
-        spec.restart,
-        spec.shutdown,
-        mailbox,
-    ]
-
-
-def _spec_from_wire(data: Any, codec: Codec) -> ChildSpec:
-    from ..spec import Mailbox
-
-    factory, name, body, restart, shutdown, mailbox = data
-    try:
-        args, kwargs = codec.decode(body)
-    except Undecodable as error:
-        raise ValueError(
-            f"the arguments of {factory!r} could not be decoded here: {error}"
-        ) from None
-    return child(
-        str(factory),
-        name=str(name),
-        args=args,
-        kwargs=kwargs,
-        restart=restart,
-        shutdown=shutdown,
-        mailbox=None if mailbox is None else Mailbox(capacity=mailbox[0], overflow=mailbox[1]),
-    )
 
 
 __all__ = ["Cluster", "NodeInfo", "RemoteMessage", "parse_url"]

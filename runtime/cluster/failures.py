@@ -1,0 +1,97 @@
+"""Errors and exit reasons as they cross the wire: type, message and traceback text,
+never a pickled exception."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .. import errors
+from ..errors import (
+    ActorCrashed,
+    ActorNotFound,
+    ActorStopped,
+    AskTimeout,
+    MailboxFull,
+    NodeDown,
+    RemoteError,
+    RuntimeClosed,
+    TroupeError,
+    UnhandledMessage,
+)
+from ..messages import ErrorInfo, describe
+
+
+def encode_error(error: BaseException) -> list[Any]:
+    """An error as it crosses the wire: [kind, type, message, traceback]."""
+    kind = "remote"
+    source: BaseException = error
+    if isinstance(error, ActorCrashed):
+        kind = "crashed"
+        source = error.__cause__ or error
+    elif isinstance(error, errors.Deadlock):
+        kind = "deadlock"
+    elif isinstance(error, MailboxFull):
+        kind = "full"
+    elif isinstance(error, ActorNotFound):
+        kind = "notfound"
+    elif isinstance(error, UnhandledMessage):
+        kind = "unhandled"
+    elif isinstance(error, ActorStopped | RuntimeClosed):
+        kind = "stopped"
+    elif isinstance(error, AskTimeout):
+        kind = "timeout"
+    elif isinstance(error, NodeDown):
+        kind = "nodedown"
+    if isinstance(source, RemoteError):
+        return [kind, source.type, source.message, source.traceback, str(error)]
+    info = ErrorInfo.of(source)
+    return [kind, info.type, info.message, info.traceback, describe_text(error)]
+
+
+def describe_text(error: BaseException) -> str:
+    try:
+        return str(error)
+    except Exception:
+        return type(error).__name__
+
+
+def decode_error(fields: Any, where: str) -> BaseException:
+    """The error an asker gets for an error that crossed the wire."""
+    if not isinstance(fields, list) or len(fields) < 5:
+        return RemoteError("RemoteError", f"an undecodable error came back from {where}")
+    kind, type_, message, traceback, text = (str(f) for f in fields[:5])
+    remote = RemoteError(type_, message, traceback)
+    error: BaseException
+    if kind == "crashed":
+        error = ActorCrashed(text)
+        error.__cause__ = remote
+        return error
+    known: dict[str, type[TroupeError]] = {
+        "deadlock": errors.Deadlock,
+        "full": MailboxFull,
+        "notfound": ActorNotFound,
+        "unhandled": UnhandledMessage,
+        "stopped": ActorStopped,
+        "timeout": AskTimeout,
+    }
+    cls = known.get(kind)
+    if cls is not None:
+        error = cls(text)
+        error.__cause__ = remote
+        return error
+    if kind == "nodedown":
+        return NodeDown(where, None, text)
+    return remote
+
+
+def wire_reason(reason: object) -> Any:
+    if isinstance(reason, BaseException):
+        info = ErrorInfo.of(reason)
+        return [info.type, info.message, info.traceback]
+    return describe(reason)
+
+
+def reason_from_wire(reason: Any) -> Any:
+    if isinstance(reason, list) and len(reason) >= 3:
+        return RemoteError(str(reason[0]), str(reason[1]), str(reason[2]))
+    return str(reason)
