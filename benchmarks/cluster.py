@@ -23,7 +23,7 @@ import signal
 import statistics
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from time import perf_counter
 from typing import Any
@@ -32,8 +32,9 @@ import attrs
 import trio
 
 import runtime
-from runtime import MailboxFull, Supervisor, wire
+from runtime import Actor, Mailbox, MailboxFull, Supervisor, child, wire
 
+from .cluster_peer import COUNT, DONE_TOPIC, FANOUT_TOPIC, Sink
 from .harness import Bench, Figures, Row, Size, Target
 from .kernel import run_trio
 
@@ -75,47 +76,87 @@ def cluster_available() -> str | None:
 
 
 # -- the other node: a process -----------------------------------------------------
-@contextlib.contextmanager
-def node_process(
-    url: str, *, heartbeat: float = 1.0, node_down_after: float = 5.0
-) -> Iterator[subprocess.Popen[bytes]]:
-    """A `cluster_peer` process serving as node `PEER`, ready (a node of the cluster)."""
+def spawn_node(
+    url: str,
+    node: str = PEER,
+    *,
+    heartbeat: float = 1.0,
+    node_down_after: float = 5.0,
+    capacity: int = PEER_CAPACITY,
+    topics: tuple[str, ...] = (),
+) -> subprocess.Popen[bytes]:
+    """Start a `cluster_peer` process serving as `node` (not waiting for it)."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    process = subprocess.Popen(
+    return subprocess.Popen(
         [
             sys.executable,
             "-m",
             "benchmarks.cluster_peer",
             url,
             CLUSTER,
-            PEER,
+            node,
             repr(heartbeat),
             repr(node_down_after),
-            str(PEER_CAPACITY),
+            str(capacity),
+            ",".join(topics),
         ],
         cwd=ROOT,
         env=env,
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
     )
-    assert process.stdin is not None and process.stdout is not None
+
+
+def await_ready(process: subprocess.Popen[bytes], deadline: float) -> None:
+    """Wait (until `deadline`, perf_counter) for the peer process to say ``ready``."""
+    assert process.stdout is not None
+    readable, _, _ = select.select([process.stdout], [], [], max(0.0, deadline - perf_counter()))
+    line = process.stdout.readline() if readable else b""
+    if line.strip() != b"ready":
+        raise RuntimeError(
+            f"a peer node did not start within {READY_TIMEOUT:g} s (it said {line!r})"
+        )
+
+
+def stop_node(process: subprocess.Popen[bytes]) -> None:
+    """Close its stdin (the peer leaves the cluster and exits) and reap it."""
+    if process.stdin is not None:
+        with contextlib.suppress(OSError):
+            process.stdin.close()
     try:
-        readable, _, _ = select.select([process.stdout], [], [], READY_TIMEOUT)
-        line = process.stdout.readline() if readable else b""
-        if line.strip() != b"ready":
-            raise RuntimeError(
-                f"the peer node did not start within {READY_TIMEOUT:g} s (it said {line!r})"
-            )
+        process.wait(EXIT_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(EXIT_TIMEOUT)
+
+
+@contextlib.contextmanager
+def node_processes(url: str, nodes: Iterable[str], **options: Any) -> Iterator[None]:
+    """`cluster_peer` processes serving as `nodes`, started together, all ready."""
+    with contextlib.ExitStack() as stack:
+        processes = []
+        for node in nodes:
+            process = spawn_node(url, node, **options)
+            stack.callback(stop_node, process)
+            processes.append(process)
+        deadline = perf_counter() + READY_TIMEOUT
+        for process in processes:
+            await_ready(process, deadline)
+        yield
+
+
+@contextlib.contextmanager
+def node_process(
+    url: str, *, heartbeat: float = 1.0, node_down_after: float = 5.0
+) -> Iterator[subprocess.Popen[bytes]]:
+    """A `cluster_peer` process serving as node `PEER`, ready (a node of the cluster)."""
+    process = spawn_node(url, heartbeat=heartbeat, node_down_after=node_down_after)
+    try:
+        await_ready(process, perf_counter() + READY_TIMEOUT)
         yield process
     finally:
-        with contextlib.suppress(OSError):
-            process.stdin.close()  # the peer leaves the cluster and exits at end of file
-        try:
-            process.wait(EXIT_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(EXIT_TIMEOUT)
+        stop_node(process)
 
 
 @contextlib.asynccontextmanager
@@ -333,6 +374,219 @@ def wire_sizes() -> str:
     )
 
 
+# -- 5. cluster-wide bus fan-out ---------------------------------------------------------
+FANOUT_PEERS = ("bench-b", "bench-c")
+"""The node processes holding a sink each; the third sink is on this node, the publisher's."""
+CLUSTER_TOPICS = ("bench.>",)
+"""The cluster topics of every node in the fan-out (the events and the sinks' reports)."""
+WARMUP_EVENTS = 200
+
+
+class Publisher(Actor):
+    """Publishes the int it is told of `FANOUT_TOPIC` events, each `PAYLOAD`."""
+
+    async def receive(self, msg: Any) -> None:
+        publish = self.ctx.publish
+        for _ in range(msg):
+            await publish(FANOUT_TOPIC, PAYLOAD)
+
+
+class Reports:
+    """The sinks' `DONE_TOPIC` reports of one round (a bus callback adds them)."""
+
+    def __init__(self) -> None:
+        self.expect(0, 0)
+
+    def expect(self, sinks: int, events: int) -> None:
+        self.sinks, self.events = sinks, events
+        self.seen: dict[str, int] = {}
+        self.done = trio.Event()
+
+    def __call__(self, event: runtime.Event) -> None:
+        self.seen[event.payload["sink"]] = event.payload["n"]
+        if len(self.seen) == self.sinks:
+            self.done.set()
+
+
+def fanout_tree() -> Supervisor:
+    return Supervisor(
+        "app",
+        children=[
+            child(Publisher, name="publisher"),
+            child(Sink, name="sink", args=(ME,), mailbox=Mailbox(capacity=PEER_CAPACITY)),
+        ],
+    )
+
+
+def one_node_tree(sinks: int) -> Supervisor:
+    return Supervisor(
+        "app",
+        children=[
+            child(Publisher, name="publisher"),
+            *(
+                child(
+                    Sink,
+                    name=f"sink{i}",
+                    args=(f"sink{i}",),
+                    mailbox=Mailbox(capacity=PEER_CAPACITY),
+                )
+                for i in range(sinks)
+            ),
+        ],
+    )
+
+
+async def fanout_round(
+    system: Any, sinks: list[runtime.ActorRef], reports: Reports, n: int
+) -> float:
+    """Seconds from telling the publisher to publish `n` events to the last sink's report
+    that it got all `n`; then every sink is asked its count, which must be `n`."""
+    reports.expect(len(sinks), n)
+    for sink in sinks:  # each starts counting again, expecting n
+        await sink.ask(n)
+    publisher = system.ref("/app/publisher")
+    start = perf_counter()
+    publisher.tell(n)
+    with trio.move_on_after(ROUND_TIMEOUT):
+        await reports.done.wait()
+    took = perf_counter() - start
+    counts = [await sink.ask(COUNT) for sink in sinks]
+    if counts != [n] * len(sinks):
+        raise RuntimeError(f"the sinks got {counts} of {n:,} events each")
+    return took
+
+
+async def troupe_cluster_fanout(url: str, events: int) -> float:
+    """Seconds for `events` published on this node to reach a sink on each of 3 nodes."""
+    async with runtime.open_system(
+        fanout_tree(),
+        name=ME,
+        node=ME,
+        cluster=url,
+        cluster_name=CLUSTER,
+        cluster_topics=CLUSTER_TOPICS,
+    ) as system:
+        with trio.fail_after(UP_TIMEOUT):
+            while not all(system.cluster.is_up(peer) for peer in FANOUT_PEERS):
+                await trio.sleep(0.005)
+        reports = Reports()
+        system.bus.subscribe(DONE_TOPIC)(reports)
+        sinks = [system.ref("/app/sink")]
+        sinks += [system.ref(f"troupe://{peer}/app/sink") for peer in FANOUT_PEERS]
+        await fanout_round(system, sinks, reports, WARMUP_EVENTS)
+        return await fanout_round(system, sinks, reports, events)
+
+
+async def one_node_fanout(events: int, sinks: int) -> float:
+    """The same rounds with the publisher and all the sinks on one node (no cluster)."""
+    async with runtime.open_system(one_node_tree(sinks)) as system:
+        reports = Reports()
+        system.bus.subscribe(DONE_TOPIC)(reports)
+        refs = [system.ref(f"/app/sink{i}") for i in range(sinks)]
+        await fanout_round(system, refs, reports, WARMUP_EVENTS)
+        return await fanout_round(system, refs, reports, events)
+
+
+def fanout_once(size: Size) -> Figures:
+    from tests.natsserver import NatsServer
+
+    events = size.pick(50_000, 500)
+    sinks = 1 + len(FANOUT_PEERS)
+    with NatsServer() as server:
+        with node_processes(server.url, FANOUT_PEERS, topics=CLUSTER_TOPICS):
+            took = run_trio(troupe_cluster_fanout, server.url, events)
+    one = run_trio(one_node_fanout, events, sinks)
+    return {"nodes_rate": events * sinks / took, "one_node_rate": events * sinks / one}
+
+
+# -- 6. remote tell scaling: 1, 2, 3 sending nodes into one receiver --------------------
+SENDERS = ("bench-b", "bench-c", "bench-d")
+
+
+class Arrivals:
+    """What the receiving actor counts in a round; `done` once it has `target`."""
+
+    def __init__(self) -> None:
+        self.expect(0)
+
+    def expect(self, target: int) -> None:
+        self.n, self.target = 0, target
+        self.done = trio.Event()
+
+
+class Receiver(Actor):
+    def __init__(self, arrivals: Arrivals) -> None:
+        self.arrivals = arrivals
+
+    async def receive(self, msg: Any) -> None:
+        arrivals = self.arrivals
+        arrivals.n += 1
+        if arrivals.n == arrivals.target:
+            arrivals.done.set()
+
+
+async def scaling_round(
+    system: Any, arrivals: Arrivals, senders: tuple[str, ...], per_sender: int
+) -> tuple[float, int]:
+    """(seconds from asking `senders` to tell `per_sender` each to the receiver here until
+    it has them all, how many tells found the outbox full)."""
+    total = per_sender * len(senders)
+    arrivals.expect(total)
+    url = f"troupe://{ME}/app/count"
+    full: list[int] = []
+
+    async def send(node: str) -> None:
+        ref = system.ref(f"troupe://{node}/app/sender")
+        full.append(await ref.ask((url, per_sender), timeout=ROUND_TIMEOUT))
+
+    start = perf_counter()
+    async with trio.open_nursery() as nursery:
+        for node in senders:
+            nursery.start_soon(send, node)
+        with trio.move_on_after(ROUND_TIMEOUT):
+            await arrivals.done.wait()
+        took = perf_counter() - start
+    if arrivals.n != total:
+        raise RuntimeError(f"the receiver handled {arrivals.n:,} of {total:,} messages")
+    return took, sum(full)
+
+
+async def troupe_tell_scaling(url: str, per_sender: int) -> Figures:
+    arrivals = Arrivals()
+    capacity = per_sender * len(SENDERS) + WARMUP_TELLS * len(SENDERS)
+    tree = Supervisor(
+        "app",
+        children=[
+            child(Receiver, name="count", args=(arrivals,), mailbox=Mailbox(capacity=capacity))
+        ],
+    )
+    async with runtime.open_system(
+        tree, name=ME, node=ME, cluster=url, cluster_name=CLUSTER
+    ) as system:
+        with trio.fail_after(UP_TIMEOUT):
+            while not all(system.cluster.is_up(peer) for peer in SENDERS):
+                await trio.sleep(0.005)
+        await scaling_round(system, arrivals, SENDERS, WARMUP_TELLS)
+        figures: Figures = {}
+        full = 0
+        for k in range(1, len(SENDERS) + 1):
+            took, outbox_full = await scaling_round(system, arrivals, SENDERS[:k], per_sender)
+            figures[f"senders_{k}_rate"] = per_sender * k / took
+            full += outbox_full
+        figures["outbox_full"] = full
+        return figures
+
+
+def tell_scaling_once(size: Size) -> Figures:
+    from tests.natsserver import NatsServer
+
+    per_sender = size.pick(100_000, 1_000)
+    with NatsServer() as server:
+        with node_processes(server.url, SENDERS):
+            figures: Figures = run_trio(troupe_tell_scaling, server.url, per_sender)
+    return figures
+
+
 # -- the benches ----------------------------------------------------------------------
 NATS_LABELS = {
     "nats_rr_us": "nats-py nc.request round trip between two plain asyncio processes, "
@@ -446,7 +700,63 @@ CODEC = Bench(
     ],
 )
 
+FANOUT = Bench(
+    name="cluster-fanout",
+    run_once=fanout_once,
+    rows=[
+        Row(
+            "cluster bus fan-out, 1 publisher to 3 subscribers on 3 nodes (deliveries/s)",
+            "nodes_rate",
+            "one_node_rate",
+            "the same publisher actor and the same 3 sink actors on one node (a system "
+            "without cluster=), the same events, measured right after in the same run",
+        ),
+    ],
+    notes=[
+        "cluster-fanout: this process is node bench-a with the publisher and one sink, "
+        "two node processes (bench-b, bench-c) a sink each; every node has "
+        "cluster_topics=('bench.>',). A Publisher actor awaits ctx.publish('bench.fanout', "
+        "b'0123456789abcdef') 50,000 times (full); each sink (an actor subscribed to "
+        f"bench.fanout, mailbox {PEER_CAPACITY:,}, so a remote event is never dropped for "
+        "room) publishes one 'bench.done' event when it has counted all of them, and a "
+        "bus callback on bench-a collects those reports; timed from the tell that starts "
+        "the publisher to the third report, then each sink is asked its count, which must "
+        f"be 50,000. After a warm-up round of {WARMUP_EVENTS}. Deliveries/s = 3 x events / "
+        "time. Each cluster event is its own NATS message (tells are packed, events not).",
+    ],
+)
+
+TELL_SCALING = Bench(
+    name="cluster-tell-scaling",
+    run_once=tell_scaling_once,
+    rows=[
+        Row(
+            "remote tell scaling, 2 sending nodes into 1 receiver (msg/s)",
+            "senders_2_rate",
+            "senders_1_rate",
+            "the same with 1 sending node (100,000 tells), same run",
+        ),
+        Row(
+            "remote tell scaling, 3 sending nodes into 1 receiver (msg/s)",
+            "senders_3_rate",
+            "senders_1_rate",
+            "the same with 1 sending node (100,000 tells), same run",
+        ),
+    ],
+    notes=[
+        "cluster-tell-scaling: this process is node bench-a with one counting actor "
+        "(/app/count, mailbox large enough for a whole round); three node processes "
+        "(bench-b, bench-c, bench-d) each hold a Sender actor. A round asks k of them at "
+        "once to tell 100,000 (full) b'0123456789abcdef' each to troupe://bench-a/app/count "
+        f"(pacing and outbox-full fallback as in cluster-tell), for k = 1, 2, 3 in turn "
+        f"after a warm-up round of {WARMUP_TELLS:,} from each; timed from the asks to the "
+        "counting actor's k x 100,000th message; msg/s = k x 100,000 / time. Every process "
+        "(4 nodes and the nats-server) shares the machine's cores, so this shows where the "
+        "receiver, the server or the CPU saturates, not the scaling of a real cluster.",
+    ],
+)
+
 UNAVAILABLE = cluster_available()
 """Why the cluster benches cannot run here (None: they can)."""
 
-BENCHES = [] if UNAVAILABLE else [ASK, TELL, NODE_DOWN, CODEC]
+BENCHES = [] if UNAVAILABLE else [ASK, TELL, NODE_DOWN, CODEC, FANOUT, TELL_SCALING]

@@ -47,6 +47,9 @@ SCENARIOS = (
     "node-down detection after SIGKILL of a node process",
     "codec encode+decode, 3-field registered attrs message",
     "a tell's wire work: body + envelope",
+    "cluster bus fan-out, 1 publisher to 3 subscribers on 3 nodes",
+    "remote tell scaling, 2 sending nodes into 1 receiver",
+    "remote tell scaling, 3 sending nodes into 1 receiver",
 )
 
 REPORT_ONLY = (
