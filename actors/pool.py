@@ -21,7 +21,6 @@ from runtime import (
     DeferredReply,
     MailboxFull,
     Supervisor,
-    System,
     Terminated,
     child,
 )
@@ -345,7 +344,6 @@ class Router(Actor):
         A worker that fails to start (or a stop that fails, e.g. as the system
         stops) ends the resize there; those asks get that error.
         """
-        system = self.ctx.system
         try:
             while True:
                 if len(self.workers) < self.target:
