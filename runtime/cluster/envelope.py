@@ -83,7 +83,9 @@ def unpack_request(data: bytes) -> tuple[str, Any] | None:
 
 
 def unpack_batch(data: bytes) -> list[list[Any]] | None:
-    """The envelopes of a batch of tells (an array of envelopes), or None."""
+    """The envelopes of a batch (tells, or events, packed in one NATS message), or None.
+
+    Each is checked as `unpack` checks one; their kinds are the caller's to check."""
     try:
         items = _decoder.decode(data)
     except (msgspec.DecodeError, ValueError, TypeError):
@@ -93,11 +95,10 @@ def unpack_batch(data: bytes) -> list[list[Any]] | None:
     for fields in items:
         if (
             not isinstance(fields, list)
-            or len(fields) < 7
+            or len(fields) < 4
             or not isinstance(fields[0], int)
             or not isinstance(fields[1], str)
             or not isinstance(fields[2], str)
-            or not isinstance(fields[4], int)
         ):
             return None
     return items

@@ -91,6 +91,12 @@ REFS = 4_096
 """Local paths whose refs an arriving message looks up are cached, up to this many."""
 PEERS = 10_000
 """Nodes remembered; past it, the longest-gone ones that nothing refers to are forgotten."""
+SHARED_TOPICS = 4_096
+"""Topics whose "is it a cluster topic" answer is remembered (then it starts over)."""
+SKIP_SENDS = 10
+"""Times a SKIP notice is sent (now, then with each heartbeat): NATS may drop one."""
+SKIP_KEPT = 256
+"""SKIP notices kept per peer for sending again (the oldest are let go)."""
 DRAIN_MAX = 2_000
 """Inbound messages handled per loop step; the rest waits for the next step."""
 CONTROL_OPS = ("snapshot", "which_children", "start_child", "terminate_child", "ping")
@@ -260,7 +266,7 @@ class Cluster:
         self._watched_by: dict[str, set[tuple[str, str]]] = {}
         self._backlog: list[Inbound] = []
         self._refs: dict[str, ActorRef] = {}  # local path -> ref, for arrivals
-        self._skips: dict[str, list[_Skip]] = {}  # SKIP notices not sent yet, per node
+        self._shared: dict[str, bool] = {}  # topic -> is it a cluster topic
         self._transport: Transport | None = None
         self._nursery: trio.Nursery | None = None
         self._connected = False
@@ -376,7 +382,6 @@ class Cluster:
         for peer in gone[: max(1, len(gone) // 10)]:
             self.lost_forgotten += peer.lost()
             del self._peers[peer.name]
-            self._skips.pop(peer.name, None)
 
     def _heartbeat_info(self) -> dict[str, Any]:
         return {
@@ -416,6 +421,7 @@ class Cluster:
                     self._node_down(peer, f"silent for more than {self.node_down_after:g}s")
                 elif peer.status == "up" and peer.seq != peer.marked:
                     self._mark(peer)
+            self._send_skips()  # again: NATS may have dropped one
 
     def _mark(self, peer: Peer) -> None:
         """Tell `peer`, in order behind the user messages numbered so far, the last
@@ -783,15 +789,23 @@ class Cluster:
         Raises `NotSerializable` (before anything is delivered) for a payload
         that cannot cross.
         """
-        if not any(matches(pattern, event.topic) for pattern in self.topics):
+        topic = event.topic
+        shared = self._shared.get(topic)
+        if shared is None:  # matched once per topic (the bus has checked the topic)
+            shared = any(matches(pattern, topic) for pattern in self.topics)
+            if len(self._shared) >= SHARED_TOPICS:
+                self._shared.clear()
+            self._shared[topic] = shared
+        if not shared:
             return
         body = self.codec.encode(event)
         self.events_out += 1
         self._publish(
             Outgoing(
-                self.subjects.topic(event.topic),
+                self.subjects.topic(topic),
                 env.pack(env.EVENT, self.node, self.incarnation, body),
                 origin=event,
+                batch=True,  # events on one topic travel packed, as tells do
             )
         )
 
@@ -967,9 +981,6 @@ class Cluster:
         which sequence numbers not to count as lost (SKIP notices)."""
         for entry in entries:
             origin = entry.origin
-            if isinstance(origin, _Skip):
-                self._skip_later(origin)
-                continue
             if isinstance(origin, Event):  # a cluster event the connection did not take
                 self.system.dead_letter(origin, "undeliverable", entry.subject)
                 continue
@@ -995,36 +1006,50 @@ class Cluster:
         self._send_skips()
 
     def _skip_later(self, skip: _Skip) -> None:
-        """Keep a SKIP notice until it can be sent (merged with the one before it)."""
-        pending = self._skips.setdefault(skip.node, [])
+        """Keep a SKIP notice for its node (merged with the one before it when they
+        touch): it is sent `SKIP_SENDS` times, now if connected and then with each
+        heartbeat, since NATS may drop one (e.g. while the receiver reconnects);
+        the receiver counts each number once however often it hears it."""
+        peer = self._peers.get(skip.node)
+        if peer is None:
+            return
+        pending = peer.skips
         if pending:
-            last = pending[-1]
+            last: _Skip = pending[-1][0]
             if (
                 last.last + 1 == skip.first
                 and last.incarnation == skip.incarnation
                 and last.peer_incarnation == skip.peer_incarnation
             ):
-                pending[-1] = attrs.evolve(last, last=skip.last)
+                pending[-1] = [attrs.evolve(last, last=skip.last), SKIP_SENDS]
                 return
-        pending.append(skip)
+        pending.append([skip, SKIP_SENDS])
+        if len(pending) > SKIP_KEPT:
+            del pending[0]
 
     def _send_skips(self) -> None:
         """Send the SKIP notices kept, if connected; those for an incarnation (ours or
         the receiver's) that has since changed are dropped: nobody counts them."""
-        if not self._connected or not self._skips:
+        if not self._connected:
             return
-        skips, self._skips = self._skips, {}
-        for node, pending in skips.items():
-            peer = self._peers.get(node)
-            for skip in pending:
-                if skip.incarnation != self.incarnation or peer is None:
-                    continue
-                if skip.peer_incarnation != peer.incarnation:
+        for peer in self._peers.values():
+            if not peer.skips:
+                continue
+            kept: list[list[Any]] = []
+            for entry in peer.skips:
+                skip, sends = entry
+                if (
+                    skip.incarnation != self.incarnation
+                    or skip.peer_incarnation != peer.incarnation
+                ):
                     continue
                 data = env.pack(
                     env.SKIP, self.node, self.incarnation, peer.incarnation, skip.first, skip.last
                 )
-                self._publish(Outgoing(self.subjects.user(node), data, origin=skip))
+                self._publish(Outgoing(self.subjects.user(peer.name), data))
+                if sends > 1:
+                    kept.append([skip, sends - 1])
+            peer.skips = kept
 
     def _incoming(self, item: Incoming) -> None:
         lane, incarnation, ask_id = self.subjects.lane(item.subject)
@@ -1107,6 +1132,8 @@ class Cluster:
                             "down; it is rejoining as a new incarnation: ask again",
                         ),
                     )
+            elif kind == env.EVENT:
+                self._from_the_dead(node, "bus")
             return
         if kind in (env.TELL, env.ASK, env.SEND):
             self._user_message(peer, kind, fields, item.reply)
@@ -1123,8 +1150,7 @@ class Cluster:
                 stream = peer.stream(inc, fields[3])
                 low, high = fields[4], fields[5]
                 if plausible(low, stream) and plausible(high, stream) and low <= high:
-                    stream.skipped += high - low + 1
-                    stream.max_seq = max(stream.max_seq, high)
+                    stream.skip(low, high)
                 else:
                     self.undecodable += 1
         elif kind == env.WATCH:
@@ -1141,19 +1167,35 @@ class Cluster:
             self._event(node, fields[3])
 
     def _batch(self, batch: list[Any]) -> None:
-        """Tells one node packed into one NATS message (see `Outgoing.batch`)."""
+        """Tells (or events) of one node packed into one NATS message (see
+        `Outgoing.batch`): its liveness is noted once for the whole batch."""
         first = batch[0]
         node, inc = first[1], first[2]
         if node == self.node:
             return
+        if not (NODE_NAME.fullmatch(node) and env.INCARNATION.fullmatch(inc)):
+            self.undecodable += len(batch)
+            return
         peer = self._seen(node, inc)
         for fields in batch:
-            if fields[0] != env.TELL or fields[1] != node or fields[2] != inc:
+            kind = fields[0]
+            if fields[1] != node or fields[2] != inc:
                 self.undecodable += 1
-            elif peer is None:
-                self._from_the_dead(node, str(fields[5]))
+            elif kind == env.TELL and len(fields) >= 7:
+                if peer is None:
+                    self._from_the_dead(node, str(fields[5]))
+                else:
+                    try:
+                        self._user_message(peer, env.TELL, fields, "")
+                    except (TypeError, ValueError, OverflowError):
+                        self.undecodable += 1
+            elif kind == env.EVENT:
+                if peer is None:
+                    self._from_the_dead(node, "bus")
+                else:
+                    self._event(node, fields[3])
             else:
-                self._user_message(peer, env.TELL, fields, "")
+                self.undecodable += 1
 
     def _from_the_dead(self, node: str, path: str) -> None:
         """A message from an incarnation declared down: not delivered, dead-lettered."""

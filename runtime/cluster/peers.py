@@ -15,6 +15,8 @@ RECENT_TELLS = 10_000
 (to dead-letter them then)."""
 SEQ_JUMP = 1 << 24
 """No sequence number is believed this far beyond the highest seen from its sender."""
+SKIP_RANGES = 1_024
+"""Skipped ranges kept per stream (contiguous ones merge)."""
 STREAMS = 16
 """Inbound streams (pairs of incarnations) counted per peer; older ones are folded."""
 
@@ -36,14 +38,35 @@ class NodeInfo:
 class Stream:
     """The user messages one incarnation of a peer numbered for one incarnation of this
     node: what arrived, what the sender said it dead-lettered itself (SKIP), and the
-    highest number seen.  What is missing is lost in transit."""
+    highest number seen.  What is missing is lost in transit.
 
-    __slots__ = ("max_seq", "received", "skipped")
+    The skipped numbers are kept as ranges, so that a SKIP notice told again (the
+    sender repeats them: NATS may drop one) counts once.
+    """
+
+    __slots__ = ("max_seq", "received", "skipped", "skips")
 
     def __init__(self) -> None:
         self.max_seq = 0
         self.received = 0
-        self.skipped = 0
+        self.skips: list[tuple[int, int]] = []  # sorted, disjoint, not adjacent
+        self.skipped = 0  # numbers in `skips`
+
+    def skip(self, low: int, high: int) -> None:
+        """The sender dead-lettered `low`..`high` itself (idempotent)."""
+        merged: list[tuple[int, int]] = []
+        for lo, hi in self.skips:
+            if hi + 1 < low or high + 1 < lo:
+                merged.append((lo, hi))
+            else:
+                low, high = min(lo, low), max(hi, high)
+        merged.append((low, high))
+        merged.sort()
+        if len(merged) > SKIP_RANGES:  # bounded: the oldest ranges are forgotten
+            merged = merged[-SKIP_RANGES:]
+        self.skips = merged
+        self.skipped = sum(hi - lo + 1 for lo, hi in merged)
+        self.max_seq = max(self.max_seq, high)
 
     def lost(self) -> int:
         return max(0, self.max_seq - self.received - self.skipped)
@@ -67,6 +90,7 @@ class Peer:
         "recent",
         "room",
         "seq",
+        "skips",
         "started",
         "status",
         "streams",
@@ -96,6 +120,8 @@ class Peer:
         self.tell_reply = ""  # the reply-subject prefix of tells to it (per incarnation)
         self.room = trio.Event()  # set when the outbox has room again
         self.waiting = 0  # senders waiting for room
+        # SKIP notices for it, each with how many more times to send it
+        self.skips: list[list[Any]] = []
         # inbound: (its incarnation, ours) -> what arrived, the latest last
         self.streams: OrderedDict[tuple[str, str], Stream] = OrderedDict()
         self.lost_before = 0  # lost in streams no longer kept

@@ -58,10 +58,10 @@ class Outgoing:
     destination node (for the outbox bound) and what to hand back if it
     cannot be sent (never looked at on the NATS thread).
 
-    A `batch` entry (a tell) may share one NATS message with the batch entries
-    next to it that go to the same subject: the message is then a msgpack array
-    of their envelopes, and its reply subject is `reply` followed by
-    ``"<first seq>-<last seq>"``.
+    A `batch` entry (a tell, an event) may share one NATS message with the batch
+    entries next to it that go to the same subject: the message is then a
+    msgpack array of their envelopes, and its reply subject (if `reply` is not
+    empty) is `reply` followed by ``"<first seq>-<last seq>"``.
     """
 
     subject: str
@@ -415,7 +415,7 @@ class Transport:
                         await nc.publish(
                             entry.subject,
                             pack_batch([e.data for e in group]),
-                            reply=f"{entry.reply}{entry.seq}-{last}",
+                            reply=f"{entry.reply}{entry.seq}-{last}" if entry.reply else "",
                         )
                     else:
                         await nc.publish(entry.subject, entry.data, reply=entry.reply)
