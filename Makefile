@@ -1,9 +1,10 @@
-# Everything a fresh machine needs: `make demo` runs the demo, `make test` runs the tests.
+# Everything a fresh machine needs: `make demo` runs the demo, `make test` runs the tests;
+# `make cluster-demo` runs the demo split over three node processes on a local NATS server.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint bench install
+.PHONY: demo cluster-demo test lint bench install
 
 $(BIN)/troupe: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,6 +16,9 @@ install: $(BIN)/troupe
 
 demo: install
 	$(BIN)/troupe run examples/pipeline.py
+
+cluster-demo: install
+	$(BIN)/python examples/cluster/run.py
 
 # pytest exits 5 when it collects nothing: that is a failure, said plainly.
 test: install
