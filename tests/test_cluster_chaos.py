@@ -18,9 +18,10 @@ watches the others' ``/app/tree``.  Under that load:
   and no actor of the others handles a message of the old incarnation after its
   ``Terminated``.
 
-A bug this suite found is shown by the last test (strict xfail): tells NATS answered
-"no responders" for while their receiver failed over or reconnected are counted twice
-(dead-lettered at the sender, lost in transit at the receiver); `DOUBLE_COUNT_BUG`.
+The last test pins a bug this suite found, now fixed: tells NATS answered "no
+responders" for while their receiver failed over or reconnected were counted twice
+(dead-lettered at the sender, and lost in transit at the receiver, the SKIP notice
+having been dropped).
 
 Accounting: wherever no node was killed, per sender->receiver pair, handled +
 dead-lettered (at either end) + ``lost_in_transit`` (at the receiver) == sent, in
@@ -60,12 +61,6 @@ HEARTBEAT = 0.2
 DOWN_AFTER = 1.0
 BURST = 5  # messages per target per tick
 INTERVAL = 0.02  # seconds between ticks: 250 messages/s per sender->receiver pair
-DOUBLE_COUNT_BUG = True
-"""The runtime bug `test_tells_nobody_heard_while_the_receiver_fails_over_are_counted_once`
-shows: tells NATS answered "no responders" for while their receiver was failing over or
-reconnecting are dead-lettered at the sender and may also be counted lost in transit at
-the receiver.  While it stands, the NATS-fault tests accept that excess (bounded by what
-the sender dead-lettered); set False once it is fixed, to make them exact again."""
 _names = itertools.count()
 
 
@@ -283,11 +278,8 @@ def excess(counts: dict[str, int]) -> int:
     return total - counts["sent"]
 
 
-def balanced(counts: dict[str, int], double_counts: bool = False) -> bool:
-    """Every message counted once; with `double_counts` (`DOUBLE_COUNT_BUG`), some of
-    those the sender dead-lettered may be counted lost too, none uncounted."""
-    if double_counts:
-        return 0 <= excess(counts) <= counts["dead_sender"]
+def balanced(counts: dict[str, int]) -> bool:
+    """Every message counted once."""
     return excess(counts) == 0
 
 
@@ -295,11 +287,10 @@ async def stop_load_and_account(
     here: runtime.System,
     names: list[str],
     pairs: list[tuple[str, str]],
-    double_counts: bool = False,
 ) -> dict[str, dict[str, Any]]:
     """Stop every loader, wait (bounded) until the in-flight messages are in and the
     tails are marked, then check handled + dead-lettered + lost == sent for `pairs`
-    (see `balanced` for `double_counts`), FIFO in every stream, and no sink saw a
+    (`balanced`), FIFO in every stream, and no sink saw a
     stale or posthumous message."""
     for name in names:
         here.ref(url(name, "loader")).tell("stop")
@@ -308,7 +299,7 @@ async def stop_load_and_account(
 
     async def settled() -> dict[str, dict[str, Any]] | None:
         state = await gather(here, names)
-        ok = all(balanced(pair(state, s, r), double_counts) for s, r in pairs)
+        ok = all(balanced(pair(state, s, r)) for s, r in pairs)
         return state if ok else None
 
     try:
@@ -316,7 +307,7 @@ async def stop_load_and_account(
     except AssertionError:
         state = await gather(here, names)
         unbalanced = {
-            (s, r): v for s, r in pairs if not balanced(v := pair(state, s, r), double_counts)
+            (s, r): v for s, r in pairs if not balanced(v := pair(state, s, r))
         }
         for (s, r), v in unbalanced.items():  # which numbers the receiver never handled
             seen = await ask(here, r, "sink", "seen")
@@ -325,9 +316,6 @@ async def stop_load_and_account(
         raise AssertionError(
             f"handled + dead-lettered + lost_in_transit != sent: {unbalanced}"
         ) from None
-    doubled = {(s, r): excess(pair(state, s, r)) for s, r in pairs}
-    if any(doubled.values()):  # only with double_counts: the known bug showed
-        print("counted twice (DOUBLE_COUNT_BUG):", {k: v for k, v in doubled.items() if v})
     for name in names:
         sink = state[name]["sink"]
         assert sink["violations"] == [], (name, sink["violations"][:10])
@@ -550,8 +538,8 @@ async def heard_from_all(here: runtime.System, names: list[str], since: float) -
     """Wait until this node is connected and has had a heartbeat from every node of
     `names` sent after `since` (wall clock): each is connected again, and its interest
     is known to this node's server (it travels the same route, ahead of the heartbeat).
-    Asking before that could meet "no responders", whose notice may be lost (the bug
-    `DOUBLE_COUNT_BUG` names), and throw this node's own accounts off."""
+    Asking before that could meet "no responders" and throw this node's own accounts
+    off."""
     await until(
         lambda: (
             here.cluster.stats()["connected"]
@@ -607,7 +595,6 @@ async def test_nats_servers_killed_under_load_nodes_fail_over(
                 here,
                 everyone,
                 [(s, r) for s in everyone for r in everyone if s != r],
-                double_counts=DOUBLE_COUNT_BUG,
             )
             # no node was restarted, or declared down: the same processes, incarnations
             for name, process in started.items():
@@ -648,7 +635,6 @@ async def test_a_lone_nats_server_restarted_under_load_nodes_reconnect(
                 here,
                 everyone,
                 [(s, r) for s in everyone for r in everyone if s != r],
-                double_counts=DOUBLE_COUNT_BUG,
             )
             for name, process in started.items():
                 assert process.proc.poll() is None
@@ -746,15 +732,6 @@ def on_nats_thread(system: runtime.System, make: Callable[[Any], Any]) -> Any:
     return future.result(10)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "runtime bug: the SKIP notice for tells NATS answered 'no responders' to is "
-        "published at once, on the very subject nobody listens on, and is dropped; once "
-        "the receiver listens again (a failover, a reconnect), the gap is counted in "
-        "lost_in_transit while the sender dead-lettered the same messages: counted twice"
-    ),
-)
 async def test_tells_nobody_heard_while_the_receiver_fails_over_are_counted_once(
     fresh_nats_server: NatsServer,
 ) -> None:
