@@ -41,6 +41,19 @@ def options(cluster: str, servers: Any) -> dict[str, Any]:
     }
 
 
+async def resumed(counter: runtime.ActorRef) -> int:
+    """Ask until an answer comes (traffic resumed); how many asks failed first (any of
+    them may be counted lost in transit: they are numbered like the tells)."""
+    failed = 0
+    while True:
+        try:
+            assert await counter.ask("sync", timeout=1) == "sync"
+            return failed
+        except (runtime.AskTimeout, runtime.NodeDown):
+            failed += 1
+            await trio.sleep(0.1)
+
+
 def accounted(a: runtime.System, b: runtime.System, seen: list[int]) -> tuple[int, int, int]:
     """(handled at b, dead-lettered at a or b, lost in transit at b) for a's numbered
     messages (the "sync" asks and anything else are left out)."""
@@ -83,18 +96,14 @@ async def test_a_server_restart_is_survived_and_nothing_vanishes(
             await trio.to_thread.run_sync(server.restart)
             await until(lambda: a.cluster.stats()["connected"], "a reconnected")
             await until(lambda: b.cluster.stats()["connected"], "b reconnected")
-            for _ in range(5_000):  # traffic resumes (the ask may race the resubscription)
-                try:
-                    assert await counter.ask("sync", timeout=1) == "sync"
-                    break
-                except (runtime.AskTimeout, runtime.NodeDown):
-                    await trio.sleep(0.1)
+            failed = await resumed(counter)
             for _ in range(100):
                 counter.tell(sent)
                 sent += 1
             assert await counter.ask("sync", timeout=5) == "sync"
             handled, dead, lost = accounted(a, b, seen)
-            assert handled + dead + lost == sent, (handled, dead, lost, sent)
+            # a "sync" ask that failed may itself be the one lost in transit
+            assert sent <= handled + dead + lost <= sent + failed, (handled, dead, lost, sent)
             assert a.snapshot().dead_letters.get("undeliverable", 0) >= 1
             assert seen == sorted(seen)  # FIFO held for what arrived
 
@@ -122,15 +131,10 @@ async def test_a_node_fails_over_to_another_server_of_a_nats_cluster() -> None:
                 return bool(stats["connected"]) and stats["server"] != first
 
             await until(failed_over, "a failed over")
-            for _ in range(5_000):
-                try:
-                    assert await counter.ask("sync", timeout=1) == "sync"
-                    break
-                except (runtime.AskTimeout, runtime.NodeDown):
-                    await trio.sleep(0.1)
+            failed = await resumed(counter)
             for i in range(50, 100):
                 counter.tell(i)
             assert await counter.ask("sync", timeout=5) == "sync"
             handled, dead, lost = accounted(a, b, seen)
-            assert handled + dead + lost == 100, (handled, dead, lost)
+            assert 100 <= handled + dead + lost <= 100 + failed, (handled, dead, lost, failed)
             assert a.cluster.is_up(b.node) and b.cluster.is_up(a.node)
