@@ -722,7 +722,7 @@ FANOUT = Bench(
         "bus callback on bench-a collects those reports; timed from the tell that starts "
         "the publisher to the third report, then each sink is asked its count, which must "
         f"be 50,000. After a warm-up round of {WARMUP_EVENTS}. Deliveries/s = 3 x events / "
-        "time. Each cluster event is its own NATS message (tells are packed, events not).",
+        "time. Events on one topic travel packed in NATS messages, as tells do.",
     ],
 )
 
