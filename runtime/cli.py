@@ -94,6 +94,8 @@ def cluster_options(args: argparse.Namespace) -> SystemOptions:
             ("--cluster-name", args.cluster_name),
             ("--cluster-topics", args.cluster_topics),
             ("--cluster-control", args.cluster_control),
+            ("--heartbeat", args.heartbeat),
+            ("--node-down-after", args.node_down_after),
         )
         if value is not None
     ]
@@ -135,6 +137,18 @@ def cluster_options(args: argparse.Namespace) -> SystemOptions:
         options["cluster_topics"] = tuple(args.cluster_topics)
     if args.cluster_control is not None:
         options["cluster_control"] = args.cluster_control
+    heartbeat = args.heartbeat if args.heartbeat is not None else 1.0
+    if args.heartbeat is not None:
+        if not (0 < args.heartbeat < float("inf")):
+            raise UsageError(f"--heartbeat is a positive number of seconds, got {args.heartbeat}")
+        options["heartbeat"] = args.heartbeat
+    if args.node_down_after is not None:
+        if not (heartbeat < args.node_down_after < float("inf")):
+            raise UsageError(
+                f"--node-down-after is a number of seconds longer than the heartbeat "
+                f"({heartbeat:g}), got {args.node_down_after}"
+            )
+        options["node_down_after"] = args.node_down_after
     return options
 
 
@@ -497,6 +511,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--cluster-control",
         choices=("ro", "rw"),
         help="may other nodes start and stop actors here (default 'ro': read-only)",
+    )
+    node.add_argument(
+        "--heartbeat", type=float, metavar="SECONDS", help="seconds between heartbeats (1.0)"
+    )
+    node.add_argument(
+        "--node-down-after",
+        type=float,
+        metavar="SECONDS",
+        help="a node silent this long is down (5.0); longer than the heartbeat",
     )
     run_cmd.set_defaults(func=_cmd_run)
     ls_cmd = commands.add_parser(

@@ -179,7 +179,12 @@ def test_cluster_flags_map_to_the_run_options(monkeypatch: pytest.MonkeyPatch) -
         "alerts",
         "--cluster-control",
         "rw",
+        "--heartbeat",
+        "0.25",
+        "--node-down-after",
+        "2",
     )
+    assert (options["heartbeat"], options["node_down_after"]) == (0.25, 2.0)
     assert options["node"] == "w-1"
     assert options["name"] == "w-1"  # the system is named after its node by default
     assert options["cluster"] == "nats://127.0.0.1:4222"
@@ -221,6 +226,9 @@ def test_bad_cluster_flags_get_clear_errors(
         (["--node", "a.b", "--cluster", "nats://x:1"], "invalid node name 'a.b'"),
         (["--node", "a", "--cluster", "nats://x:1", "--cluster-name", "a..b"], "cluster name"),
         (["--node", "a", "--cluster", "nats://x:1", "--cluster-topics", "a..b"], "a..b"),
+        (["--heartbeat", "1"], "--heartbeat needs --node"),
+        (["--node", "a", "--cluster", "nats://x:1", "--heartbeat", "0"], "--heartbeat"),
+        (["--node", "a", "--cluster", "nats://x:1", "--node-down-after", "0.5"], "longer"),
     ]:
         assert runtime.cli.main(["run", target, *args]) == 2, args
         assert message in capsys.readouterr().err, args

@@ -335,3 +335,22 @@ def _bulk(url: str, msgs: list[tuple[Any, ...]]) -> Any:
 
     go.__name__ = "bulk"
     return go
+
+
+async def test_what_cannot_be_read_is_counted_and_logged_once_in_a_while(
+    nats_server: NatsServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 15 ("Bad peers"): garbage on a node's subjects is dropped with a counted
+    log line, not a line per message: one warning names how many were dropped."""
+    with trio.fail_after(WAIT):
+        async with pair(nats_server) as (_a, b):
+            u, s, _ = subjects(b)
+            before = b.cluster.undecodable
+            caplog.clear()
+            await spoof(nats_server, [(u, b"\x00garbage"), (s, b"\xc1"), (u, b"")] * 10)
+            await until(lambda: b.cluster.undecodable >= before + 30, "counted")
+            lines = [
+                r.getMessage() for r in caplog.records if "could not be read" in r.getMessage()
+            ]
+            assert len(lines) == 1, lines
+            assert await b.ref("/app/echo").ask("still here") == "still here"

@@ -97,6 +97,8 @@ SKIP_SENDS = 10
 """Times a SKIP notice is sent (now, then with each heartbeat): NATS may drop one."""
 SKIP_KEPT = 256
 """SKIP notices kept per peer for sending again (the oldest are let go)."""
+MALFORMED_LOG_EVERY = 10.0
+"""Seconds between log lines about messages from NATS that could not be read."""
 DRAIN_MAX = 2_000
 """Inbound messages handled per loop step; the rest waits for the next step."""
 CONTROL_OPS = ("snapshot", "which_children", "start_child", "terminate_child", "ping")
@@ -274,6 +276,8 @@ class Cluster:
         self.lost_replies = 0
         self.lost_forgotten = 0  # lost in transit from nodes no longer remembered
         self.undecodable = 0
+        self._malformed_since = 0  # since the last log line about them
+        self._malformed_logged = -math.inf
         self.events_out = 0
         self.events_in = 0
 
@@ -1075,7 +1079,7 @@ class Cluster:
         if fields is None:
             batch = env.unpack_batch(item.data)
             if batch is None:
-                self.undecodable += 1
+                self._malformed()
             else:
                 self._batch(batch)
             return
@@ -1083,12 +1087,12 @@ class Cluster:
         if node == self.node:
             return  # our own (a heartbeat or an event NATS echoed)
         if not (NODE_NAME.fullmatch(node) and env.INCARNATION.fullmatch(inc)):
-            self.undecodable += 1  # not from a node of ours: no member is made of it
+            self._malformed()  # not from a node of ours: no member is made of it
             return
         try:
             self._from_node(item, kind, node, inc, fields)
         except (TypeError, ValueError, KeyError, IndexError, OverflowError, AttributeError):
-            self.undecodable += 1  # a malformed envelope: counted, the node carries on
+            self._malformed()  # a malformed envelope: counted, the node carries on
 
     def _from_node(self, item: Incoming, kind: int, node: str, inc: str, fields: list[Any]) -> None:
         """An envelope from `node` (incarnation `inc`), by kind."""
@@ -1144,7 +1148,7 @@ class Cluster:
                 if plausible(mark, stream):
                     stream.max_seq = max(stream.max_seq, mark)
                 else:
-                    self.undecodable += 1
+                    self._malformed()
         elif kind == env.SKIP and len(fields) >= 6:
             if fields[3] in self.incarnations:
                 stream = peer.stream(inc, fields[3])
@@ -1152,7 +1156,7 @@ class Cluster:
                 if plausible(low, stream) and plausible(high, stream) and low <= high:
                     stream.skip(low, high)
                 else:
-                    self.undecodable += 1
+                    self._malformed()
         elif kind == env.WATCH:
             self._watched(node, str(fields[3]))
         elif kind == env.UNWATCH:
@@ -1174,13 +1178,13 @@ class Cluster:
         if node == self.node:
             return
         if not (NODE_NAME.fullmatch(node) and env.INCARNATION.fullmatch(inc)):
-            self.undecodable += len(batch)
+            self._malformed(len(batch))
             return
         peer = self._seen(node, inc)
         for fields in batch:
             kind = fields[0]
             if fields[1] != node or fields[2] != inc:
-                self.undecodable += 1
+                self._malformed()
             elif kind == env.TELL and len(fields) >= 7:
                 if peer is None:
                     self._from_the_dead(node, str(fields[5]))
@@ -1188,14 +1192,14 @@ class Cluster:
                     try:
                         self._user_message(peer, env.TELL, fields, "")
                     except (TypeError, ValueError, OverflowError):
-                        self.undecodable += 1
+                        self._malformed()
             elif kind == env.EVENT:
                 if peer is None:
                     self._from_the_dead(node, "bus")
                 else:
                     self._event(node, fields[3])
             else:
-                self.undecodable += 1
+                self._malformed()
 
     def _from_the_dead(self, node: str, path: str) -> None:
         """A message from an incarnation declared down: not delivered, dead-lettered."""
@@ -1218,11 +1222,11 @@ class Cluster:
 
     def _user_message(self, peer: Peer, kind: int, fields: list[Any], reply_to: str) -> None:
         if len(fields) < 7:
-            self.undecodable += 1
+            self._malformed()
             return
         to, seq, path, body = fields[3], fields[4], fields[5], fields[6]
         if not isinstance(path, str) or not isinstance(body, bytes):
-            self.undecodable += 1
+            self._malformed()
             return
         if to not in self.incarnations:
             # for an earlier process of this node's name: its actors are gone
@@ -1239,7 +1243,7 @@ class Cluster:
             return
         stream = peer.stream(fields[2], to)
         if not plausible(seq, stream):
-            self.undecodable += 1  # no sender numbers like that: not counted, not delivered
+            self._malformed()  # no sender numbers like that: not counted, not delivered
             return
         stream.received += 1
         if seq > stream.max_seq:
@@ -1247,7 +1251,7 @@ class Cluster:
         try:
             msg = self.codec.decode(body)
         except Undecodable as error:
-            self.undecodable += 1
+            self._malformed()
             self.system.dead_letter(
                 RemoteMessage(peer.name, path, str(error)), "undeliverable", path
             )
@@ -1330,7 +1334,7 @@ class Cluster:
             return
         fields = env.unpack(item.data)
         if fields is None or fields[0] != env.REPLY or len(fields) < 5:
-            self.undecodable += 1
+            self._malformed()
             if found is not None:
                 found.reply.fail(RemoteError("Undecodable", "an undecodable answer came back"))
             return
@@ -1340,7 +1344,7 @@ class Cluster:
             try:
                 value = self.codec.decode(fields[4])
             except Undecodable as error:
-                self.undecodable += 1
+                self._malformed()
                 if found is not None:
                     found.reply.fail(
                         RemoteError("Undecodable", f"the answer from {node!r}: {error}")
@@ -1480,7 +1484,7 @@ class Cluster:
             return
         request = env.unpack_request(item.data)
         if request is None:
-            self.undecodable += 1
+            self._malformed()
             self._client_answer(item.reply, False, "a request is a msgpack [op, args]")
             return
         op, _args = request
@@ -1520,14 +1524,33 @@ class Cluster:
         try:
             event = self.codec.decode(body)
         except Undecodable as error:
-            self.undecodable += 1
+            self._malformed()
             self.system.dead_letter(RemoteMessage(node, "bus", str(error)), "undeliverable", "bus")
             return
         if not isinstance(event, Event):
-            self.undecodable += 1
+            self._malformed()
             return
         self.events_in += 1
         self.system.bus.deliver_remote(event)
+
+    def _malformed(self, count: int = 1) -> None:
+        """Count what came from NATS and could not be read (or believed), and say so in
+        the log, at most once every `MALFORMED_LOG_EVERY` seconds: the node carries on."""
+        self.undecodable += count
+        self._malformed_since += count
+        now = time.monotonic()
+        if now - self._malformed_logged >= MALFORMED_LOG_EVERY:
+            log.warning(
+                "node %s: %d message(s) from NATS could not be read and were dropped "
+                "(%d in all); a client that is not a node of cluster %r may be publishing "
+                "on its subjects",
+                self.node,
+                self._malformed_since,
+                self.undecodable,
+                self.cluster_name,
+            )
+            self._malformed_logged = now
+            self._malformed_since = 0
 
     def _fail_all(self, error: BaseException) -> None:
         asks, self._asks = self._asks, {}
