@@ -53,7 +53,8 @@ HOST = "127.0.0.1"
 CLUSTER_TOPICS = ("data.>", "training.>", "model.>")  # as in shared.py
 NODES = ("registry", "training", "data")
 VICTIM = "training"
-NODE_DOWN_AFTER = 5.0  # the nodes' default (`troupe run` has no flag for it)
+NODE_DOWN_AFTER = 5.0  # the nodes' default; --fast: 1.5 s, with heartbeats every 0.2 s
+FAST_HEARTBEAT, FAST_DOWN_AFTER = 0.2, 1.5
 READY_TIMEOUT = 60.0
 STOP_TIMEOUT = 20.0
 
@@ -140,9 +141,12 @@ class Node:
     terminal reaches the launcher only, which stops the nodes in order), its
     stdout relayed line by line, its stderr (the log) in a file."""
 
-    def __init__(self, name: str, url: str, logs: Path, env: dict[str, str]) -> None:
+    def __init__(
+        self, name: str, url: str, logs: Path, env: dict[str, str], timing: list[str]
+    ) -> None:
         self.name = name
         self.url = url
+        self.timing = timing  # --heartbeat/--node-down-after, if not the defaults
         self.log_path = logs / f"{name}.log"
         self.env = env
         self.proc: subprocess.Popen[str] | None = None
@@ -165,6 +169,7 @@ class Node:
             *CLUSTER_TOPICS,
             "--cluster-control",
             "rw",
+            *self.timing,
         ]
 
     def start(self) -> None:
@@ -233,7 +238,8 @@ class Launcher:
         self.logs = Path(args.logs) if args.logs else Path(tempfile.mkdtemp(prefix="troupe-demo-"))
         self.logs.mkdir(parents=True, exist_ok=True)
         self.kill_after = 2.0 if self.fast else 20.0
-        self.down_for = NODE_DOWN_AFTER + 3.0  # long enough to be seen down by its silence
+        self.down_after = FAST_DOWN_AFTER if self.fast else NODE_DOWN_AFTER
+        self.down_for = self.down_after + (1.0 if self.fast else 3.0)  # seen down by silence
         self.kill_every = 0.0 if self.fast else 60.0
         self.stop_requested = threading.Event()
         self.hurry = threading.Event()
@@ -243,7 +249,12 @@ class Launcher:
         env["PYTHONUNBUFFERED"] = "1"
         if self.fast:
             env["TROUPE_DEMO_FAST"] = "1"
-        self.nodes = {name: Node(name, self.url, self.logs, env) for name in NODES}
+        timing = (
+            ["--heartbeat", str(FAST_HEARTBEAT), "--node-down-after", str(FAST_DOWN_AFTER)]
+            if self.fast
+            else []
+        )
+        self.nodes = {name: Node(name, self.url, self.logs, env, timing) for name in NODES}
 
     # -- signals -----------------------------------------------------------------
     def on_signal(self, signum: int, frame: object) -> None:
@@ -323,7 +334,7 @@ class Launcher:
             say(
                 "launcher",
                 f"chaos: SIGKILL node {VICTIM} (pid {victim.pid}) and its worker processes; "
-                f"the others declare it down after {NODE_DOWN_AFTER:g} s of silence",
+                f"the others declare it down after {self.down_after:g} s of silence",
             )
             victim.kill()
             if not self.sleep(self.down_for):
