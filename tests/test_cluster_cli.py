@@ -507,3 +507,21 @@ def test_the_cli_works_without_the_cluster_extra(tmp_path: pathlib.Path) -> None
     assert done.returncode == 2, done.stderr  # local ls: 0; --cluster: a usage error
     assert "no Troupe systems are running" in done.stdout
     assert "--cluster needs the cluster extra" in done.stderr
+
+
+def test_events_packed_in_one_nats_message_are_each_shown() -> None:
+    # a node packs the events of one topic into one NATS message (as it does tells)
+    from runtime.cluster import envelope as env
+    from runtime.cluster.transport import pack_batch
+
+    client = ClusterClient("nats://127.0.0.1:1")  # never connected: decoding only
+    bodies = [
+        client._codec.encode(runtime.Event(topic="jobs.new", payload=n, source="/app/x"))
+        for n in (1, 2)
+    ]
+    data = pack_batch([env.pack(env.EVENT, "n1", "inc1", body) for body in bodies])
+    events = client.decode_events(data)
+    assert [(e["topic"], e["payload"], e["node"]) for e in events] == [
+        ("jobs.new", 1, "n1"),
+        ("jobs.new", 2, "n1"),
+    ]

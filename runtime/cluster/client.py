@@ -381,9 +381,7 @@ class ClusterClient:
                             f"lost the connection to the NATS server at {self.where}"
                         ) from None
                     raise ClusterError(f"events: {type(error).__name__}: {error}") from None
-                event = self.decode_event(msg.data)
-                if event is not None:
-                    yield event
+                yield from self.decode_events(msg.data)
         finally:
             if self._nc is nc and not nc.is_closed:
                 try:
@@ -391,10 +389,22 @@ class ClusterClient:
                 except Exception:
                     pass
 
+    def decode_events(self, data: bytes) -> list[dict[str, Any]]:
+        """The events of one NATS message: one EVENT envelope, or a batch of them (a
+        node packs the events of one topic, see `runtime.cluster.transport`)."""
+        single = self.decode_event(data)
+        if single is not None:
+            return [single]
+        batch = env.unpack_batch(data) or []
+        return [event for fields in batch if (event := self._event_of(fields)) is not None]
+
     def decode_event(self, data: bytes) -> dict[str, Any] | None:
         """The dict of an EVENT envelope (see `events`), or None for anything else."""
         fields = env.unpack(data)
-        if fields is None or fields[0] != env.EVENT or len(fields) < 4:
+        return None if fields is None else self._event_of(fields)
+
+    def _event_of(self, fields: list[Any]) -> dict[str, Any] | None:
+        if fields[0] != env.EVENT or len(fields) < 4:
             return None
         node, incarnation, body = fields[1], fields[2], fields[3]
         out: dict[str, Any]
