@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import math
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, InvalidStateError
 from functools import partial
 from threading import get_ident
 from typing import TYPE_CHECKING, Any
 
 import trio
 
-from .errors import ActorStopped, AskTimeout, RuntimeClosed
+from .errors import ActorStopped, AskTimeout, MailboxFull, RuntimeClosed
 from .messages import Ask, Reply, ReplySlot
 from .spec import check_timeout
 from .waits import begin_wait, end_wait, waiting_slot
 
 if TYPE_CHECKING:
     from .cell import Cell
+    from .host import Host
 
 
 class ActorRef:
@@ -170,6 +174,60 @@ class ActorRef:
             )
         return gate.ask(cell, msg, check_timeout(timeout))
 
+    def ask_future(self, msg: Any, timeout: float | None = 5.0) -> Future[Any]:
+        """`ask` for plain threads that do not want to block: a `concurrent.futures.Future`.
+
+        Returns once the message is on its way, without waiting for the reply:
+        at once, unless this thread must wait for mailbox room the way its
+        `tell` would (a full ``block`` mailbox).  The future then completes
+        with the reply, or fails with what `ask_blocking` would raise
+        (`AskTimeout` after `timeout` seconds, measured on the loop's clock;
+        `ActorCrashed`, `UnhandledMessage`, `ActorStopped`, `MailboxFull`,
+        `RuntimeClosed`).  No thread is used per call: the loop settles the
+        future, so futures from one thread can be waited on together
+        (`concurrent.futures.wait`, `as_completed`).  Like `tell`, it keeps
+        this thread's order: the ask arrives after what the thread sent before.
+        ``future.cancel()`` gives up on the reply (a late one is dead-lettered
+        as ``timeout``); the message is not taken back.
+
+        Raises at once only `ValueError` (a negative or NaN timeout) and, on
+        the trio thread, `RuntimeError` (use ``await ref.ask(msg)`` there).
+        """
+        cell = self._cell
+        host = cell.host
+        gate = host.gate
+        if gate.on_loop_thread():
+            raise RuntimeError(
+                "ask_future() is for plain threads: on the trio thread use `await ref.ask(msg)`"
+            )
+        limit = check_timeout(timeout)
+        deadline = math.inf if limit == math.inf else time.monotonic() + limit
+        reply = FutureReply(host, cell.late_reply)
+        try:
+            # Not gate.ask's way (a `reply` argument, not waiting for the loop to take
+            # the message): a thread's lane holds one such request at a time, and a
+            # second future from this thread would overwrite the first.  Without it,
+            # a thread with no credit waits for the loop to answer its request.
+            gate.tell(cell.mailbox, Ask(msg, reply), limit, cell.path)
+        except MailboxFull as exc:
+            error: BaseException = exc
+            if cell.mailbox.overflow == "block":
+                error = AskTimeout(
+                    f"{cell.path}'s mailbox stayed full for {limit:g}s; "
+                    f"{type(msg).__name__} was not sent"
+                )
+                error.__cause__ = exc
+            reply.future.set_exception(error)
+            return reply.future
+        except RuntimeClosed as exc:
+            reply.future.set_exception(exc)
+            return reply.future
+        remaining = max(0.0, deadline - time.monotonic())
+        what = f"{type(msg).__name__} from {cell.path} within {timeout}s"
+        gate.call_soon(partial(reply.start_timer, remaining, what))  # False: the loop is gone,
+        # and closing the system failed every reply it held (this one too)
+        return reply.future
+
     def deliver_ask(self, msg: Any, reply: ReplySlot) -> None:
         """Queue an ask whose answer goes to `reply` (e.g. one that came from another
         node), without waiting: the loop thread only.  Raises `MailboxFull` when
@@ -201,6 +259,90 @@ class ActorRef:
 
     def __hash__(self) -> int:
         return id(self._cell)
+
+
+class FutureReply:
+    """The `ReplySlot` of `ActorRef.ask_future`: a `concurrent.futures.Future` settled
+    on the loop thread, with a timer (a trio system task) that fails it with
+    `AskTimeout` at its deadline.  Its owner may cancel the future: both count as
+    giving up, and a reply that comes later goes to `on_late`."""
+
+    __slots__ = ("_abandoned", "_host", "_on_late", "_timer", "future")
+    asker = None  # a thread is outside the wait-for graph (rule 5)
+
+    def __init__(self, host: Host, on_late: Callable[[Any], None]) -> None:
+        self.future: Future[Any] = Future()
+        self._host = host
+        self._on_late = on_late
+        self._abandoned = False  # timed out (a cancelled future is abandoned too)
+        self._timer: trio.CancelScope | None = None
+
+    @property
+    def state(self) -> str:
+        """``pending``, ``done``, or ``abandoned`` (timed out, or cancelled by its owner)."""
+        future = self.future
+        if self._abandoned or future.cancelled():
+            return "abandoned"
+        return "done" if future.done() else "pending"
+
+    def send(self, value: Any) -> bool:
+        if not self._abandoned:
+            try:
+                self.future.set_result(value)
+            except InvalidStateError:  # cancelled by its owner
+                pass
+            else:
+                self._settled()
+                return True
+        if self.state == "abandoned":
+            self._on_late(value)
+        return False
+
+    def fail(self, error: BaseException) -> bool:
+        if isinstance(error, ActorStopped) and self._host.shutting_down:
+            closed = RuntimeClosed("the actor system stopped before replying")
+            closed.__cause__ = error
+            error = closed
+        if self._abandoned:
+            return False
+        try:
+            self.future.set_exception(error)
+        except InvalidStateError:
+            return False
+        self._settled()
+        return True
+
+    def _settled(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+
+    def start_timer(self, seconds: float, what: str) -> None:
+        """Loop thread (from `call_soon`): fail the future at the deadline, or with
+        `RuntimeClosed` if the trio run ends first; nothing once it is settled."""
+        if self.state != "pending":
+            return
+        try:
+            trio.lowlevel.spawn_system_task(self._expire, seconds, what, name="troupe ask_future")
+        except RuntimeError:  # the run is ending
+            self.fail(RuntimeClosed("the actor system stopped before replying"))
+
+    async def _expire(self, seconds: float, what: str) -> None:
+        try:
+            with trio.CancelScope() as scope:
+                self._timer = scope
+                if self.state == "pending":  # settled before this task ran: done
+                    if seconds == math.inf:
+                        await trio.sleep_forever()
+                    await trio.sleep(seconds)
+                    if self.state == "pending":
+                        self._abandoned = True
+                        try:
+                            self.future.set_exception(AskTimeout(f"no reply to {what}"))
+                        except InvalidStateError:  # cancelled by its owner meanwhile
+                            pass
+        except trio.Cancelled:  # the run ends: nobody will reply any more
+            self.fail(RuntimeClosed("the actor system stopped before replying"))
+            raise
 
 
 async def send_into(cell: Cell, item: Any, what: str) -> None:

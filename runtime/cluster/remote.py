@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from concurrent.futures import Future, InvalidStateError
 from typing import TYPE_CHECKING, Any
 
+import trio
+
+from ..errors import RuntimeClosed
 from ..ref import ActorRef
 from ..spec import check_timeout
 
@@ -106,6 +110,67 @@ class RemoteRef(ActorRef):
         Raises what `ask` raises; on the trio thread, `RuntimeError` at once.
         """
         return self._cluster.ask_blocking(self, msg, check_timeout(timeout))
+
+    def ask_future(self, msg: Any, timeout: float | None = 5.0) -> Future[Any]:
+        """`ask` for plain threads that do not want to block: a `concurrent.futures.Future`
+        that completes with the answer or fails with what `ask_blocking` raises.
+
+        The ask runs as a task of this node's cluster nursery (no thread per
+        call); this thread waits only for the loop to start it, which queues
+        the message unless the outbox to that node is full (then the task waits
+        for room, within `timeout`).  Raises at once only `ValueError` (a bad
+        timeout) and, on the trio thread, `RuntimeError`.
+        """
+        cluster = self._cluster
+        gate = cluster.system.gate
+        if gate.on_loop_thread():
+            raise RuntimeError(
+                "ask_future() is for plain threads: on the trio thread use `await ref.ask(msg)`"
+            )
+        limit = check_timeout(timeout)
+        future: Future[Any] = Future()
+        closed = f"actor system {cluster.system.name!r} is not running"
+
+        def settle(value: Any, error: BaseException | None) -> None:
+            try:
+                if error is None:
+                    future.set_result(value)
+                else:
+                    future.set_exception(error)
+            except InvalidStateError:  # its owner cancelled it
+                pass
+
+        async def ask(task_status: trio.TaskStatus[None]) -> None:
+            task_status.started()  # this task runs on to its first wait: queued by then
+            try:
+                value = await cluster.ask(self, msg, limit)
+            except trio.Cancelled:
+                settle(None, RuntimeClosed(closed))
+                raise
+            except Exception as error:
+                settle(None, error)
+            else:
+                settle(value, None)
+
+        async def start() -> None:
+            nursery = cluster._nursery
+            if nursery is None:
+                raise RuntimeClosed(closed)
+            try:
+                await nursery.start(ask)
+            except RuntimeError:  # the nursery closed: the node left
+                raise RuntimeClosed(closed) from None
+
+        token = gate.token
+        try:
+            if token is None:
+                raise RuntimeClosed(closed)
+            trio.from_thread.run(start, trio_token=token)
+        except trio.RunFinishedError:
+            settle(None, RuntimeClosed(closed))
+        except RuntimeClosed as error:
+            settle(None, error)
+        return future
 
     def deliver_ask(self, msg: Any, reply: Any) -> None:
         """Only for local actors (a remote ask crosses the wire: use `ask`)."""
