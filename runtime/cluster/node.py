@@ -25,7 +25,7 @@ import secrets
 import socket
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -336,6 +336,18 @@ class Cluster:
                     )
                 await transport.close()
                 self._fail_all(RuntimeClosed(f"node {self.node!r} left its cluster"))
+
+    async def start_task(self, fn: Callable[..., Awaitable[Any]]) -> None:
+        """Start ``fn(task_status=...)`` as a task of this node (it lives as long as
+        the node's membership) and return once it has started.  Raises
+        `RuntimeClosed` when the node is not (or no longer) in its cluster."""
+        nursery = self._nursery
+        if nursery is None or self._closing:
+            raise RuntimeClosed(f"node {self.node!r} is not in its cluster")
+        try:
+            await nursery.start(fn)
+        except RuntimeError:  # the nursery closed: the node left
+            raise RuntimeClosed(f"node {self.node!r} left its cluster") from None
 
     # -- membership ------------------------------------------------------
     def nodes(self) -> list[NodeInfo]:

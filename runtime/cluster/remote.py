@@ -152,20 +152,11 @@ class RemoteRef(ActorRef):
             else:
                 settle(value, None)
 
-        async def start() -> None:
-            nursery = cluster._nursery
-            if nursery is None:
-                raise RuntimeClosed(closed)
-            try:
-                await nursery.start(ask)
-            except RuntimeError:  # the nursery closed: the node left
-                raise RuntimeClosed(closed) from None
-
         token = gate.token
         try:
             if token is None:
                 raise RuntimeClosed(closed)
-            trio.from_thread.run(start, trio_token=token)
+            trio.from_thread.run(cluster.start_task, ask, trio_token=token)
         except trio.RunFinishedError:
             settle(None, RuntimeClosed(closed))
         except RuntimeClosed as error:
