@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.metadata
 import importlib.util
+import json
 import logging
 import os
+import shutil
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -16,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from .control import Client, ControlError, endpoints, pick
 from .entry import SystemOptions, run
 from .errors import ClusterError
+from .messages import DEAD_LETTER_REASONS
 from .spec import CLUSTER_NAME, NODE_NAME, Supervisor
 from .topics import check_pattern
 
@@ -219,21 +223,50 @@ def _cmd_tree(args: argparse.Namespace) -> int:
     return 0
 
 
+def _width(full: bool) -> int | None:
+    """The width lines are cut to: ``$COLUMNS`` if set, else the terminal's; None (no
+    cut) with ``--full`` or when the output is not a terminal (a pipe, a file)."""
+    if full:
+        return None
+    columns = os.environ.get("COLUMNS", "")
+    if columns.isdigit() and int(columns) > 0:
+        return int(columns)
+    if sys.stdout.isatty():
+        return shutil.get_terminal_size().columns
+    return None
+
+
+def _fit(line: str, width: int | None) -> str:
+    if width is None or len(line) <= width:
+        return line
+    return line[: max(width - 1, 0)] + "…"
+
+
+def _names_a_system(name: str) -> bool:
+    """Whether `name` is a running system's NAME, NAME-PID or PID."""
+    return any(name in (e.system, e.label, str(e.pid)) for e in endpoints())
+
+
 def _cmd_events(args: argparse.Namespace) -> int:
     if args.cluster is not None:
         return _cluster_events(args)
     system, pattern = args.system, args.pattern
-    if pattern is None:  # `troupe events PATTERN` with SYSTEM omitted
-        system, pattern = None, system or ">"
+    if pattern is None:
+        # One positional: a running system's name (NAME, NAME-PID or PID) means that
+        # system, every event; anything else is a PATTERN (SYSTEM omitted).  Give both
+        # (`troupe events NAME PATTERN`) for a pattern spelled like a system's name.
+        if system is None or not _names_a_system(system):
+            system, pattern = None, system or ">"
+        else:
+            pattern = ">"
+    width = _width(args.full)
     try:
         with _client(system) as client:
             for reply in client.stream("events", pattern=pattern):
                 event = reply["event"]
                 stamp = time.strftime("%H:%M:%S", time.localtime(event["timestamp"]))
-                print(
-                    f"{stamp} {event['topic']} from {event['source']}: {event['payload']!r}",
-                    flush=True,
-                )
+                line = f"{stamp} {event['topic']} from {event['source']}: {event['payload']!r}"
+                print(_fit(line, width), flush=True)
     except ControlError as exc:
         raise UsageError(str(exc)) from None
     except (KeyboardInterrupt, BrokenPipeError):
@@ -256,6 +289,107 @@ def _cmd_top(args: argparse.Namespace) -> int:
         except ConnectionError:
             print("troupe: the system stopped", file=sys.stderr)
     return 0
+
+
+def _cmd_deadletters(args: argparse.Namespace) -> int:
+    if args.n < 1:
+        raise UsageError(f"-n is how many dead letters to show (1 or more), got {args.n}")
+    with _client(args.system) as client:
+        try:
+            reply = client.call("deadletters", limit=min(args.n, 1000), reason=args.reason)
+        except ControlError as exc:
+            print(f"troupe: {exc}", file=sys.stderr)
+            return 1
+    counts = {reason: n for reason, n in reply["counts"].items() if n}
+    letters = list(reversed(reply["letters"]))  # oldest first, the newest last
+    if not letters:
+        print(f"no {args.reason + ' ' if args.reason else ''}dead letters")
+        return 0
+    header = ("TIME", "REASON", "RECIPIENT", "TYPE", "MESSAGE")
+    rows = [
+        (
+            time.strftime("%H:%M:%S", time.localtime(letter["timestamp"])),
+            letter["reason"],
+            letter["recipient"],
+            letter["type"],
+            letter["repr"],
+        )
+        for letter in letters
+    ]
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(4)]
+    width = _width(args.full)
+    for row in [header, *rows]:
+        cells = [cell.ljust(w) for cell, w in zip(row[:4], widths, strict=True)]
+        print(_fit("  ".join([*cells, row[4]]).rstrip(), width))
+    total = sum(reply["counts"].values())
+    shown = ", ".join(f"{reason} {n}" for reason, n in counts.items())
+    noun = "dead letter" if total == 1 else "dead letters"
+    print(f"({len(letters)} shown; {total} {noun} since start: {shown})")
+    return 0
+
+
+def _message_arg(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise UsageError(
+            f"the message is not JSON ({exc}): {text!r}; e.g. '{{\"n\": 1}}', '[1, 2]', "
+            "or a quoted string '\"hello\"'"
+        ) from None
+
+
+def _cmd_send(args: argparse.Namespace) -> int:
+    message = _message_arg(args.json)
+    with _client(args.system) as client:
+        try:
+            reply = client.call("send", path=args.path, message=message)
+        except ControlError as exc:
+            print(f"troupe: cannot send to {args.path}: {exc}", file=sys.stderr)
+            return 1
+    print(f"sent to {reply['sent']}")
+    return 0
+
+
+def _cmd_ask(args: argparse.Namespace) -> int:
+    message = _message_arg(args.json)
+    if not 0 < args.timeout <= 300:
+        raise UsageError(f"--timeout is seconds above 0, at most 300, got {args.timeout}")
+    with _client(args.system) as client:
+        client.sock.settimeout(args.timeout + 5.0)  # the system answers within --timeout
+        try:
+            reply = client.call("ask", path=args.path, message=message, timeout=args.timeout)
+        except ControlError as exc:
+            print(f"troupe: ask {args.path} failed: {exc}", file=sys.stderr)
+            return 1
+        except TimeoutError:
+            print(f"troupe: {client.endpoint.label} did not answer", file=sys.stderr)
+            return 1
+    if "reply" in reply:
+        print(json.dumps(reply["reply"], ensure_ascii=False))
+    else:  # not JSON: its repr
+        print(reply["reply_repr"])
+    return 0
+
+
+def _cmd_kill(args: argparse.Namespace) -> int:
+    with _client(args.system) as client:
+        try:
+            reply = client.call("kill", path=args.path)
+        except ControlError as exc:
+            print(f"troupe: cannot kill {args.path}: {exc}", file=sys.stderr)
+            return 1
+    print(
+        f"killed {reply['killed']}: it crashes now, and its supervisor "
+        f"{reply['supervisor']} decides what follows (see `troupe tree`)"
+    )
+    return 0
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("trio-troupe")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown (not installed)"
 
 
 def _cmd_stop(args: argparse.Namespace) -> int:
@@ -423,6 +557,7 @@ def _cluster_events(args: argparse.Namespace) -> int:
         check_pattern(pattern)
     except ValueError as exc:
         raise UsageError(f"bad pattern {pattern!r}: {exc}") from None
+    width = _width(args.full)
     try:
         with _cluster_client(args) as client:
             for event in client.events(pattern):
@@ -430,11 +565,11 @@ def _cluster_events(args: argparse.Namespace) -> int:
                 if "error" in event:
                     print(f"{stamp} undecodable event from {event['node']}: {event['error']}")
                     continue
-                print(
+                line = (
                     f"{stamp} {event['topic']} from {event['source']} on {event['node']}: "
-                    f"{event['payload']!r}",
-                    flush=True,
+                    f"{event['payload']!r}"
                 )
+                print(_fit(line, width), flush=True)
     except (KeyboardInterrupt, BrokenPipeError):
         return 0
     return 0
@@ -470,6 +605,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="troupe", description="Run and watch Troupe actor systems."
     )
+    parser.add_argument("--version", action="version", version=f"troupe {_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
     run_cmd = commands.add_parser(
         "run",
@@ -555,13 +691,23 @@ def build_parser() -> argparse.ArgumentParser:
     top_cmd.add_argument("--once", action="store_true", help="print one frame and exit")
     _cluster_flags(top_cmd, "troupe top --cluster nats://HOST:4222 (a NODE column)")
     top_cmd.set_defaults(func=_cmd_top)
-    events_cmd = commands.add_parser("events", help="print bus events as they happen")
+    events_cmd = commands.add_parser(
+        "events",
+        help="print bus events as they happen",
+        description="Print bus events as they happen. With one argument: a running "
+        "system's NAME (or NAME-PID, PID) means that system's events, anything else is a "
+        "PATTERN; give both (SYSTEM PATTERN) for a pattern spelled like a system's name. "
+        "Lines are cut to the terminal's width ($COLUMNS) unless --full; piped, never.",
+    )
     events_cmd.add_argument("system", nargs="?", metavar="SYSTEM", help=system_help)
     events_cmd.add_argument(
         "pattern",
         nargs="?",
         help="NATS-style pattern, e.g. 'training.>' (default '>': every event but the "
         "runtime's own system.* ones; 'system.>' shows those)",
+    )
+    events_cmd.add_argument(
+        "--full", action="store_true", help="print whole payloads, not cut to the terminal"
     )
     _cluster_flags(
         events_cmd,
@@ -570,6 +716,60 @@ def build_parser() -> argparse.ArgumentParser:
         "published each",
     )
     events_cmd.set_defaults(func=_cmd_events)
+    local_help = "NAME, NAME-PID or PID (may be omitted when only one system runs)"
+    dead_cmd = commands.add_parser(
+        "deadletters",
+        help="the newest dead letters: time, reason, recipient, message type and repr",
+        description="The newest dead letters of a system (oldest first, the newest last), "
+        "and the totals by reason since it started. Lines are cut to the terminal's width "
+        "unless --full.",
+    )
+    dead_cmd.add_argument("system", nargs="?", metavar="SYSTEM", help=local_help)
+    dead_cmd.add_argument("--reason", choices=DEAD_LETTER_REASONS, help="only this reason")
+    dead_cmd.add_argument(
+        "-n", type=int, default=20, metavar="N", help="how many (default 20, at most 1000)"
+    )
+    dead_cmd.add_argument("--full", action="store_true", help="do not cut lines")
+    _local_only(dead_cmd, _cmd_deadletters)
+    json_help = "the message, as JSON: '{\"n\": 1}', '[1, 2]', '\"hello\"', 42"
+    path_help = "the actor's path, e.g. /app/worker"
+    send_cmd = commands.add_parser(
+        "send",
+        help="send an actor a JSON message (tell: no reply)",
+        description="Send the actor at PATH a message: the JSON value, decoded (objects "
+        "arrive as dicts, arrays as lists). Errors (no such actor, a full mailbox) exit 1; "
+        "JSON that does not parse exits 2. The runtime's own actors (/system) and "
+        "supervisors take no messages from here.",
+    )
+    send_cmd.add_argument("system", nargs="?", metavar="SYSTEM", help=local_help)
+    send_cmd.add_argument("path", metavar="PATH", help=path_help)
+    send_cmd.add_argument("json", metavar="JSON", help=json_help)
+    _local_only(send_cmd, _cmd_send)
+    ask_cmd = commands.add_parser(
+        "ask",
+        help="ask an actor with a JSON message and print its reply",
+        description="Ask the actor at PATH with the JSON message and print its reply as "
+        "JSON (a reply that is not JSON is printed as its repr). A crash, an unhandled "
+        "message, no such actor or no reply within --timeout: one line on stderr, exit 1; "
+        "JSON that does not parse exits 2.",
+    )
+    ask_cmd.add_argument("system", nargs="?", metavar="SYSTEM", help=local_help)
+    ask_cmd.add_argument("path", metavar="PATH", help=path_help)
+    ask_cmd.add_argument("json", metavar="JSON", help=json_help)
+    ask_cmd.add_argument(
+        "--timeout", type=float, default=5.0, metavar="S", help="seconds to wait (default 5)"
+    )
+    _local_only(ask_cmd, _cmd_ask)
+    kill_cmd = commands.add_parser(
+        "kill",
+        help="crash an actor on purpose; its supervisor decides what follows",
+        description="Crash the actor at PATH on purpose (after the message in hand), as "
+        "Erlang's observer can: its supervisor then does what its strategy says (restart, "
+        "backoff, escalate). Supervisors and the runtime's own actors (/system) are refused.",
+    )
+    kill_cmd.add_argument("system", nargs="?", metavar="SYSTEM", help=local_help)
+    kill_cmd.add_argument("path", metavar="PATH", help=path_help)
+    _local_only(kill_cmd, _cmd_kill)
     stop_cmd = commands.add_parser(
         "stop",
         help="stop a system gracefully (with --cluster: a node that allows it)",
@@ -581,6 +781,11 @@ def build_parser() -> argparse.ArgumentParser:
     _cluster_flags(stop_cmd, "troupe stop --cluster nats://HOST:4222 NODE")
     stop_cmd.set_defaults(func=_cmd_stop)
     return parser
+
+
+def _local_only(command: argparse.ArgumentParser, func: Callable[..., int]) -> None:
+    """A command of this machine's systems only (no ``--cluster``)."""
+    command.set_defaults(func=func, cluster=None, cluster_name=None, cluster_creds=None)
 
 
 def _cluster_flags(command: argparse.ArgumentParser, usage: str) -> None:

@@ -17,7 +17,12 @@ a new one.  Out of file descriptors, it waits and retries; a broken listener
 ends the endpoint, not the system.
 
 Operations: ``info``, ``tree``, ``stats``, ``events`` (streams ``{"ok": true,
-"event": {...}}`` lines until the client hangs up), ``stop``.
+"event": {...}}`` lines until the client hangs up), ``deadletters`` (the newest
+dead letters, ``"limit"``, ``"reason"``), ``send`` and ``ask`` (``"path"``,
+``"message"``: JSON; ask also ``"timeout"``), ``kill`` (``"path"``: crash an actor
+on purpose, its supervisor decides), ``stop``.  A well-formed request that cannot
+be done (no such actor, the actor crashed, a timeout) gets ``{"ok": false,
+"error": ..., "type": ...}`` and the connection stays open.
 """
 
 from __future__ import annotations
@@ -27,9 +32,11 @@ import errno
 import itertools
 import json
 import logging
+import math
 import operator
 import os
 import pathlib
+import reprlib
 import socket as stdsocket
 import stat
 import struct
@@ -40,8 +47,10 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import trio
 
+from .errors import TroupeError
 from .logs import log_once
-from .messages import Event
+from .messages import DEAD_LETTER_REASONS, Event, InjectedCrash
+from .system import RESERVED
 from .topics import check_pattern
 
 if TYPE_CHECKING:
@@ -52,16 +61,57 @@ log = logging.getLogger("troupe.control")
 MAX_REQUEST = 64 * 1024
 MAX_CONNECTIONS = 32
 RATE = 50  # requests per second per connection, in a burst of as many
-OPS = ("info", "tree", "stats", "events", "stop")
+OPS = ("info", "tree", "stats", "events", "deadletters", "send", "ask", "kill", "stop")
 IDLE_TIMEOUT = 10.0  # seconds a connection may send nothing before it is closed
 GOODBYE_TIMEOUT = 1.0  # seconds a last error line may take to leave
 ACCEPT_RETRY = 0.1  # seconds between tries to accept while out of file descriptors
 ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
 MAX_DEPTH = 100  # nesting `to_json` shows; deeper values become a placeholder
+MAX_DEAD_LETTERS = 1000  # the most dead letters one ``deadletters`` request returns
+SHORT_REPR = 200  # characters of a dead letter's (or a reply's) repr that are sent
+ASK_TIMEOUT = 5.0  # seconds an ``ask`` waits by default
+MAX_ASK_TIMEOUT = 300.0  # and at most
+MAX_REPLY = 1_000_000  # characters of an ``ask`` reply's JSON; larger is sent as a short repr
 
 
 class ControlError(Exception):
     """A request the endpoint refuses; its message is sent back as the error."""
+
+
+class OpFailed(Exception):
+    """A well-formed request that could not be done: ``{"ok": false, "error": ...,
+    "type": ...}`` is sent back, and the connection stays open."""
+
+    def __init__(self, error: str, kind: str = "refused") -> None:
+        super().__init__(error)
+        self.kind = kind
+
+
+class Killed(RuntimeError):
+    """What an actor crashed by the ``kill`` op (``troupe kill``) crashes with."""
+
+
+_REPR = reprlib.Repr()
+_REPR.maxstring = SHORT_REPR
+_REPR.maxother = SHORT_REPR
+_REPR.maxlevel = 4
+
+
+def short_repr(value: Any, limit: int = SHORT_REPR) -> str:
+    """A repr of `value` at most `limit` characters long; never raises.
+
+    Large containers are abbreviated without building their whole repr
+    (`reprlib`); a repr that raises is shown as ``<T: repr() raised E>``.
+    """
+    try:
+        text = _REPR.repr(value)
+        if not isinstance(text, str):
+            raise TypeError("repr() returned a non-string")
+    except Exception as exc:
+        return f"<{type(value).__name__}: repr() raised {type(exc).__name__}>"
+    if len(text) > limit:
+        text = text[: limit - 1] + "…"
+    return text
 
 
 def control_dir() -> pathlib.Path:
@@ -425,7 +475,9 @@ class ControlServer:
                 if request["op"] == "events":
                     pattern = _pattern(request)
                 else:
-                    reply = self._answer(request)
+                    reply = await self._answer(request)
+            except OpFailed as exc:  # a well-formed request that could not be done
+                reply = {"ok": False, "error": str(exc), "type": exc.kind}
             except ControlError as exc:
                 await self._fail(stream, str(exc))
                 return
@@ -453,9 +505,17 @@ class ControlServer:
         self.rejected += 1
         await _goodbye(stream, error)
 
-    def _answer(self, request: dict[str, Any]) -> dict[str, Any]:
+    async def _answer(self, request: dict[str, Any]) -> dict[str, Any]:
         system = self.system
         op = request["op"]
+        if op == "deadletters":
+            return self._dead_letters(request)
+        if op == "send":
+            return self._send(request)
+        if op == "ask":
+            return await self._ask(request)
+        if op == "kill":
+            return self._kill(request)
         if op == "info":
             return {"ok": True, **system.info()}
         if op == "tree":
@@ -474,6 +534,98 @@ class ControlServer:
             system.stop()
             return {"ok": True, "stopping": system.name}
         raise ControlError(f"unknown op {op!r}")  # pragma: no cover - _parse checks
+
+    def _dead_letters(self, request: dict[str, Any]) -> dict[str, Any]:
+        limit = request.get("limit", 20)
+        if type(limit) is not int or not 0 < limit <= MAX_DEAD_LETTERS:
+            raise ControlError(f'"limit" is a whole number from 1 to {MAX_DEAD_LETTERS}')
+        reason = request.get("reason")
+        if reason is not None and reason not in DEAD_LETTER_REASONS:
+            raise ControlError(
+                f"unknown reason {reason!r}; use one of {', '.join(DEAD_LETTER_REASONS)}"
+            )
+        office = self.system.dead_letters
+        letters = [
+            {
+                "timestamp": letter.timestamp,
+                "recipient": letter.recipient,
+                "reason": letter.reason,
+                "type": type(letter.message).__qualname__,
+                "repr": short_repr(letter.message),
+            }
+            for letter in office.recent(limit, reason)
+        ]
+        return {"ok": True, "letters": letters, "counts": dict(office.counts)}
+
+    def _actor(self, request: dict[str, Any], doing: str) -> Any:
+        """The cell at the request's ``"path"``: a user's actor (not a supervisor, not
+        one of the runtime's own); `OpFailed` naming why not."""
+        path = request.get("path")
+        if not isinstance(path, str) or not path.startswith("/"):
+            raise ControlError(f'{request["op"]} needs "path": an actor path like "/app/worker"')
+        norm = "/" + path.strip("/")
+        if norm == "/" or norm == f"/{RESERVED}" or norm.startswith(f"/{RESERVED}/"):
+            raise OpFailed(
+                f"{norm} is the runtime's own: {doing} works on your actors only", "refused"
+            )
+        try:
+            # send/ask go through a supervisor's front (a pool's), as `system.ref` does;
+            # kill crashes exactly the actor named
+            cell = self.system._lookup(norm) if doing == "kill" else self.system.ref(norm)._cell
+        except (TroupeError, ValueError) as exc:  # ActorNotFound, RuntimeClosed
+            raise OpFailed(str(exc), type(exc).__name__) from None
+        if cell.kind == "supervisor":
+            raise OpFailed(
+                f"{norm} is a supervisor: {doing} works on actors "
+                "(to see how a supervisor reacts, kill one of its children)",
+                "refused",
+            )
+        return cell
+
+    def _send(self, request: dict[str, Any]) -> dict[str, Any]:
+        message = _message(request)
+        cell = self._actor(request, "send")
+        try:
+            cell.ref.tell(message)
+        except TroupeError as exc:  # MailboxFull, ActorStopped, RuntimeClosed
+            raise OpFailed(str(exc), type(exc).__name__) from None
+        return {"ok": True, "sent": cell.path}
+
+    async def _ask(self, request: dict[str, Any]) -> dict[str, Any]:
+        message = _message(request)
+        timeout = request.get("timeout", ASK_TIMEOUT)
+        if (
+            type(timeout) not in (int, float)
+            or math.isnan(timeout)
+            or not 0 < timeout <= MAX_ASK_TIMEOUT
+        ):
+            raise ControlError(
+                f'"timeout" is a number of seconds above 0, at most {MAX_ASK_TIMEOUT:g}'
+            )
+        cell = self._actor(request, "ask")
+        try:
+            value = await cell.ref.ask(message, timeout=float(timeout))
+        except TroupeError as exc:  # AskTimeout, ActorCrashed, UnhandledMessage, ...
+            error = str(exc)
+            cause = exc.__cause__
+            if cause is not None and str(cause) and str(cause) not in error:
+                error += f" ({type(cause).__name__}: {cause})"
+            raise OpFailed(error, type(exc).__name__) from None
+        return {"ok": True, "path": cell.path, **_reply_value(value)}
+
+    def _kill(self, request: dict[str, Any]) -> dict[str, Any]:
+        cell = self._actor(request, "kill")
+        # as `runtime.testing.crash`: one crash, queued ahead of the actor's messages,
+        # taken by the next incarnation that takes a message; its supervisor decides
+        if cell.finalized or cell.state == "stopped":
+            raise OpFailed(
+                f"{cell.path} has stopped and is not restarting; there is nothing to kill",
+                "ActorStopped",
+            )
+        why = "killed on purpose through the control socket (troupe kill)"
+        cell.mailbox.put_system(InjectedCrash(Killed(why)))
+        parent = cell.parent.path if cell.parent is not None else None
+        return {"ok": True, "killed": cell.path, "supervisor": parent}
 
     async def _events(self, stream: trio.SocketStream, pattern: str) -> None:
         async with self.system.bus.stream(pattern) as events:
@@ -547,6 +699,25 @@ async def _goodbye(stream: trio.SocketStream, error: str) -> None:
     with trio.move_on_after(GOODBYE_TIMEOUT):
         with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
             await stream.send_all(line)
+
+
+def _message(request: dict[str, Any]) -> Any:
+    if "message" not in request:
+        raise ControlError(f'{request["op"]} needs "message": any JSON value')
+    return request["message"]
+
+
+def _reply_value(value: Any) -> dict[str, Any]:
+    """An ask's reply: ``{"reply": value}`` if it is plain JSON, else ``{"reply_repr":
+    its short repr, "reply_type": its type}``."""
+    try:
+        text = json.dumps(value)
+    except (TypeError, ValueError, RecursionError):
+        pass
+    else:
+        if len(text) <= MAX_REPLY:
+            return {"reply": value}
+    return {"reply_repr": short_repr(value, 2000), "reply_type": type(value).__qualname__}
 
 
 def _pattern(request: dict[str, Any]) -> str:

@@ -477,7 +477,9 @@ def start_in_thread(
     Leaving the ``with`` block stops the system gracefully and joins the
     thread; an error inside the runtime (e.g. `RestartIntensityExceeded`, or
     a child failing to start) is raised in the calling thread.  Takes the
-    options of `open_system`.  A system that does not start within
+    options of `open_system`: ``control=True`` serves the control socket
+    (``troupe tree/top/events/ask/...`` see the program), ``metrics_port``
+    Prometheus metrics.  A system that does not start within
     `start_timeout` seconds is stopped, and `RuntimeError` raised.
     """
     unknown = set(options) - set(SystemOptions.__annotations__)
