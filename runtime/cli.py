@@ -439,11 +439,14 @@ def _cluster_client(args: argparse.Namespace) -> ClusterClientType:
 
 
 def _cluster_command(run_it: Callable[[argparse.Namespace], int]) -> Callable[..., int]:
-    """`run_it`, with a cluster's errors printed as ``troupe: ...`` (exit 1)."""
+    """`run_it`, with a cluster's errors printed as ``troupe: ...`` (exit 1) and a
+    Ctrl-C that comes before `run_it` handles it ending quietly (exit 130)."""
 
     def wrapped(args: argparse.Namespace) -> int:
         try:
             return run_it(args)
+        except KeyboardInterrupt:  # e.g. while still connecting: a quiet exit
+            return 130
         except ClusterError as exc:
             print(f"troupe: {exc}", file=sys.stderr)
             return 1

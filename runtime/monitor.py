@@ -351,7 +351,40 @@ def _stats_problem(stats: object) -> str | None:
         json.dumps(stats)
     except Exception as exc:  # a value JSON has no type for, a huge int, a cycle ...
         return f"snapshot_stats() returned a value JSON cannot encode ({_short(describe(exc))})"
+    odd = _not_plain(stats)
+    if odd is not None:
+        return f"snapshot_stats() returned {odd}: only plain values travel (JSON, MessagePack)"
     return None
+
+
+_PLAIN = (type(None), bool, float, str)
+_INT_RANGE = (-(1 << 63), (1 << 64) - 1)  # what MessagePack (the cluster's wire) can carry
+
+
+def _not_plain(value: object, depth: int = 0) -> str | None:
+    """What in `value` is not a plain value of an exact builtin type, or None."""
+    kind = type(value)
+    if kind in _PLAIN:
+        return None
+    if kind is int:
+        low, high = _INT_RANGE
+        return None if low <= value <= high else "an int too large for the wire"  # type: ignore[operator]
+    if depth > 32:
+        return "values nested too deep"
+    if kind is list or kind is tuple:
+        for item in value:  # type: ignore[attr-defined]
+            odd = _not_plain(item, depth + 1)
+            if odd is not None:
+                return odd
+        return None
+    if kind is dict:
+        for key, item in value.items():  # type: ignore[attr-defined]
+            odd = "a dict key that is not a str" if type(key) is not str else None
+            odd = odd or _not_plain(item, depth + 1)
+            if odd is not None:
+                return odd
+        return None
+    return f"a {kind.__name__}"
 
 
 def _short(text: str, limit: int = 200) -> str:

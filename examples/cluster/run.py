@@ -369,7 +369,8 @@ class Launcher:
                 clean = False
                 node.kill()
             code = node.proc.wait()
-            if code not in (0, -signal.SIGINT):  # -SIGINT: stopped while still importing
+            # -SIGINT or 130: stopped while still importing or starting
+            if code not in (0, 130, -signal.SIGINT):
                 clean = False
             say("launcher", f"node {node.name} stopped (exit code {code})")
         for node in self.nodes.values():  # nothing of theirs outlives them

@@ -31,6 +31,7 @@ from runtime.spec import CLUSTER_NAME, NODE_NAME
 
 from . import envelope as env
 from .codec import EXT_EVENT, EXT_OBJECT, EXT_REF, Codec, Undecodable
+from .transport import redact
 
 __all__ = ["ClusterClient", "ControlRefused", "Tagged"]
 
@@ -127,8 +128,8 @@ class ClusterClient:
     # -- connection ------------------------------------------------------------
     @property
     def where(self) -> str:
-        """The server URLs, as given (for messages)."""
-        return ", ".join(self.servers)
+        """The server URLs, as given but for their passwords (for messages)."""
+        return ", ".join(redact(url) for url in self.servers)
 
     def connect(self) -> ClusterClient:
         """Connect to one of the servers.  Blocks up to about `timeout` seconds.

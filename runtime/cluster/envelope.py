@@ -58,7 +58,7 @@ def unpack(data: bytes) -> list[Any] | None:
     """An envelope's fields, or None if `data` is not one (then it is ignored)."""
     try:
         fields = _decoder.decode(data)
-    except (msgspec.DecodeError, ValueError, TypeError):
+    except (msgspec.DecodeError, ValueError, TypeError, RecursionError):
         return None
     if (
         not isinstance(fields, list)
@@ -75,7 +75,7 @@ def unpack_request(data: bytes) -> tuple[str, Any] | None:
     """A client's ``[op, args]``, or None if `data` is not one."""
     try:
         fields = _decoder.decode(data)
-    except (msgspec.DecodeError, ValueError, TypeError):
+    except (msgspec.DecodeError, ValueError, TypeError, RecursionError):
         return None
     if not isinstance(fields, list) or len(fields) != 2 or not isinstance(fields[0], str):
         return None
@@ -88,7 +88,7 @@ def unpack_batch(data: bytes) -> list[list[Any]] | None:
     Each is checked as `unpack` checks one; their kinds are the caller's to check."""
     try:
         items = _decoder.decode(data)
-    except (msgspec.DecodeError, ValueError, TypeError):
+    except (msgspec.DecodeError, ValueError, TypeError, RecursionError):
         return None
     if not isinstance(items, list) or not items:
         return None

@@ -951,7 +951,12 @@ class Cluster:
             try:
                 self._one(item)
             except Exception:  # one bad message never stops the node
-                log.exception("node %s: could not handle %r", self.node, item)
+                log.exception(
+                    "node %s: could not handle a %s (%s)",
+                    self.node,
+                    type(item).__name__,
+                    getattr(item, "subject", "?"),
+                )
         if rest:
             self._backlog = rest
             self.system.gate.call_soon(self._resume)
@@ -1526,10 +1531,19 @@ class Cluster:
         self._client_answer(item.reply, True, value)
 
     def _client_answer(self, subject: str, ok: bool, value: Any) -> None:
+        """Answer a plain client: always something it can read, never a silence."""
         try:
             data = env.pack(ok, value)
-        except (TypeError, ValueError, OverflowError) as error:  # a value msgpack refuses
+        except (TypeError, ValueError, OverflowError, RecursionError) as error:
             data = env.pack(False, f"the answer could not be encoded: {error}")
+        limit = self._transport.max_payload if self._transport is not None else math.inf
+        if len(data) > limit - 64:
+            data = env.pack(
+                False,
+                f"the answer is {len(data):,} bytes, more than the NATS server's max_payload "
+                f"of {limit:,}; raise max_payload on the server, or look at this node "
+                f"through its control socket (troupe tree {self.system.name} on its machine)",
+            )
         self._publish(Outgoing(subject, data))
 
     def _event(self, node: str, body: Any) -> None:

