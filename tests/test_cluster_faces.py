@@ -149,7 +149,7 @@ def test_decode_event_reads_what_a_node_publishes() -> None:
     (node.py `_export`, ``batch=True``; transport.py `pack_batch`), even one event
     alone; `ClusterClient.decode_event` reads a single envelope only, so every event a
     node publishes decodes to None and `troupe events --cluster` prints nothing.
-    FAILS on the current code."""
+  """
     client = ClusterClient("nats://127.0.0.1:1")  # never connected: decoding only
     from runtime.cluster.codec import Codec
 
@@ -163,8 +163,7 @@ def test_decode_event_reads_what_a_node_publishes() -> None:
 async def test_cluster_client_sees_the_events_a_node_publishes(nats_server: NatsServer) -> None:
     """Contract (issue 15): ``troupe events --cluster URL PATTERN`` (cluster topics, with
     the publishing node).  A node ticking on a cluster topic every 20 ms; the client
-    listens for up to 5 s and must see at least one event.  FAILS on the current code
-    (the packed batches are dropped by `decode_event`, client.py:394)."""
+    listens for up to 5 s and must see at least one event (events travel packed)."""
     cluster = fresh()
     with trio.fail_after(WAIT):
         async with node(nats_server, "n1", cluster) as system:
@@ -202,7 +201,7 @@ async def test_stats_that_json_takes_but_msgpack_refuses_still_answer(
     stats check (monitor.py `_stats_problem`) asks only JSON, which takes huge ints
     and str/int subclasses; msgpack refuses them, so node.py `_client_answer`
     (node.py:1516) replaces the *whole* snapshot by an error: one odd actor hides
-    its node from `troupe tree|top --cluster`.  FAILS on the current code."""
+    its node from `troupe tree|top --cluster`."""
     cluster = fresh()
     with trio.fail_after(WAIT):
         async with node(nats_server, "n1", cluster, stats=stats):
@@ -215,7 +214,7 @@ async def test_a_peers_snapshot_survives_a_huge_int_in_stats(nats_server: NatsSe
     """Contract (DESIGN "Cluster", Monitoring): `await system.cluster.snapshot()` returns
     a dict from each live node's name to its `TreeSnapshot`.  A huge int in one actor's
     stats (JSON-valid, so not sanitized) makes the node's answer `NotSerializable`, and
-    the asking node silently leaves that node out.  FAILS on the current code."""
+    the asking node silently leaves that node out."""
     cluster = fresh()
     with trio.fail_after(WAIT):
         async with node(nats_server, "a", cluster):
@@ -237,7 +236,7 @@ async def test_a_peers_snapshot_survives_a_huge_int_in_stats(nats_server: NatsSe
     ],
     ids=["set", "object", "not-a-dict", "int-key"],
 )
-async def test_holds_odd_stats_json_refuses_are_sanitized_over_nats(
+async def test_odd_stats_json_refuses_are_sanitized_over_nats(
     nats_server: NatsServer, stats: Any
 ) -> None:
     """Holds: stats JSON cannot encode show ``{"error": ...}`` and the snapshot answers."""
@@ -258,7 +257,7 @@ async def test_a_snapshot_larger_than_max_payload_gets_an_answer(
     string; a node with a few thousand actors gets there too) is refused by nats-py
     in the writer (transport.py `_write_batch`), handed back as Undeliverable and
     dropped (node.py `_undeliverable`: not a `_Sent`): the client only learns
-    "did not answer within 5 s", as for a dead node.  FAILS on the current code."""
+    "did not answer within 5 s", as for a dead node."""
     cluster = fresh()
     with trio.fail_after(WAIT):
         async with node(nats_server, "n1", cluster, stats={"blob": "x" * 1_200_000}):
@@ -282,7 +281,7 @@ async def test_a_deeply_nested_request_is_answered_and_counted_not_a_traceback(
     catch (envelope.py:61,77): the client gets no answer, `undecodable` is not
     counted, and each message logs an ERROR with a traceback and the whole payload's
     repr (node.py:942) -- a flood of them fills the disk, bypassing the 10-second
-    log limit.  FAILS on the current code."""
+    log limit."""
     cluster = fresh()
     deep = b"\x92\xa4ping" + b"\x91" * 100_000 + b"\xc0"
     with trio.fail_after(WAIT + 30):
@@ -299,7 +298,7 @@ async def test_a_deeply_nested_request_is_answered_and_counted_not_a_traceback(
             assert not tracebacks, tracebacks[0].getMessage()[:300]
 
 
-async def test_holds_hostile_requests_are_refused_and_the_node_carries_on(
+async def test_hostile_requests_are_refused_and_the_node_carries_on(
     nats_server: NatsServer,
 ) -> None:
     """Holds (DESIGN "Monitoring": the faces never take the system down; "Cluster":

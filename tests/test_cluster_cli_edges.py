@@ -116,7 +116,7 @@ def test_a_password_in_the_url_is_not_printed(tmp: pathlib.Path) -> None:
     authentication is the security boundary.  When the server cannot be reached (or
     refuses), the error echoes the URLs as given -- password included -- to stderr
     (client.py `where`, used at client.py:168-176 and in every ClusterError), so it
-    lands in terminals, CI logs and bug reports.  FAILS on the current code."""
+    lands in terminals, CI logs and bug reports."""
     port = free_ports(1)[0]
     done = troupe(tmp, "ls", "--cluster", f"nats://ops:s3cr3t-pw@127.0.0.1:{port}")
     assert done.returncode == 1
@@ -135,7 +135,7 @@ def test_ctrl_c_while_connecting_exits_cleanly(tmp: pathlib.Path, command: list[
     A server that accepts the TCP connection but never speaks (a stuck or far
     server): Ctrl-C while the CLI connects.  `events` holds; `top` prints a
     KeyboardInterrupt traceback: cli.py `_cluster_top` connects (`with
-    _cluster_client(args)`) outside its ``except KeyboardInterrupt``.  FAILS for top."""
+    _cluster_client(args)`) outside its ``except KeyboardInterrupt``."""
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))
         listener.listen(4)
@@ -163,7 +163,7 @@ def test_ctrl_c_while_connecting_exits_cleanly(tmp: pathlib.Path, command: list[
 
 
 # -- holds ----------------------------------------------------------------------------
-def test_holds_a_cluster_with_zero_nodes_is_a_clear_error(
+def test_a_cluster_with_zero_nodes_is_a_clear_error(
     tmp: pathlib.Path, nats_server: NatsServer
 ) -> None:
     """Holds: with a server but no node, ls/tree/top --once exit 1 naming the cluster."""
@@ -175,7 +175,7 @@ def test_holds_a_cluster_with_zero_nodes_is_a_clear_error(
         assert "Traceback" not in done.stderr
 
 
-def test_holds_parsing_edge_cases(tmp: pathlib.Path) -> None:
+def test_parsing_edge_cases(tmp: pathlib.Path) -> None:
     """Holds: a host without scheme or port, an empty
     --cluster=, a URL-less comma list, a NODE given to top and a bad pattern are usage
     errors (exit 2), never tracebacks.  (A NODE that looks like a URL is checked only
@@ -192,7 +192,7 @@ def test_holds_parsing_edge_cases(tmp: pathlib.Path) -> None:
         assert "Traceback" not in done.stderr
 
 
-def test_holds_a_comma_list_with_a_dead_server_and_top_across_a_dying_node(
+def test_a_comma_list_with_a_dead_server_and_top_across_a_dying_node(
     tmp: pathlib.Path, nats_server: NatsServer
 ) -> None:
     """Holds: ``--cluster DEAD,LIVE`` reaches the live server (every time); ``top

@@ -2,7 +2,7 @@
 (examples/cluster/run.py) killed (SIGKILL), stopped with SIGTERM during start-up, and
 started on a port already taken.  Contract: "Ctrl-C stops all of it cleanly" and the
 launcher's "nothing is left running ... On Linux the children also get SIGTERM should
-the launcher itself be killed".  All hold on the current code; kept as regression
+the launcher itself be killed".  Kept as regression
 tests.  Leftovers are read from /proc; waits are bounded and on output lines.
 """
 
@@ -104,7 +104,7 @@ def no_leftovers(pids: set[int]) -> None:
     assert not live_in(pids), f"left behind: {live_in(pids)}"
 
 
-def test_holds_sigkill_of_the_launcher_leaves_no_process(tmp_path: pathlib.Path) -> None:
+def test_sigkill_of_the_launcher_leaves_no_process(tmp_path: pathlib.Path) -> None:
     """Holds: the launcher SIGKILLed once all nodes are up: PR_SET_PDEATHSIG gives the
     nodes and nats-server SIGTERM; no node, worker or server is left."""
     demo = Demo(tmp_path, "--port", "0")
@@ -119,7 +119,7 @@ def test_holds_sigkill_of_the_launcher_leaves_no_process(tmp_path: pathlib.Path)
         demo.close()
 
 
-def test_holds_sigterm_during_start_up_stops_all_of_it(tmp_path: pathlib.Path) -> None:
+def test_sigterm_during_start_up_stops_all_of_it(tmp_path: pathlib.Path) -> None:
     """Holds: SIGTERM as the second node starts (the nodes still importing): the launcher
     stops what it started, exits 0 and leaves nothing."""
     demo = Demo(tmp_path, "--port", "0")
@@ -134,7 +134,7 @@ def test_holds_sigterm_during_start_up_stops_all_of_it(tmp_path: pathlib.Path) -
         demo.close()
 
 
-def test_holds_a_port_already_taken_is_replaced_by_a_free_one(tmp_path: pathlib.Path) -> None:
+def test_a_port_already_taken_is_replaced_by_a_free_one(tmp_path: pathlib.Path) -> None:
     """Holds: ``--port P`` with P taken: the launcher says which port it uses instead."""
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
