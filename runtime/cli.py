@@ -277,13 +277,24 @@ def _cmd_events(args: argparse.Namespace) -> int:
 
 
 def _cmd_top(args: argparse.Namespace) -> int:
+    if args.width is not None and args.width < 20:
+        raise UsageError(f"--width {args.width}: at least 20 columns")
+    if args.interval <= 0:
+        raise UsageError(f"--interval {args.interval}: a number of seconds above 0")
     if args.cluster is not None:
         return _cluster_top(args)
     from .top import run_top
 
     with _client(args.system) as client:
         try:
-            run_top(client, sort=args.sort, interval=args.interval, once=args.once)
+            run_top(
+                client,
+                sort=args.sort,
+                interval=args.interval,
+                once=args.once,
+                width=args.width,
+                hide_system=args.hide_system,
+            )
         except KeyboardInterrupt:
             pass
         except ConnectionError:
@@ -545,6 +556,8 @@ def _cluster_top(args: argparse.Namespace) -> int:
                 sort=args.sort,
                 interval=args.interval,
                 once=args.once,
+                width=args.width,
+                hide_system=args.hide_system,
             )
         except KeyboardInterrupt:
             pass
@@ -681,17 +694,33 @@ def build_parser() -> argparse.ArgumentParser:
     _cluster_flags(tree_cmd, "troupe tree --cluster nats://HOST:4222 [NODE]")
     tree_cmd.set_defaults(func=_cmd_tree)
     top_cmd = commands.add_parser(
-        "top", help="a live view of a system's actors (with --cluster: of every node's)"
+        "top",
+        help="a live tree of a system's actors (with --cluster: of every node's)",
+        description="A live, indented tree of the actors, its columns fitted to the "
+        "terminal. Keys: q quit, s (or 1-5) sort, h hide /system, arrows or j/k select "
+        "an actor (its details show below: message in hand, mailbox high water, "
+        "restarts, last error with its traceback), PgUp/PgDn, d hide the details.",
     )
     top_cmd.add_argument("system", nargs="?", metavar="SYSTEM", help=system_help)
     top_cmd.add_argument(
         "--sort",
         choices=SORTS,
         default="depth",
-        help="row order (default depth; 'node' sorts by node, then path)",
+        help="the order of siblings: the deepest mailbox, the highest rate or the most "
+        "restarts under each first (default depth); path: by name; node: the nodes by name",
     )
     top_cmd.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes")
-    top_cmd.add_argument("--once", action="store_true", help="print one frame and exit")
+    top_cmd.add_argument(
+        "--once",
+        action="store_true",
+        help="print one frame and exit (two samples min(INTERVAL, 0.5 s) apart: real rates)",
+    )
+    top_cmd.add_argument(
+        "--width", type=int, metavar="N", help="lay out for N columns (default: the terminal's)"
+    )
+    top_cmd.add_argument(
+        "--hide-system", action="store_true", help="start with /system hidden (key h)"
+    )
     _cluster_flags(top_cmd, "troupe top --cluster nats://HOST:4222 (a NODE column)")
     top_cmd.set_defaults(func=_cmd_top)
     events_cmd = commands.add_parser(

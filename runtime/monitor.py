@@ -212,6 +212,13 @@ class TreeSnapshot:
     def render(self) -> str:
         """A text tree, one actor a line."""
         lines = [f"{self.system}  dead letters: " + _counts(self.dead_letters)]
+        if self.loop is not None:
+            loop = self.loop
+            lines.append(
+                f"loop: longest step {loop.longest_step * 1000:.1f} ms "
+                f"({loop.longest_step_task or '-'}), max lag {loop.max_lag * 1000:.1f} ms, "
+                f"blocked {loop.blocked}"
+            )
 
         def draw(node: ActorInfo, prefix: str, last: bool, top: bool) -> None:
             branch = "" if top else ("└─ " if last else "├─ ")

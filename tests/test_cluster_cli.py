@@ -289,13 +289,13 @@ def test_top_once_has_a_node_column_across_nodes(place: Place) -> None:
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert f"cluster {place.cluster}" in lines[0]
-    header = next(line for line in lines if "PATH" in line)
-    assert cells(header)[:3] == ["NODE", "PATH", "STATE"]
+    header = next(line for line in lines if "ACTOR" in line)
+    assert cells(header)[:3] == ["NODE", "ACTOR", "STATE"]
     table = [cells(line) for line in lines]
-    seen = [(row[0], row[1]) for row in table if len(row) > 1 and row[1].startswith("/")]
-    for name in ("a", "b"):
-        assert (name, "/app/ticker") in seen
-        assert (name, "/app/workers/w1") in seen
+    seen = [(row[0], row[2]) for row in table if len(row) > 2 and row[1] in ("├─", "└─")]
+    for name in ("a", "b"):  # a tree per node: ticker, workers/w1 under /app
+        assert (name, "ticker") in seen
+        assert (name, "w1") in seen
     nodes = [node for node, _ in seen]
     assert nodes == sorted(nodes)  # --sort node
 
@@ -484,8 +484,8 @@ def test_top_renders_a_cluster_frame_with_rates_and_silent_nodes() -> None:
     assert "cluster demo" in text and "2 nodes" in text and "crashed 2" in text
     assert "n3: did not answer" in text
     table = [cells(line) for line in text.splitlines()]
-    order = [row[:2] for row in table if len(row) > 1 and row[1].startswith("/")]
-    assert order[0] == ["n1", "/app/w"]  # the busiest first
+    order = [row[:2] for row in table if len(row) > 2 and row[2] == "running"]
+    assert order[0] == ["n1", "app"]  # the busiest node's tree first
     assert runtime.cli.SORTS == runtime.top.SORTS
 
 

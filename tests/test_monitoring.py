@@ -233,7 +233,8 @@ async def test_an_actor_blocking_the_loop_is_named_and_reported() -> None:
             assert loop.longest_step_at is not None
             assert loop.blocked >= 1
             assert isinstance(loop.last_blocked, BlockedStep)
-            assert runtime.top.render_text(system.snapshot().to_dict()).count("/app/blocker") >= 2
+            text = runtime.top.render_text(system.snapshot().to_dict())
+            assert "(/app/blocker)" in text and "─ blocker " in text  # the loop line, a row
 
 
 async def test_the_blocked_threshold_is_configurable() -> None:
