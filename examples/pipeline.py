@@ -147,6 +147,18 @@ class MetricsFeed(Actor):
         await self.ctx.run_blocking(self.thread.join, 5.0)
 
 
+INTRO = """\
+[pipeline] A machine-learning pipeline under supervision:
+[pipeline]   data-sync pulls a batch every 2 s (on the thread bridge), trainer trains on it
+[pipeline]   (on the process bridge /pipeline/cpu), evaluator scores each new model and
+[pipeline]   model-registry promotes it or rolls it back; metrics-feed is a plain thread.
+[pipeline] Faults are injected on purpose: every 7th pull fails (the first after ~12 s)
+[pipeline]   and the evaluator crashes now and then. Each crash is logged (ERROR, with
+[pipeline]   its traceback) and its supervisor restarts it: the pipeline heals itself.
+[pipeline] A [dashboard] line every 5 s. In another terminal: troupe tree, troupe top.
+[pipeline] Ctrl-C stops it gracefully."""
+
+
 class Dashboard(Actor):
     subscriptions = ("training.progress", "model.promoted", "model.rolled_back", "metrics.*")
 
@@ -157,7 +169,12 @@ class Dashboard(Actor):
         self.rolled_back = 0
         self.heartbeats = 0
 
+    introduced = False  # the intro is printed once, not again after a restart
+
     async def on_start(self) -> None:
+        if not Dashboard.introduced:
+            Dashboard.introduced = True
+            print(INTRO, flush=True)
         self.ctx.every(5.0, Status())
 
     async def receive(self, msg: Any) -> Any:

@@ -143,6 +143,9 @@ class Bridge(Actor):
     async def on_start(self) -> None:
         if self.mode == "process":
             _exit_if_a_worker_runs_an_unguarded_main()
+            # Imported on a thread: done on the loop by the first call, the import
+            # held every actor up for tens of milliseconds (more on a cold disk).
+            await trio.to_thread.run_sync(importlib.import_module, "trio_parallel")
         self._limiter = trio.CapacityLimiter(self.max_workers)
         self._token = trio.lowlevel.current_trio_token()
         self._jobs: set[_Job] = set()

@@ -18,6 +18,7 @@ import trio
 
 from .actor import Actor, Context
 from .errors import ActorCrashed, ActorStopped, MailboxFull, UnhandledMessage, unwrap_single
+from .logs import describe_failure, log_crash
 from .mailbox import EMPTY, MailboxQueue
 from .messages import (
     UNHANDLED,
@@ -440,7 +441,8 @@ class Cell:
 
     def record_error(self, exc: BaseException, during: str) -> None:
         self.last_error = ErrorInfo.of(exc)
-        log.error("%s %s: %s", self.path, during, describe(exc), exc_info=exc)
+        # Once, with its traceback, however many supervisors the failure goes through
+        log_crash(log, self.path, during, exc, describe_failure(self.path, exc))
         if during != "failed in on_stop":
             self.lifecycle_event("crashed", error=describe(exc), during=during)
 

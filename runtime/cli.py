@@ -7,7 +7,6 @@ import importlib
 import importlib.metadata
 import importlib.util
 import json
-import logging
 import os
 import shutil
 import sys
@@ -19,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from .control import Client, ControlError, endpoints, pick
 from .entry import SystemOptions, run
 from .errors import ClusterError
+from .logs import configure_console, first_leaf
 from .messages import DEAD_LETTER_REASONS
 from .spec import CLUSTER_NAME, NODE_NAME, Supervisor
 from .topics import check_pattern
@@ -162,9 +162,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     options["control"] = True
     options["metrics_port"] = args.metrics_port
     tree = load_tree(args.target)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    try:
+        console = configure_console(args.log_level, quiet=args.quiet)
+    except ValueError as exc:
+        raise UsageError(f"--log-level: {exc}") from None
     try:
         run(tree, **options)
     except KeyboardInterrupt:
@@ -174,8 +175,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(f"troupe: cannot join the cluster: ClusterError: {exc}", file=sys.stderr)
         return 1
     except Exception as exc:
-        print(f"troupe: the tree failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        console.flush()  # the summaries of repeated errors still pending, first
+        error = first_leaf(exc)  # never an exception group: what it is about
+        # (a supervisor that gave up names its limits and the root cause)
+        print(f"troupe: the tree failed: {type(error).__name__}: {error}", file=sys.stderr)
         return 1
+    finally:
+        console.close()  # the summaries of repeated errors still pending, if any
     return 0
 
 
@@ -635,8 +641,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--name", help="system name (default: the node's name, else the root supervisor's)"
     )
     run_cmd.add_argument(
-        "--metrics-port", type=int, help="serve Prometheus metrics on 127.0.0.1:PORT"
+        "--metrics-port",
+        type=int,
+        help="serve Prometheus metrics on 127.0.0.1:PORT/metrics, and /healthz and /readyz",
     )
+    run_cmd.add_argument(
+        "--log-level",
+        default="INFO",
+        type=str.upper,
+        choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"),
+        help="the least severe log records shown (default INFO)",
+    )
+    run_cmd.add_argument("--quiet", "-q", action="store_true", help="show warnings and errors only")
     node = run_cmd.add_argument_group(
         "cluster",
         "run the tree as a node of a cluster on NATS (refs as troupe://NODE/PATH)",

@@ -11,6 +11,7 @@ import functools
 import os
 import pathlib
 import signal
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
@@ -274,6 +275,11 @@ async def _serving(
 def run(tree: Supervisor, **options: Unpack[SystemOptions]) -> None:
     """Run `tree` until it is stopped (SIGINT/SIGTERM: gracefully; a second one: at once).
 
+    On the main thread, the first signal is acknowledged on stderr at once
+    ("stopping gracefully (Ctrl-C again to force)") and the end of the stop
+    too ("stopped N actors in X.Xs"); a step that blocks the loop is logged
+    as a warning naming the actor (``troupe.monitor``, at most every 5 s).
+
     Takes the options of `open_system`.  Signals are heard from the start,
     also while the tree is starting (an `on_start` that hangs is cancelled
     after its shutdown timeout, or at once on a second signal).
@@ -299,28 +305,44 @@ def run(tree: Supervisor, **options: Unpack[SystemOptions]) -> None:
 async def _run_with_signals(
     tree: Supervisor, options: SystemOptions, signals: AsyncIterator[int]
 ) -> None:
-    """`open_system` with a signal listener that runs from before the tree starts."""
+    """`open_system` with a signal listener that runs from before the tree starts.
+
+    On the first signal it says so on stderr at once ("stopping gracefully") and,
+    once stopped, how many actors stopped in how long; a loop stall is warned of
+    (logged, at most once every `STALL_WARNING_EVERY` seconds)."""
     system, serving = _system_of(tree, options)
+    system.loop_monitor.warn_every = STALL_WARNING_EVERY
 
     seen = 0
+    stopping_since: float | None = None
+    actors = 0
 
     async def listen() -> None:
-        nonlocal seen
+        nonlocal seen, stopping_since, actors
         async for _ in signals:
             seen += 1
             if seen == 1:
+                stopping_since = time.monotonic()
+                actors = system.info()["actors"]
+                _say("stopping gracefully (Ctrl-C again to force)")
                 system.stop()  # also while starting: the starting children are stopped
             else:
+                _say("forced: cancelling every actor now")
                 system.kill()  # the second one: no more graceful stop
 
     try:
-        async with trio.open_nursery() as outer:
-            outer.start_soon(listen)
-            try:
-                async with _serving(system, **serving):
-                    await trio.sleep_forever()
-            finally:
-                outer.cancel_scope.cancel()
+        try:
+            async with trio.open_nursery() as outer:
+                outer.start_soon(listen)
+                try:
+                    async with _serving(system, **serving):
+                        await trio.sleep_forever()
+                finally:
+                    outer.cancel_scope.cancel()
+        finally:
+            if stopping_since is not None and seen == 1 and system.failure is None:
+                took = time.monotonic() - stopping_since
+                _say(f"stopped {actors} actor{'s' if actors != 1 else ''} in {took:.1f}s")
     except BaseException as exc:
         error = unwrap_single(exc)
         if isinstance(error, Exception) and seen == 1 and system.failure is None:
@@ -330,6 +352,16 @@ async def _run_with_signals(
             raise error from error.__cause__  # keep its cause, drop the group
     if seen >= 2:
         raise KeyboardInterrupt  # forced: exit as an interrupted program does (130)
+
+
+STALL_WARNING_EVERY = 5.0
+"""`run`: seconds between the warnings of a blocked loop (the others are counted)."""
+
+
+def _say(text: str) -> None:
+    """A line on stderr for the person at the terminal (not a log record)."""
+    with contextlib.suppress(OSError, ValueError):
+        print(f"troupe: {text}", file=sys.stderr, flush=True)
 
 
 class ThreadedSystem:

@@ -1,4 +1,5 @@
-"""Prometheus metrics, served on 127.0.0.1 by a small trio HTTP responder.
+"""Prometheus metrics, served on 127.0.0.1 by a small trio HTTP responder, with
+``/healthz`` and ``/readyz`` (JSON; 200 or 503) beside ``/metrics``.
 
 The text is made with prometheus-client from a snapshot taken on the trio
 thread at scrape time, so no thread ever reads runtime state (rule 1), and
@@ -13,7 +14,9 @@ the metrics, never the system.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
+import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -23,7 +26,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from .control import accept_retrying
-from .logs import log_once
+from .logs import describe_failure, log_once
 
 if TYPE_CHECKING:
     from .monitor import ActorInfo
@@ -38,6 +41,8 @@ REFUSE_TIMEOUT = 0.1  # seconds a 503 may take to leave
 STATES = ("starting", "running", "restarting", "stopping", "stopped", "failed")
 BRIDGE_COUNTERS = ("submitted", "completed", "failed", "abandoned")
 BRIDGE_GAUGES = ("active", "queued", "abandoned_running")
+LOOP_BLOCKED = 1.0  # /healthz: a step or a lag this long (seconds) is a blocked loop
+RECENT = 30.0  # /healthz: a stall or an escalation less than this long ago (seconds)
 
 
 class SnapshotCollector(Collector):
@@ -137,7 +142,8 @@ def _number(value: Any) -> float | None:
 
 
 class MetricsServer:
-    """``GET /metrics`` on 127.0.0.1:`port` (port 0 picks a free one: see `.port`)."""
+    """``GET /metrics`` on 127.0.0.1:`port` (port 0 picks a free one: see `.port`), and
+    ``GET /healthz`` (`health`) and ``GET /readyz`` (`readiness`)."""
 
     def __init__(self, system: System, port: int) -> None:
         self.system = system
@@ -150,6 +156,77 @@ class MetricsServer:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+    def readiness(self) -> tuple[int, dict[str, Any]]:
+        """``/readyz``: 200 once the tree has started, 503 while it starts or stops."""
+        system = self.system
+        if system.started_at is None:
+            status = "starting"
+        elif system.shutting_down or not system.is_running:
+            status = "stopping"
+        else:
+            status = "ready"
+        answer = {"status": status, "ready": status == "ready", "system": system.name}
+        return (200 if status == "ready" else 503), answer
+
+    def health(self) -> tuple[int, dict[str, Any]]:
+        """``/healthz``: 200 while healthy, 503 when the tree failed (a supervisor
+        escalated to the root, which gives up), the loop is blocked (a recent step
+        held it for `LOOP_BLOCKED` seconds or more, or the loop is late by that much)
+        or an actor is stuck (handling one message longer than the system's
+        `stuck_after`).  JSON: ``status``, ``healthy`` and each check's findings."""
+        system = self.system
+        problems: dict[str, str] = {}
+        snap = system.snapshot()
+        failing = (  # the root gives up (not a stop that was asked for)
+            system.shutting_down and system.is_running and system.root.stop_reason is None
+        )
+        if system.failure is not None:
+            problems["tree"] = f"failed: {describe_failure('/', system.failure)}"
+        else:
+            for node in snap.root.children:  # a top supervisor gave up: the root fails
+                if node.state == "failed" and node.last_error is not None:
+                    error = node.last_error
+                    problems["tree"] = f"{node.path} failed: {error.type}: {error.message}"
+            if failing and "tree" not in problems:
+                problems["tree"] = "the tree is failing: a supervisor escalated to the root"
+        escalated = [  # recent, also those a parent dealt with (information only)
+            f"{event.payload.get('path')}: {event.payload.get('error')}"
+            for event in system.bus.history(
+                "system.supervisor.escalated", limit=5, since=time.time() - RECENT
+            )
+        ]
+        loop = system.loop_monitor.health()
+        now = time.time()
+        last = loop.last_blocked
+        if loop.last_lag >= LOOP_BLOCKED:
+            problems["loop"] = f"the loop is {loop.last_lag:.1f} s late"
+        elif last is not None and last.seconds >= LOOP_BLOCKED and now - last.at < RECENT:
+            problems["loop"] = (
+                f"blocked for {last.seconds:.1f} s by {last.task} {now - last.at:.0f} s ago"
+            )
+        stuck = [
+            f"{node.path} handling {node.current} for {node.current_for or 0:.0f} s"
+            for node in snap.root.walk()
+            if node.stuck
+        ]
+        if stuck:
+            problems["actors"] = "stuck: " + "; ".join(stuck[:5])
+        checks: dict[str, dict[str, Any]] = {}
+        for name in ("tree", "loop", "actors"):
+            checks[name] = {"ok": name not in problems}
+            if name in problems:
+                checks[name]["problem"] = problems[name]
+        if escalated:
+            checks["tree"]["escalated"] = escalated
+        healthy = not problems
+        answer = {
+            "status": "healthy" if healthy else "unhealthy",
+            "healthy": healthy,
+            "system": system.name,
+            "checks": checks,
+        }
+        return (200 if healthy else 503), answer
 
     async def serve(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
         listeners = await trio.open_tcp_listeners(self.port, host="127.0.0.1")
@@ -223,10 +300,29 @@ class MetricsServer:
                 return
         request_line = head.split(b"\r\n", 1)[0].split(b"\n", 1)[0].split()
         if len(request_line) < 2 or request_line[0] != b"GET":
-            await stream.send_all(_response(405, b"GET /metrics only\n"))
+            await stream.send_all(_response(405, b"GET /metrics, /healthz or /readyz only\n"))
             return
-        if request_line[1].split(b"?", 1)[0] not in (b"/metrics", b"/"):
-            await stream.send_all(_response(404, b"see /metrics\n"))
+        target = request_line[1].split(b"?", 1)[0]
+        if target in (b"/healthz", b"/readyz"):
+            try:
+                code, answer = self.health() if target == b"/healthz" else self.readiness()
+                body = json.dumps(answer, indent=1, default=str).encode() + b"\n"
+            except Exception as exc:  # a check that fails says so; the system carries on
+                log_once(
+                    log,
+                    logging.ERROR,
+                    "health check failed",
+                    type(exc).__name__,
+                    "a health check failed (%s: %s); it was answered 500",
+                    type(exc).__name__,
+                    exc,
+                    exc_info=exc,
+                )
+                code, body = 500, b'{"status": "unknown", "error": "see the log"}\n'
+            await stream.send_all(_response(code, body, "application/json"))
+            return
+        if target not in (b"/metrics", b"/"):
+            await stream.send_all(_response(404, b"see /metrics, /healthz or /readyz\n"))
             return
         self.scrapes += 1
         try:

@@ -69,9 +69,10 @@ class BlockedStep:
 class LoopHealth:
     """How responsive the trio loop has been (see `LoopMonitor`).
 
-    `longest_step_task` names who blocked the loop longest: an actor's task is
-    named by its path.  `blocked` counts steps over the threshold (each one is
-    also published as ``system.loop.blocked``).
+    `longest_step_task` names who blocked the loop longest (see `attribute`): an
+    actor's path (a task it started counts as its own), or the runtime's part
+    (``runtime: bus``, ``runtime: bridge /system/bridge``, ...).  `blocked` counts
+    steps over the threshold (each one is also published as ``system.loop.blocked``).
     """
 
     longest_step: float
@@ -113,6 +114,11 @@ class LoopMonitor(trio.abc.Instrument):
         self._flush_scheduled = False
         self._token: trio.lowlevel.TrioToken | None = None
         self._t0: float | None = None  # None until a whole step has been seen
+        self.warn_every: float | None = None
+        """Seconds between warnings (logged) of a blocked loop; None: none (`troupe run`
+        sets it).  Only when `on_blocked` is set (never under a mock clock)."""
+        self._warned_at: float | None = None
+        self._unwarned = 0
 
     def before_task_step(self, task: trio.lowlevel.Task) -> None:
         self._t0 = time.perf_counter()
@@ -124,10 +130,10 @@ class LoopMonitor(trio.abc.Instrument):
         took = time.perf_counter() - self._t0
         if took > self.longest_step:
             self.longest_step = took
-            self.longest_step_task = task.name
+            self.longest_step_task = attribute(task)
             self.longest_step_at = time.time()
         if took > self.blocked_after:
-            self._blocked(BlockedStep(task.name, took, time.time()))
+            self._blocked(BlockedStep(attribute(task), took, time.time()))
 
     def _blocked(self, step: BlockedStep) -> None:
         self.blocked += 1
@@ -143,11 +149,34 @@ class LoopMonitor(trio.abc.Instrument):
         self._flush_scheduled = False
         steps = list(self._pending)
         self._pending.clear()
+        if steps and self.warn_every is not None:
+            self._warn(steps)
         if self.on_blocked is not None and steps:
             try:
                 self.on_blocked(steps)
             except Exception:  # never let a report take the loop down
                 logging.getLogger("troupe").exception("reporting a blocked loop failed")
+
+    def _warn(self, steps: list[BlockedStep]) -> None:
+        """One warning line for the worst of `steps`, at most one per `warn_every`
+        seconds; the stalls not shown meanwhile are counted in the next one."""
+        now = time.monotonic()
+        assert self.warn_every is not None
+        if self._warned_at is not None and now - self._warned_at < self.warn_every:
+            self._unwarned += len(steps)
+            return
+        worst = max(steps, key=lambda step: step.seconds)
+        others = self._unwarned + len(steps) - 1
+        since = f" in the last {now - self._warned_at:.0f} s" if self._warned_at else ""
+        log.warning(
+            "the loop was blocked for %.3f s by %s (more than %g s: every actor waited)%s",
+            worst.seconds,
+            worst.task,
+            self.blocked_after,
+            f"; {others} other stall{'s' if others != 1 else ''}{since}" if others else "",
+        )
+        self._warned_at = now
+        self._unwarned = 0
 
     async def probe(self, interval: float = 0.05) -> None:
         """Run forever, measuring how late the loop wakes a sleeping task (wall clock)."""
@@ -169,6 +198,62 @@ class LoopMonitor(trio.abc.Instrument):
             blocked=self.blocked,
             last_blocked=self.last_blocked,
         )
+
+
+RUNTIME_PATHS = {
+    "/": "runtime: root supervisor /",
+    "/system": "runtime: supervisor /system",
+    "/system/bus": "runtime: bus",
+    "/system/deadletters": "runtime: dead letters",
+    "/system/bridge": "runtime: bridge /system/bridge",
+    "/system/callbacks": "runtime: supervisor /system/callbacks",
+}
+"""How loop health names the runtime's own actors."""
+
+RUNTIME_TASKS = {
+    "troupe loop probe": "runtime: loop probe",
+    "troupe cluster node": "runtime: cluster node",
+    "troupe control socket": "runtime: control socket",
+    "troupe metrics": "runtime: metrics server",
+    "troupe tree": "runtime: actor tree",
+    "troupe outer cancel": "runtime: actor tree",
+    "<TrioToken.run_sync_soon task>": "runtime: calls from other threads",
+}
+"""How loop health names the runtime's tasks that are not actors."""
+
+
+def attribute(task: trio.lowlevel.Task) -> str:
+    """Who a task's step belongs to, for loop health: the path of the actor it runs
+    for (its own task, or one it started: the nearest ancestor named by a path), e.g.
+    ``/app/worker``; for the runtime's own work ``runtime: bus``, ``runtime: bridge
+    /system/bridge``, ``runtime: control socket``...; a task outside the tree keeps
+    its name, an unnamed one of the runtime's is ``runtime: <function>``.  Never
+    raises."""
+    try:
+        leaf = task.name
+        current: trio.lowlevel.Task | None = task
+        depth = 0
+        while current is not None and depth < 50:
+            name = current.name
+            if name.startswith("/"):
+                path = name.split(" ", 1)[0]  # e.g. "/app/d ticks": a daemon's schedule
+                if path in RUNTIME_PATHS:
+                    return RUNTIME_PATHS[path]
+                if leaf.startswith("runtime.bridge."):
+                    return f"runtime: bridge {path}"
+                return path
+            if name in RUNTIME_TASKS:
+                return RUNTIME_TASKS[name]
+            nursery = current.parent_nursery
+            current = nursery.parent_task if nursery is not None else None
+            depth += 1
+        if leaf.startswith("<") and leaf.endswith(">"):
+            return f"trio: {leaf[1:-1]}"
+        if leaf.startswith(("runtime.", "actors.")):
+            return f"runtime: {leaf.rsplit('.', 1)[-1].strip('_') or leaf}"
+        return leaf
+    except Exception:  # an instrument must never fail
+        return str(getattr(task, "name", "?"))
 
 
 @attrs.frozen

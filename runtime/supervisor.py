@@ -19,6 +19,7 @@ import trio
 
 from .cell import Cell, classify
 from .errors import ActorStopped, RestartIntensityExceeded
+from .logs import note_root_cause, root_cause
 from .mailbox import EMPTY
 from .messages import ChildExited, Control, ExitReason, describe
 from .spec import ChildInfo, Supervisor
@@ -363,11 +364,20 @@ class Supervising:
                 if not other.finalized:
                     other.state = "stopped"
             last = f"{child_cell.path}: {describe(reason)}"
+            if isinstance(reason, BaseException):
+                # name the root cause: never an exception group, and for a child
+                # supervisor that gave up, the failure that made it give up
+                where, cause = root_cause(child_cell.path, reason)
+                if where == child_cell.path:
+                    last = f"{where}: {describe(cause)}"
+                else:
+                    last = f"{child_cell.path} gave up; root cause {where}: {describe(cause)}"
             error = RestartIntensityExceeded(
                 cell.path, self.sup.max_restarts, self.sup.within, last
             )
             if isinstance(reason, BaseException):
                 error.__cause__ = reason
+                note_root_cause(error, where, cause)
             if cell.host.is_running:
                 cell.host.system_event(
                     "system.supervisor.escalated", {"path": cell.path, "error": str(error)}
@@ -393,9 +403,7 @@ class Supervising:
                 return
             child_cell.lifecycle_event("restarted", restarts=child_cell.restarts)
 
-    def _remove(
-        self, child_cell: Cell, reason: object, hand_over_to: Cell | None = None
-    ) -> None:
+    def _remove(self, child_cell: Cell, reason: object, hand_over_to: Cell | None = None) -> None:
         if child_cell in self.children:
             self.children.remove(child_cell)
         self.dynamic.discard(child_cell)
