@@ -17,6 +17,7 @@ one thread.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Final, cast
@@ -32,6 +33,8 @@ from runtime.spec import CLUSTER_NAME, NODE_NAME
 from . import envelope as env
 from .codec import EXT_EVENT, EXT_OBJECT, EXT_REF, Codec, Undecodable
 from .transport import redact
+
+log = logging.getLogger("troupe.cluster")
 
 __all__ = ["ClusterClient", "ControlRefused", "Tagged"]
 
@@ -146,6 +149,9 @@ class ClusterClient:
                 "the cluster extra is not installed: pip install 'trio-troupe[cluster]'"
             ) from None
         self._runner = asyncio.Runner()
+        # What nats-py's tasks leave behind (e.g. a connect still failing after a
+        # Ctrl-C) is this client's business: its own errors say what went wrong.
+        self._runner.get_loop().set_exception_handler(_quiet)
         errors: list[BaseException] = []
 
         async def on_error(error: Exception) -> None:
@@ -168,6 +174,9 @@ class ClusterClient:
 
         try:
             self._nc = self._runner.run(connect())
+        except KeyboardInterrupt:
+            self._close_runner()
+            raise
         except Exception as error:
             self._close_runner()
             cause = errors[-1] if errors else error
@@ -426,3 +435,8 @@ class ClusterClient:
         out["node"] = out.get("node") or node
         out["incarnation"] = incarnation
         return out
+
+
+def _quiet(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """The client loop's exception handler: asyncio's leftovers go to the debug log."""
+    log.debug("cluster client: %s", context.get("message"), exc_info=context.get("exception"))
