@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
 
-from ..control import Endpoint, event_dict, pick, to_json
+from ..control import Endpoint, event_dict, pick, short_repr, to_json
 from ..topics import check_pattern
 
 if TYPE_CHECKING:
@@ -32,7 +32,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("troupe.web")
 
 FEED_CAPACITY = 1000  # events a feed keeps for a slow page; older ones are dropped
-DEAD_LETTERS_KEPT = 200  # dead letters a control source remembers
 CONTROL_TIMEOUT = 5.0  # seconds a control request may take
 
 
@@ -40,15 +39,6 @@ def plain(value: Any) -> Any:
     """`value` as plain JSON values; what JSON cannot take is shown as text
     (its repr) or as ``{"unencodable": "<type>"}`` (never raises)."""
     return json.loads(to_json(value))
-
-
-def short_repr(value: Any, limit: int = 300) -> str:
-    """``repr(value)``, cut to `limit` characters; a repr that raises says so."""
-    try:
-        text = repr(value)
-    except Exception as exc:
-        text = f"<{type(value).__qualname__}: repr() raised {type(exc).__name__}>"
-    return text if len(text) <= limit else text[:limit] + "..."
 
 
 class Feed:
@@ -216,8 +206,7 @@ class ControlSource:
 
     `name` is what ``troupe`` takes (NAME, NAME-PID or PID; None: the only one
     running).  The socket is found again after a lost connection, so a system
-    restarted under the same name is picked up.  Dead letters are those seen on
-    ``system.deadletter`` since the dashboard started.
+    restarted under the same name is picked up.
     """
 
     mode = "control"
@@ -228,7 +217,6 @@ class ControlSource:
         self.endpoint: Endpoint = pick(name, folder)  # LookupError: none, or not one
         self.title = self.endpoint.system
         self._conn: _LineConnection | None = None
-        self._letters: deque[dict[str, Any]] = deque(maxlen=DEAD_LETTERS_KEPT)
 
     def _find(self) -> Endpoint:
         try:
@@ -237,16 +225,16 @@ class ControlSource:
             pass  # keep the last one: the error comes from connecting to it
         return self.endpoint
 
-    async def _call(self, op: str) -> dict[str, Any]:
+    async def _call(self, op: str, **args: Any) -> dict[str, Any]:
         with trio.fail_after(CONTROL_TIMEOUT):
             if self._conn is not None:
                 try:
-                    return await self._conn.call(op)
+                    return await self._conn.call(op, **args)
                 except (OSError, ConnectionError, trio.BrokenResourceError, ValueError):
                     await self._drop()  # idle-closed, or the system went: once more, afresh
             self._conn = await _LineConnection.open(self._find().path)
             try:
-                return await self._conn.call(op)
+                return await self._conn.call(op, **args)
             except BaseException:
                 await self._drop()
                 raise
@@ -266,41 +254,15 @@ class ControlSource:
         return {self.endpoint.system: snapshot}
 
     async def dead_letters(self, node: str, limit: int) -> list[dict[str, Any]] | None:
-        return list(self._letters)[:limit]
+        reply = await self._call("deadletters", limit=limit)
+        return [
+            {**letter, "text": letter.get("repr", "")}
+            for letter in reply.get("letters") or ()
+            if isinstance(letter, dict)
+        ]
 
     async def watch(self) -> None:
-        """Run for ever: remember the dead letters published on the system's bus."""
-        while True:
-            try:
-                conn = await _LineConnection.open(self._find().path)
-                try:
-                    await conn.call("events", pattern="system.deadletter")
-                    while True:
-                        reply = await conn.receive()
-                        event = reply.get("event") or {}
-                        payload = event.get("payload")
-                        if not isinstance(payload, dict):
-                            continue
-                        message = payload.get("message")
-                        self._letters.appendleft(
-                            {
-                                "timestamp": event.get("timestamp"),
-                                "recipient": str(payload.get("recipient")),
-                                "reason": str(payload.get("reason")),
-                                "type": type(message).__name__
-                                if not isinstance(message, str)
-                                else "",
-                                "text": message
-                                if isinstance(message, str)
-                                else json.dumps(message)[:300],
-                            }
-                        )
-                finally:
-                    with trio.CancelScope(shield=True):
-                        await conn.aclose()
-            except (OSError, ConnectionError, trio.BrokenResourceError, ValueError) as exc:
-                log.debug("dead-letter watch: %s; retrying", exc)
-            await trio.sleep(1.0)
+        await trio.sleep_forever()  # each question goes to the system as it comes
 
     @asynccontextmanager
     async def events(self, pattern: str, node: str | None) -> AsyncIterator[Feed]:
