@@ -616,6 +616,50 @@ def _cluster_stop(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_web(args: argparse.Namespace) -> int:
+    try:
+        import trio
+
+        from .web import DEFAULT_PORT, ClusterSource, ControlSource, Dashboard, Source
+    except ImportError as exc:  # pragma: no cover - starlette and hypercorn are dependencies
+        raise UsageError(f"the dashboard needs starlette and hypercorn: {exc}") from None
+    if not (0 < args.interval < float("inf")):
+        raise UsageError(f"--interval is a positive number of seconds, got {args.interval}")
+    port = DEFAULT_PORT if args.port is None else args.port
+    if not 0 <= port <= 65535:
+        raise UsageError(f"--port is 0..65535 (0 picks a free port), got {port}")
+    source: Source
+    if args.cluster is not None:
+        _no_more(_cluster_target(args, args.system), "for `troupe web --cluster`")
+        _cluster_client(args)  # checks the options now (a UsageError), connects later
+        source = ClusterSource(lambda: _cluster_client(args))
+    else:
+        try:
+            source = ControlSource(args.system)
+        except LookupError as exc:
+            raise UsageError(str(exc)) from None
+    logging.basicConfig(level=logging.WARNING, format="troupe web: %(levelname)s %(message)s")
+    dashboard = Dashboard(source, port, interval=args.interval)
+
+    async def serve() -> None:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(dashboard.serve)
+            what = source.title if source.mode == "cluster" else f"system {source.title}"
+            print(f"troupe web: {what} on {dashboard.url} (Ctrl-C stops)", flush=True)
+
+    try:
+        trio.run(serve)
+    except KeyboardInterrupt:
+        return 0
+    except OSError as exc:
+        print(f"troupe: cannot serve the dashboard on port {port}: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        if isinstance(source, ClusterSource):
+            source.close()
+    return 0
+
+
 def _duration(seconds: float) -> str:
     seconds = int(seconds)
     hours, rest = divmod(seconds, 3600)
@@ -828,6 +872,23 @@ def build_parser() -> argparse.ArgumentParser:
     stop_cmd.add_argument("system", nargs="?", metavar="SYSTEM|NODE", help=system_help)
     _cluster_flags(stop_cmd, "troupe stop --cluster nats://HOST:4222 NODE")
     stop_cmd.set_defaults(func=_cmd_stop)
+    web_cmd = commands.add_parser(
+        "web",
+        help="serve a live web dashboard of a system (with --cluster: of every node)",
+        description="Serve the dashboard on http://127.0.0.1:PORT/: the tree with each "
+        "actor's state, mailbox, msg/s and restarts, dead letters, loop health, bus events "
+        "and one actor's detail, updated live. Read-only. It reads SYSTEM through its "
+        "control socket (with --cluster, every node through NATS). Ctrl-C stops it.",
+    )
+    web_cmd.add_argument("system", nargs="?", metavar="SYSTEM", help=system_help)
+    web_cmd.add_argument(
+        "--port", type=int, help="the port on 127.0.0.1 (default 8321; 0 picks a free one)"
+    )
+    web_cmd.add_argument(
+        "--interval", type=float, default=1.0, help="seconds between samples (default 1)"
+    )
+    _cluster_flags(web_cmd, "troupe web --cluster nats://HOST:4222 (a node selector)")
+    web_cmd.set_defaults(func=_cmd_web)
     return parser
 
 

@@ -41,6 +41,7 @@ async def open_system(
     control: bool = False,
     control_dir: str | os.PathLike[str] | None = None,
     metrics_port: int | None = None,
+    dashboard_port: int | None = None,
     blocked_after: float = 0.05,
     stuck_after: float = 10.0,
     history: int = 1000,
@@ -70,7 +71,9 @@ async def open_system(
 
     `control`: serve the JSON control socket (``troupe ls/tree/top/events``).
     `metrics_port`: serve Prometheus metrics on 127.0.0.1 (0 picks a port:
-    `system.metrics.port`).  `blocked_after`: a task step longer than this
+    `system.metrics.port`).  `dashboard_port`: serve the live web dashboard on
+    127.0.0.1 (0 picks a port: `system.dashboard.port`; ``troupe web`` serves
+    the same page from another process).  `blocked_after`: a task step longer than this
     publishes ``system.loop.blocked``.  `stuck_after`: a handler running longer
     is flagged ``stuck`` in the snapshot.  `history`: events the bus keeps (``0``
     keeps none).  `duplicate_window`: seconds a published ``msg_id`` is
@@ -92,6 +95,7 @@ async def open_system(
         "control": control,
         "control_dir": control_dir,
         "metrics_port": metrics_port,
+        "dashboard_port": dashboard_port,
         "blocked_after": blocked_after,
         "stuck_after": stuck_after,
         "history": history,
@@ -118,6 +122,7 @@ class SystemOptions(TypedDict, total=False):
     control: bool
     control_dir: str | os.PathLike[str] | None
     metrics_port: int | None
+    dashboard_port: int | None
     blocked_after: float
     stuck_after: float
     history: int
@@ -177,10 +182,12 @@ def _system_of(tree: Supervisor, options: SystemOptions) -> tuple[System, dict[s
         )
         system.node = node
         system.cluster = cluster
+    system.dashboard = None  # type: ignore[attr-defined]  # set when served (runtime.web)
     serving = {
         "control": options.get("control", False),
         "control_dir": options.get("control_dir"),
         "metrics_port": options.get("metrics_port"),
+        "dashboard_port": options.get("dashboard_port"),
         "blocked_after": options.get("blocked_after", 0.05),
     }
     return system, serving
@@ -193,6 +200,7 @@ async def _serving(
     control: bool,
     control_dir: str | os.PathLike[str] | None,
     metrics_port: int | None,
+    dashboard_port: int | None,
     blocked_after: float,
 ) -> AsyncIterator[System]:
     """Run an already made `system` (see `open_system`)."""
@@ -228,6 +236,12 @@ async def _serving(
                     if metrics_port is not None:
                         system.metrics = MetricsServer(system, metrics_port)
                         await nursery.start(system.metrics.serve, name="troupe metrics")
+                    if dashboard_port is not None:
+                        from .web import Dashboard, LocalSource  # starlette and hypercorn
+
+                        dashboard = Dashboard(LocalSource(system), dashboard_port)
+                        system.dashboard = dashboard  # type: ignore[attr-defined]
+                        await nursery.start(dashboard.serve, name="troupe dashboard")
                 task_status.started(error)
                 await system.root.wait_done()
                 nursery.cancel_scope.cancel()  # the probe and the faces end with the tree
@@ -391,6 +405,13 @@ class ThreadedSystem:
             return trio.from_thread.run(fn, *args, trio_token=self._token)
         except trio.RunFinishedError:
             raise RuntimeClosed(f"actor system {self.name!r} is not running") from None
+
+    @property
+    def dashboard(self) -> Any:
+        """The web dashboard (`runtime.web.Dashboard`: ``.port``, ``.url``) when
+        started with ``dashboard_port=``, else None.  Set once, before this handle
+        exists: safe to read from any thread."""
+        return getattr(self._system, "dashboard", None)
 
     @property
     def bus(self) -> ThreadedBus:
