@@ -182,7 +182,6 @@ def _system_of(tree: Supervisor, options: SystemOptions) -> tuple[System, dict[s
         )
         system.node = node
         system.cluster = cluster
-    system.dashboard = None  # type: ignore[attr-defined]  # set when served (runtime.web)
     serving = {
         "control": options.get("control", False),
         "control_dir": options.get("control_dir"),
@@ -240,7 +239,7 @@ async def _serving(
                         from .web import Dashboard, LocalSource  # starlette and hypercorn
 
                         dashboard = Dashboard(LocalSource(system), dashboard_port)
-                        system.dashboard = dashboard  # type: ignore[attr-defined]
+                        system.dashboard = dashboard
                         await nursery.start(dashboard.serve, name="troupe dashboard")
                 task_status.started(error)
                 await system.root.wait_done()

@@ -111,6 +111,7 @@ class System:
         self.started_at: float | None = None
         self.control: Any = None  # the control server, when served (runtime.control)
         self.metrics: Any = None  # the metrics server, when served (runtime.metrics)
+        self.dashboard: Any = None  # the web dashboard, when served (runtime.web)
         self.gate = ThreadGate(self.name)  # a plain attribute: read on every tell
         self._monitor = LoopMonitor()
         self.steps = self._monitor
