@@ -244,9 +244,12 @@ def _width(full: bool) -> int | None:
 
 
 def _fit(line: str, width: int | None) -> str:
-    if width is None or len(line) <= width:
-        return line
-    return line[: max(width - 1, 0)] + "…"
+    """`line` on one line (control characters shown as spaces: a repr cannot move or
+    colour the operator's terminal), cut to `width` terminal cells (None: whole)."""
+    from .top import fit, one_line
+
+    line = one_line(line)
+    return line if width is None else fit(line, width)
 
 
 def _names_a_system(name: str) -> bool:
@@ -327,10 +330,10 @@ def _cmd_deadletters(args: argparse.Namespace) -> int:
     rows = [
         (
             time.strftime("%H:%M:%S", time.localtime(letter["timestamp"])),
-            letter["reason"],
-            letter["recipient"],
-            letter["type"],
-            letter["repr"],
+            _fit(letter["reason"], None),
+            _fit(letter["recipient"], None),
+            _fit(letter["type"], None),
+            _fit(letter["repr"], None),
         )
         for letter in letters
     ]
@@ -941,6 +944,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:
         print(f"troupe: {exc}", file=sys.stderr)
         return 2
+    except ControlError as exc:  # the system refused (e.g. its control socket is busy)
+        print(f"troupe: {exc}", file=sys.stderr)
+        return 1
     return code
 
 

@@ -406,6 +406,12 @@ class ThreadedSystem:
             raise RuntimeClosed(f"actor system {self.name!r} is not running") from None
 
     @property
+    def metrics(self) -> Any:
+        """The metrics server (``.port``) when started with ``metrics_port=``, else None.
+        Set once, before this handle exists: safe to read from any thread."""
+        return self._system.metrics
+
+    @property
     def dashboard(self) -> Any:
         """The web dashboard (`runtime.web.Dashboard`: ``.port``, ``.url``) when
         started with ``dashboard_port=``, else None.  Set once, before this handle

@@ -167,8 +167,11 @@ class RepeatFilter(logging.Filter):
         self.clock = clock
         self.emit = emit  # where a timer's summary goes (the handler's `handle`)
         self._lock = threading.Lock()
-        # key -> [window start, repeats not shown, a record to summarize, timer]
+        # key -> [window start, repeats not shown, a record to summarize, unused]
         self._open: dict[tuple[Any, ...], list[Any]] = {}
+        # one thread ends the windows of every error (not a timer per error)
+        self._sweeper: threading.Thread | None = None
+        self._stop = threading.Event()
 
     @staticmethod
     def _key(record: logging.LogRecord) -> tuple[Any, ...] | None:
@@ -195,17 +198,20 @@ class RepeatFilter(logging.Filter):
                 state[1] += 1
                 state[2] = record
                 return False
-            if state is not None:  # its window is over and its timer has not said so yet
-                if state[3] is not None:
-                    state[3].cancel()
-                if state[1]:
+            summary = None
+            if state is not None and state[1]:  # its window is over, not yet swept
+                if self.emit is not None:  # its own line, before this one in full
+                    summary = logging.makeLogRecord(dict(state[2].__dict__))
+                    self._summarize(summary, state[1], now - state[0])
+                else:  # nowhere else to say it: this record becomes the summary
                     self._summarize(record, state[1] + 1, now - state[0])
-            self._open[key] = [now, 0, record, self._timer(key)]
+            self._open[key] = [now, 0, record, None]
+            self._timer(key)
             if len(self._open) > 1000:  # forget the oldest
-                old = self._open.pop(next(iter(self._open)))
-                if old[3] is not None:
-                    old[3].cancel()
-            return True
+                self._open.pop(next(iter(self._open)))
+        if summary is not None and self.emit is not None:
+            self.emit(summary)
+        return True
 
     def _summarize(self, record: logging.LogRecord, repeats: int, seconds: float) -> None:
         """Turn `record` into the one-line summary of `repeats` like it."""
@@ -219,13 +225,21 @@ class RepeatFilter(logging.Filter):
         record.exc_text = None
         record.troupe_summary = True
 
-    def _timer(self, key: tuple[Any, ...]) -> threading.Timer | None:
-        if self.emit is None:
-            return None
-        timer = threading.Timer(self.window, self._expire, (key,))
-        timer.daemon = True
-        timer.start()
-        return timer
+    def _timer(self, key: tuple[Any, ...]) -> None:
+        """Make sure the sweeper runs (it ends `key`'s window, as every other's)."""
+        if self.emit is None or self._sweeper is not None:
+            return
+        self._sweeper = threading.Thread(target=self._sweep, name="troupe log repeats", daemon=True)
+        self._sweeper.start()
+
+    def _sweep(self) -> None:
+        """The sweeper thread: end the windows that are over, a few times a window."""
+        while not self._stop.wait(max(self.window / 4, 0.05)):
+            now = self.clock()
+            with self._lock:
+                over = [key for key, state in self._open.items() if now - state[0] >= self.window]
+            for key in over:
+                self._expire(key)
 
     def _expire(self, key: tuple[Any, ...], again: bool = True) -> None:
         """The window of `key` is over: print the summary of the repeats not shown, and
@@ -241,7 +255,7 @@ class RepeatFilter(logging.Filter):
             now = self.clock()
             summary = logging.makeLogRecord(dict(state[2].__dict__))
             self._summarize(summary, state[1], now - state[0])
-            self._open[key] = [now, 0, state[2], self._timer(key) if again else None]
+            self._open[key] = [now, 0, state[2], None]
         if self.emit is not None:
             self.emit(summary)
 
@@ -249,18 +263,13 @@ class RepeatFilter(logging.Filter):
         """Print the summaries still pending and forget everything (at exit)."""
         with self._lock:
             keys = list(self._open)
-            for state in self._open.values():
-                if state[3] is not None:
-                    state[3].cancel()
         for key in keys:
             self._expire(key, again=False)
         self.close()
 
     def close(self) -> None:
+        self._stop.set()
         with self._lock:
-            for state in self._open.values():
-                if state[3] is not None:
-                    state[3].cancel()
             self._open.clear()
 
 

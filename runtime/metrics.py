@@ -170,8 +170,8 @@ class MetricsServer:
         return (200 if status == "ready" else 503), answer
 
     def health(self) -> tuple[int, dict[str, Any]]:
-        """``/healthz``: 200 while healthy, 503 when the tree failed (a supervisor
-        escalated to the root, which gives up), the loop is blocked (a recent step
+        """``/healthz``: 200 while healthy, 503 when the tree failed or a supervisor
+        escalated (less than `RECENT` seconds ago), the loop is blocked (a recent step
         held it for `LOOP_BLOCKED` seconds or more, or the loop is late by that much)
         or an actor is stuck (handling one message longer than the system's
         `stuck_after`).  JSON: ``status``, ``healthy`` and each check's findings."""
@@ -190,12 +190,16 @@ class MetricsServer:
                     problems["tree"] = f"{node.path} failed: {error.type}: {error.message}"
             if failing and "tree" not in problems:
                 problems["tree"] = "the tree is failing: a supervisor escalated to the root"
-        escalated = [  # recent, also those a parent dealt with (information only)
+        escalated = [  # recent ones, also those a parent dealt with
             f"{event.payload.get('path')}: {event.payload.get('error')}"
             for event in system.bus.history(
                 "system.supervisor.escalated", limit=5, since=time.time() - RECENT
             )
         ]
+        if escalated and "tree" not in problems:
+            problems["tree"] = (
+                f"a supervisor escalated less than {RECENT:.0f} s ago: {escalated[0]}"
+            )
         loop = system.loop_monitor.health()
         now = time.time()
         last = loop.last_blocked
@@ -218,7 +222,7 @@ class MetricsServer:
             if name in problems:
                 checks[name]["problem"] = problems[name]
         if escalated:
-            checks["tree"]["escalated"] = escalated
+            checks["tree"]["escalated"] = escalated  # the most recent first
         healthy = not problems
         answer = {
             "status": "healthy" if healthy else "unhealthy",

@@ -261,6 +261,14 @@ class ActorRef:
         return id(self._cell)
 
 
+def _notify_cancel(future: Future[Any]) -> None:
+    if future.cancelled():
+        try:
+            future.set_running_or_notify_cancel()
+        except RuntimeError:  # already told
+            pass
+
+
 class FutureReply:
     """The `ReplySlot` of `ActorRef.ask_future`: a `concurrent.futures.Future` settled
     on the loop thread, with a timer (a trio system task) that fails it with
@@ -272,6 +280,9 @@ class FutureReply:
 
     def __init__(self, host: Host, on_late: Callable[[Any], None]) -> None:
         self.future: Future[Any] = Future()
+        # a cancel by its owner must wake concurrent.futures.wait/as_completed: they
+        # are told only through set_running_or_notify_cancel
+        self.future.add_done_callback(_notify_cancel)
         self._host = host
         self._on_late = on_late
         self._abandoned = False  # timed out (a cancelled future is abandoned too)

@@ -486,7 +486,9 @@ class expect_crashes:  # lower case: used like a function, as `within`
         return text
 
     def filter(self, record: logging.LogRecord) -> bool:
-        """The logger filter: note crash records; False keeps a matching one out of the log."""
+        """Every active block sees each crash record (nested blocks included): one
+        that fits it counts it; one it does not fit counts it as another crash only
+        if no active block expects it.  False keeps an expected one out of the log."""
         args = record.args
         info = record.exc_info
         if not (
@@ -499,11 +501,17 @@ class expect_crashes:  # lower case: used like a function, as `within`
         ):
             return True
         found = Crash(str(args[0]), str(args[1]), info[1])
-        self.crashes.append(found)
-        if self._fits(found):
-            self.matched.append(found)
+        blocks = _active_blocks
+        expected = any(block._fits(found) for block in blocks)
+        for block in blocks:
+            if block._fits(found):
+                block.crashes.append(found)
+                block.matched.append(found)
+            elif not expected:
+                block.crashes.append(found)
+        if expected:
             return False
-        return self._level is None  # a logger we had to enable: keep it quiet
+        return all(block._level is None for block in blocks)  # a logger we enabled: quiet
 
     def _fits(self, found: Crash) -> bool:
         return (
@@ -516,7 +524,10 @@ class expect_crashes:  # lower case: used like a function, as `within`
         if not self._logger.isEnabledFor(logging.ERROR):
             self._level = self._logger.level
             self._logger.setLevel(logging.ERROR)
-        self._logger.addFilter(self)
+        # one filter (the outermost block) hands each crash to every active block
+        if not _active_blocks:
+            self._logger.addFilter(self)
+        _active_blocks.append(self)
         return self
 
     async def __aexit__(
@@ -532,7 +543,14 @@ class expect_crashes:  # lower case: used like a function, as `within`
                 while len(self.matched) < self.count:
                     await trio.sleep(0.01)
         finally:
-            self._logger.removeFilter(self)
+            if self in _active_blocks:
+                _active_blocks.remove(self)
+            if not _active_blocks:  # the filter was one of them: take them all off
+                for old in [f for f in self._logger.filters if isinstance(f, expect_crashes)]:
+                    self._logger.removeFilter(old)
+            elif self in self._logger.filters:  # the filter goes on with an outer block
+                self._logger.removeFilter(self)
+                self._logger.addFilter(_active_blocks[0])
             if self._level is not None:
                 self._logger.setLevel(self._level)
         others = [c for c in self.crashes if c not in self.matched]
@@ -547,6 +565,10 @@ class expect_crashes:  # lower case: used like a function, as `within`
             else:
                 how = "and nothing else"
             raise AssertionError(f"expected {self._wanted()} {how}; the runtime logged {seen}")
+
+
+_active_blocks: list[expect_crashes] = []
+"""The `expect_crashes` blocks now open, outermost first (tests run one at a time)."""
 
 
 def crash(ref: ActorRef, error: BaseException | None = None) -> None:

@@ -208,12 +208,12 @@ def _seconds(s: float) -> str:
     return f"{int(s // 3600)}h{int(s % 3600 // 60):02d}m"
 
 
-def _one_line(text: str) -> str:
+def one_line(text: str) -> str:
     """`text` on one line, control characters shown as spaces."""
     return "".join(c if c.isprintable() else " " for c in text)
 
 
-def _fit(text: str, width: int) -> str:
+def fit(text: str, width: int) -> str:
     """`text` cut to `width` cells, an ellipsis marking the cut."""
     if width <= 0:
         return ""
@@ -235,7 +235,7 @@ def _error_cell(info: Mapping[str, Any]) -> Segment:
     error = info.get("last_error")
     if not error:
         return ("", "")
-    return (_one_line(f"{error['type']}: {error['message']}"), "red")
+    return (one_line(f"{error['type']}: {error['message']}"), "red")
 
 
 def _actor_only(cell: Callable[[Mapping[str, Any], Mapping[str, float]], Segment]) -> Any:
@@ -379,7 +379,7 @@ def _cell_text(column: Column, info: Mapping[str, Any], rate: Any) -> str:
 
 
 def _pad(text: str, width: int, right: bool = False) -> str:
-    text = _fit(text, width)
+    text = fit(text, width)
     gap = " " * (width - cell_len(text))
     return gap + text if right else text + gap
 
@@ -533,14 +533,14 @@ def detail_lines(
     if stats:
         shown = ", ".join(f"{k}={v}" for k, v in stats.items() if not isinstance(v, dict | list))
         if shown:
-            lines.append([(_one_line("stats: " + shown), "dim")])
+            lines.append([(one_line("stats: " + shown), "dim")])
     error = info.get("last_error")
     if error:
-        lines.append([(_one_line(f"last error: {error['type']}: {error['message']}"), "red")])
+        lines.append([(one_line(f"last error: {error['type']}: {error['message']}"), "red")])
         for tb_line in (error.get("traceback") or "").rstrip("\n").splitlines():
             if tb_line.strip() and not tb_line.strip().strip("^~"):
                 continue  # 3.11's carets under the failing expression: room for more frames
-            lines.append([("  " + _one_line(tb_line), "")])
+            lines.append([("  " + one_line(tb_line), "")])
     else:
         lines.append([("last error: none", "dim")])
     return lines
@@ -555,7 +555,7 @@ def fit_lines(lines: Sequence[Line], width: int) -> list[Line]:
         for text, style in line:
             if left <= 0:
                 break
-            piece = _fit(text, left) if cell_len(text) > left else text
+            piece = fit(text, left) if cell_len(text) > left else text
             fitted.append((piece, style))
             left -= cell_len(piece)
         out.append(fitted)
@@ -969,8 +969,23 @@ def run_top(
 ) -> None:
     """`top` of one system through its control socket."""
 
+    from .control import Client, ControlError
+
+    holder = [client]
+
     def fetch() -> tuple[dict[Any, dict[str, Any]], list[str]]:
-        return {None: client.call("tree")["snapshot"]}, []
+        try:
+            return {None: holder[0].call("tree")["snapshot"]}, []
+        except (ConnectionError, ControlError, OSError):
+            # the socket closed this connection (e.g. idle past its limit): connect
+            # again; if that fails, the system is gone
+            try:
+                fresh = Client(holder[0].endpoint)
+            except OSError:
+                raise ConnectionError("the system stopped") from None
+            holder[0].close()
+            holder[0] = fresh
+            return {None: fresh.call("tree")["snapshot"]}, []
 
     view = View({}, sort=sort, hide_system=hide_system)
     live(fetch, view, interval=interval, once=once, width=width)

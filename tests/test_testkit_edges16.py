@@ -43,7 +43,7 @@ def test_a_cancelled_ask_future_is_done_for_concurrent_futures_wait() -> None:
     # README "Testing your actors": "ref.ask_future(...) returns a
     # concurrent.futures.Future ... so one thread can wait on several with
     # concurrent.futures.wait", and ref.py: "future.cancel() gives up on the reply".
-    # FAILS: FutureReply never calls set_running_or_notify_cancel(), so a future its
+    #
     # owner cancelled stays CANCELLED (not CANCELLED_AND_NOTIFIED): `f.done()` is True
     # but `concurrent.futures.wait` / `as_completed` treat it as pending and block
     # until their timeout (for ever without one).  runtime/ref.py:274 (FutureReply).
@@ -111,7 +111,7 @@ def test_ask_futures_from_many_threads_all_settle_when_the_system_stops() -> Non
 async def test_nested_expect_crashes_the_inner_block_sees_its_own_crash() -> None:
     # README: "async with expect_crashes(ValueError, count=1, path=None, ...): asserts
     # on crashes like Akka's EventFilter"; nested filters in Akka: the innermost one
-    # intercepts first.  FAILS: both blocks are filters on the "troupe" logger; the
+    # intercepts first.
     # outer one, added first, matches the crash and returns False, and logging stops
     # at the first False filter, so the inner block never sees it ("expected 1 crash
     # with ValueError within 3.0s").  runtime/testing.py:505 (filter returns False)
@@ -127,7 +127,7 @@ async def test_nested_expect_crashes_the_inner_block_sees_its_own_crash() -> Non
 
 
 async def test_overlapping_expect_crashes_of_different_errors() -> None:
-    # FAILS, same cause: an outer block for KeyError and an inner one for ValueError:
+    #
     # the ValueError meant for the inner block is an "other crash" for the outer one,
     # which fails "... and nothing else" although the inner block expected it.
     tree = Supervisor("nest2", max_restarts=100, children=[child(Boom, name="b")])

@@ -108,7 +108,7 @@ def test_streams_past_the_limit_get_503_and_non_readers_are_let_go(
 def test_start_in_thread_shows_the_metrics_port_it_picked(system: Any) -> None:
     # DESIGN "Monitoring": "`start_in_thread` takes `control=` and `metrics_port=` like
     # `open_system`"; entry.py:73: "metrics_port ... (0 picks a port: `system.metrics.port`)".
-    # FAILS: the ThreadedSystem handle has `.dashboard` (entry.py:409) but no `.metrics`,
+    #
     # so a threaded program started with metrics_port=0 cannot learn its port (nor
     # point a probe at /healthz).  runtime/entry.py:380 (ThreadedSystem).
     assert system.metrics is not None

@@ -114,7 +114,7 @@ def test_top_survives_its_connection_closed_for_idleness(
     # (here the timeout is shortened: the server runs in this process), the server
     # closes top's connection after the first frame; top's next "tree" hits a
     # closed socket (BrokenPipeError, or the goodbye line as a ControlError).
-    # FAILS: top exits after one frame saying "troupe: the system stopped" while the
+    #
     # system runs on (or, when the goodbye line is read first, with a ControlError
     # traceback).  runtime/top.py:973 (one Client for the whole run, never
     # reconnected) and runtime/cli.py:307 (ConnectionError read as "the system
@@ -148,7 +148,7 @@ def test_tree_top_stop_on_a_full_control_socket_say_so_without_a_traceback(
     # DESIGN: "a full server closes its oldest idle connection to serve a new one";
     # with 32 busy `events` streams none is idle, and the newcomer gets one
     # {"ok": false, "error": "too many connections"} line.  `troupe events` turns it
-    # into "troupe: too many connections" (exit 2); FAILS: `troupe tree`, `troupe top
+    # into "troupe: too many connections" (exit 2);
     # --once` and `troupe stop` print a ControlError traceback instead.
     # runtime/cli.py:228 (_cmd_tree), :307 (_cmd_top), :417 (_cmd_stop): client.call
     # without `except ControlError`.
@@ -173,7 +173,7 @@ def test_tree_top_stop_on_a_full_control_socket_say_so_without_a_traceback(
 def test_deadletters_rows_stay_one_line_each_whatever_the_repr(place: Place) -> None:
     # Issue 16: "`troupe deadletters` (recent dead letters: time, recipient, reason,
     # message type and a short repr)"; README: "a short repr (a repr that raises or is
-    # huge cannot break it)".  FAILS: a repr with newlines and escape sequences is
+    # huge cannot break it)".
     # printed raw: the row spans three lines and clears/colours the operator's
     # terminal.  `troupe top` makes such text one line (top.py:211 `_one_line`);
     # `troupe deadletters` does not (cli.py:333, `letter["repr"]` printed as is; the

@@ -25,7 +25,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 def test_many_different_errors_do_not_hold_a_thread_each() -> None:
     # Issue 16: "repeated identical crashes are summarized"; the brief: many different
-    # errors must not make unbounded pending work.  FAILS: RepeatFilter starts one
+    # errors must not make unbounded pending work.
     # threading.Timer (an OS thread, alive for the whole 10 s window) per distinct
     # error; a crash loop whose messages differ (an id, a count, a time in the text)
     # holds up to 1000 threads at once, each started from the trio thread as the
@@ -47,7 +47,7 @@ def test_many_different_errors_do_not_hold_a_thread_each() -> None:
 
 
 def test_the_summary_does_not_rewrite_the_record_other_handlers_see() -> None:
-    # FAILS (low): when a repeated error comes after its window, RepeatFilter turns the
+    #
     # record itself into the summary line (msg replaced, args, exc_info and exc_text
     # dropped) before returning True.  The record is shared: a handler that runs after
     # the console (a file log the program added) gets "(same error N more times ...)"
