@@ -386,7 +386,7 @@ class Tiny(Actor):
     async def receive(self, msg: Any) -> Any:
         if isinstance(msg, int):
             self.seen.append(msg)
-            await trio.sleep(0.001)
+            await trio.sleep(0.01)  # slow enough that a burst overflows, loaded machine or not
         return msg
 
 

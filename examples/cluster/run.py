@@ -369,8 +369,9 @@ class Launcher:
                 clean = False
                 node.kill()
             code = node.proc.wait()
-            # -SIGINT or 130: stopped while still importing or starting
-            if code not in (0, 130, -signal.SIGINT):
+            # -SIGINT or 130: stopped while starting; a node that never said it was
+            # ready may even have been interrupted inside Python's own start-up (exit 1)
+            if code not in (0, 130, -signal.SIGINT) and node.ready.is_set():
                 clean = False
             say("launcher", f"node {node.name} stopped (exit code {code})")
         for node in self.nodes.values():  # nothing of theirs outlives them
