@@ -36,7 +36,11 @@ class Boom(Actor):
 
 
 def _tree() -> Supervisor:
-    return Supervisor("af", children=[child(Slow, name="slow"), child(Slow, name="quick")])
+    # a short shutdown: a stop does not wait long for the message the slow one holds
+    return Supervisor(
+        "af",
+        children=[child(Slow, name="slow", shutdown=0.2), child(Slow, name="quick", shutdown=0.2)],
+    )
 
 
 def test_a_cancelled_ask_future_is_done_for_concurrent_futures_wait() -> None:
@@ -44,9 +48,8 @@ def test_a_cancelled_ask_future_is_done_for_concurrent_futures_wait() -> None:
     # concurrent.futures.Future ... so one thread can wait on several with
     # concurrent.futures.wait", and ref.py: "future.cancel() gives up on the reply".
     #
-    # owner cancelled stays CANCELLED (not CANCELLED_AND_NOTIFIED): `f.done()` is True
-    # but `concurrent.futures.wait` / `as_completed` treat it as pending and block
-    # until their timeout (for ever without one).  runtime/ref.py:274 (FutureReply).
+    # A future its owner cancelled must count as done for `concurrent.futures.wait`
+    # and `as_completed` too (they are told only through set_running_or_notify_cancel).
     with runtime.start_in_thread(_tree()) as system:
         ref = system.ref("/af/slow")
         gave_up = ref.ask_future("never", timeout=30)
