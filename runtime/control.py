@@ -571,7 +571,8 @@ class ControlServer:
         try:
             # send/ask go through a supervisor's front (a pool's), as `system.ref` does;
             # kill crashes exactly the actor named
-            cell = self.system._lookup(norm) if doing == "kill" else self.system.ref(norm)._cell
+            target = norm if doing == "kill" else self.system.ref(norm).path
+            cell = self.system.slot(target)
         except (TroupeError, ValueError) as exc:  # ActorNotFound, RuntimeClosed
             raise OpFailed(str(exc), type(exc).__name__) from None
         if cell.kind == "supervisor":

@@ -344,6 +344,12 @@ class System:
             cell = front
         return cell.ref
 
+    def slot(self, path: str) -> Cell:
+        """The slot at `path` itself (no front followed, no cluster URL): for the
+        faces, which look at it as it is (e.g. ``troupe kill`` refuses a supervisor).
+        Raises `ActorNotFound`, `RuntimeClosed`, `ValueError` as `ref` does."""
+        return self._lookup(path)
+
     def _remote(self, url: str) -> Cluster:
         """The cluster, to reach `url` through; `ValueError` without one."""
         if self.cluster is None:
