@@ -316,11 +316,8 @@ def _cmd_deadletters(args: argparse.Namespace) -> int:
     if args.n < 1:
         raise UsageError(f"-n is how many dead letters to show (1 or more), got {args.n}")
     with _client(args.system) as client:
-        try:
-            reply = client.call("deadletters", limit=min(args.n, 1000), reason=args.reason)
-        except ControlError as exc:
-            print(f"troupe: {exc}", file=sys.stderr)
-            return 1
+        # a refusal (ControlError) is printed by `main`, as for every command
+        reply = client.call("deadletters", limit=min(args.n, 1000), reason=args.reason)
     counts = {reason: n for reason, n in reply["counts"].items() if n}
     letters = list(reversed(reply["letters"]))  # oldest first, the newest last
     if not letters:

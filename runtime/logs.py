@@ -167,7 +167,7 @@ class RepeatFilter(logging.Filter):
         self.clock = clock
         self.emit = emit  # where a timer's summary goes (the handler's `handle`)
         self._lock = threading.Lock()
-        # key -> [window start, repeats not shown, a record to summarize, unused]
+        # key -> [window start, repeats not shown, a record to summarize]
         self._open: dict[tuple[Any, ...], list[Any]] = {}
         # one thread ends the windows of every error (not a timer per error)
         self._sweeper: threading.Thread | None = None
@@ -205,8 +205,8 @@ class RepeatFilter(logging.Filter):
                     self._summarize(summary, state[1], now - state[0])
                 else:  # nowhere else to say it: this record becomes the summary
                     self._summarize(record, state[1] + 1, now - state[0])
-            self._open[key] = [now, 0, record, None]
-            self._timer(key)
+            self._open[key] = [now, 0, record]
+            self._ensure_sweeper()
             if len(self._open) > 1000:  # forget the oldest
                 self._open.pop(next(iter(self._open)))
         if summary is not None and self.emit is not None:
@@ -225,8 +225,8 @@ class RepeatFilter(logging.Filter):
         record.exc_text = None
         record.troupe_summary = True
 
-    def _timer(self, key: tuple[Any, ...]) -> None:
-        """Make sure the sweeper runs (it ends `key`'s window, as every other's)."""
+    def _ensure_sweeper(self) -> None:
+        """Make sure the one sweeper thread runs (it ends every error's window)."""
         if self.emit is None or self._sweeper is not None:
             return
         self._sweeper = threading.Thread(target=self._sweep, name="troupe log repeats", daemon=True)
@@ -241,7 +241,7 @@ class RepeatFilter(logging.Filter):
             for key in over:
                 self._expire(key)
 
-    def _expire(self, key: tuple[Any, ...], again: bool = True) -> None:
+    def _expire(self, key: tuple[Any, ...]) -> None:
         """The window of `key` is over: print the summary of the repeats not shown, and
         keep counting for another window; none: forget it (the next one is shown in
         full)."""
@@ -255,7 +255,7 @@ class RepeatFilter(logging.Filter):
             now = self.clock()
             summary = logging.makeLogRecord(dict(state[2].__dict__))
             self._summarize(summary, state[1], now - state[0])
-            self._open[key] = [now, 0, state[2], None]
+            self._open[key] = [now, 0, state[2]]
         if self.emit is not None:
             self.emit(summary)
 
@@ -264,7 +264,7 @@ class RepeatFilter(logging.Filter):
         with self._lock:
             keys = list(self._open)
         for key in keys:
-            self._expire(key, again=False)
+            self._expire(key)
         self.close()
 
     def close(self) -> None:

@@ -23,6 +23,7 @@ import trio
 
 import runtime
 import runtime.metrics
+import runtime.testing
 from actors import Daemon
 from runtime import Actor, Supervisor, child
 from runtime.logs import RepeatFilter, root_cause
@@ -499,3 +500,27 @@ async def test_healthz_is_unhealthy_when_the_tree_fails() -> None:
         "failed: gave up: more than 0 restarts within 1s; "
         "root cause: /app/s: ValueError('broken for good')"
     )
+
+
+async def test_healthz_is_unhealthy_after_a_nested_supervisor_escalated() -> None:
+    # DESIGN (Monitoring, Health): "unhealthy when a supervisor has escalated" -- also
+    # one whose parent restarted it and carries on (for RECENT seconds)
+    inner = Supervisor("inner", max_restarts=0, within=1, children=[child(Sticks, name="s")])
+    tree = Supervisor("app", max_restarts=10, within=1, children=[inner])
+    logging.getLogger("troupe").setLevel(logging.CRITICAL)
+    try:
+        with trio.fail_after(WAIT):
+            async with runtime.open_system(tree, metrics_port=0) as system:
+                port = system.metrics.port
+                code, _, body = await get(port, "/healthz")
+                assert code == 200, body
+                system.ref("/app/inner/s").tell("crash")  # /app/inner gives up, /app restarts it
+                await runtime.testing.wait_for(
+                    lambda: system.snapshot().find("/app/inner").restarts == 1, timeout=WAIT
+                )
+                code, _, body = await get(port, "/healthz")
+                assert code == 503 and body["checks"]["tree"]["ok"] is False, body
+                assert "escalated" in body["checks"]["tree"]["problem"]
+                assert body["checks"]["tree"]["escalated"]
+    finally:
+        logging.getLogger("troupe").setLevel(logging.NOTSET)

@@ -934,6 +934,9 @@ class Cluster:
             "undecodable": self.undecodable,
             "wakeups": 0 if self._transport is None else self._transport.wakeups,
             "dropped_inbound": 0 if self._transport is None else self._transport.dropped,
+            "published": 0 if self._transport is None else self._transport.published,
+            "received": 0 if self._transport is None else self._transport.received,
+            "late_replies_dropped": self.lost_replies,
         }
 
     # -- inbound (trio thread) ---------------------------------------------------
