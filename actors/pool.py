@@ -276,8 +276,7 @@ class Router(Actor):
         if isinstance(self.routing, ConsistentHash):
             self.ring.remove(ref)
         self._release_name(ref.name)
-        if self.resizing:
-            self._resize_soon()
+        if self.resizing:  # the resize under way reads `target` at its next step
             return
         self.target = max(len(self.workers), self.target - 1)  # one fewer wanted
         self.sizes.set(self.ctx.ref, self.target)
