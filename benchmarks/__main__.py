@@ -13,6 +13,7 @@ from .harness import Bench, Result, Size, eprint, load_text, measure, peer_versi
 
 GROUPS: tuple[str, ...] = (
     "benchmarks.kernel",
+    "benchmarks.idle",
     "benchmarks.threads",
     "benchmarks.bus",
     "benchmarks.bridge",

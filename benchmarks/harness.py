@@ -78,6 +78,7 @@ class Bench:
     run_once: Callable[[Size], Figures]
     rows: Sequence[Row]
     notes: Sequence[str] = field(default=())
+    max_runs: int | None = None  # a long scenario runs at most this often (its notes say so)
 
 
 @dataclass
@@ -89,6 +90,8 @@ class Result:
 
 def measure(bench: Bench, size: Size, runs: int, log: Callable[[str], None]) -> Result:
     samples: dict[str, list[float]] = {}
+    if bench.max_runs is not None:
+        runs = min(runs, bench.max_runs)
     for i in range(runs):
         gc.collect()
         started = time.perf_counter()

@@ -77,7 +77,9 @@ class Context:
 
     __slots__ = ("_behaviour", "_cell", "_nursery")
 
-    def __init__(self, cell: Cell, behaviour: ActorBehaviour, nursery: trio.Nursery) -> None:
+    def __init__(
+        self, cell: Cell, behaviour: ActorBehaviour, nursery: trio.Nursery | None
+    ) -> None:
         self._cell = cell
         self._behaviour = behaviour
         self._nursery = nursery
@@ -100,8 +102,20 @@ class Context:
 
     @property
     def nursery(self) -> trio.Nursery:
-        """For background tasks that die with this incarnation (an error in one crashes it)."""
-        return self._nursery
+        """For background tasks that die with this incarnation (an error in one crashes it).
+
+        An actor with ``hibernate_after`` gets a fresh one each time it wakes
+        (take it from ``self.ctx`` when you need it, do not keep it); while a
+        task runs in it, the actor does not hibernate.  Raises RuntimeError
+        outside `on_start`, `receive` and `on_stop` of a hibernating actor.
+        """
+        nursery = self._nursery
+        if nursery is None:
+            raise RuntimeError(
+                f"{self._cell.path} is hibernating: ctx.nursery exists only while it "
+                "handles a message (use it from on_start, receive or on_stop)"
+            )
+        return nursery
 
     async def publish(
         self,
@@ -229,7 +243,7 @@ class Context:
         if not delay >= 0:
             raise ValueError(f"delay must be >= 0, got {delay!r}")
         timer = Timer()
-        self._nursery.start_soon(self._send_after, timer, delay, msg)
+        self.nursery.start_soon(self._send_after, timer, delay, msg)
         return timer
 
     def every(self, interval: float, msg: Any) -> Timer:
@@ -241,7 +255,7 @@ class Context:
         if not (interval > 0 and math.isfinite(interval)):
             raise ValueError(f"interval must be a positive number of seconds, got {interval!r}")
         timer = Timer()
-        self._nursery.start_soon(self._every, timer, interval, msg)
+        self.nursery.start_soon(self._every, timer, interval, msg)
         return timer
 
     async def _send_after(self, timer: Timer, delay: float, msg: Any) -> None:

@@ -58,6 +58,9 @@ BATCH = 128
 IDLE: Any = object()
 """`ActorBehaviour.current` when no message is in hand."""
 
+HIBERNATED: Any = object()
+"""What `ActorBehaviour._loop` returns when the incarnation hibernates (its task ends)."""
+
 # -- how an incarnation ended ------------------------------------------------
 class HandlerFailed(Exception):
     """Carries an exception raised by `receive` or `on_start` out of the incarnation's
@@ -333,12 +336,37 @@ class Cell:
         """Start an incarnation in `nursery`; return None once started, or the start error.
 
         The incarnation's task runs the behaviour directly (no frame of its own
-        here: an idle actor's stack stays small) and is named by the path.
+        here: an idle actor's stack stays small) and is named by the path.  An
+        actor that starts hibernating (see `ActorBehaviour.starts_hibernating`)
+        gets no task until its first message.
         """
-        error: BaseException | None = await nursery.start(
-            self.behaviour.run, self, name=self.path
-        )
-        return error
+        behaviour = self.behaviour
+        if type(behaviour) is ActorBehaviour and behaviour.starts_hibernating():
+            error = behaviour.start_hibernating(self, nursery)
+            await trio.lowlevel.cancel_shielded_checkpoint()  # a long start_in_order stays fair
+            return error
+        started: BaseException | None = await nursery.start(behaviour.run, self, name=self.path)
+        return started
+
+    # -- hibernation (the actor behaviour's; see `ActorBehaviour`) --------------
+    def wake_up(self) -> None:
+        """The mailbox of a hibernating incarnation got something: resume it in a task."""
+        behaviour = self.behaviour
+        assert type(behaviour) is ActorBehaviour
+        behaviour.resume_soon(self)
+
+    def abandon(self) -> None:
+        """The nursery this slot's incarnations run in is closing: a hibernating
+        incarnation ends as a cancelled task does (no `on_stop`, no report)."""
+        behaviour = self.behaviour
+        if type(behaviour) is ActorBehaviour:
+            behaviour.abandon(self)
+
+    @property
+    def hibernating(self) -> bool:
+        """Whether the running incarnation has no task now (see ``hibernate_after``)."""
+        behaviour = self.behaviour
+        return type(behaviour) is ActorBehaviour and behaviour.sleeping
 
     # -- watching --------------------------------------------------------
     def watch(self, target: Cell) -> None:
@@ -407,15 +435,26 @@ class Cell:
             )
 
     # -- incarnation bookkeeping shared by the behaviours ------------------
-    def begin(self) -> int:
+    def begin(self, in_task: bool = True) -> int:
+        """A new incarnation begins (in the current task, unless not `in_task`)."""
         self.incarnation += 1
         self._running = True
         self._exit = None
         self._stop_reason = None
         self.stopping_by_parent = False
-        enter_incarnation(self)
+        if in_task:
+            enter_incarnation(self)
         self.state = "starting"
         return self.incarnation
+
+    def hibernated(self) -> None:
+        """The running incarnation keeps going without a task: nothing to cancel."""
+        self._kill_scope = None
+        leave_incarnation(self)
+
+    def resumed(self) -> None:
+        """The running incarnation continues in the current task."""
+        enter_incarnation(self)
 
     def end(self, reason: ExitReason) -> None:
         self._kill_scope = None
@@ -455,11 +494,20 @@ class Cell:
 
 
 class ActorBehaviour:
-    """An actor's incarnations: make the actor, `on_start`, the message loop, `on_stop`."""
+    """An actor's incarnations: make the actor, `on_start`, the message loop, `on_stop`.
+
+    Hibernation (``child(..., hibernate_after=)``): an incarnation idle for
+    that long, with no task of its own in ``ctx.nursery``, ends its trio task
+    and registers the slot with its mailbox instead (`MailboxQueue.hibernate`).
+    The next item queued there starts a fresh task in the same nursery
+    (`resume_soon`), which carries on with the same actor.  One task at most
+    runs an incarnation at any time: the mailbox wakes a sleeper once.
+    """
 
     kind = "actor"
     __slots__ = (
         "_deferred",
+        "_home",
         "_interrupted",
         "_noted",
         "_restarted",
@@ -467,6 +515,7 @@ class ActorBehaviour:
         "current",
         "current_since",
         "reply",
+        "sleeping",
         "spec",
     )
 
@@ -480,6 +529,8 @@ class ActorBehaviour:
         self._interrupted: Any = IDLE  # the message in hand when receive was cancelled
         self._noted: BaseException | None = None  # a crash already counted by the loop
         self._restarted = False  # stopped by a group restart (the asker is told so)
+        self._home: trio.Nursery | None = None  # where a hibernating incarnation resumes
+        self.sleeping = False  # hibernating: the incarnation has no task until woken
 
     @property
     def busy(self) -> bool:
@@ -530,7 +581,16 @@ class ActorBehaviour:
         self._restarted = True
 
     def on_stop_request(self, cell: Cell, reason: str) -> None:
-        pass
+        """A hibernating actor whose class has no `on_stop` of its own ends at once:
+        its task would only find the stop and end, so none is started for it."""
+        actor = self.actor
+        if self.sleeping and actor is not None and type(actor).on_stop is Actor.on_stop:
+            incarnation = cell.incarnation
+            stop = cell.stop_reason or reason
+            cell.state = "stopping"
+            self._end_sleeping(cell, stop)
+            if not cell.stopping_by_parent:
+                cell.report(incarnation, stop)
 
     # -- one incarnation -------------------------------------------------
     def _make_actor(self, cell: Cell) -> Actor:
@@ -571,40 +631,66 @@ class ActorBehaviour:
         cell: Cell,
         task_status: trio.TaskStatus[BaseException | None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """One incarnation.
+        """One incarnation, from the making of its actor.
 
         The incarnation's nursery (``ctx.nursery``) doubles as its kill scope:
         a stop arms its deadline with the child's shutdown timeout, so a
         message in hand or an `on_stop` that overruns is cancelled.
         """
-        incarnation = cell.begin()
+        await self._incarnation(cell, cell.begin(), task_status, None)
+
+    async def resume(self, cell: Cell) -> None:
+        """The hibernating incarnation goes on in this task (started by `resume_soon`)."""
+        actor = self.actor
+        assert actor is not None and cell.running
+        cell.resumed()
+        await self._incarnation(cell, cell.incarnation, trio.TASK_STATUS_IGNORED, actor)
+
+    async def _incarnation(
+        self,
+        cell: Cell,
+        incarnation: int,
+        task_status: trio.TaskStatus[BaseException | None],
+        actor: Actor | None,
+    ) -> None:
+        """Run incarnation `incarnation` in this task: from its start if `actor` is None,
+        else resuming it after hibernation (its actor started already).  Returns when
+        the incarnation ends, or hibernates again."""
         reason: ExitReason = "shutdown"
-        started = False
+        started = actor is not None
         clean = False
-        actor: Actor | None = None
+        hibernated = False
         nursery: trio.Nursery | None = None
         start_error: BaseException | None = None
         interrupted = False
         try:
             try:
-                actor = self._make_actor(cell)
+                if actor is None:
+                    actor = self._make_actor(cell)
                 async with trio.open_nursery() as nursery:
                     cell.guard(nursery.cancel_scope)
                     actor._troupe_ctx = Context(cell, self, nursery)
-                    self.actor = actor
-                    for pattern in type(actor).subscriptions:
-                        cell.host.subscribe_cell(cell, pattern)
-                    try:
-                        await actor.on_start()
-                    except Exception as exc:
-                        raise HandlerFailed(exc) from None
-                    started = True
-                    cell.mark_started(incarnation, task_status)
-                    reason = await self._loop(cell, actor)
-                    cell.state = "stopping"
-                    await self._on_stop(cell, actor, reason)
-                    clean = True
-                    nursery.cancel_scope.cancel()  # background tasks end with the incarnation
+                    if not started:
+                        self.actor = actor
+                        for pattern in type(actor).subscriptions:
+                            cell.host.subscribe_cell(cell, pattern)
+                        try:
+                            await actor.on_start()
+                        except Exception as exc:
+                            raise HandlerFailed(exc) from None
+                        started = True
+                        cell.mark_started(incarnation, task_status)
+                    ended = await self._loop(cell, actor, nursery)
+                    if ended is HIBERNATED:
+                        # The slot is registered with its mailbox: from here on a new
+                        # task may run the incarnation; this one only leaves.
+                        hibernated = True
+                    else:
+                        reason = ended
+                        cell.state = "stopping"
+                        await self._on_stop(cell, actor, reason)
+                        clean = True
+                        nursery.cancel_scope.cancel()  # background tasks end with it
             except BaseException as exc:
                 crash, interrupt = classify(exc)
                 if interrupt is not None:
@@ -635,17 +721,105 @@ class ActorBehaviour:
                     reason = "killed"
                     log.warning("%s did not stop within its shutdown timeout: cancelled", cell.path)
         finally:
-            self._noted = None
-            self._drop_interrupted(cell, "stopped")
-            self._end(cell, reason)
-            if not started and start_error is not None:
-                task_status.started(start_error)  # the supervisor hears of it now it is over
+            if not hibernated:
+                self._noted = None
+                self._drop_interrupted(cell, "stopped")
+                self._end(cell, reason)
+                if not started and start_error is not None:
+                    task_status.started(start_error)  # the supervisor hears of it now
+        if hibernated:
+            return
         if not started:
             if start_error is None:
                 task_status.started(ActorStopped(f"{cell.path} was stopped while starting"))
             return
         if not cell.stopping_by_parent:
             cell.report(incarnation, reason)
+
+    # -- hibernation -----------------------------------------------------------
+    def starts_hibernating(self) -> bool:
+        """Whether a new incarnation can start without a task: it may hibernate
+        (``hibernate_after`` is set) and its actor class has no `on_start` of its own."""
+        if self.spec.hibernate_after is None:
+            return False
+        try:
+            factory = resolve_factory(self.spec.factory)
+        except Exception:
+            return False  # the task's start reports it
+        return isinstance(factory, type) and getattr(factory, "on_start", None) is Actor.on_start
+
+    def start_hibernating(self, cell: Cell, nursery: trio.Nursery) -> BaseException | None:
+        """Start a new incarnation with no task (it resumes in `nursery` when mail
+        comes); return None, or the start error (recorded, the incarnation ended)."""
+        incarnation = cell.begin(in_task=False)
+        try:
+            actor = self._make_actor(cell)
+            actor._troupe_ctx = Context(cell, self, None)
+            self.actor = actor
+            for pattern in type(actor).subscriptions:
+                cell.host.subscribe_cell(cell, pattern)
+        except Exception as exc:
+            cell.record_error(exc, "failed to start")
+            self._end(cell, exc)
+            return exc
+        cell.mark_started(incarnation, trio.TASK_STATUS_IGNORED)
+        self._home = nursery
+        self._hibernate(cell)
+        return None
+
+    def _hibernate(self, cell: Cell) -> None:
+        """The incarnation leaves its task: the mailbox wakes the slot (`resume_soon`)."""
+        cell.hibernated()
+        actor = self.actor
+        assert actor is not None
+        actor._troupe_ctx = Context(cell, self, None)  # the old nursery closes with the task
+        self.sleeping = True
+        cell.mailbox.hibernate(cell)  # wakes it at once if something is queued
+
+    def resume_soon(self, cell: Cell) -> None:
+        """Start the task that resumes the hibernating incarnation (`resume`)."""
+        self.sleeping = False
+        assert self._home is not None
+        self._home.start_soon(self.resume, cell, name=cell.path)
+
+    def abandon(self, cell: Cell) -> None:
+        """The nursery the incarnation resumes in is closing: a hibernating
+        incarnation ends as a cancelled task's does (no `on_stop`, no report)."""
+        if self.sleeping:
+            self._end_sleeping(cell, "shutdown")
+
+    def _end_sleeping(self, cell: Cell, reason: ExitReason) -> None:
+        """End the hibernating incarnation where it is, without a task."""
+        self.sleeping = False
+        cell.mailbox.forget_sleeper()
+        self._end(cell, reason)
+
+    async def _idle(self, cell: Cell, nursery: trio.Nursery, idle_after: float) -> bool:
+        """Wait for mail, at most `idle_after` seconds; return False once the
+        incarnation hibernated (the task is to end), True to go on.
+
+        The actor stays awake while a stop is requested, something is queued,
+        or a task of its own runs in ``ctx.nursery`` (a timer, a background
+        job): then it waits again (untimed if `idle_after` is 0).
+        """
+        mailbox = cell.mailbox
+        if idle_after > 0:
+            with trio.CancelScope(deadline=trio.current_time() + idle_after) as idle:
+                await wait_task_rescheduled(mailbox.parking())
+            if not idle.cancelled_caught:
+                return True
+        if cell._stop_reason is not None or mailbox.depth:
+            return True
+        if nursery.child_tasks:
+            if idle_after == 0:
+                await wait_task_rescheduled(mailbox.parking())
+            return True
+        await trio.lowlevel.checkpoint_if_cancelled()  # a cancelled incarnation ends instead
+        # It resumes where this task runs: the supervisor's nursery (a task begun with
+        # `nursery.start` has moved there by now).
+        self._home = current_task().parent_nursery
+        self._hibernate(cell)
+        return False
 
     async def _stop_shielded(self, cell: Cell, actor: Actor | None, reason: ExitReason) -> None:
         """Run `on_stop` after a crash or an interrupt, within the shutdown timeout."""
@@ -668,8 +842,9 @@ class ActorBehaviour:
             # Ctrl-C in on_stop: this incarnation is stopping anyway; stop the rest too
             cell.host.interrupted(interrupt)
 
-    async def _loop(self, cell: Cell, actor: Actor) -> str:
-        """Handle messages, system lane first, until a stop is requested.
+    async def _loop(self, cell: Cell, actor: Actor, nursery: trio.Nursery) -> Any:
+        """Handle messages, system lane first, until a stop is requested (return its
+        reason) or the incarnation hibernates (return `HIBERNATED`).
 
         The hot path: one wake-up drains a batch without a checkpoint per
         message; a forced checkpoint every `BATCH` messages keeps it fair.
@@ -684,6 +859,7 @@ class ActorBehaviour:
         receive = actor.receive
         now = trio.lowlevel.current_clock().current_time
         monitor = cell.host.steps
+        idle_after = self.spec.hibernate_after
         self.current_since = now()  # when the message in hand began, to within a batch
         budget = BATCH
         while True:
@@ -693,7 +869,10 @@ class ActorBehaviour:
             if not mailbox.ready() or (item := mailbox.take()) is EMPTY:
                 # Park right here (not in a helper) to keep an idle actor's stack small.
                 budget = BATCH
-                await wait_task_rescheduled(parking())
+                if idle_after is None:
+                    await wait_task_rescheduled(parking())
+                elif not await self._idle(cell, nursery, idle_after):
+                    return HIBERNATED
                 self.current_since = now()
                 continue
             kind = type(item)
@@ -742,6 +921,7 @@ class ActorBehaviour:
 
 
 __all__ = [
+    "HIBERNATED",
     "IDLE",
     "ActorBehaviour",
     "Behaviour",

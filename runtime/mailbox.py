@@ -92,6 +92,14 @@ class Ticket:
             self.waiter = None
 
 
+class Sleeper(Protocol):
+    """A consumer that left its task (a hibernating actor's slot): see `MailboxQueue.hibernate`."""
+
+    def wake_up(self) -> None:
+        """Something arrived: start a task to consume it.  Called once per `hibernate`."""
+        ...
+
+
 class ThreadRoom(Protocol):
     """The foreign-thread gate, as a mailbox sees it (see `runtime.threads`)."""
 
@@ -184,7 +192,7 @@ class MailboxQueue:
         self._drop = drop
         self._gate = gate
         self._on_let_in = on_let_in
-        self._waiter: trio.lowlevel.Task | None = None
+        self._waiter: trio.lowlevel.Task | Sleeper | None = None  # the consumer to wake
         self._line: deque[Ticket] | None = None  # senders waiting for room, made on first use
         self._line_served = 0  # let in from the line since waiting threads last got room
         self._reserved = 0  # room promised to foreign threads, counted as taken
@@ -549,6 +557,25 @@ class MailboxQueue:
         self._waiter = trio.lowlevel.current_task()
         return self._abort
 
+    def hibernate(self, sleeper: Sleeper) -> None:
+        """The consumer leaves without a task: the next put, `wake` or `close` calls
+        ``sleeper.wake_up()`` (once) instead of rescheduling a task.  Never blocks.
+
+        If something is queued already, `wake_up` is called at once.  Raises
+        RuntimeError if a consumer is registered already (a mailbox has exactly one).
+        """
+        if self._waiter is not None:
+            raise RuntimeError("a mailbox has exactly one consumer")
+        if (self._user or self._system) and not self._closed:
+            sleeper.wake_up()
+            return
+        self._waiter = sleeper
+
+    def forget_sleeper(self) -> None:
+        """Take back a `hibernate` that was not woken (the consumer ended for good)."""
+        if self._waiter is not None and type(self._waiter) is not trio.lowlevel.Task:
+            self._waiter = None
+
     async def wait(self) -> None:
         """Block until something is queued or `wake` is called (at once if not empty).
 
@@ -587,10 +614,13 @@ class MailboxQueue:
         self._refresh_take()
 
     def _wake(self) -> None:
-        task = self._waiter
+        waiter = self._waiter
         self._waiter = None
-        assert task is not None
-        trio.lowlevel.reschedule(task)
+        if type(waiter) is trio.lowlevel.Task:
+            trio.lowlevel.reschedule(waiter)
+        else:
+            assert waiter is not None
+            waiter.wake_up()
 
     def _abort(self, _: object) -> trio.lowlevel.Abort:
         self._waiter = None
@@ -603,8 +633,8 @@ class MailboxQueue:
         tickets say `STOPPED`; with `hand_over` they are returned at the end of
         the user items instead (the caller passes them on) and their tickets
         say `QUEUED`.  Threads waiting for room are let go (the gate delivers
-        their messages, dead-lettered the same way), and a parked consumer is
-        woken.
+        their messages, dead-lettered the same way), and a parked consumer task
+        is woken (a hibernating one is not: nothing can arrive for it).
         """
         self._closed = True
         self._limit = 0
@@ -628,7 +658,8 @@ class MailboxQueue:
                 ticket._settle(STOPPED)
         if threads_waiting and self._gate is not None:
             self._gate.room_freed(self)
-        self.wake()
+        if type(self._waiter) is trio.lowlevel.Task:
+            self._wake()  # a hibernating consumer is not woken: nothing can arrive any more
         return system, user
 
 
@@ -640,6 +671,7 @@ __all__ = [
     "WITHDRAWN",
     "MailboxQueue",
     "MailboxStatistics",
+    "Sleeper",
     "ThreadRoom",
     "Ticket",
 ]

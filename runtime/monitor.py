@@ -49,6 +49,7 @@ class ActorInfo:
     subscriptions: tuple[str, ...]
     stats: dict[str, Any]
     children: tuple[ActorInfo, ...]
+    hibernating: bool = False  # running with no task of its own until its next message
 
     def walk(self) -> Iterator[ActorInfo]:
         yield self
@@ -349,6 +350,7 @@ def _info_from(data: dict[str, Any]) -> ActorInfo:
         subscriptions=tuple(data.get("subscriptions", ())),
         stats=dict(data.get("stats", {})),
         children=tuple(_info_from(c) for c in data.get("children", ())),
+        hibernating=bool(data.get("hibernating", False)),
     )
 
 
@@ -400,6 +402,7 @@ def describe_cell(cell: Cell, now: float, stuck_after: float) -> ActorInfo:
         subscriptions=cell.host.subscriptions_of(cell),
         stats=actor_stats(cell),
         children=children,
+        hibernating=cell.hibernating,
     )
 
 

@@ -13,6 +13,7 @@ import math
 import operator
 import random
 import re
+import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
@@ -61,6 +62,10 @@ class Mailbox:
 
     capacity: int = attrs.field(default=10_000, validator=_check_capacity)
     overflow: Overflow = attrs.field(default="block", validator=_check_overflow)
+
+
+DEFAULT_MAILBOX = Mailbox()
+"""The mailbox of a child whose spec and class name none (shared: it is frozen)."""
 
 
 # -- names and timeouts ---------------------------------------------------
@@ -150,10 +155,33 @@ def _check_shutdown(_i: object, _a: object, value: float | None) -> None:
         raise ValueError(f"shutdown must be seconds >= 0 or None (wait forever), got {value!r}")
 
 
+def _check_hibernate_after(_i: object, _a: object, value: float | None) -> None:
+    if value is None:
+        return
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or value < 0
+    ):
+        raise ValueError(
+            "hibernate_after must be seconds >= 0 (how long an idle actor keeps its task) "
+            f"or None (never hibernate), got {value!r}"
+        )
+
+
+_CHECKED: weakref.WeakKeyDictionary[type, tuple[Any, ...]] = weakref.WeakKeyDictionary()
+"""Classes whose handlers passed `check_handlers`, with the handlers checked (a class
+whose handlers are replaced later is checked again)."""
+
+
 def check_handlers(factory: Callable[..., Any]) -> None:
     """Refuse an actor class whose `receive`, `on_start` or `on_stop` is a plain ``def``."""
     if not isinstance(factory, type):
         return  # a factory function: what it makes is checked when it runs
+    handlers = tuple(getattr(factory, method, None) for method in HANDLERS)
+    if _CHECKED.get(factory) == handlers:
+        return  # checked already (this runs at every start of an actor of the class)
     for method in HANDLERS:
         fn = getattr(factory, method, None)
         if fn is not None and not inspect.iscoroutinefunction(fn):
@@ -162,6 +190,7 @@ def check_handlers(factory: Callable[..., Any]) -> None:
                 "the runtime awaits it; a plain def would block the loop or return a value "
                 "that is not awaitable"
             )
+    _CHECKED[factory] = handlers
 
 
 # -- cluster names ---------------------------------------------------------
@@ -233,6 +262,7 @@ class ChildSpec:
     restart: Restart = attrs.field(default="permanent", validator=_one_of(RESTARTS, "restart type"))
     shutdown: float | None = attrs.field(default=5.0, validator=_check_shutdown)
     mailbox: Mailbox | None = None
+    hibernate_after: float | None = attrs.field(default=None, validator=_check_hibernate_after)
     kind: ClassVar[str] = "actor"
 
     def mailbox_spec(self) -> Mailbox:
@@ -240,7 +270,7 @@ class ChildSpec:
         spec = self.mailbox
         if spec is None:
             spec = getattr(resolve_factory(self.factory), "mailbox", None)
-        return spec if isinstance(spec, Mailbox) else Mailbox()
+        return spec if isinstance(spec, Mailbox) else DEFAULT_MAILBOX
 
     @property
     def cls_name(self) -> str:
@@ -266,6 +296,7 @@ def child(
     restart: Restart = "permanent",
     shutdown: float | None = 5.0,
     mailbox: Mailbox | None = None,
+    hibernate_after: float | None = None,
 ) -> ChildSpec:
     """A worker child: `factory(*args, **kwargs)` makes a fresh actor at every (re)start.
 
@@ -277,9 +308,18 @@ def child(
     ``temporary`` (never).  `shutdown`: seconds `on_stop` may take before the
     incarnation is cancelled (None waits forever).
 
+    `hibernate_after`: seconds an idle actor keeps its trio task (OTP's
+    ``hibernate_after``).  Past them, with nothing queued and no task of its
+    own in ``ctx.nursery`` (timers included), the task ends and the actor
+    hibernates: it keeps its instance and state, stays ``running`` in
+    snapshots, and the next message (or stop, watch notice, ...) starts a
+    fresh task in the same incarnation.  An actor class without an
+    ``on_start`` of its own starts hibernating.  None (the default): the
+    actor keeps its task while it runs.
+
     Raises `TypeError` if `factory` is not callable or its `receive`,
     `on_start` or `on_stop` is not ``async def``; `ValueError` for a bad
-    name, restart type or shutdown.
+    name, restart type, shutdown or hibernate_after.
     """
     if isinstance(factory, str):
         if not IMPORT_STRING.fullmatch(factory):
@@ -300,6 +340,7 @@ def child(
         restart=restart,
         shutdown=shutdown,
         mailbox=mailbox,
+        hibernate_after=hibernate_after,
     )
 
 

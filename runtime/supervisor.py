@@ -175,15 +175,23 @@ class Supervising:
                 try:
                     async with trio.open_nursery() as nursery:
                         self._nursery = nursery
-                        self._prepare_children(cell)
-                        if cell.stop_reason is not None:
-                            start_error = ActorStopped(f"{cell.path} was stopped while starting")
-                        else:
-                            start_error = await self._start_in_order(self.children)
-                        if start_error is None:
-                            started = True
-                            cell.mark_started(incarnation, task_status)
-                            reason = await self._supervise(cell)
+                        try:
+                            self._prepare_children(cell)
+                            if cell.stop_reason is not None:
+                                start_error = ActorStopped(
+                                    f"{cell.path} was stopped while starting"
+                                )
+                            else:
+                                start_error = await self._start_in_order(self.children)
+                            if start_error is None:
+                                started = True
+                                cell.mark_started(incarnation, task_status)
+                                reason = await self._supervise(cell)
+                        finally:
+                            # Children hibernating without a task would outlive the
+                            # nursery: they end here, as the cancelled tasks do.
+                            for child_cell in self.children:
+                                child_cell.abandon()
                 except BaseException as exc:
                     crash, interrupt = classify(exc)
                     if interrupt is not None:

@@ -18,8 +18,13 @@ SCENARIOS = (
     "tell throughput, bursts of 100",
     "ask round trip",
     "spawn 10,000 actors",
-    "memory per idle actor",
     "restart latency",
+    # idle actors and hibernation (benchmarks/idle.py)
+    "memory per idle actor, hibernating",
+    "memory per idle actor keeping its task",
+    "spawn 1,000,000 hibernating idle actors",
+    "peak RSS of a process with 1,000,000 hibernating idle actors",
+    "first ask to an idle hibernating actor",
     # foreign threads (benchmarks/threads.py)
     "foreign-thread tell, 1 producer thread vs run_sync_soon",
     "foreign-thread tell, 1 producer thread vs from_thread.run_sync",

@@ -67,11 +67,12 @@ def spec_to_wire(spec: ChildSpec | Supervisor, codec: Codec) -> list[Any]:
         spec.restart,
         spec.shutdown,
         mailbox,
+        spec.hibernate_after,
     ]
 
 
 def spec_from_wire(data: Any, codec: Codec) -> ChildSpec:
-    factory, name, body, restart, shutdown, mailbox = data
+    factory, name, body, restart, shutdown, mailbox, hibernate_after = data
     try:
         args, kwargs = codec.decode(body)
     except Undecodable as error:
@@ -86,4 +87,5 @@ def spec_from_wire(data: Any, codec: Codec) -> ChildSpec:
         restart=restart,
         shutdown=shutdown,
         mailbox=None if mailbox is None else Mailbox(capacity=mailbox[0], overflow=mailbox[1]),
+        hibernate_after=hibernate_after,
     )

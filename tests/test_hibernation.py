@@ -1,0 +1,442 @@
+"""Hibernation (`child(..., hibernate_after=)`): an idle actor without a trio task.
+
+An actor that may hibernate keeps every semantic of one with a task: one
+message at a time, in order, state kept, restarts, watch, timers,
+``ctx.nursery``, stops with `on_stop`, and snapshots that show it ``running``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+import runtime
+from runtime import (
+    Actor,
+    ActorCrashed,
+    Deadlock,
+    Supervisor,
+    Terminated,
+    child,
+)
+from runtime.testing import wait_for
+
+
+def task_names() -> list[str]:
+    """The names of every task of this trio run."""
+    names: list[str] = []
+
+    def walk(task: trio.lowlevel.Task) -> None:
+        names.append(task.name)
+        for nursery in task.child_nurseries:
+            for sub in nursery.child_tasks:
+                walk(sub)
+
+    walk(trio.lowlevel.current_root_task())
+    return names
+
+
+def node(system: runtime.System, path: str) -> Any:
+    return next(n for n in system.snapshot().root.walk() if n.path == path)
+
+
+class Counter(Actor):
+    """Counts what it got; answers asks with the count; records overlapping handlers."""
+
+    def __init__(self, log: list[Any] | None = None) -> None:
+        self.count = 0
+        self.inside = 0
+        self.overlaps = 0
+        self.log = log if log is not None else []
+
+    async def receive(self, msg: Any) -> Any:
+        self.inside += 1
+        if self.inside > 1:
+            self.overlaps += 1
+        try:
+            if msg == "slow":
+                await trio.sleep(0.01)
+            if msg == "crash":
+                raise RuntimeError("asked to crash")
+            if msg == "overlaps":
+                return self.overlaps
+            self.count += 1
+            self.log.append(msg)
+            return self.count
+        finally:
+            self.inside -= 1
+
+    async def on_stop(self, reason: Any) -> None:
+        self.log.append(("stopped", reason))
+
+
+async def test_an_actor_without_on_start_starts_with_no_task(autojump_clock: Any) -> None:
+    tree = Supervisor("app", children=[child(Counter, name="c", hibernate_after=0)])
+    async with runtime.open_system(tree) as system:
+        await trio.testing.wait_all_tasks_blocked()
+        assert "/app/c" not in task_names()
+        assert node(system, "/app/c").state == "running"
+        assert node(system, "/app/c").hibernating
+        assert await system.ref("/app/c").ask("x") == 1
+        await trio.testing.wait_all_tasks_blocked()
+        assert "/app/c" not in task_names()  # hibernate_after=0: back to sleep at once
+        assert await system.ref("/app/c").ask("y") == 2  # state kept
+
+
+async def test_it_keeps_its_task_for_the_grace_period(autojump_clock: Any) -> None:
+    tree = Supervisor("app", children=[child(Counter, name="c", hibernate_after=5)])
+    async with runtime.open_system(tree) as system:
+        ref = system.ref("/app/c")
+        assert await ref.ask("x") == 1
+        await trio.sleep(4)
+        assert "/app/c" in task_names()
+        assert not node(system, "/app/c").hibernating
+        assert await ref.ask("y") == 2  # the grace period starts again
+        await trio.sleep(4.5)
+        assert "/app/c" in task_names()
+        await trio.sleep(1)
+        assert "/app/c" not in task_names()
+        assert node(system, "/app/c").hibernating
+        assert node(system, "/app/c").state == "running"
+        assert await ref.ask("z") == 3
+
+
+async def test_messages_are_handled_one_at_a_time_in_order(autojump_clock: Any) -> None:
+    log: list[Any] = []
+    tree = Supervisor(
+        "app", children=[child(Counter, name="c", args=(log,), hibernate_after=0)]
+    )
+    async with runtime.open_system(tree) as system:
+        ref = system.ref("/app/c")
+        for i in range(50):
+            ref.tell(i)
+            if i % 7 == 0:
+                ref.tell("slow")
+                await trio.sleep(0.02)  # it hibernates between some of them
+        assert await ref.ask("overlaps") == 0
+        assert [m for m in log if m != "slow"] == list(range(50))
+
+
+async def test_a_thread_wakes_it(autojump_clock: Any) -> None:
+    log: list[Any] = []
+    tree = Supervisor(
+        "app", children=[child(Counter, name="c", args=(log,), hibernate_after=0)]
+    )
+    async with runtime.open_system(tree) as system:
+        ref = system.ref("/app/c")
+
+        def produce() -> None:
+            for i in range(100):
+                ref.tell(i)
+
+        await trio.to_thread.run_sync(produce)
+        await wait_for(lambda: len(log) == 100, timeout=10)
+        assert log == list(range(100))
+
+
+class Ticker(Actor):
+    def __init__(self, ticks: list[float]) -> None:
+        self.ticks = ticks
+        self.timer: Any = None
+
+    async def receive(self, msg: Any) -> Any:
+        if msg == "start":
+            self.timer = self.ctx.every(1.0, "tick")
+        elif msg == "cancel":
+            self.timer.cancel()
+        elif msg == "tick":
+            self.ticks.append(trio.current_time())
+        return None
+
+
+async def test_a_timer_keeps_it_awake(autojump_clock: Any) -> None:
+    ticks: list[float] = []
+    tree = Supervisor(
+        "app", children=[child(Ticker, name="t", args=(ticks,), hibernate_after=0.5)]
+    )
+    async with runtime.open_system(tree) as system:
+        ref = system.ref("/app/t")
+        await ref.ask("start")
+        await trio.sleep(10.5)
+        assert len(ticks) == 10  # every tick came, none lost to hibernation
+        assert "/app/t" in task_names()
+        await ref.ask("cancel")
+        await trio.sleep(1)
+        assert "/app/t" not in task_names()
+        assert node(system, "/app/t").hibernating
+
+
+class Background(Actor):
+    def __init__(self, done: list[str]) -> None:
+        self.done = done
+
+    async def receive(self, msg: Any) -> Any:
+        async def job() -> None:
+            await trio.sleep(3)
+            self.done.append("job")
+
+        self.ctx.nursery.start_soon(job)
+        return None
+
+
+async def test_a_background_task_keeps_it_awake_and_ends_normally(autojump_clock: Any) -> None:
+    done: list[str] = []
+    tree = Supervisor(
+        "app", children=[child(Background, name="b", args=(done,), hibernate_after=1)]
+    )
+    async with runtime.open_system(tree) as system:
+        await system.ref("/app/b").ask("go")
+        await trio.sleep(2)
+        assert "/app/b" in task_names()
+        await trio.sleep(1.5)
+        assert done == ["job"]
+        await trio.sleep(1.5)
+        assert "/app/b" not in task_names()
+
+
+async def test_stop_runs_on_stop_of_a_hibernating_actor(autojump_clock: Any) -> None:
+    log: list[Any] = []
+    tree = Supervisor(
+        "app", children=[child(Counter, name="c", args=(log,), hibernate_after=0)]
+    )
+    async with runtime.open_system(tree) as system:
+        await system.ref("/app/c").ask("x")
+        await trio.testing.wait_all_tasks_blocked()
+        assert node(system, "/app/c").hibernating
+    assert log == ["x", ("stopped", "shutdown")]
+
+
+async def test_a_crash_restarts_it_with_fresh_state(autojump_clock: Any) -> None:
+    log: list[Any] = []
+    tree = Supervisor(
+        "app", children=[child(Counter, name="c", args=(log,), hibernate_after=0)]
+    )
+    async with runtime.open_system(tree) as system:
+        ref = system.ref("/app/c")
+        assert await ref.ask("a") == 1
+        with pytest.raises(ActorCrashed):
+            await ref.ask("crash")
+        await wait_for(lambda: node(system, "/app/c").restarts == 1, timeout=5)
+        assert await ref.ask("b") == 1  # a fresh actor
+        await trio.testing.wait_all_tasks_blocked()
+        assert node(system, "/app/c").hibernating
+        assert log[0] == "a"
+        assert log[1][0] == "stopped" and isinstance(log[1][1], RuntimeError)  # on_stop ran
+
+
+class Watching(Actor):
+    def __init__(self, seen: list[Any]) -> None:
+        self.seen = seen
+
+    async def receive(self, msg: Any) -> Any:
+        if isinstance(msg, tuple) and msg[0] == "watch":
+            self.ctx.watch(self.ctx.system.ref(msg[1]))
+        elif isinstance(msg, Terminated):
+            self.seen.append((msg.ref.path, msg.reason))
+        return None
+
+
+async def test_watch_notices_wake_it(autojump_clock: Any) -> None:
+    seen: list[Any] = []
+    tree = Supervisor(
+        "app",
+        children=[
+            child(Counter, name="c", restart="temporary"),
+            child(Watching, name="w", args=(seen,), hibernate_after=0),
+        ],
+    )
+    async with runtime.open_system(tree) as system:
+        await system.ref("/app/w").ask(("watch", "/app/c"))
+        await trio.testing.wait_all_tasks_blocked()
+        assert "/app/w" not in task_names()
+        await system.terminate_child("/app/c")
+        await wait_for(lambda: seen == [("/app/c", "shutdown")], timeout=5)
+
+
+class Subscriber(Actor):
+    subscriptions = ("news.*",)
+
+    def __init__(self, got: list[Any]) -> None:
+        self.got = got
+
+    async def receive(self, msg: Any) -> Any:
+        self.got.append(msg.payload)
+        return None
+
+
+async def test_bus_events_wake_a_hibernating_subscriber(autojump_clock: Any) -> None:
+    got: list[Any] = []
+    tree = Supervisor(
+        "app", children=[child(Subscriber, name="s", args=(got,), hibernate_after=0)]
+    )
+    async with runtime.open_system(tree) as system:
+        await trio.testing.wait_all_tasks_blocked()
+        assert "/app/s" not in task_names()
+        for i in range(5):
+            system.publish("news.today", i)
+        await wait_for(lambda: got == [0, 1, 2, 3, 4], timeout=5)
+
+
+class Starts(Counter):
+    async def on_start(self) -> None:
+        self.log.append("started")
+
+
+async def test_an_actor_with_on_start_starts_with_a_task(autojump_clock: Any) -> None:
+    log: list[Any] = []
+    tree = Supervisor(
+        "app", children=[child(Starts, name="c", args=(log,), hibernate_after=2)]
+    )
+    async with runtime.open_system(tree) as system:
+        assert log == ["started"]
+        assert "/app/c" in task_names()
+        await trio.sleep(2.5)
+        assert "/app/c" not in task_names()
+        assert await system.ref("/app/c").ask("x") == 1
+        assert log == ["started", "x"]  # on_start ran once: waking is not a restart
+
+
+class AsksItself(Actor):
+    async def receive(self, msg: Any) -> Any:
+        if msg == "self":
+            try:
+                await self.ctx.ref.ask("other")
+            except Deadlock:
+                return "deadlock"
+        return "ok"
+
+
+async def test_a_woken_actor_is_known_to_the_wait_for_graph(autojump_clock: Any) -> None:
+    tree = Supervisor("app", children=[child(AsksItself, name="a", hibernate_after=0)])
+    async with runtime.open_system(tree) as system:
+        assert await system.ref("/app/a").ask("self") == "deadlock"
+
+
+async def test_group_restart_stops_hibernating_bystanders(autojump_clock: Any) -> None:
+    log: list[Any] = []
+    tree = Supervisor(
+        "app",
+        strategy="one_for_all",
+        children=[
+            child(Counter, name="a", args=(log,), hibernate_after=0),
+            child(Counter, name="b", hibernate_after=0),
+        ],
+    )
+    async with runtime.open_system(tree) as system:
+        await system.ref("/app/a").ask("x")
+        await trio.testing.wait_all_tasks_blocked()
+        with pytest.raises(ActorCrashed):
+            await system.ref("/app/b").ask("crash")
+        await wait_for(lambda: node(system, "/app/a").restarts == 1, timeout=5)
+        assert log == ["x", ("stopped", "shutdown")]
+        assert await system.ref("/app/a").ask("y") == 1
+
+
+async def test_cancelling_the_system_ends_hibernating_actors(autojump_clock: Any) -> None:
+    tree = Supervisor(
+        "app", children=[child(Counter, name=f"c{i}", hibernate_after=0) for i in range(20)]
+    )
+    system_seen: list[runtime.System] = []
+    with trio.move_on_after(1):
+        async with runtime.open_system(tree) as system:
+            system_seen.append(system)
+            await trio.sleep_forever()
+    # The system stopped: every slot ended (nothing left running without a task).
+    assert not system_seen[0].is_running
+
+
+async def test_kill_with_hibernating_children_does_not_hang(autojump_clock: Any) -> None:
+    tree = Supervisor(
+        "app",
+        children=[child(Counter, name=f"c{i}", hibernate_after=0) for i in range(20)],
+    )
+    with trio.fail_after(30):
+        async with runtime.open_system(tree) as system:
+            await system.ref("/app/c3").ask("x")
+            system.kill()
+            await trio.sleep_forever()
+
+
+async def test_thousands_of_hibernating_actors_answer(autojump_clock: Any) -> None:
+    tree = Supervisor(
+        "app",
+        children=[child(Counter, name=f"c{i}", hibernate_after=0) for i in range(2000)],
+    )
+    async with runtime.open_system(tree) as system:
+        await trio.testing.wait_all_tasks_blocked()
+        assert not any(name.startswith("/app/c") for name in task_names())
+        answers = []
+        for i in range(0, 2000, 97):
+            answers.append(await system.ref(f"/app/c{i}").ask("x"))
+        assert answers == [1] * len(answers)
+
+
+def test_hibernate_after_is_checked() -> None:
+    for bad in (-1, float("nan"), float("inf"), "1", True):
+        with pytest.raises(ValueError, match="hibernate_after"):
+            child(Counter, hibernate_after=bad)  # type: ignore[arg-type]
+    assert child(Counter, hibernate_after=0).hibernate_after == 0
+
+
+async def test_ctx_nursery_of_a_hibernating_actor_says_why(autojump_clock: Any) -> None:
+    held: list[Actor] = []
+
+    class Holds(Actor):
+        async def receive(self, msg: Any) -> Any:
+            held.append(self)
+            return None
+
+    tree = Supervisor("app", children=[child(Holds, name="h", hibernate_after=0)])
+    async with runtime.open_system(tree) as system:
+        await system.ref("/app/h").ask("x")
+        await trio.testing.wait_all_tasks_blocked()
+        with pytest.raises(RuntimeError, match="hibernating"):
+            held[0].ctx.nursery  # noqa: B018
+
+
+def test_a_plain_thread_asks_a_hibernating_actor() -> None:
+    tree = Supervisor("app", children=[child(Counter, name="c", hibernate_after=0)])
+    with runtime.start_in_thread(tree) as handle:
+        ref = handle.ref("/app/c")
+        assert [ref.ask_blocking(i, timeout=10) for i in range(20)] == list(range(1, 21))
+
+
+class Plain(Actor):
+    """No on_start and no on_stop of its own: starts and stops without a task."""
+
+    async def receive(self, msg: Any) -> Any:
+        return msg
+
+
+async def test_an_actor_without_on_stop_stops_without_a_task(autojump_clock: Any) -> None:
+    seen: list[Any] = []
+    tree = Supervisor(
+        "app",
+        children=[
+            child(Plain, name="p", hibernate_after=0),
+            child(Watching, name="w", args=(seen,)),
+        ],
+    )
+    async with runtime.open_system(tree) as system:
+        await system.ref("/app/w").ask(("watch", "/app/p"))
+        await trio.testing.wait_all_tasks_blocked()
+        assert node(system, "/app/p").hibernating
+        kept = system.ref("/app/p")
+        await system.terminate_child("/app/p")
+        assert all(n.path != "/app/p" for n in system.snapshot().root.walk())
+        await wait_for(lambda: seen == [("/app/p", "shutdown")], timeout=5)
+        with pytest.raises(runtime.ActorStopped):
+            await kept.ask("x")
+
+
+async def test_a_system_of_plain_hibernating_actors_stops(autojump_clock: Any) -> None:
+    tree = Supervisor(
+        "app", children=[child(Plain, name=f"p{i}", hibernate_after=0) for i in range(500)]
+    )
+    async with runtime.open_system(tree) as system:
+        await system.ref("/app/p7").ask("x")
+    assert not system.is_running
+    assert all(n.state == "stopped" for n in system.snapshot().root.walk())
