@@ -33,7 +33,7 @@ PAGES = [README, *sorted(p for p in DOCS.rglob("*.md") if "_build" not in p.part
 FENCE = re.compile(
     r"(?:<!-- not executed: (?P<reason>[^\n]*?) -->\n)?^```python\n(?P<code>.*?)^```", re.S | re.M
 )
-MOST_NOT_EXECUTED = 4
+MOST_NOT_EXECUTED = 3
 
 
 class Example(NamedTuple):
