@@ -1,15 +1,16 @@
 # Everything a fresh machine needs: `make demo` runs the demo, `make test` runs the tests;
-# `make cluster-demo` runs the demo split over three node processes on a local NATS server.
+# `make cluster-demo` runs the demo split over three node processes on a local NATS server;
+# `make docs` builds the documentation into docs/_build/html (warnings are errors).
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo cluster-demo test lint bench install
+.PHONY: demo cluster-demo test lint bench docs install
 
 $(BIN)/troupe: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e ".[test,bench]"
+	$(BIN)/pip install -q -e ".[test,bench,docs]"
 	touch $(BIN)/troupe
 
 install: $(BIN)/troupe
@@ -32,3 +33,6 @@ lint: install
 
 bench: install
 	$(BIN)/python -m benchmarks
+
+docs: install
+	$(BIN)/python -m sphinx -b html -E -W --keep-going -q docs docs/_build/html

@@ -17,10 +17,16 @@ REASONS = DEAD_LETTER_REASONS
 
 @attrs.frozen
 class DeadLetter:
+    """One message that was not handled, as `DeadLettersQuery` returns it."""
+
     message: Any
+    """The message itself (for an ask, what was asked)."""
     reason: str
+    """Why it was not handled: one of `REASONS` (``crashed``, ``overflow``, ...)."""
     recipient: str
+    """The path of the actor it was for."""
     timestamp: float
+    """When it was recorded (a `time.time` value)."""
 
 
 class DeadLetterOffice:
@@ -60,7 +66,10 @@ class DeadLetterOffice:
 
 @attrs.frozen
 class DeadLettersQuery:
-    """Ask ``/system/deadletters`` for its newest letters."""
+    """Ask ``/system/deadletters`` for its newest letters: the reply is a list of
+    `DeadLetter`, newest first, at most `limit` of them, only those of `reason` if
+    given.  The last 1,000 letters are kept whole; the counts by reason (in
+    `TreeSnapshot.dead_letters`) are kept for ever."""
 
     limit: int = 100
     reason: str | None = None

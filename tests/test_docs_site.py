@@ -1,0 +1,96 @@
+"""The documentation stands on its own: the API reference names every public name,
+links between pages resolve, and the README points only inside the repository.
+
+(The examples are run by test_docs_examples.py; `make docs` builds the site with
+warnings as errors.)
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import pathlib
+import re
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+DOCS = ROOT / "docs"
+README = ROOT / "README.md"
+PAGES = [
+    README,
+    ROOT / "CHANGELOG.md",
+    ROOT / "CONTRIBUTING.md",
+    *sorted(p for p in DOCS.rglob("*.md") if "_build" not in p.parts),
+]
+API = "\n".join(p.read_text() for p in sorted((DOCS / "api").glob("*.rst")))
+
+LINK = re.compile(r"\]\(([^)\s]+)\)")
+HEADING = re.compile(r"^#{1,6} (.+)$", re.M)
+LABEL = re.compile(r"^\((.+)\)=$", re.M)
+
+
+@pytest.mark.parametrize("module", ["runtime", "runtime.testing", "runtime.wire", "actors"])
+def test_the_api_reference_documents_every_public_name(module: str) -> None:
+    names = importlib.import_module(module).__all__
+    documented = set(re.findall(r"^\.\. (?:auto\w+|py:\w+):: ([\w.]+)", API, flags=re.M))
+    for listing in re.findall(
+        rf"^\.\. automodule:: {re.escape(module)}\n\s+:members: (.+)$", API, flags=re.M
+    ):
+        documented |= {f"{module}.{name.strip()}" for name in listing.split(",")}
+    missing = [
+        name
+        for name in names
+        if f"{module}.{name}" not in documented and not importlib.util.find_spec(f"{module}.{name}")
+    ]
+    assert not missing, f"not in docs/api/: {missing}"
+
+
+def _slug(heading: str) -> str:
+    """The anchor GitHub and MyST give a heading."""
+    text = re.sub(r"[^\w\- ]", "", heading.strip().lower())
+    return text.replace(" ", "-")
+
+
+def _anchors(page: pathlib.Path) -> set[str]:
+    text = page.read_text()
+    return {_slug(h) for h in HEADING.findall(text)} | set(LABEL.findall(text))
+
+
+def _links(page: pathlib.Path) -> list[str]:
+    text = re.sub(r"^```.*?^```", "", page.read_text(), flags=re.S | re.M)  # not in code
+    return [t for t in LINK.findall(text) if not re.match(r"[a-z]+:", t)]
+
+
+@pytest.mark.parametrize("page", PAGES, ids=[str(p.relative_to(ROOT)) for p in PAGES])
+def test_links_between_pages_resolve(page: pathlib.Path) -> None:
+    for target in _links(page):
+        path, _, anchor = target.partition("#")
+        file = (page.parent / path).resolve() if path else page
+        assert file.exists(), f"{page.name}: {target} does not exist"
+        assert file.is_relative_to(ROOT), f"{page.name}: {target} is outside the repository"
+        if anchor and file.suffix == ".md":
+            assert anchor in _anchors(file), f"{page.name}: no heading {anchor!r} in {path}"
+
+
+def test_the_readme_points_only_inside_the_repository() -> None:
+    text = README.read_text()
+    for outside in ("../", "DESIGN.md", "shared design", "/work/"):
+        assert outside not in text
+
+
+def test_the_readme_keeps_set_up_quickstart_tables_and_links_into_the_docs() -> None:
+    text = README.read_text()
+    assert "make demo" in text and "make test" in text
+    for heading in ("## Quickstart", "## How it compares", "## Benchmarks", "## Documentation"):
+        assert heading in text
+    assert "docs/dashboard.png" in text
+    linked = {t.partition("#")[0] for t in _links(README)}
+    for page in ("docs/tutorial.md", "docs/concepts/index.md", "docs/architecture.md"):
+        assert page in linked
+    assert len(text.splitlines()) < 250
+
+
+def test_the_concepts_keep_a_place_for_idle_actors_and_hibernation() -> None:
+    actors = (DOCS / "concepts" / "actors.md").read_text()
+    assert "### Idle actors and hibernation" in actors
