@@ -91,6 +91,7 @@ def test_the_readme_keeps_set_up_quickstart_tables_and_links_into_the_docs() -> 
     assert len(text.splitlines()) < 250
 
 
-def test_the_concepts_keep_a_place_for_idle_actors_and_hibernation() -> None:
+def test_the_concepts_document_idle_actors_and_hibernation() -> None:
     actors = (DOCS / "concepts" / "actors.md").read_text()
-    assert "### Idle actors and hibernation" in actors
+    section = actors.split("### Idle actors and hibernation", 1)[1].split("\n### ", 1)[0]
+    assert "hibernate_after" in section and "TODO" not in section
