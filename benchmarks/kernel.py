@@ -171,14 +171,14 @@ TELL = Bench(
             "floor_all",
             "bare consumer task draining a deque, woken via trio.lowlevel.ParkingLot, "
             "same handler, same M",
-            Target(">=", 0.4),
+            Target(">=", 0.6),
         ),
         Row(
             "tell throughput, bursts of 100 + checkpoint (msg/s)",
             "troupe_burst",
             "floor_burst",
             "the same floor, sender checkpointing after every 100 messages",
-            Target(">=", 0.4),
+            Target(">=", 0.6),
         ),
     ],
     notes=[
