@@ -153,7 +153,7 @@ class ActorRef:
                         f"{type(msg).__name__} was not sent"
                     )
             return await reply.wait(
-                deadline, f"{type(msg).__name__} from {cell.path} within {timeout}s"
+                deadline, lambda: f"{type(msg).__name__} from {cell.path} within {timeout}s"
             )
         finally:
             if me is not None:

@@ -1,0 +1,152 @@
+"""Reply waits keep their deadlines in `runtime.deadlines` (no cancel scope per ask):
+timeouts fire on time whatever order they come in, ended waits leave nothing behind,
+and a reply that comes after the asker was cancelled is late."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+import runtime
+from runtime import Actor, Supervisor, child, deadlines
+from runtime.messages import Reply
+
+
+class Holder(Actor):
+    """Answers ``"hold"`` never (the reply is deferred and kept), anything else at once."""
+
+    async def receive(self, msg: Any) -> Any:
+        if msg == "hold":
+            self.held = self.ctx.defer_reply()
+            return None
+        return msg
+
+
+def tree() -> Supervisor:
+    return Supervisor("app", children=[child(Holder, name="holder")])
+
+
+async def test_a_short_ask_times_out_at_its_deadline_behind_a_longer_one(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    with trio.fail_after(600):
+        async with runtime.open_system(tree()) as system:
+            ref = system.ref("/app/holder")
+            outcomes: list[tuple[str, float]] = []
+
+            async def ask(timeout: float) -> None:
+                start = trio.current_time()
+                with pytest.raises(runtime.AskTimeout):
+                    await ref.ask("hold", timeout=timeout)
+                outcomes.append((f"{timeout:g}", trio.current_time() - start))
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(ask, 100.0)
+                await trio.testing.wait_all_tasks_blocked()
+                nursery.start_soon(ask, 1.0)  # earlier than the deadline the timer sleeps to
+                await trio.testing.wait_all_tasks_blocked()
+                nursery.start_soon(ask, 10.0)
+            assert [name for name, _ in outcomes] == ["1", "10", "100"]
+            for name, waited in outcomes:
+                assert waited == pytest.approx(float(name))
+
+
+async def test_asks_that_end_leave_no_deadline_behind(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    with trio.fail_after(60):
+        async with runtime.open_system(tree()) as system:
+            ref = system.ref("/app/holder")
+            for i in range(10 * deadlines.PRUNE_AT):
+                assert await ref.ask(i, timeout=30) == i
+            kept = deadlines.current()
+            assert kept is not None
+            assert kept.waiting == 0
+            assert kept.held <= 2 * deadlines.PRUNE_AT + 2
+            with trio.move_on_after(1):  # cancelled waits end too
+                await ref.ask("hold", timeout=30)
+            assert kept.waiting == 0
+
+
+async def test_a_reply_between_the_cancel_and_the_asker_running_is_late() -> None:
+    late: list[Any] = []
+    reply = Reply(late.append)
+    scope = trio.CancelScope()
+    raised: list[BaseException] = []
+
+    async def asker() -> None:
+        with scope:
+            try:
+                await reply.wait(trio.current_time() + 30, "test")
+            except BaseException as exc:
+                raised.append(exc)
+                raise
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(asker)
+            await trio.testing.wait_all_tasks_blocked()
+            scope.cancel()  # the asker is not running yet ...
+            assert reply.send("answer") is False  # ... but it gave up: the answer is late
+    assert late == ["answer"]
+    assert reply.state == "abandoned"
+    assert [type(exc) for exc in raised] == [trio.Cancelled]
+    kept = deadlines.current()
+    assert kept is not None and kept.waiting == 0
+
+
+async def test_reply_wait_times_out_then_a_late_answer_goes_to_on_late(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    late: list[Any] = []
+    reply = Reply(late.append)
+    start = trio.current_time()
+    with pytest.raises(runtime.AskTimeout, match="no reply to the thing"):
+        await reply.wait(start + 5, lambda: "the thing")
+    assert trio.current_time() - start == pytest.approx(5)
+    assert reply.send("too late") is False
+    assert late == ["too late"]
+
+
+async def test_a_settled_reply_is_still_a_checkpoint_and_needs_no_deadline() -> None:
+    reply = Reply(lambda _: None)
+    reply.send(42)
+    with trio.CancelScope() as scope:
+        scope.cancel()
+        with pytest.raises(trio.Cancelled):
+            await reply.wait(math.inf, "x")
+    assert await reply.wait(trio.current_time() + 1, "x") == 42
+
+
+async def test_deadlines_expire_in_deadline_order(autojump_clock: trio.testing.MockClock) -> None:
+    kept = deadlines.current()
+    assert kept is not None
+    fired: list[tuple[str, float]] = []
+
+    class Waiter:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        def expire(self) -> None:
+            fired.append((self.name, trio.current_time()))
+
+    start = trio.current_time()
+    kept.add(start + 3, Waiter("c"))
+    dropped = kept.add(start + 1, Waiter("never"))
+    kept.add(start + 2, Waiter("b"))
+    kept.add(start + 2, Waiter("b2"))  # a tie: first come, first expired
+    kept.add(start + 0.5, Waiter("a"))
+    kept.discard(dropped)
+    kept.discard(dropped)  # twice is harmless
+    await trio.sleep(10)
+    assert [(name, at - start) for name, at in fired] == [
+        ("a", 0.5),
+        ("b", 2),
+        ("b2", 2),
+        ("c", 3),
+    ]
+    assert kept.waiting == 0
