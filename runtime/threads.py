@@ -47,6 +47,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from functools import partial
 from queue import Empty, SimpleQueue
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -163,12 +164,14 @@ class ThreadReply:
             return True
         return False
 
-    def wait(self, deadline: float, what: Callable[[], str], wake: ThreadGate | None = None) -> Any:
+    def wait(
+        self, deadline: float, what: Callable[[], str], wake: Callable[[], None] | None = None
+    ) -> Any:
         """The asking thread: block until the reply, or until `deadline` (a
         `time.monotonic` time; inf: none), then give up: `AskTimeout`, and a reply
         that comes later is late.  Returns the value or raises the error.
 
-        With `wake`, wakes that gate's loop first, as the last thing before
+        With `wake`, calls it first (it wakes the loop), as the last thing before
         blocking: the loop then finds the interpreter free rather than waiting
         for this thread to let go of it (`RuntimeClosed` if the loop is gone).
         """
@@ -178,9 +181,9 @@ class ThreadReply:
                 remaining = threading.TIMEOUT_MAX
             else:
                 remaining = min(max(0.0, deadline - time.monotonic()), threading.TIMEOUT_MAX)
-        finally:  # whatever happens (Ctrl-C): a drain was promised (`_wake_scheduled`)
+        finally:  # whatever happens (Ctrl-C): the loop was promised a wake-up
             if wake is not None:
-                wake._wake()
+                wake()
         while True:
             try:
                 got = waiter.get(timeout=remaining)
@@ -297,6 +300,7 @@ class ThreadGate:
         self._lanes: list[_Lane] = []
         self._numbers = itertools.count()
         self._wake_scheduled = False
+        self._draining = False  # a drain runs (its leftovers not yet handed on)
         self._holders: set[_Lane] = set()  # lanes that may hold credits
         self._pools: dict[MailboxQueue, int] = {}  # room lent, not yet taken by a thread
         self._lines: dict[MailboxQueue, deque[_Lane]] = {}  # threads waiting for room
@@ -383,7 +387,7 @@ class ThreadGate:
                 return reply.wait(
                     deadline,
                     lambda: f"{type(msg).__name__} from {cell.path} within {timeout}s",
-                    self if wake else None,
+                    wake,
                 )
             except AskTimeout:
                 if self._withdraw(reply):
@@ -519,6 +523,7 @@ class ThreadGate:
                 self._holders.add(lane)
                 return False
             entry = self._post(lane, mailbox, item, deadline, path, None)
+            assert entry is not None
             try:
                 self._request_wake()
             except RuntimeClosed:  # the loop is gone: nobody took it
@@ -553,9 +558,11 @@ class ThreadGate:
         deadline: float,
         path: str,
         reply: ThreadReply | None,
-    ) -> Entry:
-        """Lock held: put `item` down the lane as this thread's request (its one at a
-        time), for the loop to answer in its turn (`_admit`)."""
+        queued: bool = True,
+    ) -> Entry | None:
+        """Lock held: make `item` this thread's request (its one at a time), for the
+        loop to answer (`_admit`): in its turn down the lane, or (not `queued`) when
+        the caller hands it to the loop itself; return its lane entry."""
         if lane.signalled:  # a wake-up left over from an earlier request
             lane.wake.acquire()
             lane.signalled = False
@@ -565,35 +572,45 @@ class ThreadGate:
         lane.deadline = deadline
         lane.item = item
         lane.reply = reply
+        if not queued:
+            return None
         entry = (next(self._numbers), lane, item)
         lane.items.append(entry)
         return entry
 
     def _post_ask(
         self, lane: _Lane, mailbox: MailboxQueue, ask: Ask, deadline: float, path: str
-    ) -> bool:
-        """Send an ask down this thread's lane without waking the loop; True if the
-        caller must wake it (`_wake`: the last thing before it blocks).
+    ) -> Callable[[], None] | None:
+        """Send an ask on its way without waking the loop; return how the caller must
+        wake it (the last thing it does before it blocks), or None if a drain is
+        coming anyway.
 
         Into a ``block`` or ``fail`` mailbox it goes as a request (no credit is
         taken: the loop finds it room, fails it, or puts it in the mailbox's line,
-        and the reply tells the outcome); into a dropping one, like a tell.
-        Raises `RuntimeClosed` if the gate is closed, `MailboxFull` if this
-        thread's own lane stays full (dropping mailboxes) until `deadline`.
+        and the reply tells the outcome); into a dropping one, like a tell.  When
+        nothing from any thread is on its way to the loop (no drain pending or
+        running, and the drains hand what they leave to another), it skips the
+        lane: the loop admits it directly, in a call of its own.  Nothing sent
+        earlier by any thread can be overtaken then.  Raises `RuntimeClosed` if
+        the gate is closed, `MailboxFull` if this thread's own lane stays full
+        (dropping mailboxes) until `deadline`.
         """
         if not mailbox.credited:
             timeout = math.inf if deadline == math.inf else max(0.0, deadline - time.monotonic())
             self.tell(mailbox, ask, timeout, path)
-            return False
+            return None
         reply = ask.reply
         assert isinstance(reply, ThreadReply)
         with self._lock:
             self._check_open()
+            if not (self._wake_scheduled or self._draining or lane.items):
+                self._post(lane, mailbox, ask, deadline, path, reply, queued=False)
+                return partial(self._token_call, self._admit_alone, lane, ask)
             self._post(lane, mailbox, ask, deadline, path, reply)
             if self._wake_scheduled:
-                return False
+                return None
             self._wake_scheduled = True
-            return True
+            return self._wake
 
     def _wake(self) -> None:
         """Any thread: run a drain soon (the caller set `_wake_scheduled`)."""
@@ -654,11 +671,11 @@ class ThreadGate:
             return False
         return True
 
-    def _token_call(self, fn: Callable[[], None]) -> None:
-        """Wake the loop (non-blocking; safe with or without the lock held)."""
+    def _token_call(self, fn: Callable[..., None], *args: Any) -> None:
+        """Wake the loop to run ``fn(*args)`` (non-blocking; with or without the lock)."""
         assert self._token is not None
         try:
-            self._token.run_sync_soon(fn)
+            self._token.run_sync_soon(fn, *args)
         except trio.RunFinishedError:
             self._closed()
 
@@ -673,6 +690,7 @@ class ThreadGate:
         self.wakeups += 1
         with self._lock:
             self._wake_scheduled = False  # before draining: a later append wakes us again
+            self._draining = True  # until what it leaves is handed to the next drain
             lanes = self._lanes
             returned = self._take_back_credits(None) if self._holders or self._pools else None
         if returned:  # first, so that requests in this batch find that room
@@ -736,6 +754,13 @@ class ThreadGate:
                 self._cond.notify_all()
         if self._lines:
             self._serve_lines()
+        self._draining = False
+
+    def _admit_alone(self, lane: _Lane, item: Any) -> None:
+        """Loop thread: an ask a thread handed over outside the lanes (`_post_ask`)."""
+        self.wakeups += 1
+        self.delivered += 1
+        self._admit(lane, item)
 
     def _take_back_credits(self, only: MailboxQueue | None) -> dict[MailboxQueue, int]:
         """Lock held: take back the credits lanes hold and the pools (all of them, or
