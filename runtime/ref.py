@@ -167,7 +167,7 @@ class ActorRef:
         """
         cell = self._cell
         gate = cell.host.gate
-        if gate.on_loop_thread():
+        if get_ident() == gate.loop_thread:
             raise RuntimeError(
                 "ask_blocking() would deadlock on the trio thread: use `await ref.ask(msg)` "
                 "there, and keep ask_blocking() for plain threads"

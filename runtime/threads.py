@@ -368,13 +368,17 @@ class ThreadGate:
     def ask(self, cell: Cell, msg: Any, timeout: float) -> Any:
         """`ask_blocking`: block this thread until the reply, within `timeout` (inf: none).
 
-        The ask goes down this thread's lane after what it sent before, as a
-        request the loop answers (it needs no credit: the thread waits anyway):
-        delivered if there is room, else failed (``fail``) or waiting in the
-        mailbox's line (``block``) until there is room or the deadline.  The loop
-        writes the answer to this thread's waiter; nothing else is made per call.
-        Raises what `ActorRef.ask_blocking` documents; `RuntimeClosed` at once
-        if the gate is closed, or when it closes before the answer.
+        The ask keeps this thread's order and the causal order of `tell`: it goes
+        down this thread's lane after what it sent before, or, when nothing from
+        any thread is on its way to the loop, straight to the loop (`_post_ask`).
+        The loop answers it as a request (it needs no credit: the thread waits
+        anyway): delivered if there is room, else failed (``fail``) or waiting in
+        the mailbox's line (``block``) until there is room or the deadline.  One
+        `run_sync_soon` wakes the loop, as the thread's last step before it
+        blocks; the loop writes the answer to this thread's waiter.  Nothing is
+        made per call but the reply and the `Ask`.  Raises what
+        `ActorRef.ask_blocking` documents; `RuntimeClosed` at once if the gate is
+        closed, or when it closes before the answer.
         """
         deadline = math.inf if timeout == math.inf else time.monotonic() + timeout
         lane = getattr(self._local, "lane", None) or self._lane()
@@ -382,7 +386,7 @@ class ThreadGate:
         reply = ThreadReply(self, cell.late_reply, lane.replies if outer is None else SimpleQueue())
         lane.asking = reply  # before sending: see close()
         try:
-            wake = self._post_ask(lane, cell.mailbox, Ask(msg, reply), deadline, cell.path)
+            wake = self._post_ask(lane, cell.mailbox, Ask(msg, reply), reply, deadline, cell.path)
             try:
                 return reply.wait(
                     deadline,
@@ -579,7 +583,13 @@ class ThreadGate:
         return entry
 
     def _post_ask(
-        self, lane: _Lane, mailbox: MailboxQueue, ask: Ask, deadline: float, path: str
+        self,
+        lane: _Lane,
+        mailbox: MailboxQueue,
+        ask: Ask,
+        reply: ThreadReply,
+        deadline: float,
+        path: str,
     ) -> Callable[[], None] | None:
         """Send an ask on its way without waking the loop; return how the caller must
         wake it (the last thing it does before it blocks), or None if a drain is
@@ -599,8 +609,6 @@ class ThreadGate:
             timeout = math.inf if deadline == math.inf else max(0.0, deadline - time.monotonic())
             self.tell(mailbox, ask, timeout, path)
             return None
-        reply = ask.reply
-        assert isinstance(reply, ThreadReply)
         with self._lock:
             self._check_open()
             if not (self._wake_scheduled or self._draining or lane.items):
