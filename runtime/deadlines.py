@@ -1,11 +1,14 @@
-"""Deadlines of reply waits: one system task per trio run wakes the waits that time out.
+"""Deadlines of reply waits, kept by one task of the system instead of a cancel scope each.
 
 An ask waits for its reply with a deadline.  A `trio.CancelScope` with a
 deadline costs more to enter and leave than the rest of an ask round trip, so
-a reply wait does not make one: it registers its deadline here (a push on a
-heap) and takes it off again when it ends (a flag, pruned in bulk).  One
-system task, started by the first wait of the run, sleeps until the earliest
-deadline and calls `expire()` on the waits still registered when it passes.
+a reply wait does not make one while its system's `Deadlines` runs: it
+registers its deadline here (a push on a heap) and takes it off again when it
+ends (a flag; ended entries are pruned in bulk).  The keeper (`run`, a task
+of the system) sleeps until the earliest deadline and calls `expire()` on the
+waits still registered when it passes.  When the keeper stops (the system
+closes), it calls `unkept()` on the waits still registered: they keep their
+deadline themselves from then on.
 
 Loop thread only.  Layer 0: knows nothing of replies beyond `Expiring`.
 """
@@ -24,10 +27,15 @@ PRUNE_AT = 64
 
 
 class Expiring(Protocol):
-    """What registers a deadline: told once, on the loop thread, when it passes."""
+    """A wait with a deadline, as the keeper sees it.  Both calls come on the loop
+    thread, at most one of them, and must not raise."""
 
     def expire(self) -> None:
-        """The deadline passed and the wait is still registered.  Must not raise."""
+        """The deadline passed and the wait is still registered."""
+        ...
+
+    def unkept(self) -> None:
+        """The keeper stopped before the deadline: keep it yourself from now on."""
         ...
 
 
@@ -36,20 +44,23 @@ Entry = list[Any]
 
 
 class Deadlines:
-    """The deadlines of one trio run's reply waits, and the task that keeps them."""
+    """The deadlines of one system's reply waits, and the task that keeps them."""
 
-    __slots__ = ("_dead", "_heap", "_numbers", "_scope", "_wake_at")
+    __slots__ = ("_dead", "_heap", "_numbers", "_ran", "_scope", "_wake_at", "running")
 
     def __init__(self) -> None:
         self._heap: list[Entry] = []
         self._numbers = itertools.count()  # ties on the deadline: first come, first expired
         self._dead = 0  # entries on the heap whose wait ended
-        self._wake_at = math.inf  # when the task wakes next
-        self._scope: trio.CancelScope | None = None  # the task's sleep, while it sleeps
+        self._wake_at = math.inf  # when the keeper wakes next
+        self._scope: trio.CancelScope | None = None  # the keeper's sleep, while it sleeps
+        self._ran = False
+        self.running = False
+        """True while the keeper runs: only then may a wait `add` its deadline."""
 
     def add(self, deadline: float, waiter: Expiring) -> Entry:
         """Call ``waiter.expire()`` at `deadline` (a `trio.current_time` time) unless
-        `discard` is called first.  Never blocks."""
+        `discard` is called first.  Only while `running`.  Never blocks."""
         entry = [deadline, next(self._numbers), waiter]
         heapq.heappush(self._heap, entry)
         if deadline < self._wake_at:  # rare once waits run: later asks end later
@@ -82,42 +93,43 @@ class Deadlines:
         return len(self._heap)
 
     async def run(self) -> None:
-        """The system task: sleep until the earliest deadline, expire what is due, repeat."""
+        """The keeper, for the life of the system: sleep until the earliest deadline,
+        expire what is due, repeat.  Cancelled, it hands the waits still registered
+        back to themselves (`unkept`) and returns.  Runs once."""
+        if self._ran:
+            raise RuntimeError("a Deadlines is kept once, by one task")
+        self._ran = True
         heap = self._heap
-        while True:
-            with trio.CancelScope(deadline=self._wake_at) as scope:
-                self._scope = scope
-                await trio.sleep_forever()
+        self.running = True
+        try:
+            while True:
+                with trio.CancelScope(deadline=self._wake_at) as scope:
+                    self._scope = scope
+                    await trio.sleep_forever()
+                self._scope = None
+                now = trio.current_time()
+                while heap and (heap[0][2] is None or heap[0][0] <= now):
+                    entry = heapq.heappop(heap)
+                    waiter = entry[2]
+                    if waiter is None:
+                        self._dead -= 1
+                    else:
+                        entry[2] = None
+                        waiter.expire()
+                self._wake_at = heap[0][0] if heap else math.inf
+        finally:
+            self.running = False
             self._scope = None
-            now = trio.current_time()
-            while heap and (heap[0][2] is None or heap[0][0] <= now):
-                entry = heapq.heappop(heap)
-                waiter = entry[2]
-                if waiter is None:
-                    self._dead -= 1
-                else:
-                    entry[2] = None
-                    waiter.expire()
-            self._wake_at = heap[0][0] if heap else math.inf
+            left = []
+            for entry in heap:
+                if entry[2] is not None:
+                    left.append(entry[2])
+                    entry[2] = None  # its wait's discard() is a no-op now
+            heap.clear()
+            self._dead = 0
+            self._wake_at = math.inf
+            for waiter in left:
+                waiter.unkept()
 
 
-_RUN: trio.lowlevel.RunVar[Deadlines] = trio.lowlevel.RunVar("troupe.deadlines")
-
-
-def current() -> Deadlines | None:
-    """This trio run's deadlines, its task started on first use; None once the run is
-    ending (no task can start: the caller falls back to a cancel scope)."""
-    try:
-        return _RUN.get()
-    except LookupError:
-        pass
-    deadlines = Deadlines()
-    try:
-        trio.lowlevel.spawn_system_task(deadlines.run, name="troupe: reply deadlines")
-    except RuntimeError:  # the run is ending
-        return None
-    _RUN.set(deadlines)
-    return deadlines
-
-
-__all__ = ["Deadlines", "Expiring", "current"]
+__all__ = ["PRUNE_AT", "Deadlines", "Expiring"]

@@ -16,10 +16,10 @@ import attrs
 import trio
 from trio.lowlevel import reschedule
 
-from .deadlines import current as current_deadlines
 from .errors import AskTimeout
 
 if TYPE_CHECKING:
+    from .deadlines import Deadlines
     from .ref import ActorRef
 
 
@@ -221,10 +221,7 @@ class Reply:
         if self.state == "pending":
             self._value = value
             self.state = "done"
-            task = self._task
-            if task is not None:
-                self._task = None
-                reschedule(task)
+            self._wake()
             if self._on_settled is not None:
                 self._on_settled()
             return True
@@ -237,10 +234,7 @@ class Reply:
             return False
         self._error = error
         self.state = "done"
-        task = self._task
-        if task is not None:
-            self._task = None
-            reschedule(task)
+        self._wake()
         if self._on_settled is not None:
             self._on_settled()
         return True
@@ -250,10 +244,17 @@ class Reply:
         now on is late."""
         if self.state == "pending":
             self.state = "abandoned"
-            task = self._task
-            if task is not None:
-                self._task = None
-                reschedule(task)
+            self._wake()
+
+    def unkept(self) -> None:
+        """The keeper of its deadline stopped: the waiting task keeps it itself."""
+        self._wake()  # still pending: `wait` goes on with a cancel scope
+
+    def _wake(self) -> None:
+        task = self._task
+        if task is not None:
+            self._task = None
+            reschedule(task)
 
     def _abort(self, _: Any) -> trio.lowlevel.Abort:
         # The waiting task is cancelled: it gave up, so a reply from now on is late
@@ -263,26 +264,31 @@ class Reply:
             self.state = "abandoned"
         return trio.lowlevel.Abort.SUCCEEDED
 
-    async def wait(self, deadline: float, what: str | Callable[[], str]) -> Any:
+    async def wait(
+        self, deadline: float, what: str | Callable[[], str], deadlines: Deadlines | None = None
+    ) -> Any:
         """Block until the reply, or until `deadline` (a `trio.current_time` time; inf:
         none), then raise `AskTimeout` ("no reply to `what`"; a callable is asked for
         the text only then).  Returns the value, or raises the error, it was settled
         with.  Always a checkpoint.  Cancelled (or timed out), the asker gave up: a
         reply that comes later goes to ``on_late``.
 
-        The deadline costs no cancel scope: it is kept by `runtime.deadlines`.
+        `deadlines`, while its keeper runs, keeps the deadline (no cancel scope to
+        enter and leave: see `runtime.deadlines`); otherwise a cancel scope does.
         """
         if self.state == "pending":
-            deadlines = None if deadline == math.inf else current_deadlines()
-            if deadlines is not None:
+            if deadline == math.inf:
+                await self._park()
+            elif deadlines is not None and deadlines.running:
                 entry = deadlines.add(deadline, self)
                 try:
                     await self._park()
                 finally:
                     deadlines.discard(entry)
-            elif deadline == math.inf:
-                await self._park()
-            else:  # the run is ending: no task keeps deadlines any more
+                if self.state == "pending":  # unkept: the keeper stopped first
+                    with trio.move_on_at(deadline):
+                        await self._park()
+            else:
                 with trio.move_on_at(deadline):
                     await self._park()
         else:

@@ -153,7 +153,9 @@ class ActorRef:
                         f"{type(msg).__name__} was not sent"
                     )
             return await reply.wait(
-                deadline, lambda: f"{type(msg).__name__} from {cell.path} within {timeout}s"
+                deadline,
+                lambda: f"{type(msg).__name__} from {cell.path} within {timeout}s",
+                cell.host.deadlines,
             )
         finally:
             if me is not None:
