@@ -169,7 +169,8 @@ class ThreadReply:
     ) -> Any:
         """The asking thread: block until the reply, or until `deadline` (a
         `time.monotonic` time; inf: none), then give up: `AskTimeout`, and a reply
-        that comes later is late.  Returns the value or raises the error.
+        that comes later is late (also when this thread is interrupted while it
+        waits, e.g. by Ctrl-C).  Returns the value or raises the error.
 
         With `wake`, calls it first (it wakes the loop), as the last thing before
         blocking: the loop then finds the interpreter free rather than waiting
@@ -195,6 +196,9 @@ class ThreadReply:
                 if self._take():  # given up: from now on a reply is late
                     raise AskTimeout(f"no reply to {what()}") from None
                 break  # settled meanwhile: its outcome is written (its wake-up comes later)
+            except BaseException:  # interrupted (Ctrl-C): this thread gives up too, so
+                self._take()  # a reply from now on is late
+                raise
             if got is self:
                 break
             # else: the wake-up of an earlier ask of this thread, settled as it gave up
@@ -400,8 +404,8 @@ class ThreadGate:
                         f"{timeout:g}s (its mailbox was full, or the loop did not get to it)"
                     ) from None
                 raise
-            except RuntimeClosed:  # the loop is gone: the request goes nowhere
-                self._withdraw(reply)
+            except BaseException:  # the loop is gone (RuntimeClosed), Ctrl-C, or the
+                self._withdraw(reply)  # answer was an error: nothing is left on its way
                 raise
         finally:
             lane.asking = outer

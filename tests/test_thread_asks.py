@@ -56,6 +56,23 @@ def test_an_answer_settled_as_the_thread_gives_up_is_taken() -> None:
     assert reply.send("again") is False  # settled once
 
 
+def test_a_thread_interrupted_while_it_waits_gives_up() -> None:
+    class Interrupted:
+        def get(self, timeout: float) -> Any:
+            raise KeyboardInterrupt
+
+        def put(self, item: Any) -> None:
+            raise AssertionError("nobody waits for it any more")
+
+    late: list[Any] = []
+    reply = ThreadReply(ThreadGate("test"), late.append, Interrupted())  # type: ignore[arg-type]
+    with pytest.raises(KeyboardInterrupt):
+        reply.wait(time.monotonic() + WAIT, lambda: "x")
+    assert reply.state == "abandoned"
+    assert reply.send("answer") is False
+    assert late == ["answer"]
+
+
 def test_stopped_while_the_gate_stops_is_runtime_closed() -> None:
     gate = ThreadGate("test")
     gate.stopping()
