@@ -36,6 +36,16 @@ credits are no longer live (and takes the lock) or the loop sees the flag
 (and leaves that lane for its next drain, which the thread's tell is about
 to schedule).  This relies on the interpreter running one bytecode at a time
 (the GIL), as the lanes' lock-free deques do.
+
+An `ask_blocking` takes no credit: its thread waits for the reply anyway, so
+the ask always goes as a request (delivered into free room with a plain put,
+failed, or lined up as above), and the reply tells the outcome.  When nothing
+from any thread is on its way to the loop (no drain pending or running), the
+request skips the lane: one `run_sync_soon` hands it to the loop directly,
+as the thread's last step before it blocks.  The thread waits on its lane's
+own `queue.SimpleQueue`; the loop settles the reply and puts it there.  One
+token per reply (taken with an atomic `list.pop`) decides between the loop
+settling it and the thread giving up at its deadline, without a lock.
 """
 
 from __future__ import annotations
