@@ -889,15 +889,20 @@ class ThreadGate:
         them, refill the pool (threads asking for room want more) and lend each a
         chunk of it for their next tells (not a thread that asked: it waits for
         its reply)."""
+        tellers = []
+        for lane in served:
+            if lane.reply is None:
+                tellers.append(lane)
+            else:  # an ask: its thread waits for the reply, not for this, and asks
+                self._done(lane)  # take no credit
+        if not tellers:
+            return
         pool = self._pools.get(mailbox, 0)
         if pool < GRANT_MAX:
             pool += mailbox.reserve(GRANT_MAX - pool)
         chunk = _chunk(mailbox) - 1
         holders = self._holders
-        for lane in served:
-            if lane.reply is not None:  # an ask: its thread waits for the reply, not
-                self._done(lane)  # for this, and asks take no credit
-                continue
+        for lane in tellers:
             take = min(pool, chunk)
             pool -= take
             lane.credits[mailbox] = take

@@ -154,3 +154,42 @@ def test_a_late_answer_after_a_thread_timed_out_is_dead_lettered_and_not_crossed
         snap = system.snapshot()
         assert snap.dead_letters["timeout"] == 1
         assert snap.find("/app/c").dead_lettered == 1
+
+
+def test_asks_and_tells_waiting_for_room_get_in_in_their_order_and_are_answered() -> None:
+    release = threading.Event()
+    spec = child(Counter, name="c", mailbox=Mailbox(capacity=1), kwargs={"release": release})
+    with runtime.start_in_thread(Supervisor("app", children=[spec])) as system:
+        ref = system.ref("/app/c")
+        gate = ref._cell.host.gate
+        mailbox = ref._cell.mailbox
+        ref.tell("held")  # the actor holds it until released ...
+        ref.tell("first")  # ... and this fills the mailbox
+        answers: list[Any] = []
+        errors: list[BaseException] = []
+
+        def ask() -> None:
+            try:
+                answers.append(ref.ask_blocking("seen", timeout=WAIT))
+            except BaseException as exc:
+                errors.append(exc)
+
+        def tell() -> None:
+            try:
+                ref.tell("second", timeout=WAIT)
+            except BaseException as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=tell), threading.Thread(target=ask)]
+        for thread in threads:  # the teller first: it waits in the line ahead of the asker
+            thread.start()
+            deadline = time.monotonic() + WAIT
+            while len(gate._lines.get(mailbox, ())) < threads.index(thread) + 1:
+                assert time.monotonic() < deadline, "the thread did not wait for room"
+                time.sleep(0.001)
+        release.set()
+        for thread in threads:
+            thread.join(WAIT)
+            assert not thread.is_alive(), "a waiting thread hung"
+        assert errors == []
+        assert answers == [["first", "second"]]
