@@ -280,14 +280,18 @@ class Reply:
             if deadline == math.inf:
                 await self._park()
             elif deadlines is not None and deadlines.running:
-                entry = deadlines.add(deadline, self)
-                try:
-                    await self._park()
-                finally:
-                    deadlines.discard(entry)
-                if self.state == "pending":  # unkept: the keeper stopped first
-                    with trio.move_on_at(deadline):
+                if deadline <= trio.current_time():  # due already (a timeout of 0): given
+                    self.state = "abandoned"  # up at once, as a cancel scope would
+                    await trio.lowlevel.checkpoint()
+                else:
+                    entry = deadlines.add(deadline, self)
+                    try:
                         await self._park()
+                    finally:
+                        deadlines.discard(entry)
+                    if self.state == "pending":  # unkept: the keeper stopped first
+                        with trio.move_on_at(deadline):
+                            await self._park()
             else:
                 with trio.move_on_at(deadline):
                     await self._park()

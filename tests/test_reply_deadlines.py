@@ -88,6 +88,20 @@ async def test_asks_that_end_leave_no_deadline_behind(
             assert kept.waiting == 0
 
 
+async def test_an_ask_with_a_timeout_of_zero_gives_up_at_once(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    with trio.fail_after(60):
+        async with runtime.open_system(tree()) as system:
+            ref = system.ref("/app/holder")
+            assert system.deadlines.running
+            for i in range(3):
+                with pytest.raises(runtime.AskTimeout):
+                    await ref.ask(i, timeout=0)
+            assert await ref.ask("flush", timeout=10) == "flush"
+            assert sorted(d.message for d in system.dead_letters.recent(10, "timeout")) == [0, 1, 2]
+
+
 async def test_a_stopped_system_leaves_no_keeper_behind() -> None:
     def tasks() -> set[trio.lowlevel.Task]:
         found: set[trio.lowlevel.Task] = set()
