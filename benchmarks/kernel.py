@@ -247,7 +247,7 @@ ASK = Bench(
             "troupe_us",
             "bare_us",
             "bare trio two-task ping-pong over two memory channels (capacity 0)",
-            Target("<=", 1.5),
+            Target("<=", 1.25),
             digits=1,
         )
     ],

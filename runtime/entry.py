@@ -255,6 +255,8 @@ async def _serving(
     try:
         async with trio.open_nursery() as nursery:
             system.open(trio.lowlevel.current_trio_token())
+            # asks' deadlines are kept until the tree is done (later waits keep their own)
+            nursery.start_soon(system.deadlines.run, name="troupe reply deadlines")
             nursery.start_soon(stop_when_cancelled, name="troupe outer cancel")
             start_error = await nursery.start(run_tree, name="troupe tree")
             if start_error is None:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from .cell import Cell
+    from .deadlines import Deadlines
     from .messages import Event, ExitReason
     from .spec import ChildSpec, Supervisor
     from .system_actors import Callback
@@ -50,6 +51,11 @@ class Host(Protocol):
     @property
     def gate(self) -> ThreadGate:
         """The foreign-thread gate (`runtime.threads`)."""
+        ...
+
+    @property
+    def deadlines(self) -> Deadlines:
+        """The deadlines of reply waits (`runtime.deadlines`), kept while the system runs."""
         ...
 
     @property

@@ -14,10 +14,12 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import attrs
 import trio
+from trio.lowlevel import reschedule
 
 from .errors import AskTimeout
 
 if TYPE_CHECKING:
+    from .deadlines import Deadlines
     from .ref import ActorRef
 
 
@@ -199,7 +201,7 @@ class Reply:
     asker gave up, so that it can be recorded in dead letters.
     """
 
-    __slots__ = ("_error", "_event", "_on_late", "_on_settled", "_value", "asker", "state")
+    __slots__ = ("_error", "_on_late", "_on_settled", "_task", "_value", "asker", "state")
 
     def __init__(
         self,
@@ -209,7 +211,7 @@ class Reply:
     ) -> None:
         self.asker = asker  # the slot whose handler waits on this reply, if any (rule 5)
         self._on_settled = on_settled  # called once the reply is settled (the wait is over)
-        self._event = trio.Event()
+        self._task: trio.lowlevel.Task | None = None  # the task parked in `wait`
         self._value: Any = None
         self._error: BaseException | None = None
         self._on_late = on_late
@@ -219,7 +221,7 @@ class Reply:
         if self.state == "pending":
             self._value = value
             self.state = "done"
-            self._event.set()
+            self._wake()
             if self._on_settled is not None:
                 self._on_settled()
             return True
@@ -232,27 +234,78 @@ class Reply:
             return False
         self._error = error
         self.state = "done"
-        self._event.set()
+        self._wake()
         if self._on_settled is not None:
             self._on_settled()
         return True
 
-    async def wait(self, deadline: float, what: str) -> Any:
-        try:
-            if deadline == math.inf:  # no timeout: no cancel scope to pay for
-                await self._event.wait()
+    def expire(self) -> None:
+        """Its deadline passed (`runtime.deadlines`): the asker gives up; a reply from
+        now on is late."""
+        if self.state == "pending":
+            self.state = "abandoned"
+            self._wake()
+
+    def unkept(self) -> None:
+        """The keeper of its deadline stopped: the waiting task keeps it itself."""
+        self._wake()  # still pending: `wait` goes on with a cancel scope
+
+    def _wake(self) -> None:
+        task = self._task
+        if task is not None:
+            self._task = None
+            reschedule(task)
+
+    def _abort(self, _: Any) -> trio.lowlevel.Abort:
+        # The waiting task is cancelled: it gave up, so a reply from now on is late
+        # (even one that comes before the task runs again).
+        self._task = None
+        if self.state == "pending":
+            self.state = "abandoned"
+        return trio.lowlevel.Abort.SUCCEEDED
+
+    async def wait(
+        self, deadline: float, what: str | Callable[[], str], deadlines: Deadlines | None = None
+    ) -> Any:
+        """Block until the reply, or until `deadline` (a `trio.current_time` time; inf:
+        none), then raise `AskTimeout` ("no reply to `what`"; a callable is asked for
+        the text only then).  Returns the value, or raises the error, it was settled
+        with.  Always a checkpoint.  Cancelled (or timed out), the asker gave up: a
+        reply that comes later goes to ``on_late``.
+
+        `deadlines`, while its keeper runs, keeps the deadline (no cancel scope to
+        enter and leave: see `runtime.deadlines`); otherwise a cancel scope does.
+        """
+        if self.state == "pending":
+            if deadline == math.inf:
+                await self._park()
+            elif deadlines is not None and deadlines.running:
+                if deadline <= trio.current_time():  # due already (a timeout of 0): given
+                    self.state = "abandoned"  # up at once, as a cancel scope would
+                    await trio.lowlevel.checkpoint()
+                else:
+                    entry = deadlines.add(deadline, self)
+                    try:
+                        await self._park()
+                    finally:
+                        deadlines.discard(entry)
+                    if self.state == "pending":  # unkept: the keeper stopped first
+                        with trio.move_on_at(deadline):
+                            await self._park()
             else:
                 with trio.move_on_at(deadline):
-                    await self._event.wait()
-        finally:
-            if self.state == "pending":
-                # timed out, or the asker was cancelled: a reply from now on is late
-                self.state = "abandoned"
+                    await self._park()
+        else:
+            await trio.lowlevel.checkpoint()
         if self.state != "done":
-            raise AskTimeout(f"no reply to {what}")
+            raise AskTimeout(f"no reply to {what if isinstance(what, str) else what()}")
         if self._error is not None:
             raise self._error
         return self._value
+
+    async def _park(self) -> None:
+        self._task = trio.lowlevel.current_task()
+        await trio.lowlevel.wait_task_rescheduled(self._abort)
 
 
 class Ask:

@@ -153,7 +153,9 @@ class ActorRef:
                         f"{type(msg).__name__} was not sent"
                     )
             return await reply.wait(
-                deadline, f"{type(msg).__name__} from {cell.path} within {timeout}s"
+                deadline,
+                lambda: f"{type(msg).__name__} from {cell.path} within {timeout}s",
+                cell.host.deadlines,
             )
         finally:
             if me is not None:
@@ -162,12 +164,18 @@ class ActorRef:
     def ask_blocking(self, msg: Any, timeout: float | None = 5.0) -> Any:
         """`ask` for plain threads: blocks the calling thread, never the loop.
 
-        Raises what `ask` raises; on the trio thread it raises `RuntimeError`
-        at once instead of deadlocking.
+        Blocks until the reply, for at most `timeout` seconds in all (waiting for
+        mailbox room included; None or ``inf``: no limit).  Like `tell`, it keeps
+        this thread's order: the ask arrives after what the thread sent before.
+        Raises what `ask` raises, and `RuntimeClosed` when the system stops
+        before the answer; given up on (a timeout, or the thread interrupted,
+        e.g. by Ctrl-C), a reply that comes later is dead-lettered as
+        ``timeout``.  On the trio thread it raises `RuntimeError` at once
+        instead of deadlocking.
         """
         cell = self._cell
         gate = cell.host.gate
-        if gate.on_loop_thread():
+        if get_ident() == gate.loop_thread:
             raise RuntimeError(
                 "ask_blocking() would deadlock on the trio thread: use `await ref.ask(msg)` "
                 "there, and keep ask_blocking() for plain threads"
@@ -204,10 +212,10 @@ class ActorRef:
         deadline = math.inf if limit == math.inf else time.monotonic() + limit
         reply = FutureReply(host, cell.late_reply)
         try:
-            # Not gate.ask's way (a `reply` argument, not waiting for the loop to take
-            # the message): a thread's lane holds one such request at a time, and a
-            # second future from this thread would overwrite the first.  Without it,
-            # a thread with no credit waits for the loop to answer its request.
+            # Not gate.ask's way (a request the loop answers, while this thread waits
+            # for the reply): a thread's lane holds one request at a time, and a
+            # second future from this thread would overwrite the first.  So a thread
+            # with no credit waits, as for a tell, for the loop to answer its request.
             gate.tell(cell.mailbox, Ask(msg, reply), limit, cell.path)
         except MailboxFull as exc:
             error: BaseException = exc

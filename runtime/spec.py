@@ -84,6 +84,8 @@ def check_timeout(timeout: object, what: str = "timeout") -> float:
 
     Returns the timeout as a float (``inf`` for none).
     """
+    if timeout.__class__ is float and timeout >= 0.0:  # the common case (NaN is not >= 0)
+        return timeout
     if timeout is None:
         return math.inf
     if isinstance(timeout, bool) or not isinstance(timeout, int | float):

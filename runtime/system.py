@@ -19,6 +19,7 @@ from .bridge import BlockingCall, Bridge
 from .bus import Bus
 from .cell import ActorBehaviour, Cell
 from .deadletters import DeadLetterOffice, DeadLetters
+from .deadlines import Deadlines
 from .errors import ActorNotFound, AskTimeout, RuntimeClosed
 from .messages import Control, Event, ExitReason, Reply
 from .monitor import BlockedStep, LoopMonitor, TreeSnapshot, take_snapshot
@@ -113,6 +114,7 @@ class System:
         self.metrics: Any = None  # the metrics server, when served (runtime.metrics)
         self.dashboard: Any = None  # the web dashboard, when served (runtime.web)
         self.gate = ThreadGate(self.name)  # a plain attribute: read on every tell
+        self.deadlines = Deadlines()  # of asks' reply waits; kept by a task of `_serving`
         self._monitor = LoopMonitor()
         self.steps = self._monitor
         self._cells: dict[str, Cell] = {}

@@ -36,6 +36,16 @@ credits are no longer live (and takes the lock) or the loop sees the flag
 (and leaves that lane for its next drain, which the thread's tell is about
 to schedule).  This relies on the interpreter running one bytecode at a time
 (the GIL), as the lanes' lock-free deques do.
+
+An `ask_blocking` takes no credit: its thread waits for the reply anyway, so
+the ask always goes as a request (delivered into free room with a plain put,
+failed, or lined up as above), and the reply tells the outcome.  When nothing
+from any thread is on its way to the loop (no drain pending or running), the
+request skips the lane: one `run_sync_soon` hands it to the loop directly,
+as the thread's last step before it blocks.  The thread waits on its lane's
+own `queue.SimpleQueue`; the loop settles the reply and puts it there.  One
+token per reply (taken with an atomic `list.pop`) decides between the loop
+settling it and the thread giving up at its deadline, without a lock.
 """
 
 from __future__ import annotations
@@ -47,8 +57,8 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future, InvalidStateError
-from concurrent.futures import TimeoutError as FutureTimeout
+from functools import partial
+from queue import Empty, SimpleQueue
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import trio
@@ -98,60 +108,113 @@ def _sleep(lock: threading.Lock, deadline: float) -> bool:
 
 
 class ThreadReply:
-    """What a thread in `ask_blocking` waits on: a `concurrent.futures.Future`, settled
-    on the loop thread (`send`/`fail`), waited on by the asking thread (`wait`)."""
+    """What a thread in `ask_blocking` waits on: settled on the loop thread (`send`,
+    `fail`), waited on by the asking thread (`wait`), on that thread's own waiter
+    (a `queue.SimpleQueue` kept by its lane for all its asks: nothing is made per
+    call but this object).
 
-    __slots__ = ("_future", "_gate", "_on_late")
+    Whoever takes its one token decides: the loop settling it, or the thread giving
+    up at its deadline; the other one then knows (a reply the loop brings after the
+    thread gave up is late).  Taking it is one `list.pop`, atomic without a lock.
+    """
+
+    __slots__ = ("_error", "_gate", "_on_late", "_settled", "_token", "_value", "_waiter")
     asker = None  # a thread is outside the wait-for graph (rule 5)
 
-    def __init__(self, gate: ThreadGate, on_late: Callable[[Any], None]) -> None:
+    def __init__(
+        self, gate: ThreadGate, on_late: Callable[[Any], None], waiter: SimpleQueue[Any]
+    ) -> None:
         self._gate = gate
-        self._future: Future[Any] = Future()
         self._on_late = on_late
+        self._waiter = waiter
+        self._token: list[None] = [None]
+        self._settled = False  # the loop took the token (loop thread only)
+        self._value: Any = None
+        self._error: BaseException | None = None
+
+    def _take(self) -> bool:
+        try:
+            self._token.pop()
+        except IndexError:
+            return False
+        return True
 
     @property
     def state(self) -> str:
-        """``pending``, ``done``, or ``abandoned`` (the asker gave up)."""
-        future = self._future
-        if future.cancelled():
-            return "abandoned"
-        return "done" if future.done() else "pending"
+        """``pending``, ``done``, or ``abandoned`` (the asker gave up).  Loop thread."""
+        if self._settled:
+            return "done"
+        return "pending" if self._token else "abandoned"
 
     def send(self, value: Any) -> bool:
-        try:
-            self._future.set_result(value)
-            return True
-        except InvalidStateError:  # the asker gave up (or it was settled already)
-            if self._future.cancelled():
-                self._on_late(value)
+        """Loop thread: the answer.  A late one (the asker gave up) goes to ``on_late``."""
+        if self._settled:
             return False
+        self._value = value  # before the token: a thread that finds it gone reads this
+        if self._take():
+            self._settled = True
+            self._waiter.put(self)
+            return True
+        self._on_late(value)
+        return False
 
     def fail(self, error: BaseException) -> bool:
+        """Loop thread: the ask failed (`ActorStopped` while the system stops is
+        `RuntimeClosed`)."""
+        if self._settled:
+            return False
         if isinstance(error, ActorStopped) and self._gate._stopping:
             closed = RuntimeClosed("the actor system stopped before replying")
             closed.__cause__ = error
             error = closed
-        try:
-            self._future.set_exception(error)
+        self._error = error
+        if self._take():
+            self._settled = True
+            self._waiter.put(self)
             return True
-        except InvalidStateError:
-            return False
+        return False
 
-    def wait(self, deadline: float, what: str) -> Any:
-        """Block this thread until the reply (or `deadline`, a `time.monotonic` time;
-        inf: none); then `AskTimeout`, and a reply that comes later is late."""
-        future = self._future
+    def wait(
+        self, deadline: float, what: Callable[[], str], wake: Callable[[], None] | None = None
+    ) -> Any:
+        """The asking thread: block until the reply, or until `deadline` (a
+        `time.monotonic` time; inf: none), then give up: `AskTimeout`, and a reply
+        that comes later is late (also when this thread is interrupted while it
+        waits, e.g. by Ctrl-C).  Returns the value or raises the error.
+
+        With `wake`, calls it first (it wakes the loop), as the last thing before
+        blocking: the loop then finds the interpreter free rather than waiting
+        for this thread to let go of it (`RuntimeClosed` if the loop is gone).
+        """
+        waiter = self._waiter
+        try:
+            if deadline == math.inf:
+                remaining = threading.TIMEOUT_MAX
+            else:
+                remaining = min(max(0.0, deadline - time.monotonic()), threading.TIMEOUT_MAX)
+        finally:  # whatever happens (Ctrl-C): the loop was promised a wake-up
+            if wake is not None:
+                wake()
         while True:
-            remaining = None if deadline == math.inf else deadline - time.monotonic()
             try:
-                if remaining is None:
-                    return future.result(timeout=threading.TIMEOUT_MAX)
-                return future.result(timeout=min(max(0.0, remaining), threading.TIMEOUT_MAX))
-            except FutureTimeout:
-                if remaining is not None and remaining <= threading.TIMEOUT_MAX:
-                    if future.cancel():  # given up: from now on a reply is late
-                        raise AskTimeout(f"no reply to {what}") from None
-                    # settled meanwhile: take it
+                got = waiter.get(timeout=remaining)
+            except Empty:
+                now = time.monotonic()
+                if deadline == math.inf or deadline > now:  # longer than a wait can be
+                    remaining = min(deadline - now, threading.TIMEOUT_MAX)
+                    continue
+                if self._take():  # given up: from now on a reply is late
+                    raise AskTimeout(f"no reply to {what()}") from None
+                break  # settled meanwhile: its outcome is written (its wake-up comes later)
+            except BaseException:  # interrupted (Ctrl-C): this thread gives up too, so
+                self._take()  # a reply from now on is late
+                raise
+            if got is self:
+                break
+            # else: the wake-up of an earlier ask of this thread, settled as it gave up
+        if self._error is not None:
+            raise self._error
+        return self._value
 
 
 Entry = tuple[int, "MailboxQueue | _Lane", Any]
@@ -176,9 +239,14 @@ class _Lane:
     and its one request at a time (`state`, `want`, `path`, `deadline`, `item`,
     and `reply` for an `ask_blocking`, which waits for its reply instead), with
     the lock the thread sleeps on (`wake`, released once per `signal`).
+
+    An `ask_blocking` of the thread waits on `replies` (its answers, one at a
+    time), and `asking` is that ask's reply until it returns, so that closing
+    the gate can fail it.
     """
 
     __slots__ = (
+        "asking",
         "busy",
         "credits",
         "deadline",
@@ -186,6 +254,7 @@ class _Lane:
         "items",
         "live",
         "path",
+        "replies",
         "reply",
         "signalled",
         "state",
@@ -209,6 +278,8 @@ class _Lane:
         self.wake = threading.Lock()
         self.wake.acquire()
         self.signalled = False  # `wake` is released and nobody took it yet
+        self.replies: SimpleQueue[Any] = SimpleQueue()  # written by the loop, read by the thread
+        self.asking: ThreadReply | None = None  # written by the thread, read by close()
 
     def signal(self, state: int) -> None:
         """Gate lock held: answer the request and wake the thread (once)."""
@@ -243,11 +314,11 @@ class ThreadGate:
         self._lanes: list[_Lane] = []
         self._numbers = itertools.count()
         self._wake_scheduled = False
+        self._draining = False  # a drain runs (its leftovers not yet handed on)
         self._holders: set[_Lane] = set()  # lanes that may hold credits
         self._pools: dict[MailboxQueue, int] = {}  # room lent, not yet taken by a thread
         self._lines: dict[MailboxQueue, deque[_Lane]] = {}  # threads waiting for room
         self._space_waiters = 0
-        self._replies: set[ThreadReply] = set()
         self._token: trio.lowlevel.TrioToken | None = None
         self.loop_thread: int | None = None  # ident of the trio thread, once open
         self._open = False
@@ -275,8 +346,6 @@ class ThreadGate:
         with self._lock:
             self._open = False
             lanes = list(self._lanes)
-            replies = list(self._replies)
-            self._replies.clear()
             for lane in lanes:  # requests not answered yet are not delivered either
                 if lane.state in (_ASKED, _WAITING):
                     self._done(lane)
@@ -297,8 +366,12 @@ class ThreadGate:
                     break
         leftover.sort(key=_number)
         self._deliver_run(leftover)
-        for reply in replies:
-            reply.fail(RuntimeClosed("the actor system stopped before replying"))
+        # A thread sets `asking` before it sends: if it sent, the ask is failed here
+        # unless it was answered already; if not, its send finds the gate closed.
+        for lane in lanes:
+            reply = lane.asking
+            if reply is not None:
+                reply.fail(RuntimeClosed("the actor system stopped before replying"))
 
     @property
     def queued(self) -> int:
@@ -307,24 +380,32 @@ class ThreadGate:
 
     # -- the foreign side --------------------------------------------------
     def ask(self, cell: Cell, msg: Any, timeout: float) -> Any:
-        """`ask_blocking`: block this thread until the reply, within `timeout` (inf: none)."""
+        """`ask_blocking`: block this thread until the reply, within `timeout` (inf: none).
+
+        The ask keeps this thread's order and the causal order of `tell`: it goes
+        down this thread's lane after what it sent before, or, when nothing from
+        any thread is on its way to the loop, straight to the loop (`_post_ask`).
+        The loop answers it as a request (it needs no credit: the thread waits
+        anyway): delivered if there is room, else failed (``fail``) or waiting in
+        the mailbox's line (``block``) until there is room or the deadline.  One
+        `run_sync_soon` wakes the loop, as the thread's last step before it
+        blocks; the loop writes the answer to this thread's waiter.  Nothing is
+        made per call but the reply and the `Ask`.  Raises what
+        `ActorRef.ask_blocking` documents; `RuntimeClosed` at once if the gate is
+        closed, or when it closes before the answer.
+        """
         deadline = math.inf if timeout == math.inf else time.monotonic() + timeout
-        reply = ThreadReply(self, cell.late_reply)
-        with self._lock:
-            self._replies.add(reply)
+        lane = getattr(self._local, "lane", None) or self._lane()
+        outer = lane.asking  # not None only in an ask of this thread's signal handler
+        reply = ThreadReply(self, cell.late_reply, lane.replies if outer is None else SimpleQueue())
+        lane.asking = reply  # before sending: see close()
         try:
-            try:
-                self.tell(cell.mailbox, Ask(msg, reply), timeout, cell.path, reply)
-            except MailboxFull as exc:
-                if cell.mailbox.overflow == "block":
-                    raise AskTimeout(
-                        f"{cell.path}'s mailbox stayed full for {timeout:g}s; "
-                        f"{type(msg).__name__} was not sent"
-                    ) from exc
-                raise
+            wake = self._post_ask(lane, cell.mailbox, Ask(msg, reply), reply, deadline, cell.path)
             try:
                 return reply.wait(
-                    deadline, f"{type(msg).__name__} from {cell.path} within {timeout}s"
+                    deadline,
+                    lambda: f"{type(msg).__name__} from {cell.path} within {timeout}s",
+                    wake,
                 )
             except AskTimeout:
                 if self._withdraw(reply):
@@ -333,9 +414,11 @@ class ThreadGate:
                         f"{timeout:g}s (its mailbox was full, or the loop did not get to it)"
                     ) from None
                 raise
+            except BaseException:  # the loop is gone (RuntimeClosed), Ctrl-C, or the
+                self._withdraw(reply)  # answer was an error: nothing is left on its way
+                raise
         finally:
-            with self._lock:
-                self._replies.discard(reply)
+            lane.asking = outer
 
     def _lane(self) -> _Lane:
         lane: _Lane | None = getattr(self._local, "lane", None)
@@ -351,15 +434,12 @@ class ThreadGate:
         item: Any,
         timeout: float,
         path: str,
-        reply: ThreadReply | None = None,
     ) -> None:
         """A foreign thread's tell (`ActorRef.tell` calls this directly).
 
         Blocks this thread while a ``block`` mailbox is full, up to `timeout`
         seconds (inf: no limit; 0: only if the loop finds room now), then
         raises `MailboxFull`; raises `RuntimeClosed` once the gate is closed.
-        With `reply` (`ask`, `item` being the Ask) it does not wait for the
-        loop to take the message: the outcome comes with the reply.
         """
         if not self._open:
             self._closed()
@@ -372,8 +452,8 @@ class ThreadGate:
                 lane.busy = False
             else:
                 lane.busy = False
-                if self._request(lane, mailbox, item, timeout, path, reply):
-                    return  # delivered by the loop (or, for an ask, on its way)
+                if self._request(lane, mailbox, item, timeout, path):
+                    return  # delivered by the loop
         elif len(lane.items) >= LANE_CAPACITY:
             self._wait_for_lane(lane, timeout, path)
         entry = (next(self._numbers), mailbox, item)
@@ -430,7 +510,6 @@ class ThreadGate:
         item: Any,
         timeout: float,
         path: str,
-        reply: ThreadReply | None,
     ) -> bool:
         """Send `item` without credit: as a request the loop answers (see the module's
         docstring).  Returns True once the loop delivered it; False if this thread
@@ -438,10 +517,7 @@ class ThreadGate:
 
         Waits for the loop's answer however short `timeout` is; then, under
         ``block``, sleeps on in the mailbox's line until the loop delivers the
-        message or the deadline passes (`MailboxFull`, nothing sent).  With
-        `reply` it returns True at once: the caller waits for the reply, which
-        the loop fails with `MailboxFull` if it finds no room under ``fail``
-        (under ``block`` the caller withdraws the request at its deadline).
+        message or the deadline passes (`MailboxFull`, nothing sent).
         """
         deadline = math.inf if timeout == math.inf else time.monotonic() + timeout
         with self._lock:
@@ -464,25 +540,14 @@ class ThreadGate:
                 lane.credits[mailbox] = take - 1
                 self._holders.add(lane)
                 return False
-            if lane.signalled:  # a wake-up left over from an earlier request
-                lane.wake.acquire()
-                lane.signalled = False
-            lane.state = _ASKED
-            lane.want = mailbox
-            lane.path = path
-            lane.deadline = deadline
-            lane.item = item
-            lane.reply = reply
-            entry = (next(self._numbers), lane, item)
-            lane.items.append(entry)
+            entry = self._post(lane, mailbox, item, deadline, path, None)
+            assert entry is not None
             try:
                 self._request_wake()
             except RuntimeClosed:  # the loop is gone: nobody took it
                 lane.items.remove(entry)
                 self._done(lane)
                 raise
-        if reply is not None:
-            return True
         while True:
             # Until the first answer, wait for it whatever the deadline; then no longer.
             woke = _sleep(lane.wake, math.inf if lane.state == _ASKED else deadline)
@@ -502,6 +567,76 @@ class ThreadGate:
                 if state == _WAITING:
                     raise MailboxFull(f"mailbox of {path} stayed full (overflow='block')")
                 raise MailboxFull(f"mailbox of {path} is full (overflow='fail')")
+
+    def _post(
+        self,
+        lane: _Lane,
+        mailbox: MailboxQueue,
+        item: Any,
+        deadline: float,
+        path: str,
+        reply: ThreadReply | None,
+        queued: bool = True,
+    ) -> Entry | None:
+        """Lock held: make `item` this thread's request (its one at a time), for the
+        loop to answer (`_admit`): in its turn down the lane, or (not `queued`) when
+        the caller hands it to the loop itself; return its lane entry."""
+        if lane.signalled:  # a wake-up left over from an earlier request
+            lane.wake.acquire()
+            lane.signalled = False
+        lane.state = _ASKED
+        lane.want = mailbox
+        lane.path = path
+        lane.deadline = deadline
+        lane.item = item
+        lane.reply = reply
+        if not queued:
+            return None
+        entry = (next(self._numbers), lane, item)
+        lane.items.append(entry)
+        return entry
+
+    def _post_ask(
+        self,
+        lane: _Lane,
+        mailbox: MailboxQueue,
+        ask: Ask,
+        reply: ThreadReply,
+        deadline: float,
+        path: str,
+    ) -> Callable[[], None] | None:
+        """Send an ask on its way without waking the loop; return how the caller must
+        wake it (the last thing it does before it blocks), or None if a drain is
+        coming anyway.
+
+        Into a ``block`` or ``fail`` mailbox it goes as a request (no credit is
+        taken: the loop finds it room, fails it, or puts it in the mailbox's line,
+        and the reply tells the outcome); into a dropping one, like a tell.  When
+        nothing from any thread is on its way to the loop (no drain pending or
+        running, and the drains hand what they leave to another), it skips the
+        lane: the loop admits it directly, in a call of its own.  Nothing sent
+        earlier by any thread can be overtaken then.  Raises `RuntimeClosed` if
+        the gate is closed, `MailboxFull` if this thread's own lane stays full
+        (dropping mailboxes) until `deadline`.
+        """
+        if not mailbox.credited:
+            timeout = math.inf if deadline == math.inf else max(0.0, deadline - time.monotonic())
+            self.tell(mailbox, ask, timeout, path)
+            return None
+        with self._lock:
+            self._check_open()
+            if not (self._wake_scheduled or self._draining or lane.items):
+                self._post(lane, mailbox, ask, deadline, path, reply, queued=False)
+                return partial(self._token_call, self._admit_alone, lane, ask)
+            self._post(lane, mailbox, ask, deadline, path, reply)
+            if self._wake_scheduled:
+                return None
+            self._wake_scheduled = True
+            return self._wake
+
+    def _wake(self) -> None:
+        """Any thread: run a drain soon (the caller set `_wake_scheduled`)."""
+        self._token_call(self._drain)
 
     @staticmethod
     def _done(lane: _Lane) -> None:
@@ -558,11 +693,11 @@ class ThreadGate:
             return False
         return True
 
-    def _token_call(self, fn: Callable[[], None]) -> None:
-        """Wake the loop (non-blocking; safe with or without the lock held)."""
+    def _token_call(self, fn: Callable[..., None], *args: Any) -> None:
+        """Wake the loop to run ``fn(*args)`` (non-blocking; with or without the lock)."""
         assert self._token is not None
         try:
-            self._token.run_sync_soon(fn)
+            self._token.run_sync_soon(fn, *args)
         except trio.RunFinishedError:
             self._closed()
 
@@ -577,6 +712,7 @@ class ThreadGate:
         self.wakeups += 1
         with self._lock:
             self._wake_scheduled = False  # before draining: a later append wakes us again
+            self._draining = True  # until what it leaves is handed to the next drain
             lanes = self._lanes
             returned = self._take_back_credits(None) if self._holders or self._pools else None
         if returned:  # first, so that requests in this batch find that room
@@ -640,6 +776,13 @@ class ThreadGate:
                 self._cond.notify_all()
         if self._lines:
             self._serve_lines()
+        self._draining = False
+
+    def _admit_alone(self, lane: _Lane, item: Any) -> None:
+        """Loop thread: an ask a thread handed over outside the lanes (`_post_ask`)."""
+        self.wakeups += 1
+        self.delivered += 1
+        self._admit(lane, item)
 
     def _take_back_credits(self, only: MailboxQueue | None) -> dict[MailboxQueue, int]:
         """Lock held: take back the credits lanes hold and the pools (all of them, or
@@ -679,9 +822,9 @@ class ThreadGate:
         return returned
 
     def _admit(self, lane: _Lane, item: Any) -> None:
-        """Loop thread, in a drain: answer a request (a message sent without credit):
-        deliver it if there is room (and lend the thread some for later), else
-        fail it (``fail``) or put it in the mailbox's line (``block``)."""
+        """Loop thread, in a drain: answer a request (a message sent without credit,
+        or an ask): deliver it if there is room (and lend a telling thread some for
+        later), else fail it (``fail``) or put it in the mailbox's line (``block``)."""
         full: ThreadReply | None = None
         with self._lock:
             if lane.state != _ASKED or lane.item is not item:
@@ -689,8 +832,17 @@ class ThreadGate:
             mailbox = lane.want
             assert mailbox is not None
             line = None if mailbox.overflow == "fail" else self._lines.get(mailbox)
-            if not line and self._room_for_one(mailbox):  # and no thread ahead of it
-                self._lend(mailbox, [lane])
+            if not line and lane.reply is not None and mailbox.has_room():
+                # An ask, and room nobody holds: it goes in as a loop-side ask would
+                # (its thread waits for the reply, so it is lent nothing).
+                self._done(lane)
+                free = True
+            elif not line and self._room_for_one(mailbox):  # and no thread ahead of it
+                free = False
+                if lane.reply is None:
+                    self._lend(mailbox, [lane])
+                else:
+                    self._done(lane)
             elif line is None and mailbox.overflow == "fail":
                 if lane.reply is None:
                     lane.signal(_FULL)
@@ -709,8 +861,10 @@ class ThreadGate:
                 return
         if full is not None:
             full.fail(MailboxFull(f"mailbox of {lane.path} is full (overflow='fail')"))
-            return
-        mailbox.put_many_reserved([item])
+        elif free:
+            mailbox.put(item)  # there is room: it neither waits nor raises
+        else:
+            mailbox.put_many_reserved([item])
 
     def _room_for_one(self, mailbox: MailboxQueue) -> bool:
         """Lock held: reserve room for one message, from the pool or the mailbox, or
@@ -733,22 +887,28 @@ class ThreadGate:
     def _lend(self, mailbox: MailboxQueue, served: list[_Lane]) -> None:
         """Lock held: room was reserved for the message each of `served` sent; tell
         them, refill the pool (threads asking for room want more) and lend each a
-        chunk of it for their next tells."""
+        chunk of it for their next tells (not a thread that asked: it waits for
+        its reply)."""
+        tellers = []
+        for lane in served:
+            if lane.reply is None:
+                tellers.append(lane)
+            else:  # an ask: its thread waits for the reply, not for this, and asks
+                self._done(lane)  # take no credit
+        if not tellers:
+            return
         pool = self._pools.get(mailbox, 0)
         if pool < GRANT_MAX:
             pool += mailbox.reserve(GRANT_MAX - pool)
         chunk = _chunk(mailbox) - 1
         holders = self._holders
-        for lane in served:
+        for lane in tellers:
             take = min(pool, chunk)
             pool -= take
             lane.credits[mailbox] = take
             lane.live = True
             holders.add(lane)
-            if lane.reply is None:
-                lane.signal(_SENT)
-            else:  # an ask: its thread waits for the reply, not for this
-                self._done(lane)
+            lane.signal(_SENT)
         if pool:
             self._pools[mailbox] = pool
         else:

@@ -30,6 +30,7 @@ SCENARIOS = (
     "foreign-thread tell, 1 producer thread vs from_thread.run_sync",
     "foreign-thread tell, 4 producer threads vs run_sync_soon",
     "foreign-thread tell, 4 producer threads vs from_thread.run_sync",
+    "ask_blocking round trip from a plain thread vs trio.from_thread.run_sync",
     "longest loop step, 4 threads injecting: snapshot",
     "longest loop step, 4 threads injecting: benchmark's own",
     "max scheduling lag, 4 threads injecting",

@@ -721,7 +721,7 @@ class Cluster:
         )
         self._asks[ask_id] = _Pending(reply, ref.node, ref.url, msg, peer.seq, peer.incarnation)
         try:
-            return await reply.wait(deadline, f"{what} within {timeout}s")
+            return await reply.wait(deadline, f"{what} within {timeout}s", self.system.deadlines)
         finally:
             if self._asks.pop(ask_id, None) is not None and kind == env.ASK:
                 # given up on: a late answer is dead-lettered (a late acknowledgement of
@@ -844,7 +844,9 @@ class Cluster:
             )
         )
         try:
-            return await reply.wait(trio.current_time() + timeout, f"{op} from node {node!r}")
+            return await reply.wait(
+                trio.current_time() + timeout, f"{op} from node {node!r}", self.system.deadlines
+            )
         finally:
             self._asks.pop(ask_id, None)
 
