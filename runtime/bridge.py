@@ -247,9 +247,11 @@ class _Workers:
         """Loop thread: refuse further calls; every thread exits once its call returns.
 
         Returns the calls still queued (they never run) and the threads with no
-        call in hand, which end at once (see `join`).
+        call in hand, which end at once (see `join`); nothing the second time.
         """
         with self._lock:
+            if self._closed:
+                return [], []
             self._closed = True
             dropped = list(self._queue)
             self._queue.clear()
@@ -431,6 +433,7 @@ class Bridge(Actor):
                 trio.lowlevel.current_trio_token(),
                 self._returned,
             )
+            self.ctx.nursery.start_soon(self._shut_at_the_end)
 
     async def receive(self, msg: Any) -> Any:
         """Take one call and start it; blocks only while the bridge has no room.
@@ -721,12 +724,33 @@ class Bridge(Actor):
                 self._idle = trio.Event()
                 await self._idle.wait()
         finally:
-            ending = self._close()
-            if ending:
-                with trio.CancelScope(shield=True), trio.move_on_after(JOIN_TIMEOUT):
-                    await trio.to_thread.run_sync(
-                        _Workers.join, ending, JOIN_TIMEOUT, abandon_on_cancel=True
-                    )
+            await self._shut()
+
+    async def _shut_at_the_end(self) -> None:
+        """Thread mode, in ``ctx.nursery``: `_shut` however this incarnation ends.
+
+        `on_stop` does not run when the incarnation is cancelled first, e.g. a
+        stop past the shutdown timeout while `receive` waits for room: the
+        callers still hear that the bridge stopped, and no thread is left idle.
+        """
+        try:
+            await trio.sleep_forever()
+        finally:
+            await self._shut()
+
+    async def _shut(self) -> None:
+        """Let go of every call, close the queue, and join the idle threads (shielded).
+
+        Returns at once the second time.  The join runs off the loop and takes
+        at most `JOIN_TIMEOUT` seconds (idle threads end at once).
+        """
+        self._closing = True
+        ending = self._close()
+        if ending:
+            with trio.CancelScope(shield=True), trio.move_on_after(JOIN_TIMEOUT):
+                await trio.to_thread.run_sync(
+                    _Workers.join, ending, JOIN_TIMEOUT, abandon_on_cancel=True
+                )
 
     def _close(self) -> list[threading.Thread]:
         """Let go of every call; close the worker threads' queue; the threads to join."""
