@@ -13,10 +13,11 @@ waiting for the loop, and finished calls go back to the loop in batches (one
 batch).  The bridge takes calls from its mailbox while fewer than
 ``2 * max_workers`` of its calls are queued or in its threads, so each worker
 has its next call waiting; past that it stops taking messages, and further
-calls queue in its bounded mailbox, in order.  A worker idle for
-`IDLE_TIMEOUT` seconds exits; the bridge's stop ends the idle ones at once and
-joins them, and a worker still running an abandoned call exits as soon as that
-call returns.
+calls queue in its bounded mailbox, in order, until ``max_workers // 2`` (at
+least one) places are free again, which it then fills in one go.  A worker
+idle for `IDLE_TIMEOUT` seconds exits; the bridge's stop ends the idle ones at
+once and joins them, and a worker still running an abandoned call exits as
+soon as that call returns.
 
 The bound is strict: a bridge never has more than ``max_workers`` threads, so
 at most that many work for it at any moment, abandoned ones included.  A call
@@ -416,6 +417,7 @@ class Bridge(Actor):
         self._in_threads = 0  # thread mode: calls queued or in a thread, abandoned ones included
         self._room: trio.Event | None = None  # thread mode: receive waits on it for room
         self._capacity = (1 + QUEUED_PER_WORKER) * max_workers  # thread mode: calls it holds
+        self._refill = max(1, max_workers // 2)  # thread mode: places free before it takes more
         self._closing = False  # on_stop began: no call starts without a message any more
         self._workers_ok = False  # process mode: a worker process was seen to start and serve
 
@@ -438,9 +440,10 @@ class Bridge(Actor):
     async def receive(self, msg: Any) -> Any:
         """Take one call and start it; blocks only while the bridge has no room.
 
-        Thread mode: the call is queued for the worker threads at once, then
-        this waits while ``2 * max_workers`` calls are queued or in threads (the
-        next message stays in the mailbox meanwhile); cancelled there (a stop
+        Thread mode: the call is queued for the worker threads at once; if that
+        makes ``2 * max_workers`` calls queued or in threads, this waits until
+        ``max_workers // 2`` (at least one) of them have returned, the next
+        messages staying in the mailbox meanwhile; cancelled there (a stop
         past the shutdown timeout), the call stays queued and `on_stop` lets go
         of it.  Process mode: this waits for a free worker (within the call's
         deadline), then starts the call; cancelled there, the call never starts
@@ -461,7 +464,8 @@ class Bridge(Actor):
         self._take(workers, msg, reply)
         if self._in_threads >= self._capacity:
             # Waiting here (not in a task) is what bounds the queue: while it is
-            # full, further calls stay in this actor's bounded mailbox.
+            # full, further calls stay in this actor's bounded mailbox.  Waking
+            # for several places at once spares a task step per call.
             self._room = trio.Event()
             await self._room.wait()
         return None
@@ -558,7 +562,7 @@ class Bridge(Actor):
         if self._in_threads < self.max_workers:
             self._saturated_since = None
         room = self._room
-        if room is not None and self._in_threads < self._capacity:
+        if room is not None and self._in_threads <= self._capacity - self._refill:
             self._room = None
             room.set()
         if self._idle is not None and not self._jobs:
