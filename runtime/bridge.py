@@ -1,9 +1,11 @@
 """The bridge actor: blocking work in worker threads or processes, off the loop.
 
 Rule 4 of the design: blocking work never runs on the loop thread.  An actor
-calls ``await self.ctx.run_blocking(fn, *args)``; that asks a bridge (by
-default ``/system/bridge``), which answers through `ctx.defer_reply()`, so many
-calls run at once while the bridge keeps handling messages.
+calls ``await self.ctx.run_blocking(fn, *args)``; that hands the call to a
+bridge (by default ``/system/bridge``): a thread bridge that would take it at
+once starts it without a message (`Bridge.start_now`), otherwise the call is
+asked of the bridge, which answers through `ctx.defer_reply()`, so many calls
+run at once while the bridge keeps handling messages.
 
 Thread mode (the default): a bridge has worker threads of its own, at most
 ``max_workers``, started when calls need them.  The bridge puts each call it
@@ -75,7 +77,6 @@ SAMPLES = 1000
 SATURATION_WARNING = 5.0  # seconds all workers busy before health says so
 IDLE_TIMEOUT = 10.0  # seconds a worker thread waits for a call before it exits (as trio's)
 JOIN_TIMEOUT = 5.0  # at a bridge's stop: the longest it waits for its idle threads to end
-QUEUED_PER_WORKER = 1  # calls taken ahead per worker thread: its next one waits for it
 NO_MAIN_GUARD_EXIT = 78  # a worker process's exit status: "the main script has no guard"
 PROCESS_NEEDS = (
     "process-mode work must be a module-level function with picklable arguments "
@@ -416,7 +417,7 @@ class Bridge(Actor):
         self._workers: _Workers | None = None  # thread mode
         self._in_threads = 0  # thread mode: calls queued or in a thread, abandoned ones included
         self._room: trio.Event | None = None  # thread mode: receive waits on it for room
-        self._capacity = (1 + QUEUED_PER_WORKER) * max_workers  # thread mode: calls it holds
+        self._capacity = 2 * max_workers  # thread mode: calls it holds (each worker's next too)
         self._refill = max(1, max_workers // 2)  # thread mode: places free before it takes more
         self._closing = False  # on_stop began: no call starts without a message any more
         self._workers_ok = False  # process mode: a worker process was seen to start and serve
