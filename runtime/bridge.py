@@ -732,16 +732,22 @@ class Bridge(Actor):
             await self._shut()
 
     async def _shut_at_the_end(self) -> None:
-        """Thread mode, in ``ctx.nursery``: `_shut` however this incarnation ends.
+        """Thread mode, in ``ctx.nursery``: `_shut` when the incarnation ends without `on_stop`.
 
-        `on_stop` does not run when the incarnation is cancelled first, e.g. a
-        stop past the shutdown timeout while `receive` waits for room: the
-        callers still hear that the bridge stopped, and no thread is left idle.
+        `on_stop` does not run when the incarnation is cancelled first: a stop
+        past the shutdown timeout while `receive` waits for room, a kill, an
+        outer cancel scope; then this lets go of every call (their callers
+        hear the bridge stopped) and ends the threads.  A crash or an interrupt
+        (cancelled with source ``nursery`` or ``KeyboardInterrupt``) runs
+        `on_stop` next, which first lets the calls in flight finish; after a
+        normal `on_stop` this does nothing.
         """
         try:
             await trio.sleep_forever()
-        finally:
-            await self._shut()
+        except trio.Cancelled as cancelled:
+            if getattr(cancelled, "source", "unknown") not in ("nursery", "KeyboardInterrupt"):
+                await self._shut()
+            raise
 
     async def _shut(self) -> None:
         """Let go of every call, close the queue, and join the idle threads (shielded).
