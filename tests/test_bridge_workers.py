@@ -315,3 +315,77 @@ async def test_calls_start_without_a_message_only_on_a_plain_bridge() -> None:
             assert system.snapshot().find("/app/counting").processed == 5
             plain = system.snapshot().find("/app/plain")
             assert plain.stats["submitted"] == plain.stats["completed"] == 5
+
+
+async def test_a_restarted_bridge_lets_go_of_its_calls_and_serves_on_new_threads() -> None:
+    """A crash with two calls running and one queued for a thread (all started without a
+    message, so nothing is in hand and the crash is taken at once)."""
+    counter = Counter()
+    spec = child(runtime.Bridge, name="restarting", kwargs={"max_workers": 2}, shutdown=0.2)
+    with gates() as g, trio.fail_after(WAIT):
+        gate = g.new()
+        outcomes: dict[str, BaseException] = {}
+        async with runtime.open_system(app(spec)) as system:
+            ref = system.ref("/app/restarting")
+
+            async def call(tag: str) -> None:
+                try:
+                    await system.run_blocking(counter.job, tag, gate, bridge="/app/restarting")
+                except runtime.TroupeError as exc:
+                    outcomes[tag] = exc
+
+            async with trio.open_nursery() as nursery:
+                for tag in ("running1", "running2"):
+                    nursery.start_soon(call, tag)
+                await eventually(lambda: counter.now == 2, "two calls run")
+                nursery.start_soon(call, "queued")
+                await eventually(
+                    lambda: stats(system, "/app/restarting")["queued"] == 1, "one queued"
+                )
+                old = worker_threads("/app/restarting")
+                assert len(old) == 2
+                runtime.testing.crash(ref, RuntimeError("injected"))
+            # past its shutdown timeout the crashed incarnation let go of all three
+            assert set(outcomes) == {"running1", "running2", "queued"}
+            assert all(isinstance(e, runtime.ActorStopped) for e in outcomes.values()), outcomes
+            await eventually(
+                lambda: system.snapshot().find("/app/restarting").restarts == 1, "restarted"
+            )
+            # the new incarnation serves at once, on threads of its own
+            assert await system.run_blocking(abs, -7, bridge="/app/restarting") == 7
+            assert sorted(counter.started) == ["running1", "running2"]  # queued never ran
+            gate.set()
+            for thread in old:
+                await trio.to_thread.run_sync(thread.join, WAIT)
+                assert not thread.is_alive()
+            assert counter.done == 2
+
+
+async def test_a_crashed_bridge_still_lets_the_calls_in_flight_finish() -> None:
+    """A crash runs on_stop, which waits (up to the shutdown timeout) for calls in flight."""
+    counter = Counter()
+    spec = child(runtime.Bridge, name="crashing", kwargs={"max_workers": 2}, shutdown=WAIT)
+    with gates() as g, trio.fail_after(WAIT):
+        gate = g.new()
+        results: list[str] = []
+        async with runtime.open_system(app(spec)) as system:
+            ref = system.ref("/app/crashing")
+
+            async def call(tag: str) -> None:
+                results.append(
+                    await system.run_blocking(counter.job, tag, gate, bridge="/app/crashing")
+                )
+
+            async with trio.open_nursery() as nursery:
+                for tag in ("a", "b", "c"):  # two run, one queued for a thread
+                    nursery.start_soon(call, tag)
+                await eventually(lambda: counter.now == 2, "two calls run")
+                runtime.testing.crash(ref, RuntimeError("injected"))
+                await trio.sleep(0.05)
+                assert results == []  # the crashed incarnation waits for them
+                gate.set()
+            assert sorted(results) == ["a", "b", "c"]
+            await eventually(
+                lambda: system.snapshot().find("/app/crashing").restarts == 1, "restarted"
+            )
+            assert await system.run_blocking(abs, -7, bridge="/app/crashing") == 7
