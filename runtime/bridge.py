@@ -191,10 +191,11 @@ class _Workers:
 
     # -- the loop's side --------------------------------------------------
     def submit(self, job: _Job) -> None:
-        """Loop thread: queue `job`; an idle thread (or a new one) takes it.  Never blocks.
+        """Loop thread: queue `job`; an idle thread (or a new one) takes it.
 
-        Raises `RuntimeError` (and queues nothing) when the bridge has no thread
-        and none can be started.
+        Never waits for a call; starting a thread waits only until it has begun
+        (as trio's thread cache does).  Raises `RuntimeError` (and queues
+        nothing) when the bridge has no thread and none can be started.
         """
         worker: _Worker | None = None
         with self._lock:
@@ -271,10 +272,10 @@ class _Workers:
         for thread in threads:
             thread.join(max(0.0, deadline - perf_counter()))
 
-    def counts(self) -> tuple[int, int, int]:
-        """Loop thread: (calls queued, threads running a call, the most that ever did at once)."""
+    def counts(self) -> tuple[int, int]:
+        """Loop thread: (calls queued, the most threads that ever ran calls at once)."""
         with self._lock:
-            return len(self._queue), self._busy, self._peak
+            return len(self._queue), self._peak
 
     def _flush(self) -> None:
         """Loop thread (`run_sync_soon`): deliver the batch handed back since the last one."""
@@ -445,10 +446,11 @@ class Bridge(Actor):
         makes ``2 * max_workers`` calls queued or in threads, this waits until
         ``max_workers // 2`` (at least one) of them have returned, the next
         messages staying in the mailbox meanwhile; cancelled there (a stop
-        past the shutdown timeout), the call stays queued and `on_stop` lets go
-        of it.  Process mode: this waits for a free worker (within the call's
-        deadline), then starts the call; cancelled there, the call never starts
-        and its caller hears that the bridge stopped.
+        past the shutdown timeout), the call stays queued until the bridge lets
+        go of it as the incarnation ends (`_shut_at_the_end`).  Process mode:
+        this waits for a free worker (within the call's deadline), then starts
+        the call; cancelled there, the call never starts and its caller hears
+        that the bridge stopped.
         """
         if not isinstance(msg, BlockingCall):
             return UNHANDLED
@@ -815,7 +817,7 @@ class Bridge(Actor):
 
         queued, peak = self.waiting, self.peak_active
         if self._workers is not None:
-            in_queue, _, peak = self._workers.counts()
+            in_queue, peak = self._workers.counts()
             queued += in_queue
         return {
             "mode": self.mode,
