@@ -1,21 +1,41 @@
 """The bridge actor: blocking work in worker threads or processes, off the loop.
 
 Rule 4 of the design: blocking work never runs on the loop thread.  An actor
-calls ``await self.ctx.run_blocking(fn, *args)``; that asks a bridge (by
-default ``/system/bridge``), which starts the call in its own nursery under a
-`trio.CapacityLimiter` and answers through `ctx.defer_reply()`, so many calls
-run at once while the bridge keeps handling messages.  When every worker is
-busy the bridge stops taking messages, so waiting calls queue in its bounded
-mailbox, in order.
+calls ``await self.ctx.run_blocking(fn, *args)``; that hands the call to a
+bridge (by default ``/system/bridge``): a thread bridge that would take it at
+once starts it without a message (`Bridge.start_now`), otherwise the call is
+asked of the bridge, which answers through `ctx.defer_reply()`, so many calls
+run at once while the bridge keeps handling messages.
 
-The bound is strict: at most ``max_workers`` threads work for a bridge at any
-moment, abandoned ones included.  A call abandoned by a timeout or by its
-caller keeps its worker slot until its thread really returns (as
-`trio.to_thread.run_sync` keeps its limiter token), so a bridge whose slots are
-all held by abandoned threads queues new calls, and says so in its health.
+Thread mode (the default): a bridge has worker threads of its own, at most
+``max_workers``, started when calls need them.  The bridge puts each call it
+takes into its job queue; a free worker takes the next call itself, without
+waiting for the loop, and finished calls go back to the loop in batches (one
+`TrioToken.run_sync_soon` for all that finished since the loop last took a
+batch).  The bridge takes calls from its mailbox while fewer than
+``2 * max_workers`` of its calls are queued or in its threads, so each worker
+has its next call waiting; past that it stops taking messages, and further
+calls queue in its bounded mailbox, in order, until ``max_workers // 2`` (at
+least one) places are free again, which it then fills in one go.  A worker
+idle for `IDLE_TIMEOUT` seconds exits; the bridge's stop ends the idle ones at
+once and joins them, and a worker still running an abandoned call exits as
+soon as that call returns.
 
-Process mode (``mode="process"``, trio-parallel): the call is pickled when the
-bridge takes it, so an argument that cannot be pickled is the caller's
+The bound is strict: a bridge never has more than ``max_workers`` threads, so
+at most that many work for it at any moment, abandoned ones included.  A call
+abandoned by a timeout or by its caller keeps its thread (its worker slot)
+until the call really returns, so a bridge whose slots are all held by
+abandoned threads queues new calls, and says so in its health.
+
+Timeouts: a call whose deadline has passed when the bridge takes it fails with
+`AskTimeout` and never runs.  Later its caller's own timeout (the same
+deadline) gives it up through `BlockingCall.cancel`: a call still queued is
+dropped and never runs; a running one is abandoned, its thread runs on.
+
+Process mode (``mode="process"``, trio-parallel): the bridge starts each call
+in its own nursery under a `trio.CapacityLimiter` of ``max_workers`` and waits
+for a free worker before it takes the next message.  The call is pickled when
+the bridge takes it, so an argument that cannot be pickled is the caller's
 `NotSerializable` before anything runs.  In the worker, `_run_pickled` runs it
 and pickles what comes of it: a result, or an exception together with its type
 name, message and traceback text, which the caller gets as a `RemoteError` when
@@ -26,32 +46,37 @@ main script without an ``if __name__ == "__main__":`` guard exits with
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import importlib
 import inspect
+import itertools
 import logging
 import math
 import os
 import pickle
 import sys
+import threading
 import traceback
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from time import perf_counter
 from typing import Any, Literal
 
+import attrs
 import outcome
 import trio
 
 from .actor import Actor
 from .errors import AskTimeout, NotSerializable, RemoteError
-from .messages import UNHANDLED, DeferredReply
+from .messages import UNHANDLED, DeferredReply, Reply
 
 log = logging.getLogger("troupe.bridge")
 
 Mode = Literal["thread", "process"]
 SAMPLES = 1000
 SATURATION_WARNING = 5.0  # seconds all workers busy before health says so
+IDLE_TIMEOUT = 10.0  # seconds a worker thread waits for a call before it exits (as trio's)
+JOIN_TIMEOUT = 5.0  # at a bridge's stop: the longest it waits for its idle threads to end
 NO_MAIN_GUARD_EXIT = 78  # a worker process's exit status: "the main script has no guard"
 PROCESS_NEEDS = (
     "process-mode work must be a module-level function with picklable arguments "
@@ -61,7 +86,12 @@ MAIN_GUARD = 'if __name__ == "__main__":'
 
 
 class BlockingCall:
-    """A request to a bridge.  `cancel()` (the asker gave up) abandons it."""
+    """A request to a bridge.  `cancel()` (the asker gave up) abandons it.
+
+    `deadline` (trio time, queueing included): a call already past it when the
+    bridge takes it fails with `AskTimeout` without running; afterwards the
+    asker, whose ask has the same deadline, gives up by calling `cancel()`.
+    """
 
     __slots__ = ("args", "cancelled", "deadline", "fn", "kwargs", "on_cancel")
 
@@ -75,11 +105,12 @@ class BlockingCall:
         self.fn = fn
         self.args = args
         self.kwargs = kwargs
-        self.deadline = deadline  # trio time; queueing counts against it too
+        self.deadline = deadline
         self.cancelled = False
-        self.on_cancel: Callable[[], None] | None = None  # set by the bridge while it runs
+        self.on_cancel: Callable[[], None] | None = None  # set by the bridge while it holds it
 
     def cancel(self) -> None:
+        """Loop thread: the asker gave up; the bridge drops or abandons the call."""
         self.cancelled = True
         if self.on_cancel is not None:
             self.on_cancel()
@@ -88,17 +119,261 @@ class BlockingCall:
         return f"BlockingCall({getattr(self.fn, '__qualname__', self.fn)!r})"
 
 
+@attrs.define(eq=False)
 class _Job:
-    """One call the bridge has started: in a worker thread, or a process task."""
+    """One call the bridge took: queued for or in a worker thread, or a process task.
 
-    __slots__ = ("call", "reply", "scope", "started", "state")
+    The loop owns `state` and `scope`; `_Workers` owns `taken` (under its
+    lock).  In thread mode the worker running the job owns `ran_at`,
+    `ended_at` and `result` until it hands the job back under that lock; the
+    times are `time.perf_counter` readings, real time whatever the loop's clock.
+    """
 
-    def __init__(self, call: BlockingCall, reply: DeferredReply, started: float) -> None:
-        self.call = call
-        self.reply = reply
-        self.started = started
-        self.state = "running"  # -> "done" | "abandoned" (-> "returned": its thread ended)
-        self.scope: trio.CancelScope | None = None  # its timer, or its process task
+    call: BlockingCall
+    reply: DeferredReply | Reply  # a message's deferred reply, or that of a call started now
+    started: float = 0.0  # process mode: loop time the call started
+    queued_at: float = 0.0  # thread mode: when the bridge took it
+    ran_at: float = 0.0  # thread mode: when its thread started it
+    ended_at: float = 0.0  # thread mode: when it returned
+    state: str = "pending"  # -> "done" | "dropped" | "abandoned" (-> "returned": thread ended)
+    taken: bool = False  # thread mode: a worker thread has it (it runs, or ran)
+    scope: trio.CancelScope | None = None  # process mode: its task's scope
+    result: outcome.Outcome[Any] | None = None
+
+
+@attrs.define(eq=False)
+class _Worker:
+    """One worker thread.  `wake` is held while it idles; releasing it hands over `job`."""
+
+    thread: threading.Thread | None = None
+    wake: threading.Lock = attrs.field(factory=threading.Lock)
+    job: _Job | None = None  # handed to it while idle; None with `wake` released: exit
+    running: bool = False  # a call of its own is in its hands (taken, not handed back)
+
+
+class _Workers:
+    """A thread bridge's worker threads and the queue they take calls from themselves.
+
+    At most `size` threads, started by `submit` when a call finds no idle one:
+    the thread bound is structural.  A worker runs a call, hands it back and
+    takes the next queued call in the same turn of the lock; with nothing
+    queued it idles, up to `IDLE_TIMEOUT` seconds, then exits.  Calls handed
+    back reach the loop in batches: the first hand-back schedules one
+    ``run_sync_soon(self._flush)`` and later ones join its batch until the loop
+    has taken it, so `deliver` gets every call that returned, once.
+
+    Every field below is shared by the loop thread and the workers and guarded
+    by `_lock`, which is only ever held for a few list operations: the loop
+    thread never waits on a worker's call.
+    """
+
+    def __init__(
+        self,
+        size: int,
+        name: str,
+        token: trio.lowlevel.TrioToken,
+        deliver: Callable[[list[_Job]], None],
+    ) -> None:
+        self._size = size
+        self._name = name
+        self._token = token
+        self._deliver = deliver  # loop thread: called with each batch of calls handed back
+        self._numbers = itertools.count(1)
+        self._lock = threading.Lock()
+        self._queue: deque[_Job] = deque()  # taken by the bridge, not yet by a thread
+        self._idle: list[_Worker] = []  # LIFO: the thread that idled last runs next
+        self._workers: set[_Worker] = set()  # every thread that has not yet exited
+        self._done: list[_Job] = []  # handed back, not yet flushed to the loop
+        self._flush_scheduled = False
+        self._closed = False
+        self._busy = 0  # threads running a call
+        self._peak = 0
+
+    # -- the loop's side --------------------------------------------------
+    def submit(self, job: _Job) -> None:
+        """Loop thread: queue `job`; an idle thread (or a new one) takes it.
+
+        Never waits for a call; starting a thread waits only until it has begun
+        (as trio's thread cache does).  Raises `RuntimeError` (and queues
+        nothing) when the bridge has no thread and none can be started.
+        """
+        worker: _Worker | None = None
+        with self._lock:
+            if self._closed:
+                raise RuntimeError(f"{self._name} is stopped: it takes no more calls")
+            if self._idle and not self._queue:
+                idle = self._idle.pop()
+                job.taken = True
+                idle.running = True
+                idle.job = job
+                self._busy += 1
+                self._peak = max(self._peak, self._busy)
+                idle.wake.release()
+                return
+            self._queue.append(job)
+            if len(self._workers) < self._size:
+                worker = _Worker()
+                self._workers.add(worker)
+        if worker is not None:
+            self._start(worker, job)
+
+    def _start(self, worker: _Worker, job: _Job) -> None:
+        worker.wake.acquire()  # it idles with `wake` held
+        worker.thread = threading.Thread(
+            target=self._work,
+            args=(worker,),
+            name=f"{self._name} worker {next(self._numbers)}",
+            daemon=True,  # as trio's: a thread abandoned at exit does not hold the process
+        )
+        try:
+            worker.thread.start()
+        except RuntimeError as exc:  # the OS refused a thread
+            with self._lock:
+                self._workers.discard(worker)
+                if self._workers or job not in self._queue:
+                    return  # another thread will take it
+                self._queue.remove(job)
+            raise RuntimeError(
+                f"{self._name} could not start a worker thread ({exc}): the process has "
+                "too many threads; give this bridge a smaller max_workers, or use fewer threads"
+            ) from exc
+
+    def drop(self, job: _Job) -> bool:
+        """Loop thread: take back `job` if no thread has taken it (it never runs)."""
+        with self._lock:
+            if job.taken:
+                return False
+            self._queue.remove(job)
+            return True
+
+    def close(self) -> tuple[list[_Job], list[threading.Thread]]:
+        """Loop thread: refuse further calls; every thread exits once its call returns.
+
+        Returns the calls still queued (they never run) and the threads with no
+        call in hand, which end at once (see `join`); nothing the second time.
+        """
+        with self._lock:
+            if self._closed:
+                return [], []
+            self._closed = True
+            dropped = list(self._queue)
+            self._queue.clear()
+            for idle in self._idle:
+                idle.job = None
+                idle.wake.release()
+            self._idle.clear()
+            ending = [w.thread for w in self._workers if not w.running and w.thread is not None]
+        return dropped, ending
+
+    @staticmethod
+    def join(threads: Iterable[threading.Thread], timeout: float) -> None:
+        """In a thread of its own (never the loop's): join `threads` within `timeout` in all."""
+        deadline = perf_counter() + timeout
+        for thread in threads:
+            thread.join(max(0.0, deadline - perf_counter()))
+
+    def counts(self) -> tuple[int, int]:
+        """Loop thread: (calls queued, the most threads that ever ran calls at once)."""
+        with self._lock:
+            return len(self._queue), self._peak
+
+    def _flush(self) -> None:
+        """Loop thread (`run_sync_soon`): deliver the batch handed back since the last one."""
+        with self._lock:
+            done, self._done = self._done, []
+            self._flush_scheduled = False
+        self._deliver(done)
+
+    # -- the worker threads ------------------------------------------------
+    def _work(self, worker: _Worker) -> None:
+        """A worker thread's life: take calls and run them until idle too long or closed.
+
+        The finished job is handed back before the thread waits for the next
+        one, so an idle thread keeps nothing of a call alive (its function,
+        arguments or result).
+        """
+        try:
+            with self._lock:
+                job = self._next(worker)
+                closed = self._closed
+            while True:
+                if job is None:
+                    if closed:
+                        return
+                    job = self._wait(worker)
+                    if job is None:
+                        return
+                job.ran_at = perf_counter()
+                call = job.call
+                # whatever fn raises, BaseException included, is the caller's
+                job.result = outcome.capture(call.fn, *call.args, **call.kwargs)
+                job.ended_at = perf_counter()
+                del call
+                job, closed = self._hand_back(job, worker)
+        finally:
+            with self._lock:
+                self._workers.discard(worker)
+                if worker in self._idle:  # pragma: no cover - only if _wait itself failed
+                    self._idle.remove(worker)
+
+    def _next(self, worker: _Worker) -> _Job | None:
+        """Lock held: the next queued call for `worker`; None: it idles (open) or exits."""
+        if self._queue:
+            job = self._queue.popleft()
+            job.taken = True
+            worker.running = True
+            self._busy += 1
+            self._peak = max(self._peak, self._busy)
+            return job
+        if not self._closed:
+            self._idle.append(worker)
+        return None
+
+    def _hand_back(self, job: _Job, worker: _Worker) -> tuple[_Job | None, bool]:
+        """Worker thread: give `job` back to the loop; (the next call, whether closed).
+
+        With no next call and the pool open, `worker` is registered idle.
+        """
+        with self._lock:
+            self._done.append(job)
+            self._busy -= 1
+            worker.running = False
+            flush = not self._flush_scheduled
+            self._flush_scheduled = True
+            following = self._next(worker)
+            closed = self._closed
+        if flush:
+            try:
+                self._token.run_sync_soon(self._flush)
+            except trio.RunFinishedError:  # the loop is gone: nobody will take a call again
+                self._abandon_ship()
+                return None, True
+        return following, closed
+
+    def _wait(self, worker: _Worker) -> _Job | None:
+        """Worker thread, registered idle by `_next`: the next call, or None to exit."""
+        if worker.wake.acquire(timeout=IDLE_TIMEOUT):
+            job, worker.job = worker.job, None
+            return job  # None: the pool closed
+        with self._lock:
+            if worker in self._idle:  # nobody handed it a call: it leaves, counted out at once
+                self._idle.remove(worker)
+                self._workers.discard(worker)
+                return None
+        worker.wake.acquire()  # a call was handed to it as it timed out: it is on its way
+        job, worker.job = worker.job, None
+        return job
+
+    def _abandon_ship(self) -> None:
+        """Worker thread, the trio run over: close, so that every thread exits."""
+        with self._lock:
+            self._closed = True
+            self._queue.clear()
+            for idle in self._idle:
+                idle.job = None
+                idle.wake.release()
+            self._idle.clear()
+            self._done.clear()
 
 
 def _percentile(samples: deque[float], q: float) -> float | None:
@@ -111,10 +386,13 @@ def _percentile(samples: deque[float], q: float) -> float | None:
 class Bridge(Actor):
     """Runs blocking callables for other actors (``mode="thread"`` or ``"process"``).
 
-    The caller gets the result or the callable's own exception; a failing
-    callable never crashes the bridge.  A `timeout` raises `AskTimeout` in the
-    caller and abandons the thread (it runs on, counted as ``abandoned``, and
-    keeps its worker slot until it returns) or kills the worker process.
+    The caller gets the result or the callable's own exception (a
+    `BaseException` such as `SystemExit` included); a failing callable never
+    crashes the bridge.  A `timeout` raises `AskTimeout` in the caller and
+    abandons the thread (it runs on, counted as ``abandoned``, and keeps its
+    worker slot until it returns) or kills the worker process.  The bridge
+    never blocks the loop: it waits only for room (in `receive`) and, at its
+    stop, for calls in flight (see `on_stop`).
     """
 
     def __init__(self, max_workers: int = 8, mode: Mode = "thread") -> None:
@@ -128,16 +406,21 @@ class Bridge(Actor):
         self.completed = 0
         self.failed = 0
         self.abandoned = 0
-        self.abandoned_running = 0  # abandoned threads still running: each holds a slot
-        self.active = 0
-        self.peak_active = 0
-        self.waiting = 0
+        self.abandoned_running = 0  # abandoned calls whose threads still run: each holds a slot
+        self.peak_active = 0  # process mode; thread mode asks its workers
+        self.waiting = 0  # process mode: calls in hand waiting for a free worker
         self._durations: deque[float] = deque(maxlen=SAMPLES)
         self._waits: deque[float] = deque(maxlen=SAMPLES)
         self._outcomes: deque[bool] = deque(maxlen=100)  # True = failed
         self._saturated_since: float | None = None
-        self._idle = trio.Event()
-        self._idle.set()
+        self._jobs: set[_Job] = set()  # calls taken and not yet answered nor abandoned
+        self._idle: trio.Event | None = None  # on_stop waits on it for _jobs to empty
+        self._workers: _Workers | None = None  # thread mode
+        self._in_threads = 0  # thread mode: calls queued or in a thread, abandoned ones included
+        self._room: trio.Event | None = None  # thread mode: receive waits on it for room
+        self._capacity = 2 * max_workers  # thread mode: calls it holds (each worker's next too)
+        self._refill = max(1, max_workers // 2)  # thread mode: places free before it takes more
+        self._closing = False  # on_stop began: no call starts without a message any more
         self._workers_ok = False  # process mode: a worker process was seen to start and serve
 
     async def on_start(self) -> None:
@@ -146,24 +429,166 @@ class Bridge(Actor):
             # Imported on a thread: done on the loop by the first call, the import
             # held every actor up for tens of milliseconds (more on a cold disk).
             await trio.to_thread.run_sync(importlib.import_module, "trio_parallel")
-        self._limiter = trio.CapacityLimiter(self.max_workers)
-        self._token = trio.lowlevel.current_trio_token()
-        self._jobs: set[_Job] = set()
+            self._limiter = trio.CapacityLimiter(self.max_workers)
+        else:
+            self._workers = _Workers(
+                self.max_workers,
+                f"bridge {self.ctx.path}",
+                trio.lowlevel.current_trio_token(),
+                self._returned,
+            )
+            self.ctx.nursery.start_soon(self._shut_at_the_end)
 
     async def receive(self, msg: Any) -> Any:
+        """Take one call and start it; blocks only while the bridge has no room.
+
+        Thread mode: the call is queued for the worker threads at once; if that
+        makes ``2 * max_workers`` calls queued or in threads, this waits until
+        ``max_workers // 2`` (at least one) of them have returned, the next
+        messages staying in the mailbox meanwhile; cancelled there (a stop
+        past the shutdown timeout), the call stays queued until the bridge lets
+        go of it as the incarnation ends (`_shut_at_the_end`).  Process mode:
+        this waits for a free worker (within the call's deadline), then starts
+        the call; cancelled there, the call never starts and its caller hears
+        that the bridge stopped.
+        """
         if not isinstance(msg, BlockingCall):
             return UNHANDLED
         reply = self.ctx.defer_reply()
         self.submitted += 1
+        workers = self._workers
+        if workers is None:
+            await self._receive_for_a_process(msg, reply)
+            return None
+        if msg.cancelled or (msg.deadline != math.inf and msg.deadline <= trio.current_time()):
+            self.abandoned += 1  # the caller gave up, or its time ran out, in the mailbox
+            reply.fail(_gave_up(msg) if msg.cancelled else AskTimeout(f"{msg!r} timed out queued"))
+            return None
+        self._take(workers, msg, reply)
+        if self._in_threads >= self._capacity:
+            # Waiting here (not in a task) is what bounds the queue: while it is
+            # full, further calls stay in this actor's bounded mailbox.  Waking
+            # for several places at once spares a task step per call.
+            self._room = trio.Event()
+            await self._room.wait()
+        return None
+
+    def start_now(self, call: BlockingCall, late_reply: Callable[[Any], None]) -> Reply | None:
+        """Loop thread: start `call` now, without a message, if taking it would do just that.
+
+        For `System.run_blocking`, which has checked that this bridge runs, has
+        no stop requested and nothing in its mailbox, so the call overtakes
+        none.  This needs a thread bridge that is not stopping, a deadline not
+        yet past, and room to spare: fewer than ``2 * max_workers - 1`` calls
+        queued or in threads, one place being kept for the call the mailbox may
+        bring next, so the bridge holds no more calls than when every call
+        comes as a message.  Returns the reply to wait on (``late_reply`` gets
+        a value that comes after its asker gave up), or None: ask instead.
+        Never blocks.
+        """
+        workers = self._workers
+        if workers is None or self._closing or self._in_threads >= self._capacity - 1:
+            return None
+        if call.deadline != math.inf and call.deadline <= trio.current_time():
+            return None  # the message path says it timed out
+        reply = Reply(late_reply)
+        self.submitted += 1
+        self._take(workers, call, reply)
+        return reply
+
+    # -- thread mode (loop thread) ----------------------------------------------
+    def _take(self, workers: _Workers, call: BlockingCall, reply: DeferredReply | Reply) -> None:
+        """Queue a live call for the worker threads (a free one starts it at once)."""
+        job = _Job(call, reply, queued_at=perf_counter())
+        try:
+            workers.submit(job)
+        except RuntimeError as exc:  # not one thread could be started
+            self.failed += 1
+            self._outcomes.append(True)
+            reply.fail(exc)
+            return
+        self._jobs.add(job)
+        call.on_cancel = functools.partial(self._give_up, job)
+        self._in_threads += 1
+        if self._saturated_since is None and self._in_threads >= self.max_workers:
+            self._saturated_since = trio.current_time()
+
+    def _returned(self, jobs: list[_Job]) -> None:
+        """`_Workers`' batch: calls whose threads returned, abandoned ones included."""
+        for job in jobs:
+            try:
+                self._thread_returned(job)
+            except Exception:  # a bug here must not lose the rest of the batch
+                log.exception("bridge %s: handing back %r failed", self.ctx.path, job.call)
+        self._threads_changed()
+
+    def _thread_returned(self, job: _Job) -> None:
+        self._in_threads -= 1
+        result, job.result = job.result, None
+        if job.state == "abandoned":
+            # Only now, with its thread returned, does an abandoned call give back its slot.
+            self.abandoned_running -= 1
+            job.state = "returned"
+            return
+        if job.state != "pending":  # pragma: no cover - a returned call was never dropped
+            return
+        job.state = "done"
+        job.call.on_cancel = None
+        self._jobs.discard(job)
+        self._durations.append(job.ended_at - job.ran_at)
+        self._waits.append(job.ran_at - job.queued_at)
+        if isinstance(result, outcome.Value):
+            self.completed += 1
+            self._outcomes.append(False)
+            job.reply.send(result.value)
+        else:
+            assert isinstance(result, outcome.Error)
+            self.failed += 1
+            self._outcomes.append(True)
+            job.reply.fail(result.error)
+
+    def _give_up(self, job: _Job, error: BaseException | None = None) -> None:
+        """The caller gave up (or the bridge stops): drop a queued call, abandon a running one."""
+        if job.state != "pending":
+            return
+        assert self._workers is not None
+        if not self._workers.drop(job):
+            self._abandon(job, error)
+            return
+        self.abandoned += 1
+        self._in_threads -= 1
+        self._let_go(job, "dropped", error)
+        self._threads_changed()
+
+    def _threads_changed(self) -> None:
+        """Calls left the threads or the queue: end saturation, make room, wake `on_stop`."""
+        if self._in_threads < self.max_workers:
+            self._saturated_since = None
+        room = self._room
+        if room is not None and self._in_threads <= self._capacity - self._refill:
+            self._room = None
+            room.set()
+        if self._idle is not None and not self._jobs:
+            self._idle.set()
+
+    def _let_go(self, job: _Job, state: str, error: BaseException | None) -> None:
+        """A call the bridge no longer answers for: its caller gets `error` (or gave up)."""
+        job.state = state
+        job.call.on_cancel = None
+        self._jobs.discard(job)
+        job.reply.fail(error if error is not None else _gave_up(job.call))
+
+    # -- process mode ----------------------------------------------------------
+    async def _receive_for_a_process(self, msg: BlockingCall, reply: DeferredReply) -> None:
         payload = b""
-        if self.mode == "process" and not msg.cancelled:
+        if not msg.cancelled:
             try:
                 payload = _pickle_call(msg)  # now: a caller's mistake never waits for a worker
             except NotSerializable as exc:
                 self.failed += 1
                 self._outcomes.append(True)
                 reply.fail(exc)
-                return None
+                return
         queued_at = trio.current_time()
         acquired = False
         if not msg.cancelled and msg.deadline > queued_at:
@@ -184,55 +609,24 @@ class Bridge(Actor):
             if not msg.cancelled:
                 self._waits.append(trio.current_time() - queued_at)
                 self._start(msg, reply, payload)
-                return None
+                return
             self._limiter.release_on_behalf_of(msg)  # gave up while we waited for a worker
         # the caller gave up, or its time ran out, while the call was queued
         self.abandoned += 1
         reply.fail(_gave_up(msg) if msg.cancelled else AskTimeout(f"{msg!r} timed out queued"))
-        return None
 
     def _start(self, call: BlockingCall, reply: DeferredReply, payload: bytes) -> None:
-        job = _Job(call, reply, trio.current_time())
+        job = _Job(call, reply, started=trio.current_time())
         self._jobs.add(job)
-        self.active += 1
-        self.peak_active = max(self.peak_active, self.active)
-        if self._saturated_since is None and self._slots_held() >= self.max_workers:
+        self.peak_active = max(self.peak_active, len(self._jobs))
+        if self._saturated_since is None and len(self._jobs) >= self.max_workers:
             self._saturated_since = job.started
-        if self._idle.is_set():
-            self._idle = trio.Event()
-        if self.mode == "process":
-            self.ctx.nursery.start_soon(self._run_in_process, job, payload)
-            return
-        fn: Callable[..., Any] = call.fn
-        if call.kwargs:
-            fn = functools.partial(fn, **call.kwargs)
-        call.on_cancel = functools.partial(self._abandon, job, None)
-        if call.deadline < math.inf:
-            self.ctx.nursery.start_soon(self._expire, job)
-        # No task per call: trio's thread cache runs it, and the worker thread
-        # hands the outcome back with one run_sync_soon.
-        trio.lowlevel.start_thread_soon(
-            functools.partial(fn, *call.args), functools.partial(self._thread_done, job)
-        )
-
-    def _thread_done(self, job: _Job, result: outcome.Outcome[Any]) -> None:
-        """Worker thread: pass the outcome to the loop (never touch state from here)."""
-        with contextlib.suppress(trio.RunFinishedError):
-            self._token.run_sync_soon(self._finish, job, result)
+        self.ctx.nursery.start_soon(self._run_in_process, job, payload)
 
     def _finish(self, job: _Job, result: outcome.Outcome[Any]) -> None:
-        """Loop thread: a call ended (or an abandoned thread finally did)."""
-        if job.state == "abandoned":
-            # Only now, with its thread returned, does an abandoned call give back its slot.
-            self.abandoned_running -= 1
-            job.state = "returned"
-            self._limiter.release_on_behalf_of(job.call)
-            self._slots_freed()
+        """A process call ended."""
+        if job.state != "pending":
             return
-        if job.state != "running":
-            return
-        if job.scope is not None:
-            job.scope.cancel()  # its timer
         if isinstance(result, outcome.Value):
             self.completed += 1
             self._outcomes.append(False)
@@ -246,45 +640,34 @@ class Bridge(Actor):
         self._release(job, "done")
 
     def _abandon(self, job: _Job, error: BaseException | None) -> None:
-        """Loop thread: stop waiting for a call; its thread (if any) runs on, counted.
+        """Stop waiting for a running call; its thread (if any) runs on, counted.
 
-        A thread keeps its worker slot until it returns (`_finish` gives it
-        back); a worker process is killed before its slot is given back.
+        A thread keeps its worker slot until it returns (`_thread_returned`
+        gives it back); a worker process is killed before its slot is given back.
         """
-        if job.state != "running":
+        if job.state != "pending":
             return
         self.abandoned += 1
+        if self.mode == "thread":
+            self.abandoned_running += 1
+            self._let_go(job, "abandoned", error)
+            if self._idle is not None and not self._jobs:
+                self._idle.set()
+            return
         if job.scope is not None:
             job.scope.cancel()
         job.reply.fail(error if error is not None else _gave_up(job.call))
-        if self.mode == "thread":
-            self.abandoned_running += 1
-            self._release(job, "abandoned", keep_slot=True)
-        else:
-            self._release(job, "abandoned")
+        self._release(job, "abandoned")
 
-    def _release(self, job: _Job, state: str, keep_slot: bool = False) -> None:
+    def _release(self, job: _Job, state: str) -> None:
         job.state = state
         job.call.on_cancel = None
         self._jobs.discard(job)
-        if not keep_slot:
-            self._limiter.release_on_behalf_of(job.call)
-        self.active -= 1
-        self._slots_freed()
-        if self.active == 0:
-            self._idle.set()
-
-    def _slots_held(self) -> int:
-        return self.active + self.abandoned_running
-
-    def _slots_freed(self) -> None:
-        if self._slots_held() < self.max_workers:
+        self._limiter.release_on_behalf_of(job.call)
+        if len(self._jobs) < self.max_workers:
             self._saturated_since = None
-
-    async def _expire(self, job: _Job) -> None:
-        with trio.CancelScope() as job.scope:
-            await trio.sleep_until(job.call.deadline)
-            self._abandon(job, AskTimeout(f"{job.call!r} did not finish within its timeout"))
+        if self._idle is not None and not self._jobs:
+            self._idle.set()
 
     async def _run_in_process(self, job: _Job, payload: bytes) -> None:
         import trio_parallel  # only process bridges pay for the import
@@ -327,21 +710,79 @@ class Bridge(Actor):
         error.__cause__ = exc
         return error
 
+    # -- stop, health, stats ------------------------------------------------------
     async def on_stop(self, reason: object) -> None:
-        """Let calls in flight finish, up to this child's shutdown timeout; then let go."""
+        """Let calls in flight finish, up to this child's shutdown timeout; then let go.
+
+        Blocks until every call the bridge took is answered (queued calls still
+        run) or the shutdown timeout cancels the wait.  Then calls still queued
+        fail with `ActorStopped` without running, running ones are abandoned
+        (their callers get `ActorStopped`), and the worker threads are told to
+        exit: idle ones end at once and are joined (off the loop, for at most
+        `JOIN_TIMEOUT` seconds, shielded); one running an abandoned call exits
+        as soon as that call returns.
+        """
+        self._closing = True
         try:
-            if self.active:
-                log.info("bridge %s waiting for %d call(s) to finish", self.ctx.path, self.active)
+            if self._jobs:
+                log.info(
+                    "bridge %s waiting for %d call(s) to finish", self.ctx.path, len(self._jobs)
+                )
+                self._idle = trio.Event()
                 await self._idle.wait()
         finally:
-            if self._jobs:
-                log.warning(
-                    "bridge %s abandoned %d call(s) still running at shutdown",
-                    self.ctx.path,
-                    len(self._jobs),
+            await self._shut()
+
+    async def _shut_at_the_end(self) -> None:
+        """Thread mode, in ``ctx.nursery``: `_shut` when the incarnation ends without `on_stop`.
+
+        `on_stop` does not run when the incarnation is cancelled first: a stop
+        past the shutdown timeout while `receive` waits for room, a kill, an
+        outer cancel scope; then this lets go of every call (their callers
+        hear the bridge stopped) and ends the threads.  A crash or an interrupt
+        (cancelled with source ``nursery`` or ``KeyboardInterrupt``) runs
+        `on_stop` next, which first lets the calls in flight finish; after a
+        normal `on_stop` this does nothing.
+        """
+        try:
+            await trio.sleep_forever()
+        except trio.Cancelled as cancelled:
+            if getattr(cancelled, "source", "unknown") not in ("nursery", "KeyboardInterrupt"):
+                await self._shut()
+            raise
+
+    async def _shut(self) -> None:
+        """Let go of every call, close the queue, and join the idle threads (shielded).
+
+        Returns at once the second time.  The join runs off the loop and takes
+        at most `JOIN_TIMEOUT` seconds (idle threads end at once).
+        """
+        self._closing = True
+        ending = self._close()
+        if ending:
+            with trio.CancelScope(shield=True), trio.move_on_after(JOIN_TIMEOUT):
+                await trio.to_thread.run_sync(
+                    _Workers.join, ending, JOIN_TIMEOUT, abandon_on_cancel=True
                 )
-                for job in list(self._jobs):
-                    self._abandon(job, None)
+
+    def _close(self) -> list[threading.Thread]:
+        """Let go of every call; close the worker threads' queue; the threads to join."""
+        ending: list[threading.Thread] = []
+        if self._workers is not None:
+            dropped, ending = self._workers.close()
+            for job in dropped:
+                self.abandoned += 1
+                self._in_threads -= 1
+                self._let_go(job, "dropped", None)
+        if self._jobs:
+            log.warning(
+                "bridge %s abandoned %d call(s) still running at shutdown",
+                self.ctx.path,
+                len(self._jobs),
+            )
+            for job in list(self._jobs):
+                self._abandon(job, None)
+        return ending
 
     def health(self) -> tuple[bool, list[str]]:
         warnings: list[str] = []
@@ -374,6 +815,10 @@ class Bridge(Actor):
             value = _percentile(samples, q)
             return None if value is None else value * ms
 
+        queued, peak = self.waiting, self.peak_active
+        if self._workers is not None:
+            in_queue, peak = self._workers.counts()
+            queued += in_queue
         return {
             "mode": self.mode,
             "max_workers": self.max_workers,
@@ -382,9 +827,10 @@ class Bridge(Actor):
             "failed": self.failed,
             "abandoned": self.abandoned,
             "abandoned_running": self.abandoned_running,
-            "active": self.active,
-            "peak_active": self.peak_active,
-            "queued": self.waiting + self.ctx.ref.mailbox_depth,
+            # calls running for a caller that still waits (queued ones are not active)
+            "active": len(self._jobs) - (queued - self.waiting),
+            "peak_active": peak,
+            "queued": queued + self.ctx.ref.mailbox_depth,
             "run_ms_p50": p(self._durations, 0.5),
             "run_ms_p99": p(self._durations, 0.99),
             "wait_ms_p50": p(self._waits, 0.5),

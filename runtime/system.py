@@ -338,13 +338,16 @@ class System:
         """
         if isinstance(path, str) and path.startswith(URL_SCHEME):
             return self._remote(path).resolve(path)
-        cell = self._lookup(path)
+        return self._front(self._lookup(path)).ref
+
+    def _front(self, cell: Cell) -> Cell:
+        """`cell`, or the front child it is addressed through (e.g. a pool's router)."""
         while isinstance(cell.behaviour, Supervising) and cell.behaviour.sup.front is not None:
             front = cell.behaviour.child_named(cell.behaviour.sup.front)
             if front is None:
                 raise ActorNotFound(f"{cell.path} has no running {cell.behaviour.sup.front!r} now")
             cell = front
-        return cell.ref
+        return cell
 
     def slot(self, path: str) -> Cell:
         """The slot at `path` itself (no front followed, no cluster URL): for the
@@ -483,15 +486,31 @@ class System:
 
         Returns its result or raises its own exception; past `timeout` seconds
         (queueing included) raises `AskTimeout` and abandons the call.  Raises
-        `RuntimeClosed` once the system has stopped.
+        `RuntimeClosed` once the system has stopped.  A thread bridge that
+        would take the call at once (running, nothing in its mailbox, room to
+        spare) starts it without a message (`Bridge.start_now`); otherwise the
+        call is asked of the bridge and queues in its mailbox, in order.
         """
         limit = check_timeout(timeout)
-        self._check_running(f"run {getattr(fn, '__qualname__', fn)!r}")
-        target = self.ref(bridge) if bridge else self._default_bridge()
+        if not self.is_running:
+            self._check_running(f"run {getattr(fn, '__qualname__', fn)!r}")
+        cell: Cell | None
+        if not bridge:
+            cell = self._default_bridge()
+            target = cell.ref
+        elif isinstance(bridge, str) and bridge.startswith(URL_SCHEME):
+            cell = None  # another node's bridge: always a message
+            target = self.ref(bridge)
+        else:
+            cell = self._front(self._lookup(bridge))
+            target = cell.ref
         deadline = trio.current_time() + limit
         call = BlockingCall(fn, args, kwargs, deadline)
         try:
-            return await target.ask(call, timeout=timeout)
+            reply = None if cell is None else _start_now(cell, call)
+            if reply is None:
+                return await target.ask(call, timeout=timeout)
+            return await reply.wait(deadline, "a blocking call")
         except AskTimeout as exc:
             call.cancel()
             name = getattr(fn, "__qualname__", repr(fn))
@@ -502,12 +521,12 @@ class System:
             call.cancel()  # cancelled here: the bridge lets go of it
             raise
 
-    def _default_bridge(self) -> ActorRef:
+    def _default_bridge(self) -> Cell:
         cell = self._bridge_cell
         if cell is None or cell.finalized:
             cell = self._lookup(f"/{RESERVED}/bridge")
             self._bridge_cell = cell
-        return cell.ref
+        return cell
 
     def stop(self) -> None:
         """Begin a graceful stop: children in reverse start order, then ``/system``.
@@ -561,6 +580,22 @@ class System:
             else:
                 self.kill()
                 raise KeyboardInterrupt
+
+
+def _start_now(cell: Cell, call: BlockingCall) -> Reply | None:
+    """Start `call` on the bridge at `cell` without a message, if it would take it at once.
+
+    Only a running `Bridge` (its own `receive`, not a subclass's) with no stop
+    requested and nothing in its mailbox qualifies, so the call overtakes no
+    message; the bridge itself decides whether it has room (`Bridge.start_now`).
+    Returns the reply to wait on, or None: ask the bridge instead.
+    """
+    if cell.mailbox.depth or not cell.running or cell.stop_reason is not None:
+        return None
+    actor = getattr(cell.behaviour, "actor", None)
+    if not isinstance(actor, Bridge) or type(actor).receive is not Bridge.receive:
+        return None
+    return actor.start_now(call, cell.late_reply)
 
 
 __all__ = ["RESERVED", "System"]
