@@ -61,6 +61,10 @@ IDLE: Any = object()
 HIBERNATED: Any = object()
 """What `ActorBehaviour._loop` returns when the incarnation hibernates (its task ends)."""
 
+AWAKE_RECHECK = 1.0
+"""Seconds between looks whether an actor kept awake only by tasks of its own in
+``ctx.nursery`` may hibernate yet (trio does not tell when a nursery's tasks end)."""
+
 # -- how an incarnation ended ------------------------------------------------
 class HandlerFailed(Exception):
     """Carries an exception raised by `receive` or `on_start` out of the incarnation's
@@ -800,7 +804,9 @@ class ActorBehaviour:
 
         The actor stays awake while a stop is requested, something is queued,
         or a task of its own runs in ``ctx.nursery`` (a timer, a background
-        job): then it waits again (untimed if `idle_after` is 0).
+        job): then it looks again after `idle_after`, or `AWAKE_RECHECK`
+        seconds if that is longer (a short `idle_after` is no busy loop, and
+        0 does not wait for mail only).
         """
         mailbox = cell.mailbox
         if idle_after > 0:
@@ -811,8 +817,9 @@ class ActorBehaviour:
         if cell._stop_reason is not None or mailbox.depth:
             return True
         if nursery.child_tasks:
-            if idle_after == 0:
-                await wait_task_rescheduled(mailbox.parking())
+            if idle_after < AWAKE_RECHECK:
+                with trio.move_on_after(AWAKE_RECHECK - idle_after):
+                    await wait_task_rescheduled(mailbox.parking())
             return True
         await trio.lowlevel.checkpoint_if_cancelled()  # a cancelled incarnation ends instead
         # It resumes where this task runs: the supervisor's nursery (a task begun with
