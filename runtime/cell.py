@@ -766,6 +766,12 @@ class ActorBehaviour:
             cell.record_error(exc, "failed to start")
             self._end(cell, exc)
             return exc
+        except BaseException as exc:
+            # Ctrl-C, SystemExit, ... while the actor was made: as in a task (see
+            # `_incarnation`), the system stops gracefully and this start did not happen.
+            cell.host.interrupted(exc)
+            self._end(cell, "shutdown")
+            return ActorStopped(f"{cell.path} was stopped while starting")
         cell.mark_started(incarnation, trio.TASK_STATUS_IGNORED)
         self._home = nursery
         self._hibernate(cell)

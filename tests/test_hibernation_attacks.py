@@ -16,7 +16,7 @@ import trio
 import trio.testing
 
 import runtime
-from runtime import Actor, Supervisor, child
+from runtime import Actor, ActorStopped, Supervisor, child
 
 
 def task_names() -> list[str]:
@@ -182,6 +182,48 @@ async def test_a_background_task_does_not_make_a_short_grace_spin(autojump_clock
 
 
 # -- Ctrl-C ------------------------------------------------------------------------
+class InterruptsInInit(Actor):
+    def __init__(self) -> None:
+        raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("hibernate_after", [None, 0])
+async def test_ctrl_c_in_init_stops_the_started_siblings_gracefully(
+    autojump_clock: Any, hibernate_after: float | None
+) -> None:
+    """A KeyboardInterrupt while an actor is made is a request to stop everything
+    gracefully, whether or not the actor starts without a task: the siblings
+    started before it run their on_stop."""
+    stops: list[Any] = []
+    tree = Supervisor(
+        "app",
+        children=[
+            child(Recorder, name="before", args=([], stops)),
+            child(InterruptsInInit, name="i", hibernate_after=hibernate_after),
+        ],
+    )
+    with trio.fail_after(60), pytest.raises(KeyboardInterrupt):
+        async with runtime.open_system(tree):
+            pass  # pragma: no cover - the start fails
+    assert stops == ["shutdown"]
+
+
+@pytest.mark.parametrize("hibernate_after", [None, 0])
+async def test_ctrl_c_in_init_of_a_dynamic_child_stops_gracefully(
+    autojump_clock: Any, hibernate_after: float | None
+) -> None:
+    stops: list[Any] = []
+    tree = Supervisor("app", children=[child(Recorder, name="sibling", args=([], stops))])
+    with trio.fail_after(60), pytest.raises(KeyboardInterrupt):
+        async with runtime.open_system(tree) as system:
+            with pytest.raises(ActorStopped):
+                await system.start_child(
+                    "/app", child(InterruptsInInit, name="i", hibernate_after=hibernate_after)
+                )
+            await trio.sleep_forever()
+    assert stops == ["shutdown"]
+
+
 class Interrupts(Actor):
     def __init__(self, stops: list[Any]) -> None:
         self.stops = stops
