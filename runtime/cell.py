@@ -10,6 +10,8 @@ reports how it ended with a `ChildExited` in the supervisor's system lane.
 
 from __future__ import annotations
 
+import contextvars
+import functools
 import logging
 import math
 from typing import TYPE_CHECKING, Any, Protocol
@@ -510,6 +512,7 @@ class ActorBehaviour:
 
     kind = "actor"
     __slots__ = (
+        "_context",
         "_deferred",
         "_home",
         "_interrupted",
@@ -533,7 +536,11 @@ class ActorBehaviour:
         self._interrupted: Any = IDLE  # the message in hand when receive was cancelled
         self._noted: BaseException | None = None  # a crash already counted by the loop
         self._restarted = False  # stopped by a group restart (the asker is told so)
-        self._home: trio.Nursery | None = None  # where a hibernating incarnation resumes
+        # Where a hibernating incarnation resumes, and the contextvars its task gets a
+        # copy of: those of the task it left, as if that task had gone on (for one that
+        # starts hibernating, the supervisor's, as `nursery.start` would give).
+        self._home: trio.Nursery | None = None
+        self._context: contextvars.Context | None = None
         self.sleeping = False  # hibernating: the incarnation has no task until woken
 
     @property
@@ -774,6 +781,7 @@ class ActorBehaviour:
             return ActorStopped(f"{cell.path} was stopped while starting")
         cell.mark_started(incarnation, trio.TASK_STATUS_IGNORED)
         self._home = nursery
+        self._context = current_task().context  # the supervisor's (shared: never entered)
         self._hibernate(cell)
         return None
 
@@ -787,10 +795,14 @@ class ActorBehaviour:
         cell.mailbox.hibernate(cell)  # wakes it at once if something is queued
 
     def resume_soon(self, cell: Cell) -> None:
-        """Start the task that resumes the hibernating incarnation (`resume`)."""
+        """Start the task that resumes the hibernating incarnation (`resume`).  Never blocks."""
         self.sleeping = False
-        assert self._home is not None
-        self._home.start_soon(self.resume, cell, name=cell.path)
+        home, context = self._home, self._context
+        self._home = self._context = None
+        assert home is not None and context is not None
+        # Not in the waker's context: `start_soon` copies the current one.
+        start = functools.partial(home.start_soon, self.resume, cell, name=cell.path)
+        context.copy().run(start)
 
     def abandon(self, cell: Cell) -> None:
         """The nursery the incarnation resumes in is closing: a hibernating
@@ -801,6 +813,7 @@ class ActorBehaviour:
     def _end_sleeping(self, cell: Cell, reason: ExitReason) -> None:
         """End the hibernating incarnation where it is, without a task."""
         self.sleeping = False
+        self._home = self._context = None
         cell.mailbox.forget_sleeper()
         self._end(cell, reason)
 
@@ -831,6 +844,7 @@ class ActorBehaviour:
         # It resumes where this task runs: the supervisor's nursery (a task begun with
         # `nursery.start` has moved there by now).
         self._home = current_task().parent_nursery
+        self._context = current_task().context
         self._hibernate(cell)
         return False
 

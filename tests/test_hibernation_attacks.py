@@ -9,6 +9,7 @@ contextvars).  Waits are bounded by `trio.fail_after`; time is virtual.
 
 from __future__ import annotations
 
+import contextvars
 from typing import Any
 
 import pytest
@@ -314,3 +315,39 @@ async def test_an_outer_cancel_while_actors_wake_stops_gracefully(autojump_clock
                 await trio.sleep_forever()
         assert scope.cancelled_caught
     assert stops == ["shutdown"] * 10
+
+
+# -- contextvars ---------------------------------------------------------------------
+REQUEST: contextvars.ContextVar[str] = contextvars.ContextVar("REQUEST", default="none")
+
+
+class ReadsContext(Actor):
+    async def receive(self, msg: Any) -> Any:
+        if msg == "set":
+            REQUEST.set("the actor's own")
+            return None
+        return REQUEST.get()
+
+
+@pytest.mark.parametrize("hibernate_after", [None, 0, 1])
+async def test_the_senders_contextvars_do_not_leak_into_the_actor(
+    autojump_clock: Any, hibernate_after: float | None
+) -> None:
+    """An actor's handlers run in its own task's context whether it keeps its task or
+    not: not in a copy of the context of whoever happened to wake it."""
+    tree = Supervisor(
+        "app", children=[child(ReadsContext, name="c", hibernate_after=hibernate_after)]
+    )
+    with trio.fail_after(60):
+        async with runtime.open_system(tree) as system:
+            ref = system.ref("/app/c")
+            await trio.sleep(2)
+
+            async def sender(value: str) -> str:
+                REQUEST.set(value)
+                return await ref.ask("get")  # type: ignore[no-any-return]
+
+            assert await sender("caller's") == "none"
+            await ref.ask("set")
+            await trio.sleep(2)  # it hibernates (if it may) with its own value set
+            assert await sender("another caller's") == "the actor's own"
