@@ -946,6 +946,28 @@ async def test_handled_plus_dead_lettered_is_sent(autojump_clock: Any) -> None:
     assert handled[0] + dead.total == sent
 
 
+async def test_snapshots_while_hibernating_and_waking(autojump_clock: Any) -> None:
+    tree = Supervisor(
+        "app", children=[child(Plain, name=f"p{i}", hibernate_after=0) for i in range(3)]
+    )
+    with trio.fail_after(60):
+        async with runtime.open_system(tree) as system:
+            await trio.testing.wait_all_tasks_blocked()
+            snap = system.snapshot()
+            assert snap.find("/app/p0").state == "running"
+            assert snap.find("/app/p0").hibernating
+            system.ref("/app/p0").tell("x")  # a task is on its way: not hibernating any more
+            waking = system.snapshot().find("/app/p0")
+            assert waking.state == "running" and not waking.hibernating
+            assert waking.mailbox_depth == 1
+            as_dict = system.snapshot().to_dict()  # what the control socket sends
+            found = [n for n in as_dict["root"]["children"][1]["children"] if n["name"] == "p1"]
+            assert found[0]["hibernating"] is True
+            assert "hibernating" in system.snapshot().render()  # troupe tree says so too
+            await trio.testing.wait_all_tasks_blocked()
+            assert system.snapshot().find("/app/p0").processed == 1
+
+
 class AsksBack(Actor):
     """Asks `other` to ask it back: a cycle of two handlers waiting on each other."""
 
