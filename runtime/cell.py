@@ -341,10 +341,13 @@ class Cell:
     async def start(self, nursery: trio.Nursery) -> BaseException | None:
         """Start an incarnation in `nursery`; return None once started, or the start error.
 
-        The incarnation's task runs the behaviour directly (no frame of its own
-        here: an idle actor's stack stays small) and is named by the path.  An
-        actor that starts hibernating (see `ActorBehaviour.starts_hibernating`)
-        gets no task until its first message.
+        Blocks until the incarnation has started (its `on_start` returned) or
+        failed to; cancelled meanwhile, the starting incarnation is cancelled
+        with it (`nursery.start`).  The incarnation's task runs the behaviour
+        directly (no frame of its own here: an idle actor's stack stays small)
+        and is named by the path.  An actor that starts hibernating (see
+        `ActorBehaviour.starts_hibernating`) gets no task until its first
+        message: its start takes one schedule point, not cancelled.
         """
         behaviour = self.behaviour
         if type(behaviour) is ActorBehaviour and behaviour.starts_hibernating():
@@ -356,14 +359,16 @@ class Cell:
 
     # -- hibernation (the actor behaviour's; see `ActorBehaviour`) --------------
     def wake_up(self) -> None:
-        """The mailbox of a hibernating incarnation got something: resume it in a task."""
+        """The mailbox of a hibernating incarnation got something: resume it in a task
+        (started, not run yet: never blocks)."""
         behaviour = self.behaviour
         assert type(behaviour) is ActorBehaviour
         behaviour.resume_soon(self)
 
     def abandon(self) -> None:
         """The nursery this slot's incarnations run in is closing: a hibernating
-        incarnation ends as a cancelled task does (no `on_stop`, no report)."""
+        incarnation ends as a cancelled task does (no `on_stop`, no report).
+        Never blocks."""
         behaviour = self.behaviour
         if type(behaviour) is ActorBehaviour:
             behaviour.abandon(self)
@@ -372,7 +377,7 @@ class Cell:
     def hibernating(self) -> bool:
         """Whether the running incarnation has no task now (see ``hibernate_after``)."""
         behaviour = self.behaviour
-        return type(behaviour) is ActorBehaviour and behaviour.sleeping
+        return type(behaviour) is ActorBehaviour and behaviour.hibernating
 
     # -- watching --------------------------------------------------------
     def watch(self, target: Cell) -> None:
@@ -507,7 +512,8 @@ class ActorBehaviour:
     and registers the slot with its mailbox instead (`MailboxQueue.hibernate`).
     The next item queued there starts a fresh task in the same nursery
     (`resume_soon`), which carries on with the same actor.  One task at most
-    runs an incarnation at any time: the mailbox wakes a sleeper once.
+    runs the incarnation's handlers at any time: the mailbox wakes a sleeper
+    once, and the task that left runs none after registering it.
     """
 
     kind = "actor"
@@ -521,8 +527,8 @@ class ActorBehaviour:
         "actor",
         "current",
         "current_since",
+        "hibernating",
         "reply",
-        "sleeping",
         "spec",
     )
 
@@ -541,7 +547,7 @@ class ActorBehaviour:
         # starts hibernating, the supervisor's, as `nursery.start` would give).
         self._home: trio.Nursery | None = None
         self._context: contextvars.Context | None = None
-        self.sleeping = False  # hibernating: the incarnation has no task until woken
+        self.hibernating = False  # the incarnation has no task until woken
 
     @property
     def busy(self) -> bool:
@@ -595,11 +601,11 @@ class ActorBehaviour:
         """A hibernating actor whose class has no `on_stop` of its own ends at once:
         its task would only find the stop and end, so none is started for it."""
         actor = self.actor
-        if self.sleeping and actor is not None and type(actor).on_stop is Actor.on_stop:
+        if self.hibernating and actor is not None and type(actor).on_stop is Actor.on_stop:
             incarnation = cell.incarnation
             stop = cell.stop_reason or reason
             cell.state = "stopping"
-            self._end_sleeping(cell, stop)
+            self._end_hibernating(cell, stop)
             if not cell.stopping_by_parent:
                 cell.report(incarnation, stop)
 
@@ -791,12 +797,12 @@ class ActorBehaviour:
         actor = self.actor
         assert actor is not None
         actor._troupe_ctx = Context(cell, self, None)  # the old nursery closes with the task
-        self.sleeping = True
+        self.hibernating = True
         cell.mailbox.hibernate(cell)  # wakes it at once if something is queued
 
     def resume_soon(self, cell: Cell) -> None:
         """Start the task that resumes the hibernating incarnation (`resume`).  Never blocks."""
-        self.sleeping = False
+        self.hibernating = False
         home, context = self._home, self._context
         self._home = self._context = None
         assert home is not None and context is not None
@@ -807,12 +813,12 @@ class ActorBehaviour:
     def abandon(self, cell: Cell) -> None:
         """The nursery the incarnation resumes in is closing: a hibernating
         incarnation ends as a cancelled task's does (no `on_stop`, no report)."""
-        if self.sleeping:
-            self._end_sleeping(cell, "shutdown")
+        if self.hibernating:
+            self._end_hibernating(cell, "shutdown")
 
-    def _end_sleeping(self, cell: Cell, reason: ExitReason) -> None:
+    def _end_hibernating(self, cell: Cell, reason: ExitReason) -> None:
         """End the hibernating incarnation where it is, without a task."""
-        self.sleeping = False
+        self.hibernating = False
         self._home = self._context = None
         cell.mailbox.forget_sleeper()
         self._end(cell, reason)
