@@ -657,7 +657,8 @@ class ActorBehaviour:
         await self._incarnation(cell, cell.begin(), task_status, None)
 
     async def resume(self, cell: Cell) -> None:
-        """The hibernating incarnation goes on in this task (started by `resume_soon`)."""
+        """The hibernating incarnation goes on in this task (started by `resume_soon`);
+        returns when it ends, or hibernates again."""
         actor = self.actor
         assert actor is not None and cell.running
         cell.resumed()
@@ -767,7 +768,8 @@ class ActorBehaviour:
 
     def start_hibernating(self, cell: Cell, nursery: trio.Nursery) -> BaseException | None:
         """Start a new incarnation with no task (it resumes in `nursery` when mail
-        comes); return None, or the start error (recorded, the incarnation ended)."""
+        comes); return None, or the start error (recorded, the incarnation ended).
+        Never blocks."""
         incarnation = cell.begin(in_task=False)
         try:
             actor = self._make_actor(cell)
@@ -954,7 +956,6 @@ class ActorBehaviour:
 
 
 __all__ = [
-    "HIBERNATED",
     "IDLE",
     "ActorBehaviour",
     "Behaviour",
