@@ -789,7 +789,9 @@ class ActorBehaviour:
             return ActorStopped(f"{cell.path} was stopped while starting")
         cell.mark_started(incarnation, trio.TASK_STATUS_IGNORED)
         self._home = nursery
-        self._context = current_task().context  # the supervisor's (shared: never entered)
+        # The supervisor task's own context, shared by its children that start without a
+        # task (no copy each: `resume_soon` copies it, and a supervisor sets no contextvars).
+        self._context = current_task().context
         self._hibernate(cell)
         return None
 
