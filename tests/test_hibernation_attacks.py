@@ -1182,3 +1182,82 @@ async def test_the_control_socket_shows_hibernating_actors(tmp_path: Any) -> Non
             ]
             assert found[0]["hibernating"] is True and found[0]["state"] == "running"
             assert "p [running]  hibernating" in reply["text"]
+
+
+class Stubborn(Actor):
+    async def receive(self, msg: Any) -> Any:
+        return msg
+
+    async def on_stop(self, reason: Any) -> None:
+        await trio.sleep_forever()
+
+
+async def test_a_supervisor_past_its_shutdown_timeout_ends_hibernating_children(
+    autojump_clock: Any,
+) -> None:
+    stops: list[Any] = []
+    seen: list[Any] = []
+    tree = Supervisor(
+        "app",
+        children=[
+            child(Watcher, name="w", args=(seen,)),
+            Supervisor(
+                "sub",
+                shutdown=1,
+                children=[
+                    child(Recorder, name="r", args=([], stops), hibernate_after=0),
+                    child(Plain, name="p", hibernate_after=0),
+                    child(Stubborn, name="s", hibernate_after=0, shutdown=None),
+                ],
+            ),
+        ],
+    )
+    with trio.fail_after(60):
+        async with runtime.open_system(tree) as system:
+            for name in ("r", "p", "s"):
+                await system.ref("/app/w").ask(("watch", f"/app/sub/{name}"))
+            await trio.testing.wait_all_tasks_blocked()
+            # s (stopped first) hangs in on_stop: the sub is cancelled after 1 s, and
+            # r and p, still hibernating, end as cancelled tasks do (no on_stop)
+            await system.terminate_child("/app/sub")
+            await wait_for(lambda: len(seen) == 3, timeout=10)
+            assert sorted(path for path, _ in seen) == ["/app/sub/p", "/app/sub/r", "/app/sub/s"]
+            assert stops == []
+            assert not any(name.startswith("/app/sub") for name in task_names())
+
+
+async def test_a_nested_supervisor_restarted_while_its_children_hibernate(
+    autojump_clock: Any,
+) -> None:
+    log: list[Any] = []
+    stops: list[Any] = []
+    tree = Supervisor(
+        "app",
+        strategy="one_for_all",
+        children=[
+            child(Crashy, name="c"),
+            Supervisor(
+                "sub",
+                children=[
+                    child(Recorder, name="r", args=(log, stops), hibernate_after=0),
+                    child(Plain, name="p", args=(log,), hibernate_after=0),
+                ],
+            ),
+        ],
+    )
+    with trio.fail_after(60):
+        async with runtime.open_system(tree) as system:
+            await trio.testing.wait_all_tasks_blocked()
+            async with expect_crashes(count=1):
+                system.ref("/app/c").tell("crash")
+                system.ref("/app/sub/r").tell("r1")
+                system.ref("/app/sub/p").tell("p1")
+                await wait_for(restarted(system, "/app/sub", 1), timeout=10)
+            system.ref("/app/sub/r").tell("r2")
+            system.ref("/app/sub/p").tell("p2")
+            assert await system.ref("/app/sub/r").ask("end") in (2, 3)  # r1 before or after
+            await system.ref("/app/sub/p").ask("end")
+            assert [m for m in log if str(m).startswith("r")] == ["r1", "r2"]
+            assert [m for m in log if str(m).startswith("p")] == ["p1", "p2"]
+            assert stops == ["shutdown"]
+            assert system.dead_letters.counts["stopped"] == 0  # only "crash" is dead
