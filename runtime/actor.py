@@ -107,7 +107,7 @@ class Context:
         An actor with ``hibernate_after`` gets a fresh one each time it wakes
         (take it from ``self.ctx`` when you need it, do not keep it); while a
         task runs in it, the actor does not hibernate.  Raises RuntimeError
-        outside `on_start`, `receive` and `on_stop` of a hibernating actor.
+        while the actor hibernates (called from outside its handlers).
         """
         nursery = self._nursery
         if nursery is None:

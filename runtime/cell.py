@@ -10,6 +10,8 @@ reports how it ended with a `ChildExited` in the supervisor's system lane.
 
 from __future__ import annotations
 
+import contextvars
+import functools
 import logging
 import math
 from typing import TYPE_CHECKING, Any, Protocol
@@ -60,6 +62,10 @@ IDLE: Any = object()
 
 HIBERNATED: Any = object()
 """What `ActorBehaviour._loop` returns when the incarnation hibernates (its task ends)."""
+
+AWAKE_RECHECK = 1.0
+"""Seconds between looks whether an actor kept awake only by tasks of its own in
+``ctx.nursery`` may hibernate yet (trio does not tell when a nursery's tasks end)."""
 
 # -- how an incarnation ended ------------------------------------------------
 class HandlerFailed(Exception):
@@ -335,10 +341,13 @@ class Cell:
     async def start(self, nursery: trio.Nursery) -> BaseException | None:
         """Start an incarnation in `nursery`; return None once started, or the start error.
 
-        The incarnation's task runs the behaviour directly (no frame of its own
-        here: an idle actor's stack stays small) and is named by the path.  An
-        actor that starts hibernating (see `ActorBehaviour.starts_hibernating`)
-        gets no task until its first message.
+        Blocks until the incarnation has started (its `on_start` returned) or
+        failed to; cancelled meanwhile, the starting incarnation is cancelled
+        with it (`nursery.start`).  The incarnation's task runs the behaviour
+        directly (no frame of its own here: an idle actor's stack stays small)
+        and is named by the path.  An actor that starts hibernating (see
+        `ActorBehaviour.starts_hibernating`) gets no task until its first
+        message: its start takes one schedule point, not cancelled.
         """
         behaviour = self.behaviour
         if type(behaviour) is ActorBehaviour and behaviour.starts_hibernating():
@@ -350,14 +359,16 @@ class Cell:
 
     # -- hibernation (the actor behaviour's; see `ActorBehaviour`) --------------
     def wake_up(self) -> None:
-        """The mailbox of a hibernating incarnation got something: resume it in a task."""
+        """The mailbox of a hibernating incarnation got something: resume it in a task
+        (started, not run yet: never blocks)."""
         behaviour = self.behaviour
         assert type(behaviour) is ActorBehaviour
         behaviour.resume_soon(self)
 
     def abandon(self) -> None:
         """The nursery this slot's incarnations run in is closing: a hibernating
-        incarnation ends as a cancelled task does (no `on_stop`, no report)."""
+        incarnation ends as a cancelled task does (no `on_stop`, no report).
+        Never blocks."""
         behaviour = self.behaviour
         if type(behaviour) is ActorBehaviour:
             behaviour.abandon(self)
@@ -366,7 +377,7 @@ class Cell:
     def hibernating(self) -> bool:
         """Whether the running incarnation has no task now (see ``hibernate_after``)."""
         behaviour = self.behaviour
-        return type(behaviour) is ActorBehaviour and behaviour.sleeping
+        return type(behaviour) is ActorBehaviour and behaviour.hibernating
 
     # -- watching --------------------------------------------------------
     def watch(self, target: Cell) -> None:
@@ -501,11 +512,13 @@ class ActorBehaviour:
     and registers the slot with its mailbox instead (`MailboxQueue.hibernate`).
     The next item queued there starts a fresh task in the same nursery
     (`resume_soon`), which carries on with the same actor.  One task at most
-    runs an incarnation at any time: the mailbox wakes a sleeper once.
+    runs the incarnation's handlers at any time: the mailbox wakes a sleeper
+    once, and the task that left runs none after registering it.
     """
 
     kind = "actor"
     __slots__ = (
+        "_context",
         "_deferred",
         "_home",
         "_interrupted",
@@ -514,8 +527,8 @@ class ActorBehaviour:
         "actor",
         "current",
         "current_since",
+        "hibernating",
         "reply",
-        "sleeping",
         "spec",
     )
 
@@ -529,8 +542,12 @@ class ActorBehaviour:
         self._interrupted: Any = IDLE  # the message in hand when receive was cancelled
         self._noted: BaseException | None = None  # a crash already counted by the loop
         self._restarted = False  # stopped by a group restart (the asker is told so)
-        self._home: trio.Nursery | None = None  # where a hibernating incarnation resumes
-        self.sleeping = False  # hibernating: the incarnation has no task until woken
+        # Where a hibernating incarnation resumes, and the contextvars its task gets a
+        # copy of: those of the task it left, as if that task had gone on (for one that
+        # starts hibernating, the supervisor's, as `nursery.start` would give).
+        self._home: trio.Nursery | None = None
+        self._context: contextvars.Context | None = None
+        self.hibernating = False  # the incarnation has no task until woken
 
     @property
     def busy(self) -> bool:
@@ -584,11 +601,11 @@ class ActorBehaviour:
         """A hibernating actor whose class has no `on_stop` of its own ends at once:
         its task would only find the stop and end, so none is started for it."""
         actor = self.actor
-        if self.sleeping and actor is not None and type(actor).on_stop is Actor.on_stop:
+        if self.hibernating and actor is not None and type(actor).on_stop is Actor.on_stop:
             incarnation = cell.incarnation
             stop = cell.stop_reason or reason
             cell.state = "stopping"
-            self._end_sleeping(cell, stop)
+            self._end_hibernating(cell, stop)
             if not cell.stopping_by_parent:
                 cell.report(incarnation, stop)
 
@@ -640,7 +657,8 @@ class ActorBehaviour:
         await self._incarnation(cell, cell.begin(), task_status, None)
 
     async def resume(self, cell: Cell) -> None:
-        """The hibernating incarnation goes on in this task (started by `resume_soon`)."""
+        """The hibernating incarnation goes on in this task (started by `resume_soon`);
+        returns when it ends, or hibernates again."""
         actor = self.actor
         assert actor is not None and cell.running
         cell.resumed()
@@ -750,7 +768,8 @@ class ActorBehaviour:
 
     def start_hibernating(self, cell: Cell, nursery: trio.Nursery) -> BaseException | None:
         """Start a new incarnation with no task (it resumes in `nursery` when mail
-        comes); return None, or the start error (recorded, the incarnation ended)."""
+        comes); return None, or the start error (recorded, the incarnation ended).
+        Never blocks."""
         incarnation = cell.begin(in_task=False)
         try:
             actor = self._make_actor(cell)
@@ -762,8 +781,17 @@ class ActorBehaviour:
             cell.record_error(exc, "failed to start")
             self._end(cell, exc)
             return exc
+        except BaseException as exc:
+            # Ctrl-C, SystemExit, ... while the actor was made: as in a task (see
+            # `_incarnation`), the system stops gracefully and this start did not happen.
+            cell.host.interrupted(exc)
+            self._end(cell, "shutdown")
+            return ActorStopped(f"{cell.path} was stopped while starting")
         cell.mark_started(incarnation, trio.TASK_STATUS_IGNORED)
         self._home = nursery
+        # The supervisor task's own context, shared by its children that start without a
+        # task (no copy each: `resume_soon` copies it, and a supervisor sets no contextvars).
+        self._context = current_task().context
         self._hibernate(cell)
         return None
 
@@ -773,24 +801,29 @@ class ActorBehaviour:
         actor = self.actor
         assert actor is not None
         actor._troupe_ctx = Context(cell, self, None)  # the old nursery closes with the task
-        self.sleeping = True
+        self.hibernating = True
         cell.mailbox.hibernate(cell)  # wakes it at once if something is queued
 
     def resume_soon(self, cell: Cell) -> None:
-        """Start the task that resumes the hibernating incarnation (`resume`)."""
-        self.sleeping = False
-        assert self._home is not None
-        self._home.start_soon(self.resume, cell, name=cell.path)
+        """Start the task that resumes the hibernating incarnation (`resume`).  Never blocks."""
+        self.hibernating = False
+        home, context = self._home, self._context
+        self._home = self._context = None
+        assert home is not None and context is not None
+        # Not in the waker's context: `start_soon` copies the current one.
+        start = functools.partial(home.start_soon, self.resume, cell, name=cell.path)
+        context.copy().run(start)
 
     def abandon(self, cell: Cell) -> None:
         """The nursery the incarnation resumes in is closing: a hibernating
         incarnation ends as a cancelled task's does (no `on_stop`, no report)."""
-        if self.sleeping:
-            self._end_sleeping(cell, "shutdown")
+        if self.hibernating:
+            self._end_hibernating(cell, "shutdown")
 
-    def _end_sleeping(self, cell: Cell, reason: ExitReason) -> None:
+    def _end_hibernating(self, cell: Cell, reason: ExitReason) -> None:
         """End the hibernating incarnation where it is, without a task."""
-        self.sleeping = False
+        self.hibernating = False
+        self._home = self._context = None
         cell.mailbox.forget_sleeper()
         self._end(cell, reason)
 
@@ -800,7 +833,9 @@ class ActorBehaviour:
 
         The actor stays awake while a stop is requested, something is queued,
         or a task of its own runs in ``ctx.nursery`` (a timer, a background
-        job): then it waits again (untimed if `idle_after` is 0).
+        job): then it looks again after `idle_after`, or `AWAKE_RECHECK`
+        seconds if that is longer (a short `idle_after` is no busy loop, and
+        0 does not wait for mail only).
         """
         mailbox = cell.mailbox
         if idle_after > 0:
@@ -811,13 +846,15 @@ class ActorBehaviour:
         if cell._stop_reason is not None or mailbox.depth:
             return True
         if nursery.child_tasks:
-            if idle_after == 0:
-                await wait_task_rescheduled(mailbox.parking())
+            if idle_after < AWAKE_RECHECK:
+                with trio.move_on_after(AWAKE_RECHECK - idle_after):
+                    await wait_task_rescheduled(mailbox.parking())
             return True
         await trio.lowlevel.checkpoint_if_cancelled()  # a cancelled incarnation ends instead
         # It resumes where this task runs: the supervisor's nursery (a task begun with
         # `nursery.start` has moved there by now).
         self._home = current_task().parent_nursery
+        self._context = current_task().context
         self._hibernate(cell)
         return False
 
@@ -921,7 +958,6 @@ class ActorBehaviour:
 
 
 __all__ = [
-    "HIBERNATED",
     "IDLE",
     "ActorBehaviour",
     "Behaviour",

@@ -9,7 +9,8 @@ Every queue operation lives here, fast paths included: `put` (a loop-thread
 ``tell``), `put_wait` (``send``), the line of senders waiting for room
 (`enter_line`, `wait_in_line`, `withdraw`: ``send``, ``ask`` and the bus's
 ``publish`` share it), `put_system`, `put_many_reserved` (a batch from foreign
-threads), `take`/`get`/`parking` (the consumer), the room reserved for threads
+threads), `take`/`get`/`parking` (the consumer; `hibernate` and `forget_sleeper`
+for one that leaves its task), the room reserved for threads
 (`reserve`, `unreserve`) and `statistics`.  Other modules call these methods;
 none of them reads or writes the deques or counters.
 
@@ -558,8 +559,9 @@ class MailboxQueue:
         return self._abort
 
     def hibernate(self, sleeper: Sleeper) -> None:
-        """The consumer leaves without a task: the next put, `wake` or `close` calls
-        ``sleeper.wake_up()`` (once) instead of rescheduling a task.  Never blocks.
+        """The consumer leaves without a task: the next put (either lane) or `wake`
+        calls ``sleeper.wake_up()`` (once) instead of rescheduling a task; `close`
+        does not (nothing can arrive after it: the owner ends the sleeper).  Never blocks.
 
         If something is queued already, `wake_up` is called at once.  Raises
         RuntimeError if a consumer is registered already (a mailbox has exactly one).
@@ -572,7 +574,8 @@ class MailboxQueue:
         self._waiter = sleeper
 
     def forget_sleeper(self) -> None:
-        """Take back a `hibernate` that was not woken (the consumer ended for good)."""
+        """Take back a `hibernate` that was not woken (the consumer ended for good).
+        Never blocks."""
         if self._waiter is not None and type(self._waiter) is not trio.lowlevel.Task:
             self._waiter = None
 

@@ -309,6 +309,8 @@ class TreeSnapshot:
         def draw(node: ActorInfo, prefix: str, last: bool, top: bool) -> None:
             branch = "" if top else ("└─ " if last else "├─ ")
             bits = [f"{node.name} [{node.state}]"]
+            if node.hibernating:
+                bits.append("hibernating")
             if node.kind == "actor":
                 bits.append(f"mailbox {node.mailbox_depth}/{node.mailbox_capacity}")
                 bits.append(f"processed {node.processed}")

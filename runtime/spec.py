@@ -314,8 +314,9 @@ def child(
     ``hibernate_after``).  Past them, with nothing queued and no task of its
     own in ``ctx.nursery`` (timers included), the task ends and the actor
     hibernates: it keeps its instance and state, stays ``running`` in
-    snapshots, and the next message (or stop, watch notice, ...) starts a
-    fresh task in the same incarnation.  An actor class without an
+    snapshots, and the next message (or watch notice, ...) starts a fresh
+    task in the same incarnation; so does a stop, to run an ``on_stop`` of
+    its own (without one it stops with no task).  An actor class without an
     ``on_start`` of its own starts hibernating.  None (the default): the
     actor keeps its task while it runs.
 
