@@ -440,3 +440,19 @@ async def test_a_system_of_plain_hibernating_actors_stops(autojump_clock: Any) -
         await system.ref("/app/p7").ask("x")
     assert not system.is_running
     assert all(n.state == "stopped" for n in system.snapshot().root.walk())
+
+
+def test_a_remote_start_carries_hibernate_after_and_reads_the_previous_format() -> None:
+    from runtime.cluster.codec import Codec
+    from runtime.cluster.spawn import spec_from_wire, spec_to_wire
+
+    def no_refs(_: Any) -> Any:
+        raise AssertionError("no refs here")
+
+    codec = Codec(ref_to_url=no_refs, url_to_ref=no_refs)
+    spec = child("test_hibernation:Counter", name="c", hibernate_after=2.5)
+    wire = spec_to_wire(spec, codec)
+    assert spec_from_wire(wire, codec).hibernate_after == 2.5
+    older = wire[:6]  # a node of the previous release sends no hibernate_after
+    assert spec_from_wire(older, codec).hibernate_after is None
+    assert spec_from_wire(older, codec).name == "c"

@@ -72,7 +72,9 @@ def spec_to_wire(spec: ChildSpec | Supervisor, codec: Codec) -> list[Any]:
 
 
 def spec_from_wire(data: Any, codec: Codec) -> ChildSpec:
-    factory, name, body, restart, shutdown, mailbox, hibernate_after = data
+    # A node of the previous release sends six fields (no hibernate_after).
+    factory, name, body, restart, shutdown, mailbox = data[:6]
+    hibernate_after = data[6] if len(data) > 6 else None
     try:
         args, kwargs = codec.decode(body)
     except Undecodable as error:
