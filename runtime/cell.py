@@ -112,6 +112,20 @@ class Behaviour(Protocol):
     """What runs in a slot: an actor's message loop or a supervisor's."""
 
     kind: str
+    hibernating: bool
+    """Whether the running incarnation has no task now (see ``hibernate_after``)."""
+
+    async def start(self, cell: Cell, nursery: trio.Nursery) -> BaseException | None:
+        """Start an incarnation in `nursery` (see `Cell.start`)."""
+        ...
+
+    def resume_soon(self, cell: Cell) -> None:
+        """The mailbox of the hibernating incarnation got something: resume it."""
+        ...
+
+    def abandon(self, cell: Cell) -> None:
+        """`nursery` of `start` is closing: end a hibernating incarnation there."""
+        ...
 
     async def run(
         self,
@@ -349,35 +363,24 @@ class Cell:
         `ActorBehaviour.starts_hibernating`) gets no task until its first
         message: its start takes one schedule point, not cancelled.
         """
-        behaviour = self.behaviour
-        if type(behaviour) is ActorBehaviour and behaviour.starts_hibernating():
-            error = behaviour.start_hibernating(self, nursery)
-            await trio.lowlevel.cancel_shielded_checkpoint()  # a long start_in_order stays fair
-            return error
-        started: BaseException | None = await nursery.start(behaviour.run, self, name=self.path)
-        return started
+        return await self.behaviour.start(self, nursery)
 
     # -- hibernation (the actor behaviour's; see `ActorBehaviour`) --------------
     def wake_up(self) -> None:
         """The mailbox of a hibernating incarnation got something: resume it in a task
         (started, not run yet: never blocks)."""
-        behaviour = self.behaviour
-        assert type(behaviour) is ActorBehaviour
-        behaviour.resume_soon(self)
+        self.behaviour.resume_soon(self)
 
     def abandon(self) -> None:
         """The nursery this slot's incarnations run in is closing: a hibernating
         incarnation ends as a cancelled task does (no `on_stop`, no report).
         Never blocks."""
-        behaviour = self.behaviour
-        if type(behaviour) is ActorBehaviour:
-            behaviour.abandon(self)
+        self.behaviour.abandon(self)
 
     @property
     def hibernating(self) -> bool:
         """Whether the running incarnation has no task now (see ``hibernate_after``)."""
-        behaviour = self.behaviour
-        return type(behaviour) is ActorBehaviour and behaviour.hibernating
+        return self.behaviour.hibernating
 
     # -- watching --------------------------------------------------------
     def watch(self, target: Cell) -> None:
@@ -755,6 +758,16 @@ class ActorBehaviour:
             cell.report(incarnation, reason)
 
     # -- hibernation -----------------------------------------------------------
+    async def start(self, cell: Cell, nursery: trio.Nursery) -> BaseException | None:
+        """Start an incarnation in `nursery` (see `Cell.start`): in a task of its own,
+        or with none if it starts hibernating (one schedule point, not cancelled)."""
+        if self.starts_hibernating():
+            error = self.start_hibernating(cell, nursery)
+            await trio.lowlevel.cancel_shielded_checkpoint()  # a long start_in_order stays fair
+            return error
+        started: BaseException | None = await nursery.start(self.run, cell, name=cell.path)
+        return started
+
     def starts_hibernating(self) -> bool:
         """Whether a new incarnation can start without a task: it may hibernate
         (``hibernate_after`` is set) and its actor class has no `on_start` of its own."""

@@ -106,8 +106,21 @@ class Supervising:
         self._nursery: trio.Nursery | None = None
         self._starting: Cell | None = None  # the child whose start this supervisor awaits
 
+    hibernating = False  # a supervisor keeps its task while it runs
+
     def stats(self) -> dict[str, Any]:
         return {}
+
+    async def start(self, cell: Cell, nursery: trio.Nursery) -> BaseException | None:
+        """Start an incarnation in a task of its own in `nursery` (see `Cell.start`)."""
+        started: BaseException | None = await nursery.start(self.run, cell, name=cell.path)
+        return started
+
+    def resume_soon(self, cell: Cell) -> None:
+        raise RuntimeError(f"{cell.path} is a supervisor: it never hibernates")
+
+    def abandon(self, cell: Cell) -> None:
+        pass  # it never hibernates: its task ends with the nursery
 
     def stopped_by_group_restart(self) -> None:
         pass
