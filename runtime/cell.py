@@ -604,7 +604,9 @@ class ActorBehaviour:
         """A hibernating actor whose class has no `on_stop` of its own ends at once:
         its task would only find the stop and end, so none is started for it."""
         actor = self.actor
-        if self.hibernating and actor is not None and type(actor).on_stop is Actor.on_stop:
+        if not self.hibernating or actor is None:
+            return
+        if getattr(actor.on_stop, "__func__", None) is Actor.on_stop:  # not even per instance
             incarnation = cell.incarnation
             stop = cell.stop_reason or reason
             cell.state = "stopping"

@@ -456,3 +456,28 @@ def test_a_remote_start_carries_hibernate_after_and_reads_the_previous_format() 
     older = wire[:6]  # a node of the previous release sends no hibernate_after
     assert spec_from_wire(older, codec).hibernate_after is None
     assert spec_from_wire(older, codec).name == "c"
+
+
+class InstanceOnStop(Actor):
+    """on_stop set on the instance, not the class: it still runs when stopped."""
+
+    def __init__(self, log: list[Any]) -> None:
+        async def on_stop(reason: Any) -> None:
+            log.append(("stopped", reason))
+
+        self.on_stop = on_stop  # type: ignore[method-assign]
+
+    async def receive(self, msg: Any) -> Any:
+        return msg
+
+
+async def test_an_on_stop_set_on_the_instance_runs(autojump_clock: Any) -> None:
+    log: list[Any] = []
+    tree = Supervisor(
+        "app", children=[child(InstanceOnStop, name="i", args=(log,), hibernate_after=0)]
+    )
+    async with runtime.open_system(tree) as system:
+        await system.ref("/app/i").ask("x")
+        await trio.testing.wait_all_tasks_blocked()
+        assert node(system, "/app/i").hibernating
+    assert log == [("stopped", "shutdown")]
