@@ -58,6 +58,11 @@ class SnapshotCollector(Collector):
         for state in STATES:
             by_state.add_metric([state], sum(1 for n in nodes if n.state == state))
         yield by_state
+        yield GaugeMetricFamily(
+            "troupe_actors_hibernating",
+            "Running actors with no task until their next message (hibernate_after)",
+            value=sum(1 for n in nodes if n.hibernating),
+        )
         processed = CounterMetricFamily(
             "troupe_messages_processed", "Messages handled", labels=["path"]
         )

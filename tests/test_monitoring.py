@@ -353,6 +353,7 @@ async def test_metrics_serve_prometheus_text_with_the_right_values() -> None:
         child(Gated, name="gated", args=(gate,)),
         child(Crashy, name="crashy"),
         child(Blocker, name="blocker"),
+        child(Echo, name="sleepy", hibernate_after=0),
     )
 
     def fail() -> None:
@@ -387,6 +388,7 @@ async def test_metrics_serve_prometheus_text_with_the_right_values() -> None:
             snap = system.snapshot()
             nodes = list(snap.root.walk())
             assert got[key("troupe_actors", state="running")] == len(nodes)
+            assert got[key("troupe_actors_hibernating")] == 1  # /app/sleepy, never asked
             for state in ("starting", "restarting", "stopping", "stopped", "failed"):
                 assert got[key("troupe_actors", state=state)] == 0, state
             assert got[key("troupe_messages_processed_total", path="/app/echo")] == 3
