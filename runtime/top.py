@@ -505,6 +505,8 @@ def detail_lines(
         if info.get("current"):
             held = f"in hand: {info['current']} for {_seconds(info.get('current_for') or 0.0)}"
             lines.append([(held, "")] + ([("  STUCK", "red bold")] if info.get("stuck") else []))
+        elif info.get("hibernating"):
+            lines.append([("in hand: nothing (hibernating until its next message)", "dim")])
         else:
             lines.append([("in hand: nothing (idle)", "dim")])
         lines.append(

@@ -462,3 +462,20 @@ async def test_live_top_quits_on_q_and_ctrl_c_restoring_the_terminal(
         assert not during[3] & (termios.ICANON | termios.ECHO)  # cbreak while it ran
         assert after[3] & termios.ICANON and after[3] & termios.ECHO  # restored
         assert b"live  " in out and b"MSG/S" in out
+
+
+def test_the_detail_pane_says_an_actor_hibernates() -> None:
+    info = {
+        "path": "/app/session",
+        "cls": "Session",
+        "kind": "actor",
+        "state": "running",
+        "current": None,
+        "hibernating": True,
+        "mailbox_depth": 0,
+        "mailbox_capacity": 10,
+        "processed": 3,
+    }
+    text = top.plain(top.detail_lines(info))
+    assert "hibernating until its next message" in text
+    assert "in hand: nothing (idle)" not in text

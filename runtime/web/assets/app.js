@@ -203,7 +203,7 @@ function renderDetail(snapshot) {
     ["path", node.path], ["class", `${node.cls} (${node.kind})`],
     ["state", `<i class="dot s-${esc(node.state)}"></i>${esc(node.state)}${node.stuck ? " · <b>stuck</b>" : ""}`, true],
     ["uptime", seconds(node.uptime)],
-    ["message in hand", node.current ? `${node.current} for ${seconds(node.current_for)}` : "none (idle)"],
+    ["message in hand", node.current ? `${node.current} for ${seconds(node.current_for)}` : (node.hibernating ? "none (hibernating: no task until its next message)" : "none (idle)")],
     ["mailbox", `${node.mailbox_depth} of ${node.mailbox_capacity || "∞"} · high water ${node.mailbox_high_water}`],
     ["processed / failed", `${node.processed} / ${node.failed}`],
     ["dead-lettered", node.dead_lettered],
