@@ -3,6 +3,7 @@ fixtures that start real NATS servers (`nats_server`, `fresh_nats_server`, `nats
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from typing import TypeVar
 
@@ -10,6 +11,13 @@ import pytest
 from natsserver import NatsCluster, NatsServer, NatsServerError
 
 T = TypeVar("T")
+
+
+# pytest-xdist's workers set COLUMNS (and LINES) for their own output; the CLI cuts
+# its lines to $COLUMNS, so a `troupe` subprocess inheriting it would print cut lines
+# that a run without xdist never shows.  The tests set COLUMNS where they mean it.
+for _name in ("COLUMNS", "LINES"):
+    os.environ.pop(_name, None)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
