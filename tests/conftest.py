@@ -10,6 +10,7 @@ With ``-m EXPR`` the expression alone decides.
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Callable, Iterator
 from typing import TypeVar
 
@@ -24,6 +25,12 @@ T = TypeVar("T")
 # that a run without xdist never shows.  The tests set COLUMNS where they mean it.
 for _name in ("COLUMNS", "LINES"):
     os.environ.pop(_name, None)
+
+# A run started with SIGINT ignored (a background job of a shell script, nohup) passes
+# that on to every process it starts, and the tests that stop a `troupe` subprocess with
+# SIGINT (Ctrl-C) would wait for it in vain: the subprocesses get the default again.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
