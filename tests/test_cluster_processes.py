@@ -422,6 +422,13 @@ async def test_a_node_name_held_by_a_live_node_fails_the_start(procs: Processes)
 
 
 # -- accounting at the edges: no responders, rejoins ----------------------------------
+async def gone_from(server: NatsServer, node: str) -> None:
+    """Wait until the NATS server has seen the killed `node`'s connection close: a
+    request published before that finds its subscription still there, so no "no
+    responders" answer comes (the ask would wait for node_down_after instead)."""
+    await until(lambda: f"troupe {node}" not in server.client_names(), f"{node} gone from NATS")
+
+
 async def test_tells_to_a_node_nobody_listens_on_are_dead_lettered(procs: Processes) -> None:
     with trio.fail_after(WAIT * 2):
         # node_down_after long: the node stays "up" here for the whole test (even on a
@@ -432,6 +439,7 @@ async def test_tells_to_a_node_nobody_listens_on_are_dead_lettered(procs: Proces
             await started(here, node, name)
             node.signal(signal.SIGKILL)
             await node.exited()
+            await gone_from(procs.server, name)
             url = f"troupe://{name}/app/counter"
             ref = here.ref(url)
             with pytest.raises(runtime.NodeDown):  # NATS knows nobody listens there now
@@ -466,7 +474,8 @@ async def test_no_responders_for_a_tell_dead_letters_that_tell_and_no_other(
             assert (await here.ref(alive_url).ask("count"))["handled"] == 5
             second.signal(signal.SIGKILL)
             await second.exited()
-            with pytest.raises(runtime.NodeDown):
+            await gone_from(procs.server, dead)
+            with pytest.raises(runtime.NodeDown):  # NATS knows nobody listens there now
                 await here.ref(dead_url).ask("count", timeout=60.0)
             letters = here.dead_letters.by_recipient
             base = {url: letters.get(url, 0) for url in (dead_url, alive_url)}
