@@ -1,11 +1,12 @@
-# Everything a fresh machine needs: `make demo` runs the demo, `make test` runs the tests;
-# `make cluster-demo` runs the demo split over three node processes on a local NATS server;
-# `make docs` builds the documentation into docs/_build/html (warnings are errors).
+# Everything a fresh machine needs: `make demo` runs the demo, `make test` runs the tests
+# (`make test-slow` the ones marked slow); `make cluster-demo` runs the demo split over
+# three node processes on a local NATS server; `make docs` builds the documentation into
+# docs/_build/html (warnings are errors).
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo cluster-demo test lint bench docs install
+.PHONY: demo cluster-demo test test-slow lint bench docs install
 
 $(BIN)/troupe: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +26,12 @@ cluster-demo: install
 test: install
 	@$(BIN)/python -m pytest; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; fi; exit $$rc
+
+# The tests marked slow (long stretches of real time: the cluster chaos suite), which
+# `make test` leaves out; one at a time (-n 0), as they load the machine themselves.
+test-slow: install
+	@$(BIN)/python -m pytest -m slow -n 0; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no slow tests" >&2; fi; exit $$rc
 
 lint: install
 	$(BIN)/ruff check runtime actors tests examples benchmarks

@@ -817,7 +817,26 @@ class Client:
         self.close()
 
     def send(self, request: dict[str, Any]) -> None:
-        self.sock.sendall(to_json(request).encode())
+        try:
+            self.sock.sendall(to_json(request).encode())
+        except (BrokenPipeError, ConnectionResetError):
+            # a server that refuses the connection (too many connections, permission
+            # denied) writes why in one line and closes, maybe before the request
+            # is written: that line, not the broken pipe, is the answer
+            refusal = self._refusal()
+            if refusal is not None:
+                raise ControlError(refusal) from None
+            raise
+
+    def _refusal(self) -> str | None:
+        """The error of a goodbye line the server left before closing, if there is one."""
+        try:
+            reply = self.receive()
+        except (OSError, ValueError):
+            return None
+        if reply.get("ok", True):
+            return None
+        return str(reply.get("error", "request failed"))
 
     def receive(self) -> dict[str, Any]:
         while b"\n" not in self._buffer:

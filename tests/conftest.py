@@ -1,8 +1,16 @@
-"""Shared pytest options (``--slow`` runs the property and chaos suites long) and the
-fixtures that start real NATS servers (`nats_server`, `fresh_nats_server`, `nats_cluster`)."""
+"""Shared pytest options and the fixtures that start real NATS servers (`nats_server`,
+`fresh_nats_server`, `nats_cluster`).
+
+Tests marked ``slow`` need long stretches of real time (the cluster chaos suite):
+the default run leaves them out; ``pytest -m slow`` runs only them (CI's second step),
+``pytest --slow`` runs everything, with the property-based and chaos suites sized long.
+With ``-m EXPR`` the expression alone decides.
+"""
 
 from __future__ import annotations
 
+import os
+import signal
 from collections.abc import Callable, Iterator
 from typing import TypeVar
 
@@ -12,19 +20,45 @@ from natsserver import NatsCluster, NatsServer, NatsServerError
 T = TypeVar("T")
 
 
+# pytest-xdist's workers set COLUMNS (and LINES) for their own output; the CLI cuts
+# its lines to $COLUMNS, so a `troupe` subprocess inheriting it would print cut lines
+# that a run without xdist never shows.  The tests set COLUMNS where they mean it.
+for _name in ("COLUMNS", "LINES"):
+    os.environ.pop(_name, None)
+
+# A run started with SIGINT ignored (a background job of a shell script, nohup) passes
+# that on to every process it starts, and the tests that stop a `troupe` subprocess with
+# SIGINT (Ctrl-C) would wait for it in vain: the subprocesses get the default again.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
         "--slow",
         action="store_true",
         default=False,
-        help="run the property-based and chaos suites long (more examples, bigger trees)",
+        help="also run the tests marked slow, and run the property-based and chaos suites "
+        "long (more examples, bigger trees)",
     )
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
-        "markers", "slow: sized by --slow (bounded by default, long with --slow)"
+        "markers",
+        "slow: needs long stretches of real time; left out of the default run "
+        "(`pytest -m slow` runs only these, `pytest --slow` everything, sized long)",
     )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Leave the tests marked slow out, unless ``--slow`` or an ``-m`` expression says."""
+    if config.getoption("--slow") or config.getoption("markexpr"):
+        return
+    slow = [item for item in items if item.get_closest_marker("slow") is not None]
+    if slow:
+        config.hook.pytest_deselected(items=slow)
+        items[:] = [item for item in items if item.get_closest_marker("slow") is None]
 
 
 @pytest.fixture

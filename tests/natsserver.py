@@ -350,6 +350,13 @@ class NatsServer:
                 _live_dirs.discard(self.directory)
             self.directory = None
 
+    def client_names(self) -> list[str]:
+        """The names of the clients connected now, from ``/connz`` ("" for a client that
+        gave none).  A killed client is listed until the server has seen its socket
+        close, a moment after the process is gone."""
+        connz = _http_json(self.monitor_url + "/connz?limit=100000", timeout=1.0)
+        return [str(conn.get("name") or "") for conn in connz.get("connections") or ()]
+
     def routes_seen(self) -> set[str]:
         """The server ids of the other servers this one has its full set of routes to.
 

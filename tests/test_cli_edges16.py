@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import termios
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -125,21 +126,37 @@ def test_top_survives_its_connection_closed_for_idleness(
         proc = place.popen(
             "top",
             "--interval",
-            "1.5",
+            "1.0",
             "--width",
             "100",
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
         )
+        lines: list[str] = []
+
+        def read() -> None:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                lines.append(line)
+
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
         try:
-            out, err = proc.communicate(timeout=5.0)
-        except subprocess.TimeoutExpired:  # still running after a few samples: good
+            # three samples (two after the server closed the idle connection), then stop
+            deadline = time.monotonic() + WAIT
+            while sum("ACTOR" in line for line in lines) < 3 and proc.poll() is None:
+                assert time.monotonic() < deadline, "".join(lines)
+                time.sleep(0.05)
+        finally:
             proc.kill()
-            out, err = proc.communicate(timeout=WAIT)
+        proc.wait(timeout=WAIT)
+        reader.join(WAIT)
+        assert proc.stderr is not None
+        out, err = "".join(lines), proc.stderr.read()
         assert "Traceback" not in err, err
         assert "the system stopped" not in err, (out, err)
-        assert out.count("ACTOR") >= 2, (out, err)
+        assert out.count("ACTOR") >= 3, (out, err)
 
 
 def test_tree_top_stop_on_a_full_control_socket_say_so_without_a_traceback(

@@ -27,8 +27,12 @@ Accounting: wherever no node was killed, per sender->receiver pair, handled +
 dead-lettered (at either end) + ``lost_in_transit`` (at the receiver) == sent, in
 order.  Killed processes lose at most what sat in them (at most once).
 
+Marked ``slow`` (long stretches of real time: processes killed, frozen past
+``node_down_after`` and waited for): the default run leaves this suite out, ``pytest -m
+slow`` runs it (CI's second step), ``pytest --slow`` runs it with more rounds and kills.
+
 Seeded (``TROUPE_CHAOS_SEED`` overrides; the seed is printed, so shown on failure),
-bounded by default; ``pytest --slow`` runs more rounds and kills.  Real time with
+bounded unless ``--slow``.  Real time with
 generous bounds (``trio.fail_after``), assertions on counts, never durations.  Every
 process started is killed in a ``finally`` (and the NATS servers by their context
 managers).
@@ -55,6 +59,8 @@ from test_cluster_processes import NODE_SCRIPT, NodeProcess
 
 import runtime
 from runtime import Supervisor, child
+
+pytestmark = pytest.mark.slow
 
 WAIT = 15.0
 HEARTBEAT = 0.2

@@ -223,6 +223,18 @@ def test_a_comma_list_with_a_dead_server_and_top_across_a_dying_node(
             env=env(tmp),
             cwd=tmp,
         )  # fmt: skip
+        lines: list[str] = []
+
+        def read() -> None:
+            assert top is not None and top.stdout is not None
+            for line in top.stdout:
+                lines.append(line)
+
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        # top is up and showing both nodes before one is killed (a Ctrl-C sent while
+        # it was still importing would test nothing, and fail)
+        until(lambda: any("n2" in line for line in lines) or top.poll() is not None, "top's n2")
         with ClusterClient(nats_server.url, cluster) as client:
 
             def status(name: str) -> str | None:
@@ -231,9 +243,14 @@ def test_a_comma_list_with_a_dead_server_and_top_across_a_dying_node(
             until(lambda: status("n2") == "up", "n2 up")
             nodes[1].kill()
             until(lambda: status("n2") == "down", "n2 seen down")
+        shown = len(lines)
+        until(lambda: len(lines) > shown or top.poll() is not None, "a frame after the kill")
         assert top.poll() is None, top.stderr.read() if top.stderr else ""
         top.send_signal(signal.SIGINT)
-        out, err = top.communicate(timeout=WAIT)
+        top.wait(timeout=WAIT)
+        reader.join(WAIT)
+        assert top.stderr is not None
+        out, err = "".join(lines), top.stderr.read()
         assert top.returncode == 0, err
         assert "Traceback" not in err
         assert "n1" in out

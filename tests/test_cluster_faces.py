@@ -221,7 +221,10 @@ async def test_a_peers_snapshot_survives_a_huge_int_in_stats(nats_server: NatsSe
             async with node(nats_server, "b", cluster, stats={"big": 2**70}) as b:
                 await until(lambda: b.cluster.is_up("a"), "a up")
                 async with node(nats_server, "c", cluster) as c:
-                    await until(lambda: c.cluster.is_up("b"), "b up at c")
+                    # c asks the nodes it knows up: both, not only the first heard of
+                    await until(
+                        lambda: c.cluster.is_up("a") and c.cluster.is_up("b"), "a and b up at c"
+                    )
                     snaps = await c.cluster.snapshot()
                     assert set(snaps) == {"a", "b", "c"}
 

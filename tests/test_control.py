@@ -13,6 +13,7 @@ import os
 import pathlib
 import random
 import shutil
+import socket
 import stat
 import subprocess
 import sys
@@ -445,6 +446,31 @@ async def test_connections_beyond_the_limit_are_refused(folder: pathlib.Path) ->
             for conn in held:
                 await conn.aclose()
             await assert_healthy(system)
+
+
+def test_a_refusal_written_before_the_request_is_a_control_error(folder: pathlib.Path) -> None:
+    """A refusing control socket (too many connections, permission denied) writes its one
+    error line and closes, maybe before the blocking `Client` has written its request:
+    the client reads that line then too, instead of failing on the broken pipe (which
+    made `troupe stop` on a busy socket print a traceback now and then).  Without a
+    line, the broken pipe is not hidden."""
+    folder.mkdir(mode=0o700)
+    path = folder / "app-1.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as server:
+        server.bind(str(path))
+        server.listen()
+        for goodbye in (b'{"ok":false,"error":"too many connections"}\n', b""):
+            client = Client(runtime.control.Endpoint("app", 1, path), timeout=WAIT)
+            conn, _ = server.accept()
+            conn.sendall(goodbye)
+            conn.close()  # before the client wrote anything
+            with client:
+                if goodbye:
+                    with pytest.raises(ControlError, match=r"^too many connections$"):
+                        client.call("stop")
+                else:
+                    with pytest.raises((BrokenPipeError, ConnectionResetError)):
+                        client.call("stop")
 
 
 # -- finding systems -----------------------------------------------------------------------

@@ -425,9 +425,15 @@ async def get(port: int, path: str) -> tuple[int, str, Any]:
 
 
 class Sticks(Actor):
+    def __init__(self, unstick: trio.Event | None = None) -> None:
+        self.unstick = unstick
+
     async def receive(self, msg: Any) -> Any:
-        if msg == "stick":
-            await trio.sleep(30)
+        if msg == "stick":  # until the test says (or the shutdown timeout cancels it)
+            if self.unstick is None:
+                await trio.sleep(30)
+            else:
+                await self.unstick.wait()
         if msg == "crash":
             raise ValueError("broken for good")
         return msg
@@ -437,7 +443,8 @@ class Sticks(Actor):
 
 
 async def test_healthz_and_readyz() -> None:
-    tree = Supervisor("app", children=[child(Sticks, name="s", shutdown=5.0)])
+    unstick = trio.Event()
+    tree = Supervisor("app", children=[child(Sticks, name="s", args=(unstick,), shutdown=5.0)])
     with trio.fail_after(WAIT):
         async with runtime.open_system(tree, metrics_port=0, stuck_after=0.3) as system:
             port = system.metrics.port
@@ -461,8 +468,9 @@ async def test_healthz_and_readyz() -> None:
             assert body["checks"]["actors"]["ok"] is False
             assert "/app/s handling" in body["checks"]["actors"]["problem"]
             system.stop()
-            code, _, body = await get(port, "/readyz")  # on_stop takes a second
+            code, _, body = await get(port, "/readyz")  # /app/s is still stuck
             assert code == 503 and body["status"] == "stopping"
+            unstick.set()  # the stop goes on (on_stop takes a second)
     assert system.metrics.readiness()[1]["status"] == "stopping"
 
 
