@@ -73,10 +73,42 @@ def test_links_between_pages_resolve(page: pathlib.Path) -> None:
             assert anchor in _anchors(file), f"{page.name}: no heading {anchor!r} in {path}"
 
 
+OUTSIDE = ("DESIGN.md", "shared design", "../shared", "/work/")
+"""What points at documents that live outside the repository."""
+
+
 def test_the_readme_points_only_inside_the_repository() -> None:
     text = README.read_text()
-    for outside in ("../", "DESIGN.md", "shared design", "/work/"):
+    for outside in ("../", *OUTSIDE):
         assert outside not in text
+
+
+def _linked_files() -> set[pathlib.Path]:
+    """The Markdown files of the repository that the pages link to (e.g. the benchmark report)."""
+    found = set()
+    for page in PAGES:
+        for target in _links(page):
+            path = (page.parent / target.partition("#")[0]).resolve()
+            if path.suffix == ".md" and path.is_relative_to(ROOT) and path.exists():
+                found.add(path)
+    return found
+
+
+def _documented_sources() -> list[pathlib.Path]:
+    """The modules whose docstrings the API reference renders."""
+    return sorted([*(ROOT / "runtime").glob("*.py"), *(ROOT / "actors").glob("*.py")])
+
+
+def test_nothing_the_docs_show_points_outside_the_repository() -> None:
+    """Not the pages, the files they link to, nor the docstrings of the API reference."""
+    shown = {*PAGES, *_linked_files(), *_documented_sources()}
+    found = [
+        f"{path.relative_to(ROOT)}: {outside}"
+        for path in sorted(shown)
+        for outside in OUTSIDE
+        if outside in path.read_text()
+    ]
+    assert not found
 
 
 def test_the_readme_keeps_set_up_quickstart_tables_and_links_into_the_docs() -> None:
