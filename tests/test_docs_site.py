@@ -127,3 +127,19 @@ def test_the_concepts_document_idle_actors_and_hibernation() -> None:
     actors = (DOCS / "concepts" / "actors.md").read_text()
     section = actors.split("### Idle actors and hibernation", 1)[1].split("\n### ", 1)[0]
     assert "hibernate_after" in section and "TODO" not in section
+
+
+def test_the_design_rules_the_code_cites_are_numbered_on_the_architecture_page() -> None:
+    """Docstrings cite "rule 5", "design rule 5": the architecture page numbers them."""
+    text = (DOCS / "architecture.md").read_text()
+    assert "## The design rules" in text
+    section = text.split("## The design rules", 1)[1].split("\n## ", 1)[0]
+    numbered = {int(n) for n in re.findall(r"^(\d+)\. \*\*", section, flags=re.M)}
+    cited = {
+        int(n)
+        for path in _documented_sources()
+        for match in re.finditer(r"\brules? (\d+)(?: and (\d+))?\b", path.read_text(), re.I)
+        for n in match.groups()
+        if n
+    }
+    assert cited and cited <= numbered, f"cited {sorted(cited)}, numbered {sorted(numbered)}"
