@@ -11,6 +11,7 @@ import importlib
 import importlib.util
 import pathlib
 import re
+import tomllib
 
 import pytest
 
@@ -143,3 +144,21 @@ def test_the_design_rules_the_code_cites_are_numbered_on_the_architecture_page()
         if n
     }
     assert cited and cited <= numbered, f"cited {sorted(cited)}, numbered {sorted(numbered)}"
+
+
+@pytest.mark.parametrize("page", ["CONTRIBUTING.md", "docs/architecture.md"])
+def test_the_layers_tables_are_the_import_contract(page: str) -> None:
+    """The layers as pyproject.toml's import-linter contract has them, top first."""
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    contract = next(c for c in config["tool"]["importlinter"]["contracts"] if c["type"] == "layers")
+    layers = [
+        {name.strip().removeprefix("runtime.") for name in layer.split(":")}
+        for layer in contract["layers"]
+    ]
+    text = (ROOT / page).read_text()
+    table = text.split("\n| layer | modules |", 1)[1].split("\n\n", 1)[0]
+    rows = [
+        {name.rstrip("/") for name in re.findall(r"`([\w/]+)`", row.split("|")[2])}
+        for row in table.splitlines()[2:]  # after the header and its |---|
+    ]
+    assert rows == layers
