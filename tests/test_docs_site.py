@@ -162,3 +162,19 @@ def test_the_layers_tables_are_the_import_contract(page: str) -> None:
         for row in table.splitlines()[2:]  # after the header and its |---|
     ]
     assert rows == layers
+
+
+def test_no_member_list_in_the_api_reference_is_overridden_by_the_default() -> None:
+    """With ``autodoc_default_options = {"members": True}``, autodoc replaces the
+    ``:members: a, b`` list of an autoclass with its default (every member): the
+    list must be spelled as ``:no-members:`` and one directive per member."""
+    namespace: dict[str, object] = {"__file__": str(DOCS / "conf.py")}
+    exec(compile((DOCS / "conf.py").read_text(), str(DOCS / "conf.py"), "exec"), namespace)
+    defaults = namespace.get("autodoc_default_options") or {}
+    assert isinstance(defaults, dict)
+    if isinstance(defaults.get("members"), str):
+        return  # a string default is extended by a directive's list, not replaced
+    listed = re.findall(
+        r"^\.\. auto(?:class|exception):: ([\w.]+).*\n(?:   .*\n)*?   :members: \S", API, re.M
+    )
+    assert not listed, f"their :members: lists are ignored: {listed}"
