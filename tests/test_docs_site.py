@@ -175,6 +175,8 @@ def test_no_member_list_in_the_api_reference_is_overridden_by_the_default() -> N
     if isinstance(defaults.get("members"), str):
         return  # a string default is extended by a directive's list, not replaced
     listed = re.findall(
-        r"^\.\. auto(?:class|exception):: ([\w.]+).*\n(?:   .*\n)*?   :members: \S", API, re.M
+        r"^\.\. auto(?:class|exception|module):: ([\w.]+).*\n(?:   .*\n)*?   :members: \S",
+        API,
+        re.M,
     )
     assert not listed, f"their :members: lists are ignored: {listed}"
