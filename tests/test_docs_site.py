@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import inspect
 import pathlib
+import pkgutil
 import re
 import tomllib
 
@@ -205,3 +207,100 @@ def test_only_the_headings_myst_anchors_are_link_targets(tmp_path: pathlib.Path)
     page = tmp_path / "page.md"
     page.write_text("# Top\n\n### Third\n\n#### Fourth\n\n```sh\n# a comment\n```\n")
     assert _anchors(page) == {"top", "third"}
+
+
+# A `Name` or `Name.attr` in single backticks in a docstring becomes a link when
+# it names a documented object; when it names nothing, Sphinx shows it as code and
+# `make docs` passes (only nitpicky mode warns, and it warns on every parameter
+# name too). So the names that look like classes must resolve somewhere.
+ROLE = re.compile(r"(?<![`\w:])`([A-Z]\w*(?:\.\w+)*)(?:\(\))?`(?![`\w])")
+NAMESPACES = [
+    "runtime",
+    "actors",
+    *(f"runtime.{m.name}" for m in pkgutil.iter_modules([str(ROOT / "runtime")])),
+    *(f"runtime.cluster.{m.name}" for m in pkgutil.iter_modules([str(ROOT / "runtime/cluster")])),
+    *(f"actors.{m.name}" for m in pkgutil.iter_modules([str(ROOT / "actors")])),
+    "trio",
+    "trio.lowlevel",
+    "builtins",
+    "concurrent.futures",
+    "weakref",
+    "queue",
+    "threading",
+    "logging",
+]
+
+
+def _documented_attributes() -> set[str]:
+    """``Class.attr`` for each ``.. attribute::`` written by hand under an autoclass
+    (instance attributes, which the class itself does not have)."""
+    found = set()
+    for cls, body in re.findall(r"^\.\. autoclass:: ([\w.]+).*\n((?:(?:   .*)?\n)*)", API, re.M):
+        for attribute in re.findall(r"^   \.\. attribute:: (\w+)", body, flags=re.M):
+            found.add(f"{cls.rpartition('.')[2]}.{attribute}")
+    return found
+
+
+def _resolves(name: str) -> bool:
+    if name in _documented_attributes():
+        return True
+    first, *rest = name.split(".")
+    for module in NAMESPACES:
+        if module.endswith("__main__"):
+            continue
+        found = getattr(importlib.import_module(module), first, None)
+        for part in rest:
+            found = getattr(found, part, None)
+        if found is not None:
+            return True
+    return False
+
+
+def _import(dotted: str) -> object:
+    """The object at a dotted path: the longest importable module, then attributes."""
+    parts = dotted.split(".")
+    for cut in range(len(parts), 0, -1):
+        try:
+            found: object = importlib.import_module(".".join(parts[:cut]))
+        except ImportError:
+            continue
+        for part in parts[cut:]:
+            found = getattr(found, part)
+        return found
+    raise ImportError(dotted)
+
+
+def _rendered_docstrings() -> dict[str, str]:
+    """The docstrings the API reference shows: every object its directives name, and
+    the members of the classes among them."""
+    found: dict[str, str] = {}
+    for dotted in re.findall(r"^\s*\.\. auto\w+:: ([\w.]+)", API, flags=re.M):
+        obj = _import(dotted)
+        found[dotted] = inspect.getdoc(obj) or ""
+        if inspect.isclass(obj):
+            for key, value in vars(obj).items():
+                if isinstance(value, property):
+                    value = value.fget
+                if isinstance(value, staticmethod | classmethod):
+                    value = value.__func__
+                if callable(value) and isinstance(getattr(value, "__doc__", None), str):
+                    found[f"{dotted}.{key}"] = inspect.cleandoc(value.__doc__)
+    return found
+
+
+def test_a_name_in_backticks_that_names_nothing_is_caught() -> None:
+    assert _resolves("Bridge.start_now") and _resolves("Terminated") and _resolves("TimeoutError")
+    assert _resolves("System.bus")  # an instance attribute, written in docs/api/runtime.rst
+    assert not _resolves("NoSuchThing") and not _resolves("Bridge.no_such_method")
+
+
+def test_the_names_the_api_reference_links_to_exist() -> None:
+    shown = _rendered_docstrings()
+    assert len(shown) > 100
+    missing = {
+        f"{where}: `{name}`"
+        for where, doc in shown.items()
+        for name in ROLE.findall(doc)
+        if not _resolves(name)
+    }
+    assert not missing
