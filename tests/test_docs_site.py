@@ -1,5 +1,8 @@
-"""The documentation stands on its own: the API reference names every public name,
-links between pages resolve, and the README points only inside the repository.
+"""The documentation stands on its own: the API reference names every public name
+(and only what it means to show), links between pages resolve (as MyST anchors
+them), nothing shown points outside the repository, the names docstrings put in
+backticks exist, and the tables that restate the code (layers, design rules)
+agree with it.
 
 (The examples are run by test_docs_examples.py; `make docs` builds the site with
 warnings as errors.)
