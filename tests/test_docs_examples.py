@@ -11,7 +11,7 @@ language, and Python is spelled ``python`` (a ``py``, ``python3``, ``pycon`` or
   that this very call runs and prints the line ``13`` (each time it runs), and
   the promised lines come in that order (other output may come between);
 - a test file, when its first line is ``# test_<name>.py ...``: run under pytest,
-  where it must pass;
+  where every test function in it must pass (none skipped or xfailed);
 - not executed, when the line before its fence is ``<!-- not executed: REASON -->``
   (a program that runs forever or needs a second terminal): it must still compile,
   must say why, and there are only a few of them.
@@ -194,20 +194,32 @@ def test_examples_not_executed_are_few_compile_and_say_why() -> None:
         compile(example.code, example.id, "exec")
 
 
-@pytest.mark.parametrize("example", PYTEST_FILES, ids=[e.id for e in PYTEST_FILES])
-def test_test_examples_pass_under_pytest(example: Example, tmp_path: pathlib.Path) -> None:
-    name = example.code.split()[1]  # "# test_x.py -- ..."
-    (tmp_path / name).write_text(example.code)
+def _run_test_file(code: str, folder: pathlib.Path, env: dict[str, str]) -> str | None:
+    """Run `code` (``# test_<name>.py ...``) under pytest in `folder`; what is wrong, or
+    None. Every test function in it must pass: none skipped, none an expected failure."""
+    name = code.split()[1]  # "# test_x.py -- ..."
+    (folder / name).write_text(code)
     done = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", name],
-        cwd=tmp_path,
-        env=_checkout_first(),
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rA", name],
+        cwd=folder,
+        env=env,
         capture_output=True,
         text=True,
         timeout=120,
     )
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert " passed" in done.stdout
+    if done.returncode != 0:
+        return f"exit status {done.returncode}\n{done.stdout}{done.stderr}"
+    tests = len(re.findall(r"^(?:async )?def test_", code, flags=re.M))
+    passed = re.findall(r"^PASSED ", done.stdout, flags=re.M)
+    if len(passed) != tests or re.search(r"\b(skipped|xfailed|xpassed|deselected)\b", done.stdout):
+        return f"{tests} test(s) in it, {len(passed)} passed\n{done.stdout}"
+    return None
+
+
+@pytest.mark.parametrize("example", PYTEST_FILES, ids=[e.id for e in PYTEST_FILES])
+def test_test_examples_pass_under_pytest(example: Example, tmp_path: pathlib.Path) -> None:
+    problem = _run_test_file(example.code, tmp_path, _checkout_first())
+    assert problem is None, problem
 
 
 PROMISE = re.compile(r"print\(.*\)[ \t]*#[ \t]*(.+)$")
@@ -351,3 +363,21 @@ def test_a_kept_promise_passes(tmp_path: pathlib.Path) -> None:
         "print(*'ab', sep='-', file=sys.stdout)  # a-b\n"
     )
     assert _run_script(code, tmp_path, _checkout_first()) is None
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        "# test_s.py\nimport pytest\ndef test_a(): pass\ndef test_b(): pytest.skip('later')\n",
+        "# test_x.py\nimport pytest\ndef test_a(): pass\n@pytest.mark.xfail\ndef test_b(): 1 / 0\n",
+    ],
+)
+def test_a_test_example_passes_only_if_every_test_in_it_passed(
+    code: str, tmp_path: pathlib.Path
+) -> None:
+    assert _run_test_file(code, tmp_path, _checkout_first()) is not None
+
+
+def test_a_test_example_whose_tests_all_pass_passes(tmp_path: pathlib.Path) -> None:
+    code = "# test_ok.py\nasync def helper(): pass\ndef test_a(): pass\ndef test_b(): pass\n"
+    assert _run_test_file(code, tmp_path, _checkout_first()) is None
