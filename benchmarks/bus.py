@@ -713,8 +713,9 @@ RACE = Bench(
         ),
     ],
     notes=[
-        f"race: the reference design's EventBus race (DESIGN.md: an always-subscribed handler "
-        f"missed 19,914 of 20,000 events), redone as tests/test_bus_race.py does: "
+        "race: the reference design's EventBus race (docs/howto/migrating-reference.md: an "
+        "always-subscribed handler missed 19,914 of 20,000 events), redone as "
+        "tests/test_bus_race.py does: "
         f"{RACE_TOTAL:,} events (full) published on 'race.t' by {RACE_THREADS} plain threads "
         "(system.publish on a runtime.start_in_thread handle, each its share, payload "
         "(thread, i)) while 4 churners subscribe and unsubscribe continuously: 2 actors in "
