@@ -17,9 +17,6 @@ import json
 import resource
 import subprocess
 import sys
-import tracemalloc
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from time import perf_counter
 from typing import Any
@@ -31,7 +28,7 @@ import runtime
 from runtime import Actor, Supervisor, child
 
 from .harness import Bench, Figures, Row, Size, Target
-from .kernel import ROOT, quiet_troupe_log, run_trio
+from .kernel import ROOT, quiet_troupe_log, run_trio, traced
 
 
 class Idle(Actor):
@@ -41,27 +38,13 @@ class Idle(Actor):
         return msg
 
 
-@contextmanager
-def _traced(out: list[int]) -> Iterator[None]:
-    """Append the net bytes allocated (and still alive) inside the block to `out`."""
-    gc.collect()
-    tracemalloc.start()
-    before = tracemalloc.get_traced_memory()[0]
-    try:
-        yield
-        gc.collect()
-        out.append(tracemalloc.get_traced_memory()[0] - before)
-    finally:
-        tracemalloc.stop()
-
-
 # -- memory per idle actor, specs included ------------------------------------
 async def troupe_idle_memory(n: int, hibernate_after: float | None) -> float:
     """Bytes per idle actor: specs built, started under one supervisor, all idle."""
     net: list[int] = []
     async with runtime.open_system(Supervisor(ROOT)) as system:
         await trio.testing.wait_all_tasks_blocked()
-        with _traced(net):
+        with traced(True, net):
             specs = [child(Idle, name=f"a{i}", hibernate_after=hibernate_after) for i in range(n)]
             await system.start_child(f"/{ROOT}", Supervisor("pool", children=specs))
             del specs
@@ -74,7 +57,7 @@ async def bare_idle_memory(n: int) -> float:
     net: list[int] = []
     async with trio.open_nursery() as nursery:
         await trio.testing.wait_all_tasks_blocked()
-        with _traced(net):
+        with traced(True, net):
             for _ in range(n):
                 nursery.start_soon(trio.sleep_forever)
             await trio.testing.wait_all_tasks_blocked()

@@ -262,7 +262,7 @@ async def _sleeper(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
 
 
 @contextmanager
-def _traced(enabled: bool, out: list[int]) -> Iterator[None]:
+def traced(enabled: bool, out: list[int]) -> Iterator[None]:
     """Append the net bytes allocated (and still alive) inside the block to `out`."""
     if not enabled:
         yield
@@ -285,7 +285,7 @@ async def troupe_spawn(n: int, trace: bool) -> tuple[float, float]:
     net: list[int] = []
     async with runtime.open_system(Supervisor(ROOT)) as system:
         await trio.testing.wait_all_tasks_blocked()
-        with _traced(trace, net):
+        with traced(trace, net):
             start = perf_counter()
             await system.start_child(f"/{ROOT}", pool)
             took = perf_counter() - start
@@ -298,7 +298,7 @@ async def bare_spawn(n: int, trace: bool) -> tuple[float, float]:
     net: list[int] = []
     async with trio.open_nursery() as nursery:
         await trio.testing.wait_all_tasks_blocked()
-        with _traced(trace, net):
+        with traced(trace, net):
             start = perf_counter()
             for _ in range(n):
                 await nursery.start(_sleeper)

@@ -537,15 +537,8 @@ class Bridge(Actor):
         self._jobs.discard(job)
         self._durations.append(job.ended_at - job.ran_at)
         self._waits.append(job.ran_at - job.queued_at)
-        if isinstance(result, outcome.Value):
-            self.completed += 1
-            self._outcomes.append(False)
-            job.reply.send(result.value)
-        else:
-            assert isinstance(result, outcome.Error)
-            self.failed += 1
-            self._outcomes.append(True)
-            job.reply.fail(result.error)
+        assert result is not None  # a worker hands a job back with its outcome
+        self._answer(job, result)
 
     def _give_up(self, job: _Job, error: BaseException | None = None) -> None:
         """The caller gave up (or the bridge stops): drop a queued call, abandon a running one."""
@@ -623,10 +616,8 @@ class Bridge(Actor):
             self._saturated_since = job.started
         self.ctx.nursery.start_soon(self._run_in_process, job, payload)
 
-    def _finish(self, job: _Job, result: outcome.Outcome[Any]) -> None:
-        """A process call ended."""
-        if job.state != "pending":
-            return
+    def _answer(self, job: _Job, result: outcome.Outcome[Any]) -> None:
+        """Count how a call ended and answer its caller with it."""
         if isinstance(result, outcome.Value):
             self.completed += 1
             self._outcomes.append(False)
@@ -636,6 +627,12 @@ class Bridge(Actor):
             self.failed += 1
             self._outcomes.append(True)
             job.reply.fail(result.error)
+
+    def _finish(self, job: _Job, result: outcome.Outcome[Any]) -> None:
+        """A process call ended."""
+        if job.state != "pending":
+            return
+        self._answer(job, result)
         self._durations.append(trio.current_time() - job.started)
         self._release(job, "done")
 

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
+from test_hibernation import task_names
 
 import runtime
 from actors import Daemon, Pool, Resize
@@ -35,19 +36,6 @@ from runtime import (
     child,
 )
 from runtime.testing import expect_crashes, wait_for
-
-
-def task_names() -> list[str]:
-    names: list[str] = []
-
-    def walk(task: trio.lowlevel.Task) -> None:
-        names.append(task.name)
-        for nursery in task.child_nurseries:
-            for sub in nursery.child_tasks:
-                walk(sub)
-
-    walk(trio.lowlevel.current_root_task())
-    return names
 
 
 def node(system: runtime.System, path: str) -> Any:
