@@ -19,7 +19,6 @@ from contextlib import asynccontextmanager, contextmanager
 from typing import TYPE_CHECKING, Any, TypedDict
 
 import trio
-import trio.testing
 
 from .control import ControlServer
 from .errors import RuntimeClosed, unwrap_single
@@ -205,7 +204,9 @@ async def _serving(
     """Run an already made `system` (see `open_system`)."""
     # Under a mock clock (tests) steps are still measured and counted, but not
     # published: virtual time and how fast this machine runs have nothing in common.
-    mock = isinstance(trio.lowlevel.current_clock(), trio.testing.MockClock)
+    # (trio.testing is only looked up: a clock can only be one if it was imported)
+    testing = sys.modules.get("trio.testing")
+    mock = testing is not None and isinstance(trio.lowlevel.current_clock(), testing.MockClock)
     monitor = system.loop_monitor
     monitor.blocked_after = blocked_after
     monitor.on_blocked = None if mock else system.publish_blocked

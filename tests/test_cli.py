@@ -278,3 +278,15 @@ def test_run_starts_a_node_that_another_node_asks(nats_server: NatsServer) -> No
     assert answer["node"] == name and answer["pid"] == proc.pid
     assert status == "down"
     assert proc.returncode == 0, err
+
+
+def test_the_cli_does_not_load_the_test_tools() -> None:
+    """`troupe` starts without importing pytest or trio.testing (70 ms of every start)."""
+    code = (
+        "import sys, runtime.cli, runtime.entry; "
+        "print(sorted(m for m in ('pytest', 'trio.testing') if m in sys.modules))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stdout.strip() == "[]", done.stdout
