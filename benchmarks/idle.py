@@ -19,23 +19,15 @@ import subprocess
 import sys
 from pathlib import Path
 from time import perf_counter
-from typing import Any
 
 import trio
 import trio.testing
 
 import runtime
-from runtime import Actor, Supervisor, child
+from runtime import Supervisor, child
 
 from .harness import Bench, Figures, Row, Size, Target
-from .kernel import ROOT, quiet_troupe_log, run_trio, traced
-
-
-class Idle(Actor):
-    """An entity actor: answers what it is asked, and idles."""
-
-    async def receive(self, msg: Any) -> Any:
-        return msg
+from .kernel import ROOT, Idle, quiet_troupe_log, run_trio, traced
 
 
 # -- memory per idle actor, specs included ------------------------------------

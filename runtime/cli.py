@@ -286,6 +286,17 @@ def _cmd_events(args: argparse.Namespace) -> int:
     return 0
 
 
+def _top_view(args: argparse.Namespace) -> dict[str, Any]:
+    """How `troupe top` shows what it samples, local or across a cluster."""
+    return {
+        "sort": args.sort,
+        "interval": args.interval,
+        "once": args.once,
+        "width": args.width,
+        "hide_system": args.hide_system,
+    }
+
+
 def _cmd_top(args: argparse.Namespace) -> int:
     if args.width is not None and args.width < 20:
         raise UsageError(f"--width {args.width}: at least 20 columns")
@@ -297,14 +308,7 @@ def _cmd_top(args: argparse.Namespace) -> int:
 
     with _client(args.system) as client:
         try:
-            run_top(
-                client,
-                sort=args.sort,
-                interval=args.interval,
-                once=args.once,
-                width=args.width,
-                hide_system=args.hide_system,
-            )
+            run_top(client, **_top_view(args))
         except KeyboardInterrupt:
             pass
         except ConnectionError:
@@ -557,15 +561,7 @@ def _cluster_top(args: argparse.Namespace) -> int:
             return snapshots, [name for name in up if name not in snapshots]
 
         try:
-            run_cluster_top(
-                fetch,
-                cluster=client.cluster_name,
-                sort=args.sort,
-                interval=args.interval,
-                once=args.once,
-                width=args.width,
-                hide_system=args.hide_system,
-            )
+            run_cluster_top(fetch, cluster=client.cluster_name, **_top_view(args))
         except KeyboardInterrupt:
             pass
     return 0

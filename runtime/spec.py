@@ -145,31 +145,31 @@ def _one_of(choices: tuple[str, ...], what: str) -> Any:
     return check
 
 
-def _check_shutdown(_i: object, _a: object, value: float | None) -> None:
-    if value is None:
-        return
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or math.isnan(value)
-        or value < 0
-    ):
-        raise ValueError(f"shutdown must be seconds >= 0 or None (wait forever), got {value!r}")
+def _seconds_or_none(what: str, meaning: str, *, finite: bool) -> Any:
+    """An attrs validator: `what` is seconds >= 0 (finite with `finite`) or None;
+    `meaning` says what the number and None mean, in the error."""
+
+    def check(_i: object, _a: object, value: float | None) -> None:
+        if value is None:
+            return
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or math.isnan(value)
+            or value < 0
+            or (finite and math.isinf(value))
+        ):
+            raise ValueError(f"{what} must be seconds >= 0{meaning}, got {value!r}")
+
+    return check
 
 
-def _check_hibernate_after(_i: object, _a: object, value: float | None) -> None:
-    if value is None:
-        return
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not math.isfinite(value)
-        or value < 0
-    ):
-        raise ValueError(
-            "hibernate_after must be seconds >= 0 (how long an idle actor keeps its task) "
-            f"or None (never hibernate), got {value!r}"
-        )
+_check_shutdown = _seconds_or_none("shutdown", " or None (wait forever)", finite=False)
+_check_hibernate_after = _seconds_or_none(
+    "hibernate_after",
+    " (how long an idle actor keeps its task) or None (never hibernate)",
+    finite=True,
+)
 
 
 _CHECKED: weakref.WeakKeyDictionary[type, tuple[Any, ...]] = weakref.WeakKeyDictionary()

@@ -340,12 +340,15 @@ async def test_cancelling_the_system_ends_hibernating_actors(autojump_clock: Any
         "app", children=[child(Counter, name=f"c{i}", hibernate_after=0) for i in range(20)]
     )
     system_seen: list[runtime.System] = []
-    with trio.move_on_after(1):
-        async with runtime.open_system(tree) as system:
-            system_seen.append(system)
-            await trio.sleep_forever()
-    # The system stopped: every slot ended (nothing left running without a task).
-    assert not system_seen[0].is_running
+    with trio.fail_after(60):  # a slot left running without a task would hang the stop
+        with trio.move_on_after(1):
+            async with runtime.open_system(tree) as system:
+                await system.ref("/app/c3").ask("x")
+                system_seen.append(system)
+                await trio.sleep_forever()
+    system = system_seen[0]
+    assert not system.is_running
+    assert all(n.state == "stopped" and not n.hibernating for n in system.snapshot().root.walk())
 
 
 async def test_kill_with_hibernating_children_does_not_hang(autojump_clock: Any) -> None:
@@ -356,6 +359,8 @@ async def test_kill_with_hibernating_children_does_not_hang(autojump_clock: Any)
     with trio.fail_after(30):
         async with runtime.open_system(tree) as system:
             await system.ref("/app/c3").ask("x")
+            await trio.testing.wait_all_tasks_blocked()
+            assert node(system, "/app/c3").hibernating
             system.kill()
             await trio.sleep_forever()
 
@@ -481,3 +486,54 @@ async def test_an_on_stop_set_on_the_instance_runs(autojump_clock: Any) -> None:
         await trio.testing.wait_all_tasks_blocked()
         assert node(system, "/app/i").hibernating
     assert log == [("stopped", "shutdown")]
+
+
+class Defers(Actor):
+    """Keeps the reply for later (never sends it): the asker waits on the incarnation."""
+
+    def __init__(self) -> None:
+        self.pending: list[Any] = []
+
+    async def receive(self, msg: Any) -> Any:
+        self.pending.append(self.ctx.defer_reply())
+        return None
+
+
+class HangsInOnStop(Actor):
+    async def receive(self, msg: Any) -> Any:
+        return msg
+
+    async def on_stop(self, reason: Any) -> None:
+        await trio.sleep_forever()
+
+
+async def test_a_supervisor_cancelled_ends_its_hibernating_children(
+    autojump_clock: Any,
+) -> None:
+    # /app/sub stops its children last first: `hangs` never finishes its on_stop, so
+    # sub's own shutdown timeout cancels it while `defers` hibernates.  The hibernating
+    # incarnation ends with it, and its deferred reply fails at once.
+    sub = Supervisor(
+        "sub",
+        shutdown=1.0,
+        children=[
+            child(Defers, name="defers", hibernate_after=0),
+            child(HangsInOnStop, name="hangs", shutdown=None),
+        ],
+    )
+    async with runtime.open_system(Supervisor("app", children=[sub])) as system:
+        outcome: list[Any] = []
+
+        async def ask() -> None:
+            try:
+                await system.ref("/app/sub/defers").ask("later", timeout=60)
+            except runtime.ActorStopped as error:
+                outcome.append(error)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(ask)
+            await trio.testing.wait_all_tasks_blocked()
+            assert node(system, "/app/sub/defers").hibernating
+            await system.terminate_child("/app/sub")
+        # ActorStopped from the ended incarnation, not the ask's own AskTimeout (60 s)
+        assert len(outcome) == 1

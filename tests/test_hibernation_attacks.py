@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
-from test_hibernation import task_names
+from test_hibernation import Watching, task_names
 
 import runtime
 from actors import Daemon, Pool, Resize
@@ -32,7 +32,6 @@ from runtime import (
     Mailbox,
     RestartIntensityExceeded,
     Supervisor,
-    Terminated,
     child,
 )
 from runtime.testing import expect_crashes, wait_for
@@ -504,20 +503,17 @@ class Slow(Actor):
             self.inside = False
 
 
+def slow_app(log: list[Any], mailbox: Mailbox) -> Supervisor:
+    """/app/s: a hibernating `Slow` with `mailbox`, logging into `log`."""
+    return Supervisor(
+        "app",
+        children=[child(Slow, name="s", args=(log,), hibernate_after=0, mailbox=mailbox)],
+    )
+
+
 async def test_a_full_block_mailbox_with_senders_in_line(autojump_clock: Any) -> None:
     log: list[Any] = []
-    tree = Supervisor(
-        "app",
-        children=[
-            child(
-                Slow,
-                name="s",
-                args=(log,),
-                hibernate_after=0,
-                mailbox=Mailbox(capacity=2, overflow="block"),
-            )
-        ],
-    )
+    tree = slow_app(log, Mailbox(capacity=2, overflow="block"))
     with trio.fail_after(600):
         async with runtime.open_system(tree) as system:
             ref = system.ref("/app/s")
@@ -542,18 +538,7 @@ async def test_dropping_mailboxes_account_for_every_message(
     autojump_clock: Any, overflow: str
 ) -> None:
     log: list[Any] = []
-    tree = Supervisor(
-        "app",
-        children=[
-            child(
-                Slow,
-                name="s",
-                args=(log,),
-                hibernate_after=0,
-                mailbox=Mailbox(capacity=3, overflow=overflow),  # type: ignore[arg-type]
-            )
-        ],
-    )
+    tree = slow_app(log, Mailbox(capacity=3, overflow=overflow))  # type: ignore[arg-type]
     sent = 0
     with trio.fail_after(600):
         async with runtime.open_system(tree) as system:
@@ -857,7 +842,7 @@ async def test_a_nested_supervisor_stopped_while_its_children_hibernate(
                 ]
                 + [child(Plain, name=f"p{i}", hibernate_after=0) for i in range(5)],
             ),
-            child(Watcher, name="w", args=(seen,), hibernate_after=0),
+            child(Watching, name="w", args=(seen,), hibernate_after=0),
         ],
     )
     with trio.fail_after(120):
@@ -870,18 +855,6 @@ async def test_a_nested_supervisor_stopped_while_its_children_hibernate(
             await wait_for(lambda: len(seen) == 5, timeout=10)
             assert sorted(seen) == [(f"/app/sub/p{i}", "shutdown") for i in range(5)]
             assert all(not n.path.startswith("/app/sub") for n in system.snapshot().root.walk())
-
-
-class Watcher(Actor):
-    def __init__(self, seen: list[Any]) -> None:
-        self.seen = seen
-
-    async def receive(self, msg: Any) -> Any:
-        if isinstance(msg, tuple) and msg[0] == "watch":
-            self.ctx.watch(self.ctx.system.ref(msg[1]))
-        elif isinstance(msg, Terminated):
-            self.seen.append((msg.ref.path, msg.reason))
-        return None
 
 
 async def test_terminate_child_hands_over_to_a_hibernating_actor(autojump_clock: Any) -> None:
@@ -1069,7 +1042,7 @@ async def test_ctx_stop_in_a_woken_transient_actor(autojump_clock: Any) -> None:
         "app",
         children=[
             child(StopsItself, name="s", restart="transient", hibernate_after=0),
-            child(Watcher, name="w", args=(seen,)),
+            child(Watching, name="w", args=(seen,)),
         ],
     )
     with trio.fail_after(60):
@@ -1188,7 +1161,7 @@ async def test_a_supervisor_past_its_shutdown_timeout_ends_hibernating_children(
     tree = Supervisor(
         "app",
         children=[
-            child(Watcher, name="w", args=(seen,)),
+            child(Watching, name="w", args=(seen,)),
             Supervisor(
                 "sub",
                 shutdown=1,
