@@ -483,3 +483,40 @@ def test_all_errors_subclass_troupe_error() -> None:
         assert getattr(runtime.errors, name) is cls
     assert issubclass(runtime.AskTimeout, TimeoutError)
     assert issubclass(runtime.TroupeError, Exception)
+
+
+class BetweenMessages(Actor):
+    """Looks at its context from a background task while it holds no message."""
+
+    def __init__(self, seen: list[tuple[bool, bool]], look: trio.Event) -> None:
+        self.seen = seen
+        self.look = look
+
+    async def receive(self, msg: Any) -> Any:
+        if msg == "start":
+            self.ctx.nursery.start_soon(self._watch)
+        return msg
+
+    async def _watch(self) -> None:
+        await self.look.wait()
+        busy = self.ctx.ref.is_busy
+        self.seen.append((self.ctx.expects_reply, busy))
+
+
+async def test_no_message_in_hand_after_an_ask_was_answered() -> None:
+    """Once an ask is answered and the actor waits for mail, nothing says a reply is
+    still expected: `expects_reply` is False and the actor is not busy."""
+    seen: list[tuple[bool, bool]] = []
+    look = trio.Event()
+    tree = Supervisor(
+        "app", children=[child(BetweenMessages, name="a", kwargs={"seen": seen, "look": look})]
+    )
+    async with runtime.open_system(tree) as system:
+        ref = system.ref("/app/a")
+        assert await ref.ask("start") == "start"
+        assert await ref.ask("again") == "again"
+        look.set()
+        with trio.fail_after(5):
+            while not seen:
+                await trio.sleep(0.01)
+    assert seen == [(False, False)]
