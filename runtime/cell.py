@@ -924,7 +924,7 @@ class ActorBehaviour:
                     self.current = IDLE
                     return cell._stop_reason
                 # The mailbox's own ready/take: C-level calls while there is only user mail.
-                if not mailbox.ready() or (item := mailbox.take()) is EMPTY:
+                if not mailbox.ready or (item := mailbox.take()) is EMPTY:
                     break
                 kind = type(item)
                 if kind is Ask:

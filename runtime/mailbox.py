@@ -26,7 +26,6 @@ queued survives a restart.  All of it is touched only from the trio thread.
 
 from __future__ import annotations
 
-import itertools
 from collections import deque
 from collections.abc import Callable
 from typing import Any, Final, Protocol
@@ -48,14 +47,12 @@ _NO_MESSAGES: deque[Any] = deque()
 """Shared by every mailbox that never got a message (an idle actor costs no deque).
 Nothing is ever appended to it: the first put swaps in a deque of the mailbox's own."""
 
-_NOTHING_READY = _NO_MESSAGES.__len__
-"""`MailboxQueue.ready` of a mailbox that never got a message (always 0)."""
-
 _NO_TAKE = _NO_MESSAGES.popleft
 """`MailboxQueue.take` of a mailbox that never got a message (never called: not ready)."""
 
-_ALWAYS_READY = itertools.repeat(1).__next__
-"""`MailboxQueue.ready` while `take` is the slow path (which answers EMPTY itself)."""
+_ALWAYS_READY: Final[Any] = True
+"""`MailboxQueue.ready` while `take` is the slow path (which answers EMPTY itself):
+always true."""
 
 
 WAITING: Final = "waiting"
@@ -200,11 +197,12 @@ class MailboxQueue:
         self._limit = self.capacity  # capacity - reserved, 0 once closed: `put`'s one test
         self._threads_waiting = False
         self._room_wanted = False  # someone (a sender or a thread) waits for room
-        # The consumer's pair: `ready()` is non-zero when `take()` has something to do.
+        # The consumer's pair: `ready` is true when `take()` has something to do.
         # While only user mail is queued (no system item, nobody waiting for room) they
-        # are the user deque's own __len__ and popleft (no Python call per message);
-        # otherwise `_ALWAYS_READY` and `_take_slow`, which answers EMPTY when empty.
-        self.ready: Callable[[], int] = _NOTHING_READY
+        # are the user deque itself (true while it holds a message: no call at all) and
+        # its popleft (no Python call per message); otherwise `_ALWAYS_READY` and
+        # `_take_slow`, which answers EMPTY when empty.
+        self.ready: Any = _NO_MESSAGES
         self.take: Callable[[], Any] = _NO_TAKE
 
     # -- queries -----------------------------------------------------------
@@ -511,10 +509,10 @@ class MailboxQueue:
 
         Taking a user message hands the room made to the head of the line of
         waiting senders (or to waiting threads).
-        (`ready()` and `take()` do the same for a loop that wants no Python call per
-        message: ``item = take() if ready() else EMPTY``; `take` may say EMPTY too.)
+        (`ready` and `take()` do the same for a loop that wants no Python call per
+        message: ``item = take() if ready else EMPTY``; `take` may say EMPTY too.)
         """
-        return self.take() if self.ready() else EMPTY
+        return self.take() if self.ready else EMPTY
 
     def _take_slow(self) -> Any:
         """`take` when there is more to do than pop a user message."""
@@ -539,7 +537,7 @@ class MailboxQueue:
         else:
             user = self._user
             self.take = user.popleft
-            self.ready = user.__len__
+            self.ready = user
 
     def _slow_take(self) -> None:
         self.take = self._take_slow
