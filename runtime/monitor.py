@@ -6,7 +6,7 @@ import json
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sized
 from typing import TYPE_CHECKING, Any
 
 import attr
@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from .system import System
 
 log = logging.getLogger("troupe.monitor")
+perf_counter = time.perf_counter
 
 
 @attrs.frozen
@@ -94,6 +95,16 @@ class LoopMonitor(trio.abc.Instrument):
     sleeps `interval` and notes how late it woke.  Steps longer than
     `blocked_after` are handed to `on_blocked` through `run_sync_soon`
     (batched), never from inside the instrument hook itself.
+
+    Two hooks, because trio's call of a hook costs more than the hook's own
+    work: `after_io_wait` (once per turn of the loop) and `after_task_step`
+    (once per step).  A step is timed from the end of the one before it in the
+    same batch, or from the loop's wake-up for the first one; so a step's time
+    also holds trio's own bookkeeping just before it (microseconds; with
+    many cancel scopes expiring at once, their wake-ups), never the loop's
+    sleep.  The wake-up hook also admits what foreign threads handed the loop
+    (`serve_handoffs`), so that the receiving actor runs in the very batch the
+    wake-up starts rather than the next one.
     """
 
     def __init__(
@@ -120,15 +131,46 @@ class LoopMonitor(trio.abc.Instrument):
         sets it).  Only when `on_blocked` is set (never under a mock clock)."""
         self._warned_at: float | None = None
         self._unwarned = 0
+        self._handoffs: Sized = ()
+        self._admit: Callable[[], None] | None = None
 
-    def before_task_step(self, task: trio.lowlevel.Task) -> None:
-        self._t0 = time.perf_counter()
+    def install(self) -> None:
+        """Start measuring the current trio run's loop (`trio.lowlevel.add_instrument`)."""
+        self._t0 = None  # the first step is measured from the first wake-up after this
+        trio.lowlevel.add_instrument(self)
+
+    def uninstall(self) -> None:
+        """Stop measuring (`trio.lowlevel.remove_instrument`); `install` may follow."""
+        trio.lowlevel.remove_instrument(self)
+        self._t0 = None  # a later install must not count the time between as a step
+
+    def serve_handoffs(self, handoffs: Sized, admit: Callable[[], None]) -> None:
+        """Call `admit()` each time the loop wakes up and `handoffs` is not empty
+        (e.g. the asks foreign threads handed the loop: `ThreadGate.admit_handoffs`).
+
+        `admit` runs in the loop, outside any task, before trio starts the batch of
+        tasks the wake-up made runnable: the tasks it reschedules run in that batch.
+        It must not block; what it raises is logged, and the monitor carries on.
+        """
+        self._handoffs = handoffs
+        self._admit = admit
+
+    def after_io_wait(self, timeout: float) -> None:
+        if self._handoffs:
+            try:
+                self._admit()  # type: ignore[misc]  # set with _handoffs
+            except Exception:  # an exception here would remove the instrument
+                log.exception("admitting what threads handed the loop failed")
+        self._t0 = perf_counter()  # the batch starts (after our own work)
 
     def after_task_step(self, task: trio.lowlevel.Task) -> None:
         self.steps += 1
-        if self._t0 is None:  # installed in the middle of this step: nothing to measure
+        now = perf_counter()
+        t0 = self._t0
+        self._t0 = now  # the next step of this batch starts here
+        if t0 is None:  # installed in the middle of this step: nothing to measure
             return
-        took = time.perf_counter() - self._t0
+        took = now - t0
         if took > self.longest_step:
             self.longest_step = took
             self.longest_step_task = attribute(task)
