@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sized
@@ -112,7 +113,6 @@ class LoopMonitor(trio.abc.Instrument):
         blocked_after: float = 0.05,
         on_blocked: Callable[[list[BlockedStep]], None] | None = None,
     ) -> None:
-        self.blocked_after = blocked_after
         self.on_blocked = on_blocked
         self.longest_step = 0.0
         self.longest_step_task: str | None = None
@@ -125,7 +125,9 @@ class LoopMonitor(trio.abc.Instrument):
         self._pending: deque[BlockedStep] = deque(maxlen=100)
         self._flush_scheduled = False
         self._token: trio.lowlevel.TrioToken | None = None
-        self._t0: float | None = None  # None until a whole step has been seen
+        self._t0 = math.inf  # when the step now running began (inf: unknown, not timed)
+        self._blocked_after = blocked_after
+        self._notable = 0.0  # a step longer than this is the longest yet, or blocked
         self.warn_every: float | None = None
         """Seconds between warnings (logged) of a blocked loop; None: none (`troupe run`
         sets it).  Only when `on_blocked` is set (never under a mock clock)."""
@@ -134,15 +136,25 @@ class LoopMonitor(trio.abc.Instrument):
         self._handoffs: Sized = ()
         self._admit: Callable[[], None] | None = None
 
+    @property
+    def blocked_after(self) -> float:
+        """Seconds: a longer step counts as blocking the loop (`on_blocked` is told)."""
+        return self._blocked_after
+
+    @blocked_after.setter
+    def blocked_after(self, seconds: float) -> None:
+        self._blocked_after = seconds
+        self._notable = min(self.longest_step, seconds)
+
     def install(self) -> None:
         """Start measuring the current trio run's loop (`trio.lowlevel.add_instrument`)."""
-        self._t0 = None  # the first step is measured from the first wake-up after this
+        self._t0 = math.inf  # the first step is timed from the first wake-up after this
         trio.lowlevel.add_instrument(self)
 
     def uninstall(self) -> None:
         """Stop measuring (`trio.lowlevel.remove_instrument`); `install` may follow."""
         trio.lowlevel.remove_instrument(self)
-        self._t0 = None  # a later install must not count the time between as a step
+        self._t0 = math.inf  # a later install must not count the time between as a step
 
     def serve_handoffs(self, handoffs: Sized, admit: Callable[[], None]) -> None:
         """Call `admit()` each time the loop wakes up and `handoffs` is not empty
@@ -164,19 +176,23 @@ class LoopMonitor(trio.abc.Instrument):
         self._t0 = perf_counter()  # the batch starts (after our own work)
 
     def after_task_step(self, task: trio.lowlevel.Task) -> None:
+        # Kept to the least work: it runs after every step of every task.
         self.steps += 1
         now = perf_counter()
-        t0 = self._t0
+        took = now - self._t0  # -inf if the start is unknown (installed mid-step)
         self._t0 = now  # the next step of this batch starts here
-        if t0 is None:  # installed in the middle of this step: nothing to measure
-            return
-        took = now - t0
+        if took > self._notable:
+            self._note(task, took)
+
+    def _note(self, task: trio.lowlevel.Task, took: float) -> None:
+        """A step the longest yet, or longer than `blocked_after`, or both."""
         if took > self.longest_step:
             self.longest_step = took
             self.longest_step_task = attribute(task)
             self.longest_step_at = time.time()
-        if took > self.blocked_after:
+        if took > self._blocked_after:
             self._blocked(BlockedStep(attribute(task), took, time.time()))
+        self._notable = min(self.longest_step, self._blocked_after)
 
     def _blocked(self, step: BlockedStep) -> None:
         self.blocked += 1

@@ -155,12 +155,14 @@ class ThreadReply:
         if self._settled:
             return False
         self._value = value  # before the token: a thread that finds it gone reads this
-        if self._take():
-            self._settled = True
-            self._waiter.put(self)
-            return True
-        self._on_late(value)
-        return False
+        try:
+            self._token.pop()  # `_take`, inline: every answer comes this way
+        except IndexError:
+            self._on_late(value)
+            return False
+        self._settled = True
+        self._waiter.put(self)
+        return True
 
     def fail(self, error: BaseException) -> bool:
         """Loop thread: the ask failed (`ActorStopped` while the system stops is
@@ -633,7 +635,8 @@ class ThreadGate:
             self.tell(mailbox, ask, timeout, path)
             return None
         with self._lock:
-            self._check_open()
+            if not self._open:
+                self._closed()
             if not (self._wake_scheduled or self._draining or lane.items):
                 self._post(lane, mailbox, ask, deadline, path, reply, queued=False)
                 self.handoffs.append((lane, ask))
@@ -649,8 +652,13 @@ class ThreadGate:
         self._token_call(self._drain)
 
     def _hand_off(self) -> None:
-        """Any thread: wake the loop to admit the asks in `handoffs`."""
-        self._token_call(self.admit_handoffs)
+        """Any thread: wake the loop to admit the asks in `handoffs` (`_token_call`,
+        one call less: it is on every ask's way)."""
+        assert self._token is not None
+        try:
+            self._token.run_sync_soon(self.admit_handoffs)
+        except trio.RunFinishedError:
+            self._closed()
 
     @staticmethod
     def _done(lane: _Lane) -> None:
@@ -854,7 +862,8 @@ class ThreadGate:
                 return  # the gate closed, or the ask gave up: nothing is sent
             mailbox = lane.want
             assert mailbox is not None
-            line = None if mailbox.overflow == "fail" else self._lines.get(mailbox)
+            lines = self._lines  # (mostly empty: then no lookup)
+            line = None if not lines or mailbox.overflow == "fail" else lines.get(mailbox)
             if not line and lane.reply is not None and mailbox.has_room():
                 # An ask, and room nobody holds: it goes in as a loop-side ask would
                 # (its thread waits for the reply, so it is lent nothing).
