@@ -246,3 +246,22 @@ def test_a_thread_ask_reaches_its_actor_in_the_batch_its_wake_up_starts() -> Non
         shared = [batch for batch in batches.actor_batches if batch < 0]
         assert len(batches.actor_batches) >= 20
         assert len(shared) >= 15, batches.actor_batches
+
+
+def test_a_thread_ask_to_an_actor_stopped_for_good_is_dead_lettered_from_the_wake_up() -> None:
+    # Admitted as the loop wakes up, outside any task: the closed mailbox dead-letters
+    # it (published on the bus too) and the thread gets ActorStopped.
+    with runtime.start_in_thread(tree()) as system:
+        ref = system.ref("/app/c")
+        assert ref.ask_blocking(1, timeout=WAIT) == 1
+        system.terminate_child("/app/c")
+
+        def work() -> None:
+            for _ in range(3):
+                time.sleep(0.002)  # the loop is idle, asleep, when the ask comes
+                with pytest.raises(runtime.ActorStopped):
+                    ref.ask_blocking("late", timeout=WAIT)
+
+        in_thread(work)
+        assert system.snapshot().dead_letters["stopped"] == 3
+        assert system.is_running
