@@ -210,7 +210,7 @@ async def _serving(
     monitor = system.loop_monitor
     monitor.blocked_after = blocked_after
     monitor.on_blocked = None if mock else system.publish_blocked
-    trio.lowlevel.add_instrument(monitor)
+    monitor.install()
     start_error: BaseException | None = None
 
     async def run_tree(task_status: trio.TaskStatus[BaseException | None]) -> None:
@@ -279,7 +279,7 @@ async def _serving(
         raise error from error.__cause__  # keep its cause, drop the group
     finally:
         system.close()
-        trio.lowlevel.remove_instrument(monitor)
+        monitor.uninstall()
     if system.interrupt is not None:
         raise system.interrupt
     if system.failure is not None:

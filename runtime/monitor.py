@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sized
 from typing import TYPE_CHECKING, Any
 
 import attr
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
     from .system import System
 
 log = logging.getLogger("troupe.monitor")
+perf_counter = time.perf_counter
 
 
 @attrs.frozen
@@ -94,6 +96,16 @@ class LoopMonitor(trio.abc.Instrument):
     sleeps `interval` and notes how late it woke.  Steps longer than
     `blocked_after` are handed to `on_blocked` through `run_sync_soon`
     (batched), never from inside the instrument hook itself.
+
+    Two hooks, because trio's call of a hook costs more than the hook's own
+    work: `after_io_wait` (once per turn of the loop) and `after_task_step`
+    (once per step).  A step is timed from the end of the one before it in the
+    same batch, or from the loop's wake-up for the first one; so a step's time
+    also holds trio's own bookkeeping just before it (microseconds; with
+    many cancel scopes expiring at once, their wake-ups), never the loop's
+    sleep.  The wake-up hook also admits what foreign threads handed the loop
+    (`serve_handoffs`), so that the receiving actor runs in the very batch the
+    wake-up starts rather than the next one.
     """
 
     def __init__(
@@ -101,7 +113,6 @@ class LoopMonitor(trio.abc.Instrument):
         blocked_after: float = 0.05,
         on_blocked: Callable[[list[BlockedStep]], None] | None = None,
     ) -> None:
-        self.blocked_after = blocked_after
         self.on_blocked = on_blocked
         self.longest_step = 0.0
         self.longest_step_task: str | None = None
@@ -114,27 +125,74 @@ class LoopMonitor(trio.abc.Instrument):
         self._pending: deque[BlockedStep] = deque(maxlen=100)
         self._flush_scheduled = False
         self._token: trio.lowlevel.TrioToken | None = None
-        self._t0: float | None = None  # None until a whole step has been seen
+        self._t0 = math.inf  # when the step now running began (inf: unknown, not timed)
+        self._blocked_after = blocked_after
+        self._notable = 0.0  # a step longer than this is the longest yet, or blocked
         self.warn_every: float | None = None
         """Seconds between warnings (logged) of a blocked loop; None: none (`troupe run`
         sets it).  Only when `on_blocked` is set (never under a mock clock)."""
         self._warned_at: float | None = None
         self._unwarned = 0
+        self._handoffs: Sized = ()
+        self._admit: Callable[[], None] | None = None
 
-    def before_task_step(self, task: trio.lowlevel.Task) -> None:
-        self._t0 = time.perf_counter()
+    @property
+    def blocked_after(self) -> float:
+        """Seconds: a longer step counts as blocking the loop (`on_blocked` is told)."""
+        return self._blocked_after
+
+    @blocked_after.setter
+    def blocked_after(self, seconds: float) -> None:
+        self._blocked_after = seconds
+        self._notable = min(self.longest_step, seconds)
+
+    def install(self) -> None:
+        """Start measuring the current trio run's loop (`trio.lowlevel.add_instrument`)."""
+        self._t0 = math.inf  # the first step is timed from the first wake-up after this
+        trio.lowlevel.add_instrument(self)
+
+    def uninstall(self) -> None:
+        """Stop measuring (`trio.lowlevel.remove_instrument`); `install` may follow."""
+        trio.lowlevel.remove_instrument(self)
+        self._t0 = math.inf  # a later install must not count the time between as a step
+
+    def serve_handoffs(self, handoffs: Sized, admit: Callable[[], None]) -> None:
+        """Call `admit()` each time the loop wakes up and `handoffs` is not empty
+        (e.g. the asks foreign threads handed the loop: `ThreadGate.admit_handoffs`).
+
+        `admit` runs in the loop, outside any task, before trio starts the batch of
+        tasks the wake-up made runnable: the tasks it reschedules run in that batch.
+        It must not block; what it raises is logged, and the monitor carries on.
+        """
+        self._handoffs = handoffs
+        self._admit = admit
+
+    def after_io_wait(self, timeout: float) -> None:
+        if self._handoffs:
+            try:
+                self._admit()  # type: ignore[misc]  # set with _handoffs
+            except Exception:  # an exception here would remove the instrument
+                log.exception("admitting what threads handed the loop failed")
+        self._t0 = perf_counter()  # the batch starts (after our own work)
 
     def after_task_step(self, task: trio.lowlevel.Task) -> None:
+        # Kept to the least work: it runs after every step of every task.
         self.steps += 1
-        if self._t0 is None:  # installed in the middle of this step: nothing to measure
-            return
-        took = time.perf_counter() - self._t0
+        now = perf_counter()
+        took = now - self._t0  # -inf if the start is unknown (installed mid-step)
+        self._t0 = now  # the next step of this batch starts here
+        if took > self._notable:
+            self._note(task, took)
+
+    def _note(self, task: trio.lowlevel.Task, took: float) -> None:
+        """A step the longest yet, or longer than `blocked_after`, or both."""
         if took > self.longest_step:
             self.longest_step = took
             self.longest_step_task = attribute(task)
             self.longest_step_at = time.time()
-        if took > self.blocked_after:
+        if took > self._blocked_after:
             self._blocked(BlockedStep(attribute(task), took, time.time()))
+        self._notable = min(self.longest_step, self._blocked_after)
 
     def _blocked(self, step: BlockedStep) -> None:
         self.blocked += 1

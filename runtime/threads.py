@@ -41,8 +41,13 @@ An `ask_blocking` takes no credit: its thread waits for the reply anyway, so
 the ask always goes as a request (delivered into free room with a plain put,
 failed, or lined up as above), and the reply tells the outcome.  When nothing
 from any thread is on its way to the loop (no drain pending or running), the
-request skips the lane: one `run_sync_soon` hands it to the loop directly,
-as the thread's last step before it blocks.  The thread waits on its lane's
+request skips the lane: it goes in the gate's `handoffs`, and one
+`run_sync_soon`, the thread's last step before it blocks, wakes the loop to
+admit it.  The loop monitor admits it sooner, as the loop wakes up, before
+trio runs the task that calls back (`LoopMonitor.serve_handoffs`): the actor
+is then scheduled in that very batch of tasks, a whole turn of the loop
+earlier (one batch per ask, as `trio.from_thread.run_sync` takes, not two).
+The thread waits on its lane's
 own `queue.SimpleQueue`; the loop settles the reply and puts it there.  One
 token per reply (taken with an atomic `list.pop`) decides between the loop
 settling it and the thread giving up at its deadline, without a lock.
@@ -57,7 +62,6 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from functools import partial
 from queue import Empty, SimpleQueue
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -151,12 +155,14 @@ class ThreadReply:
         if self._settled:
             return False
         self._value = value  # before the token: a thread that finds it gone reads this
-        if self._take():
-            self._settled = True
-            self._waiter.put(self)
-            return True
-        self._on_late(value)
-        return False
+        try:
+            self._token.pop()  # `_take`, inline: every answer comes this way
+        except IndexError:
+            self._on_late(value)
+            return False
+        self._settled = True
+        self._waiter.put(self)
+        return True
 
     def fail(self, error: BaseException) -> bool:
         """Loop thread: the ask failed (`ActorStopped` while the system stops is
@@ -315,6 +321,9 @@ class ThreadGate:
         self._numbers = itertools.count()
         self._wake_scheduled = False
         self._draining = False  # a drain runs (its leftovers not yet handed on)
+        self.handoffs: deque[tuple[_Lane, Any]] = deque()
+        """Asks handed to the loop outside the lanes (`_post_ask`): appended by their
+        threads under the lock, taken by `admit_handoffs` on the loop thread."""
         self._holders: set[_Lane] = set()  # lanes that may hold credits
         self._pools: dict[MailboxQueue, int] = {}  # room lent, not yet taken by a thread
         self._lines: dict[MailboxQueue, deque[_Lane]] = {}  # threads waiting for room
@@ -372,6 +381,7 @@ class ThreadGate:
             reply = lane.asking
             if reply is not None:
                 reply.fail(RuntimeClosed("the actor system stopped before replying"))
+        self.handoffs.clear()  # their requests are over (``_done`` above): nothing to admit
 
     @property
     def queued(self) -> int:
@@ -614,7 +624,8 @@ class ThreadGate:
         and the reply tells the outcome); into a dropping one, like a tell.  When
         nothing from any thread is on its way to the loop (no drain pending or
         running, and the drains hand what they leave to another), it skips the
-        lane: the loop admits it directly, in a call of its own.  Nothing sent
+        lane: the loop admits it from `handoffs` (`admit_handoffs`), in a call of
+        its own or as it wakes up.  Nothing sent
         earlier by any thread can be overtaken then.  Raises `RuntimeClosed` if
         the gate is closed, `MailboxFull` if this thread's own lane stays full
         (dropping mailboxes) until `deadline`.
@@ -624,10 +635,12 @@ class ThreadGate:
             self.tell(mailbox, ask, timeout, path)
             return None
         with self._lock:
-            self._check_open()
+            if not self._open:
+                self._closed()
             if not (self._wake_scheduled or self._draining or lane.items):
                 self._post(lane, mailbox, ask, deadline, path, reply, queued=False)
-                return partial(self._token_call, self._admit_alone, lane, ask)
+                self.handoffs.append((lane, ask))
+                return self._hand_off
             self._post(lane, mailbox, ask, deadline, path, reply)
             if self._wake_scheduled:
                 return None
@@ -637,6 +650,15 @@ class ThreadGate:
     def _wake(self) -> None:
         """Any thread: run a drain soon (the caller set `_wake_scheduled`)."""
         self._token_call(self._drain)
+
+    def _hand_off(self) -> None:
+        """Any thread: wake the loop to admit the asks in `handoffs` (`_token_call`,
+        one call less: it is on every ask's way)."""
+        assert self._token is not None
+        try:
+            self._token.run_sync_soon(self.admit_handoffs)
+        except trio.RunFinishedError:
+            self._closed()
 
     @staticmethod
     def _done(lane: _Lane) -> None:
@@ -778,11 +800,20 @@ class ThreadGate:
             self._serve_lines()
         self._draining = False
 
-    def _admit_alone(self, lane: _Lane, item: Any) -> None:
-        """Loop thread: an ask a thread handed over outside the lanes (`_post_ask`)."""
-        self.wakeups += 1
-        self.delivered += 1
-        self._admit(lane, item)
+    def admit_handoffs(self) -> None:
+        """Loop thread: admit the asks threads handed over outside the lanes (`_post_ask`).
+
+        Each such ask wakes the loop to call this; the loop monitor may call it
+        sooner, as soon as the loop wakes up (`LoopMonitor.serve_handoffs`), so
+        that the actor is scheduled in the same batch of tasks as the wake-up
+        itself rather than in the next one.  Whoever comes first admits them.
+        """
+        handoffs = self.handoffs
+        while handoffs:  # only the loop takes from it: not empty means popleft works
+            lane, item = handoffs.popleft()
+            self.wakeups += 1
+            self.delivered += 1
+            self._admit(lane, item)
 
     def _take_back_credits(self, only: MailboxQueue | None) -> dict[MailboxQueue, int]:
         """Lock held: take back the credits lanes hold and the pools (all of them, or
@@ -831,7 +862,8 @@ class ThreadGate:
                 return  # the gate closed, or the ask gave up: nothing is sent
             mailbox = lane.want
             assert mailbox is not None
-            line = None if mailbox.overflow == "fail" else self._lines.get(mailbox)
+            lines = self._lines  # (mostly empty: then no lookup)
+            line = None if not lines or mailbox.overflow == "fail" else lines.get(mailbox)
             if not line and lane.reply is not None and mailbox.has_room():
                 # An ask, and room nobody holds: it goes in as a loop-side ask would
                 # (its thread waits for the reply, so it is lent nothing).

@@ -14,6 +14,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections import deque
 from typing import Any, ClassVar
 
 import pytest
@@ -302,6 +303,74 @@ async def test_loop_monitor_names_tasks_and_survives_a_failing_report(
         trio.lowlevel.remove_instrument(failing)
     assert failing.blocked >= 1
     assert "reporting a blocked loop failed" in caplog.text
+
+
+async def test_loop_monitor_times_a_step_from_the_wake_up_not_from_the_sleep() -> None:
+    monitor = LoopMonitor(blocked_after=10.0)
+    monitor.install()
+    try:
+        await trio.sleep(0.2)  # the loop sleeps, its steps before and after are short
+        await trio.sleep(0)
+    finally:
+        monitor.uninstall()
+    assert monitor.steps >= 2
+    assert monitor.health().longest_step < 0.1
+
+
+async def test_loop_monitor_installed_again_does_not_count_the_time_in_between() -> None:
+    monitor = LoopMonitor(blocked_after=10.0)
+    monitor.install()
+    await trio.sleep(0)
+    monitor.uninstall()
+    time.sleep(0.2)  # the loop is blocked, but no monitor is installed to see it
+    monitor.install()
+    try:
+        await trio.sleep(0)
+        await trio.sleep(0)
+    finally:
+        monitor.uninstall()
+    assert monitor.health().longest_step < 0.1
+
+
+async def test_loop_monitor_serves_handoffs_as_the_loop_wakes_up(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    handoffs: deque[int] = deque()
+    seen: list[tuple[int, str]] = []
+
+    def admit() -> None:
+        try:
+            trio.lowlevel.current_task()
+            where = "in a task"
+        except RuntimeError:
+            where = "in the loop, outside any task"
+        while handoffs:
+            seen.append((handoffs.popleft(), where))
+
+    monitor = LoopMonitor(blocked_after=10.0)
+    monitor.serve_handoffs(handoffs, admit)
+    monitor.install()
+    try:
+        handoffs.append(1)
+        await trio.sleep(0)
+        assert seen == [(1, "in the loop, outside any task")]
+        await trio.sleep(0)  # nothing handed over: nothing admitted
+        assert seen == [(1, "in the loop, outside any task")]
+
+        def broken() -> None:
+            handoffs.clear()
+            raise RuntimeError("admitting failed")
+
+        monitor.serve_handoffs(handoffs, broken)
+        handoffs.append(2)
+        steps = monitor.steps
+        with caplog.at_level(logging.ERROR, logger="troupe"):
+            await trio.sleep(0)
+            await trio.sleep(0)
+        assert "admitting what threads handed the loop failed" in caplog.text
+        assert monitor.steps >= steps + 2  # still installed: trio drops an instrument that raises
+    finally:
+        monitor.uninstall()
 
 
 # -- Prometheus metrics ------------------------------------------------------------------

@@ -193,3 +193,75 @@ def test_asks_and_tells_waiting_for_room_get_in_in_their_order_and_are_answered(
             assert not thread.is_alive(), "a waiting thread hung"
         assert errors == []
         assert answers == [["first", "second"]]
+
+
+class Batches(trio.abc.Instrument):
+    """Numbers the loop's batches of task steps (one per wake-up) and notes, for each
+    step of `path`'s actor, whether trio's run_sync_soon task ran in the same batch."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.batch = 0
+        self.entry_batch = -1
+        self.actor_batches: list[int] = []
+
+    def after_io_wait(self, timeout: float) -> None:
+        self.batch += 1
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        if task.name == "<TrioToken.run_sync_soon task>":
+            self.entry_batch = self.batch
+        elif task.name.split(" ")[0] == self.path:
+            self.actor_batches.append(self.batch)
+
+    def after_task_step(self, task: trio.lowlevel.Task) -> None:
+        if task.name == "<TrioToken.run_sync_soon task>" and self.actor_batches:
+            # ran after the actor in the batch: the wake-up of the actor's last step?
+            if self.actor_batches[-1] == self.batch:
+                self.actor_batches[-1] = -self.batch  # marked: shared with the wake-up
+        elif task.name.split(" ")[0] == self.path and self.entry_batch == self.batch:
+            self.actor_batches[-1] = -self.batch
+
+
+def test_a_thread_ask_reaches_its_actor_in_the_batch_its_wake_up_starts() -> None:
+    # The loop monitor admits the ask as the loop wakes up (before trio runs the
+    # run_sync_soon task the thread's wake-up scheduled), so the actor runs in that
+    # same batch, not in another turn of the loop after it.
+    with runtime.start_in_thread(tree()) as system:
+        batches = Batches("/app/c")
+        system._call(trio.lowlevel.add_instrument, batches)
+        ref = system.ref("/app/c")
+        try:
+
+            def work() -> list[Any]:
+                answers = []
+                for i in range(20):
+                    time.sleep(0.002)  # the loop is idle, asleep, when the ask comes
+                    answers.append(ref.ask_blocking(i, timeout=WAIT))
+                return answers
+
+            assert in_thread(work) == list(range(20))
+        finally:
+            system._call(trio.lowlevel.remove_instrument, batches)
+        shared = [batch for batch in batches.actor_batches if batch < 0]
+        assert len(batches.actor_batches) >= 20
+        assert len(shared) >= 15, batches.actor_batches
+
+
+def test_a_thread_ask_to_an_actor_stopped_for_good_is_dead_lettered_from_the_wake_up() -> None:
+    # Admitted as the loop wakes up, outside any task: the closed mailbox dead-letters
+    # it (published on the bus too) and the thread gets ActorStopped.
+    with runtime.start_in_thread(tree()) as system:
+        ref = system.ref("/app/c")
+        assert ref.ask_blocking(1, timeout=WAIT) == 1
+        system.terminate_child("/app/c")
+
+        def work() -> None:
+            for _ in range(3):
+                time.sleep(0.002)  # the loop is idle, asleep, when the ask comes
+                with pytest.raises(runtime.ActorStopped):
+                    ref.ask_blocking("late", timeout=WAIT)
+
+        in_thread(work)
+        assert system.snapshot().dead_letters["stopped"] == 3
+        assert system.is_running

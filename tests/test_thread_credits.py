@@ -156,8 +156,12 @@ def test_credits_of_many_threads_over_time_do_not_pin_room(threads: int) -> None
         flooder = system.ref("/app/flooder")
         crowd = [Parked(counter, threads) for _ in range(3)]
         assert counter.ask_blocking("count", timeout=WAIT) == 3 * threads
-        for _ in range(3):
+        for round_ in range(3):
             assert flooder.ask_blocking(64, timeout=WAIT) == 64
+            # Everything sent so far handled (this ask queues behind it): the flooder's
+            # next round may run before the counter's next step otherwise.
+            handled = 3 * threads + 64 * (round_ + 1)
+            assert counter.ask_blocking("count", timeout=WAIT) == handled
         for parked in crowd:
             parked.join()
 
