@@ -16,6 +16,8 @@ ROOT = Path(__file__).resolve().parent.parent
 SCENARIOS = (
     "tell throughput, M told at once",
     "tell throughput, bursts of 100",
+    "bound: the floor plus Troupe's per-message duties, no Troupe code, M told at once",
+    "bound: the same, bursts of 100",
     "ask round trip",
     "spawn 10,000 actors",
     "restart latency",
@@ -30,7 +32,8 @@ SCENARIOS = (
     "foreign-thread tell, 1 producer thread vs from_thread.run_sync",
     "foreign-thread tell, 4 producer threads vs run_sync_soon",
     "foreign-thread tell, 4 producer threads vs from_thread.run_sync",
-    "ask_blocking round trip from a plain thread vs trio.from_thread.run_sync",
+    "ask_blocking round trip from a plain thread vs trio.from_thread.run_sync, on one core",
+    "ask_blocking round trip from a plain thread vs trio.from_thread.run_sync, threads free",
     "longest loop step, 4 threads injecting: snapshot",
     "longest loop step, 4 threads injecting: benchmark's own",
     "max scheduling lag, 4 threads injecting",
