@@ -49,6 +49,7 @@ SCENARIOS = (
     "ctx.run_blocking per-call overhead",
     "system.run_blocking per-call overhead",
     "1,000 concurrent 1 ms blocking calls, Bridge(max_workers=8)",
+    "the same against asyncio with a task per call",
     "RSS after 100,000 run_blocking calls",
     "Pool(size=4, smallest_mailbox) vs one actor",
     # cluster on NATS (benchmarks/cluster.py): node processes on a real nats-server
