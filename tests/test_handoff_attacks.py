@@ -269,6 +269,7 @@ async def test_a_thread_ask_whose_admission_fails_is_not_lost(
                 lambda: _outcome(lambda: ref.ask_blocking("first", timeout=3.0))
             )
         assert not isinstance(outcome, runtime.AskTimeout), "the ask was lost"
+        assert isinstance(outcome, RuntimeError) and "admission broke" in str(outcome)
         assert calls == 1
         with trio.fail_after(WAIT):
             assert await trio.to_thread.run_sync(ref.ask_blocking, "second", WAIT) == "second"
