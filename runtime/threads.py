@@ -193,7 +193,9 @@ class ThreadReply:
 
         With `wake`, calls it first (it wakes the loop), as the last thing before
         blocking: the loop then finds the interpreter free rather than waiting
-        for this thread to let go of it (`RuntimeClosed` if the loop is gone).
+        for this thread to let go of it (`RuntimeClosed` if the loop is gone and
+        never settled this reply; one it settled before it went stands, e.g. an
+        ask the loop monitor admitted and the actor answered before this call).
         """
         waiter = self._waiter
         try:
@@ -203,7 +205,12 @@ class ThreadReply:
                 remaining = min(max(0.0, deadline - time.monotonic()), threading.TIMEOUT_MAX)
         finally:  # whatever happens (Ctrl-C): the loop was promised a wake-up
             if wake is not None:
-                wake()
+                try:
+                    wake()
+                except RuntimeClosed:
+                    if self._take():  # nobody settled it, and nobody will
+                        raise
+                    # settled before the loop went: its outcome is in the waiter
         while True:
             try:
                 got = waiter.get(timeout=remaining)
