@@ -13,9 +13,11 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import pytest
 import trio
 
 import runtime
+import runtime.monitor
 from runtime import Actor, ActorCrashed, Supervisor, child
 from runtime.cell import BATCH
 from runtime.testing import crash, expect_crashes, wait_for
@@ -207,38 +209,90 @@ async def test_a_hibernating_actor_around_batches_handles_everything_and_shows_i
 
 
 # -- loop health: steps timed from the wake-up ------------------------------------
+# The monitor reads `runtime.monitor.perf_counter`; these tests give it a clock that
+# jumps by whole minutes where the loop sleeps (every I/O wait) and where a handler
+# "blocks", so what is and is not counted as a step is exact, whatever the machine.
+SLEEP = 60.0  # what each I/O wait of the loop seems to take
+BLOCK = 600.0  # what a blocking handler seems to take
+
+
+class Jumps(trio.abc.Instrument):
+    """Makes every I/O wait of the loop take `SLEEP` seconds of the monitor's clock."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+        self.waits = 0
+
+    def now(self) -> float:
+        return time.perf_counter() + self.offset
+
+    def before_io_wait(self, timeout: float) -> None:
+        self.waits += 1
+        self.offset += SLEEP
+
+
+JUMPS: Jumps | None = None
+
+
 class Sleeper(Actor):
     async def receive(self, msg: Any) -> Any:
         if msg == "sleep":
-            time.sleep(0.2)
+            assert JUMPS is not None
+            JUMPS.offset += BLOCK  # as if it held the loop for BLOCK seconds
         return msg
 
 
-async def test_a_handler_blocking_the_loop_is_still_named() -> None:
+@pytest.fixture
+def jumps(monkeypatch: pytest.MonkeyPatch) -> Jumps:
+    global JUMPS
+    JUMPS = Jumps()
+    monkeypatch.setattr(runtime.monitor, "perf_counter", JUMPS.now)
+    return JUMPS
+
+
+async def test_a_handler_blocking_the_loop_is_named_and_the_loop_sleep_never_counts(
+    jumps: Jumps,
+) -> None:
     tree = Supervisor("app", children=[child(Sleeper, name="sleeper")])
-    async with runtime.open_system(tree, blocked_after=0.1) as system:
-        async with system.bus.stream("system.loop.blocked") as events:
-            with trio.fail_after(WAIT):
-                await trio.sleep(0.3)  # the loop idles (the probe wakes it): no step
-                idle = system.snapshot().loop
-                assert await system.ref("/app/sleeper").ask("sleep") == "sleep"
-                event = await events.receive()
-        loop = system.snapshot().loop
+    async with runtime.open_system(tree, blocked_after=SLEEP / 2) as system:
+        trio.lowlevel.add_instrument(jumps)
+        try:
+            async with system.bus.stream("system.loop.blocked") as events:
+                with trio.fail_after(WAIT):
+                    for _ in range(5):
+                        await trio.sleep(0.01)  # the loop sleeps in I/O waits
+                    idle = system.snapshot().loop
+                    assert await system.ref("/app/sleeper").ask("sleep") == "sleep"
+                    event = await events.receive()
+                loop = system.snapshot().loop
+        finally:
+            trio.lowlevel.remove_instrument(jumps)
+    assert jumps.waits >= 5
     assert idle.blocked == 0, idle
-    assert loop.blocked >= 1
+    assert idle.longest_step < SLEEP / 2
+    assert loop.blocked == 1, loop
+    assert loop.longest_step >= BLOCK
     assert loop.longest_step_task == "/app/sleeper"
     assert event.payload["task"] == "/app/sleeper"
-    assert loop.last_blocked is not None and loop.last_blocked.task == "/app/sleeper"
 
 
-def test_a_handler_blocking_the_loop_after_a_thread_ask_is_named_not_the_wake_up() -> None:
+def test_a_blocking_handler_right_after_a_thread_ask_is_named_not_the_wake_up(
+    jumps: Jumps,
+) -> None:
     # The thread's ask is admitted as the loop wakes up; the blocking step is the
-    # actor's, not the run_sync_soon task's that runs in the same batch.
+    # actor's, not the run_sync_soon task's that runs in the same batch, and the
+    # loop's sleep before the ask is nobody's.
     tree = Supervisor("app", children=[child(Sleeper, name="sleeper")])
-    with runtime.start_in_thread(tree, blocked_after=0.1) as system:
-        ref = system.ref("/app/sleeper")
-        time.sleep(0.3)  # the loop sleeps, waiting for I/O
-        assert ref.ask_blocking("sleep", timeout=WAIT) == "sleep"
-        loop = system.snapshot().loop
+    with runtime.start_in_thread(tree, blocked_after=SLEEP / 2) as system:
+        system._call(trio.lowlevel.add_instrument, jumps)
+        try:
+            ref = system.ref("/app/sleeper")
+            for _ in range(5):
+                time.sleep(0.01)  # the loop sleeps, waiting for I/O
+                assert ref.ask_blocking("sleep", timeout=WAIT) == "sleep"
+            loop = system.snapshot().loop
+        finally:
+            system._call(trio.lowlevel.remove_instrument, jumps)
+    assert loop.blocked == 5, loop
     assert loop.longest_step_task == "/app/sleeper"
-    assert loop.blocked >= 1
+    assert loop.last_blocked is not None and loop.last_blocked.task == "/app/sleeper"
