@@ -296,3 +296,50 @@ def test_a_blocking_handler_right_after_a_thread_ask_is_named_not_the_wake_up(
     assert loop.blocked == 5, loop
     assert loop.longest_step_task == "/app/sleeper"
     assert loop.last_blocked is not None and loop.last_blocked.task == "/app/sleeper"
+
+
+class Forwarder(Actor):
+    """Forwards asks to `to`; looks at its own context after forwarding."""
+
+    def __init__(self, looks: list[tuple[str, Any, bool, bool]]) -> None:
+        self.looks = looks
+
+    async def receive(self, msg: Any) -> Any:
+        ctx = self.ctx
+        try:
+            await ctx.forward(ctx.system.ref("/app/echo"))
+        except runtime.ActorNotFound:
+            return "kept"  # nothing was forwarded: the answer is ours again
+        self.looks.append(("forwarded", msg, ctx.ref.is_busy, ctx.expects_reply))
+        await trio.sleep(0)  # others run while this actor still holds the message
+        return "ignored"  # forwarded: the target answers
+
+
+class Echo(Actor):
+    async def receive(self, msg: Any) -> Any:
+        return ("echo", msg)
+
+
+async def test_a_forwarded_ask_is_answered_by_its_target_and_leaves_no_reply_behind() -> None:
+    looks: list[tuple[str, Any, bool, bool]] = []
+    tree = Supervisor(
+        "app",
+        children=[
+            child(Echo, name="echo"),
+            child(Forwarder, name="fwd", kwargs={"looks": looks}),
+        ],
+    )
+    async with runtime.open_system(tree) as system:
+        ref = system.ref("/app/fwd")
+        with trio.fail_after(WAIT):
+            assert await ref.ask(1) == ("echo", 1)
+            ref.tell(2)
+            assert await ref.ask(3) == ("echo", 3)
+            await system.terminate_child("/app/echo")
+            assert await ref.ask(4) == "kept"
+        assert looks == [
+            ("forwarded", 1, True, False),
+            ("forwarded", 2, True, False),
+            ("forwarded", 3, True, False),
+        ]
+        assert not any(system.snapshot().dead_letters.values())
