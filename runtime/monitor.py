@@ -178,8 +178,16 @@ class LoopMonitor(trio.abc.Instrument):
         trio.lowlevel.add_instrument(self)
 
     def uninstall(self) -> None:
-        """Stop measuring (`trio.lowlevel.remove_instrument`); `install` may follow."""
-        trio.lowlevel.remove_instrument(self)
+        """Stop measuring (`trio.lowlevel.remove_instrument`); `install` may follow.
+
+        Does nothing if trio dropped the monitor already (it drops an instrument
+        whose hook raised, e.g. a `BaseException` out of `serve_handoffs`'s
+        `admit`): the caller's own error, if any, is the one to see.
+        """
+        try:
+            trio.lowlevel.remove_instrument(self)
+        except KeyError:
+            pass  # dropped by trio after a hook raised (logged by trio)
         self._t0 = math.inf  # a later install must not count the time between as a step
 
     def serve_handoffs(self, handoffs: Sized, admit: Callable[[], None]) -> None:

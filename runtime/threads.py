@@ -57,6 +57,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import logging
 import math
 import threading
 import time
@@ -73,6 +74,8 @@ from .messages import Ask
 
 if TYPE_CHECKING:
     from .cell import Cell
+
+log = logging.getLogger("troupe")
 
 LANE_CAPACITY = 16_384
 """Messages one thread may have waiting for the loop, at most (for dropping
@@ -190,7 +193,9 @@ class ThreadReply:
 
         With `wake`, calls it first (it wakes the loop), as the last thing before
         blocking: the loop then finds the interpreter free rather than waiting
-        for this thread to let go of it (`RuntimeClosed` if the loop is gone).
+        for this thread to let go of it (`RuntimeClosed` if the loop is gone and
+        never settled this reply; one it settled before it went stands, e.g. an
+        ask the loop monitor admitted and the actor answered before this call).
         """
         waiter = self._waiter
         try:
@@ -200,7 +205,12 @@ class ThreadReply:
                 remaining = min(max(0.0, deadline - time.monotonic()), threading.TIMEOUT_MAX)
         finally:  # whatever happens (Ctrl-C): the loop was promised a wake-up
             if wake is not None:
-                wake()
+                try:
+                    wake()
+                except RuntimeClosed:
+                    if self._take():  # nobody settled it, and nobody will
+                        raise
+                    # settled before the loop went: its outcome is in the waiter
         while True:
             try:
                 got = waiter.get(timeout=remaining)
@@ -807,13 +817,20 @@ class ThreadGate:
         sooner, as soon as the loop wakes up (`LoopMonitor.serve_handoffs`), so
         that the actor is scheduled in the same batch of tasks as the wake-up
         itself rather than in the next one.  Whoever comes first admits them.
+        Never raises: an ask whose admission fails (a bug) fails with that error,
+        so that its thread hears of it at once instead of at its deadline (or
+        never, without one); the others are admitted as usual.
         """
         handoffs = self.handoffs
         while handoffs:  # only the loop takes from it: not empty means popleft works
             lane, item = handoffs.popleft()
             self.wakeups += 1
             self.delivered += 1
-            self._admit(lane, item)
+            try:
+                self._admit(lane, item)
+            except Exception as exc:
+                log.exception("admitting an ask from a thread failed")
+                item.reply.fail(exc)
 
     def _take_back_credits(self, only: MailboxQueue | None) -> dict[MailboxQueue, int]:
         """Lock held: take back the credits lanes hold and the pools (all of them, or
