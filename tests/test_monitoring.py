@@ -305,31 +305,65 @@ async def test_loop_monitor_names_tasks_and_survives_a_failing_report(
     assert "reporting a blocked loop failed" in caplog.text
 
 
-async def test_loop_monitor_times_a_step_from_the_wake_up_not_from_the_sleep() -> None:
-    monitor = LoopMonitor(blocked_after=10.0)
+class MonitorClock(trio.abc.Instrument):
+    """The monitor's clock (`runtime.monitor.perf_counter`), moved by hand: each I/O
+    wait of the loop seems to take `LONG` seconds, and `jump` adds more."""
+
+    LONG = 600.0
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def now(self) -> float:
+        return time.perf_counter() + self.offset
+
+    def jump(self) -> None:
+        self.offset += self.LONG
+
+    def before_io_wait(self, timeout: float) -> None:
+        self.jump()
+
+
+@pytest.fixture
+def monitor_clock(monkeypatch: pytest.MonkeyPatch) -> MonitorClock:
+    clock = MonitorClock()
+    monkeypatch.setattr(runtime.monitor, "perf_counter", clock.now)
+    return clock
+
+
+async def test_loop_monitor_times_a_step_from_the_wake_up_not_from_the_sleep(
+    monitor_clock: MonitorClock,
+) -> None:
+    monitor = LoopMonitor(blocked_after=monitor_clock.LONG / 2)
     monitor.install()
+    trio.lowlevel.add_instrument(monitor_clock)
     try:
-        await trio.sleep(0.2)  # the loop sleeps, its steps before and after are short
+        await trio.sleep(0.01)  # the loop sleeps (for LONG seconds, as the monitor sees it)
         await trio.sleep(0)
     finally:
+        trio.lowlevel.remove_instrument(monitor_clock)
         monitor.uninstall()
     assert monitor.steps >= 2
-    assert monitor.health().longest_step < 0.1
+    assert monitor.health().longest_step < monitor_clock.LONG / 2
+    assert monitor.blocked == 0
 
 
-async def test_loop_monitor_installed_again_does_not_count_the_time_in_between() -> None:
-    monitor = LoopMonitor(blocked_after=10.0)
+async def test_loop_monitor_installed_again_does_not_count_the_time_in_between(
+    monitor_clock: MonitorClock,
+) -> None:
+    monitor = LoopMonitor(blocked_after=monitor_clock.LONG / 2)
     monitor.install()
     await trio.sleep(0)
     monitor.uninstall()
-    time.sleep(0.2)  # the loop is blocked, but no monitor is installed to see it
+    monitor_clock.jump()  # the loop is blocked, but no monitor is installed to see it
     monitor.install()
     try:
         await trio.sleep(0)
         await trio.sleep(0)
     finally:
         monitor.uninstall()
-    assert monitor.health().longest_step < 0.1
+    assert monitor.health().longest_step < monitor_clock.LONG / 2
+    assert monitor.blocked == 0
 
 
 async def test_loop_monitor_serves_handoffs_as_the_loop_wakes_up(
