@@ -175,6 +175,7 @@ class LoopMonitor(trio.abc.Instrument):
     def install(self) -> None:
         """Start measuring the current trio run's loop (`trio.lowlevel.add_instrument`)."""
         self._t0 = math.inf  # the first step is timed from the first wake-up after this
+        self._token = None  # this run's, looked up when first needed
         trio.lowlevel.add_instrument(self)
 
     def uninstall(self) -> None:
@@ -192,11 +193,14 @@ class LoopMonitor(trio.abc.Instrument):
 
     def serve_handoffs(self, handoffs: Sized, admit: Callable[[], None]) -> None:
         """Call `admit()` each time the loop wakes up and `handoffs` is not empty
-        (e.g. the asks foreign threads handed the loop: `ThreadGate.admit_handoffs`).
+        (the asks foreign threads handed the loop: `ThreadGate.admit_direct_handoffs`).
 
         `admit` runs in the loop, outside any task, before trio starts the batch of
         tasks the wake-up made runnable: the tasks it reschedules run in that batch.
-        It must not block; what it raises is logged, and the monitor carries on.
+        Its time counts in no step, so it must be short and must not block, run
+        user code or need a task.  An `Exception` it raises is logged and the
+        monitor carries on; trio drops a monitor whose hook lets anything else out.
+        Only a shortcut: whatever `admit` leaves must reach the loop another way.
         """
         self._handoffs = handoffs
         self._admit = admit

@@ -117,7 +117,7 @@ class System:
         self.deadlines = Deadlines()  # of asks' reply waits; kept by a task of `_serving`
         self._monitor = LoopMonitor()
         # a thread's ask reaches its actor in the batch the loop's wake-up starts
-        self._monitor.serve_handoffs(self.gate.handoffs, self.gate.admit_handoffs)
+        self._monitor.serve_handoffs(self.gate.handoffs, self.gate.admit_direct_handoffs)
         self.steps = self._monitor
         self._cells: dict[str, Cell] = {}
         self._bus_cell: Cell | None = None

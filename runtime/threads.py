@@ -44,9 +44,10 @@ from any thread is on its way to the loop (no drain pending or running), the
 request skips the lane: it goes in the gate's `handoffs`, and one
 `run_sync_soon`, the thread's last step before it blocks, wakes the loop to
 admit it.  The loop monitor admits it sooner, as the loop wakes up, before
-trio runs the task that calls back (`LoopMonitor.serve_handoffs`): the actor
-is then scheduled in that very batch of tasks, a whole turn of the loop
-earlier (one batch per ask, as `trio.from_thread.run_sync` takes, not two).
+trio runs the task that calls back (`LoopMonitor.serve_handoffs`), if it
+goes straight into its mailbox: the actor is then scheduled in that very
+batch of tasks, a whole turn of the loop earlier (one batch per ask, as
+`trio.from_thread.run_sync` takes, not two).
 The thread waits on its lane's
 own `queue.SimpleQueue`; the loop settles the reply and puts it there.  One
 token per reply (taken with an atomic `list.pop`) decides between the loop
@@ -333,7 +334,9 @@ class ThreadGate:
         self._draining = False  # a drain runs (its leftovers not yet handed on)
         self.handoffs: deque[tuple[_Lane, Any]] = deque()
         """Asks handed to the loop outside the lanes (`_post_ask`): appended by their
-        threads under the lock, taken by `admit_handoffs` on the loop thread."""
+        threads under the lock, taken by `admit_handoffs` and `admit_direct_handoffs`
+        on the loop thread.  Public only for the loop monitor's emptiness test
+        (`LoopMonitor.serve_handoffs`); nothing else touches it."""
         self._holders: set[_Lane] = set()  # lanes that may hold credits
         self._pools: dict[MailboxQueue, int] = {}  # room lent, not yet taken by a thread
         self._lines: dict[MailboxQueue, deque[_Lane]] = {}  # threads waiting for room
@@ -662,8 +665,8 @@ class ThreadGate:
         self._token_call(self._drain)
 
     def _hand_off(self) -> None:
-        """Any thread: wake the loop to admit the asks in `handoffs` (`_token_call`,
-        one call less: it is on every ask's way)."""
+        """Any thread: wake the loop to admit the asks in `handoffs` (what
+        `_token_call` does, written out: this runs on every thread ask's way)."""
         assert self._token is not None
         try:
             self._token.run_sync_soon(self.admit_handoffs)
@@ -813,24 +816,42 @@ class ThreadGate:
     def admit_handoffs(self) -> None:
         """Loop thread: admit the asks threads handed over outside the lanes (`_post_ask`).
 
-        Each such ask wakes the loop to call this; the loop monitor may call it
-        sooner, as soon as the loop wakes up (`LoopMonitor.serve_handoffs`), so
-        that the actor is scheduled in the same batch of tasks as the wake-up
-        itself rather than in the next one.  Whoever comes first admits them.
-        Never raises: an ask whose admission fails (a bug) fails with that error,
-        so that its thread hears of it at once instead of at its deadline (or
-        never, without one); the others are admitted as usual.
+        Each such ask wakes the loop to call this (its `run_sync_soon`
+        callback, which runs in trio's own task).  Never raises: an ask whose
+        admission fails (a bug) fails with that error, so that its thread hears
+        of it at once instead of at its deadline (or never, without one); the
+        others are admitted as usual.
         """
+        self._admit_handoffs(direct_only=False)
+
+    def admit_direct_handoffs(self) -> None:
+        """Loop thread, outside any task: admit the handed-over asks that go
+        straight into their mailbox (room, nobody ahead of them), in order, up to
+        the first that does not; that one and the rest wait for `admit_handoffs`.
+
+        The loop monitor calls this as soon as the loop wakes up
+        (`LoopMonitor.serve_handoffs`), before trio runs the tasks the wake-up
+        made runnable: the actor then runs in that same batch, rather than a
+        turn of the loop later.  A plain put runs no user code and takes no time
+        worth measuring; what an ask may set off beyond it (dead letters and
+        their subscribers' filters, a line, `MailboxFull`) runs in a task, in
+        a step the monitor times.  Never raises, as `admit_handoffs`.
+        """
+        self._admit_handoffs(direct_only=True)
+
+    def _admit_handoffs(self, direct_only: bool) -> None:
         handoffs = self.handoffs
-        while handoffs:  # only the loop takes from it: not empty means popleft works
-            lane, item = handoffs.popleft()
-            self.wakeups += 1
-            self.delivered += 1
+        while handoffs:  # only the loop takes from it: not empty means [0] is there
+            lane, item = handoffs[0]
             try:
-                self._admit(lane, item)
+                if not self._admit(lane, item, direct_only):
+                    return  # not a plain put: it and those behind it wait
             except Exception as exc:
                 log.exception("admitting an ask from a thread failed")
                 item.reply.fail(exc)
+            handoffs.popleft()
+            self.wakeups += 1
+            self.delivered += 1
 
     def _take_back_credits(self, only: MailboxQueue | None) -> dict[MailboxQueue, int]:
         """Lock held: take back the credits lanes hold and the pools (all of them, or
@@ -869,14 +890,19 @@ class ThreadGate:
                 returned[only] = returned.get(only, 0) + count
         return returned
 
-    def _admit(self, lane: _Lane, item: Any) -> None:
+    def _admit(self, lane: _Lane, item: Any, direct_only: bool = False) -> bool:
         """Loop thread, in a drain: answer a request (a message sent without credit,
         or an ask): deliver it if there is room (and lend a telling thread some for
-        later), else fail it (``fail``) or put it in the mailbox's line (``block``)."""
+        later), else fail it (``fail``) or put it in the mailbox's line (``block``).
+
+        With `direct_only`, only an ask that goes straight into free room is
+        admitted; for anything else it returns False and changes nothing.
+        Otherwise it returns True (the request is answered, or was over already).
+        """
         full: ThreadReply | None = None
         with self._lock:
             if lane.state != _ASKED or lane.item is not item:
-                return  # the gate closed, or the ask gave up: nothing is sent
+                return True  # the gate closed, or the ask gave up: nothing is sent
             mailbox = lane.want
             assert mailbox is not None
             lines = self._lines  # (mostly empty: then no lookup)
@@ -886,6 +912,8 @@ class ThreadGate:
                 # (its thread waits for the reply, so it is lent nothing).
                 self._done(lane)
                 free = True
+            elif direct_only:
+                return False
             elif not line and self._room_for_one(mailbox):  # and no thread ahead of it
                 free = False
                 if lane.reply is None:
@@ -895,7 +923,7 @@ class ThreadGate:
             elif line is None and mailbox.overflow == "fail":
                 if lane.reply is None:
                     lane.signal(_FULL)
-                    return
+                    return True
                 full = lane.reply
                 self._done(lane)
             else:  # block: wait in line, asleep
@@ -907,13 +935,14 @@ class ThreadGate:
                     lane.state = _WAITING
                 else:  # wake it to sleep until its deadline (or to give up now)
                     lane.signal(_WAITING)
-                return
+                return True
         if full is not None:
             full.fail(MailboxFull(f"mailbox of {lane.path} is full (overflow='fail')"))
         elif free:
             mailbox.put(item)  # there is room: it neither waits nor raises
         else:
             mailbox.put_many_reserved([item])
+        return True
 
     def _room_for_one(self, mailbox: MailboxQueue) -> bool:
         """Lock held: reserve room for one message, from the pool or the mailbox, or

@@ -265,3 +265,52 @@ def test_a_thread_ask_to_an_actor_stopped_for_good_is_dead_lettered_from_the_wak
         in_thread(work)
         assert system.snapshot().dead_letters["stopped"] == 3
         assert system.is_running
+
+
+def in_a_task() -> bool:
+    try:
+        trio.lowlevel.current_task()
+    except RuntimeError:
+        return False
+    return True
+
+
+class DeadLetterWatcher(Actor):
+    """Subscribes to dead letters with a filter that notes whether it runs in a task."""
+
+    def __init__(self, seen: list[bool]) -> None:
+        self.seen = seen
+
+    async def on_start(self) -> None:
+        self.ctx.subscribe("system.deadletter", filter=self.look)
+
+    def look(self, event: Any) -> bool:
+        self.seen.append(in_a_task())
+        return False
+
+    async def receive(self, msg: Any) -> Any:
+        return msg
+
+
+def test_what_a_thread_ask_sets_off_beyond_its_put_runs_in_a_task() -> None:
+    # The loop monitor's wake-up hook admits only asks that go straight into their
+    # mailbox; one that is dead-lettered (its actor stopped for good) waits for the
+    # run_sync_soon callback, in a task: user code such as a subscription's filter
+    # never runs outside one, and its time is a timed step.
+    seen: list[bool] = []
+    spec = child(DeadLetterWatcher, name="w", kwargs={"seen": seen})
+    with runtime.start_in_thread(Supervisor("app", children=[tree().children[0], spec])) as system:
+        ref = system.ref("/app/c")
+        assert ref.ask_blocking(1, timeout=WAIT) == 1
+        system.terminate_child("/app/c")
+
+        def work() -> None:
+            for _ in range(3):
+                time.sleep(0.002)  # the loop is idle, asleep, when the ask comes
+                with pytest.raises(runtime.ActorStopped):
+                    ref.ask_blocking("late", timeout=WAIT)
+
+        in_thread(work)
+        assert system.snapshot().dead_letters["stopped"] == 3
+    assert len(seen) >= 3
+    assert all(seen), seen
