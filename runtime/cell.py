@@ -970,7 +970,10 @@ class ActorBehaviour:
 
     def _failed(self, cell: Cell, item: Any, exc: BaseException) -> None:
         """Account for the message in hand when its handler raised `exc` (the caller
-        re-raises it; a crash is re-raised here as `HandlerFailed`)."""
+        re-raises it; a crash is re-raised here as `HandlerFailed`).  The message
+        is no longer in hand: `on_stop` and snapshots see none, and no reply."""
+        self.current = IDLE
+        self.reply = None  # the asker is answered with the message (`drop`)
         crash, _ = classify(exc)
         if crash is None:
             # Cancelled or interrupted: a stop past its timeout, a crash elsewhere in

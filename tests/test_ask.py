@@ -520,3 +520,31 @@ async def test_no_message_in_hand_after_an_ask_was_answered() -> None:
             while not seen:
                 await trio.sleep(0.01)
     assert seen == [(False, False)]
+
+
+class CrashesWhenAsked(Actor):
+    def __init__(self, seen: list[tuple[bool, bool]]) -> None:
+        self.seen = seen
+
+    async def receive(self, msg: Any) -> Any:
+        raise ValueError("asked to crash")
+
+    async def on_stop(self, reason: Any) -> None:
+        self.seen.append((self.ctx.expects_reply, self.ctx.ref.is_busy))
+
+
+async def test_on_stop_after_a_crashing_ask_holds_no_message() -> None:
+    """The crashed message is over (its asker got ActorCrashed): `on_stop` sees no
+    reply expected and the actor not busy with it."""
+    seen: list[tuple[bool, bool]] = []
+    tree = Supervisor(
+        "app",
+        children=[child(CrashesWhenAsked, name="a", kwargs={"seen": seen}, restart="temporary")],
+    )
+    async with runtime.open_system(tree) as system:
+        with pytest.raises(runtime.ActorCrashed):
+            await system.ref("/app/a").ask("boom")
+        with trio.fail_after(5):
+            while not seen:
+                await trio.sleep(0.01)
+    assert seen == [(False, False)]
