@@ -462,6 +462,15 @@ class expect_crashes:  # lower case: used like a function, as `within`
         match: str | None = None,
         timeout: float = 3.0,
     ) -> None:
+        kinds = error if isinstance(error, tuple) else (error,)
+        if not kinds or not all(
+            isinstance(kind, type) and issubclass(kind, BaseException) for kind in kinds
+        ):
+            raise TypeError(
+                f"expect_crashes takes an exception type or a tuple of them first, not "
+                f"{error!r}; the number of crashes is count=, e.g. "
+                "expect_crashes(ValueError, count=2)"
+            )
         if count < 0:
             raise ValueError(f"count must be >= 0, not {count}")
         self.error = error

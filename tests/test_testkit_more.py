@@ -479,3 +479,11 @@ async def test_ask_future_to_a_remote_ref_on_the_trio_thread_says_to_await_ask(
         remote = a.ref(f"troupe://{cluster}-b/app/w")
         with pytest.raises(RuntimeError, match=r"await ref.ask\(msg\)"):
             remote.ask_future("x")
+
+
+@pytest.mark.parametrize("error", [1, "ValueError", (ValueError, 2), ()])
+def test_expect_crashes_refuses_what_is_not_an_exception_type_at_once(error: Any) -> None:
+    # A count passed where the type goes used to fail later, inside the logging
+    # filter in the middle of a supervisor's crash handling.
+    with pytest.raises(TypeError, match="exception type"):
+        expect_crashes(error)
