@@ -376,6 +376,11 @@ PYKKA_BENCH = Bench(
         "each from a fresh plain thread, measured one after the other in the same run; "
         "ask_blocking and from_thread.run_sync once free and once with their threads on "
         "one core.",
+        "ask_blocking on one core: from_thread.run_sync runs its function in trio's run_sync_soon "
+        "callback, in one step; an actor's handler runs in the actor's own task, one step more. A "
+        "version with no Troupe code and the same hand-off as the loop wakes measured 0.92-0.95x, "
+        "one with a second turn of the loop 1.05-1.07x; Troupe adds the loop monitor's per-step "
+        "hook (about 1-2 µs an ask) and its own path (about 3 µs).",
         *(
             []
             if PYKKA
