@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 import trio
+from test_monitoring import MonitorClock
 
 import runtime
 import runtime.monitor
@@ -212,46 +213,30 @@ async def test_a_hibernating_actor_around_batches_handles_everything_and_shows_i
 # The monitor reads `runtime.monitor.perf_counter`; these tests give it a clock that
 # jumps by whole minutes where the loop sleeps (every I/O wait) and where a handler
 # "blocks", so what is and is not counted as a step is exact, whatever the machine.
-SLEEP = 60.0  # what each I/O wait of the loop seems to take
-BLOCK = 600.0  # what a blocking handler seems to take
+SLEEP = MonitorClock.LONG  # what each I/O wait of the loop seems to take
+BLOCK = MonitorClock.LONG  # what a blocking handler seems to take
 
-
-class Jumps(trio.abc.Instrument):
-    """Makes every I/O wait of the loop take `SLEEP` seconds of the monitor's clock."""
-
-    def __init__(self) -> None:
-        self.offset = 0.0
-        self.waits = 0
-
-    def now(self) -> float:
-        return time.perf_counter() + self.offset
-
-    def before_io_wait(self, timeout: float) -> None:
-        self.waits += 1
-        self.offset += SLEEP
-
-
-JUMPS: Jumps | None = None
+JUMPS: MonitorClock | None = None
 
 
 class Sleeper(Actor):
     async def receive(self, msg: Any) -> Any:
         if msg == "sleep":
             assert JUMPS is not None
-            JUMPS.offset += BLOCK  # as if it held the loop for BLOCK seconds
+            JUMPS.jump()  # as if it held the loop for BLOCK seconds
         return msg
 
 
 @pytest.fixture
-def jumps(monkeypatch: pytest.MonkeyPatch) -> Jumps:
+def jumps(monkeypatch: pytest.MonkeyPatch) -> MonitorClock:
     global JUMPS
-    JUMPS = Jumps()
+    JUMPS = MonitorClock()
     monkeypatch.setattr(runtime.monitor, "perf_counter", JUMPS.now)
     return JUMPS
 
 
 async def test_a_handler_blocking_the_loop_is_named_and_the_loop_sleep_never_counts(
-    jumps: Jumps,
+    jumps: MonitorClock,
 ) -> None:
     tree = Supervisor("app", children=[child(Sleeper, name="sleeper")])
     async with runtime.open_system(tree, blocked_after=SLEEP / 2) as system:
@@ -277,7 +262,7 @@ async def test_a_handler_blocking_the_loop_is_named_and_the_loop_sleep_never_cou
 
 
 def test_a_blocking_handler_right_after_a_thread_ask_is_named_not_the_wake_up(
-    jumps: Jumps,
+    jumps: MonitorClock,
 ) -> None:
     # The thread's ask is admitted as the loop wakes up; the blocking step is the
     # actor's, not the run_sync_soon task's that runs in the same batch, and the

@@ -306,13 +306,15 @@ async def test_loop_monitor_names_tasks_and_survives_a_failing_report(
 
 
 class MonitorClock(trio.abc.Instrument):
-    """The monitor's clock (`runtime.monitor.perf_counter`), moved by hand: each I/O
-    wait of the loop seems to take `LONG` seconds, and `jump` adds more."""
+    """The monitor's clock (`runtime.monitor.perf_counter`), moved by hand: installed
+    as an instrument, each I/O wait of the loop seems to take `LONG` seconds (`waits`
+    counts them), and `jump` adds as much anywhere (e.g. in a handler that "blocks")."""
 
     LONG = 600.0
 
     def __init__(self) -> None:
         self.offset = 0.0
+        self.waits = 0
 
     def now(self) -> float:
         return time.perf_counter() + self.offset
@@ -321,6 +323,7 @@ class MonitorClock(trio.abc.Instrument):
         self.offset += self.LONG
 
     def before_io_wait(self, timeout: float) -> None:
+        self.waits += 1
         self.jump()
 
 
