@@ -103,9 +103,10 @@ class LoopMonitor(trio.abc.Instrument):
     same batch, or from the loop's wake-up for the first one; so a step's time
     also holds trio's own bookkeeping just before it (microseconds; with
     many cancel scopes expiring at once, their wake-ups), never the loop's
-    sleep.  The wake-up hook also admits what foreign threads handed the loop
-    (`serve_handoffs`), so that the receiving actor runs in the very batch the
-    wake-up starts rather than the next one.
+    sleep.  The wake-up hook also admits the asks foreign threads handed the
+    loop that go straight into a mailbox (`serve_handoffs`), so that the
+    receiving actor runs in the very batch the wake-up starts rather than the
+    next one.
     """
 
     # Slots: the actor loop reads `steps` around every message, and a slot is the
@@ -176,6 +177,7 @@ class LoopMonitor(trio.abc.Instrument):
         """Start measuring the current trio run's loop (`trio.lowlevel.add_instrument`)."""
         self._t0 = math.inf  # the first step is timed from the first wake-up after this
         self._token = None  # this run's, looked up when first needed
+        self._flush_scheduled = False  # a flush promised by an earlier run never comes
         trio.lowlevel.add_instrument(self)
 
     def uninstall(self) -> None:
