@@ -18,6 +18,7 @@ import pytest
 import trio
 import trio.testing
 from test_bridge import WAIT, Counter, app, eventually, gates, stats
+from test_chaos import all_tasks
 
 import runtime
 from runtime import child
@@ -29,16 +30,9 @@ def worker_threads(path: str) -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name.startswith(prefix)]
 
 
-def all_tasks() -> int:
+def task_count() -> int:
     """How many tasks the trio run has now."""
-    stack = [trio.lowlevel.current_root_task()]
-    count = 0
-    while stack:
-        task = stack.pop()
-        count += 1
-        for nursery in task.child_nurseries:
-            stack.extend(nursery.child_tasks)
-    return count
+    return len(all_tasks())
 
 
 class Bail(BaseException):
@@ -275,7 +269,7 @@ async def test_no_task_outlives_its_call() -> None:
         async with runtime.open_system(tree) as system:
             await system.run_blocking(len, "warm", bridge="/app/tasks", timeout=30)
             await trio.testing.wait_all_tasks_blocked()
-            before = all_tasks()
+            before = task_count()
             for i in range(50):
                 assert await system.run_blocking(abs, -i, bridge="/app/tasks", timeout=30) == i
             async with trio.open_nursery() as nursery:
@@ -284,7 +278,7 @@ async def test_no_task_outlives_its_call() -> None:
                         lambda i=i: system.run_blocking(abs, i, bridge="/app/tasks", timeout=30)
                     )
             await trio.testing.wait_all_tasks_blocked()
-            assert all_tasks() == before
+            assert task_count() == before
             assert stats(system, "/app/tasks")["completed"] == 101
 
 

@@ -20,16 +20,8 @@ import tomllib
 
 import pytest
 from markdown_it import MarkdownIt
+from test_docs_examples import DOCS, PAGES, README, ROOT
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
-DOCS = ROOT / "docs"
-README = ROOT / "README.md"
-PAGES = [
-    README,
-    ROOT / "CHANGELOG.md",
-    ROOT / "CONTRIBUTING.md",
-    *sorted(p for p in DOCS.rglob("*.md") if "_build" not in p.parts),
-]
 API = "\n".join(p.read_text() for p in sorted((DOCS / "api").glob("*.rst")))
 
 MARKDOWN = MarkdownIt("commonmark")  # what MyST parses with (GitHub: the same CommonMark)

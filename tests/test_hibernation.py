@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
+from test_chaos import all_tasks
 
 import runtime
 from runtime import (
@@ -27,16 +28,7 @@ from runtime.testing import wait_for
 
 def task_names() -> list[str]:
     """The names of every task of this trio run."""
-    names: list[str] = []
-
-    def walk(task: trio.lowlevel.Task) -> None:
-        names.append(task.name)
-        for nursery in task.child_nurseries:
-            for sub in nursery.child_tasks:
-                walk(sub)
-
-    walk(trio.lowlevel.current_root_task())
-    return names
+    return [task.name for task in all_tasks()]
 
 
 def node(system: runtime.System, path: str) -> Any:

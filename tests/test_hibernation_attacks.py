@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
-from test_hibernation import Watching, task_names
+from test_hibernation import HangsInOnStop, Watching, task_names
 
 import runtime
 from actors import Daemon, Pool, Resize
@@ -281,7 +281,7 @@ async def test_ctrl_c_in_a_woken_handler_stops_everything_gracefully(autojump_cl
 
 # -- stop, kill and cancel while waking ------------------------------------------------
 async def test_kill_while_a_resume_task_is_pending_does_not_hang(autojump_clock: Any) -> None:
-    class Stubborn(Actor):
+    class HangsInOnStop(Actor):
         async def receive(self, msg: Any) -> Any:
             return msg
 
@@ -291,7 +291,7 @@ async def test_kill_while_a_resume_task_is_pending_does_not_hang(autojump_clock:
     tree = Supervisor(
         "app",
         children=[
-            child(Stubborn, name=f"s{i}", hibernate_after=0, shutdown=None) for i in range(3)
+            child(HangsInOnStop, name=f"s{i}", hibernate_after=0, shutdown=None) for i in range(3)
         ],
     )
     with trio.fail_after(60):
@@ -1145,14 +1145,6 @@ async def test_the_control_socket_shows_hibernating_actors(tmp_path: Any) -> Non
             assert "p [running]  hibernating" in reply["text"]
 
 
-class Stubborn(Actor):
-    async def receive(self, msg: Any) -> Any:
-        return msg
-
-    async def on_stop(self, reason: Any) -> None:
-        await trio.sleep_forever()
-
-
 async def test_a_supervisor_past_its_shutdown_timeout_ends_hibernating_children(
     autojump_clock: Any,
 ) -> None:
@@ -1168,7 +1160,7 @@ async def test_a_supervisor_past_its_shutdown_timeout_ends_hibernating_children(
                 children=[
                     child(Recorder, name="r", args=([], stops), hibernate_after=0),
                     child(Plain, name="p", hibernate_after=0),
-                    child(Stubborn, name="s", hibernate_after=0, shutdown=None),
+                    child(HangsInOnStop, name="s", hibernate_after=0, shutdown=None),
                 ],
             ),
         ],

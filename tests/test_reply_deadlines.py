@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
+from test_chaos import all_tasks
 
 import runtime
 from runtime import Actor, Supervisor, child
@@ -103,24 +104,12 @@ async def test_an_ask_with_a_timeout_of_zero_gives_up_at_once(
 
 
 async def test_a_stopped_system_leaves_no_keeper_behind() -> None:
-    def tasks() -> set[trio.lowlevel.Task]:
-        found: set[trio.lowlevel.Task] = set()
-
-        def walk(task: trio.lowlevel.Task) -> None:
-            found.add(task)
-            for nursery in task.child_nurseries:
-                for sub in nursery.child_tasks:
-                    walk(sub)
-
-        walk(trio.lowlevel.current_root_task())
-        return found
-
-    before = tasks()
+    before = all_tasks()
     with trio.fail_after(30):
         async with runtime.open_system(tree()) as system:
             assert await system.ref("/app/holder").ask("x", timeout=10) == "x"
     assert not system.deadlines.running
-    assert [task.name for task in tasks() - before] == []
+    assert [task.name for task in all_tasks() - before] == []
 
 
 async def test_a_wait_outlives_the_keeper_of_its_deadline(
