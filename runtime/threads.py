@@ -728,11 +728,11 @@ class ThreadGate:
             return False
         return True
 
-    def _token_call(self, fn: Callable[..., None], *args: Any) -> None:
-        """Wake the loop to run ``fn(*args)`` (non-blocking; with or without the lock)."""
+    def _token_call(self, fn: Callable[[], None]) -> None:
+        """Wake the loop to run ``fn()`` (non-blocking; with or without the lock)."""
         assert self._token is not None
         try:
-            self._token.run_sync_soon(fn, *args)
+            self._token.run_sync_soon(fn)
         except trio.RunFinishedError:
             self._closed()
 
