@@ -916,10 +916,7 @@ class ThreadGate:
                 return False
             elif not line and self._room_for_one(mailbox):  # and no thread ahead of it
                 free = False
-                if lane.reply is None:
-                    self._lend(mailbox, [lane])
-                else:
-                    self._done(lane)
+                self._lend(mailbox, [lane])  # (an ask is only done: it takes no credit)
             elif line is None and mailbox.overflow == "fail":
                 if lane.reply is None:
                     lane.signal(_FULL)
