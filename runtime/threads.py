@@ -563,8 +563,9 @@ class ThreadGate:
                 lane.credits[mailbox] = take - 1
                 self._holders.add(lane)
                 return False
-            entry = self._post(lane, mailbox, item, deadline, path, None)
-            assert entry is not None
+            self._post(lane, mailbox, item, deadline, path, None)
+            entry = (next(self._numbers), lane, item)  # in its turn down the lane
+            lane.items.append(entry)
             try:
                 self._request_wake()
             except RuntimeClosed:  # the loop is gone: nobody took it
@@ -599,11 +600,10 @@ class ThreadGate:
         deadline: float,
         path: str,
         reply: ThreadReply | None,
-        queued: bool = True,
-    ) -> Entry | None:
+    ) -> None:
         """Lock held: make `item` this thread's request (its one at a time), for the
-        loop to answer (`_admit`): in its turn down the lane, or (not `queued`) when
-        the caller hands it to the loop itself; return its lane entry."""
+        loop to answer (`_admit`); the caller sends it on its way (down the lane, or
+        handed to the loop: `_post_ask`)."""
         if lane.signalled:  # a wake-up left over from an earlier request
             lane.wake.acquire()
             lane.signalled = False
@@ -613,11 +613,6 @@ class ThreadGate:
         lane.deadline = deadline
         lane.item = item
         lane.reply = reply
-        if not queued:
-            return None
-        entry = (next(self._numbers), lane, item)
-        lane.items.append(entry)
-        return entry
 
     def _post_ask(
         self,
@@ -650,11 +645,11 @@ class ThreadGate:
         with self._lock:
             if not self._open:
                 self._closed()
+            self._post(lane, mailbox, ask, deadline, path, reply)
             if not (self._wake_scheduled or self._draining or lane.items):
-                self._post(lane, mailbox, ask, deadline, path, reply, queued=False)
                 self.handoffs.append((lane, ask))
                 return self._hand_off
-            self._post(lane, mailbox, ask, deadline, path, reply)
+            lane.items.append((next(self._numbers), lane, ask))
             if self._wake_scheduled:
                 return None
             self._wake_scheduled = True
