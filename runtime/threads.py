@@ -413,7 +413,8 @@ class ThreadGate:
         the mailbox's line (``block``) until there is room or the deadline.  One
         `run_sync_soon` wakes the loop, as the thread's last step before it
         blocks; the loop writes the answer to this thread's waiter.  Nothing is
-        made per call but the reply and the `Ask`.  Raises what
+        made per call but the reply, the `Ask` and the closure that words a
+        timeout (formatted only then).  Raises what
         `ActorRef.ask_blocking` documents; `RuntimeClosed` at once if the gate is
         closed, or when it closes before the answer.
         """
