@@ -413,7 +413,8 @@ class ThreadGate:
         the mailbox's line (``block``) until there is room or the deadline.  One
         `run_sync_soon` wakes the loop, as the thread's last step before it
         blocks; the loop writes the answer to this thread's waiter.  Nothing is
-        made per call but the reply and the `Ask`.  Raises what
+        made per call but the reply, the `Ask` and the closure that words a
+        timeout (formatted only then).  Raises what
         `ActorRef.ask_blocking` documents; `RuntimeClosed` at once if the gate is
         closed, or when it closes before the answer.
         """
@@ -563,8 +564,9 @@ class ThreadGate:
                 lane.credits[mailbox] = take - 1
                 self._holders.add(lane)
                 return False
-            entry = self._post(lane, mailbox, item, deadline, path, None)
-            assert entry is not None
+            self._post(lane, mailbox, item, deadline, path, None)
+            entry = (next(self._numbers), lane, item)  # in its turn down the lane
+            lane.items.append(entry)
             try:
                 self._request_wake()
             except RuntimeClosed:  # the loop is gone: nobody took it
@@ -599,11 +601,10 @@ class ThreadGate:
         deadline: float,
         path: str,
         reply: ThreadReply | None,
-        queued: bool = True,
-    ) -> Entry | None:
+    ) -> None:
         """Lock held: make `item` this thread's request (its one at a time), for the
-        loop to answer (`_admit`): in its turn down the lane, or (not `queued`) when
-        the caller hands it to the loop itself; return its lane entry."""
+        loop to answer (`_admit`); the caller sends it on its way (down the lane, or
+        handed to the loop: `_post_ask`)."""
         if lane.signalled:  # a wake-up left over from an earlier request
             lane.wake.acquire()
             lane.signalled = False
@@ -613,11 +614,6 @@ class ThreadGate:
         lane.deadline = deadline
         lane.item = item
         lane.reply = reply
-        if not queued:
-            return None
-        entry = (next(self._numbers), lane, item)
-        lane.items.append(entry)
-        return entry
 
     def _post_ask(
         self,
@@ -650,11 +646,11 @@ class ThreadGate:
         with self._lock:
             if not self._open:
                 self._closed()
+            self._post(lane, mailbox, ask, deadline, path, reply)
             if not (self._wake_scheduled or self._draining or lane.items):
-                self._post(lane, mailbox, ask, deadline, path, reply, queued=False)
                 self.handoffs.append((lane, ask))
                 return self._hand_off
-            self._post(lane, mailbox, ask, deadline, path, reply)
+            lane.items.append((next(self._numbers), lane, ask))
             if self._wake_scheduled:
                 return None
             self._wake_scheduled = True
@@ -728,11 +724,11 @@ class ThreadGate:
             return False
         return True
 
-    def _token_call(self, fn: Callable[..., None], *args: Any) -> None:
-        """Wake the loop to run ``fn(*args)`` (non-blocking; with or without the lock)."""
+    def _token_call(self, fn: Callable[[], None]) -> None:
+        """Wake the loop to run ``fn()`` (non-blocking; with or without the lock)."""
         assert self._token is not None
         try:
-            self._token.run_sync_soon(fn, *args)
+            self._token.run_sync_soon(fn)
         except trio.RunFinishedError:
             self._closed()
 
@@ -916,10 +912,7 @@ class ThreadGate:
                 return False
             elif not line and self._room_for_one(mailbox):  # and no thread ahead of it
                 free = False
-                if lane.reply is None:
-                    self._lend(mailbox, [lane])
-                else:
-                    self._done(lane)
+                self._lend(mailbox, [lane])  # (an ask is only done: it takes no credit)
             elif line is None and mailbox.overflow == "fail":
                 if lane.reply is None:
                     lane.signal(_FULL)
