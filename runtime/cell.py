@@ -113,8 +113,11 @@ class Behaviour(Protocol):
     """What runs in a slot: an actor's message loop or a supervisor's."""
 
     kind: str
-    hibernating: bool
-    """Whether the running incarnation has no task now (see ``hibernate_after``)."""
+
+    @property
+    def hibernating(self) -> bool:
+        """Whether the running incarnation has no task now (see ``hibernate_after``)."""
+        ...
 
     async def start(self, cell: Cell, nursery: trio.Nursery) -> BaseException | None:
         """Start an incarnation in `nursery` (see `Cell.start`)."""
@@ -531,7 +534,6 @@ class ActorBehaviour:
         "actor",
         "current",
         "current_since",
-        "hibernating",
         "reply",
         "spec",
     )
@@ -548,10 +550,15 @@ class ActorBehaviour:
         self._restarted = False  # stopped by a group restart (the asker is told so)
         # Where a hibernating incarnation resumes, and the contextvars its task gets a
         # copy of: those of the task it left, as if that task had gone on (for one that
-        # starts hibernating, the supervisor's, as `nursery.start` would give).
+        # starts hibernating, the supervisor's, as `nursery.start` would give).  Set
+        # exactly while it hibernates (see `hibernating`).
         self._home: trio.Nursery | None = None
         self._context: contextvars.Context | None = None
-        self.hibernating = False  # the incarnation has no task until woken
+
+    @property
+    def hibernating(self) -> bool:
+        """Whether the running incarnation has no task now, until woken."""
+        return self._home is not None
 
     @property
     def busy(self) -> bool:
@@ -817,12 +824,10 @@ class ActorBehaviour:
         actor = self.actor
         assert actor is not None
         actor._troupe_ctx = Context(cell, self, None)  # the old nursery closes with the task
-        self.hibernating = True
         cell.mailbox.hibernate(cell)  # wakes it at once if something is queued
 
     def resume_soon(self, cell: Cell) -> None:
         """Start the task that resumes the hibernating incarnation (`resume`).  Never blocks."""
-        self.hibernating = False
         home, context = self._home, self._context
         self._home = self._context = None
         assert home is not None and context is not None
@@ -838,7 +843,6 @@ class ActorBehaviour:
 
     def _end_hibernating(self, cell: Cell, reason: ExitReason) -> None:
         """End the hibernating incarnation where it is, without a task."""
-        self.hibernating = False
         self._home = self._context = None
         cell.mailbox.forget_sleeper()
         self._end(cell, reason)
