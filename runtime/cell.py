@@ -634,6 +634,12 @@ class ActorBehaviour:
         check_handlers(type(actor))
         return actor
 
+    def _adopt(self, cell: Cell, actor: Actor) -> None:
+        """`actor` is the new incarnation's: subscribe it to its class's `subscriptions`."""
+        self.actor = actor
+        for pattern in type(actor).subscriptions:
+            cell.host.subscribe_cell(cell, pattern)
+
     def _end(self, cell: Cell, reason: ExitReason) -> None:
         for handle in list(self._deferred or ()):
             if isinstance(reason, BaseException):
@@ -702,9 +708,7 @@ class ActorBehaviour:
                     cell.guard(nursery.cancel_scope)
                     actor._troupe_ctx = Context(cell, self, nursery)
                     if not started:
-                        self.actor = actor
-                        for pattern in type(actor).subscriptions:
-                            cell.host.subscribe_cell(cell, pattern)
+                        self._adopt(cell, actor)
                         try:
                             await actor.on_start()
                         except Exception as exc:
@@ -795,11 +799,7 @@ class ActorBehaviour:
         Never blocks."""
         incarnation = cell.begin(in_task=False)
         try:
-            actor = self._make_actor(cell)
-            actor._troupe_ctx = Context(cell, self, None)
-            self.actor = actor
-            for pattern in type(actor).subscriptions:
-                cell.host.subscribe_cell(cell, pattern)
+            self._adopt(cell, self._make_actor(cell))  # its context: `_hibernate`'s
         except Exception as exc:
             cell.record_error(exc, "failed to start")
             self._end(cell, exc)
@@ -811,15 +811,16 @@ class ActorBehaviour:
             self._end(cell, "shutdown")
             return ActorStopped(f"{cell.path} was stopped while starting")
         cell.mark_started(incarnation, trio.TASK_STATUS_IGNORED)
-        self._home = nursery
         # The supervisor task's own context, shared by its children that start without a
         # task (no copy each: `resume_soon` copies it, and a supervisor sets no contextvars).
-        self._context = current_task().context
-        self._hibernate(cell)
+        self._hibernate(cell, nursery, current_task().context)
         return None
 
-    def _hibernate(self, cell: Cell) -> None:
-        """The incarnation leaves its task: the mailbox wakes the slot (`resume_soon`)."""
+    def _hibernate(self, cell: Cell, home: trio.Nursery, context: contextvars.Context) -> None:
+        """The incarnation leaves its task: the mailbox wakes the slot (`resume_soon`),
+        which starts a task in `home` with a copy of `context`."""
+        self._home = home
+        self._context = context
         cell.hibernated()
         actor = self.actor
         assert actor is not None
@@ -873,9 +874,9 @@ class ActorBehaviour:
         await trio.lowlevel.checkpoint_if_cancelled()  # a cancelled incarnation ends instead
         # It resumes where this task runs: the supervisor's nursery (a task begun with
         # `nursery.start` has moved there by now).
-        self._home = current_task().parent_nursery
-        self._context = current_task().context
-        self._hibernate(cell)
+        task = current_task()
+        assert task.parent_nursery is not None
+        self._hibernate(cell, task.parent_nursery, task.context)
         return False
 
     async def _stop_shielded(self, cell: Cell, actor: Actor | None, reason: ExitReason) -> None:
