@@ -113,8 +113,11 @@ class Behaviour(Protocol):
     """What runs in a slot: an actor's message loop or a supervisor's."""
 
     kind: str
-    hibernating: bool
-    """Whether the running incarnation has no task now (see ``hibernate_after``)."""
+
+    @property
+    def hibernating(self) -> bool:
+        """Whether the running incarnation has no task now (see ``hibernate_after``)."""
+        ...
 
     async def start(self, cell: Cell, nursery: trio.Nursery) -> BaseException | None:
         """Start an incarnation in `nursery` (see `Cell.start`)."""
@@ -531,7 +534,6 @@ class ActorBehaviour:
         "actor",
         "current",
         "current_since",
-        "hibernating",
         "reply",
         "spec",
     )
@@ -548,10 +550,15 @@ class ActorBehaviour:
         self._restarted = False  # stopped by a group restart (the asker is told so)
         # Where a hibernating incarnation resumes, and the contextvars its task gets a
         # copy of: those of the task it left, as if that task had gone on (for one that
-        # starts hibernating, the supervisor's, as `nursery.start` would give).
+        # starts hibernating, the supervisor's, as `nursery.start` would give).  Set
+        # exactly while it hibernates (see `hibernating`).
         self._home: trio.Nursery | None = None
         self._context: contextvars.Context | None = None
-        self.hibernating = False  # the incarnation has no task until woken
+
+    @property
+    def hibernating(self) -> bool:
+        """Whether the running incarnation has no task now, until woken."""
+        return self._home is not None
 
     @property
     def busy(self) -> bool:
@@ -627,6 +634,12 @@ class ActorBehaviour:
         check_handlers(type(actor))
         return actor
 
+    def _adopt(self, cell: Cell, actor: Actor) -> None:
+        """`actor` is the new incarnation's: subscribe it to its class's `subscriptions`."""
+        self.actor = actor
+        for pattern in type(actor).subscriptions:
+            cell.host.subscribe_cell(cell, pattern)
+
     def _end(self, cell: Cell, reason: ExitReason) -> None:
         for handle in list(self._deferred or ()):
             if isinstance(reason, BaseException):
@@ -695,9 +708,7 @@ class ActorBehaviour:
                     cell.guard(nursery.cancel_scope)
                     actor._troupe_ctx = Context(cell, self, nursery)
                     if not started:
-                        self.actor = actor
-                        for pattern in type(actor).subscriptions:
-                            cell.host.subscribe_cell(cell, pattern)
+                        self._adopt(cell, actor)
                         try:
                             await actor.on_start()
                         except Exception as exc:
@@ -788,11 +799,7 @@ class ActorBehaviour:
         Never blocks."""
         incarnation = cell.begin(in_task=False)
         try:
-            actor = self._make_actor(cell)
-            actor._troupe_ctx = Context(cell, self, None)
-            self.actor = actor
-            for pattern in type(actor).subscriptions:
-                cell.host.subscribe_cell(cell, pattern)
+            self._adopt(cell, self._make_actor(cell))  # its context: `_hibernate`'s
         except Exception as exc:
             cell.record_error(exc, "failed to start")
             self._end(cell, exc)
@@ -804,25 +811,24 @@ class ActorBehaviour:
             self._end(cell, "shutdown")
             return ActorStopped(f"{cell.path} was stopped while starting")
         cell.mark_started(incarnation, trio.TASK_STATUS_IGNORED)
-        self._home = nursery
         # The supervisor task's own context, shared by its children that start without a
         # task (no copy each: `resume_soon` copies it, and a supervisor sets no contextvars).
-        self._context = current_task().context
-        self._hibernate(cell)
+        self._hibernate(cell, nursery, current_task().context)
         return None
 
-    def _hibernate(self, cell: Cell) -> None:
-        """The incarnation leaves its task: the mailbox wakes the slot (`resume_soon`)."""
+    def _hibernate(self, cell: Cell, home: trio.Nursery, context: contextvars.Context) -> None:
+        """The incarnation leaves its task: the mailbox wakes the slot (`resume_soon`),
+        which starts a task in `home` with a copy of `context`."""
+        self._home = home
+        self._context = context
         cell.hibernated()
         actor = self.actor
         assert actor is not None
         actor._troupe_ctx = Context(cell, self, None)  # the old nursery closes with the task
-        self.hibernating = True
         cell.mailbox.hibernate(cell)  # wakes it at once if something is queued
 
     def resume_soon(self, cell: Cell) -> None:
         """Start the task that resumes the hibernating incarnation (`resume`).  Never blocks."""
-        self.hibernating = False
         home, context = self._home, self._context
         self._home = self._context = None
         assert home is not None and context is not None
@@ -838,7 +844,6 @@ class ActorBehaviour:
 
     def _end_hibernating(self, cell: Cell, reason: ExitReason) -> None:
         """End the hibernating incarnation where it is, without a task."""
-        self.hibernating = False
         self._home = self._context = None
         cell.mailbox.forget_sleeper()
         self._end(cell, reason)
@@ -869,9 +874,9 @@ class ActorBehaviour:
         await trio.lowlevel.checkpoint_if_cancelled()  # a cancelled incarnation ends instead
         # It resumes where this task runs: the supervisor's nursery (a task begun with
         # `nursery.start` has moved there by now).
-        self._home = current_task().parent_nursery
-        self._context = current_task().context
-        self._hibernate(cell)
+        task = current_task()
+        assert task.parent_nursery is not None
+        self._hibernate(cell, task.parent_nursery, task.context)
         return False
 
     async def _stop_shielded(self, cell: Cell, actor: Actor | None, reason: ExitReason) -> None:
