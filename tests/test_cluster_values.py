@@ -380,13 +380,14 @@ def test_threads_waiting_for_outbox_room_are_woken_when_there_is_room(
 class Tiny(Actor):
     mailbox = Mailbox(capacity=2, overflow="fail")
 
-    def __init__(self, seen: list[int]) -> None:
+    def __init__(self, seen: list[int], hold: trio.Event) -> None:
         self.seen = seen
+        self.hold = hold
 
     async def receive(self, msg: Any) -> Any:
         if isinstance(msg, int):
             self.seen.append(msg)
-            await trio.sleep(0.01)  # slow enough that a burst overflows, loaded machine or not
+            await self.hold.wait()  # held: what arrives past its two places overflows
         return msg
 
 
@@ -396,10 +397,14 @@ async def test_a_burst_into_a_tiny_fail_mailbox_is_all_accounted_for(
     with trio.fail_after(WAIT):
         async with pair(nats_server, outbox=1) as (a, b):
             seen: list[int] = []
-            await b.start_child("/app", child(Tiny, name="tiny", args=(seen,)))
+            hold = trio.Event()
+            await b.start_child("/app", child(Tiny, name="tiny", args=(seen, hold)))
             tiny = a.ref(f"troupe://{b.node}/app/tiny")
             sent = refused = 0
-            for i in range(500):
+            i = 0
+            # The burst goes on until what reached b overflowed there (how many tells
+            # get through an outbox of one depends on how busy the machine is).
+            while i < 500 or not b.snapshot().dead_letters["overflow"]:
                 if i % 100 == 0:  # some acknowledged: refused ones raise here, not counted
                     try:
                         await tiny.send(i)
@@ -411,6 +416,10 @@ async def test_a_burst_into_a_tiny_fail_mailbox_is_all_accounted_for(
                     sent += 1
                 except runtime.MailboxFull:  # the outbox: raised here, nothing queued
                     await trio.sleep(0)
+                if i >= 500:
+                    await trio.sleep(0.001)
+                i += 1
+            hold.set()
             await until(
                 lambda: (
                     len(seen) + dead(a) + dead(b) + b.snapshot().cluster["lost_in_transit"] >= sent
