@@ -203,11 +203,7 @@ class _Workers:
                 raise RuntimeError(f"{self._name} is stopped: it takes no more calls")
             if self._idle and not self._queue:
                 idle = self._idle.pop()
-                job.taken = True
-                idle.running = True
-                idle.job = job
-                self._busy += 1
-                self._peak = max(self._peak, self._busy)
+                idle.job = self._assign(job, idle)
                 idle.wake.release()
                 return
             self._queue.append(job)
@@ -255,15 +251,21 @@ class _Workers:
         with self._lock:
             if self._closed:
                 return [], []
-            self._closed = True
-            dropped = list(self._queue)
-            self._queue.clear()
-            for idle in self._idle:
-                idle.job = None
-                idle.wake.release()
-            self._idle.clear()
+            dropped = self._close_locked()
             ending = [w.thread for w in self._workers if not w.running and w.thread is not None]
         return dropped, ending
+
+    def _close_locked(self) -> list[_Job]:
+        """Lock held: refuse further calls, wake the idle threads to exit; the calls
+        still queued (taken out: they never run)."""
+        self._closed = True
+        dropped = list(self._queue)
+        self._queue.clear()
+        for idle in self._idle:
+            idle.job = None
+            idle.wake.release()
+        self._idle.clear()
+        return dropped
 
     @staticmethod
     def join(threads: Iterable[threading.Thread], timeout: float) -> None:
@@ -319,15 +321,18 @@ class _Workers:
     def _next(self, worker: _Worker) -> _Job | None:
         """Lock held: the next queued call for `worker`; None: it idles (open) or exits."""
         if self._queue:
-            job = self._queue.popleft()
-            job.taken = True
-            worker.running = True
-            self._busy += 1
-            self._peak = max(self._peak, self._busy)
-            return job
+            return self._assign(self._queue.popleft(), worker)
         if not self._closed:
             self._idle.append(worker)
         return None
+
+    def _assign(self, job: _Job, worker: _Worker) -> _Job:
+        """Lock held: `worker` has `job` now (it runs it next); counted busy."""
+        job.taken = True
+        worker.running = True
+        self._busy += 1
+        self._peak = max(self._peak, self._busy)
+        return job
 
     def _hand_back(self, job: _Job, worker: _Worker) -> tuple[_Job | None, bool]:
         """Worker thread: give `job` back to the loop; (the next call, whether closed).
@@ -367,12 +372,7 @@ class _Workers:
     def _abandon_ship(self) -> None:
         """Worker thread, the trio run over: close, so that every thread exits."""
         with self._lock:
-            self._closed = True
-            self._queue.clear()
-            for idle in self._idle:
-                idle.job = None
-                idle.wake.release()
-            self._idle.clear()
+            self._close_locked()
             self._done.clear()
 
 
