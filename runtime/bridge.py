@@ -461,8 +461,7 @@ class Bridge(Actor):
             await self._receive_for_a_process(msg, reply)
             return None
         if msg.cancelled or (msg.deadline != math.inf and msg.deadline <= trio.current_time()):
-            self.abandoned += 1  # the caller gave up, or its time ran out, in the mailbox
-            reply.fail(_gave_up(msg) if msg.cancelled else AskTimeout(f"{msg!r} timed out queued"))
+            self._not_taken(msg, reply)
             return None
         self._take(workers, msg, reply)
         if self._in_threads >= self._capacity:
@@ -534,7 +533,7 @@ class Bridge(Actor):
             return
         job.state = "done"
         job.call.on_cancel = None
-        self._jobs.discard(job)
+        self._forget(job)
         self._durations.append(job.ended_at - job.ran_at)
         self._waits.append(job.ran_at - job.queued_at)
         assert result is not None  # a worker hands a job back with its outcome
@@ -554,22 +553,26 @@ class Bridge(Actor):
         self._threads_changed()
 
     def _threads_changed(self) -> None:
-        """Calls left the threads or the queue: end saturation, make room, wake `on_stop`."""
+        """Calls left the threads or the queue: end saturation, make room."""
         if self._in_threads < self.max_workers:
             self._saturated_since = None
         room = self._room
         if room is not None and self._in_threads <= self._capacity - self._refill:
             self._room = None
             room.set()
-        if self._idle is not None and not self._jobs:
-            self._idle.set()
 
     def _let_go(self, job: _Job, state: str, error: BaseException | None) -> None:
         """A call the bridge no longer answers for: its caller gets `error` (or gave up)."""
         job.state = state
         job.call.on_cancel = None
-        self._jobs.discard(job)
+        self._forget(job)
         job.reply.fail(error if error is not None else _gave_up(job.call))
+
+    def _forget(self, job: _Job) -> None:
+        """The bridge no longer answers for `job`; the last one wakes `on_stop`."""
+        self._jobs.discard(job)
+        if self._idle is not None and not self._jobs:
+            self._idle.set()
 
     # -- process mode ----------------------------------------------------------
     async def _receive_for_a_process(self, msg: BlockingCall, reply: DeferredReply) -> None:
@@ -604,9 +607,12 @@ class Bridge(Actor):
                 self._start(msg, reply, payload)
                 return
             self._limiter.release_on_behalf_of(msg)  # gave up while we waited for a worker
-        # the caller gave up, or its time ran out, while the call was queued
+        self._not_taken(msg, reply)
+
+    def _not_taken(self, call: BlockingCall, reply: DeferredReply) -> None:
+        """A call that never starts: its caller gave up, or its time ran out, while it queued."""
         self.abandoned += 1
-        reply.fail(_gave_up(msg) if msg.cancelled else AskTimeout(f"{msg!r} timed out queued"))
+        reply.fail(_gave_up(call) if call.cancelled else AskTimeout(f"{call!r} timed out queued"))
 
     def _start(self, call: BlockingCall, reply: DeferredReply, payload: bytes) -> None:
         job = _Job(call, reply, started=trio.current_time())
@@ -648,8 +654,6 @@ class Bridge(Actor):
         if self.mode == "thread":
             self.abandoned_running += 1
             self._let_go(job, "abandoned", error)
-            if self._idle is not None and not self._jobs:
-                self._idle.set()
             return
         if job.scope is not None:
             job.scope.cancel()
@@ -659,12 +663,10 @@ class Bridge(Actor):
     def _release(self, job: _Job, state: str) -> None:
         job.state = state
         job.call.on_cancel = None
-        self._jobs.discard(job)
+        self._forget(job)
         self._limiter.release_on_behalf_of(job.call)
         if len(self._jobs) < self.max_workers:
             self._saturated_since = None
-        if self._idle is not None and not self._jobs:
-            self._idle.set()
 
     async def _run_in_process(self, job: _Job, payload: bytes) -> None:
         import trio_parallel  # only process bridges pay for the import
