@@ -814,10 +814,9 @@ class Bridge(Actor):
             value = _percentile(samples, q)
             return None if value is None else value * ms
 
-        queued, peak = self.waiting, self.peak_active
+        in_queue, peak = 0, self.peak_active  # in_queue: taken, waiting for a worker thread
         if self._workers is not None:
             in_queue, peak = self._workers.counts()
-            queued += in_queue
         return {
             "mode": self.mode,
             "max_workers": self.max_workers,
@@ -827,9 +826,9 @@ class Bridge(Actor):
             "abandoned": self.abandoned,
             "abandoned_running": self.abandoned_running,
             # calls running for a caller that still waits (queued ones are not active)
-            "active": len(self._jobs) - (queued - self.waiting),
+            "active": len(self._jobs) - in_queue,
             "peak_active": peak,
-            "queued": queued + self.ctx.ref.mailbox_depth,
+            "queued": self.waiting + in_queue + self.ctx.ref.mailbox_depth,
             "run_ms_p50": p(self._durations, 0.5),
             "run_ms_p99": p(self._durations, 0.99),
             "wait_ms_p50": p(self._waits, 0.5),
