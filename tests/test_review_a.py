@@ -1,8 +1,12 @@
-"""A thread bridge when the OS refuses it a worker thread (`_Workers.submit`'s promise).
+"""Promises of the thread bridge that had no test of their own.
 
-With no thread of its own, the call fails at once with a `RuntimeError` that says
-why, nothing stays queued, and the bridge serves the next call once threads can be
-started again.  With a thread of its own, the call waits for that thread instead.
+When the OS refuses it a worker thread (`_Workers.submit`): with no thread of its
+own, the call fails at once with a `RuntimeError` that says why, nothing stays
+queued, and the bridge serves the next call once threads can be started again;
+with a thread of its own, the call waits for that thread instead.
+
+A call already past its deadline when the bridge would take it never runs, on the
+path without a message (`Bridge.start_now`) too.
 """
 
 from __future__ import annotations
@@ -85,3 +89,15 @@ async def test_a_call_refused_a_new_thread_waits_for_the_bridges_running_one(
                 assert stats(system, PATH)["failed"] == 0
     finally:
         gate.set()
+
+
+async def test_a_blocking_call_with_a_timeout_of_zero_never_runs() -> None:
+    ran: list[int] = []
+    with trio.fail_after(WAIT):
+        async with runtime.open_system(app()) as system:
+            for i in range(3):
+                with pytest.raises(runtime.AskTimeout):
+                    await system.run_blocking(ran.append, i, timeout=0)
+            assert await system.run_blocking(ran.append, 3, timeout=WAIT) is None
+            assert ran == [3]
+            assert stats(system)["abandoned"] == 3
