@@ -85,7 +85,7 @@ async def test_a_call_refused_a_new_thread_waits_for_the_bridges_running_one(
                     assert stats(system, PATH)["queued"] == 1
                     assert results == []
                     gate.set()
-                assert results == [True, 3]
+                assert sorted(results) == [True, 3]  # in either order: one batch
                 assert stats(system, PATH)["failed"] == 0
     finally:
         gate.set()
