@@ -203,11 +203,7 @@ class _Workers:
                 raise RuntimeError(f"{self._name} is stopped: it takes no more calls")
             if self._idle and not self._queue:
                 idle = self._idle.pop()
-                job.taken = True
-                idle.running = True
-                idle.job = job
-                self._busy += 1
-                self._peak = max(self._peak, self._busy)
+                idle.job = self._assign(job, idle)
                 idle.wake.release()
                 return
             self._queue.append(job)
@@ -255,15 +251,21 @@ class _Workers:
         with self._lock:
             if self._closed:
                 return [], []
-            self._closed = True
-            dropped = list(self._queue)
-            self._queue.clear()
-            for idle in self._idle:
-                idle.job = None
-                idle.wake.release()
-            self._idle.clear()
+            dropped = self._close_locked()
             ending = [w.thread for w in self._workers if not w.running and w.thread is not None]
         return dropped, ending
+
+    def _close_locked(self) -> list[_Job]:
+        """Lock held: refuse further calls, wake the idle threads to exit; the calls
+        still queued (taken out: they never run)."""
+        self._closed = True
+        dropped = list(self._queue)
+        self._queue.clear()
+        for idle in self._idle:
+            idle.job = None
+            idle.wake.release()
+        self._idle.clear()
+        return dropped
 
     @staticmethod
     def join(threads: Iterable[threading.Thread], timeout: float) -> None:
@@ -319,15 +321,18 @@ class _Workers:
     def _next(self, worker: _Worker) -> _Job | None:
         """Lock held: the next queued call for `worker`; None: it idles (open) or exits."""
         if self._queue:
-            job = self._queue.popleft()
-            job.taken = True
-            worker.running = True
-            self._busy += 1
-            self._peak = max(self._peak, self._busy)
-            return job
+            return self._assign(self._queue.popleft(), worker)
         if not self._closed:
             self._idle.append(worker)
         return None
+
+    def _assign(self, job: _Job, worker: _Worker) -> _Job:
+        """Lock held: `worker` has `job` now (it runs it next); counted busy."""
+        job.taken = True
+        worker.running = True
+        self._busy += 1
+        self._peak = max(self._peak, self._busy)
+        return job
 
     def _hand_back(self, job: _Job, worker: _Worker) -> tuple[_Job | None, bool]:
         """Worker thread: give `job` back to the loop; (the next call, whether closed).
@@ -367,12 +372,7 @@ class _Workers:
     def _abandon_ship(self) -> None:
         """Worker thread, the trio run over: close, so that every thread exits."""
         with self._lock:
-            self._closed = True
-            self._queue.clear()
-            for idle in self._idle:
-                idle.job = None
-                idle.wake.release()
-            self._idle.clear()
+            self._close_locked()
             self._done.clear()
 
 
@@ -461,8 +461,7 @@ class Bridge(Actor):
             await self._receive_for_a_process(msg, reply)
             return None
         if msg.cancelled or (msg.deadline != math.inf and msg.deadline <= trio.current_time()):
-            self.abandoned += 1  # the caller gave up, or its time ran out, in the mailbox
-            reply.fail(_gave_up(msg) if msg.cancelled else AskTimeout(f"{msg!r} timed out queued"))
+            self._not_taken(msg, reply)
             return None
         self._take(workers, msg, reply)
         if self._in_threads >= self._capacity:
@@ -534,7 +533,7 @@ class Bridge(Actor):
             return
         job.state = "done"
         job.call.on_cancel = None
-        self._jobs.discard(job)
+        self._forget(job)
         self._durations.append(job.ended_at - job.ran_at)
         self._waits.append(job.ran_at - job.queued_at)
         assert result is not None  # a worker hands a job back with its outcome
@@ -554,22 +553,26 @@ class Bridge(Actor):
         self._threads_changed()
 
     def _threads_changed(self) -> None:
-        """Calls left the threads or the queue: end saturation, make room, wake `on_stop`."""
+        """Calls left the threads or the queue: end saturation, make room."""
         if self._in_threads < self.max_workers:
             self._saturated_since = None
         room = self._room
         if room is not None and self._in_threads <= self._capacity - self._refill:
             self._room = None
             room.set()
-        if self._idle is not None and not self._jobs:
-            self._idle.set()
 
     def _let_go(self, job: _Job, state: str, error: BaseException | None) -> None:
         """A call the bridge no longer answers for: its caller gets `error` (or gave up)."""
         job.state = state
         job.call.on_cancel = None
-        self._jobs.discard(job)
+        self._forget(job)
         job.reply.fail(error if error is not None else _gave_up(job.call))
+
+    def _forget(self, job: _Job) -> None:
+        """The bridge no longer answers for `job`; the last one wakes `on_stop`."""
+        self._jobs.discard(job)
+        if self._idle is not None and not self._jobs:
+            self._idle.set()
 
     # -- process mode ----------------------------------------------------------
     async def _receive_for_a_process(self, msg: BlockingCall, reply: DeferredReply) -> None:
@@ -604,9 +607,12 @@ class Bridge(Actor):
                 self._start(msg, reply, payload)
                 return
             self._limiter.release_on_behalf_of(msg)  # gave up while we waited for a worker
-        # the caller gave up, or its time ran out, while the call was queued
+        self._not_taken(msg, reply)
+
+    def _not_taken(self, call: BlockingCall, reply: DeferredReply) -> None:
+        """A call that never starts: its caller gave up, or its time ran out, while it queued."""
         self.abandoned += 1
-        reply.fail(_gave_up(msg) if msg.cancelled else AskTimeout(f"{msg!r} timed out queued"))
+        reply.fail(_gave_up(call) if call.cancelled else AskTimeout(f"{call!r} timed out queued"))
 
     def _start(self, call: BlockingCall, reply: DeferredReply, payload: bytes) -> None:
         job = _Job(call, reply, started=trio.current_time())
@@ -648,8 +654,6 @@ class Bridge(Actor):
         if self.mode == "thread":
             self.abandoned_running += 1
             self._let_go(job, "abandoned", error)
-            if self._idle is not None and not self._jobs:
-                self._idle.set()
             return
         if job.scope is not None:
             job.scope.cancel()
@@ -659,12 +663,10 @@ class Bridge(Actor):
     def _release(self, job: _Job, state: str) -> None:
         job.state = state
         job.call.on_cancel = None
-        self._jobs.discard(job)
+        self._forget(job)
         self._limiter.release_on_behalf_of(job.call)
         if len(self._jobs) < self.max_workers:
             self._saturated_since = None
-        if self._idle is not None and not self._jobs:
-            self._idle.set()
 
     async def _run_in_process(self, job: _Job, payload: bytes) -> None:
         import trio_parallel  # only process bridges pay for the import
@@ -812,10 +814,9 @@ class Bridge(Actor):
             value = _percentile(samples, q)
             return None if value is None else value * ms
 
-        queued, peak = self.waiting, self.peak_active
+        in_queue, peak = 0, self.peak_active  # in_queue: taken, waiting for a worker thread
         if self._workers is not None:
             in_queue, peak = self._workers.counts()
-            queued += in_queue
         return {
             "mode": self.mode,
             "max_workers": self.max_workers,
@@ -825,9 +826,9 @@ class Bridge(Actor):
             "abandoned": self.abandoned,
             "abandoned_running": self.abandoned_running,
             # calls running for a caller that still waits (queued ones are not active)
-            "active": len(self._jobs) - (queued - self.waiting),
+            "active": len(self._jobs) - in_queue,
             "peak_active": peak,
-            "queued": queued + self.ctx.ref.mailbox_depth,
+            "queued": self.waiting + in_queue + self.ctx.ref.mailbox_depth,
             "run_ms_p50": p(self._durations, 0.5),
             "run_ms_p99": p(self._durations, 0.99),
             "wait_ms_p50": p(self._waits, 0.5),
