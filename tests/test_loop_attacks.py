@@ -230,8 +230,7 @@ class Sleeper(Actor):
 @pytest.fixture
 def jumps(monkeypatch: pytest.MonkeyPatch) -> MonitorClock:
     global JUMPS
-    JUMPS = MonitorClock()
-    monkeypatch.setattr(runtime.monitor, "perf_counter", JUMPS.now)
+    JUMPS = MonitorClock.patched(monkeypatch)
     return JUMPS
 
 

@@ -326,12 +326,17 @@ class MonitorClock(trio.abc.Instrument):
         self.waits += 1
         self.jump()
 
+    @classmethod
+    def patched(cls, monkeypatch: pytest.MonkeyPatch) -> MonitorClock:
+        """A new one, made the loop monitor's clock for the test."""
+        clock = cls()
+        monkeypatch.setattr(runtime.monitor, "perf_counter", clock.now)
+        return clock
+
 
 @pytest.fixture
 def monitor_clock(monkeypatch: pytest.MonkeyPatch) -> MonitorClock:
-    clock = MonitorClock()
-    monkeypatch.setattr(runtime.monitor, "perf_counter", clock.now)
-    return clock
+    return MonitorClock.patched(monkeypatch)
 
 
 async def test_loop_monitor_times_a_step_from_the_wake_up_not_from_the_sleep(

@@ -19,9 +19,7 @@ from runtime.monitor import LoopMonitor, TreeSnapshot
 @pytest.fixture
 def clock(monkeypatch: pytest.MonkeyPatch) -> MonitorClock:
     """The monitor's clock, moved by hand (not installed: the loop's waits take no time)."""
-    clock = MonitorClock()
-    monkeypatch.setattr(runtime.monitor, "perf_counter", clock.now)
-    return clock
+    return MonitorClock.patched(monkeypatch)
 
 
 async def test_blocked_after_lowered_after_a_long_step_flags_the_shorter_steps_above_it(
