@@ -159,7 +159,7 @@ class Sizes:
 
 
 class Router(Actor):
-    """The front of a pool: picks a worker and forwards the message, reply slot included.
+    """The receiver of a pool: picks a worker and forwards the message, reply slot included.
 
     It also sizes the pool: a `Resize` sets the target, and a background task
     of this incarnation starts or stops one worker at a time toward it (the
@@ -520,6 +520,6 @@ def Pool(
         max_restarts=max_restarts,
         within=within,
         children=[*workers, router],
-        front="router",
+        receiver="router",
         restart=restart,
     )

@@ -526,10 +526,10 @@ class ActorBehaviour:
     kind = "actor"
     __slots__ = (
         "_context",
+        "_counted_crash",
         "_deferred",
         "_home",
         "_interrupted",
-        "_noted",
         "_restarted",
         "actor",
         "current",
@@ -546,7 +546,7 @@ class ActorBehaviour:
         self.reply: ReplySlot | None = None
         self._deferred: dict[DeferredReply, None] | None = None
         self._interrupted: Any = IDLE  # the message in hand when receive was cancelled
-        self._noted: BaseException | None = None  # a crash already counted by the loop
+        self._counted_crash: BaseException | None = None  # a crash already counted by the loop
         self._restarted = False  # stopped by a group restart (the asker is told so)
         # Where a hibernating incarnation resumes, and the contextvars its task gets a
         # copy of: those of the task it left, as if that task had gone on (for one that
@@ -744,10 +744,10 @@ class ActorBehaviour:
                         start_error = crash
                         cell.record_error(crash, "failed to start")
                     else:
-                        if self._noted is None:  # not yet counted by the loop
+                        if self._counted_crash is None:  # not yet counted by the loop
                             cell.failed += 1
                             cell.record_error(crash, "crashed")
-                        self._noted = None
+                        self._counted_crash = None
                         # e.g. a task in ctx.nursery failed while receive was awaiting
                         self._drop_interrupted(cell, "crashed", crash)
                         await self._stop_shielded(cell, actor, reason)
@@ -757,7 +757,7 @@ class ActorBehaviour:
                     log.warning("%s did not stop within its shutdown timeout: cancelled", cell.path)
         finally:
             if not hibernated:
-                self._noted = None
+                self._counted_crash = None
                 self._drop_interrupted(cell, "stopped")
                 self._end(cell, reason)
                 if not started and start_error is not None:
@@ -990,7 +990,7 @@ class ActorBehaviour:
         cell.failed += 1
         cell.state = "failed"  # this incarnation is over, whatever on_stop does
         cell.record_error(crash, "crashed")
-        self._noted = crash
+        self._counted_crash = crash
         cell.drop(item, "crashed", crash)
         if isinstance(exc, Exception):
             raise HandlerFailed(exc) from None

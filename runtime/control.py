@@ -569,7 +569,7 @@ class ControlServer:
                 f"{norm} is the runtime's own: {doing} works on your actors only", "refused"
             )
         try:
-            # send/ask go through a supervisor's front (a pool's), as `system.ref` does;
+            # send/ask go through a supervisor's receiver (a pool's router), as `system.ref` does;
             # kill crashes exactly the actor named
             target = norm if doing == "kill" else self.system.ref(norm).path
             cell = self.system.slot(target)

@@ -162,9 +162,9 @@ class MailboxQueue:
         "_user",
         "_waiter",
         "capacity",
-        "credited",
         "overflow",
         "ready",
+        "reserves_room",
         "take",
     )
 
@@ -182,7 +182,7 @@ class MailboxQueue:
         self.overflow = spec.overflow
         # Threads need room reserved by the loop before they send only where fullness
         # must be felt by the sender (see runtime.threads).
-        self.credited = spec.overflow in ("block", "fail")
+        self.reserves_room = spec.overflow in ("block", "fail")
         self._user: deque[Any] = _NO_MESSAGES
         self._system: deque[Any] | None = None
         self._high_water = 0

@@ -412,15 +412,18 @@ class Supervisor:
         default="permanent", kw_only=True, validator=_one_of(RESTARTS, "restart type")
     )
     shutdown: float | None = attrs.field(default=None, kw_only=True, validator=_check_shutdown)
-    front: str | None = attrs.field(default=None, kw_only=True)
-    """The child that messages to this supervisor's path go to (e.g. a pool's router):
-    `system.ref(path)` of this supervisor returns that child's ref."""
+    receiver: str | None = attrs.field(default=None, kw_only=True)
+    """The child that receives the messages sent to this supervisor's path (e.g. a
+    pool's router): `system.ref(path)` of this supervisor returns that child's ref."""
     kind: ClassVar[str] = "supervisor"
     cls_name: ClassVar[str] = "Supervisor"
 
     def __attrs_post_init__(self) -> None:
-        if self.front is not None and self.front not in {c.name for c in self.children}:
-            raise ValueError(f"front={self.front!r} is not one of {self.name!r}'s children")
+        if self.receiver is not None and self.receiver not in {c.name for c in self.children}:
+            raise ValueError(
+                f"receiver={self.receiver!r} is not one of {self.name!r}'s children: "
+                "name the child that takes the messages sent to this supervisor"
+            )
         if self.backoff is not None and not isinstance(self.backoff, Backoff):
             raise TypeError(f"backoff= takes a Backoff(...), got {self.backoff!r}")
 

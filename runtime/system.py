@@ -335,24 +335,27 @@ class System:
         On a cluster `path` may also be a URL, ``troupe://node/app/worker``: a
         ref to an actor of another node (not checked here: an unknown path shows
         when it is used) or of this one.  Without a cluster a URL raises
-        `ValueError`.  A supervisor with a `front` child (e.g. a pool) is
+        `ValueError`.  A supervisor with a `receiver` child (e.g. a pool) is
         addressed through it.
         """
         if isinstance(path, str) and path.startswith(URL_SCHEME):
             return self._remote(path).resolve(path)
-        return self._front(self._lookup(path)).ref
+        return self._receiving(self._lookup(path)).ref
 
-    def _front(self, cell: Cell) -> Cell:
-        """`cell`, or the front child it is addressed through (e.g. a pool's router)."""
-        while isinstance(cell.behaviour, Supervising) and cell.behaviour.sup.front is not None:
-            front = cell.behaviour.child_named(cell.behaviour.sup.front)
-            if front is None:
-                raise ActorNotFound(f"{cell.path} has no running {cell.behaviour.sup.front!r} now")
-            cell = front
+    def _receiving(self, cell: Cell) -> Cell:
+        """`cell`, or the receiver child that takes what is sent to it (e.g. a pool's
+        router)."""
+        while isinstance(cell.behaviour, Supervising) and cell.behaviour.sup.receiver is not None:
+            receiver = cell.behaviour.child_named(cell.behaviour.sup.receiver)
+            if receiver is None:
+                raise ActorNotFound(
+                    f"{cell.path} has no running {cell.behaviour.sup.receiver!r} now"
+                )
+            cell = receiver
         return cell
 
     def slot(self, path: str) -> Cell:
-        """The slot at `path` itself (no front followed, no cluster URL): for the
+        """The slot at `path` itself (no receiver followed, no cluster URL): for the
         faces, which look at it as it is (e.g. ``troupe kill`` refuses a supervisor).
         Raises `ActorNotFound`, `RuntimeClosed`, `ValueError` as `ref` does."""
         return self._lookup(path)
@@ -504,7 +507,7 @@ class System:
             cell = None  # another node's bridge: always a message
             target = self.ref(bridge)
         else:
-            cell = self._front(self._lookup(bridge))
+            cell = self._receiving(self._lookup(bridge))
             target = cell.ref
         deadline = trio.current_time() + limit
         call = BlockingCall(fn, args, kwargs, deadline)

@@ -468,7 +468,7 @@ class ThreadGate:
         if not self._open:
             self._closed()
         lane = getattr(self._local, "lane", None) or self._lane()
-        if mailbox.credited:  # block / fail: spend room reserved for this thread
+        if mailbox.reserves_room:  # block / fail: spend room reserved for this thread
             lane.busy = True  # then read `live`: the loop does the converse
             held = lane.credits.get(mailbox, 0) if lane.live else 0
             if held:
@@ -639,7 +639,7 @@ class ThreadGate:
         the gate is closed, `MailboxFull` if this thread's own lane stays full
         (dropping mailboxes) until `deadline`.
         """
-        if not mailbox.credited:
+        if not mailbox.reserves_room:
             timeout = math.inf if deadline == math.inf else max(0.0, deadline - time.monotonic())
             self.tell(mailbox, ask, timeout, path)
             return None
@@ -1051,7 +1051,7 @@ class ThreadGate:
     def _deliver(mailbox: MailboxQueue, items: list[Any]) -> None:
         # put() cannot raise for the dropping policies and put_many_reserved() never
         # does: an error here would take the whole trio run down.
-        if mailbox.credited:
+        if mailbox.reserves_room:
             mailbox.put_many_reserved(items)
         else:
             for item in items:

@@ -82,6 +82,35 @@ async def test_pool_is_a_supervisor_whose_ref_is_its_router() -> None:
             assert stats["routing"] == "round_robin" and stats["workers"] == 3
 
 
+def test_a_receiver_that_is_not_a_child_is_refused_with_the_names() -> None:
+    with pytest.raises(ValueError, match=r"receiver='rooter' is not one of 'svc'.s children"):
+        Supervisor("svc", children=[child(Worker, name="router", args=([],))], receiver="rooter")
+
+
+async def test_a_plain_supervisor_is_addressed_through_its_receiver() -> None:
+    log: list[tuple[str, Any]] = []
+    tree = Supervisor(
+        "app",
+        children=[
+            Supervisor(
+                "svc",
+                children=[
+                    child(Worker, name="a", args=(log,)),
+                    child(Worker, name="b", args=(log,)),
+                ],
+                receiver="b",
+            )
+        ],
+    )
+    with trio.fail_after(WAIT):
+        async with runtime.open_system(tree) as system:
+            ref = system.ref("/app/svc")
+            assert ref.path == "/app/svc/b"
+            ref.tell("hello")
+            await trio.testing.wait_all_tasks_blocked()
+            assert log == [("b", "hello")]
+
+
 # -- routing -------------------------------------------------------------------
 
 
