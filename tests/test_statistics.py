@@ -1,0 +1,179 @@
+"""Typed statistics (STYLE.md, "Statistics are objects, not dicts"): `Bus.statistics`
+returns a frozen attrs class whose every field has a docstring, and `Bus.stats` is the
+same values as a dict (`to_dict`).
+"""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import textwrap
+from typing import Any
+
+import attrs
+import pytest
+import trio
+import trio.testing
+
+import runtime
+from runtime import (
+    Actor,
+    BusStatistics,
+    Event,
+    Mailbox,
+    Supervisor,
+    child,
+)
+
+WAIT = 30.0  # generous bound for anything a real thread must do
+
+BUS_KEYS = [
+    "published",
+    "system_published",
+    "delivered",
+    "dropped",
+    "duplicates",
+    "topics",
+    "subscriptions",
+]
+"""The keys of `Bus.stats()` (DESIGN.md), in order."""
+
+
+# -- every field has a docstring ---------------------------------------------------
+
+
+def undocumented_fields(cls: type) -> list[str]:
+    """The attrs fields of `cls` whose annotated line in the class body is not followed
+    by a non-empty string (the attribute docstring Sphinx shows)."""
+    source = textwrap.dedent(inspect.getsource(cls))
+    body = next(node for node in ast.parse(source).body if isinstance(node, ast.ClassDef)).body
+    documented: set[str] = set()
+    for statement, following in zip(body, [*body[1:], None], strict=True):
+        if not (isinstance(statement, ast.AnnAssign) and isinstance(statement.target, ast.Name)):
+            continue
+        if (
+            isinstance(following, ast.Expr)
+            and isinstance(following.value, ast.Constant)
+            and isinstance(following.value.value, str)
+            and following.value.value.strip()
+        ):
+            documented.add(statement.target.id)
+    return [field.name for field in attrs.fields(cls) if field.name not in documented]
+
+
+@attrs.frozen
+class HalfDocumented:
+    """A class for the check itself: one field documented, two not."""
+
+    said: int
+    """Documented."""
+    unsaid: int
+    empty: int
+    """ """
+
+
+def test_the_docstring_check_finds_a_field_without_one() -> None:
+    assert undocumented_fields(HalfDocumented) == ["unsaid", "empty"]
+
+
+@pytest.mark.parametrize("cls", [BusStatistics])
+def test_every_field_says_what_it_counts(cls: type) -> None:
+    assert attrs.has(cls)
+    assert undocumented_fields(cls) == []
+    assert inspect.getdoc(cls)
+
+
+# -- the bus -----------------------------------------------------------------------
+
+
+class Recorder(Actor):
+    """Subscribes to ``orders.*``; with a `gate`, ``"hold"`` keeps it busy until the
+    gate is set (its mailbox then fills up behind it)."""
+
+    subscriptions = ("orders.*",)
+
+    def __init__(self, gate: trio.Event | None = None) -> None:
+        self.gate = gate
+        self.events: list[Any] = []
+
+    async def receive(self, msg: Any) -> Any:
+        if msg == "hold" and self.gate is not None:
+            await self.gate.wait()
+        elif msg == "events":
+            return list(self.events)
+        elif isinstance(msg, Event):
+            self.events.append(msg.payload)
+        return None
+
+
+async def test_bus_statistics_count_deliveries_drops_and_duplicates() -> None:
+    """Two actors and a stream subscribe; one actor's mailbox (one place, ``drop_new``)
+    is full: two publishes reach three and two subscribers, the second is dropped for
+    the full one, and a repeated `msg_id` is a duplicate."""
+    gate = trio.Event()
+    tree = Supervisor(
+        "app",
+        children=[
+            child(Recorder, name="roomy"),
+            child(
+                Recorder,
+                name="full",
+                args=(gate,),
+                mailbox=Mailbox(capacity=1, overflow="drop_new"),
+            ),
+        ],
+    )
+    with trio.fail_after(WAIT):
+        async with runtime.open_system(tree) as system:
+            bus = system.bus
+            system.ref("/app/full").tell("hold")
+            await trio.testing.wait_all_tasks_blocked()
+            before = bus.statistics()
+            assert before.subscriptions == 2
+            async with bus.stream("orders.>") as events:
+                assert await bus.publish("orders.new", 1) == 3  # "full" takes its last place
+                assert await bus.publish("orders.new", 2, msg_id="order-2") == 2
+                assert await bus.publish("orders.new", 2, msg_id="order-2") == 0  # duplicate
+                after = bus.statistics()
+                assert [events.receive_nowait().payload for _ in range(2)] == [1, 2]
+
+            assert after.published - before.published == 2
+            assert after.delivered - before.delivered == 5
+            assert after.dropped - before.dropped == 1
+            assert after.duplicates - before.duplicates == 1
+            assert after.subscriptions == 3  # the stream too
+            assert after.topics["orders.new"] == 2
+            letters = "system.deadletter"
+            assert after.topics[letters] - before.topics.get(letters, 0) == 1
+            assert after.system_published - before.system_published >= 1  # that dead letter
+
+            now = bus.statistics()
+            assert now.subscriptions == 2  # the stream closed
+            assert after.subscriptions == 3, "statistics taken earlier changed"
+            assert bus.stats() == now.to_dict()
+            assert list(bus.stats()) == BUS_KEYS
+            assert bus.stats()["topics"] == dict(now.topics)
+            bus.stats()["topics"]["orders.new"] = 99  # a fresh dict each time
+            assert bus.statistics().topics["orders.new"] == 2
+            gate.set()
+            assert await system.ref("/app/roomy").ask("events") == [1, 2]
+
+
+async def test_bus_statistics_are_frozen_and_hashable() -> None:
+    with trio.fail_after(WAIT):
+        async with runtime.open_system(Supervisor("app", children=[])) as system:
+            stats = system.bus.statistics()
+            with pytest.raises(attrs.exceptions.FrozenInstanceError):
+                stats.published = 5  # type: ignore[misc]
+            assert stats == system.bus.statistics()
+            assert hash(stats) == hash(system.bus.statistics())
+
+
+def test_the_thread_bus_gives_the_same_statistics() -> None:
+    """`ThreadedBus.statistics` runs `Bus.statistics` on the loop."""
+    with runtime.start_in_thread(Supervisor("app", children=[])) as handle:
+        assert handle.bus.publish("orders.new", 1) == 0  # nobody subscribes
+        stats = handle.bus.statistics()
+        assert isinstance(stats, BusStatistics)
+        assert (stats.published, stats.topics["orders.new"], stats.subscriptions) == (1, 1, 0)
+        assert handle.bus.stats()["published"] == 1
