@@ -5,7 +5,8 @@ The public API is re-exported here; everything else is internal.
 
 from . import wire
 from .actor import Actor, Context, Timer
-from .bridge import Bridge
+from .bridge import Bridge, BridgeStatistics
+from .bus import BusStatistics
 from .deadletters import DeadLetter, DeadLettersQuery
 from .entry import ThreadedSystem, open_system, run, start_in_thread
 from .errors import (
@@ -50,6 +51,8 @@ __all__ = [
     "AskTimeout",
     "Backoff",
     "Bridge",
+    "BridgeStatistics",
+    "BusStatistics",
     "ChildInfo",
     "ChildSpec",
     "ClusterError",

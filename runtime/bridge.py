@@ -383,6 +383,65 @@ def _percentile(samples: deque[float], q: float) -> float | None:
     return ordered[min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1)]
 
 
+@attrs.frozen
+class BridgeStatistics:
+    """What `Bridge.statistics` reports (like trio's `MemoryChannelStatistics`).
+
+    Counts since the bridge started; times in milliseconds.  `to_dict` is
+    `Bridge.snapshot_stats`, the same as the plain dict the snapshot shows as
+    its ``stats``.
+    """
+
+    mode: Mode
+    """``thread`` (worker threads) or ``process`` (worker processes)."""
+    max_workers: int
+    """The most worker threads or processes the bridge runs calls in at once."""
+    submitted: int
+    """Calls the bridge was given: call messages it took (those already past
+    their deadline or given up included) and calls started without a message."""
+    completed: int
+    """Calls that returned: their callers got the value."""
+    failed: int
+    """Calls that raised (their callers got the error), and calls that could not
+    start: no thread could be started, or (process mode) they could not be pickled."""
+    abandoned: int
+    """Calls given up: dropped before they ran (their callers gave up, their
+    deadline passed, or the bridge stopped), or left running (a timeout, a caller
+    that gave up, the bridge's stop)."""
+    abandoned_running: int
+    """Thread mode: abandoned calls whose threads still run; each holds a worker
+    slot until it returns."""
+    active: int
+    """Calls running now for a caller that still waits (queued ones are not active)."""
+    peak_active: int
+    """The most calls that ever ran at once."""
+    queued: int
+    """Calls waiting to run: taken by the bridge and waiting for a worker, or
+    waiting in its mailbox."""
+    run_ms_p50: float | None
+    """Median run time of the last 1,000 calls that ran to the end (returned or
+    raised), in milliseconds; None before the first."""
+    run_ms_p99: float | None
+    """99th percentile of the same run times, in milliseconds; None before the first."""
+    wait_ms_p50: float | None
+    """Median of the last 1,000 waits for a worker, from when the bridge took a
+    call to when a worker started it (time in the mailbox not included; thread
+    mode counts the calls that ran to the end), in milliseconds; None before
+    the first."""
+    wait_ms_p99: float | None
+    """99th percentile of the same waits, in milliseconds; None before the first."""
+    healthy: bool
+    """Whether `Bridge.health` found nothing wrong (``warnings`` is empty)."""
+    warnings: str
+    """What `Bridge.health` found wrong, joined with ``"; "``: all workers busy for
+    more than 5 s, a failure rate over 10 % of the last 100 calls, abandoned
+    threads still running; empty when healthy."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """The same values as a plain dict: what `Bridge.snapshot_stats` returns."""
+        return attrs.asdict(self)
+
+
 class Bridge(Actor):
     """Runs blocking callables for other actors (``mode="thread"`` or ``"process"``).
 
@@ -806,7 +865,12 @@ class Bridge(Actor):
             warnings.append(f"{self.abandoned_running} abandoned thread(s) still running")
         return not warnings, warnings
 
-    def snapshot_stats(self) -> dict[str, Any]:
+    def statistics(self) -> BridgeStatistics:
+        """The bridge's counters, latencies and health now, as a `BridgeStatistics`.
+
+        Never blocks.  Loop thread only, while the bridge runs (it reads its
+        mailbox).
+        """
         healthy, warnings = self.health()
         ms = 1000.0
 
@@ -817,25 +881,29 @@ class Bridge(Actor):
         in_queue, peak = 0, self.peak_active  # in_queue: taken, waiting for a worker thread
         if self._workers is not None:
             in_queue, peak = self._workers.counts()
-        return {
-            "mode": self.mode,
-            "max_workers": self.max_workers,
-            "submitted": self.submitted,
-            "completed": self.completed,
-            "failed": self.failed,
-            "abandoned": self.abandoned,
-            "abandoned_running": self.abandoned_running,
+        return BridgeStatistics(
+            mode=self.mode,
+            max_workers=self.max_workers,
+            submitted=self.submitted,
+            completed=self.completed,
+            failed=self.failed,
+            abandoned=self.abandoned,
+            abandoned_running=self.abandoned_running,
             # calls running for a caller that still waits (queued ones are not active)
-            "active": len(self._jobs) - in_queue,
-            "peak_active": peak,
-            "queued": self.waiting + in_queue + self.ctx.ref.mailbox_depth,
-            "run_ms_p50": p(self._durations, 0.5),
-            "run_ms_p99": p(self._durations, 0.99),
-            "wait_ms_p50": p(self._waits, 0.5),
-            "wait_ms_p99": p(self._waits, 0.99),
-            "healthy": healthy,
-            "warnings": "; ".join(warnings),
-        }
+            active=len(self._jobs) - in_queue,
+            peak_active=peak,
+            queued=self.waiting + in_queue + self.ctx.ref.mailbox_depth,
+            run_ms_p50=p(self._durations, 0.5),
+            run_ms_p99=p(self._durations, 0.99),
+            wait_ms_p50=p(self._waits, 0.5),
+            wait_ms_p99=p(self._waits, 0.99),
+            healthy=healthy,
+            warnings="; ".join(warnings),
+        )
+
+    def snapshot_stats(self) -> dict[str, Any]:
+        """`statistics` as a plain dict (`BridgeStatistics.to_dict`), for the snapshot."""
+        return self.statistics().to_dict()
 
 
 # -- process mode: what crosses the pipe ----------------------------------------
@@ -1013,4 +1081,4 @@ def _gave_up(call: BlockingCall) -> BaseException:
     return ActorStopped(f"{call!r} was abandoned: its caller or the bridge stopped")
 
 
-__all__ = ["BlockingCall", "Bridge"]
+__all__ = ["BlockingCall", "Bridge", "BridgeStatistics"]

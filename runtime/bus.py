@@ -164,6 +164,48 @@ class PendingPublish:
         return self.delivered
 
 
+@attrs.frozen
+class BusStatistics:
+    """What `Bus.statistics` reports (like trio's `MemoryChannelStatistics`).
+
+    Counts since the system started; `to_dict` is `Bus.stats`, the same as a
+    JSON-ready dict.
+    """
+
+    published: int
+    """Events published on application topics (not ``system.``), events that came
+    from other nodes on cluster-wide topics included; duplicates are not."""
+    system_published: int
+    """Events the runtime published on its own ``system.`` topics (``system.actor.*``,
+    ``system.deadletter``, ``system.loop.blocked``, ``system.cluster.*``, ...)."""
+    delivered: int
+    """Deliveries: one for each subscriber (an actor, a callback or a stream) that
+    got an event, so an event with three subscribers counts three; replayed
+    events count too."""
+    dropped: int
+    """Events dead-lettered for a subscriber instead of delivered, one for each
+    subscriber: no room (``overflow``, a ``drop_new`` mailbox, an event pushed out
+    of a ``drop_old`` one), a wait that would close a cycle (``deadlock``), a
+    filter that raised (``crashed``), a mailbox that stopped (``stopped``).  A
+    plain message pushed out of a mailbox by an event is not counted."""
+    duplicates: int
+    """Publishes dropped because their `msg_id` was seen within the duplicate
+    window (local ones and those from other nodes); they are not in ``published``."""
+    topics: Mapping[str, int] = attrs.field(hash=False)  # a dict: hashed by the others
+    """Events per topic, application and runtime ones alike; past 10,000 topics
+    (`TOPIC_STATS`), new ones are counted under ``(other)``.  A copy made by
+    `Bus.statistics`: it does not change as the bus goes on."""
+    subscriptions: int
+    """Subscriptions now: one for each pattern of each actor or callback, and one
+    for each open stream (a ``once`` subscription held by a publish waiting for
+    room is not counted)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """The same counts as a plain dict (``topics`` a new dict): what `Bus.stats`
+        returns, ready for JSON."""
+        return attrs.asdict(self)
+
+
 class Bus:
     """The router: subscriptions, delivery, history and stats (``system.bus``)."""
 
@@ -852,19 +894,25 @@ class Bus:
     def clear_history(self) -> None:
         self._history.clear()
 
+    def statistics(self) -> BusStatistics:
+        """The bus's counters now, as a `BusStatistics`.  Never blocks.  Loop thread
+        only (`ThreadedBus.statistics` from other threads)."""
+        return BusStatistics(
+            published=self.published,
+            system_published=self.system_published,
+            delivered=self.delivered,
+            dropped=self.dropped,
+            duplicates=self.duplicates,
+            topics=dict(self._topics),
+            subscriptions=self._index.count,
+        )
+
     def stats(self) -> dict[str, Any]:
-        """``published`` counts application events, ``system_published`` the runtime's
+        """`statistics` as a plain dict (`BusStatistics.to_dict`): ``published``
+        counts application events, ``system_published`` the runtime's
         (``system.*``); ``topics`` counts both, per topic; ``duplicates`` counts
         publishes dropped for a `msg_id` seen within the duplicate window."""
-        return {
-            "published": self.published,
-            "system_published": self.system_published,
-            "delivered": self.delivered,
-            "dropped": self.dropped,
-            "duplicates": self.duplicates,
-            "topics": dict(self._topics),
-            "subscriptions": self._index.count,
-        }
+        return self.statistics().to_dict()
 
 
 @attrs.frozen
@@ -900,6 +948,7 @@ def _seconds(limit: float) -> str:
 
 __all__ = [
     "Bus",
+    "BusStatistics",
     "Event",
     "PatternIndex",
     "Subscription",

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, TypedDict
 
 import trio
 
+from .bus import BusStatistics
 from .control import ControlServer
 from .errors import RuntimeClosed, unwrap_single
 from .metrics import MetricsServer
@@ -524,6 +525,10 @@ class ThreadedBus:
 
     def clear_history(self) -> None:
         self._handle._call(self._bus.clear_history)
+
+    def statistics(self) -> BusStatistics:
+        """`Bus.statistics`, from this thread."""
+        return self._handle._call(self._bus.statistics)  # type: ignore[no-any-return]
 
     def stats(self) -> dict[str, Any]:
         return self._handle._call(self._bus.stats)  # type: ignore[no-any-return]
