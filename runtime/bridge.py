@@ -843,6 +843,11 @@ class Bridge(Actor):
         return ending
 
     def health(self) -> tuple[bool, list[str]]:
+        """(healthy, what is wrong): every worker busy for more than
+        `SATURATION_WARNING` seconds; more than 10 % of the last 100 calls failed
+        (once there are 10); abandoned threads still running (when they hold every
+        worker, new calls queue).  Healthy when the list is empty.  Never blocks;
+        loop thread only."""
         warnings: list[str] = []
         now = trio.current_time()
         if self._saturated_since is not None and now - self._saturated_since > SATURATION_WARNING:

@@ -13,7 +13,7 @@ import inspect
 import operator
 import textwrap
 import threading
-from typing import Any
+from typing import Any, ClassVar
 
 import attrs
 import pytest
@@ -209,11 +209,20 @@ def test_the_thread_bus_gives_the_same_statistics() -> None:
 # -- the bridge --------------------------------------------------------------------
 
 
+class SeenBridge(Bridge):
+    """A `Bridge` that keeps its running instance where the test can read it (users
+    see a bridge only through its ref and its stats)."""
+
+    running: ClassVar[list[Bridge]] = []
+
+    async def on_start(self) -> None:
+        await super().on_start()
+        SeenBridge.running.append(self)
+
+
 def the_bridge(system: runtime.System, path: str) -> Bridge:
-    """The `Bridge` instance running at `path` (users see it through its ref and stats)."""
-    actor = system.ref(path)._cell.behaviour.actor
-    assert isinstance(actor, Bridge)
-    return actor
+    """The `Bridge` instance running at `path`."""
+    return [b for b in SeenBridge.running if b.ctx.path == path][-1]  # the latest start
 
 
 def without_times(stats: BridgeStatistics) -> BridgeStatistics:
@@ -230,7 +239,7 @@ async def test_bridge_statistics_count_calls_that_succeed_fail_queue_and_are_giv
     """A bridge of one worker: a call returns, one raises, then one holds the worker
     while a second waits for it in the bridge and a third in its mailbox; the third's
     caller gives up before the bridge takes it."""
-    tree = Supervisor("app", children=[child(Bridge, name="one", kwargs={"max_workers": 1})])
+    tree = Supervisor("app", children=[child(SeenBridge, name="one", kwargs={"max_workers": 1})])
     started, gate = threading.Event(), threading.Event()
 
     def hold() -> str:
