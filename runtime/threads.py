@@ -1,6 +1,8 @@
 """The foreign-thread gate: the one place where foreign threads hand messages to the loop.
 
-The only module of the runtime that uses threading locks.
+(Threads the runtime runs itself hand their results back through queues of
+their own owners, drained on the loop: the bridge's worker pool, the cluster's
+NATS client thread.  None of them touches runtime state.)
 
 Rule 3 of the design: a foreign thread never touches runtime state.  It
 appends to a small injection queue (its own *lane*) and wakes the loop with

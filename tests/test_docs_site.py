@@ -299,3 +299,25 @@ def test_the_names_the_api_reference_links_to_exist() -> None:
         if not _resolves(name)
     }
     assert not missing
+
+
+def test_actors_is_forbidden_every_private_module_of_runtime() -> None:
+    """DESIGN: `actors/` imports only `runtime`'s public API.  The import-linter
+    contract that enforces it lists the private modules by name, so a module added
+    to `runtime` must be added there too: every module but the public ones
+    (`runtime`, `runtime.testing`, `runtime.wire`) is listed."""
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    contract = next(
+        c
+        for c in config["tool"]["importlinter"]["contracts"]
+        if c["type"] == "forbidden" and c["source_modules"] == ["actors"]
+    )
+    public = {"runtime.testing", "runtime.wire"}
+    package = ROOT / "runtime"
+    modules = {
+        "runtime." + (path.stem if path.is_file() else path.name)
+        for path in package.iterdir()
+        if (path.suffix == ".py" and path.stem != "__init__")
+        or (path.is_dir() and (path / "__init__.py").exists())
+    }
+    assert modules - public == set(contract["forbidden_modules"])
