@@ -430,6 +430,7 @@ class Bus:
         metadata: Mapping[str, Any] | None = None,
         msg_id: str | None = None,
         timeout: float | None = None,
+        **more: Any,
     ) -> int:
         """Deliver to every matching subscriber, waiting for room in full ``block`` mailboxes.
 
@@ -447,14 +448,19 @@ class Bus:
         dead-lettered (``overflow``) for each subscriber it had not reached
         yet, and `trio.Cancelled` propagates.  A publish that waits for nobody
         is a schedule point only once every `YIELD_EVERY` calls (a cancel
-        already pending is always honoured first).  Returns how many
-        subscribers it was delivered to (0 for a duplicate `msg_id`).  Raises
-        `RuntimeClosed` once the system has stopped, `ValueError` for an
-        invalid topic or one under ``system.``, or a negative or NaN
-        `timeout`, `TypeError` for a `msg_id` that is not a string; nothing is
-        published then.
+        already pending is always honoured first).
+
+        The event's metadata is `metadata` (the runtime's own callers) and the
+        other keywords (``foo=1``), merged.  Returns how many subscribers it
+        was delivered to (0 for a duplicate `msg_id`).  Raises `RuntimeClosed`
+        once the system has stopped, `ValueError` for an invalid topic or one
+        under ``system.``, a negative or NaN `timeout`, or a metadata key given
+        both in `metadata` and as a keyword, `TypeError` for a `msg_id` that is
+        not a string; nothing is published then.
         """
         limit = check_timeout(timeout)
+        if more:
+            metadata = _merged(metadata, more)
         await trio.lowlevel.checkpoint_if_cancelled()
         new = self._user_event(topic, payload, source, correlation_id, metadata, msg_id)
         if new is None:
@@ -482,6 +488,7 @@ class Bus:
         metadata: Mapping[str, Any] | None = None,
         msg_id: str | None = None,
         timeout: float | None = None,
+        **more: Any,
     ) -> int:
         """Deliver without waiting.  Never blocks.
 
@@ -489,10 +496,12 @@ class Bus:
         ``fail`` mailbox, or one with publishers waiting in its line) gets it
         dead-lettered as ``overflow``; ``drop_new``/``drop_old`` mailboxes
         apply their policy.  `timeout` is checked but does not apply (it never
-        waits).  Returns how many subscribers it
+        waits); metadata as for `publish`.  Returns how many subscribers it
         was delivered to (0 for a duplicate `msg_id`).  Raises as `publish`.
         """
         check_timeout(timeout)
+        if more:
+            metadata = _merged(metadata, more)
         new = self._user_event(topic, payload, source, correlation_id, metadata, msg_id)
         if new is None:
             return 0
@@ -952,6 +961,21 @@ def _callable_key(fn: Callable[..., Any]) -> Hashable:
 def _check_replay(replay: object) -> None:
     if isinstance(replay, bool) or not isinstance(replay, int) or replay < 0:
         raise ValueError(f"replay is how many past events to deliver first (>= 0), got {replay!r}")
+
+
+def _merged(metadata: Mapping[str, Any] | None, more: Mapping[str, Any]) -> Mapping[str, Any]:
+    """`metadata` and the keywords of a publish as one mapping; ValueError for a key
+    given both ways."""
+    if not metadata:
+        return more
+    both = sorted(key for key in more if key in metadata)
+    if both:
+        keys = ", ".join(repr(key) for key in both)
+        raise ValueError(
+            f"metadata {'keys' if len(both) > 1 else 'key'} {keys} given both in "
+            "metadata= and as a keyword: give each once"
+        )
+    return {**metadata, **more}
 
 
 def _seconds(limit: float) -> str:

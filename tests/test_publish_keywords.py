@@ -1,5 +1,5 @@
 """The keywords of publish: ``timeout`` bounds the wait in full subscribers' lines (it is
-never metadata).
+never metadata), and every publish, ``system.bus``'s included, takes ``**metadata``.
 
 Contract (DESIGN.md, Event bus): "`correlation_id`, `msg_id` and `timeout` are keywords
 of `publish`, not metadata keys."  Past the timeout the event is dead-lettered
@@ -236,6 +236,40 @@ async def test_a_publish_with_a_timeout_is_still_an_edge_of_the_wait_for_graph(
 
 
 # -- system.bus.publish / publish_nowait ---------------------------------------------
+@pytest.mark.parametrize("how", ["publish", "publish_nowait"])
+async def test_bus_publish_takes_metadata_keywords(
+    autojump_clock: trio.abc.Clock, how: str
+) -> None:
+    async with runtime.open_system(Supervisor("app")) as system:
+        async with system.bus.stream("a.>") as events:
+
+            async def publish(*args: Any, **keywords: Any) -> int:
+                if how == "publish":
+                    return await system.bus.publish(*args, **keywords)
+                return system.bus.publish_nowait(*args, **keywords)
+
+            assert await publish("a.b", 1, foo=1) == 1
+            assert await publish("a.b", 2, metadata={"bar": 2}, foo=1) == 1
+            assert await publish("a.b", 3, metadata={"bar": 2}) == 1
+            assert await publish("a.b", 4, timeout=3.0, correlation_id="c", msg_id="m") == 1
+            got = [events.receive_nowait() for _ in range(4)]
+        assert [dict(e.metadata) for e in got] == [{"foo": 1}, {"bar": 2, "foo": 1}, {"bar": 2}, {}]
+        assert (got[3].correlation_id, got[3].msg_id) == ("c", "m")
+
+
+@pytest.mark.parametrize("how", ["publish", "publish_nowait"])
+async def test_bus_publish_refuses_a_metadata_key_given_both_ways(
+    autojump_clock: trio.abc.Clock, how: str
+) -> None:
+    async with runtime.open_system(Supervisor("app")) as system:
+        with pytest.raises(ValueError, match="'foo'"):
+            if how == "publish":
+                await system.bus.publish("a.b", 1, metadata={"foo": 1, "bar": 2}, foo=2)
+            else:
+                system.bus.publish_nowait("a.b", 1, metadata={"foo": 1, "bar": 2}, foo=2)
+        assert system.bus.stats()["published"] == 0
+
+
 @pytest.mark.parametrize("how", ["publish", "publish_nowait"])
 @pytest.mark.parametrize("timeout", [-1, math.nan])
 async def test_bus_publish_refuses_a_negative_or_nan_timeout(
