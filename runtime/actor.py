@@ -124,6 +124,7 @@ class Context:
         *,
         correlation_id: str | None = None,
         msg_id: str | None = None,
+        timeout: float | None = None,
         **metadata: Any,
     ) -> int:
         """Publish on the bus; returns the number of subscribers it was delivered to.
@@ -133,14 +134,19 @@ class Context:
         never delays it).  A subscriber for which waiting would close a cycle
         of actors waiting on each other (e.g. this actor itself, full, on its
         own topic) gets the event dead-lettered (``deadlock``) and is not
-        counted.  Cancelled while it waits, the event is dead-lettered
-        (``overflow``) for the subscribers it had not reached.  A `msg_id`
-        seen within the bus's duplicate window makes it a no-op returning 0.
-        Raises `ValueError` for an invalid topic or one under ``system.``,
-        `RuntimeClosed` once the system has stopped.
+        counted.  `timeout` bounds the wait in those lines (None: as long as
+        it takes; 0: only where there is room now): past it the event is
+        dead-lettered (``overflow``) for the subscribers it had not reached
+        and the count delivered is returned (no exception).  Cancelled while
+        it waits, the event is likewise dead-lettered for the subscribers it
+        had not reached, and the cancellation propagates.  A `msg_id` seen
+        within the bus's duplicate window makes it a no-op returning 0.  The
+        other keywords are the event's `metadata`.  Raises `ValueError` for an
+        invalid topic or one under ``system.``, or a negative or NaN
+        `timeout`; `RuntimeClosed` once the system has stopped.
         """
         return await self._cell.host.publish_from(
-            self._cell.path, topic, payload, correlation_id, metadata, msg_id
+            self._cell.path, topic, payload, correlation_id, metadata, msg_id, timeout=timeout
         )
 
     def publish_nowait(
@@ -150,16 +156,18 @@ class Context:
         *,
         correlation_id: str | None = None,
         msg_id: str | None = None,
+        timeout: float | None = None,
         **metadata: Any,
     ) -> int:
         """Publish without waiting.  Never blocks.
 
         A subscriber that cannot take the event at once (full, or with
         publishers waiting in its line) gets it dead-lettered (``overflow``);
-        the count says exactly how many got it.  Raises as `publish`.
+        the count says exactly how many got it.  `timeout` is checked but does
+        not apply (as `System.publish` on the trio thread).  Raises as `publish`.
         """
         return self._cell.host.publish_nowait_from(
-            self._cell.path, topic, payload, correlation_id, metadata, msg_id
+            self._cell.path, topic, payload, correlation_id, metadata, msg_id, timeout=timeout
         )
 
     def dead_letter(self, msg: Any, reason: str) -> None:

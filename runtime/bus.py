@@ -9,10 +9,11 @@ events over in line order whoever runs first, so every subscriber sees one
 total order, and a full subscriber delays only the publishers of its events
 (rule 2).  Waits are edges of the wait-for graph (rule 5): one that would
 close a cycle is not made and the event is dead-lettered for that subscriber
-(``deadlock``).  A cancelled publish dead-letters the event (``overflow``) for
-the subscribers it had not reached.  `publish_nowait` never waits: a
-subscriber that cannot take the event at once gets it dead-lettered as
-``overflow``.  Threads publish through the bus actor (`System.publish`).
+(``deadlock``).  A cancelled publish, or one past its `timeout`, dead-letters
+the event (``overflow``) for the subscribers it had not reached.
+`publish_nowait` never waits: a subscriber that cannot take the event at once
+gets it dead-lettered as ``overflow``.  Threads publish through the bus actor
+(`System.publish`).
 
 Topics under ``system.`` belong to the runtime: only its own `system_event`
 and `dead_letter_event` publish there (users get `ValueError`), patterns that
@@ -149,9 +150,9 @@ class PendingPublish:
         wait would close a cycle is left (``deadlock``).  Lines that let the
         event in while it waited elsewhere count too.  Cancelled, or at
         `deadline` (trio time), the places still held are left and the event
-        is dead-lettered there (``overflow``), `delivered` is final, and the
-        cancellation propagates.  A mailbox that closed meanwhile dead-lettered
-        the event itself (``stopped``).
+        is dead-lettered there (``overflow``) and `delivered` is final; a
+        cancellation propagates, the deadline just ends the wait.  A mailbox
+        that closed meanwhile dead-lettered the event itself (``stopped``).
         """
         try:
             if deadline == math.inf:
@@ -428,25 +429,38 @@ class Bus:
         correlation_id: str | None = None,
         metadata: Mapping[str, Any] | None = None,
         msg_id: str | None = None,
+        timeout: float | None = None,
+        **more: Any,
     ) -> int:
         """Deliver to every matching subscriber, waiting for room in full ``block`` mailboxes.
 
         Delivers at once to every subscriber with room; for each full
         ``block`` subscriber it takes a place in that mailbox's line, all of
         them before its first wait (so every subscriber sees one total order),
-        then blocks until each line has let the event in.  A wait that would
-        close a cycle of actors waiting on each other (rule 5: e.g. a
-        subscriber publishing to its own topic while its mailbox is full) is
-        not made: the event is dead-lettered for that subscriber (``deadlock``).
-        Cancelled while it waits, the event is dead-lettered (``overflow``)
-        for each subscriber it had not reached yet, and `trio.Cancelled`
-        propagates.  A publish that waits for nobody is a schedule point only
-        once every `YIELD_EVERY` calls (a cancel already pending is always
-        honoured first).  Returns how many subscribers it was delivered to (0
-        for a duplicate `msg_id`).  Raises `RuntimeClosed` once the system has
-        stopped, `ValueError` for an invalid topic or one under ``system.``,
-        `TypeError` for a `msg_id` that is not a string.
+        then blocks until each line has let the event in, for at most
+        `timeout` seconds (None: as long as it takes; 0: only where there is
+        room now).  Past the timeout the event is dead-lettered (``overflow``)
+        for each subscriber it had not reached yet and the publish returns
+        (no exception).  A wait that would close a cycle of actors waiting on
+        each other (rule 5: e.g. a subscriber publishing to its own topic
+        while its mailbox is full) is not made: the event is dead-lettered for
+        that subscriber (``deadlock``).  Cancelled while it waits, the event is
+        dead-lettered (``overflow``) for each subscriber it had not reached
+        yet, and `trio.Cancelled` propagates.  A publish that waits for nobody
+        is a schedule point only once every `YIELD_EVERY` calls (a cancel
+        already pending is always honoured first).
+
+        The event's metadata is `metadata` (the runtime's own callers) and the
+        other keywords (``foo=1``), merged.  Returns how many subscribers it
+        was delivered to (0 for a duplicate `msg_id`).  Raises `RuntimeClosed`
+        once the system has stopped, `ValueError` for an invalid topic or one
+        under ``system.``, a negative or NaN `timeout`, or a metadata key given
+        both in `metadata` and as a keyword, `TypeError` for a `msg_id` that is
+        not a string; nothing is published then.
         """
+        limit = check_timeout(timeout)
+        if more:
+            metadata = _merged(metadata, more)
         await trio.lowlevel.checkpoint_if_cancelled()
         new = self._user_event(topic, payload, source, correlation_id, metadata, msg_id)
         if new is None:
@@ -461,7 +475,8 @@ class Bus:
                 self._unyielded = 0
                 await trio.lowlevel.cancel_shielded_checkpoint()
             return count
-        return await PendingPublish(self, event, lines, count).wait(waiting_slot())
+        deadline = math.inf if limit == math.inf else trio.current_time() + limit
+        return await PendingPublish(self, event, lines, count).wait(waiting_slot(), deadline)
 
     def publish_nowait(
         self,
@@ -472,15 +487,21 @@ class Bus:
         correlation_id: str | None = None,
         metadata: Mapping[str, Any] | None = None,
         msg_id: str | None = None,
+        timeout: float | None = None,
+        **more: Any,
     ) -> int:
         """Deliver without waiting.  Never blocks.
 
         A subscriber that cannot take the event at once (a full ``block`` or
         ``fail`` mailbox, or one with publishers waiting in its line) gets it
         dead-lettered as ``overflow``; ``drop_new``/``drop_old`` mailboxes
-        apply their policy.  Returns how many subscribers it was delivered to
-        (0 for a duplicate `msg_id`).  Raises as `publish`.
+        apply their policy.  `timeout` is checked but does not apply (it never
+        waits); metadata as for `publish`.  Returns how many subscribers it
+        was delivered to (0 for a duplicate `msg_id`).  Raises as `publish`.
         """
+        check_timeout(timeout)
+        if more:
+            metadata = _merged(metadata, more)
         new = self._user_event(topic, payload, source, correlation_id, metadata, msg_id)
         if new is None:
             return 0
@@ -940,6 +961,21 @@ def _callable_key(fn: Callable[..., Any]) -> Hashable:
 def _check_replay(replay: object) -> None:
     if isinstance(replay, bool) or not isinstance(replay, int) or replay < 0:
         raise ValueError(f"replay is how many past events to deliver first (>= 0), got {replay!r}")
+
+
+def _merged(metadata: Mapping[str, Any] | None, more: Mapping[str, Any]) -> Mapping[str, Any]:
+    """`metadata` and the keywords of a publish as one mapping; ValueError for a key
+    given both ways."""
+    if not metadata:
+        return more
+    both = sorted(key for key in more if key in metadata)
+    if both:
+        keys = ", ".join(repr(key) for key in both)
+        raise ValueError(
+            f"metadata {'keys' if len(both) > 1 else 'key'} {keys} given both in "
+            "metadata= and as a keyword: give each once"
+        )
+    return {**metadata, **more}
 
 
 def _seconds(limit: float) -> str:

@@ -103,7 +103,11 @@ class Host(Protocol):
         correlation_id: str | None,
         metadata: Mapping[str, Any],
         msg_id: str | None = None,
-    ) -> int: ...
+        timeout: float | None = None,
+    ) -> int:
+        """`Bus.publish` for the actor at `source` (``ctx.publish``): waits in full
+        ``block`` subscribers' lines, at most `timeout` seconds."""
+        ...
 
     def publish_nowait_from(
         self,
@@ -113,7 +117,11 @@ class Host(Protocol):
         correlation_id: str | None,
         metadata: Mapping[str, Any],
         msg_id: str | None = None,
-    ) -> int: ...
+        timeout: float | None = None,
+    ) -> int:
+        """`Bus.publish_nowait` for the actor at `source` (``ctx.publish_nowait``):
+        never waits; `timeout` is checked but does not apply."""
+        ...
 
     def subscribe_cell(
         self,

@@ -234,6 +234,7 @@ class System:
         correlation_id: str | None,
         metadata: Mapping[str, Any],
         msg_id: str | None = None,
+        timeout: float | None = None,
     ) -> int:
         return await self.bus.publish(
             topic,
@@ -242,6 +243,7 @@ class System:
             correlation_id=correlation_id,
             metadata=metadata,
             msg_id=msg_id,
+            timeout=timeout,
         )
 
     def publish_nowait_from(
@@ -252,6 +254,7 @@ class System:
         correlation_id: str | None,
         metadata: Mapping[str, Any],
         msg_id: str | None = None,
+        timeout: float | None = None,
     ) -> int:
         return self.bus.publish_nowait(
             topic,
@@ -260,6 +263,7 @@ class System:
             correlation_id=correlation_id,
             metadata=metadata,
             msg_id=msg_id,
+            timeout=timeout,
         )
 
     def subscribe_cell(
