@@ -458,7 +458,7 @@ class Bus:
         both in `metadata` and as a keyword, `TypeError` for a `msg_id` that is
         not a string; nothing is published then.
         """
-        limit = check_timeout(timeout)
+        limit = math.inf if timeout is None else check_timeout(timeout)  # None: no call
         if more:
             metadata = _merged(metadata, more)
         await trio.lowlevel.checkpoint_if_cancelled()
@@ -499,7 +499,8 @@ class Bus:
         waits); metadata as for `publish`.  Returns how many subscribers it
         was delivered to (0 for a duplicate `msg_id`).  Raises as `publish`.
         """
-        check_timeout(timeout)
+        if timeout is not None:
+            check_timeout(timeout)
         if more:
             metadata = _merged(metadata, more)
         new = self._user_event(topic, payload, source, correlation_id, metadata, msg_id)
