@@ -438,8 +438,10 @@ class BridgeStatistics:
     threads still running; empty when healthy."""
 
     def to_dict(self) -> dict[str, Any]:
-        """The same values as a plain dict: what `Bridge.snapshot_stats` returns."""
-        return attrs.asdict(self)
+        """The same values as a plain dict: what `Bridge.snapshot_stats` returns, and
+        what a snapshot's ``stats`` of a bridge holds (``BridgeStatistics(**stats)``
+        makes the object again)."""
+        return attrs.asdict(self, recurse=False)
 
 
 class Bridge(Actor):

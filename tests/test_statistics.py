@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import inspect
+import json
 import operator
 import textwrap
 import threading
@@ -322,3 +323,30 @@ async def test_bridge_statistics_count_calls_that_succeed_fail_queue_and_are_giv
                     end.completed = 0  # type: ignore[misc]
     finally:
         gate.set()
+
+
+def test_statistics_topics_cannot_be_changed_and_to_dict_gives_a_plain_dict() -> None:
+    stats = runtime.BusStatistics(
+        published=1,
+        system_published=0,
+        delivered=0,
+        dropped=0,
+        duplicates=0,
+        topics={"a.b": 1},
+        subscriptions=0,
+    )
+    with pytest.raises(TypeError):
+        stats.topics["a.b"] = 2  # type: ignore[index]
+    as_dict = stats.to_dict()
+    assert type(as_dict["topics"]) is dict and as_dict["topics"] == {"a.b": 1}
+    json.dumps(as_dict)
+
+
+async def test_a_bridge_snapshot_stats_make_the_typed_object_again() -> None:
+    tree = Supervisor("app", children=[child(Bridge, name="b", kwargs={"max_workers": 1})])
+    with trio.fail_after(WAIT):
+        async with runtime.open_system(tree) as system:
+            assert await system.run_blocking(len, "abc", bridge="/app/b") == 3
+            stats = system.snapshot().find("/app/b").stats
+            typed = BridgeStatistics(**stats)
+            assert typed.completed == 1 and typed.to_dict() == stats
