@@ -414,16 +414,25 @@ class Supervisor:
     shutdown: float | None = attrs.field(default=None, kw_only=True, validator=_check_shutdown)
     receiver: str | None = attrs.field(default=None, kw_only=True)
     """The child that receives the messages sent to this supervisor's path (e.g. a
-    pool's router): `system.ref(path)` of this supervisor returns that child's ref."""
+    pool's router): `system.ref(path)` of this supervisor returns that child's ref.
+    It must be a ``permanent`` child."""
     kind: ClassVar[str] = "supervisor"
     cls_name: ClassVar[str] = "Supervisor"
 
     def __attrs_post_init__(self) -> None:
-        if self.receiver is not None and self.receiver not in {c.name for c in self.children}:
-            raise ValueError(
-                f"receiver={self.receiver!r} is not one of {self.name!r}'s children: "
-                "name the child that takes the messages sent to this supervisor"
-            )
+        if self.receiver is not None:
+            named = [c for c in self.children if c.name == self.receiver]
+            if not named:
+                raise ValueError(
+                    f"receiver={self.receiver!r} is not one of {self.name!r}'s children: "
+                    "name the child that takes the messages sent to this supervisor"
+                )
+            if named[0].restart != "permanent":
+                raise ValueError(
+                    f"receiver={self.receiver!r} is a {named[0].restart} child of "
+                    f"{self.name!r}: once it stopped for good, nothing could reach "
+                    "this supervisor's path; make it permanent"
+                )
         if self.backoff is not None and not isinstance(self.backoff, Backoff):
             raise TypeError(f"backoff= takes a Backoff(...), got {self.backoff!r}")
 

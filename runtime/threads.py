@@ -1,8 +1,8 @@
 """The foreign-thread gate: the one place where foreign threads hand messages to the loop.
 
-(Threads the runtime runs itself hand their results back through queues of
-their own owners, drained on the loop: the bridge's worker pool, the cluster's
-NATS client thread.  None of them touches runtime state.)
+(Threads the runtime runs itself, the bridge's workers, the NATS client's and
+the dashboard's, put their results in queues of their own and wake the loop
+with one `run_sync_soon`; the loop drains them.  None touches runtime state.)
 
 Rule 3 of the design: a foreign thread never touches runtime state.  It
 appends to a small injection queue (its own *lane*) and wakes the loop with

@@ -87,6 +87,15 @@ def test_a_receiver_that_is_not_a_child_is_refused_with_the_names() -> None:
         Supervisor("svc", children=[child(Worker, name="router", args=([],))], receiver="rooter")
 
 
+@pytest.mark.parametrize("restart", ["transient", "temporary"])
+def test_a_receiver_must_be_permanent(restart: str) -> None:
+    """One that stopped for good would leave the supervisor's path unreachable."""
+    with pytest.raises(ValueError, match=rf"receiver='r' is a {restart} child"):
+        Supervisor(
+            "svc", children=[child(Worker, name="r", args=([],), restart=restart)], receiver="r"
+        )
+
+
 async def test_a_plain_supervisor_is_addressed_through_its_receiver() -> None:
     log: list[tuple[str, Any]] = []
     tree = Supervisor(
