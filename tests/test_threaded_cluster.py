@@ -1,9 +1,11 @@
-"""A cluster seen from plain threads: `ThreadedSystem.node` and
+"""A cluster seen from plain threads and from a terminal: `ThreadedSystem.node` and
 `ThreadedSystem.cluster` (a `ThreadedCluster`: the node's cluster, each call
-blocking the calling thread).
+blocking the calling thread), and ``troupe deadletters --cluster URL [NODE]``,
+which reads a node's dead letters over NATS and prints them as the local command
+does.
 
 A real nats-server (the `nats_server` fixture); the systems run in this process,
-each on its own thread (`start_in_thread`).  Real time
+each on its own thread (`start_in_thread`), the CLI as a subprocess.  Real time
 with bounds only a hang reaches; every wait is a bounded poll.
 """
 
@@ -11,8 +13,14 @@ from __future__ import annotations
 
 import itertools
 import os
+import pathlib
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -20,9 +28,11 @@ from natsserver import NatsServer
 
 import runtime
 from runtime import Actor, Supervisor, child
+from runtime.cluster.client import ClusterClient, ControlRefused
 from runtime.entry import ThreadedCluster
 
 WAIT = 20.0  # real seconds: a bound only a hang reaches
+REPO = pathlib.Path(__file__).resolve().parent.parent
 _names = itertools.count()
 
 
@@ -121,3 +131,97 @@ def test_the_cluster_from_a_plain_thread(nats_server: NatsServer) -> None:
     ):
         with pytest.raises(runtime.RuntimeClosed):
             call()
+
+
+# -- troupe deadletters --cluster -------------------------------------------------------
+
+
+@pytest.fixture
+def folder() -> Iterator[pathlib.Path]:
+    """A short private XDG_RUNTIME_DIR (a socket's path has at most ~100 characters)."""
+    path = pathlib.Path(tempfile.mkdtemp(prefix="troupe-thr-"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def troupe(folder: pathlib.Path, *args: str) -> subprocess.CompletedProcess[str]:
+    pythonpath = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
+    env = {**os.environ, "XDG_RUNTIME_DIR": str(folder), "PYTHONPATH": pythonpath}
+    for name in ("TROUPE_CLUSTER", "COLUMNS"):
+        env.pop(name, None)
+    return subprocess.run(
+        [sys.executable, "-m", "runtime", *args],
+        capture_output=True,
+        text=True,
+        timeout=WAIT,
+        env=env,
+        cwd=folder,
+    )
+
+
+def test_deadletters_of_a_node_over_nats_read_as_the_local_ones(
+    nats_server: NatsServer, folder: pathlib.Path
+) -> None:
+    cluster = fresh()
+    n1, n2 = f"{cluster}-n1", f"{cluster}-n2"
+    with (
+        runtime.start_in_thread(
+            tree(),
+            name=n1,
+            node=n1,
+            control=True,
+            control_dir=folder / "troupe",
+            **options(nats_server, cluster),
+        ) as one,
+        runtime.start_in_thread(tree(), node=n2, **options(nats_server, cluster)) as two,
+    ):
+        echo = one.ref("/app/echo")
+        echo.tell("ignore")
+        echo.tell("hello")  # answered: no dead letter
+        echo.tell("ignore")
+        assert echo.ask_blocking("sync", timeout=5) == "sync"  # the tells were handled
+        until(lambda: all_up(one, {n1, n2}) and all_up(two, {n1, n2}), "both nodes up")
+        nats = ("--cluster", nats_server.url, "--cluster-name", cluster)
+
+        # NODE: what the local command prints, read over NATS
+        local = troupe(folder, "deadletters", n1)
+        assert local.returncode == 0, local.stderr
+        header, first, second, footer = local.stdout.splitlines()
+        assert header.split() == ["TIME", "REASON", "RECIPIENT", "TYPE", "MESSAGE"]
+        for row in (first, second):
+            assert re.fullmatch(r"\d\d:\d\d:\d\d  unhandled  /app/echo  str   'ignore'", row)
+        assert footer == "(2 shown; 2 dead letters since start: unhandled 2)"
+        remote = troupe(folder, "deadletters", *nats, n1)
+        assert remote.returncode == 0, remote.stderr
+        assert remote.stdout == local.stdout
+        # with -n and --reason, the same as locally too
+        for extra in (["-n", "1"], ["--reason", "unhandled", "--full"], ["--reason", "crashed"]):
+            local = troupe(folder, "deadletters", n1, *extra)
+            remote = troupe(folder, "deadletters", *nats, n1, *extra)
+            assert remote.returncode == 0, remote.stderr
+            assert remote.stdout == local.stdout, extra
+        assert remote.stdout == "no crashed dead letters\n"
+
+        # no NODE: a block for every node, as `troupe tree --cluster`
+        every = troupe(folder, "deadletters", *nats)
+        assert every.returncode == 0, every.stderr
+        blocks = {block.split()[0]: block for block in every.stdout.split("== ")[1:]}
+        assert set(blocks) == {n1, n2}
+        assert f"pid {os.getpid()}" in blocks[n1]
+        assert "(2 shown; 2 dead letters since start: unhandled 2)" in blocks[n1]
+        assert blocks[n2].rstrip().endswith("no dead letters")
+
+        # a node that is not there, or a request it refuses: clear errors
+        missing = troupe(folder, "deadletters", *nats, f"{cluster}-nobody")
+        assert missing.returncode == 1
+        assert "is not running" in missing.stderr and "Traceback" not in missing.stderr
+        with ClusterClient(nats_server.url, cluster, timeout=5) as client:
+            report = client.dead_letters(n1, limit=1)
+            assert [letter["repr"] for letter in report["letters"]] == ["'ignore'"]
+            assert report["counts"]["unhandled"] == 2
+            with pytest.raises(ControlRefused, match="limit"):
+                client.dead_letters(n1, limit=0)
+            with pytest.raises(ControlRefused, match="unknown reason"):
+                client.dead_letters(n1, reason="nonsense")
