@@ -32,7 +32,7 @@ SORTS = ("depth", "rate", "restarts", "path", "node")
 
 CLUSTER_ENV = "TROUPE_CLUSTER"
 """The NATS URL(s) (comma-separated) `troupe run --node` joins through when no
-``--cluster`` is given, and that ``troupe ls|tree|top|events|stop --cluster`` use
+``--cluster`` is given, and that ``troupe ls|tree|top|events|deadletters|stop --cluster`` use
 when ``--cluster`` has no URL."""
 
 
@@ -319,14 +319,23 @@ def _cmd_top(args: argparse.Namespace) -> int:
 def _cmd_deadletters(args: argparse.Namespace) -> int:
     if args.n < 1:
         raise UsageError(f"-n is how many dead letters to show (1 or more), got {args.n}")
+    if args.cluster is not None:
+        return _cluster_deadletters(args)
     with _client(args.system) as client:
         # a refusal (ControlError) is printed by `main`, as for every command
         reply = client.call("deadletters", limit=min(args.n, 1000), reason=args.reason)
-    counts = {reason: n for reason, n in reply["counts"].items() if n}
-    letters = list(reversed(reply["letters"]))  # oldest first, the newest last
+    print(_dead_letters_text(reply, args.reason, _width(args.full)))
+    return 0
+
+
+def _dead_letters_text(report: dict[str, Any], reason: str | None, width: int | None) -> str:
+    """What `troupe deadletters` prints of a ``deadletters`` answer (the control
+    socket's or a node's over NATS: `DeadLetterOffice.report`): a table of the
+    letters, oldest first, and the totals by reason; lines cut to `width`."""
+    counts = {name: n for name, n in report["counts"].items() if n}
+    letters = list(reversed(report["letters"]))  # oldest first, the newest last
     if not letters:
-        print(f"no {args.reason + ' ' if args.reason else ''}dead letters")
-        return 0
+        return f"no {reason + ' ' if reason else ''}dead letters"
     header = ("TIME", "REASON", "RECIPIENT", "TYPE", "MESSAGE")
     rows = [
         (
@@ -339,15 +348,15 @@ def _cmd_deadletters(args: argparse.Namespace) -> int:
         for letter in letters
     ]
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(4)]
-    width = _width(args.full)
+    lines = []
     for row in [header, *rows]:
         cells = [cell.ljust(w) for cell, w in zip(row[:4], widths, strict=True)]
-        print(_fit("  ".join([*cells, row[4]]).rstrip(), width))
-    total = sum(reply["counts"].values())
-    shown = ", ".join(f"{reason} {n}" for reason, n in counts.items())
+        lines.append(_fit("  ".join([*cells, row[4]]).rstrip(), width))
+    total = sum(report["counts"].values())
+    shown = ", ".join(f"{name} {n}" for name, n in counts.items())
     noun = "dead letter" if total == 1 else "dead letters"
-    print(f"({len(letters)} shown; {total} {noun} since start: {shown})")
-    return 0
+    lines.append(f"({len(letters)} shown; {total} {noun} since start: {shown})")
+    return "\n".join(lines)
 
 
 def _message_arg(text: str) -> Any:
@@ -536,7 +545,7 @@ def _cluster_tree(args: argparse.Namespace) -> int:
     silent = 0
     for info in infos:
         name = info["name"]
-        title = f"== {name}  ({info['host']} pid {info['pid']}, incarnation {info['incarnation']})"
+        title = _node_title(info)
         if name in snapshots:
             blocks.append(f"{title}\n{TreeSnapshot.from_dict(snapshots[name]).render()}")
         elif info["status"] == "up":
@@ -546,6 +555,49 @@ def _cluster_tree(args: argparse.Namespace) -> int:
             blocks.append(f"{title}\n(down: last seen {_ago(time.time() - info['last_seen'])})")
     print("\n\n".join(blocks))
     return 1 if silent else 0
+
+
+def _node_title(info: dict[str, Any]) -> str:
+    """The header of a node's block in `troupe tree|deadletters --cluster`."""
+    return (
+        f"== {info['name']}  ({info['host']} pid {info['pid']}, incarnation {info['incarnation']})"
+    )
+
+
+@_cluster_command
+def _cluster_deadletters(args: argparse.Namespace) -> int:
+    """`troupe deadletters --cluster URL [NODE]`: NODE's dead letters as the local
+    command shows them; without NODE, a block for every node (as `tree --cluster`)."""
+    from .cluster.client import ControlRefused
+
+    given = _cluster_target(args, args.system)
+    node = given.pop(0) if given else None
+    _no_more(given, "for `troupe deadletters --cluster [NODE]`")
+    limit, width = min(args.n, 1000), _width(args.full)
+    with _cluster_client(args) as client:
+        if node is not None:
+            report = client.dead_letters(node, limit, args.reason)
+            print(_dead_letters_text(report, args.reason, width))
+            return 0
+        blocks = []
+        failed = 0
+        for info in client.nodes():
+            title = _node_title(info)
+            if info["status"] != "up":
+                blocks.append(f"{title}\n(down: last seen {_ago(time.time() - info['last_seen'])})")
+                continue
+            try:
+                report = client.dead_letters(info["name"], limit, args.reason)
+            except ControlRefused as exc:
+                failed += 1
+                blocks.append(f"{title}\n(refused: {exc})")
+            except ClusterError:
+                failed += 1
+                blocks.append(f"{title}\n(did not answer)")
+            else:
+                blocks.append(f"{title}\n{_dead_letters_text(report, args.reason, width)}")
+    print("\n\n".join(blocks))
+    return 1 if failed else 0
 
 
 @_cluster_command
@@ -808,18 +860,20 @@ def build_parser() -> argparse.ArgumentParser:
     local_help = "NAME, NAME-PID or PID (may be omitted when only one system runs)"
     dead_cmd = commands.add_parser(
         "deadletters",
-        help="the newest dead letters: time, reason, recipient, message type and repr",
+        help="the newest dead letters: time, reason, recipient, message type and repr "
+        "(with --cluster: of a node, or of every node)",
         description="The newest dead letters of a system (oldest first, the newest last), "
         "and the totals by reason since it started. Lines are cut to the terminal's width "
-        "unless --full.",
+        "unless --full. With --cluster, those of NODE, or a block for every node.",
     )
-    dead_cmd.add_argument("system", nargs="?", metavar="SYSTEM", help=local_help)
+    dead_cmd.add_argument("system", nargs="?", metavar="SYSTEM|NODE", help=system_help)
     dead_cmd.add_argument("--reason", choices=DEAD_LETTER_REASONS, help="only this reason")
     dead_cmd.add_argument(
         "-n", type=int, default=20, metavar="N", help="how many (default 20, at most 1000)"
     )
     dead_cmd.add_argument("--full", action="store_true", help="do not cut lines")
-    _local_only(dead_cmd, _cmd_deadletters)
+    _cluster_flags(dead_cmd, "troupe deadletters --cluster nats://HOST:4222 [NODE]")
+    dead_cmd.set_defaults(func=_cmd_deadletters)
     json_help = "the message, as JSON: '{\"n\": 1}', '[1, 2]', '\"hello\"', 42"
     path_help = "the actor's path, e.g. /app/worker"
     send_cmd = commands.add_parser(

@@ -36,7 +36,6 @@ import math
 import operator
 import os
 import pathlib
-import reprlib
 import socket as stdsocket
 import stat
 import struct
@@ -49,7 +48,7 @@ import trio
 
 from .errors import TroupeError
 from .logs import log_once
-from .messages import DEAD_LETTER_REASONS, Event, InjectedCrash
+from .messages import Event, InjectedCrash, short_repr
 from .system import RESERVED
 from .topics import check_pattern
 
@@ -67,8 +66,6 @@ GOODBYE_TIMEOUT = 1.0  # seconds a last error line may take to leave
 ACCEPT_RETRY = 0.1  # seconds between tries to accept while out of file descriptors
 ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
 MAX_DEPTH = 100  # nesting `to_json` shows; deeper values become a placeholder
-MAX_DEAD_LETTERS = 1000  # the most dead letters one ``deadletters`` request returns
-SHORT_REPR = 200  # characters of a dead letter's (or a reply's) repr that are sent
 ASK_TIMEOUT = 5.0  # seconds an ``ask`` waits by default
 MAX_ASK_TIMEOUT = 300.0  # and at most
 MAX_REPLY = 1_000_000  # characters of an ``ask`` reply's JSON; larger is sent as a short repr
@@ -89,29 +86,6 @@ class OpFailed(Exception):
 
 class Killed(RuntimeError):
     """What an actor crashed by the ``kill`` op (``troupe kill``) crashes with."""
-
-
-_REPR = reprlib.Repr()
-_REPR.maxstring = SHORT_REPR
-_REPR.maxother = SHORT_REPR
-_REPR.maxlevel = 4
-
-
-def short_repr(value: Any, limit: int = SHORT_REPR) -> str:
-    """A repr of `value` at most `limit` characters long; never raises.
-
-    Large containers are abbreviated without building their whole repr
-    (`reprlib`); a repr that raises is shown as ``<T: repr() raised E>``.
-    """
-    try:
-        text = _REPR.repr(value)
-        if not isinstance(text, str):
-            raise TypeError("repr() returned a non-string")
-    except Exception as exc:
-        return f"<{type(value).__name__}: repr() raised {type(exc).__name__}>"
-    if len(text) > limit:
-        text = text[: limit - 1] + "…"
-    return text
 
 
 def control_dir() -> pathlib.Path:
@@ -536,26 +510,13 @@ class ControlServer:
         raise ControlError(f"unknown op {op!r}")  # pragma: no cover - _parse checks
 
     def _dead_letters(self, request: dict[str, Any]) -> dict[str, Any]:
-        limit = request.get("limit", 20)
-        if type(limit) is not int or not 0 < limit <= MAX_DEAD_LETTERS:
-            raise ControlError(f'"limit" is a whole number from 1 to {MAX_DEAD_LETTERS}')
-        reason = request.get("reason")
-        if reason is not None and reason not in DEAD_LETTER_REASONS:
-            raise ControlError(
-                f"unknown reason {reason!r}; use one of {', '.join(DEAD_LETTER_REASONS)}"
+        try:
+            report = self.system.dead_letters.report(
+                request.get("limit", 20), request.get("reason")
             )
-        office = self.system.dead_letters
-        letters = [
-            {
-                "timestamp": letter.timestamp,
-                "recipient": letter.recipient,
-                "reason": letter.reason,
-                "type": type(letter.message).__qualname__,
-                "repr": short_repr(letter.message),
-            }
-            for letter in office.recent(limit, reason)
-        ]
-        return {"ok": True, "letters": letters, "counts": dict(office.counts)}
+        except ValueError as exc:
+            raise ControlError(str(exc)) from None
+        return {"ok": True, **report}
 
     def _actor(self, request: dict[str, Any], doing: str) -> Any:
         """The cell at the request's ``"path"``: a user's actor (not a supervisor, not

@@ -9,10 +9,13 @@ from typing import Any
 import attrs
 
 from .actor import Actor
-from .messages import DEAD_LETTER_REASONS, UNHANDLED
+from .messages import DEAD_LETTER_REASONS, UNHANDLED, short_repr
 
 REASONS = DEAD_LETTER_REASONS
 """The reasons a message can be dead-lettered for (see `runtime.messages`)."""
+
+MAX_REPORT = 1000
+"""The most letters one `DeadLetterOffice.report` returns (as many as are kept whole)."""
 
 
 @attrs.frozen
@@ -62,6 +65,33 @@ class DeadLetterOffice:
                 if len(out) >= limit:
                     break
         return out
+
+    def report(self, limit: int = 20, reason: str | None = None) -> dict[str, Any]:
+        """What ``troupe deadletters`` shows, as JSON-ready values: ``letters``, the
+        newest `limit` (of `reason` only, if given), newest first, each with
+        ``timestamp, recipient, reason, type`` (the message's class) and ``repr``
+        (a short one, see `runtime.messages.short_repr`); and ``counts``, the
+        totals by reason since start.  The control socket and a cluster node
+        (over NATS) answer with it.
+
+        Raises `ValueError` for a `limit` that is not a whole number from 1 to
+        `MAX_REPORT`, or an unknown `reason`.
+        """
+        if type(limit) is not int or not 0 < limit <= MAX_REPORT:
+            raise ValueError(f'"limit" is a whole number from 1 to {MAX_REPORT}')
+        if reason is not None and reason not in REASONS:
+            raise ValueError(f"unknown reason {reason!r}; use one of {', '.join(REASONS)}")
+        letters = [
+            {
+                "timestamp": letter.timestamp,
+                "recipient": letter.recipient,
+                "reason": letter.reason,
+                "type": type(letter.message).__qualname__,
+                "repr": short_repr(letter.message),
+            }
+            for letter in self.recent(limit, reason)
+        ]
+        return {"letters": letters, "counts": dict(self.counts)}
 
 
 @attrs.frozen

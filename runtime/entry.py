@@ -32,6 +32,9 @@ from .system import System
 if TYPE_CHECKING:
     from typing_extensions import Unpack
 
+    from .cluster.node import Cluster
+    from .cluster.peers import NodeInfo
+
 
 @asynccontextmanager
 async def open_system(
@@ -388,10 +391,24 @@ class ThreadedSystem:
         self._system = system
         self._token = token
         self._bus = ThreadedBus(self)
+        self._cluster = None if system.cluster is None else ThreadedCluster(self, system.cluster)
 
     @property
     def name(self) -> str:
         return self._system.name
+
+    @property
+    def node(self) -> str | None:
+        """This node's name on its cluster (``node=``), None without a cluster.
+        Set once, before this handle exists: safe to read from any thread."""
+        return self._system.node
+
+    @property
+    def cluster(self) -> ThreadedCluster | None:
+        """The node's cluster, for plain threads (`ThreadedCluster`: ``nodes()``,
+        ``snapshot()``, ``which_children(url)``, ...) when started with
+        ``cluster=``, else None."""
+        return self._cluster
 
     @property
     def is_running(self) -> bool:
@@ -534,6 +551,56 @@ class ThreadedBus:
         return self._handle._call(self._bus.stats)  # type: ignore[no-any-return]
 
 
+class ThreadedCluster:
+    """`System.cluster` for plain threads (``start_in_thread(..., cluster=...).cluster``):
+    each method runs on the loop and blocks the calling thread until it is done
+    (those that ask other nodes, up to their `timeout`), and raises what the
+    node's own method raises (`NodeDown`, `RemoteError`, `AskTimeout`, ...).
+    Once the system has stopped, every method raises `RuntimeClosed`.  Not for
+    the loop thread itself (use ``system.cluster`` there)."""
+
+    def __init__(self, handle: ThreadedSystem, cluster: Cluster) -> None:
+        self._handle = handle
+        self._cluster = cluster
+
+    def nodes(self) -> list[NodeInfo]:
+        """`Cluster.nodes`, from this thread: every node this one knows (itself
+        included), by name."""
+        return self._handle._call(self._cluster.nodes)  # type: ignore[no-any-return]
+
+    def snapshot(self, timeout: float = 5.0) -> dict[str, TreeSnapshot]:
+        """`Cluster.snapshot`, from this thread: every live node's `TreeSnapshot`
+        (this node's included), by node name; blocks up to about `timeout`
+        seconds (a node that does not answer in time is left out)."""
+        return self._handle._acall(  # type: ignore[no-any-return]
+            functools.partial(self._cluster.snapshot, timeout)
+        )
+
+    def which_children(self, url: str, timeout: float = 5.0) -> list[ChildInfo]:
+        """`Cluster.which_children`, from this thread: the children of the supervisor
+        at ``troupe://node/path``; blocks up to `timeout` seconds for another node's."""
+        return self._handle._acall(  # type: ignore[no-any-return]
+            functools.partial(self._cluster.which_children, url, timeout)
+        )
+
+    def start_child(
+        self, url: str, spec: ChildSpec | Supervisor, timeout: float = 30.0
+    ) -> ActorRef:
+        """`Cluster.start_child`, from this thread: start `spec` under the supervisor
+        at ``troupe://node/path`` (that node must allow it: ``cluster_control="rw"``)
+        and return its ref; blocks until it has started, up to `timeout` seconds
+        for another node."""
+        return self._handle._acall(  # type: ignore[no-any-return]
+            functools.partial(self._cluster.start_child, url, spec, timeout)
+        )
+
+    def terminate_child(self, url: str, timeout: float = 30.0) -> None:
+        """`Cluster.terminate_child`, from this thread: stop the child at
+        ``troupe://node/path`` and remove it; blocks until it has stopped, up to
+        `timeout` seconds for another node."""
+        self._handle._acall(functools.partial(self._cluster.terminate_child, url, timeout))
+
+
 @contextmanager
 def start_in_thread(
     tree: Supervisor, *, start_timeout: float = 30.0, **options: Unpack[SystemOptions]
@@ -604,4 +671,11 @@ def start_in_thread(
             raise box["error"]
 
 
-__all__ = ["ThreadedBus", "ThreadedSystem", "open_system", "run", "start_in_thread"]
+__all__ = [
+    "ThreadedBus",
+    "ThreadedCluster",
+    "ThreadedSystem",
+    "open_system",
+    "run",
+    "start_in_thread",
+]

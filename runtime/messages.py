@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 import math
+import reprlib
 import traceback
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Final, Protocol
@@ -86,6 +87,32 @@ def describe(reason: object) -> str:
     if isinstance(reason, BaseException):
         return f"{type(reason).__name__}({_safe_text(str, reason)!r})"
     return _safe_text(str, reason)
+
+
+SHORT_REPR: Final = 200
+"""Characters of a dead letter's (or a control reply's) repr that are shown."""
+
+_REPR = reprlib.Repr()
+_REPR.maxstring = SHORT_REPR
+_REPR.maxother = SHORT_REPR
+_REPR.maxlevel = 4
+
+
+def short_repr(value: Any, limit: int = SHORT_REPR) -> str:
+    """A repr of `value` at most `limit` characters long; never raises.
+
+    Large containers are abbreviated without building their whole repr
+    (`reprlib`); a repr that raises is shown as ``<T: repr() raised E>``.
+    """
+    try:
+        text = _REPR.repr(value)
+        if not isinstance(text, str):
+            raise TypeError("repr() returned a non-string")
+    except Exception as exc:
+        return f"<{type(value).__name__}: repr() raised {type(exc).__name__}>"
+    if len(text) > limit:
+        text = text[: limit - 1] + "…"
+    return text
 
 
 @attrs.frozen

@@ -1,4 +1,5 @@
-"""A plain NATS client of a cluster: what ``troupe ls|tree|top|events|stop --cluster`` use.
+"""A plain NATS client of a cluster: what ``troupe ls|tree|top|events|deadletters|stop
+--cluster`` use.
 
 `ClusterClient` is never a node: it joins no membership, sends no heartbeats
 and subscribes to nothing but its own reply inbox (and, while `events` runs,
@@ -336,6 +337,20 @@ class ClusterClient:
             elif isinstance(answer, BaseException) and not isinstance(answer, Exception):
                 raise answer  # KeyboardInterrupt and the like
         return out
+
+    def dead_letters(self, node: str, limit: int = 20, reason: str | None = None) -> dict[str, Any]:
+        """`node`'s newest dead letters, as ``troupe deadletters`` shows them:
+        ``{"letters": [...], "counts": {reason: n}}``, the letters newest first
+        (at most `limit`, 1 to 1000; only those of `reason` if given), each with
+        ``timestamp, recipient, reason, type, repr``; the counts since the node
+        started.
+
+        Blocks up to `timeout`.  Raises `ClusterError` when the node does not
+        answer, `ControlRefused` for a `limit` or `reason` it refuses (or a node
+        too old to know the request), `ValueError` for an invalid node name.
+        """
+        value: dict[str, Any] = self._run("deadletters", node, {"limit": limit, "reason": reason})
+        return value
 
     def stop(self, node: str) -> dict[str, Any]:
         """Stop `node` gracefully (it answers, then its tree stops and it leaves).

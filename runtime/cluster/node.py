@@ -1498,9 +1498,11 @@ class Cluster:
         joins no membership; ``[op, args]`` in, ``[ok, value or error text]`` out.
 
         Ops: ``nodes`` (this node's view of the cluster), ``snapshot`` (its tree,
-        as `TreeSnapshot.to_dict`), ``ping``, and ``stop`` (a graceful stop; only
-        with ``cluster_control="rw"``).  A node answers them all both on its own
-        subject and, as one of a queue group, on the cluster's (any one node).
+        as `TreeSnapshot.to_dict`), ``deadletters`` (args ``{"limit", "reason"}``,
+        both optional: `DeadLetterOffice.report`), ``ping``, and ``stop`` (a
+        graceful stop; only with ``cluster_control="rw"``).  A node answers them
+        all both on its own subject and, as one of a queue group, on the
+        cluster's (any one node).
         """
         if not item.reply:
             return
@@ -1509,7 +1511,7 @@ class Cluster:
             self._malformed()
             self._client_answer(item.reply, False, "a request is a msgpack [op, args]")
             return
-        op, _args = request
+        op, args = request
         try:
             if op == "ping":
                 value: Any = {"node": self.node, "incarnation": self.incarnation}
@@ -1517,6 +1519,12 @@ class Cluster:
                 value = [attrs.asdict(info) for info in self.nodes()]
             elif op == "snapshot":
                 value = self.system.snapshot().to_dict()
+            elif op == "deadletters":
+                if args is None:
+                    args = {}
+                if not isinstance(args, dict):
+                    raise ValueError('deadletters takes {"limit": N, "reason": R} (both optional)')
+                value = self.system.dead_letters.report(args.get("limit", 20), args.get("reason"))
             elif op == "stop":
                 if self.control != "rw":
                     raise PermissionError(
@@ -1528,7 +1536,8 @@ class Cluster:
                 self.system.stop()
             else:
                 raise ValueError(
-                    f"unknown operation {op!r}; a node answers ping, nodes, snapshot and stop"
+                    f"unknown operation {op!r}; a node answers ping, nodes, snapshot, "
+                    "deadletters and stop"
                 )
         except Exception as error:
             self._client_answer(item.reply, False, f"{type(error).__name__}: {error}")

@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
 
-from ..control import Endpoint, event_dict, pick, short_repr, to_json
+from ..control import Endpoint, event_dict, pick, to_json
+from ..messages import short_repr
 from ..topics import check_pattern
 
 if TYPE_CHECKING:
