@@ -875,8 +875,9 @@ class Bridge(Actor):
     def statistics(self) -> BridgeStatistics:
         """The bridge's counters, latencies and health now, as a `BridgeStatistics`.
 
-        Never blocks.  Loop thread only, while the bridge runs (it reads its
-        mailbox).
+        Never blocks.  Loop thread only; once the bridge stopped, its final
+        counts.  Users who hold no bridge instance read the same values from a
+        snapshot: ``BridgeStatistics(**system.snapshot().find(path).stats)``.
         """
         healthy, warnings = self.health()
         ms = 1000.0

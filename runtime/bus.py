@@ -926,7 +926,8 @@ class Bus:
 
     def statistics(self) -> BusStatistics:
         """The bus's counters now, as a `BusStatistics`.  Never blocks.  Loop thread
-        only (`ThreadedBus.statistics` from other threads)."""
+        only (`ThreadedBus.statistics` from other threads); after the system
+        stopped, the final counts (as `history`)."""
         return BusStatistics(
             published=self.published,
             system_published=self.system_published,

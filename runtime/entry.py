@@ -535,19 +535,24 @@ class ThreadedBus:
         return on_loop
 
     def unsubscribe(self, fn: Callable[..., Any]) -> None:
+        """`Bus.unsubscribe`: done when this returns."""
         self._handle._call(self._bus.unsubscribe, fn)
 
     def history(self, pattern: str = ">", limit: int = 100, since: float | None = None) -> Any:
+        """`Bus.history` (newest first)."""
         return self._handle._call(lambda: self._bus.history(pattern, limit, since=since))
 
     def clear_history(self) -> None:
+        """`Bus.clear_history`."""
         self._handle._call(self._bus.clear_history)
 
     def statistics(self) -> BusStatistics:
-        """`Bus.statistics`, from this thread."""
+        """`Bus.statistics`: blocks this thread until the loop answers (a snapshot of
+        the counts then).  Raises `RuntimeClosed` once the system has stopped."""
         return self._handle._call(self._bus.statistics)  # type: ignore[no-any-return]
 
     def stats(self) -> dict[str, Any]:
+        """`Bus.stats`: `statistics` as a plain dict; blocks and raises the same way."""
         return self._handle._call(self._bus.stats)  # type: ignore[no-any-return]
 
 
