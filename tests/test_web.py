@@ -279,8 +279,10 @@ async def test_a_cluster_is_shown_node_by_node(nats_server: Any) -> None:
     url = nats_server.url
     async with (
         runtime.open_system(make_tree(), name="alpha", node="alpha", cluster=url, **options),
-        runtime.open_system(make_tree(), name="beta", node="beta", cluster=url, **options),
+        runtime.open_system(make_tree(), name="beta", node="beta", cluster=url, **options) as beta,
     ):
+        beta.ref("/app/worker").tell("ignore")  # unhandled: a dead letter on beta
+        await until(lambda: beta.dead_letters.total >= 1, "a dead letter")
         source = ClusterSource(lambda: ClusterClient(nats_server.url, cluster_name="tweb"))
         dashboard = Dashboard(source, 0, interval=0.3)
         try:
@@ -298,7 +300,12 @@ async def test_a_cluster_is_shown_node_by_node(nats_server: Any) -> None:
                     reply = (await client.get("/api/snapshot?node=beta")).json()
                     assert reply["snapshot"]["system"] == "beta"
                     letters = (await client.get("/api/deadletters?node=beta")).json()
-                    assert letters["letters"] is None  # not sent over NATS
+                    assert [(x["recipient"], x["reason"]) for x in letters["letters"]] == [
+                        ("/app/worker", "unhandled")
+                    ]
+                    assert letters["letters"][0]["text"] == "'ignore'"
+                    missing = (await client.get("/api/deadletters?node=gamma")).json()
+                    assert missing["letters"] is None  # no such node: nothing to show
                 nursery.cancel_scope.cancel()
         finally:
             source.close()

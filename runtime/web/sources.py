@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import trio
 
 from ..control import Endpoint, event_dict, pick, to_json
+from ..errors import ClusterError
 from ..messages import short_repr
 from ..topics import check_pattern
 
@@ -344,8 +345,8 @@ class ClusterSource:
     """Every node of a cluster, through a plain NATS client (``troupe web --cluster``).
 
     `make_client` makes a connected `ClusterClient`; the snapshots go through one
-    on a thread of its own, each event stream through another.  Recent dead
-    letters are not sent over NATS (the counts by reason are, in the snapshots).
+    on a thread of its own, each event stream through another; so do a node's
+    recent dead letters (the node's ``deadletters`` request).
     """
 
     mode = "cluster"
@@ -374,7 +375,18 @@ class ClusterSource:
         return {name: plain(snap) for name, snap in snaps.items()}
 
     async def dead_letters(self, node: str, limit: int) -> list[dict[str, Any]] | None:
-        return None
+        try:
+            reply: dict[str, Any] = await self._worker.run(
+                lambda: self._connected().dead_letters(node, limit)
+            )
+        except (ClusterError, ValueError) as exc:  # gone, refused, or not a node's name
+            log.debug("dead letters of %r: %s", node, exc)
+            return None
+        return [
+            {**letter, "text": letter.get("repr", "")}
+            for letter in reply.get("letters") or ()
+            if isinstance(letter, dict)
+        ]
 
     async def watch(self) -> None:
         await trio.sleep_forever()

@@ -277,7 +277,7 @@ async function loadDeadLetters() {
     const reply = await (await fetch(`api/deadletters?limit=50&node=${encodeURIComponent(state.node || "")}`)).json();
     const list = $("dead-list");
     if (reply.letters === null) {
-      list.innerHTML = `<p class="muted">Recent dead letters are not sent across the cluster; the counts above are.</p>`;
+      list.innerHTML = `<p class="muted">This node did not answer with its recent dead letters; the counts above are from its last snapshot.</p>`;
       return;
     }
     list.innerHTML = (reply.letters || []).map((l) => `<div title="${esc(text(l.text))}"><span>${clock(l.timestamp)}</span><span>${esc(text(l.recipient))}</span><span class="reason-${esc(text(l.reason))}">${esc(text(l.reason))}</span><span>${esc(text(l.type))} ${esc(text(l.text))}</span></div>`).join("")
