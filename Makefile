@@ -35,6 +35,7 @@ test-slow: install
 
 lint: install
 	$(BIN)/ruff check runtime actors tests examples benchmarks
+	$(BIN)/ruff format --check runtime actors tests examples benchmarks
 	$(BIN)/mypy runtime actors
 	$(BIN)/lint-imports
 

@@ -22,6 +22,7 @@ log = logging.getLogger("troupe.daemon")
 MIN_INTERVAL = 1e-6
 """The shortest `Daemon.interval` (a microsecond): shorter ones cannot be scheduled."""
 
+
 class _Tick(Internal):
     """The private message that runs one tick inside the actor's message loop.
 

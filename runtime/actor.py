@@ -77,9 +77,7 @@ class Context:
 
     __slots__ = ("_behaviour", "_cell", "_nursery")
 
-    def __init__(
-        self, cell: Cell, behaviour: ActorBehaviour, nursery: trio.Nursery | None
-    ) -> None:
+    def __init__(self, cell: Cell, behaviour: ActorBehaviour, nursery: trio.Nursery | None) -> None:
         self._cell = cell
         self._behaviour = behaviour
         self._nursery = nursery

@@ -68,6 +68,7 @@ AWAKE_RECHECK = 1.0
 """Seconds between looks whether an actor kept awake only by tasks of its own in
 ``ctx.nursery`` may hibernate yet (trio does not tell when a nursery's tasks end)."""
 
+
 # -- how an incarnation ended ------------------------------------------------
 class HandlerFailed(Exception):
     """Carries an exception raised by `receive` or `on_start` out of the incarnation's

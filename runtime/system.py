@@ -320,8 +320,7 @@ class System:
             hint = ""
             if near is not None and isinstance(near.behaviour, Supervising):
                 names = (
-                    ", ".join(c.name for c in near.behaviour.children if not c.finalized)
-                    or "none"
+                    ", ".join(c.name for c in near.behaviour.children if not c.finalized) or "none"
                 )
                 hint = f" ({parent} has: {names})"
             raise ActorNotFound(f"no actor at {norm}{hint}")

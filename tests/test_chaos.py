@@ -372,6 +372,7 @@ async def chaos_run(seed: int, operations: int, max_actors: int) -> None:
         await settle(system)
 
         assert not shared.violations, shared.violations[:5]
+
         # nothing was left stopped or failed in the tree: every slot still there runs
         def not_running(info: Any) -> list[str]:
             out = [] if info.state == "running" else [f"{info.path}:{info.state}"]

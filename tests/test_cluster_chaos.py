@@ -312,9 +312,7 @@ async def stop_load_and_account(
         state = await until_async(settled, "the accounts to balance", limit=10.0)
     except AssertionError:
         state = await gather(here, names)
-        unbalanced = {
-            (s, r): v for s, r in pairs if not balanced(v := pair(state, s, r))
-        }
+        unbalanced = {(s, r): v for s, r in pairs if not balanced(v := pair(state, s, r))}
         for (s, r), v in unbalanced.items():  # which numbers the receiver never handled
             seen = await ask(here, r, "sink", "seen")
             got = {n for k, ns in seen.items() if k.split("/")[0] == s for n in ns}

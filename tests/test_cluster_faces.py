@@ -149,7 +149,7 @@ def test_decode_event_reads_what_a_node_publishes() -> None:
     (node.py `_export`, ``batch=True``; transport.py `pack_batch`), even one event
     alone; `ClusterClient.decode_event` reads a single envelope only, so every event a
     node publishes decodes to None and `troupe events --cluster` prints nothing.
-  """
+    """
     client = ClusterClient("nats://127.0.0.1:1")  # never connected: decoding only
     from runtime.cluster.codec import Codec
 

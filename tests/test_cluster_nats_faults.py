@@ -83,11 +83,14 @@ async def test_a_server_restart_is_survived_and_nothing_vanishes(
     seen: list[int] = []
     cluster = fresh("rs")
     with trio.fail_after(WAIT):
-        async with runtime.open_system(
-            counter_tree([]), node=f"{cluster}-a", **options(cluster, server.url)
-        ) as a, runtime.open_system(
-            counter_tree(seen), node=f"{cluster}-b", **options(cluster, server.url)
-        ) as b:
+        async with (
+            runtime.open_system(
+                counter_tree([]), node=f"{cluster}-a", **options(cluster, server.url)
+            ) as a,
+            runtime.open_system(
+                counter_tree(seen), node=f"{cluster}-b", **options(cluster, server.url)
+            ) as b,
+        ):
             await until(lambda: a.cluster.is_up(b.node) and b.cluster.is_up(a.node), "up")
             counter = a.ref(f"troupe://{b.node}/app/counter")
             sent = 0
@@ -122,11 +125,14 @@ async def test_a_node_fails_over_to_another_server_of_a_nats_cluster() -> None:
     cluster = fresh("fo")
     with NatsCluster() as servers, trio.fail_after(WAIT):
         urls = servers.urls
-        async with runtime.open_system(
-            counter_tree([]), node=f"{cluster}-a", **options(cluster, urls)
-        ) as a, runtime.open_system(
-            counter_tree(seen), node=f"{cluster}-b", **options(cluster, urls)
-        ) as b:
+        async with (
+            runtime.open_system(
+                counter_tree([]), node=f"{cluster}-a", **options(cluster, urls)
+            ) as a,
+            runtime.open_system(
+                counter_tree(seen), node=f"{cluster}-b", **options(cluster, urls)
+            ) as b,
+        ):
             await until(lambda: a.cluster.is_up(b.node) and b.cluster.is_up(a.node), "up")
             counter = a.ref(f"troupe://{b.node}/app/counter")
             for i in range(50):

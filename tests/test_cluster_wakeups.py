@@ -90,6 +90,9 @@ async def test_bad_nats_options_are_refused_naming_them() -> None:
     tree = Supervisor("app", children=[child(_Idle, name="idle")])
     with pytest.raises(TypeError, match="nats_options"):
         async with runtime.open_system(
-            tree, node="n1", cluster="nats://127.0.0.1:1", nats_options="tls"  # type: ignore[arg-type]
+            tree,
+            node="n1",
+            cluster="nats://127.0.0.1:1",
+            nats_options="tls",  # type: ignore[arg-type]
         ):
             pass

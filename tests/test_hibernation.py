@@ -98,9 +98,7 @@ async def test_it_keeps_its_task_for_the_grace_period(autojump_clock: Any) -> No
 
 async def test_messages_are_handled_one_at_a_time_in_order(autojump_clock: Any) -> None:
     log: list[Any] = []
-    tree = Supervisor(
-        "app", children=[child(Counter, name="c", args=(log,), hibernate_after=0)]
-    )
+    tree = Supervisor("app", children=[child(Counter, name="c", args=(log,), hibernate_after=0)])
     async with runtime.open_system(tree) as system:
         ref = system.ref("/app/c")
         for i in range(50):
@@ -114,9 +112,7 @@ async def test_messages_are_handled_one_at_a_time_in_order(autojump_clock: Any) 
 
 async def test_a_thread_wakes_it(autojump_clock: Any) -> None:
     log: list[Any] = []
-    tree = Supervisor(
-        "app", children=[child(Counter, name="c", args=(log,), hibernate_after=0)]
-    )
+    tree = Supervisor("app", children=[child(Counter, name="c", args=(log,), hibernate_after=0)])
     async with runtime.open_system(tree) as system:
         ref = system.ref("/app/c")
 
@@ -146,9 +142,7 @@ class Ticker(Actor):
 
 async def test_a_timer_keeps_it_awake(autojump_clock: Any) -> None:
     ticks: list[float] = []
-    tree = Supervisor(
-        "app", children=[child(Ticker, name="t", args=(ticks,), hibernate_after=0.5)]
-    )
+    tree = Supervisor("app", children=[child(Ticker, name="t", args=(ticks,), hibernate_after=0.5)])
     async with runtime.open_system(tree) as system:
         ref = system.ref("/app/t")
         await ref.ask("start")
@@ -191,9 +185,7 @@ async def test_a_background_task_keeps_it_awake_and_ends_normally(autojump_clock
 
 async def test_stop_runs_on_stop_of_a_hibernating_actor(autojump_clock: Any) -> None:
     log: list[Any] = []
-    tree = Supervisor(
-        "app", children=[child(Counter, name="c", args=(log,), hibernate_after=0)]
-    )
+    tree = Supervisor("app", children=[child(Counter, name="c", args=(log,), hibernate_after=0)])
     async with runtime.open_system(tree) as system:
         await system.ref("/app/c").ask("x")
         await trio.testing.wait_all_tasks_blocked()
@@ -203,9 +195,7 @@ async def test_stop_runs_on_stop_of_a_hibernating_actor(autojump_clock: Any) -> 
 
 async def test_a_crash_restarts_it_with_fresh_state(autojump_clock: Any) -> None:
     log: list[Any] = []
-    tree = Supervisor(
-        "app", children=[child(Counter, name="c", args=(log,), hibernate_after=0)]
-    )
+    tree = Supervisor("app", children=[child(Counter, name="c", args=(log,), hibernate_after=0)])
     async with runtime.open_system(tree) as system:
         ref = system.ref("/app/c")
         assert await ref.ask("a") == 1
@@ -261,9 +251,7 @@ class Subscriber(Actor):
 
 async def test_bus_events_wake_a_hibernating_subscriber(autojump_clock: Any) -> None:
     got: list[Any] = []
-    tree = Supervisor(
-        "app", children=[child(Subscriber, name="s", args=(got,), hibernate_after=0)]
-    )
+    tree = Supervisor("app", children=[child(Subscriber, name="s", args=(got,), hibernate_after=0)])
     async with runtime.open_system(tree) as system:
         await trio.testing.wait_all_tasks_blocked()
         assert "/app/s" not in task_names()
@@ -279,9 +267,7 @@ class Starts(Counter):
 
 async def test_an_actor_with_on_start_starts_with_a_task(autojump_clock: Any) -> None:
     log: list[Any] = []
-    tree = Supervisor(
-        "app", children=[child(Starts, name="c", args=(log,), hibernate_after=2)]
-    )
+    tree = Supervisor("app", children=[child(Starts, name="c", args=(log,), hibernate_after=2)])
     async with runtime.open_system(tree) as system:
         assert log == ["started"]
         assert "/app/c" in task_names()
