@@ -541,35 +541,49 @@ def _cluster_tree(args: argparse.Namespace) -> int:
         infos = client.nodes()
         up = [info["name"] for info in infos if info["status"] == "up"]
         snapshots = client.snapshots(up)
-    blocks = []
-    silent = 0
-    for info in infos:
-        name = info["name"]
-        title = _node_title(info)
-        if name in snapshots:
-            blocks.append(f"{title}\n{TreeSnapshot.from_dict(snapshots[name]).render()}")
-        elif info["status"] == "up":
-            silent += 1
-            blocks.append(f"{title}\n(did not answer)")
-        else:
-            blocks.append(f"{title}\n(down: last seen {_ago(time.time() - info['last_seen'])})")
-    print("\n\n".join(blocks))
-    return 1 if silent else 0
-
-
-def _node_title(info: dict[str, Any]) -> str:
-    """The header of a node's block in `troupe tree|deadletters --cluster`."""
-    return (
-        f"== {info['name']}  ({info['host']} pid {info['pid']}, incarnation {info['incarnation']})"
+    return _node_blocks(
+        infos,
+        {name: TreeSnapshot.from_dict(snap).render() for name, snap in snapshots.items()},
     )
+
+
+def _node_blocks(infos: list[dict[str, Any]], shown: dict[str, str | Exception]) -> int:
+    """Print a block for each node of `infos` (`troupe tree|deadletters --cluster`):
+    its header, then its text in `shown`, why it has none (its error, down since
+    when, or that it did not answer).  Returns the exit code: 1 if a node that is
+    up showed nothing."""
+    blocks = []
+    failed = 0
+    for info in infos:
+        title = (
+            f"== {info['name']}  ({info['host']} pid {info['pid']}, "
+            f"incarnation {info['incarnation']})"
+        )
+        text = shown.get(info["name"])
+        if isinstance(text, str):
+            blocks.append(f"{title}\n{text}")
+        elif info["status"] != "up":
+            blocks.append(f"{title}\n(down: last seen {_ago(time.time() - info['last_seen'])})")
+        else:
+            failed += 1
+            blocks.append(f"{title}\n({_why_not(text)})")
+    print("\n\n".join(blocks))
+    return 1 if failed else 0
+
+
+def _why_not(error: Exception | None) -> str:
+    from .cluster.client import ControlRefused
+
+    if isinstance(error, ControlRefused):
+        return f"refused: {error}"
+    return "did not answer"
 
 
 @_cluster_command
 def _cluster_deadletters(args: argparse.Namespace) -> int:
     """`troupe deadletters --cluster URL [NODE]`: NODE's dead letters as the local
-    command shows them; without NODE, a block for every node (as `tree --cluster`)."""
-    from .cluster.client import ControlRefused
-
+    command shows them; without NODE, a block for every node (as `tree --cluster`),
+    the nodes asked at once."""
     given = _cluster_target(args, args.system)
     node = given.pop(0) if given else None
     _no_more(given, "for `troupe deadletters --cluster [NODE]`")
@@ -579,25 +593,18 @@ def _cluster_deadletters(args: argparse.Namespace) -> int:
             report = client.dead_letters(node, limit, args.reason)
             print(_dead_letters_text(report, args.reason, width))
             return 0
-        blocks = []
-        failed = 0
-        for info in client.nodes():
-            title = _node_title(info)
-            if info["status"] != "up":
-                blocks.append(f"{title}\n(down: last seen {_ago(time.time() - info['last_seen'])})")
-                continue
-            try:
-                report = client.dead_letters(info["name"], limit, args.reason)
-            except ControlRefused as exc:
-                failed += 1
-                blocks.append(f"{title}\n(refused: {exc})")
-            except ClusterError:
-                failed += 1
-                blocks.append(f"{title}\n(did not answer)")
-            else:
-                blocks.append(f"{title}\n{_dead_letters_text(report, args.reason, width)}")
-    print("\n\n".join(blocks))
-    return 1 if failed else 0
+        infos = client.nodes()
+        up = [info["name"] for info in infos if info["status"] == "up"]
+        reports = client.dead_letters_of(up, limit, args.reason)
+    return _node_blocks(
+        infos,
+        {
+            name: report
+            if isinstance(report, ClusterError)
+            else _dead_letters_text(report, args.reason, width)
+            for name, report in reports.items()
+        },
+    )
 
 
 @_cluster_command

@@ -15,7 +15,8 @@ REASONS = DEAD_LETTER_REASONS
 """The reasons a message can be dead-lettered for (see `runtime.messages`)."""
 
 MAX_REPORT = 1000
-"""The most letters one `DeadLetterOffice.report` returns (as many as are kept whole)."""
+"""The most letters one `DeadLetterOffice.report` returns: as many as an office keeps
+whole by default."""
 
 
 @attrs.frozen
@@ -40,7 +41,7 @@ class DeadLetterOffice:
     ever; only the last ``capacity`` letters are kept whole.
     """
 
-    def __init__(self, capacity: int = 1000) -> None:
+    def __init__(self, capacity: int = MAX_REPORT) -> None:
         self._recent: deque[DeadLetter] = deque(maxlen=capacity)
         self.counts: dict[str, int] = dict.fromkeys(REASONS, 0)
         self.by_recipient: dict[str, int] = {}
@@ -80,7 +81,9 @@ class DeadLetterOffice:
         if type(limit) is not int or not 0 < limit <= MAX_REPORT:
             raise ValueError(f'"limit" is a whole number from 1 to {MAX_REPORT}')
         if reason is not None and reason not in REASONS:
-            raise ValueError(f"unknown reason {reason!r}; use one of {', '.join(REASONS)}")
+            raise ValueError(
+                f"unknown reason {short_repr(reason, 60)}; use one of {', '.join(REASONS)}"
+            )
         letters = [
             {
                 "timestamp": letter.timestamp,

@@ -561,8 +561,10 @@ class ThreadedCluster:
     each method runs on the loop and blocks the calling thread until it is done
     (those that ask other nodes, up to their `timeout`), and raises what the
     node's own method raises (`NodeDown`, `RemoteError`, `AskTimeout`, ...).
-    Once the system has stopped, every method raises `RuntimeClosed`.  Not for
-    the loop thread itself (use ``system.cluster`` there)."""
+    Once the loop has ended (after the ``start_in_thread`` block), every method
+    raises `RuntimeClosed`; while the system is stopping, the node answers as
+    it still can.  On the loop thread itself (use ``system.cluster`` there)
+    every method raises `RuntimeError`."""
 
     def __init__(self, handle: ThreadedSystem, cluster: Cluster) -> None:
         self._handle = handle

@@ -6,6 +6,7 @@ Plain data (layer 0): nothing here knows about cells, supervisors or the system.
 
 from __future__ import annotations
 
+import builtins
 import enum
 import math
 import reprlib
@@ -92,7 +93,20 @@ def describe(reason: object) -> str:
 SHORT_REPR: Final = 200
 """Characters of a dead letter's (or a control reply's) repr that are shown."""
 
-_REPR = reprlib.Repr()
+
+class _ShortRepr(reprlib.Repr):
+    """`reprlib.Repr` whose instance repr lets a raising ``__repr__`` raise (reprlib
+    would show ``<T instance at 0x...>``): `short_repr` words it."""
+
+    def repr_instance(self, x: Any, level: int) -> str:
+        text = builtins.repr(x)
+        if len(text) > self.maxother:
+            keep = max(0, (self.maxother - 3) // 2)
+            text = text[:keep] + "..." + text[len(text) - keep :]
+        return text
+
+
+_REPR = _ShortRepr()
 _REPR.maxstring = SHORT_REPR
 _REPR.maxother = SHORT_REPR
 _REPR.maxlevel = 4

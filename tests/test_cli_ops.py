@@ -27,7 +27,8 @@ from collections.abc import Iterator
 import pytest
 
 import runtime.control
-from runtime.control import Client, ControlError, short_repr
+from runtime.control import Client, ControlError
+from runtime.messages import short_repr
 
 WAIT = 30.0  # real seconds: a bound only a hang reaches (subprocesses start slowly)
 
@@ -518,8 +519,9 @@ def test_short_repr_never_raises_and_stays_short() -> None:
         def __repr__(self) -> str:
             return "L" * 10_000
 
-    assert short_repr(Raises()).startswith("<Raises")
-    assert short_repr(NotAString()).startswith("<NotAString")
+    assert short_repr(Raises()) == "<Raises: repr() raised ValueError>"  # no address
+    assert short_repr(NotAString()) == "<NotAString: repr() raised TypeError>"
+    assert short_repr([Raises()]) == "<list: repr() raised ValueError>"
     assert len(short_repr(Long())) <= 200 and "LLL...LLL" in short_repr(Long())
     assert len(short_repr(Long(), 50)) == 50 and short_repr(Long(), 50).endswith("…")
     assert len(short_repr(list(range(10**6)))) < 100
@@ -557,3 +559,13 @@ def test_start_in_thread_serves_the_control_socket_and_metrics() -> None:
         assert done.returncode == 2 and "no Troupe system is running" in done.stderr
     finally:
         p.close()
+
+
+def test_an_unknown_reason_is_named_short() -> None:
+    """The office's refusal repeats a hostile `reason` only in part (it goes back
+    to whoever asked, e.g. over NATS)."""
+    from runtime.deadletters import DeadLetterOffice
+
+    with pytest.raises(ValueError, match="unknown reason") as caught:
+        DeadLetterOffice().report(5, "r" * 100_000)
+    assert len(str(caught.value)) < 200

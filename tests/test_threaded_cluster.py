@@ -37,10 +37,11 @@ _names = itertools.count()
 
 
 class Echo(Actor):
-    """Answers what it gets; ``"ignore"`` is not handled (a dead letter)."""
+    """Answers what it gets; ``"ignore"`` (or ``"ignore ..."``) is not handled (a dead
+    letter)."""
 
     async def receive(self, msg: Any) -> Any:
-        if msg == "ignore":
+        if isinstance(msg, str) and msg.startswith("ignore"):
             return runtime.UNHANDLED
         return msg
 
@@ -122,6 +123,18 @@ def test_the_cluster_from_a_plain_thread(nats_server: NatsServer) -> None:
             b.cluster.start_child(f"troupe://{a_name}/app", child(f"{Echo.__module__}:Echo"))
         with pytest.raises(runtime.NodeDown):
             handle.which_children(f"troupe://{cluster}-nobody/app")
+        # on the loop thread (here: a bus callback) a blocking call refuses at once
+        refused: list[BaseException] = []
+
+        @a.bus.subscribe("probe.loop")
+        def on_the_loop(event: Any) -> None:
+            try:
+                handle.nodes()
+            except RuntimeError as error:
+                refused.append(error)
+
+        a.publish("probe.loop", 1)
+        until(lambda: refused, "the loop-thread call refused")
     # the system stopped: every call says so
     for call in (
         handle.nodes,
@@ -225,3 +238,64 @@ def test_deadletters_of_a_node_over_nats_read_as_the_local_ones(
                 client.dead_letters(n1, limit=0)
             with pytest.raises(ControlRefused, match="unknown reason"):
                 client.dead_letters(n1, reason="nonsense")
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        5,
+        {"letters": [{"timestamp": None}], "counts": {}},
+        {"letters": [], "counts": {"crashed": "many"}},
+        {
+            "letters": [
+                {
+                    "timestamp": float("inf"),
+                    "recipient": "/a",
+                    "reason": "x",
+                    "type": "str",
+                    "repr": "'x'",
+                }
+            ],
+            "counts": {},
+        },
+        {"counts": {}},
+    ],
+)
+def test_a_malformed_dead_letter_report_is_a_cluster_error(answer: Any) -> None:
+    """Whatever answers on a node's subject, the CLI prints a line, not a traceback:
+    the client checks a report's shape first."""
+    from runtime.cluster.client import _report
+
+    with pytest.raises(runtime.ClusterError, match="did not answer with a dead-letter report"):
+        _report("fake", answer)
+    good = {
+        "letters": [
+            {
+                "timestamp": 1.0,
+                "recipient": "/a",
+                "reason": "unhandled",
+                "type": "str",
+                "repr": "'x'",
+            }
+        ],
+        "counts": {"unhandled": 1},
+    }
+    assert _report("fake", good) is good
+
+
+def test_a_report_over_max_payload_says_to_ask_for_fewer(folder: pathlib.Path) -> None:
+    cluster = fresh()
+    with (
+        NatsServer(max_payload=4096) as server,
+        runtime.start_in_thread(tree(), node=f"{cluster}-n", **options(server, cluster)) as system,
+    ):
+        echo = system.ref("/app/echo")
+        for i in range(40):
+            echo.tell(f"ignore {i} " + "x" * 150)  # unhandled: long dead letters
+        assert echo.ask_blocking("sync", timeout=5) == "sync"
+        with ClusterClient(server.url, cluster, timeout=5) as client:
+            with pytest.raises(
+                ControlRefused, match=r"ask for fewer letters \(troupe deadletters -n N\)"
+            ):
+                client.dead_letters(f"{cluster}-n", limit=40)
+            assert len(client.dead_letters(f"{cluster}-n", limit=2)["letters"]) == 2

@@ -83,6 +83,35 @@ def _lenient_ext(code: int, data: memoryview) -> Any:
 _lenient: msgspec.msgpack.Decoder[Any] = msgspec.msgpack.Decoder(ext_hook=_lenient_ext)
 
 
+_LETTER_FIELDS: Final = {"recipient": str, "reason": str, "type": str, "repr": str}
+
+
+def _is_letter(letter: Any) -> bool:
+    if not isinstance(letter, dict):
+        return False
+    when = letter.get("timestamp")
+    return (
+        isinstance(when, int | float)
+        and 0 <= when < 1e11  # a wall-clock time the CLI can show (not inf, nan)
+        and all(isinstance(letter.get(k), t) for k, t in _LETTER_FIELDS.items())
+    )
+
+
+def _report(node: str, answer: Any) -> dict[str, Any]:
+    """`answer` if it is a dead-letter report (`DeadLetterOffice.report`'s shape),
+    else `ClusterError`: what a node answered is checked before it is printed."""
+    letters = answer.get("letters") if isinstance(answer, dict) else None
+    counts = answer.get("counts") if isinstance(answer, dict) else None
+    if (
+        not isinstance(letters, list)
+        or not isinstance(counts, dict)
+        or not all(_is_letter(letter) for letter in letters)
+        or not all(isinstance(n, int) for n in counts.values())
+    ):
+        raise ClusterError(f"node {node!r} did not answer with a dead-letter report")
+    return cast("dict[str, Any]", answer)
+
+
 class ClusterClient:
     """A plain NATS client of the cluster `cluster_name` reached through `servers`.
 
@@ -321,22 +350,25 @@ class ClusterClient:
         """
         if nodes is None:
             nodes = [info["name"] for info in self.nodes() if info.get("status") == "up"]
+        answers = self._ask_each("snapshot", nodes, None)
+        return {name: answer for name, answer in answers.items() if isinstance(answer, dict)}
+
+    def _ask_each(self, op: str, nodes: Sequence[str], args: Any) -> dict[str, Any]:
+        """``{node: answer, or the Exception it raised}``, every node asked at once.
+        Blocks up to `timeout` (``KeyboardInterrupt`` and the like propagate)."""
         runner, nc = self._loop()
         names = list(nodes)
 
         async def ask_all() -> list[Any]:
             return await asyncio.gather(
-                *(self._ask(nc, "snapshot", name) for name in names), return_exceptions=True
+                *(self._ask(nc, op, name, args) for name in names), return_exceptions=True
             )
 
         answers = runner.run(ask_all())
-        out: dict[str, dict[str, Any]] = {}
-        for name, answer in zip(names, answers, strict=True):
-            if isinstance(answer, dict):
-                out[name] = answer
-            elif isinstance(answer, BaseException) and not isinstance(answer, Exception):
-                raise answer  # KeyboardInterrupt and the like
-        return out
+        for answer in answers:
+            if isinstance(answer, BaseException) and not isinstance(answer, Exception):
+                raise answer
+        return dict(zip(names, answers, strict=True))
 
     def dead_letters(self, node: str, limit: int = 20, reason: str | None = None) -> dict[str, Any]:
         """`node`'s newest dead letters, as ``troupe deadletters`` shows them:
@@ -349,8 +381,25 @@ class ClusterClient:
         answer, `ControlRefused` for a `limit` or `reason` it refuses (or a node
         too old to know the request), `ValueError` for an invalid node name.
         """
-        value: dict[str, Any] = self._run("deadletters", node, {"limit": limit, "reason": reason})
-        return value
+        return _report(node, self._run("deadletters", node, {"limit": limit, "reason": reason}))
+
+    def dead_letters_of(
+        self, nodes: Sequence[str], limit: int = 20, reason: str | None = None
+    ) -> dict[str, dict[str, Any] | ClusterError]:
+        """`dead_letters` of each of `nodes`, asked at once: ``{node: report, or the
+        ClusterError (ControlRefused included) it raised}``.  Blocks up to `timeout`."""
+        answers = self._ask_each("deadletters", nodes, {"limit": limit, "reason": reason})
+        out: dict[str, dict[str, Any] | ClusterError] = {}
+        for name, answer in answers.items():
+            try:
+                if isinstance(answer, ClusterError):
+                    raise answer
+                if isinstance(answer, Exception):
+                    raise ClusterError(f"node {name!r}: {answer}") from answer
+                out[name] = _report(name, answer)
+            except ClusterError as error:
+                out[name] = error
+        return out
 
     def stop(self, node: str) -> dict[str, Any]:
         """Stop `node` gracefully (it answers, then its tree stops and it leaves).

@@ -1494,7 +1494,7 @@ class Cluster:
             self._answer(node, reply_to, True, value)
 
     def _client_request(self, item: Incoming) -> None:
-        """A plain NATS client's request (``troupe ls|tree|top|stop --cluster``): it
+        """A plain NATS client's request (``troupe ls|tree|top|deadletters|stop --cluster``): it
         joins no membership; ``[op, args]`` in, ``[ok, value or error text]`` out.
 
         Ops: ``nodes`` (this node's view of the cluster), ``snapshot`` (its tree,
@@ -1512,6 +1512,10 @@ class Cluster:
             self._client_answer(item.reply, False, "a request is a msgpack [op, args]")
             return
         op, args = request
+        hint = (
+            "raise max_payload on the server, or look at this node through its control "
+            f"socket (troupe tree {self.system.name} on its machine)"
+        )
         try:
             if op == "ping":
                 value: Any = {"node": self.node, "incarnation": self.incarnation}
@@ -1525,6 +1529,7 @@ class Cluster:
                 if not isinstance(args, dict):
                     raise ValueError('deadletters takes {"limit": N, "reason": R} (both optional)')
                 value = self.system.dead_letters.report(args.get("limit", 20), args.get("reason"))
+                hint = "ask for fewer letters (troupe deadletters -n N)"
             elif op == "stop":
                 if self.control != "rw":
                     raise PermissionError(
@@ -1542,10 +1547,11 @@ class Cluster:
         except Exception as error:
             self._client_answer(item.reply, False, f"{type(error).__name__}: {error}")
             return
-        self._client_answer(item.reply, True, value)
+        self._client_answer(item.reply, True, value, hint)
 
-    def _client_answer(self, subject: str, ok: bool, value: Any) -> None:
-        """Answer a plain client: always something it can read, never a silence."""
+    def _client_answer(self, subject: str, ok: bool, value: Any, too_big: str = "") -> None:
+        """Answer a plain client: always something it can read, never a silence
+        (`too_big`: what to do when the answer is over the server's max_payload)."""
         try:
             data = env.pack(ok, value)
         except (TypeError, ValueError, OverflowError, RecursionError) as error:
@@ -1555,8 +1561,7 @@ class Cluster:
             data = env.pack(
                 False,
                 f"the answer is {len(data):,} bytes, more than the NATS server's max_payload "
-                f"of {limit:,}; raise max_payload on the server, or look at this node "
-                f"through its control socket (troupe tree {self.system.name} on its machine)",
+                f"of {limit:,}; {too_big or 'raise max_payload on the server'}",
             )
         self._publish(Outgoing(subject, data))
 
