@@ -391,7 +391,12 @@ class Bus:
             return None
         event = self._event(topic, payload, source, correlation_id, metadata, msg_id)
         if self._exporter is not None:
-            self._exporter(event)  # may refuse it (NotSerializable): nothing delivered then
+            try:
+                self._exporter(event)  # may refuse it (NotSerializable): nothing delivered
+            except BaseException:
+                if msg_id is not None:  # nor published: its id may be used again
+                    self._msg_ids.pop(msg_id, None)
+                raise
         self._record(event)
         return event, segments
 

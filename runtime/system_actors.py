@@ -45,23 +45,30 @@ class BusActor(Actor):
     event's places in full subscribers' lines at once (so thread publishes keep
     the order they reached it in), and a task of its own waits in those lines
     and answers the thread.  A full subscriber delays only the threads that
-    publish its events.
+    publish its events.  A publish the bus refuses (`NotSerializable` for a
+    cluster-wide topic, ...) is raised in the publishing thread; this actor goes on.
     """
 
     async def receive(self, msg: Any) -> Any:
         if not isinstance(msg, PublishRequest):
             return UNHANDLED
-        pending = self.ctx.system.bus.publish_for_thread(
-            msg.topic,
-            msg.payload,
-            correlation_id=msg.correlation_id,
-            metadata=msg.metadata,
-            msg_id=msg.msg_id,
-        )
+        reply = self.ctx.defer_reply()
+        try:
+            pending = self.ctx.system.bus.publish_for_thread(
+                msg.topic,
+                msg.payload,
+                correlation_id=msg.correlation_id,
+                metadata=msg.metadata,
+                msg_id=msg.msg_id,
+            )
+        except Exception as refused:  # e.g. NotSerializable for a cluster-wide topic:
+            reply.fail(refused)  # the thread's error, not this actor's crash
+            return None
         if isinstance(pending, int):
-            return pending
-        deadline = trio.current_time() + msg.timeout
-        self.ctx.nursery.start_soon(self._answer, pending, deadline, self.ctx.defer_reply())
+            reply.send(pending)
+        else:
+            deadline = trio.current_time() + msg.timeout
+            self.ctx.nursery.start_soon(self._answer, pending, deadline, reply)
         return None
 
     @staticmethod

@@ -94,6 +94,33 @@ def _segments_match(pat: tuple[str, ...], top: tuple[str, ...]) -> bool:
     return len(top) == len(pat)
 
 
+def covers(outer: str, inner: str) -> bool:
+    """Does every topic that matches `inner` match `outer`?  (``jobs.>`` covers
+    ``jobs.high.*``; ``*.x`` covers ``a.x``; ``a.x`` does not cover ``*.x``.)"""
+    out, inn = check_pattern(outer), check_pattern(inner)
+    if inn[0] == SYSTEM and out[0] in ("*", ">"):
+        return False  # as `matches`: wildcards-first do not reach the runtime's topics
+    for i, part in enumerate(out):
+        if part == ">":
+            return len(inn) > i
+        if i >= len(inn) or inn[i] == ">" or (part != "*" and part != inn[i]):
+            return False
+    return len(inn) == len(out)
+
+
+def widest(patterns: Iterable[str]) -> list[str]:
+    """`patterns` without those another one covers (`covers`; of equal ones, the
+    first), in their order: a topic matches one of the result iff it matches one
+    of `patterns`."""
+    kept: list[str] = []
+    for pattern in patterns:
+        if any(covers(other, pattern) for other in kept):
+            continue
+        kept = [other for other in kept if not covers(pattern, other)]
+        kept.append(pattern)
+    return kept
+
+
 def matching(pattern: str, events: Iterable[Event]) -> Iterator[Event]:
     """The events whose (already valid) topics match `pattern`, checked once."""
     pat = check_pattern(pattern)
@@ -208,6 +235,8 @@ __all__ = [
     "check_pattern",
     "check_topic",
     "check_user_topic",
+    "covers",
     "matches",
     "matching",
+    "widest",
 ]

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 import runtime
 from runtime import Supervisor
 from runtime.bus import Subscription
-from runtime.topics import PatternIndex, check_pattern, check_topic, matches
+from runtime.topics import PatternIndex, check_pattern, check_topic, covers, matches, widest
 
 # -- the reference -------------------------------------------------------------
 
@@ -301,3 +301,34 @@ async def test_bus_publish_counts_agree_with_the_reference(
                         break
                 want_topics = [join(t) for t in topics if ref_match(pattern, t) for _ in (0, 1)]
                 assert got == want_topics
+
+
+@pytest.mark.parametrize(
+    ("outer", "inner", "covered"),
+    [
+        ("jobs.>", "jobs.high.*", True),
+        ("*.x", "a.x", True),
+        ("a.x", "*.x", False),
+        ("a.>", "a.>", True),
+        ("a.>", ">", False),
+        (">", "a.>", True),
+        ("*", "a.b", False),
+        ("a.*", "a.>", False),
+        (">", "system.x", False),
+        ("system.>", "system.x", True),
+    ],
+)
+def test_covers_says_whether_every_topic_of_one_pattern_matches_another(
+    outer: str, inner: str, covered: bool
+) -> None:
+    assert covers(outer, inner) is covered
+
+
+@given(st.lists(st.sampled_from(["a", "b", "*"]), min_size=1, max_size=3), st.booleans())
+def test_widest_keeps_exactly_the_topics_matched(parts: list[str], tail: bool) -> None:
+    """A topic matches one of `widest(ps)` iff it matches one of `ps`."""
+    patterns = [".".join(parts), ".".join(parts[:1]) + (".>" if tail else ""), "a.b", "*.b"]
+    kept = widest(patterns)
+    assert set(kept) <= set(patterns)
+    for topic in ["a", "b", "a.b", "b.b", "a.a", "a.b.c", "b.a.b"]:
+        assert any(matches(p, topic) for p in kept) == any(matches(p, topic) for p in patterns)

@@ -368,7 +368,7 @@ def test_refuses_too_big() -> None:
     blowup: list[Any] = []
     for _ in range(60):
         blowup = [blowup, blowup]
-    assert "more than the NATS server's max_payload" in refused(blowup, codec)
+    assert "over the limit: the NATS server's max_payload of" in refused(blowup, codec)
 
 
 # --- decoding failures ----------------------------------------------------------------

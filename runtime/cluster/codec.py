@@ -296,7 +296,9 @@ class Codec:
 
     `ref_to_url` turns a ref into the URL that crosses; `url_to_ref` turns a
     URL that arrives back into a ref.  `max_payload` is the NATS server's
-    limit on a message, in bytes.
+    limit on a message, in bytes, of which `envelope_room` is kept for the
+    envelope a message travels in (an encoding may take the rest, at least
+    1,024 bytes).
 
     One codec may be used from several threads at once.
     """
@@ -307,10 +309,15 @@ class Codec:
         ref_to_url: Callable[[ActorRef], str],
         url_to_ref: Callable[[str], ActorRef],
         max_payload: int = 1 << 20,
+        envelope_room: int = 0,
     ) -> None:
         self._ref_to_url = ref_to_url
         self._url_to_ref = url_to_ref
-        self._max_payload = max_payload
+        self._max_payload = max(1024, max_payload - envelope_room) if envelope_room else max_payload
+        limit = f"the NATS server's max_payload of {max_payload:,}"
+        if envelope_room:
+            limit = f"{self._max_payload:,} ({limit} less {envelope_room:,} for the envelope)"
+        self._limit_text = limit  # what the error says the limit is
         self._encoder = msgspec.msgpack.Encoder()
         # registered classes only: a tag, once registered, never changes
         self._infos: dict[type, _ClassInfo] = {}
@@ -355,13 +362,12 @@ class Codec:
             raise NotSerializable(e.text()) from None
         except _TooMany:
             raise NotSerializable(
-                f"the message holds more than {self._max_payload:,} values, so it encodes to "
-                f"more than the NATS server's max_payload of {self._max_payload:,} bytes"
+                f"the message holds more than {self._max_payload:,} values, so its encoding "
+                f"is over the limit: {self._limit_text}"
             ) from None
         if len(data) > self._max_payload:
             raise NotSerializable(
-                f"the message encodes to {len(data):,} bytes, more than the NATS server's "
-                f"max_payload of {self._max_payload:,}"
+                f"the message encodes to {len(data):,} bytes, more than {self._limit_text}"
             )
         return data
 

@@ -53,7 +53,7 @@ from ..spec import (
     check_cluster_name,
     check_node_name,
 )
-from ..topics import check_pattern, matches
+from ..topics import check_pattern, matches, widest
 from . import envelope as env
 from .codec import Codec, Undecodable
 from .failures import decode_error, encode_error, reason_from_wire, wire_reason
@@ -294,7 +294,7 @@ class Cluster:
             self.subjects.control_mine,
             (self.subjects.control_any, "troupe-control"),
         ]
-        subjects += [self.subjects.topic(p) for p in self.topics]
+        subjects += [self.subjects.topic(p) for p in self._bus_subscriptions()]
         options = {"no_echo": True, **self.nats_options}
         transport = Transport(
             self.servers,
@@ -310,7 +310,8 @@ class Cluster:
         self.codec = Codec(
             ref_to_url=self._url_of,
             url_to_ref=self.resolve,
-            max_payload=max(1024, transport.max_payload - 1024),  # room for the envelope
+            max_payload=transport.max_payload,
+            envelope_room=1024,
         )
         self._connected = True
         self.system.bus.set_exporter(self._export if self.topics else None)
@@ -799,6 +800,25 @@ class Cluster:
                         self._send_watch(key[0], key[1], env.UNWATCH)
 
     # -- the bus -------------------------------------------------------------
+    def _bus_subscriptions(self) -> list[str]:
+        """The patterns this node subscribes to on NATS for its cluster topics: its
+        `topics` if one of them covers the others, else one subscription to every
+        cluster topic (``>``), filtered on arrival (`_event`).  One subscription,
+        because nats-py reads each in a task of its own: two of them would let one
+        node's events overtake each other, and deliver those both match twice."""
+        patterns = widest(self.topics)
+        return patterns if len(patterns) <= 1 else [">"]
+
+    def _cluster_topic(self, topic: str) -> bool:
+        """Does `topic` match one of this node's cluster topics (`topics`)?"""
+        shared = self._shared.get(topic)
+        if shared is None:  # matched once per topic (the bus has checked the topic)
+            shared = any(matches(pattern, topic) for pattern in self.topics)
+            if len(self._shared) >= SHARED_TOPICS:
+                self._shared.clear()
+            self._shared[topic] = shared
+        return shared
+
     def _export(self, event: Event) -> None:
         """The bus's hook for a new user event: share it if its topic is a cluster topic.
 
@@ -806,13 +826,7 @@ class Cluster:
         that cannot cross.
         """
         topic = event.topic
-        shared = self._shared.get(topic)
-        if shared is None:  # matched once per topic (the bus has checked the topic)
-            shared = any(matches(pattern, topic) for pattern in self.topics)
-            if len(self._shared) >= SHARED_TOPICS:
-                self._shared.clear()
-            self._shared[topic] = shared
-        if not shared:
+        if not self._cluster_topic(topic):
             return
         body = self.codec.encode(event)
         self.events_out += 1
@@ -1575,8 +1589,14 @@ class Cluster:
         if not isinstance(event, Event):
             self._malformed()
             return
-        self.events_in += 1
-        self.system.bus.deliver_remote(event)
+        try:
+            wanted = self._cluster_topic(event.topic)
+        except (ValueError, TypeError):  # not a topic at all
+            self._malformed()
+            return
+        if wanted:  # a wide subscription (`_bus_subscriptions`) brings others too
+            self.events_in += 1
+            self.system.bus.deliver_remote(event)
 
     def _malformed(self, count: int = 1) -> None:
         """Count what came from NATS and could not be read (or believed), and say so in
