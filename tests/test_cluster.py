@@ -180,13 +180,17 @@ async def test_cluster_topics_reach_every_node_once(nats_server: NatsServer) -> 
                 a.publish("jobs.bad", object())
 
 
-async def test_a_taken_node_name_fails_the_start(nats_server: NatsServer) -> None:
+async def test_a_taken_node_name_fails_the_start(
+    nats_server: NatsServer, caplog: pytest.LogCaptureFixture
+) -> None:
     with trio.fail_after(WAIT):
         cluster = fresh("n")
         async with node(nats_server, f"{cluster}-a", cluster_name=cluster):
             with pytest.raises(runtime.ClusterError, match="taken"):
                 async with node(nats_server, f"{cluster}-a", cluster_name=cluster):
                     pass
+            # the node that failed to join says so once, not that it is reconnecting
+            assert not [r for r in caplog.records if "reconnecting" in r.getMessage()]
         # once it left, the name is free again at once
         async with node(nats_server, f"{cluster}-a", cluster_name=cluster) as again:
             assert again.node == f"{cluster}-a"

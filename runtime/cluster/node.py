@@ -1005,6 +1005,8 @@ class Cluster:
         if self._closing:
             return  # our own close
         if item.state == "disconnected":
+            if not self._connected:
+                return  # never joined (a start that failed closes its connection), or said
             self._connected = False
             log.warning("node %s: lost its NATS connection; reconnecting", self.node)
         elif item.state == "reconnected":
