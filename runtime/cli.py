@@ -566,12 +566,12 @@ def _node_blocks(infos: list[dict[str, Any]], shown: dict[str, str | Exception])
             blocks.append(f"{title}\n(down: last seen {_ago(time.time() - info['last_seen'])})")
         else:
             failed += 1
-            blocks.append(f"{title}\n({_why_not(text)})")
+            blocks.append(f"{title}\n({_no_answer_text(text)})")
     print("\n\n".join(blocks))
     return 1 if failed else 0
 
 
-def _why_not(error: Exception | None) -> str:
+def _no_answer_text(error: Exception | None) -> str:
     from .cluster.client import ControlRefused
 
     if isinstance(error, ControlRefused):

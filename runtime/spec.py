@@ -220,6 +220,11 @@ def check_cluster_name(name: object) -> str:
             "a cluster name is one or more dot-separated tokens of letters, digits, '-' "
             f"and '_', got {name!r}"
         )
+    if "bus" in name.split(".")[1:]:
+        raise ValueError(
+            f"cluster name {name!r}: 'bus' may not follow its first token, or its subjects "
+            f"would be among another cluster's events ({name.split('.bus', 1)[0]}.bus.>)"
+        )
     return name
 
 

@@ -16,6 +16,7 @@ import attrs
 import trio
 
 from .actor import Actor
+from .errors import TroupeError
 from .messages import UNHANDLED, DeferredReply, Event, describe
 
 if TYPE_CHECKING:  # the bus holds `Callback`s: only types go the other way
@@ -61,8 +62,8 @@ class BusActor(Actor):
                 metadata=msg.metadata,
                 msg_id=msg.msg_id,
             )
-        except Exception as refused:  # e.g. NotSerializable for a cluster-wide topic:
-            reply.fail(refused)  # the thread's error, not this actor's crash
+        except (TroupeError, ValueError, TypeError) as refused:  # e.g. NotSerializable
+            reply.fail(refused)  # for a cluster-wide topic: the thread's error, not a crash
             return None
         if isinstance(pending, int):
             reply.send(pending)

@@ -96,7 +96,8 @@ def _segments_match(pat: tuple[str, ...], top: tuple[str, ...]) -> bool:
 
 def covers(outer: str, inner: str) -> bool:
     """Does every topic that matches `inner` match `outer`?  (``jobs.>`` covers
-    ``jobs.high.*``; ``*.x`` covers ``a.x``; ``a.x`` does not cover ``*.x``.)"""
+    ``jobs.high.*``; ``*.x`` covers ``a.x``; ``a.x`` does not cover ``*.x``.)
+    Raises `ValueError` for an invalid pattern."""
     out, inn = check_pattern(outer), check_pattern(inner)
     if inn[0] == SYSTEM and out[0] in ("*", ">"):
         return False  # as `matches`: wildcards-first do not reach the runtime's topics
@@ -111,14 +112,34 @@ def covers(outer: str, inner: str) -> bool:
 def widest(patterns: Iterable[str]) -> list[str]:
     """`patterns` without those another one covers (`covers`; of equal ones, the
     first), in their order: a topic matches one of the result iff it matches one
-    of `patterns`."""
+    of `patterns`.  Raises `ValueError` for an invalid pattern."""
     kept: list[str] = []
     for pattern in patterns:
+        check_pattern(pattern)
         if any(covers(other, pattern) for other in kept):
             continue
         kept = [other for other in kept if not covers(pattern, other)]
         kept.append(pattern)
     return kept
+
+
+def cover(patterns: Iterable[str]) -> str | None:
+    """One pattern every topic of `patterns` matches, as narrow as their common
+    leading words allow: the one of them that covers the others if there is one,
+    else those words and ``>`` (``jobs.>`` for ``jobs.a.>`` and ``jobs.b.*``;
+    ``>`` for ``a.>`` and ``b.>``).  None for no patterns.  Raises `ValueError`
+    for an invalid pattern."""
+    kept = widest(patterns)
+    if len(kept) <= 1:
+        return kept[0] if kept else None
+    words = [pattern.split(".") for pattern in kept]
+    common = 0
+    while all(
+        common < len(w) - 1 and w[common] not in ("*", ">") and w[common] == words[0][common]
+        for w in words
+    ):
+        common += 1
+    return ".".join([*words[0][:common], ">"])
 
 
 def matching(pattern: str, events: Iterable[Event]) -> Iterator[Event]:
@@ -235,6 +256,7 @@ __all__ = [
     "check_pattern",
     "check_topic",
     "check_user_topic",
+    "cover",
     "covers",
     "matches",
     "matching",

@@ -19,7 +19,15 @@ from hypothesis import strategies as st
 import runtime
 from runtime import Supervisor
 from runtime.bus import Subscription
-from runtime.topics import PatternIndex, check_pattern, check_topic, covers, matches, widest
+from runtime.topics import (
+    PatternIndex,
+    check_pattern,
+    check_topic,
+    cover,
+    covers,
+    matches,
+    widest,
+)
 
 # -- the reference -------------------------------------------------------------
 
@@ -332,3 +340,32 @@ def test_widest_keeps_exactly_the_topics_matched(parts: list[str], tail: bool) -
     assert set(kept) <= set(patterns)
     for topic in ["a", "b", "a.b", "b.b", "a.a", "a.b.c", "b.a.b"]:
         assert any(matches(p, topic) for p in kept) == any(matches(p, topic) for p in patterns)
+
+
+@pytest.mark.parametrize(
+    ("patterns", "expected"),
+    [
+        ([], None),
+        (["a.>"], "a.>"),
+        (["jobs.>", "jobs.high.*"], "jobs.>"),
+        (["jobs.a.>", "jobs.b.*"], "jobs.>"),
+        (["a.>", "b.>"], ">"),
+        (["jobs", "jobs.x"], ">"),  # `jobs.>` would miss `jobs` itself
+        (["x.y.z", "x.y.w"], "x.y.>"),
+    ],
+)
+def test_cover_is_one_pattern_as_narrow_as_the_common_words_allow(
+    patterns: list[str], expected: str | None
+) -> None:
+    assert cover(patterns) == expected
+
+
+@given(
+    st.lists(st.lists(st.sampled_from(["a", "b", "*", ">"]), min_size=1, max_size=3), max_size=4)
+)
+def test_cover_matches_every_topic_one_of_its_patterns_matches(words: list[list[str]]) -> None:
+    patterns = [".".join(w[: w.index(">") + 1] if ">" in w else w) for w in words]
+    covering = cover(patterns)
+    for topic in ["a", "b", "a.b", "b.b", "a.a", "a.b.a", "b.a.b"]:
+        if any(matches(p, topic) for p in patterns):
+            assert covering is not None and matches(covering, topic), (patterns, topic)

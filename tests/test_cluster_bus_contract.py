@@ -127,3 +127,49 @@ async def test_a_node_gets_only_the_cluster_topics_it_names(nats_server: NatsSer
             await until(lambda: "a.x" in got, "a.x on a")
             assert got == ["a.x"]
             assert a.cluster.stats()["events_in"] == 1
+
+
+async def test_what_arrives_on_topics_a_node_does_not_name_is_dropped_unread(
+    nats_server: NatsServer,
+) -> None:
+    """A node with ``a.>`` and ``b.>`` takes every cluster topic in one subscription:
+    what comes on the others (here: garbage a foreign client publishes on ``c.x``) is
+    not read, counted, logged or dead-lettered; garbage on a topic it names is counted
+    as unreadable; an envelope other than an event on a bus subject is not believed."""
+    from test_cluster_hostile import spoof
+
+    from runtime.cluster import envelope as env
+
+    with trio.fail_after(WAIT):
+        async with pair(nats_server, cluster_topics=("a.>", "b.>")) as (a, b):
+            bus = f"{a.cluster.cluster_name}.bus"
+            before = a.cluster.undecodable
+            await spoof(nats_server, [(f"{bus}.c.x", b"\x00garbage")] * 5)
+            heartbeat = env.pack(env.HEARTBEAT, "intruder", "i1", {}, False)
+            await spoof(nats_server, [(f"{bus}.a.x", b"\x00garbage"), (f"{bus}.a.y", heartbeat)])
+            await until(lambda: a.cluster.undecodable >= before + 2, "the named ones counted")
+            b.publish("a.last", 1)  # anything still on its way from the spoofs comes first
+            got: list[str] = []
+            a.bus.subscribe("a.>")(lambda event: got.append(event.topic))
+            b.publish("a.last", 2)
+            await until(lambda: got, "b's event")
+            assert a.cluster.undecodable == before + 2
+            assert "intruder" not in [info.name for info in a.cluster.nodes()]
+            assert a.dead_letters.counts.get("undeliverable", 0) == 0
+
+
+def test_a_node_refuses_runtime_topics_and_cluster_names_under_another_clusters_bus() -> None:
+    with pytest.raises(ValueError, match="system"):
+        runtime.run(
+            runtime.Supervisor("app"),
+            node="n",
+            cluster="nats://127.0.0.1:1",
+            cluster_topics=("a.>", "system.>"),
+        )
+    with pytest.raises(ValueError, match="'bus' may not follow"):
+        runtime.run(
+            runtime.Supervisor("app"),
+            node="n",
+            cluster="nats://127.0.0.1:1",
+            cluster_name="x.bus.y",
+        )

@@ -391,14 +391,15 @@ class ClusterClient:
         answers = self._ask_each("deadletters", nodes, {"limit": limit, "reason": reason})
         out: dict[str, dict[str, Any] | ClusterError] = {}
         for name, answer in answers.items():
-            try:
-                if isinstance(answer, ClusterError):
-                    raise answer
-                if isinstance(answer, Exception):
-                    raise ClusterError(f"node {name!r}: {answer}") from answer
-                out[name] = _report(name, answer)
-            except ClusterError as error:
-                out[name] = error
+            if isinstance(answer, ClusterError):
+                out[name] = answer
+            elif isinstance(answer, Exception):
+                out[name] = ClusterError(f"node {name!r}: {answer}")
+            else:
+                try:
+                    out[name] = _report(name, answer)
+                except ClusterError as error:
+                    out[name] = error
         return out
 
     def stop(self, node: str) -> dict[str, Any]:

@@ -53,7 +53,7 @@ from ..spec import (
     check_cluster_name,
     check_node_name,
 )
-from ..topics import check_pattern, matches, widest
+from ..topics import SYSTEM, check_pattern, cover, matches
 from . import envelope as env
 from .codec import Codec, Undecodable
 from .failures import decode_error, encode_error, reason_from_wire, wire_reason
@@ -219,7 +219,11 @@ class Cluster:
             cluster_topics = (cluster_topics,)
         topics = tuple(cluster_topics)
         for pattern in topics:
-            check_pattern(pattern)
+            if check_pattern(pattern)[0] == SYSTEM:
+                raise ValueError(
+                    f"cluster_topics={pattern!r}: the runtime's own events (system.*) stay "
+                    "on their node; share application topics"
+                )
         if cluster_control not in ("ro", "rw"):
             raise ValueError(f"cluster_control is 'ro' or 'rw', got {cluster_control!r}")
         if not (isinstance(heartbeat, int | float) and 0 < heartbeat < math.inf):
@@ -256,6 +260,7 @@ class Cluster:
         self.incarnations = {self.incarnation}  # this process's, for late replies
         self.started = time.time()
         self.subjects = env.Subjects(cluster_name, node)
+        self._bus_prefix = len(self.subjects.topic(""))  # `<cluster>.bus.`: a topic follows
         self.codec = Codec(ref_to_url=self._url_of, url_to_ref=self.resolve)
         self._peers: dict[str, Peer] = {}
         # (node, incarnation) we saw go down -> when we last told it so (trio time)
@@ -268,7 +273,8 @@ class Cluster:
         self._watched_by: dict[str, set[tuple[str, str]]] = {}
         self._backlog: list[Inbound] = []
         self._refs: dict[str, ActorRef] = {}  # local path -> ref, for arrivals
-        self._shared: dict[str, bool] = {}  # topic -> is it a cluster topic
+        self._shared: dict[str, bool] = {}  # topic published here -> is it a cluster topic
+        self._named: dict[str, bool] = {}  # topic arriving from NATS -> do we name it
         self._transport: Transport | None = None
         self._nursery: trio.Nursery | None = None
         self._connected = False
@@ -801,23 +807,26 @@ class Cluster:
 
     # -- the bus -------------------------------------------------------------
     def _bus_subscriptions(self) -> list[str]:
-        """The patterns this node subscribes to on NATS for its cluster topics: its
-        `topics` if one of them covers the others, else one subscription to every
-        cluster topic (``>``), filtered on arrival (`_event`).  One subscription,
-        because nats-py reads each in a task of its own: two of them would let one
-        node's events overtake each other, and deliver those both match twice."""
-        patterns = widest(self.topics)
-        return patterns if len(patterns) <= 1 else [">"]
+        """What this node subscribes to on NATS for its cluster topics: one pattern,
+        `cover` of `topics` (the narrowest that covers them all), its arrivals
+        filtered by subject (`_incoming`).  One, because nats-py reads each
+        subscription in a task of its own: two would let one node's events
+        overtake each other, and bring an event both match twice.  The price:
+        events on topics of the cover that this node does not name reach it and
+        are dropped unread."""
+        covering = cover(self.topics)
+        return [] if covering is None else [covering]
 
-    def _cluster_topic(self, topic: str) -> bool:
-        """Does `topic` match one of this node's cluster topics (`topics`)?"""
-        shared = self._shared.get(topic)
-        if shared is None:  # matched once per topic (the bus has checked the topic)
-            shared = any(matches(pattern, topic) for pattern in self.topics)
-            if len(self._shared) >= SHARED_TOPICS:
-                self._shared.clear()
-            self._shared[topic] = shared
-        return shared
+    def _cluster_topic(self, topic: str, seen: dict[str, bool]) -> bool:
+        """Does `topic` match one of this node's cluster topics (`topics`)?  Remembered
+        in `seen` (bounded).  Raises `ValueError` if it is not a topic."""
+        named = seen.get(topic)
+        if named is None:
+            named = any(matches(pattern, topic) for pattern in self.topics)
+            if len(seen) >= SHARED_TOPICS:
+                seen.clear()
+            seen[topic] = named
+        return named
 
     def _export(self, event: Event) -> None:
         """The bus's hook for a new user event: share it if its topic is a cluster topic.
@@ -826,7 +835,7 @@ class Cluster:
         that cannot cross.
         """
         topic = event.topic
-        if not self._cluster_topic(topic):
+        if not self._cluster_topic(topic, self._shared):  # a topic the bus has checked
             return
         body = self.codec.encode(event)
         self.events_out += 1
@@ -1113,15 +1122,26 @@ class Cluster:
                 if digits and int(first) <= int(last):
                     self._nobody_listened(node, to, int(first), int(last))
             return
+        bus = lane == "bus"
+        if bus:
+            try:
+                named = self._cluster_topic(item.subject[self._bus_prefix :], self._named)
+            except ValueError:
+                named = False  # not a topic (no node publishes it): ours to ignore
+            if not named:
+                return  # a topic of the subscription's cover this node does not name
         fields = env.unpack(item.data)
         if fields is None:
             batch = env.unpack_batch(item.data)
-            if batch is None:
+            if batch is None or (bus and not all(f[0] == env.EVENT for f in batch)):
                 self._malformed()
             else:
-                self._batch(batch)
+                self._batch(batch, item.subject[self._bus_prefix :] if bus else None)
             return
         kind, node, inc = fields[0], fields[1], fields[2]
+        if bus and kind != env.EVENT:
+            self._malformed()  # only events travel on the bus's subjects
+            return
         if node == self.node:
             return  # our own (a heartbeat or an event NATS echoed)
         if not (NODE_NAME.fullmatch(node) and env.INCARNATION.fullmatch(inc)):
@@ -1206,11 +1226,15 @@ class Cluster:
                 node, str(fields[3]), fields[4] if len(fields) > 4 else None, item.reply
             )
         elif kind == env.EVENT:
-            self._event(node, fields[3])
+            self._event(node, fields[3], self._bus_topic(item.subject))
 
-    def _batch(self, batch: list[Any]) -> None:
-        """Tells (or events) of one node packed into one NATS message (see
-        `Outgoing.batch`): its liveness is noted once for the whole batch."""
+    def _bus_topic(self, subject: str) -> str | None:
+        """The topic of a bus subject (``<cluster>.bus.<topic>``), else None."""
+        return subject[self._bus_prefix :] if self.subjects.lane(subject)[0] == "bus" else None
+
+    def _batch(self, batch: list[Any], topic: str | None) -> None:
+        """Tells (or events, on `topic`'s subject) of one node packed into one NATS
+        message (see `Outgoing.batch`): its liveness is noted once for the whole batch."""
         first = batch[0]
         node, inc = first[1], first[2]
         if node == self.node:
@@ -1235,7 +1259,7 @@ class Cluster:
                 if peer is None:
                     self._from_the_dead(node, "bus")
                 else:
-                    self._event(node, fields[3])
+                    self._event(node, fields[3], topic)
             else:
                 self._malformed()
 
@@ -1581,7 +1605,11 @@ class Cluster:
             )
         self._publish(Outgoing(subject, data))
 
-    def _event(self, node: str, body: Any) -> None:
+    def _event(self, node: str, body: Any, topic: str | None) -> None:
+        """An event `node` published on `topic`'s subject (None: not on a bus subject)."""
+        if topic is None:
+            self._malformed()  # events travel on the bus's subjects only
+            return
         try:
             event = self.codec.decode(body)
         except Undecodable as error:
@@ -1591,14 +1619,11 @@ class Cluster:
         if not isinstance(event, Event):
             self._malformed()
             return
-        try:
-            wanted = self._cluster_topic(event.topic)
-        except (ValueError, TypeError):  # not a topic at all
-            self._malformed()
+        if event.topic != topic:
+            self._malformed()  # an event is published on its topic's subject
             return
-        if wanted:  # a wide subscription (`_bus_subscriptions`) brings others too
-            self.events_in += 1
-            self.system.bus.deliver_remote(event)
+        self.events_in += 1
+        self.system.bus.deliver_remote(event)
 
     def _malformed(self, count: int = 1) -> None:
         """Count what came from NATS and could not be read (or believed), and say so in
