@@ -19,12 +19,12 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from natsserver import NatsServer
+from test_cluster_cli import until  # a bounded poll from a plain thread
 
 import runtime
 from runtime import Actor, Supervisor, child
@@ -52,16 +52,6 @@ def tree() -> Supervisor:
 
 def fresh() -> str:
     return f"thr{os.getpid()}x{next(_names)}"
-
-
-def until(condition: Callable[[], Any], what: str) -> Any:
-    deadline = time.monotonic() + WAIT
-    while True:
-        value = condition()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
 
 
 def options(server: NatsServer, cluster: str) -> dict[str, Any]:
