@@ -21,7 +21,7 @@ from .entry import SystemOptions, run
 from .errors import ClusterError
 from .logs import configure_console, first_leaf
 from .messages import DEAD_LETTER_REASONS
-from .spec import CLUSTER_NAME, NODE_NAME, Supervisor
+from .spec import NODE_NAME, Supervisor, check_cluster_name
 from .topics import check_pattern
 
 if TYPE_CHECKING:
@@ -127,12 +127,10 @@ def cluster_options(args: argparse.Namespace) -> SystemOptions:
     options["node"] = args.node
     options["cluster"] = servers[0] if len(servers) == 1 else servers
     if args.cluster_name is not None:
-        if not CLUSTER_NAME.fullmatch(args.cluster_name):
-            raise UsageError(
-                f"invalid cluster name {args.cluster_name!r}: dot-separated tokens of "
-                "letters, digits, '-' and '_'"
-            )
-        options["cluster_name"] = args.cluster_name
+        try:
+            options["cluster_name"] = check_cluster_name(args.cluster_name)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
     if args.cluster_topics is not None:
         for pattern in args.cluster_topics:
             try:

@@ -15,7 +15,7 @@ import random
 import re
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Final, Literal
 
 import attrs
 
@@ -213,6 +213,11 @@ def check_node_name(name: object) -> str:
     return name
 
 
+SUBJECT_KINDS: Final = ("bus", "node", "ctl")
+"""The words after a cluster's name that its nodes subscribe under with wildcards (or
+per node): no cluster name has one after its first word."""
+
+
 def check_cluster_name(name: object) -> str:
     """`name` as a cluster name, else `ValueError` saying what one is."""
     if not isinstance(name, str) or not CLUSTER_NAME.fullmatch(name):
@@ -220,11 +225,14 @@ def check_cluster_name(name: object) -> str:
             "a cluster name is one or more dot-separated tokens of letters, digits, '-' "
             f"and '_', got {name!r}"
         )
-    if "bus" in name.split(".")[1:]:
-        raise ValueError(
-            f"cluster name {name!r}: 'bus' may not follow its first token, or its subjects "
-            f"would be among another cluster's events ({name.split('.bus', 1)[0]}.bus.>)"
-        )
+    words = name.split(".")
+    for i, word in enumerate(words[1:], 1):
+        if word in SUBJECT_KINDS:
+            raise ValueError(
+                f"cluster name {name!r}: {word!r} may not follow its first word: its "
+                f"subjects would fall under those of cluster {'.'.join(words[:i])!r} "
+                f"({'.'.join(words[: i + 1])}.>), and the two clusters would see each other"
+            )
     return name
 
 

@@ -62,8 +62,8 @@ class BusActor(Actor):
                 metadata=msg.metadata,
                 msg_id=msg.msg_id,
             )
-        except (TroupeError, ValueError, TypeError) as refused:  # e.g. NotSerializable
-            reply.fail(refused)  # for a cluster-wide topic: the thread's error, not a crash
+        except TroupeError as refused:  # NotSerializable for a cluster-wide topic, or
+            reply.fail(refused)  # RuntimeClosed: the thread's error (a bug still crashes)
             return None
         if isinstance(pending, int):
             reply.send(pending)

@@ -127,8 +127,10 @@ def cover(patterns: Iterable[str]) -> str | None:
     """One pattern every topic of `patterns` matches, as narrow as their common
     leading words allow: the one of them that covers the others if there is one,
     else those words and ``>`` (``jobs.>`` for ``jobs.a.>`` and ``jobs.b.*``;
-    ``>`` for ``a.>`` and ``b.>``).  None for no patterns.  Raises `ValueError`
-    for an invalid pattern."""
+    ``>`` for ``a.>`` and ``b.>``, and for ``alerts`` and ``metrics``).  None for
+    no patterns.  For application topics: with ``system.*`` patterns among
+    others the cover is NATS's (where ``>`` takes ``system.*`` subjects too),
+    not `matches`'s.  Raises `ValueError` for an invalid pattern."""
     kept = widest(patterns)
     if len(kept) <= 1:
         return kept[0] if kept else None

@@ -166,6 +166,13 @@ def test_a_node_refuses_runtime_topics_and_cluster_names_under_another_clusters_
             cluster="nats://127.0.0.1:1",
             cluster_topics=("a.>", "system.>"),
         )
+    with pytest.raises(ValueError, match=r"under those of cluster 'x' \(x\.node\.>\)"):
+        runtime.run(
+            runtime.Supervisor("app"),
+            node="n",
+            cluster="nats://127.0.0.1:1",
+            cluster_name="x.node.y",
+        )
     with pytest.raises(ValueError, match="'bus' may not follow"):
         runtime.run(
             runtime.Supervisor("app"),

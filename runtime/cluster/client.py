@@ -29,7 +29,7 @@ import msgspec
 from runtime.errors import ClusterError
 from runtime.messages import Event
 from runtime.ref import ActorRef
-from runtime.spec import CLUSTER_NAME, NODE_NAME
+from runtime.spec import NODE_NAME, check_cluster_name
 
 from . import envelope as env
 from .codec import EXT_EVENT, EXT_OBJECT, EXT_REF, Codec, Undecodable
@@ -142,12 +142,7 @@ class ClusterClient:
         self.servers: list[str] = [url.strip() for url in servers if url.strip()]
         if not self.servers:
             raise ValueError("no NATS server URL given")
-        if not CLUSTER_NAME.fullmatch(cluster_name):
-            raise ValueError(
-                f"invalid cluster name {cluster_name!r}: dot-separated tokens of letters, "
-                "digits, '-' and '_'"
-            )
-        self.cluster_name = cluster_name
+        self.cluster_name = check_cluster_name(cluster_name)
         self.timeout = float(timeout)
         self.nats_options: dict[str, Any] = dict(nats_options or {})
         self._runner: asyncio.Runner | None = None

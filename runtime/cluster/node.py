@@ -808,7 +808,7 @@ class Cluster:
     # -- the bus -------------------------------------------------------------
     def _bus_subscriptions(self) -> list[str]:
         """What this node subscribes to on NATS for its cluster topics: one pattern,
-        `cover` of `topics` (the narrowest that covers them all), its arrivals
+        `cover` of `topics` (their common leading words and ``>``), its arrivals
         filtered by subject (`_incoming`).  One, because nats-py reads each
         subscription in a task of its own: two would let one node's events
         overtake each other, and bring an event both match twice.  The price:
@@ -1133,8 +1133,10 @@ class Cluster:
         fields = env.unpack(item.data)
         if fields is None:
             batch = env.unpack_batch(item.data)
-            if batch is None or (bus and not all(f[0] == env.EVENT for f in batch)):
+            if batch is None:
                 self._malformed()
+            elif bus and not all(entry[0] == env.EVENT for entry in batch):
+                self._malformed(len(batch))  # only events travel on the bus's subjects
             else:
                 self._batch(batch, item.subject[self._bus_prefix :] if bus else None)
             return
