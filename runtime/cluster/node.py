@@ -260,7 +260,7 @@ class Cluster:
         self.incarnations = {self.incarnation}  # this process's, for late replies
         self.started = time.time()
         self.subjects = env.Subjects(cluster_name, node)
-        self._bus_prefix = len(self.subjects.topic(""))  # `<cluster>.bus.`: a topic follows
+        self._topic_start = len(self.subjects.topic(""))  # in a bus subject, after `<cluster>.bus.`
         self.codec = Codec(ref_to_url=self._url_of, url_to_ref=self.resolve)
         self._peers: dict[str, Peer] = {}
         # (node, incarnation) we saw go down -> when we last told it so (trio time)
@@ -1125,7 +1125,7 @@ class Cluster:
         bus = lane == "bus"
         if bus:
             try:
-                named = self._cluster_topic(item.subject[self._bus_prefix :], self._named)
+                named = self._cluster_topic(item.subject[self._topic_start :], self._named)
             except ValueError:
                 named = False  # not a topic (no node publishes it): ours to ignore
             if not named:
@@ -1138,7 +1138,7 @@ class Cluster:
             elif bus and not all(entry[0] == env.EVENT for entry in batch):
                 self._malformed(len(batch))  # only events travel on the bus's subjects
             else:
-                self._batch(batch, item.subject[self._bus_prefix :] if bus else None)
+                self._batch(batch, item.subject[self._topic_start :] if bus else None)
             return
         kind, node, inc = fields[0], fields[1], fields[2]
         if bus and kind != env.EVENT:
@@ -1232,7 +1232,7 @@ class Cluster:
 
     def _bus_topic(self, subject: str) -> str | None:
         """The topic of a bus subject (``<cluster>.bus.<topic>``), else None."""
-        return subject[self._bus_prefix :] if self.subjects.lane(subject)[0] == "bus" else None
+        return subject[self._topic_start :] if self.subjects.lane(subject)[0] == "bus" else None
 
     def _batch(self, batch: list[Any], topic: str | None) -> None:
         """Tells (or events, on `topic`'s subject) of one node packed into one NATS
