@@ -861,7 +861,7 @@ class ActorBehaviour:
         """
         mailbox = cell.mailbox
         if idle_after > 0:
-            with trio.CancelScope(deadline=trio.current_time() + idle_after) as idle:
+            with trio.move_on_after(idle_after) as idle:
                 await wait_task_rescheduled(mailbox.parking())
             if not idle.cancelled_caught:
                 return True
