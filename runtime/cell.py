@@ -833,7 +833,8 @@ class ActorBehaviour:
         home, context = self._home, self._context
         self._home = self._context = None
         assert home is not None and context is not None
-        # Not in the waker's context: `start_soon` copies the current one.
+        # Not in the waker's context: `start_soon` copies the current one.  (A partial,
+        # not `run`'s own arguments: mypy cannot match those to `start_soon`'s.)
         start = functools.partial(home.start_soon, self.resume, cell, name=cell.path)
         context.copy().run(start)
 
@@ -861,7 +862,7 @@ class ActorBehaviour:
         """
         mailbox = cell.mailbox
         if idle_after > 0:
-            with trio.CancelScope(deadline=trio.current_time() + idle_after) as idle:
+            with trio.move_on_after(idle_after) as idle:
                 await wait_task_rescheduled(mailbox.parking())
             if not idle.cancelled_caught:
                 return True

@@ -40,17 +40,17 @@ to schedule).  This relies on the interpreter running one bytecode at a time
 (the GIL), as the lanes' lock-free deques do.
 
 An `ask_blocking` takes no credit: its thread waits for the reply anyway, so
-the ask always goes as a request (delivered into free room with a plain put,
-failed, or lined up as above), and the reply tells the outcome.  When nothing
-from any thread is on its way to the loop (no drain pending or running), the
-request skips the lane: it goes in the gate's `handoffs`, and one
-`run_sync_soon`, the thread's last step before it blocks, wakes the loop to
-admit it.  The loop monitor admits it sooner, as the loop wakes up, before
-trio runs the task that calls back (`LoopMonitor.serve_handoffs`), if it
-goes straight into its mailbox: the actor is then scheduled in that very
+into a ``block`` or ``fail`` mailbox the ask always goes as a request
+(delivered into free room with a plain put, failed, or lined up as above),
+and the reply tells the outcome (into a dropping one it goes like a tell).
+When nothing from any thread is on its way to the loop (no drain pending or
+running), the request skips the lane: it goes in the gate's `handoffs`, and
+one `run_sync_soon`, the thread's last step before it blocks, wakes the loop
+to admit it.  The loop monitor admits it sooner, as the loop wakes up,
+before trio runs the task that calls back (`LoopMonitor.serve_handoffs`), if
+it goes straight into its mailbox: the actor is then scheduled in that very
 batch of tasks, a whole turn of the loop earlier (one batch per ask, as
-`trio.from_thread.run_sync` takes, not two).
-The thread waits on its lane's
+`trio.from_thread.run_sync` takes, not two).  The thread waits on its lane's
 own `queue.SimpleQueue`; the loop settles the reply and puts it there.  One
 token per reply (taken with an atomic `list.pop`) decides between the loop
 settling it and the thread giving up at its deadline, without a lock.
@@ -416,9 +416,9 @@ class ThreadGate:
         `run_sync_soon` wakes the loop, as the thread's last step before it
         blocks; the loop writes the answer to this thread's waiter.  Nothing is
         made per call but the reply, the `Ask` and the closure that words a
-        timeout (formatted only then).  Raises what
-        `ActorRef.ask_blocking` documents; `RuntimeClosed` at once if the gate is
-        closed, or when it closes before the answer.
+        timeout (formatted only then).  Raises what `ActorRef.ask_blocking`
+        documents; `RuntimeClosed` at once if the gate is closed, or when it
+        closes before the answer.
         """
         deadline = math.inf if timeout == math.inf else time.monotonic() + timeout
         lane = getattr(self._local, "lane", None) or self._lane()
@@ -636,10 +636,10 @@ class ThreadGate:
         nothing from any thread is on its way to the loop (no drain pending or
         running, and the drains hand what they leave to another), it skips the
         lane: the loop admits it from `handoffs` (`admit_handoffs`), in a call of
-        its own or as it wakes up.  Nothing sent
-        earlier by any thread can be overtaken then.  Raises `RuntimeClosed` if
-        the gate is closed, `MailboxFull` if this thread's own lane stays full
-        (dropping mailboxes) until `deadline`.
+        its own or as it wakes up.  Nothing sent earlier by any thread can be
+        overtaken then.  Raises `RuntimeClosed` if the gate is closed,
+        `MailboxFull` if this thread's own lane stays full (dropping mailboxes)
+        until `deadline`.
         """
         if not mailbox.reserves_room:
             timeout = math.inf if deadline == math.inf else max(0.0, deadline - time.monotonic())
