@@ -12,7 +12,7 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
@@ -525,27 +525,44 @@ def _cluster_ls(args: argparse.Namespace) -> int:
     return 0
 
 
+def _node_or_every_node(
+    args: argparse.Namespace,
+    command: str,
+    one: Callable[[ClusterClientType, str], str],
+    every: Callable[[ClusterClientType, list[str]], Mapping[str, str | Exception]],
+) -> int:
+    """`troupe COMMAND --cluster URL [NODE]`: print `one` of NODE; without NODE, a
+    block for every node (`_node_blocks`) of what `every` shows of those up."""
+    given = _cluster_target(args, args.system)
+    node = given.pop(0) if given else None
+    _no_more(given, f"for `troupe {command} --cluster [NODE]`")
+    with _cluster_client(args) as client:
+        if node is not None:
+            print(one(client, node))
+            return 0
+        infos = client.nodes()
+        shown = every(client, [info["name"] for info in infos if info["status"] == "up"])
+    return _node_blocks(infos, shown)
+
+
 @_cluster_command
 def _cluster_tree(args: argparse.Namespace) -> int:
     from .monitor import TreeSnapshot
 
-    given = _cluster_target(args, args.system)
-    node = given.pop(0) if given else None
-    _no_more(given, "for `troupe tree --cluster [NODE]`")
-    with _cluster_client(args) as client:
-        if node is not None:
-            print(TreeSnapshot.from_dict(client.snapshot(node)).render())
-            return 0
-        infos = client.nodes()
-        up = [info["name"] for info in infos if info["status"] == "up"]
-        snapshots = client.snapshots(up)
-    return _node_blocks(
-        infos,
-        {name: TreeSnapshot.from_dict(snap).render() for name, snap in snapshots.items()},
+    def render(snapshot: dict[str, Any]) -> str:
+        return TreeSnapshot.from_dict(snapshot).render()
+
+    return _node_or_every_node(
+        args,
+        "tree",
+        lambda client, node: render(client.snapshot(node)),
+        lambda client, up: {
+            name: render(snapshot) for name, snapshot in client.snapshots(up).items()
+        },
     )
 
 
-def _node_blocks(infos: list[dict[str, Any]], shown: dict[str, str | Exception]) -> int:
+def _node_blocks(infos: list[dict[str, Any]], shown: Mapping[str, str | Exception]) -> int:
     """Print a block for each node of `infos` (`troupe tree|deadletters --cluster`):
     its header, then its text in `shown`, why it has none (its error, down since
     when, or that it did not answer).  Returns the exit code: 1 if a node that is
@@ -582,25 +599,18 @@ def _cluster_deadletters(args: argparse.Namespace) -> int:
     """`troupe deadletters --cluster URL [NODE]`: NODE's dead letters as the local
     command shows them; without NODE, a block for every node (as `tree --cluster`),
     the nodes asked at once."""
-    given = _cluster_target(args, args.system)
-    node = given.pop(0) if given else None
-    _no_more(given, "for `troupe deadletters --cluster [NODE]`")
     limit, width = min(args.n, 1000), _width(args.full)
-    with _cluster_client(args) as client:
-        if node is not None:
-            report = client.dead_letters(node, limit, args.reason)
-            print(_dead_letters_text(report, args.reason, width))
-            return 0
-        infos = client.nodes()
-        up = [info["name"] for info in infos if info["status"] == "up"]
-        reports = client.dead_letters_of(up, limit, args.reason)
-    return _node_blocks(
-        infos,
-        {
-            name: report
-            if isinstance(report, ClusterError)
-            else _dead_letters_text(report, args.reason, width)
-            for name, report in reports.items()
+
+    def show(report: dict[str, Any]) -> str:
+        return _dead_letters_text(report, args.reason, width)
+
+    return _node_or_every_node(
+        args,
+        "deadletters",
+        lambda client, node: show(client.dead_letters(node, limit, args.reason)),
+        lambda client, up: {
+            name: report if isinstance(report, ClusterError) else show(report)
+            for name, report in client.dead_letters_of(up, limit, args.reason).items()
         },
     )
 

@@ -579,15 +579,13 @@ class ThreadedCluster:
         """`Cluster.snapshot`, from this thread: every live node's `TreeSnapshot`
         (this node's included), by node name; blocks up to about `timeout`
         seconds (a node that does not answer in time is left out)."""
-        return self._handle._acall(  # type: ignore[no-any-return]
-            functools.partial(self._cluster.snapshot, timeout)
-        )
+        return self._handle._acall(self._cluster.snapshot, timeout)  # type: ignore[no-any-return]
 
     def which_children(self, url: str, timeout: float = 5.0) -> list[ChildInfo]:
         """`Cluster.which_children`, from this thread: the children of the supervisor
         at ``troupe://node/path``; blocks up to `timeout` seconds for another node's."""
         return self._handle._acall(  # type: ignore[no-any-return]
-            functools.partial(self._cluster.which_children, url, timeout)
+            self._cluster.which_children, url, timeout
         )
 
     def start_child(
@@ -598,14 +596,14 @@ class ThreadedCluster:
         and return its ref; blocks until it has started, up to `timeout` seconds
         for another node."""
         return self._handle._acall(  # type: ignore[no-any-return]
-            functools.partial(self._cluster.start_child, url, spec, timeout)
+            self._cluster.start_child, url, spec, timeout
         )
 
     def terminate_child(self, url: str, timeout: float = 30.0) -> None:
         """`Cluster.terminate_child`, from this thread: stop the child at
         ``troupe://node/path`` and remove it; blocks until it has stopped, up to
         `timeout` seconds for another node."""
-        self._handle._acall(functools.partial(self._cluster.terminate_child, url, timeout))
+        self._handle._acall(self._cluster.terminate_child, url, timeout)
 
 
 @contextmanager

@@ -180,3 +180,37 @@ def test_a_node_refuses_runtime_topics_and_cluster_names_under_another_clusters_
             cluster="nats://127.0.0.1:1",
             cluster_name="x.bus.y",
         )
+
+
+async def test_an_event_counts_only_on_its_own_topics_subject(nats_server: NatsServer) -> None:
+    """A node's event travels on its topic's bus subject: one that arrives on another
+    topic's subject (where it would get past the node's choice of topics) or on a
+    node's own subject is not delivered, and is counted as unreadable."""
+    from test_cluster_hostile import spoof
+
+    from runtime.cluster import envelope as env
+
+    with trio.fail_after(WAIT):
+        async with pair(nats_server, cluster_topics=("a.>",)) as (a, b):
+            bus = f"{a.cluster.cluster_name}.bus"
+
+            def sent_by_b(topic: str) -> bytes:
+                body = b.cluster.codec.encode(runtime.Event(topic=topic, payload=1, node=b.node))
+                return env.pack(env.EVENT, b.node, b.cluster.incarnation, body)
+
+            got: list[str] = []
+            a.bus.subscribe(">")(lambda event: got.append(event.topic))
+            before = a.cluster.undecodable
+            await spoof(
+                nats_server,
+                [
+                    (f"{bus}.a.x", sent_by_b("a.elsewhere")),  # named, on another's subject
+                    (f"{bus}.a.x", sent_by_b("c.secret")),  # not named by a at all
+                    (f"{a.cluster.cluster_name}.node.{a.node}.s", sent_by_b("a.x")),
+                ],
+            )
+            await until(lambda: a.cluster.undecodable >= before + 3, "the three counted")
+            b.publish("a.last", 2)
+            await until(lambda: got, "b's own event")
+            assert got == ["a.last"]
+            assert a.cluster.undecodable == before + 3

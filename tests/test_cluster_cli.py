@@ -525,3 +525,36 @@ def test_events_packed_in_one_nats_message_are_each_shown() -> None:
         ("jobs.new", 1, "n1"),
         ("jobs.new", 2, "n1"),
     ]
+
+
+def test_a_block_per_node_says_why_a_node_shows_nothing(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``troupe tree|deadletters --cluster`` without NODE: a block per node, each
+    headed by its host, pid and incarnation; a node down says since when, one up that
+    refused says what it answered, one up that is missing did not answer, and only an
+    up node without its text makes the exit code 1."""
+    now = time.time()
+
+    def info(name: str, status: str = "up") -> dict[str, Any]:
+        return {
+            "name": name,
+            "host": "h",
+            "pid": 7,
+            "incarnation": f"i-{name}",
+            "status": status,
+            "last_seen": now - 3,
+        }
+
+    infos = [info("a"), info("b", "down"), info("c"), info("d")]
+    shown = {"a": "the tree of a", "c": ControlRefused("c", "unknown operation 'x'")}
+    assert runtime.cli._node_blocks(infos, shown) == 1
+    blocks = capsys.readouterr().out.split("\n\n")
+    assert blocks[0] == "== a  (h pid 7, incarnation i-a)\nthe tree of a"
+    assert re.fullmatch(
+        r"== b  \(h pid 7, incarnation i-b\)\n\(down: last seen 3\.\ds ago\)", blocks[1]
+    )
+    assert blocks[2].startswith("== c  (h pid 7, incarnation i-c)\n(refused: ")
+    assert "unknown operation 'x'" in blocks[2]
+    assert blocks[3] == "== d  (h pid 7, incarnation i-d)\n(did not answer)\n"
+    assert runtime.cli._node_blocks([info("a"), info("b", "down")], shown) == 0

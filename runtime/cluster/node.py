@@ -1122,10 +1122,11 @@ class Cluster:
                 if digits and int(first) <= int(last):
                     self._nobody_listened(node, to, int(first), int(last))
             return
-        bus = lane == "bus"
-        if bus:
+        # the topic of a bus subject (``<cluster>.bus.<topic>``); None on the others
+        topic = item.subject[self._topic_start :] if lane == "bus" else None
+        if topic is not None:
             try:
-                named = self._cluster_topic(item.subject[self._topic_start :], self._named)
+                named = self._cluster_topic(topic, self._named)
             except ValueError:
                 named = False  # not a topic (no node publishes it): ours to ignore
             if not named:
@@ -1135,13 +1136,13 @@ class Cluster:
             batch = env.unpack_batch(item.data)
             if batch is None:
                 self._malformed()
-            elif bus and not all(entry[0] == env.EVENT for entry in batch):
+            elif topic is not None and not all(entry[0] == env.EVENT for entry in batch):
                 self._malformed(len(batch))  # only events travel on the bus's subjects
             else:
-                self._batch(batch, item.subject[self._topic_start :] if bus else None)
+                self._batch(batch, topic)
             return
         kind, node, inc = fields[0], fields[1], fields[2]
-        if bus and kind != env.EVENT:
+        if topic is not None and kind != env.EVENT:
             self._malformed()  # only events travel on the bus's subjects
             return
         if node == self.node:
@@ -1150,12 +1151,21 @@ class Cluster:
             self._malformed()  # not from a node of ours: no member is made of it
             return
         try:
-            self._from_node(item, kind, node, inc, fields)
+            self._from_node(item, kind, node, inc, fields, topic)
         except (TypeError, ValueError, KeyError, IndexError, OverflowError, AttributeError):
             self._malformed()  # a malformed envelope: counted, the node carries on
 
-    def _from_node(self, item: Incoming, kind: int, node: str, inc: str, fields: list[Any]) -> None:
-        """An envelope from `node` (incarnation `inc`), by kind."""
+    def _from_node(
+        self,
+        item: Incoming,
+        kind: int,
+        node: str,
+        inc: str,
+        fields: list[Any],
+        topic: str | None,
+    ) -> None:
+        """An envelope from `node` (incarnation `inc`), by kind; `topic` is its bus
+        subject's (None if it did not come on one)."""
         if kind == env.HEARTBEAT:
             info = fields[3] if len(fields) > 3 and isinstance(fields[3], dict) else None
             peer = self._seen(node, inc, info)
@@ -1228,11 +1238,7 @@ class Cluster:
                 node, str(fields[3]), fields[4] if len(fields) > 4 else None, item.reply
             )
         elif kind == env.EVENT:
-            self._event(node, fields[3], self._bus_topic(item.subject))
-
-    def _bus_topic(self, subject: str) -> str | None:
-        """The topic of a bus subject (``<cluster>.bus.<topic>``), else None."""
-        return subject[self._topic_start :] if self.subjects.lane(subject)[0] == "bus" else None
+            self._event(node, fields[3], topic)
 
     def _batch(self, batch: list[Any], topic: str | None) -> None:
         """Tells (or events, on `topic`'s subject) of one node packed into one NATS

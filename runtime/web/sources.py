@@ -111,6 +111,17 @@ def event_row(event: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
+def letter_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """The letters of a ``deadletters`` report (`DeadLetterOffice.report`: this
+    process's, a control socket's or a node's over NATS) as the page shows them,
+    each one's ``repr`` also as ``text``; what is not a letter is left out."""
+    return [
+        {**letter, "text": letter.get("repr", "")}
+        for letter in report.get("letters") or ()
+        if isinstance(letter, dict)
+    ]
+
+
 # -- in-process ---------------------------------------------------------------------
 
 
@@ -133,16 +144,7 @@ class LocalSource:
         await trio.sleep_forever()  # the system's own records are read as they are
 
     async def dead_letters(self, node: str, limit: int) -> list[dict[str, Any]] | None:
-        return [
-            {
-                "timestamp": letter.timestamp,
-                "recipient": letter.recipient,
-                "reason": letter.reason,
-                "type": type(letter.message).__qualname__,
-                "text": short_repr(letter.message),
-            }
-            for letter in self.system.dead_letters.recent(limit)
-        ]
+        return letter_rows(self.system.dead_letters.report(limit))
 
     @asynccontextmanager
     async def events(self, pattern: str, node: str | None) -> AsyncIterator[Feed]:
@@ -256,12 +258,7 @@ class ControlSource:
         return {self.endpoint.system: snapshot}
 
     async def dead_letters(self, node: str, limit: int) -> list[dict[str, Any]] | None:
-        reply = await self._call("deadletters", limit=limit)
-        return [
-            {**letter, "text": letter.get("repr", "")}
-            for letter in reply.get("letters") or ()
-            if isinstance(letter, dict)
-        ]
+        return letter_rows(await self._call("deadletters", limit=limit))
 
     async def watch(self) -> None:
         await trio.sleep_forever()  # each question goes to the system as it comes
@@ -382,11 +379,7 @@ class ClusterSource:
         except (ClusterError, ValueError) as exc:  # gone, refused, or not a node's name
             log.debug("dead letters of %r: %s", node, exc)
             return None
-        return [
-            {**letter, "text": letter.get("repr", "")}
-            for letter in reply.get("letters") or ()
-            if isinstance(letter, dict)
-        ]
+        return letter_rows(reply)
 
     async def watch(self) -> None:
         await trio.sleep_forever()
