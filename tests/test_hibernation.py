@@ -36,7 +36,8 @@ def task_names() -> list[str]:
 
 
 def node(system: runtime.System, path: str) -> Any:
-    return next(n for n in system.snapshot().root.walk() if n.path == path)
+    """The `ActorInfo` of the actor at `path` in a snapshot taken now."""
+    return system.snapshot().find(path)
 
 
 @asynccontextmanager

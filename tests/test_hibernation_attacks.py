@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
-from test_hibernation import HangsInOnStop, Watching, one_actor, task_names
+from test_hibernation import HangsInOnStop, Watching, node, one_actor, task_names
 
 import runtime
 from actors import Daemon, Pool, Resize
@@ -35,10 +35,6 @@ from runtime import (
     child,
 )
 from runtime.testing import expect_crashes, wait_for
-
-
-def node(system: runtime.System, path: str) -> Any:
-    return system.snapshot().find(path)
 
 
 def restarted(system: runtime.System, path: str, times: int) -> Callable[[], bool]:
@@ -271,13 +267,6 @@ async def test_ctrl_c_in_a_woken_handler_stops_everything_gracefully(autojump_cl
 
 # -- stop, kill and cancel while waking ------------------------------------------------
 async def test_kill_while_a_resume_task_is_pending_does_not_hang(autojump_clock: Any) -> None:
-    class HangsInOnStop(Actor):
-        async def receive(self, msg: Any) -> Any:
-            return msg
-
-        async def on_stop(self, reason: Any) -> None:
-            await trio.sleep_forever()
-
     tree = Supervisor(
         "app",
         children=[
