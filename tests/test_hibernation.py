@@ -526,3 +526,82 @@ async def test_a_supervisor_cancelled_ends_its_hibernating_children(
             await system.terminate_child("/app/sub")
         # ActorStopped from the ended incarnation, not the ask's own AskTimeout (60 s)
         assert len(outcome) == 1
+
+
+class Reminds(Actor):
+    """On "remind" sets a one-shot timer (`send_after`); logs when the reminder comes."""
+
+    def __init__(self, log: list[Any]) -> None:
+        self.log = log
+        self.timer: Any = None
+
+    async def receive(self, msg: Any) -> Any:
+        if msg == "remind":
+            self.timer = self.ctx.send_after(5.0, "reminder")
+        elif msg == "cancel":
+            self.timer.cancel()
+        elif msg == "reminder":
+            self.log.append(("reminder", trio.current_time()))
+        return None
+
+
+async def test_a_send_after_timer_keeps_it_awake_until_it_fires(autojump_clock: Any) -> None:
+    log: list[Any] = []
+    spec = child(Reminds, name="r", args=(log,), hibernate_after=0)
+    async with one_actor(spec, fail_after=60) as (system, ref):
+        start = trio.current_time()
+        await ref.ask("remind")
+        await trio.sleep(4)
+        assert "/app/r" in task_names()  # the pending timer is a task of its own
+        assert not node(system, "/app/r").hibernating
+        await trio.sleep(2)
+        assert log == [("reminder", start + 5.0)]  # on time, not lost to hibernation
+        await trio.testing.wait_all_tasks_blocked()
+        assert "/app/r" not in task_names()  # fired: nothing keeps it awake
+        assert node(system, "/app/r").hibernating
+
+
+async def test_a_cancelled_send_after_lets_it_hibernate(autojump_clock: Any) -> None:
+    log: list[Any] = []
+    spec = child(Reminds, name="r", args=(log,), hibernate_after=0)
+    async with one_actor(spec, fail_after=60) as (system, ref):
+        await ref.ask("remind")
+        await ref.ask("cancel")
+        await trio.sleep(2)
+        assert node(system, "/app/r").hibernating
+        await trio.sleep(10)
+        assert log == []  # cancelled: never sent
+
+
+class Nurseries(Actor):
+    """Answers the `ctx.nursery` it handles the message in."""
+
+    async def receive(self, msg: Any) -> Any:
+        return self.ctx.nursery
+
+
+async def test_each_wake_gets_a_fresh_ctx_nursery(autojump_clock: Any) -> None:
+    spec = child(Nurseries, name="n", hibernate_after=0)
+    async with one_actor(spec, fail_after=60) as (system, ref):
+        seen: list[trio.Nursery] = []  # kept, so that no two share an id
+        for _ in range(3):
+            seen.append(await ref.ask("which"))
+            await trio.testing.wait_all_tasks_blocked()
+            assert node(system, "/app/n").hibernating
+        assert len({id(n) for n in seen}) == 3  # one per activation, none kept across
+
+
+async def test_a_restarted_actor_without_on_start_starts_hibernating_again(
+    autojump_clock: Any,
+) -> None:
+    spec = child(Counter, name="c", hibernate_after=0)
+    async with one_actor(spec, fail_after=60) as (system, ref):
+        assert await ref.ask("x") == 1
+        with pytest.raises(ActorCrashed):
+            await ref.ask("crash")
+        await wait_for(lambda: node(system, "/app/c").restarts == 1, timeout=5)
+        await trio.testing.wait_all_tasks_blocked()
+        assert "/app/c" not in task_names()  # the new incarnation has no task yet
+        info = node(system, "/app/c")
+        assert info.state == "running" and info.hibernating
+        assert await ref.ask("y") == 1  # a fresh instance answers
