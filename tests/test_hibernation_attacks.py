@@ -990,7 +990,7 @@ async def test_ctx_stop_in_a_woken_transient_actor(autojump_clock: Any) -> None:
             await system.ref("/app/w").ask(("watch", "/app/s"))
             await trio.testing.wait_all_tasks_blocked()
             system.ref("/app/s").tell("stop")
-            system.ref("/app/s").tell("after")  # dead-lettered: it stopped first
+            system.ref("/app/s").tell("after")  # queued behind the stop: not handled
             await trio.testing.wait_all_tasks_blocked()
             assert node(system, "/app/s").state == "stopped"
             assert system.dead_letters.counts["stopped"] == 0  # kept: a transient keeps its place
