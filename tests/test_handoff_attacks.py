@@ -135,16 +135,21 @@ def test_a_thread_ask_into_a_full_fail_mailbox_from_the_wake_up_raises_mailbox_f
 
 
 def test_a_thread_ask_timing_out_while_its_handoff_waits_is_never_handled() -> None:
-    # The loop is blocked (a handler sleeps on the loop thread) while a thread's ask
-    # sits in `handoffs`; the thread gives up.  Admitted later, it must be skipped
-    # (not handled, not answered to anyone), and the thread's next ask must work.
+    # The loop is blocked (a handler blocks the loop thread until the asking thread
+    # lets it go) while a thread's ask sits in `handoffs`; the thread gives up.
+    # Admitted later, it must be skipped (not handled, not answered to anyone), and
+    # the thread's next ask must work.
+    entered = threading.Event()
+    release = threading.Event()
+
     class Blocker(Actor):
         def __init__(self) -> None:
             self.seen: list[Any] = []
 
         async def receive(self, msg: Any) -> Any:
             if msg == "block":
-                time.sleep(0.5)
+                entered.set()
+                release.wait(WAIT)  # holds the loop thread
                 return None
             self.seen.append(msg)
             return list(self.seen)
@@ -152,18 +157,18 @@ def test_a_thread_ask_timing_out_while_its_handoff_waits_is_never_handled() -> N
     tree = Supervisor("app", children=[child(Blocker, name="b")])
     with runtime.start_in_thread(tree) as system:
         ref = system.ref("/app/b")
-        blocked = threading.Event()
 
         def work(i: int) -> Any:
             ref.tell("block")
-            time.sleep(0.1)  # the loop is in the sleeping handler now
-            blocked.set()
-            with pytest.raises(runtime.AskTimeout, match="was not sent"):
-                ref.ask_blocking("given up", timeout=0.05)
+            try:
+                assert entered.wait(WAIT)  # the loop is in the blocking handler now
+                with pytest.raises(runtime.AskTimeout, match="was not sent"):
+                    ref.ask_blocking("given up", timeout=0.05)
+            finally:
+                release.set()
             return ref.ask_blocking("next", timeout=WAIT)
 
         assert run_threads(1, work) == [["next"]]
-        assert blocked.is_set()
         assert not any(system.snapshot().dead_letters.values())
 
 

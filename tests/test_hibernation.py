@@ -7,6 +7,8 @@ message at a time, in order, state kept, restarts, watch, timers,
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
@@ -18,6 +20,8 @@ import runtime
 from runtime import (
     Actor,
     ActorCrashed,
+    ActorRef,
+    ChildSpec,
     Deadlock,
     Supervisor,
     Terminated,
@@ -32,7 +36,21 @@ def task_names() -> list[str]:
 
 
 def node(system: runtime.System, path: str) -> Any:
-    return next(n for n in system.snapshot().root.walk() if n.path == path)
+    """The `ActorInfo` of the actor at `path` in a snapshot taken now."""
+    return system.snapshot().find(path)
+
+
+@asynccontextmanager
+async def one_actor(
+    spec: ChildSpec | Supervisor, *, fail_after: float
+) -> AsyncIterator[tuple[runtime.System, ActorRef]]:
+    """Run the tree ``/app`` whose one child is `spec`; yield the system and the
+    child's ref.  Its start, the body and its stop must end within `fail_after`
+    seconds (virtual ones on the autojump clock)."""
+    tree = Supervisor("app", children=[spec])
+    with trio.fail_after(fail_after):
+        async with runtime.open_system(tree) as system:
+            yield system, system.ref(f"/app/{spec.name}")
 
 
 class Counter(Actor):
@@ -66,22 +84,21 @@ class Counter(Actor):
 
 
 async def test_an_actor_without_on_start_starts_with_no_task(autojump_clock: Any) -> None:
-    tree = Supervisor("app", children=[child(Counter, name="c", hibernate_after=0)])
-    async with runtime.open_system(tree) as system:
+    spec = child(Counter, name="c", hibernate_after=0)
+    async with one_actor(spec, fail_after=60) as (system, ref):
         await trio.testing.wait_all_tasks_blocked()
         assert "/app/c" not in task_names()
         assert node(system, "/app/c").state == "running"
         assert node(system, "/app/c").hibernating
-        assert await system.ref("/app/c").ask("x") == 1
+        assert await ref.ask("x") == 1
         await trio.testing.wait_all_tasks_blocked()
         assert "/app/c" not in task_names()  # hibernate_after=0: back to sleep at once
-        assert await system.ref("/app/c").ask("y") == 2  # state kept
+        assert await ref.ask("y") == 2  # state kept
 
 
 async def test_it_keeps_its_task_for_the_grace_period(autojump_clock: Any) -> None:
-    tree = Supervisor("app", children=[child(Counter, name="c", hibernate_after=5)])
-    async with runtime.open_system(tree) as system:
-        ref = system.ref("/app/c")
+    spec = child(Counter, name="c", hibernate_after=5)
+    async with one_actor(spec, fail_after=60) as (system, ref):
         assert await ref.ask("x") == 1
         await trio.sleep(4)
         assert "/app/c" in task_names()
@@ -98,9 +115,8 @@ async def test_it_keeps_its_task_for_the_grace_period(autojump_clock: Any) -> No
 
 async def test_messages_are_handled_one_at_a_time_in_order(autojump_clock: Any) -> None:
     log: list[Any] = []
-    tree = Supervisor("app", children=[child(Counter, name="c", args=(log,), hibernate_after=0)])
-    async with runtime.open_system(tree) as system:
-        ref = system.ref("/app/c")
+    spec = child(Counter, name="c", args=(log,), hibernate_after=0)
+    async with one_actor(spec, fail_after=60) as (_system, ref):
         for i in range(50):
             ref.tell(i)
             if i % 7 == 0:
@@ -112,6 +128,7 @@ async def test_messages_are_handled_one_at_a_time_in_order(autojump_clock: Any) 
 
 async def test_a_thread_wakes_it(autojump_clock: Any) -> None:
     log: list[Any] = []
+    # not one_actor: a bound in virtual time runs out while the loop waits on the thread
     tree = Supervisor("app", children=[child(Counter, name="c", args=(log,), hibernate_after=0)])
     async with runtime.open_system(tree) as system:
         ref = system.ref("/app/c")
@@ -142,9 +159,8 @@ class Ticker(Actor):
 
 async def test_a_timer_keeps_it_awake(autojump_clock: Any) -> None:
     ticks: list[float] = []
-    tree = Supervisor("app", children=[child(Ticker, name="t", args=(ticks,), hibernate_after=0.5)])
-    async with runtime.open_system(tree) as system:
-        ref = system.ref("/app/t")
+    spec = child(Ticker, name="t", args=(ticks,), hibernate_after=0.5)
+    async with one_actor(spec, fail_after=60) as (system, ref):
         await ref.ask("start")
         await trio.sleep(10.5)
         assert len(ticks) == 10  # every tick came, none lost to hibernation
@@ -198,11 +214,9 @@ class Background(Actor):
 
 async def test_a_background_task_keeps_it_awake_and_ends_normally(autojump_clock: Any) -> None:
     done: list[str] = []
-    tree = Supervisor(
-        "app", children=[child(Background, name="b", args=(done,), hibernate_after=1)]
-    )
-    async with runtime.open_system(tree) as system:
-        await system.ref("/app/b").ask("go")
+    spec = child(Background, name="b", args=(done,), hibernate_after=1)
+    async with one_actor(spec, fail_after=60) as (_system, ref):
+        await ref.ask("go")
         await trio.sleep(2)
         assert "/app/b" in task_names()
         await trio.sleep(1.5)
@@ -213,9 +227,9 @@ async def test_a_background_task_keeps_it_awake_and_ends_normally(autojump_clock
 
 async def test_stop_runs_on_stop_of_a_hibernating_actor(autojump_clock: Any) -> None:
     log: list[Any] = []
-    tree = Supervisor("app", children=[child(Counter, name="c", args=(log,), hibernate_after=0)])
-    async with runtime.open_system(tree) as system:
-        await system.ref("/app/c").ask("x")
+    spec = child(Counter, name="c", args=(log,), hibernate_after=0)
+    async with one_actor(spec, fail_after=60) as (system, ref):
+        await ref.ask("x")
         await trio.testing.wait_all_tasks_blocked()
         assert node(system, "/app/c").hibernating
     assert log == ["x", ("stopped", "shutdown")]
@@ -223,9 +237,8 @@ async def test_stop_runs_on_stop_of_a_hibernating_actor(autojump_clock: Any) -> 
 
 async def test_a_crash_restarts_it_with_fresh_state(autojump_clock: Any) -> None:
     log: list[Any] = []
-    tree = Supervisor("app", children=[child(Counter, name="c", args=(log,), hibernate_after=0)])
-    async with runtime.open_system(tree) as system:
-        ref = system.ref("/app/c")
+    spec = child(Counter, name="c", args=(log,), hibernate_after=0)
+    async with one_actor(spec, fail_after=60) as (system, ref):
         assert await ref.ask("a") == 1
         with pytest.raises(ActorCrashed):
             await ref.ask("crash")
@@ -279,8 +292,8 @@ class Subscriber(Actor):
 
 async def test_bus_events_wake_a_hibernating_subscriber(autojump_clock: Any) -> None:
     got: list[Any] = []
-    tree = Supervisor("app", children=[child(Subscriber, name="s", args=(got,), hibernate_after=0)])
-    async with runtime.open_system(tree) as system:
+    spec = child(Subscriber, name="s", args=(got,), hibernate_after=0)
+    async with one_actor(spec, fail_after=60) as (system, _ref):
         await trio.testing.wait_all_tasks_blocked()
         assert "/app/s" not in task_names()
         for i in range(5):
@@ -295,13 +308,13 @@ class Starts(Counter):
 
 async def test_an_actor_with_on_start_starts_with_a_task(autojump_clock: Any) -> None:
     log: list[Any] = []
-    tree = Supervisor("app", children=[child(Starts, name="c", args=(log,), hibernate_after=2)])
-    async with runtime.open_system(tree) as system:
+    spec = child(Starts, name="c", args=(log,), hibernate_after=2)
+    async with one_actor(spec, fail_after=60) as (_system, ref):
         assert log == ["started"]
         assert "/app/c" in task_names()
         await trio.sleep(2.5)
         assert "/app/c" not in task_names()
-        assert await system.ref("/app/c").ask("x") == 1
+        assert await ref.ask("x") == 1
         assert log == ["started", "x"]  # on_start ran once: waking is not a restart
 
 
@@ -316,9 +329,9 @@ class AsksItself(Actor):
 
 
 async def test_a_woken_actor_is_known_to_the_wait_for_graph(autojump_clock: Any) -> None:
-    tree = Supervisor("app", children=[child(AsksItself, name="a", hibernate_after=0)])
-    async with runtime.open_system(tree) as system:
-        assert await system.ref("/app/a").ask("self") == "deadlock"
+    spec = child(AsksItself, name="a", hibernate_after=0)
+    async with one_actor(spec, fail_after=60) as (_system, ref):
+        assert await ref.ask("self") == "deadlock"
 
 
 async def test_group_restart_stops_hibernating_bystanders(autojump_clock: Any) -> None:
@@ -400,9 +413,9 @@ async def test_ctx_nursery_of_a_hibernating_actor_says_why(autojump_clock: Any) 
             held.append(self)
             return None
 
-    tree = Supervisor("app", children=[child(Holds, name="h", hibernate_after=0)])
-    async with runtime.open_system(tree) as system:
-        await system.ref("/app/h").ask("x")
+    spec = child(Holds, name="h", hibernate_after=0)
+    async with one_actor(spec, fail_after=60) as (_system, ref):
+        await ref.ask("x")
         await trio.testing.wait_all_tasks_blocked()
         with pytest.raises(RuntimeError, match="hibernating"):
             held[0].ctx.nursery  # noqa: B018
@@ -484,11 +497,9 @@ class InstanceOnStop(Actor):
 
 async def test_an_on_stop_set_on_the_instance_runs(autojump_clock: Any) -> None:
     log: list[Any] = []
-    tree = Supervisor(
-        "app", children=[child(InstanceOnStop, name="i", args=(log,), hibernate_after=0)]
-    )
-    async with runtime.open_system(tree) as system:
-        await system.ref("/app/i").ask("x")
+    spec = child(InstanceOnStop, name="i", args=(log,), hibernate_after=0)
+    async with one_actor(spec, fail_after=60) as (system, ref):
+        await ref.ask("x")
         await trio.testing.wait_all_tasks_blocked()
         assert node(system, "/app/i").hibernating
     assert log == [("stopped", "shutdown")]
@@ -543,3 +554,82 @@ async def test_a_supervisor_cancelled_ends_its_hibernating_children(
             await system.terminate_child("/app/sub")
         # ActorStopped from the ended incarnation, not the ask's own AskTimeout (60 s)
         assert len(outcome) == 1
+
+
+class Reminds(Actor):
+    """On "remind" sets a one-shot timer (`send_after`); logs when the reminder comes."""
+
+    def __init__(self, log: list[Any]) -> None:
+        self.log = log
+        self.timer: Any = None
+
+    async def receive(self, msg: Any) -> Any:
+        if msg == "remind":
+            self.timer = self.ctx.send_after(5.0, "reminder")
+        elif msg == "cancel":
+            self.timer.cancel()
+        elif msg == "reminder":
+            self.log.append(("reminder", trio.current_time()))
+        return None
+
+
+async def test_a_send_after_timer_keeps_it_awake_until_it_fires(autojump_clock: Any) -> None:
+    log: list[Any] = []
+    spec = child(Reminds, name="r", args=(log,), hibernate_after=0)
+    async with one_actor(spec, fail_after=60) as (system, ref):
+        start = trio.current_time()
+        await ref.ask("remind")
+        await trio.sleep(4)
+        assert "/app/r" in task_names()  # the pending timer is a task of its own
+        assert not node(system, "/app/r").hibernating
+        await trio.sleep(2)
+        assert log == [("reminder", start + 5.0)]  # on time, not lost to hibernation
+        await trio.testing.wait_all_tasks_blocked()
+        assert "/app/r" not in task_names()  # fired: nothing keeps it awake
+        assert node(system, "/app/r").hibernating
+
+
+async def test_a_cancelled_send_after_lets_it_hibernate(autojump_clock: Any) -> None:
+    log: list[Any] = []
+    spec = child(Reminds, name="r", args=(log,), hibernate_after=0)
+    async with one_actor(spec, fail_after=60) as (system, ref):
+        await ref.ask("remind")
+        await ref.ask("cancel")
+        await trio.sleep(2)
+        assert node(system, "/app/r").hibernating
+        await trio.sleep(10)
+        assert log == []  # cancelled: never sent
+
+
+class Nurseries(Actor):
+    """Answers the `ctx.nursery` it handles the message in."""
+
+    async def receive(self, msg: Any) -> Any:
+        return self.ctx.nursery
+
+
+async def test_each_wake_gets_a_fresh_ctx_nursery(autojump_clock: Any) -> None:
+    spec = child(Nurseries, name="n", hibernate_after=0)
+    async with one_actor(spec, fail_after=60) as (system, ref):
+        seen: list[trio.Nursery] = []  # kept, so that no two share an id
+        for _ in range(3):
+            seen.append(await ref.ask("which"))
+            await trio.testing.wait_all_tasks_blocked()
+            assert node(system, "/app/n").hibernating
+        assert len({id(n) for n in seen}) == 3  # one per activation, none kept across
+
+
+async def test_a_restarted_actor_without_on_start_starts_hibernating_again(
+    autojump_clock: Any,
+) -> None:
+    spec = child(Counter, name="c", hibernate_after=0)
+    async with one_actor(spec, fail_after=60) as (system, ref):
+        assert await ref.ask("x") == 1
+        with pytest.raises(ActorCrashed):
+            await ref.ask("crash")
+        await wait_for(lambda: node(system, "/app/c").restarts == 1, timeout=5)
+        await trio.testing.wait_all_tasks_blocked()
+        assert "/app/c" not in task_names()  # the new incarnation has no task yet
+        info = node(system, "/app/c")
+        assert info.state == "running" and info.hibernating
+        assert await ref.ask("y") == 1  # a fresh instance answers

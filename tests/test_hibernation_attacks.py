@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
-from test_hibernation import HangsInOnStop, Watching, task_names
+from test_hibernation import HangsInOnStop, Watching, node, one_actor, task_names
 
 import runtime
 from actors import Daemon, Pool, Resize
@@ -35,10 +35,6 @@ from runtime import (
     child,
 )
 from runtime.testing import expect_crashes, wait_for
-
-
-def node(system: runtime.System, path: str) -> Any:
-    return system.snapshot().find(path)
 
 
 def restarted(system: runtime.System, path: str, times: int) -> Callable[[], bool]:
@@ -90,22 +86,20 @@ async def test_a_message_at_the_instant_it_hibernates_is_handled(
     autojump_clock: Any, offset: float
 ) -> None:
     log: list[Any] = []
-    tree = Supervisor("app", children=[child(Recorder, name="r", args=(log,), hibernate_after=1.0)])
-    with trio.fail_after(60):
-        async with runtime.open_system(tree) as system:
-            ref = system.ref("/app/r")
-            sent = []
-            for i in range(40):
-                await ref.ask(("first", i))
-                sent.append(("first", i))
-                # the next one arrives right around the end of the grace period
-                await trio.sleep(1.0 + offset)
-                ref.tell(("second", i))
-                sent.append(("second", i))
-                ref.tell(("third", i))
-                sent.append(("third", i))
-            await ref.ask("last")
-            assert log == [*sent, "last"]
+    spec = child(Recorder, name="r", args=(log,), hibernate_after=1.0)
+    async with one_actor(spec, fail_after=60) as (_system, ref):
+        sent = []
+        for i in range(40):
+            await ref.ask(("first", i))
+            sent.append(("first", i))
+            # the next one arrives right around the end of the grace period
+            await trio.sleep(1.0 + offset)
+            ref.tell(("second", i))
+            sent.append(("second", i))
+            ref.tell(("third", i))
+            sent.append(("third", i))
+        await ref.ask("last")
+        assert log == [*sent, "last"]
 
 
 class CountsTasks(Recorder):
@@ -125,23 +119,18 @@ async def test_mail_during_the_old_tasks_nursery_exit(autojump_clock: Any) -> No
     next message starts a new task: the two never run a handler together."""
     log: list[Any] = []
     tasks: list[int] = []
-    tree = Supervisor(
-        "app",
-        children=[child(CountsTasks, name="r", args=(log, tasks), hibernate_after=0)],
-    )
-    with trio.fail_after(60):
-        async with runtime.open_system(tree) as system:
-            ref = system.ref("/app/r")
-            expected = []
-            for i in range(200):
-                ref.tell(i)
-                expected.append(i)
-                # zero, one or two schedule points: the put lands at each step of the
-                # old task's way out
-                for _ in range(i % 3):
-                    await trio.lowlevel.cancel_shielded_checkpoint()
-            assert await ref.ask("end") == len(expected) + 1
-            assert log == [*expected, "end"]
+    spec = child(CountsTasks, name="r", args=(log, tasks), hibernate_after=0)
+    async with one_actor(spec, fail_after=60) as (_system, ref):
+        expected = []
+        for i in range(200):
+            ref.tell(i)
+            expected.append(i)
+            # zero, one or two schedule points: the put lands at each step of the
+            # old task's way out
+            for _ in range(i % 3):
+                await trio.lowlevel.cancel_shielded_checkpoint()
+        assert await ref.ask("end") == len(expected) + 1
+        assert log == [*expected, "end"]
     # the race was run: a handler ran while the task that had hibernated was still
     # leaving (about one message in ten; trio's scheduling order varies)
     assert max(tasks) == 2
@@ -163,15 +152,13 @@ class Ticker(Actor):
 async def test_a_cancelled_timer_lets_a_zero_grace_actor_hibernate(autojump_clock: Any) -> None:
     """hibernate_after=0 hibernates as soon as nothing keeps it awake: a timer that
     was cancelled (its task ends a moment later) must not keep it awake for ever."""
-    tree = Supervisor("app", children=[child(Ticker, name="t", hibernate_after=0)])
-    with trio.fail_after(60):
-        async with runtime.open_system(tree) as system:
-            ref = system.ref("/app/t")
-            await ref.ask("start")
-            await trio.sleep(3.5)
-            await ref.ask("cancel")
-            await trio.sleep(30)
-            assert node(system, "/app/t").hibernating
+    spec = child(Ticker, name="t", hibernate_after=0)
+    async with one_actor(spec, fail_after=60) as (system, ref):
+        await ref.ask("start")
+        await trio.sleep(3.5)
+        await ref.ask("cancel")
+        await trio.sleep(30)
+        assert node(system, "/app/t").hibernating
 
 
 class Forever(Actor):
@@ -192,17 +179,16 @@ async def test_a_background_task_does_not_make_a_short_grace_spin(autojump_clock
             if task.name == "/app/f":
                 steps += 1
 
-    tree = Supervisor("app", children=[child(Forever, name="f", hibernate_after=0.001)])
-    with trio.fail_after(60):
-        async with runtime.open_system(tree) as system:
-            await system.ref("/app/f").ask("go")
-            counter = Count()
-            trio.lowlevel.add_instrument(counter)
-            try:
-                await trio.sleep(20)
-            finally:
-                trio.lowlevel.remove_instrument(counter)
-            assert not node(system, "/app/f").hibernating
+    spec = child(Forever, name="f", hibernate_after=0.001)
+    async with one_actor(spec, fail_after=60) as (system, ref):
+        await ref.ask("go")
+        counter = Count()
+        trio.lowlevel.add_instrument(counter)
+        try:
+            await trio.sleep(20)
+        finally:
+            trio.lowlevel.remove_instrument(counter)
+        assert not node(system, "/app/f").hibernating
     assert steps < 100  # not 20,000 (one per millisecond)
 
 
@@ -281,13 +267,6 @@ async def test_ctrl_c_in_a_woken_handler_stops_everything_gracefully(autojump_cl
 
 # -- stop, kill and cancel while waking ------------------------------------------------
 async def test_kill_while_a_resume_task_is_pending_does_not_hang(autojump_clock: Any) -> None:
-    class HangsInOnStop(Actor):
-        async def receive(self, msg: Any) -> Any:
-            return msg
-
-        async def on_stop(self, reason: Any) -> None:
-            await trio.sleep_forever()
-
     tree = Supervisor(
         "app",
         children=[
@@ -307,17 +286,13 @@ async def test_stop_while_a_resume_task_is_pending_handles_or_dead_letters(
 ) -> None:
     log: list[Any] = []
     stops: list[Any] = []
-    tree = Supervisor(
-        "app", children=[child(Recorder, name="r", args=(log, stops), hibernate_after=0)]
-    )
-    with trio.fail_after(60):
-        async with runtime.open_system(tree) as system:
-            await trio.testing.wait_all_tasks_blocked()
-            ref = system.ref("/app/r")
-            ref.tell("a")
-            ref.tell("b")
-            await system.terminate_child("/app/r")
-            dead = system.dead_letters.counts["stopped"]
+    spec = child(Recorder, name="r", args=(log, stops), hibernate_after=0)
+    async with one_actor(spec, fail_after=60) as (system, ref):
+        await trio.testing.wait_all_tasks_blocked()
+        ref.tell("a")
+        ref.tell("b")
+        await system.terminate_child("/app/r")
+        dead = system.dead_letters.counts["stopped"]
     assert stops == ["shutdown"]
     assert len(log) + dead == 2
 
@@ -359,22 +334,18 @@ async def test_the_senders_contextvars_do_not_leak_into_the_actor(
 ) -> None:
     """An actor's handlers run in its own task's context whether it keeps its task or
     not: not in a copy of the context of whoever happened to wake it."""
-    tree = Supervisor(
-        "app", children=[child(ReadsContext, name="c", hibernate_after=hibernate_after)]
-    )
-    with trio.fail_after(60):
-        async with runtime.open_system(tree) as system:
-            ref = system.ref("/app/c")
-            await trio.sleep(2)
+    spec = child(ReadsContext, name="c", hibernate_after=hibernate_after)
+    async with one_actor(spec, fail_after=60) as (_system, ref):
+        await trio.sleep(2)
 
-            async def sender(value: str) -> str:
-                REQUEST.set(value)
-                return await ref.ask("get")  # type: ignore[no-any-return]
+        async def sender(value: str) -> str:
+            REQUEST.set(value)
+            return await ref.ask("get")  # type: ignore[no-any-return]
 
-            assert await sender("caller's") == "none"
-            await ref.ask("set")
-            await trio.sleep(2)  # it hibernates (if it may) with its own value set
-            assert await sender("another caller's") == "the actor's own"
+        assert await sender("caller's") == "none"
+        await ref.ask("set")
+        await trio.sleep(2)  # it hibernates (if it may) with its own value set
+        assert await sender("another caller's") == "the actor's own"
 
 
 # -- group restarts ----------------------------------------------------------------------
@@ -443,21 +414,17 @@ class FailsToStop(Actor):
 
 async def test_a_crash_in_on_stop_of_a_woken_actor(autojump_clock: Any) -> None:
     stops: list[Any] = []
-    tree = Supervisor(
-        "app", children=[child(FailsToStop, name="f", args=(stops,), hibernate_after=0)]
-    )
-    with trio.fail_after(60):
-        async with runtime.open_system(tree) as system:
-            ref = system.ref("/app/f")
-            async with expect_crashes(count=2):  # the handler, then its on_stop
-                with pytest.raises(ActorCrashed):
-                    await ref.ask("crash")
-                await wait_for(lambda: node(system, "/app/f").restarts == 1, timeout=10)
-            assert await ref.ask("x") == "x"
-            await trio.testing.wait_all_tasks_blocked()
-            assert node(system, "/app/f").hibernating
-            async with expect_crashes(count=1):
-                await system.terminate_child("/app/f")
+    spec = child(FailsToStop, name="f", args=(stops,), hibernate_after=0)
+    async with one_actor(spec, fail_after=60) as (system, ref):
+        async with expect_crashes(count=2):  # the handler, then its on_stop
+            with pytest.raises(ActorCrashed):
+                await ref.ask("crash")
+            await wait_for(lambda: node(system, "/app/f").restarts == 1, timeout=10)
+        assert await ref.ask("x") == "x"
+        await trio.testing.wait_all_tasks_blocked()
+        assert node(system, "/app/f").hibernating
+        async with expect_crashes(count=1):
+            await system.terminate_child("/app/f")
     assert len(stops) == 2 and stops[1] == "shutdown"
 
 
@@ -503,31 +470,22 @@ class Slow(Actor):
             self.inside = False
 
 
-def slow_app(log: list[Any], mailbox: Mailbox) -> Supervisor:
-    """/app/s: a hibernating `Slow` with `mailbox`, logging into `log`."""
-    return Supervisor(
-        "app",
-        children=[child(Slow, name="s", args=(log,), hibernate_after=0, mailbox=mailbox)],
-    )
-
-
 async def test_a_full_block_mailbox_with_senders_in_line(autojump_clock: Any) -> None:
     log: list[Any] = []
-    tree = slow_app(log, Mailbox(capacity=2, overflow="block"))
-    with trio.fail_after(600):
-        async with runtime.open_system(tree) as system:
-            ref = system.ref("/app/s")
+    mailbox = Mailbox(capacity=2, overflow="block")
+    spec = child(Slow, name="s", args=(log,), hibernate_after=0, mailbox=mailbox)
+    async with one_actor(spec, fail_after=600) as (_system, ref):
 
-            async def sender(k: int) -> None:
-                for i in range(20):
-                    await ref.send((k, i))
-                    if i % 5 == 0:
-                        await trio.sleep(1)  # the actor hibernates between bursts
+        async def sender(k: int) -> None:
+            for i in range(20):
+                await ref.send((k, i))
+                if i % 5 == 0:
+                    await trio.sleep(1)  # the actor hibernates between bursts
 
-            async with trio.open_nursery() as nursery:
-                for k in range(5):
-                    nursery.start_soon(sender, k)
-            await ref.ask("end")
+        async with trio.open_nursery() as nursery:
+            for k in range(5):
+                nursery.start_soon(sender, k)
+        await ref.ask("end")
     assert len(log) == 101
     for k in range(5):
         assert [m for m in log if m != "end" and m[0] == k] == [(k, i) for i in range(20)]
@@ -538,19 +496,18 @@ async def test_dropping_mailboxes_account_for_every_message(
     autojump_clock: Any, overflow: str
 ) -> None:
     log: list[Any] = []
-    tree = slow_app(log, Mailbox(capacity=3, overflow=overflow))  # type: ignore[arg-type]
+    mailbox = Mailbox(capacity=3, overflow=overflow)  # type: ignore[arg-type]
+    spec = child(Slow, name="s", args=(log,), hibernate_after=0, mailbox=mailbox)
     sent = 0
-    with trio.fail_after(600):
-        async with runtime.open_system(tree) as system:
-            ref = system.ref("/app/s")
-            for burst in range(20):
-                for i in range(burst % 7):
-                    ref.tell((burst, i))
-                    sent += 1
-                await trio.sleep(1)  # all handled: it hibernates again
-            overflowed = system.dead_letters.counts["overflow"]
-            assert len(log) + overflowed == sent
-            assert node(system, "/app/s").hibernating
+    async with one_actor(spec, fail_after=600) as (system, ref):
+        for burst in range(20):
+            for i in range(burst % 7):
+                ref.tell((burst, i))
+                sent += 1
+            await trio.sleep(1)  # all handled: it hibernates again
+        overflowed = system.dead_letters.counts["overflow"]
+        assert len(log) + overflowed == sent
+        assert node(system, "/app/s").hibernating
 
 
 def test_threads_ask_and_tell_hibernating_actors() -> None:
@@ -618,41 +575,37 @@ class Defers(Actor):
 
 
 async def test_defer_reply_across_hibernation(autojump_clock: Any) -> None:
-    tree = Supervisor("app", children=[child(Defers, name="d", hibernate_after=0)])
-    with trio.fail_after(60):
-        async with runtime.open_system(tree) as system:
-            ref = system.ref("/app/d")
-            answers: list[Any] = []
+    spec = child(Defers, name="d", hibernate_after=0)
+    async with one_actor(spec, fail_after=60) as (system, ref):
+        answers: list[Any] = []
 
-            async def asker() -> None:
-                answers.append(await ref.ask("later", timeout=30))
+        async def asker() -> None:
+            answers.append(await ref.ask("later", timeout=30))
 
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(asker)
-                nursery.start_soon(asker)
-                await trio.sleep(5)
-                assert node(system, "/app/d").hibernating  # with two replies owed
-                ref.tell("answer")
-            assert answers == ["answered", "answered"]
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(asker)
+            nursery.start_soon(asker)
+            await trio.sleep(5)
+            assert node(system, "/app/d").hibernating  # with two replies owed
+            ref.tell("answer")
+        assert answers == ["answered", "answered"]
 
 
 async def test_a_deferred_reply_of_a_stopped_hibernating_actor_fails_its_asker(
     autojump_clock: Any,
 ) -> None:
-    tree = Supervisor("app", children=[child(Defers, name="d", hibernate_after=0)])
-    with trio.fail_after(60):
-        async with runtime.open_system(tree) as system:
-            ref = system.ref("/app/d")
-            async with trio.open_nursery() as nursery:
+    spec = child(Defers, name="d", hibernate_after=0)
+    async with one_actor(spec, fail_after=60) as (system, ref):
+        async with trio.open_nursery() as nursery:
 
-                async def stop_later() -> None:
-                    await trio.sleep(5)
-                    assert node(system, "/app/d").hibernating
-                    await system.terminate_child("/app/d")
+            async def stop_later() -> None:
+                await trio.sleep(5)
+                assert node(system, "/app/d").hibernating
+                await system.terminate_child("/app/d")
 
-                nursery.start_soon(stop_later)
-                with pytest.raises(ActorStopped):
-                    await ref.ask("later", timeout=30)
+            nursery.start_soon(stop_later)
+            with pytest.raises(ActorStopped):
+                await ref.ask("later", timeout=30)
 
 
 class Forwards(Actor):
@@ -696,20 +649,16 @@ class OnceSubscriber(Actor):
 
 async def test_publish_once_to_a_hibernating_subscriber(autojump_clock: Any) -> None:
     got: list[Any] = []
-    tree = Supervisor(
-        "app", children=[child(OnceSubscriber, name="s", args=(got,), hibernate_after=0)]
-    )
-    with trio.fail_after(60):
-        async with runtime.open_system(tree) as system:
-            ref = system.ref("/app/s")
-            for round_ in range(5):
-                await ref.ask("subscribe")
-                await trio.testing.wait_all_tasks_blocked()
-                assert node(system, "/app/s").hibernating
-                assert system.publish("news.a", (round_, 1)) == 1
-                assert system.publish("news.a", (round_, 2)) == 0
-                await wait_for(lambda n=round_ + 1: len(got) == n, timeout=10)
-            assert got == [(r, 1) for r in range(5)]
+    spec = child(OnceSubscriber, name="s", args=(got,), hibernate_after=0)
+    async with one_actor(spec, fail_after=60) as (system, ref):
+        for round_ in range(5):
+            await ref.ask("subscribe")
+            await trio.testing.wait_all_tasks_blocked()
+            assert node(system, "/app/s").hibernating
+            assert system.publish("news.a", (round_, 1)) == 1
+            assert system.publish("news.a", (round_, 2)) == 0
+            await wait_for(lambda n=round_ + 1: len(got) == n, timeout=10)
+        assert got == [(r, 1) for r in range(5)]
 
 
 # -- background tasks --------------------------------------------------------------------------
@@ -734,39 +683,33 @@ class BackgroundCrash(Actor):
 
 async def test_a_crashing_background_task_of_a_woken_actor(autojump_clock: Any) -> None:
     log: list[Any] = []
-    tree = Supervisor(
-        "app", children=[child(BackgroundCrash, name="b", args=(log,), hibernate_after=0)]
-    )
-    with trio.fail_after(60):
-        async with runtime.open_system(tree) as system:
-            ref = system.ref("/app/b")
-            await ref.ask("x")
-            await trio.testing.wait_all_tasks_blocked()
-            assert node(system, "/app/b").hibernating
-            async with expect_crashes(count=1):
-                await ref.ask("boom")
-                await wait_for(lambda: node(system, "/app/b").restarts == 1, timeout=10)
-            assert ("stopped", "RuntimeError") in log
-            assert await ref.ask("y") == "y"
-            await trio.testing.wait_all_tasks_blocked()
-            assert node(system, "/app/b").hibernating
+    spec = child(BackgroundCrash, name="b", args=(log,), hibernate_after=0)
+    async with one_actor(spec, fail_after=60) as (system, ref):
+        await ref.ask("x")
+        await trio.testing.wait_all_tasks_blocked()
+        assert node(system, "/app/b").hibernating
+        async with expect_crashes(count=1):
+            await ref.ask("boom")
+            await wait_for(lambda: node(system, "/app/b").restarts == 1, timeout=10)
+        assert ("stopped", "RuntimeError") in log
+        assert await ref.ask("y") == "y"
+        await trio.testing.wait_all_tasks_blocked()
+        assert node(system, "/app/b").hibernating
 
 
 # -- actors/: Pool and Daemon ---------------------------------------------------------------
 async def test_a_pool_of_hibernating_workers(autojump_clock: Any) -> None:
-    tree = Supervisor("app", children=[Pool("pool", child(Plain, hibernate_after=0), size=3)])
-    with trio.fail_after(120):
-        async with runtime.open_system(tree) as system:
-            ref = system.ref("/app/pool")
-            assert [await ref.ask(i) for i in range(9)] == list(range(9))
-            await trio.testing.wait_all_tasks_blocked()
-            assert all(node(system, f"/app/pool/w{i}").hibernating for i in range(3))
-            assert await ref.ask(Resize(5)) == 5
-            assert [await ref.ask(i) for i in range(10)] == list(range(10))
-            await trio.testing.wait_all_tasks_blocked()
-            assert await ref.ask(Resize(1)) == 1
-            assert await ref.ask("last") == "last"
-            assert system.dead_letters.total == 0
+    spec = Pool("pool", child(Plain, hibernate_after=0), size=3)
+    async with one_actor(spec, fail_after=120) as (system, ref):
+        assert [await ref.ask(i) for i in range(9)] == list(range(9))
+        await trio.testing.wait_all_tasks_blocked()
+        assert all(node(system, f"/app/pool/w{i}").hibernating for i in range(3))
+        assert await ref.ask(Resize(5)) == 5
+        assert [await ref.ask(i) for i in range(10)] == list(range(10))
+        await trio.testing.wait_all_tasks_blocked()
+        assert await ref.ask(Resize(1)) == 1
+        assert await ref.ask("last") == "last"
+        assert system.dead_letters.total == 0
 
 
 class Beat(Daemon):
@@ -781,12 +724,11 @@ class Beat(Daemon):
 
 async def test_a_daemon_with_hibernate_after_keeps_ticking(autojump_clock: Any) -> None:
     beats: list[float] = []
-    tree = Supervisor("app", children=[child(Beat, name="d", args=(beats,), hibernate_after=0)])
-    with trio.fail_after(120):
-        async with runtime.open_system(tree) as system:
-            await trio.sleep(10.5)
-            assert len(beats) == 11  # at start, then every second: none lost
-            assert not node(system, "/app/d").hibernating  # its schedule keeps it awake
+    spec = child(Beat, name="d", args=(beats,), hibernate_after=0)
+    async with one_actor(spec, fail_after=120) as (system, _ref):
+        await trio.sleep(10.5)
+        assert len(beats) == 11  # at start, then every second: none lost
+        assert not node(system, "/app/d").hibernating  # its schedule keeps it awake
 
 
 # -- supervisors closing with hibernating children ---------------------------------------------
@@ -996,16 +938,14 @@ def make_plain() -> Actor:
 
 @pytest.mark.parametrize("factory", [make_plain, f"{__name__}:Plain"])
 async def test_factory_functions_and_import_strings(autojump_clock: Any, factory: Any) -> None:
-    tree = Supervisor("app", children=[child(factory, name="p", hibernate_after=0)])
-    with trio.fail_after(60):
-        async with runtime.open_system(tree) as system:
-            ref = system.ref("/app/p")
-            for i in range(3):
-                assert await ref.ask(i) == i
-                await trio.testing.wait_all_tasks_blocked()
-                assert node(system, "/app/p").hibernating
-                assert "/app/p" not in task_names()
-            await system.terminate_child("/app/p")
+    spec = child(factory, name="p", hibernate_after=0)
+    async with one_actor(spec, fail_after=60) as (system, ref):
+        for i in range(3):
+            assert await ref.ask(i) == i
+            await trio.testing.wait_all_tasks_blocked()
+            assert node(system, "/app/p").hibernating
+            assert "/app/p" not in task_names()
+        await system.terminate_child("/app/p")
 
 
 async def test_ten_thousand_hibernating_actors_stop_at_once(autojump_clock: Any) -> None:
@@ -1050,7 +990,7 @@ async def test_ctx_stop_in_a_woken_transient_actor(autojump_clock: Any) -> None:
             await system.ref("/app/w").ask(("watch", "/app/s"))
             await trio.testing.wait_all_tasks_blocked()
             system.ref("/app/s").tell("stop")
-            system.ref("/app/s").tell("after")  # dead-lettered: it stopped first
+            system.ref("/app/s").tell("after")  # queued behind the stop: not handled
             await trio.testing.wait_all_tasks_blocked()
             assert node(system, "/app/s").state == "stopped"
             assert system.dead_letters.counts["stopped"] == 0  # kept: a transient keeps its place

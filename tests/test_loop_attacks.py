@@ -95,7 +95,8 @@ async def test_what_other_tasks_see_mid_batch_matches_the_message_in_hand() -> N
                 await trio.sleep(0.001)
                 nursery.start_soon(ask, "defer")
             await answer.wait()
-            await trio.sleep(0.1)
+            looked = len(looks)
+            await wait_for(lambda: len(looks) > looked)  # a look at the idle actor
         assert sorted(map(str, results)) == ["first", "later", "yield"]
         during = [look for look in looks if look[0] == "background" and look[2]]
         assert ("background", "str", True, False) in during  # the told "yield"
@@ -170,7 +171,8 @@ async def test_a_crashing_ask_fails_its_asker_and_the_next_incarnation_expects_n
                     raise AssertionError("the crash was not reported")
                 ref.tell("told after")
                 assert await ref.ask("again") == "again"
-        await trio.sleep(0.01)
+            looked = len(looks)
+            await wait_for(lambda: len(looks) > looked)  # a look at the idle actor
         assert looks[-1][1:] == (None, False, False)
         counts = system.snapshot().dead_letters
         assert counts["crashed"] == 1

@@ -10,6 +10,8 @@ count delivered.  All on the autojump clock: no real sleeps.
 from __future__ import annotations
 
 import math
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
@@ -73,8 +75,12 @@ class Publisher(Actor):
         return UNHANDLED
 
 
-def tree(gate: trio.Event) -> Supervisor:
-    return Supervisor(
+@asynccontextmanager
+async def open_app() -> AsyncIterator[tuple[runtime.System, trio.Event]]:
+    """Run /app/stuck, /app/roomy and /app/pub; yield the system and `stuck`'s gate,
+    which opens as the body ends (stuck lets go, and the system stops at once)."""
+    gate = trio.Event()
+    tree = Supervisor(
         "app",
         children=[
             child(Stuck, name="stuck", args=(gate,)),
@@ -82,6 +88,9 @@ def tree(gate: trio.Event) -> Supervisor:
             child(Publisher, name="pub"),
         ],
     )
+    async with runtime.open_system(tree) as system:
+        yield system, gate
+        gate.set()
 
 
 async def fill_stuck(system: runtime.System) -> None:
@@ -109,8 +118,7 @@ async def roomy_metadata(system: runtime.System, payload: Any) -> list[Any]:
 async def test_ctx_publish_timeout_is_no_metadata_and_bounds_the_wait(
     autojump_clock: trio.abc.Clock,
 ) -> None:
-    gate = trio.Event()
-    async with runtime.open_system(tree(gate)) as system:
+    async with open_app() as (system, _gate):
         await fill_stuck(system)
         start = trio.current_time()
         with trio.fail_after(60):
@@ -120,46 +128,39 @@ async def test_ctx_publish_timeout_is_no_metadata_and_bounds_the_wait(
         assert waited == pytest.approx(2.0, abs=0.01)
         assert overflows(system, "x") == [("/app/stuck", "overflow")]
         assert await roomy_metadata(system, "x") == [{}]
-        gate.set()
 
 
 async def test_ctx_publish_timeout_with_a_tag_keeps_the_tag_as_metadata(
     autojump_clock: trio.abc.Clock,
 ) -> None:
-    gate = trio.Event()
-    async with runtime.open_system(tree(gate)) as system:
+    async with open_app() as (system, _gate):
         keywords = {"timeout": 1.0, "msg_id": "m1", "correlation_id": "c1", "tag": "t"}
         count = await system.ref("/app/pub").ask(("publish", "a.b", "x", keywords))
         assert count == 2  # both had room: no wait
         assert await roomy_metadata(system, "x") == [{"tag": "t"}]
-        gate.set()
 
 
 async def test_ctx_publish_timeout_zero_delivers_only_where_there_is_room(
     autojump_clock: trio.abc.Clock,
 ) -> None:
-    gate = trio.Event()
-    async with runtime.open_system(tree(gate)) as system:
+    async with open_app() as (system, _gate):
         await fill_stuck(system)
         start = trio.current_time()
         count = await system.ref("/app/pub").ask(("publish", "a.b", "x", {"timeout": 0}))
         assert trio.current_time() == start
         assert count == 1
         assert overflows(system, "x") == [("/app/stuck", "overflow")]
-        gate.set()
 
 
 async def test_ctx_publish_nowait_timeout_is_no_metadata(
     autojump_clock: trio.abc.Clock,
 ) -> None:
-    gate = trio.Event()
-    async with runtime.open_system(tree(gate)) as system:
+    async with open_app() as (system, _gate):
         await fill_stuck(system)
         count = await system.ref("/app/pub").ask(("publish_nowait", "a.b", "x", {"timeout": 5.0}))
         assert count == 1  # it never waits: the full one gets a dead letter at once
         assert overflows(system, "x") == [("/app/stuck", "overflow")]
         assert await roomy_metadata(system, "x") == [{}]
-        gate.set()
 
 
 @pytest.mark.parametrize("how", ["publish", "publish_nowait"])
@@ -167,13 +168,11 @@ async def test_ctx_publish_nowait_timeout_is_no_metadata(
 async def test_ctx_publish_refuses_a_negative_or_nan_timeout(
     autojump_clock: trio.abc.Clock, how: str, timeout: float
 ) -> None:
-    gate = trio.Event()
-    async with runtime.open_system(tree(gate)) as system:
+    async with open_app() as (system, _gate):
         answer = await system.ref("/app/pub").ask((how, "a.b", "x", {"timeout": timeout}))
         assert isinstance(answer, ValueError)
         assert "timeout" in str(answer)
         assert system.bus.stats()["published"] == 0  # refused before anything was published
-        gate.set()
 
 
 class Loop(Actor):
@@ -285,8 +284,7 @@ async def test_bus_publish_refuses_a_negative_or_nan_timeout(
 
 
 async def test_bus_publish_timeout_bounds_the_wait(autojump_clock: trio.abc.Clock) -> None:
-    gate = trio.Event()
-    async with runtime.open_system(tree(gate)) as system:
+    async with open_app() as (system, gate):
         await fill_stuck(system)
         start = trio.current_time()
         with trio.fail_after(60):
@@ -306,14 +304,12 @@ async def test_bus_publish_timeout_bounds_the_wait(autojump_clock: trio.abc.Cloc
 async def test_bus_publish_nowait_timeout_does_not_apply(
     autojump_clock: trio.abc.Clock,
 ) -> None:
-    gate = trio.Event()
-    async with runtime.open_system(tree(gate)) as system:
+    async with open_app() as (system, _gate):
         await fill_stuck(system)
         start = trio.current_time()
         assert system.bus.publish_nowait("a.b", "x", timeout=10.0) == 1
         assert trio.current_time() == start
         assert overflows(system, "x") == [("/app/stuck", "overflow")]
-        gate.set()
 
 
 async def test_a_publish_with_a_timeout_cancelled_before_it_strands_nothing(
@@ -321,8 +317,7 @@ async def test_a_publish_with_a_timeout_cancelled_before_it_strands_nothing(
 ) -> None:
     """Cancelled before its timeout, the publish dead-letters the event for the full
     subscriber at once (``overflow``) and the cancellation propagates."""
-    gate = trio.Event()
-    async with runtime.open_system(tree(gate)) as system:
+    async with open_app() as (system, _gate):
         await fill_stuck(system)
         result: list[int] = []
         with trio.move_on_after(1.0) as scope:
@@ -332,4 +327,3 @@ async def test_a_publish_with_a_timeout_cancelled_before_it_strands_nothing(
         assert overflows(system, "x") == [("/app/stuck", "overflow")]
         assert system.ref("/app/stuck")._cell.mailbox.statistics().senders_waiting == 0
         assert await roomy_metadata(system, "x") == [{}]
-        gate.set()
