@@ -171,34 +171,6 @@ async def test_a_timer_keeps_it_awake(autojump_clock: Any) -> None:
         assert node(system, "/app/t").hibernating
 
 
-class Reminder(Actor):
-    def __init__(self, got: list[float]) -> None:
-        self.got = got
-
-    async def receive(self, msg: Any) -> Any:
-        if msg == "remind me":
-            self.ctx.send_after(3.0, "reminder")
-        elif msg == "reminder":
-            self.got.append(trio.current_time())
-        return None
-
-
-async def test_a_one_shot_timer_keeps_it_awake_until_it_fires(autojump_clock: Any) -> None:
-    got: list[float] = []
-    tree = Supervisor("app", children=[child(Reminder, name="r", args=(got,), hibernate_after=0.5)])
-    async with runtime.open_system(tree) as system:
-        start = trio.current_time()
-        await system.ref("/app/r").ask("remind me")
-        await trio.sleep(2)
-        assert "/app/r" in task_names()  # past its grace period: the timer keeps it awake
-        assert not node(system, "/app/r").hibernating
-        await trio.sleep(1.5)
-        assert got == [pytest.approx(start + 3)]  # the timer was not lost to hibernation
-        await trio.sleep(1)
-        assert "/app/r" not in task_names()  # the timer is over: it hibernates
-        assert node(system, "/app/r").hibernating
-
-
 class Background(Actor):
     def __init__(self, done: list[str]) -> None:
         self.done = done
