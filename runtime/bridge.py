@@ -67,7 +67,7 @@ import outcome
 import trio
 
 from .actor import Actor
-from .errors import AskTimeout, NotSerializable, RemoteError
+from .errors import ActorStopped, AskTimeout, NotSerializable, RemoteError
 from .messages import UNHANDLED, DeferredReply, Reply
 
 log = logging.getLogger("troupe.bridge")
@@ -1084,8 +1084,6 @@ def _exit_if_a_worker_runs_an_unguarded_main() -> None:
 
 
 def _gave_up(call: BlockingCall) -> BaseException:
-    from .errors import ActorStopped
-
     return ActorStopped(f"{call!r} was abandoned: its caller or the bridge stopped")
 
 
