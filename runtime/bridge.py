@@ -608,10 +608,14 @@ class Bridge(Actor):
         if not self._workers.drop(job):
             self._abandon(job, error)
             return
+        self._dropped(job, error)
+        self._threads_changed()
+
+    def _dropped(self, job: _Job, error: BaseException | None) -> None:
+        """A call taken back from the queue before any thread ran it: counted abandoned."""
         self.abandoned += 1
         self._in_threads -= 1
         self._let_go(job, "dropped", error)
-        self._threads_changed()
 
     def _threads_changed(self) -> None:
         """Calls left the threads or the queue: end saturation, make room."""
@@ -831,9 +835,7 @@ class Bridge(Actor):
         if self._workers is not None:
             dropped, ending = self._workers.close()
             for job in dropped:
-                self.abandoned += 1
-                self._in_threads -= 1
-                self._let_go(job, "dropped", None)
+                self._dropped(job, None)
         if self._jobs:
             log.warning(
                 "bridge %s abandoned %d call(s) still running at shutdown",
