@@ -376,11 +376,14 @@ class _Workers:
             self._done.clear()
 
 
-def _percentile(samples: deque[float], q: float) -> float | None:
+def _median_and_p99_ms(samples: deque[float]) -> tuple[float | None, float | None]:
+    """The 50th and 99th percentiles of `samples` (seconds) in milliseconds, sorted
+    once; (None, None) with no samples."""
     if not samples:
-        return None
+        return None, None
     ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1)]
+    n = len(ordered)  # nearest rank: the ceil(q * n)-th, never past the last (q < 1)
+    return ordered[math.ceil(0.5 * n) - 1] * 1000.0, ordered[math.ceil(0.99 * n) - 1] * 1000.0
 
 
 @attrs.frozen
@@ -882,12 +885,8 @@ class Bridge(Actor):
         snapshot: ``BridgeStatistics(**system.snapshot().find(path).stats)``.
         """
         healthy, warnings = self.health()
-        ms = 1000.0
-
-        def p(samples: deque[float], q: float) -> float | None:
-            value = _percentile(samples, q)
-            return None if value is None else value * ms
-
+        run_p50, run_p99 = _median_and_p99_ms(self._durations)
+        wait_p50, wait_p99 = _median_and_p99_ms(self._waits)
         in_queue, peak = 0, self.peak_active  # in_queue: taken, waiting for a worker thread
         if self._workers is not None:
             in_queue, peak = self._workers.counts()
@@ -903,10 +902,10 @@ class Bridge(Actor):
             active=len(self._jobs) - in_queue,
             peak_active=peak,
             queued=self.waiting + in_queue + self.ctx.ref.mailbox_depth,
-            run_ms_p50=p(self._durations, 0.5),
-            run_ms_p99=p(self._durations, 0.99),
-            wait_ms_p50=p(self._waits, 0.5),
-            wait_ms_p99=p(self._waits, 0.99),
+            run_ms_p50=run_p50,
+            run_ms_p99=run_p99,
+            wait_ms_p50=wait_p50,
+            wait_ms_p99=wait_p99,
             healthy=healthy,
             warnings="; ".join(warnings),
         )
