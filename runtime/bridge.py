@@ -67,7 +67,7 @@ import outcome
 import trio
 
 from .actor import Actor
-from .errors import AskTimeout, NotSerializable, RemoteError
+from .errors import ActorStopped, AskTimeout, NotSerializable, RemoteError
 from .messages import UNHANDLED, DeferredReply, Reply
 
 log = logging.getLogger("troupe.bridge")
@@ -376,11 +376,14 @@ class _Workers:
             self._done.clear()
 
 
-def _percentile(samples: deque[float], q: float) -> float | None:
+def _median_and_p99_ms(samples: deque[float]) -> tuple[float | None, float | None]:
+    """The 50th and 99th percentiles of `samples` (seconds) in milliseconds, sorted
+    once; (None, None) with no samples."""
     if not samples:
-        return None
+        return None, None
     ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1)]
+    n = len(ordered)  # nearest rank: the ceil(q * n)-th, never past the last (q < 1)
+    return ordered[math.ceil(0.5 * n) - 1] * 1000.0, ordered[math.ceil(0.99 * n) - 1] * 1000.0
 
 
 @attrs.frozen
@@ -608,10 +611,14 @@ class Bridge(Actor):
         if not self._workers.drop(job):
             self._abandon(job, error)
             return
+        self._dropped(job, error)
+        self._threads_changed()
+
+    def _dropped(self, job: _Job, error: BaseException | None) -> None:
+        """A call taken back from the queue before any thread ran it: counted abandoned."""
         self.abandoned += 1
         self._in_threads -= 1
         self._let_go(job, "dropped", error)
-        self._threads_changed()
 
     def _threads_changed(self) -> None:
         """Calls left the threads or the queue: end saturation, make room."""
@@ -831,9 +838,7 @@ class Bridge(Actor):
         if self._workers is not None:
             dropped, ending = self._workers.close()
             for job in dropped:
-                self.abandoned += 1
-                self._in_threads -= 1
-                self._let_go(job, "dropped", None)
+                self._dropped(job, None)
         if self._jobs:
             log.warning(
                 "bridge %s abandoned %d call(s) still running at shutdown",
@@ -880,12 +885,8 @@ class Bridge(Actor):
         snapshot: ``BridgeStatistics(**system.snapshot().find(path).stats)``.
         """
         healthy, warnings = self.health()
-        ms = 1000.0
-
-        def p(samples: deque[float], q: float) -> float | None:
-            value = _percentile(samples, q)
-            return None if value is None else value * ms
-
+        run_p50, run_p99 = _median_and_p99_ms(self._durations)
+        wait_p50, wait_p99 = _median_and_p99_ms(self._waits)
         in_queue, peak = 0, self.peak_active  # in_queue: taken, waiting for a worker thread
         if self._workers is not None:
             in_queue, peak = self._workers.counts()
@@ -901,10 +902,10 @@ class Bridge(Actor):
             active=len(self._jobs) - in_queue,
             peak_active=peak,
             queued=self.waiting + in_queue + self.ctx.ref.mailbox_depth,
-            run_ms_p50=p(self._durations, 0.5),
-            run_ms_p99=p(self._durations, 0.99),
-            wait_ms_p50=p(self._waits, 0.5),
-            wait_ms_p99=p(self._waits, 0.99),
+            run_ms_p50=run_p50,
+            run_ms_p99=run_p99,
+            wait_ms_p50=wait_p50,
+            wait_ms_p99=wait_p99,
             healthy=healthy,
             warnings="; ".join(warnings),
         )
@@ -1084,8 +1085,6 @@ def _exit_if_a_worker_runs_an_unguarded_main() -> None:
 
 
 def _gave_up(call: BlockingCall) -> BaseException:
-    from .errors import ActorStopped
-
     return ActorStopped(f"{call!r} was abandoned: its caller or the bridge stopped")
 
 

@@ -165,7 +165,7 @@ class PendingPublish:
         return self.delivered
 
 
-def _read_only(counts: Mapping[str, int]) -> Mapping[str, int]:
+def _read_only(counts: Mapping[str, int]) -> MappingProxyType[str, int]:
     return counts if isinstance(counts, MappingProxyType) else MappingProxyType(dict(counts))
 
 
@@ -196,7 +196,7 @@ class BusStatistics:
     duplicates: int
     """Publishes dropped because their `msg_id` was seen within the duplicate
     window (local ones and those from other nodes); they are not in ``published``."""
-    topics: Mapping[str, int] = attrs.field(hash=False, converter=_read_only)
+    topics: MappingProxyType[str, int] = attrs.field(hash=False, converter=_read_only)
     """Events per topic, application and runtime ones alike; past 10,000 topics
     (`TOPIC_STATS`), new ones are counted under ``(other)``.  A read-only view of
     a copy made by `Bus.statistics`: it does not change as the bus goes on (the
@@ -210,9 +210,8 @@ class BusStatistics:
         """The same counts as a plain dict (``topics`` a new dict): what `Bus.stats`
         returns, ready for JSON.  Shallow: not `attrs.asdict`'s walk, which takes
         milliseconds over 10,000 topics (the snapshot asks for it)."""
-        topics = self.topics
-        plain = topics.copy() if isinstance(topics, MappingProxyType) else dict(topics)
-        return {**attrs.asdict(self, recurse=False), "topics": plain}  # dict(a view) is slow
+        # the converter made `topics` a view: its copy is a dict (dict(a view) is slow)
+        return {**attrs.asdict(self, recurse=False), "topics": self.topics.copy()}
 
 
 class Bus:

@@ -109,7 +109,7 @@ def covers(outer: str, inner: str) -> bool:
     return len(inn) == len(out)
 
 
-def widest(patterns: Iterable[str]) -> list[str]:
+def _widest(patterns: Iterable[str]) -> list[str]:
     """`patterns` without those another one covers (`covers`; of equal ones, the
     first), in their order: a topic matches one of the result iff it matches one
     of `patterns`.  Raises `ValueError` for an invalid pattern."""
@@ -131,7 +131,7 @@ def cover(patterns: Iterable[str]) -> str | None:
     no patterns.  For application topics: with ``system.*`` patterns among
     others the cover is NATS's (where ``>`` takes ``system.*`` subjects too),
     not `matches`'s.  Raises `ValueError` for an invalid pattern."""
-    kept = widest(patterns)
+    kept = _widest(patterns)
     if len(kept) <= 1:
         return kept[0] if kept else None
     words = [pattern.split(".") for pattern in kept]
@@ -262,5 +262,4 @@ __all__ = [
     "covers",
     "matches",
     "matching",
-    "widest",
 ]

@@ -9,9 +9,11 @@ by `WAIT` and every gate is opened when a test ends.
 
 from __future__ import annotations
 
+import gc
 import random
 import threading
 import time
+import weakref
 from typing import Any
 
 import pytest
@@ -280,6 +282,45 @@ async def test_no_task_outlives_its_call() -> None:
             await trio.testing.wait_all_tasks_blocked()
             assert task_count() == before
             assert stats(system, "/app/tasks")["completed"] == 101
+
+
+class Box:
+    """Something a call takes, makes or raises that a weak reference can watch."""
+
+
+class Boom(Exception):
+    pass
+
+
+async def test_an_idle_worker_thread_keeps_nothing_of_its_calls_alive() -> None:
+    """Long-lived workers keep memory flat: once a call is answered, the thread that
+    ran it (idle now, not exited) holds neither its function, its arguments, its
+    result nor its error."""
+    tree = app(child(runtime.Bridge, name="flat", kwargs={"max_workers": 1}))
+    with trio.fail_after(WAIT):
+        async with runtime.open_system(tree) as system:
+            arg, bad = Box(), Box()
+
+            def make(box: Box) -> Box:
+                return Box()
+
+            def fail(box: Box) -> None:
+                raise Boom(box)
+
+            result = await system.run_blocking(make, arg, bridge="/app/flat")
+            with pytest.raises(Boom) as info:
+                await system.run_blocking(fail, bad, bridge="/app/flat")
+            watched = [weakref.ref(x) for x in (make, fail, arg, bad, result, info.value)]
+            del make, fail, arg, bad, result, info
+
+            def all_gone() -> bool:
+                gc.collect()
+                return all(ref() is None for ref in watched)
+
+            await eventually(all_gone, "the idle worker let go of its calls")
+            assert len(worker_threads("/app/flat")) == 1  # idle, not exited
+            s = stats(system, "/app/flat")
+            assert (s["submitted"], s["completed"], s["failed"]) == (2, 1, 1)
 
 
 class CountingBridge(runtime.Bridge):

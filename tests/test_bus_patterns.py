@@ -21,12 +21,12 @@ from runtime import Supervisor
 from runtime.bus import Subscription
 from runtime.topics import (
     PatternIndex,
+    _widest,
     check_pattern,
     check_topic,
     cover,
     covers,
     matches,
-    widest,
 )
 
 # -- the reference -------------------------------------------------------------
@@ -334,9 +334,9 @@ def test_covers_says_whether_every_topic_of_one_pattern_matches_another(
 
 @given(st.lists(st.sampled_from(["a", "b", "*"]), min_size=1, max_size=3), st.booleans())
 def test_widest_keeps_exactly_the_topics_matched(parts: list[str], tail: bool) -> None:
-    """A topic matches one of `widest(ps)` iff it matches one of `ps`."""
+    """A topic matches one of `_widest(ps)` iff it matches one of `ps`."""
     patterns = [".".join(parts), ".".join(parts[:1]) + (".>" if tail else ""), "a.b", "*.b"]
-    kept = widest(patterns)
+    kept = _widest(patterns)
     assert set(kept) <= set(patterns)
     for topic in ["a", "b", "a.b", "b.b", "a.a", "a.b.c", "b.a.b"]:
         assert any(matches(p, topic) for p in kept) == any(matches(p, topic) for p in patterns)
