@@ -56,7 +56,7 @@ from ..spec import (
 from ..topics import SYSTEM, check_pattern, cover, matches
 from . import envelope as env
 from .codec import Codec, Undecodable
-from .failures import decode_error, encode_error, reason_from_wire, wire_reason
+from .failures import bounded, decode_error, encode_error, reason_from_wire, wire_reason
 from .peers import RECENT_TELLS, NodeInfo, Peer, plausible
 from .remote import RemoteRef
 from .spawn import (
@@ -101,6 +101,8 @@ MALFORMED_LOG_EVERY = 10.0
 """Seconds between log lines about messages from NATS that could not be read."""
 DRAIN_MAX = 2_000
 """Inbound messages handled per loop step; the rest waits for the next step."""
+URL_SHOWN = 200
+"""Characters of an actor URL an error message shows (a path may be as long as a message)."""
 CONTROL_OPS = ("snapshot", "which_children", "start_child", "terminate_child", "ping")
 WRITE_OPS = ("start_child", "terminate_child")
 
@@ -608,7 +610,8 @@ class Cluster:
         limit = self._transport.max_payload if self._transport is not None else math.inf
         if len(data) > limit - 16:  # room for a batch's array header
             raise NotSerializable(
-                f"the message to {ref.url} encodes to {len(data):,} bytes with its envelope, "
+                f"the message to {bounded(ref.url, URL_SHOWN)} encodes to {len(data):,} bytes "
+                "with its envelope, "
                 f"more than the NATS server's max_payload of {limit:,}: send less, or a "
                 "shorter path"
             )
@@ -746,9 +749,20 @@ class Cluster:
                 ok, payload = False, encode_error(error)
         else:
             payload = encode_error(value)
-        self._publish(
-            Outgoing(subject, env.pack(env.REPLY, self.node, self.incarnation, ok, payload))
-        )
+        data = env.pack(env.REPLY, self.node, self.incarnation, ok, payload)
+        limit = self._transport.max_payload if self._transport is not None else math.inf
+        if len(data) > limit:  # an error's texts, bounded, still over a small max_payload
+            kind = payload[0] if not ok else "remote"
+            payload = [
+                kind,
+                "RemoteError",
+                f"the answer was {len(data):,} bytes, more than the NATS server's "
+                f"max_payload of {limit:,}",
+                "",
+                bounded(encode_error(value)[4] if not ok else "", 200),
+            ]
+            data = env.pack(env.REPLY, self.node, self.incarnation, False, payload)
+        self._publish(Outgoing(subject, data))
 
     # -- watching ----------------------------------------------------------
     def watch(self, cell: Cell, ref: RemoteRef) -> None:
@@ -790,13 +804,14 @@ class Cluster:
         watchers = self._watched_by.pop(cell.path, None)
         if watchers:
             reason = wire_reason(cell.final_reason)
+            limit = self._transport.max_payload if self._transport is not None else math.inf
             for node, asked in watchers:
-                self._publish(
-                    Outgoing(
-                        self.subjects.system(node),
-                        env.pack(env.TERMINATED, self.node, self.incarnation, asked, "", reason),
-                    )
-                )
+                data = env.pack(env.TERMINATED, self.node, self.incarnation, asked, "", reason)
+                if len(data) > limit and isinstance(reason, list):
+                    # its texts, bounded, still over a small max_payload: the type will do
+                    short = [reason[0], bounded(reason[1], 200), ""]
+                    data = env.pack(env.TERMINATED, self.node, self.incarnation, asked, "", short)
+                self._publish(Outgoing(self.subjects.system(node), data))
         for key, watchers_of in list(self._watches.items()):
             if cell in watchers_of:
                 del watchers_of[cell]
