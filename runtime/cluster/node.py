@@ -24,7 +24,7 @@ import os
 import secrets
 import socket
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -97,6 +97,12 @@ SKIP_SENDS = 10
 """Times a SKIP notice is sent (now, then with each heartbeat): NATS may drop one."""
 SKIP_KEPT = 256
 """SKIP notices kept per peer for sending again (the oldest are let go)."""
+ANSWERS_KEPT = 1_024
+"""Answers to other nodes' asks and sends that the NATS connection could not take,
+kept to send once connected again (the oldest are let go)."""
+ANSWER_SENDS = 5
+"""Times a kept answer is sent (once reconnected, then with each heartbeat): the asker
+may subscribe again to a restarted server after the first one; it takes only one."""
 MALFORMED_LOG_EVERY = 10.0
 """Seconds between log lines about messages from NATS that could not be read."""
 DRAIN_MAX = 2_000
@@ -129,6 +135,14 @@ class _Sent:
     msg: Any
     url: str
     ask_id: int | None = None
+
+
+@attrs.frozen
+class _Answer:
+    """What an answer to another node's ask or send was (the `origin` of its `Outgoing`):
+    if the connection cannot take it, it is kept and sent again once connected."""
+
+    node: str
 
 
 @attrs.frozen
@@ -274,6 +288,8 @@ class Cluster:
         # local slot path -> (watching node, the path it asked for: e.g. a pool's, not its router's)
         self._watched_by: dict[str, set[tuple[str, str]]] = {}
         self._backlog: list[Inbound] = []
+        # answers the connection could not take: [subject, data, times left to send]
+        self._answers_kept: deque[list[Any]] = deque(maxlen=ANSWERS_KEPT)
         self._refs: dict[str, ActorRef] = {}  # local path -> ref, for arrivals
         self._shared: dict[str, bool] = {}  # topic published here -> is it a cluster topic
         self._named: dict[str, bool] = {}  # topic arriving from NATS -> do we name it
@@ -447,6 +463,7 @@ class Cluster:
                 elif peer.status == "up" and peer.seq != peer.marked:
                     self._mark(peer)
             self._send_skips()  # again: NATS may have dropped one
+            self._send_answers_kept()
 
     def _mark(self, peer: Peer) -> None:
         """Tell `peer`, in order behind the user messages numbered so far, the last
@@ -762,7 +779,7 @@ class Cluster:
                 bounded(encode_error(value)[4] if not ok else "", 200),
             ]
             data = env.pack(env.REPLY, self.node, self.incarnation, False, payload)
-        self._publish(Outgoing(subject, data))
+        self._publish(Outgoing(subject, data, origin=_Answer(node)))
 
     # -- watching ----------------------------------------------------------
     def watch(self, cell: Cell, ref: RemoteRef) -> None:
@@ -1038,6 +1055,7 @@ class Cluster:
             log.info("node %s: reconnected to NATS at %s", self.node, item.server)
             self._heartbeat_now(answer_me=True)
             self._send_skips()
+            self._send_answers_kept()
         elif item.state == "closed":
             self._connected = False
 
@@ -1050,8 +1068,12 @@ class Cluster:
             if isinstance(origin, Event):  # a cluster event the connection did not take
                 self.system.dead_letter(origin, "undeliverable", entry.subject)
                 continue
+            if isinstance(origin, _Answer):
+                # the asker waits for it (a send has no timeout): sent again once connected
+                self._answers_kept.append([entry.subject, entry.data, ANSWER_SENDS])
+                continue
             if not isinstance(origin, _Sent):
-                continue  # heartbeats, replies, watches: the others find out by themselves
+                continue  # heartbeats, watches: the others find out by themselves
             if origin.ask_id is not None:
                 found = self._asks.pop(origin.ask_id, None)
                 if found is not None:
@@ -1116,6 +1138,22 @@ class Cluster:
                 if sends > 1:
                     kept.append([skip, sends - 1])
             peer.skips = kept
+
+    def _send_answers_kept(self) -> None:
+        """Send the answers the connection could not take, if connected (each
+        `ANSWER_SENDS` times; an asker takes the first that arrives and ignores the
+        rest, as it ignores any answer to an ask it no longer waits for)."""
+        if not self._connected or not self._answers_kept:
+            return
+        kept = self._answers_kept
+        for _ in range(len(kept)):
+            entry = kept.popleft()
+            subject, data, sends = entry
+            # no origin: one the connection drops again is still kept here
+            self._publish(Outgoing(subject, data))
+            if sends > 1:
+                entry[2] = sends - 1
+                kept.append(entry)
 
     def _incoming(self, item: Incoming) -> None:
         lane, incarnation, ask_id = self.subjects.lane(item.subject)
