@@ -11,9 +11,12 @@ import pytest
 import trio
 from natsserver import NatsServer
 from test_cluster import pair, until
+from test_cluster_hostile import spoof
 
 import runtime
 from runtime import Actor, child
+from runtime.cluster import envelope as env
+from runtime.cluster.client import ClusterClient
 
 WAIT = 20.0
 HUGE = 700_000  # characters: three copies (message, traceback, text) pass 1 MiB
@@ -110,3 +113,29 @@ async def test_a_crash_over_a_small_max_payload_still_reaches_asker_and_watcher(
             await until(lambda: seen, "Terminated for the watcher")
             assert isinstance(seen[0].reason, runtime.RemoteError)
             assert seen[0].reason.type == "ValueError"
+
+
+async def test_a_heartbeat_with_a_huge_host_does_not_break_nodes_for_plain_clients(
+    nats_server: NatsServer,
+) -> None:
+    """A heartbeat's ``host`` is a host name (at most 253 characters): two of 600 KB
+    (a hostile or broken client on the node's subjects) were kept whole, so every answer
+    to ``troupe ls --cluster`` (the ``nodes`` request) was over max_payload and became an
+    error for as long as that peer was remembered.  The host is cut."""
+    with trio.fail_after(WAIT):
+        async with pair(nats_server) as (_a, b):
+            subject = f"{b.cluster.cluster_name}.node.{b.node}.s"
+            info = {"host": "h" * 600_000, "pid": 1, "started": 0.0, "actors": 1}
+            beats = [
+                (subject, env.pack(env.HEARTBEAT, name, "i1", info, False))
+                for name in ("bighost", "bighost2")
+            ]
+            await spoof(nats_server, beats)
+            await until(lambda: "bighost2" in b.cluster._peers, "the heartbeats arrived")
+
+            def ls() -> list[dict[str, Any]]:
+                with ClusterClient(nats_server.url, b.cluster.cluster_name) as client:
+                    return client.nodes(via=b.node)
+
+            names = {n["name"]: n for n in await trio.to_thread.run_sync(ls)}
+            assert len(names["bighost"]["host"]) <= 253

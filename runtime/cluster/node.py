@@ -107,6 +107,9 @@ MALFORMED_LOG_EVERY = 10.0
 """Seconds between log lines about messages from NATS that could not be read."""
 DRAIN_MAX = 2_000
 """Inbound messages handled per loop step; the rest waits for the next step."""
+HOST_MAX = 253
+"""Characters of a host name a heartbeat may give (DNS's limit); the rest is cut, so that
+what a node answers about its peers stays small."""
 URL_SHOWN = 200
 """Characters of an actor URL an error message shows (a path may be as long as a message)."""
 CONTROL_OPS = ("snapshot", "which_children", "start_child", "terminate_child", "ping")
@@ -500,7 +503,7 @@ class Cluster:
             peer.recent.clear()
             peer.tell_reply = self.subjects.tell_reply(self.incarnation, node, incarnation)
         if info:
-            peer.host = str(info.get("host", ""))
+            peer.host = str(info.get("host", ""))[:HOST_MAX]
             peer.pid = int(info.get("pid", 0) or 0)
             peer.started = float(info.get("started", 0.0) or 0.0)
             peer.actors = int(info.get("actors", 0) or 0)
