@@ -20,6 +20,25 @@ from ..errors import (
 )
 from ..messages import ErrorInfo, describe
 
+MESSAGE_MAX = 4_000
+"""Characters of an error's message (and of its text) that cross the wire."""
+TRACEBACK_MAX = 16_000
+"""Characters of a traceback that cross the wire (its start and its end are kept)."""
+
+
+def bounded(text: str, limit: int, *, keep_end: bool = False) -> str:
+    """`text` cut to about `limit` characters, saying how many were cut: an error's
+    texts must fit in one NATS message, however large the original was.  With
+    `keep_end`, the first quarter and the end are kept (a traceback's last lines name
+    the error)."""
+    if len(text) <= limit:
+        return text
+    cut = len(text) - limit
+    if keep_end:
+        head = limit // 4
+        return f"{text[:head]}\n... ({cut:,} characters cut) ...\n{text[head + cut :]}"
+    return f"{text[:limit]}... ({cut:,} characters cut)"
+
 
 def encode_error(error: BaseException) -> list[Any]:
     """An error as it crosses the wire: [kind, type, message, traceback]."""
@@ -43,9 +62,17 @@ def encode_error(error: BaseException) -> list[Any]:
     elif isinstance(error, NodeDown):
         kind = "nodedown"
     if isinstance(source, RemoteError):
-        return [kind, source.type, source.message, source.traceback, str(error)]
-    info = ErrorInfo.of(source)
-    return [kind, info.type, info.message, info.traceback, describe_text(error)]
+        type_, message, traceback = source.type, source.message, source.traceback
+    else:
+        info = ErrorInfo.of(source)
+        type_, message, traceback = info.type, info.message, info.traceback
+    return [
+        kind,
+        bounded(type_, MESSAGE_MAX),
+        bounded(message, MESSAGE_MAX),
+        bounded(traceback, TRACEBACK_MAX, keep_end=True),
+        bounded(describe_text(error), MESSAGE_MAX),
+    ]
 
 
 def describe_text(error: BaseException) -> str:
@@ -85,10 +112,15 @@ def decode_error(fields: Any, where: str) -> BaseException:
 
 
 def wire_reason(reason: object) -> Any:
+    """A stop reason as it crosses the wire (its texts bounded, see `bounded`)."""
     if isinstance(reason, BaseException):
         info = ErrorInfo.of(reason)
-        return [info.type, info.message, info.traceback]
-    return describe(reason)
+        return [
+            bounded(info.type, MESSAGE_MAX),
+            bounded(info.message, MESSAGE_MAX),
+            bounded(info.traceback, TRACEBACK_MAX, keep_end=True),
+        ]
+    return bounded(describe(reason), MESSAGE_MAX)
 
 
 def reason_from_wire(reason: Any) -> Any:

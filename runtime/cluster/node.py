@@ -24,7 +24,7 @@ import os
 import secrets
 import socket
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -56,7 +56,7 @@ from ..spec import (
 from ..topics import SYSTEM, check_pattern, cover, matches
 from . import envelope as env
 from .codec import Codec, Undecodable
-from .failures import decode_error, encode_error, reason_from_wire, wire_reason
+from .failures import bounded, decode_error, encode_error, reason_from_wire, wire_reason
 from .peers import RECENT_TELLS, NodeInfo, Peer, plausible
 from .remote import RemoteRef
 from .spawn import (
@@ -97,10 +97,21 @@ SKIP_SENDS = 10
 """Times a SKIP notice is sent (now, then with each heartbeat): NATS may drop one."""
 SKIP_KEPT = 256
 """SKIP notices kept per peer for sending again (the oldest are let go)."""
+ANSWERS_KEPT = 1_024
+"""Answers to other nodes' asks and sends that the NATS connection could not take,
+kept to send once connected again (the oldest are let go)."""
+ANSWER_SENDS = 5
+"""Times a kept answer is sent (once reconnected, then with each heartbeat): the asker
+may subscribe again to a restarted server after the first one; it takes only one."""
 MALFORMED_LOG_EVERY = 10.0
 """Seconds between log lines about messages from NATS that could not be read."""
 DRAIN_MAX = 2_000
 """Inbound messages handled per loop step; the rest waits for the next step."""
+HOST_MAX = 253
+"""Characters of a host name a heartbeat may give (DNS's limit); the rest is cut, so that
+what a node answers about its peers stays small."""
+URL_SHOWN = 200
+"""Characters of an actor URL an error message shows (a path may be as long as a message)."""
 CONTROL_OPS = ("snapshot", "which_children", "start_child", "terminate_child", "ping")
 WRITE_OPS = ("start_child", "terminate_child")
 
@@ -127,6 +138,14 @@ class _Sent:
     msg: Any
     url: str
     ask_id: int | None = None
+
+
+@attrs.frozen
+class _Answer:
+    """What an answer to another node's ask or send was (the `origin` of its `Outgoing`):
+    if the connection cannot take it, it is kept and sent again once connected."""
+
+    node: str
 
 
 @attrs.frozen
@@ -272,6 +291,8 @@ class Cluster:
         # local slot path -> (watching node, the path it asked for: e.g. a pool's, not its router's)
         self._watched_by: dict[str, set[tuple[str, str]]] = {}
         self._backlog: list[Inbound] = []
+        # answers the connection could not take: [subject, data, times left to send]
+        self._answers_kept: deque[list[Any]] = deque(maxlen=ANSWERS_KEPT)
         self._refs: dict[str, ActorRef] = {}  # local path -> ref, for arrivals
         self._shared: dict[str, bool] = {}  # topic published here -> is it a cluster topic
         self._named: dict[str, bool] = {}  # topic arriving from NATS -> do we name it
@@ -445,6 +466,7 @@ class Cluster:
                 elif peer.status == "up" and peer.seq != peer.marked:
                     self._mark(peer)
             self._send_skips()  # again: NATS may have dropped one
+            self._send_answers_kept()
 
     def _mark(self, peer: Peer) -> None:
         """Tell `peer`, in order behind the user messages numbered so far, the last
@@ -481,7 +503,7 @@ class Cluster:
             peer.recent.clear()
             peer.tell_reply = self.subjects.tell_reply(self.incarnation, node, incarnation)
         if info:
-            peer.host = str(info.get("host", ""))
+            peer.host = str(info.get("host", ""))[:HOST_MAX]
             peer.pid = int(info.get("pid", 0) or 0)
             peer.started = float(info.get("started", 0.0) or 0.0)
             peer.actors = int(info.get("actors", 0) or 0)
@@ -608,7 +630,8 @@ class Cluster:
         limit = self._transport.max_payload if self._transport is not None else math.inf
         if len(data) > limit - 16:  # room for a batch's array header
             raise NotSerializable(
-                f"the message to {ref.url} encodes to {len(data):,} bytes with its envelope, "
+                f"the message to {bounded(ref.url, URL_SHOWN)} encodes to {len(data):,} bytes "
+                "with its envelope, "
                 f"more than the NATS server's max_payload of {limit:,}: send less, or a "
                 "shorter path"
             )
@@ -746,9 +769,20 @@ class Cluster:
                 ok, payload = False, encode_error(error)
         else:
             payload = encode_error(value)
-        self._publish(
-            Outgoing(subject, env.pack(env.REPLY, self.node, self.incarnation, ok, payload))
-        )
+        data = env.pack(env.REPLY, self.node, self.incarnation, ok, payload)
+        limit = self._transport.max_payload if self._transport is not None else math.inf
+        if len(data) > limit:  # an error's texts, bounded, still over a small max_payload
+            kind = payload[0] if not ok else "remote"
+            payload = [
+                kind,
+                "RemoteError",
+                f"the answer was {len(data):,} bytes, more than the NATS server's "
+                f"max_payload of {limit:,}",
+                "",
+                bounded(encode_error(value)[4] if not ok else "", 200),
+            ]
+            data = env.pack(env.REPLY, self.node, self.incarnation, False, payload)
+        self._publish(Outgoing(subject, data, origin=_Answer(node)))
 
     # -- watching ----------------------------------------------------------
     def watch(self, cell: Cell, ref: RemoteRef) -> None:
@@ -790,13 +824,14 @@ class Cluster:
         watchers = self._watched_by.pop(cell.path, None)
         if watchers:
             reason = wire_reason(cell.final_reason)
+            limit = self._transport.max_payload if self._transport is not None else math.inf
             for node, asked in watchers:
-                self._publish(
-                    Outgoing(
-                        self.subjects.system(node),
-                        env.pack(env.TERMINATED, self.node, self.incarnation, asked, "", reason),
-                    )
-                )
+                data = env.pack(env.TERMINATED, self.node, self.incarnation, asked, "", reason)
+                if len(data) > limit and isinstance(reason, list):
+                    # its texts, bounded, still over a small max_payload: the type will do
+                    short = [reason[0], bounded(reason[1], 200), ""]
+                    data = env.pack(env.TERMINATED, self.node, self.incarnation, asked, "", short)
+                self._publish(Outgoing(self.subjects.system(node), data))
         for key, watchers_of in list(self._watches.items()):
             if cell in watchers_of:
                 del watchers_of[cell]
@@ -1023,6 +1058,7 @@ class Cluster:
             log.info("node %s: reconnected to NATS at %s", self.node, item.server)
             self._heartbeat_now(answer_me=True)
             self._send_skips()
+            self._send_answers_kept()
         elif item.state == "closed":
             self._connected = False
 
@@ -1035,8 +1071,12 @@ class Cluster:
             if isinstance(origin, Event):  # a cluster event the connection did not take
                 self.system.dead_letter(origin, "undeliverable", entry.subject)
                 continue
+            if isinstance(origin, _Answer):
+                # the asker waits for it (a send has no timeout): sent again once connected
+                self._answers_kept.append([entry.subject, entry.data, ANSWER_SENDS])
+                continue
             if not isinstance(origin, _Sent):
-                continue  # heartbeats, replies, watches: the others find out by themselves
+                continue  # heartbeats, watches: the others find out by themselves
             if origin.ask_id is not None:
                 found = self._asks.pop(origin.ask_id, None)
                 if found is not None:
@@ -1101,6 +1141,22 @@ class Cluster:
                 if sends > 1:
                     kept.append([skip, sends - 1])
             peer.skips = kept
+
+    def _send_answers_kept(self) -> None:
+        """Send the answers the connection could not take, if connected (each
+        `ANSWER_SENDS` times; an asker takes the first that arrives and ignores the
+        rest, as it ignores any answer to an ask it no longer waits for)."""
+        if not self._connected or not self._answers_kept:
+            return
+        kept = self._answers_kept
+        for _ in range(len(kept)):
+            entry = kept.popleft()
+            subject, data, sends = entry
+            # no origin: one the connection drops again is still kept here
+            self._publish(Outgoing(subject, data))
+            if sends > 1:
+                entry[2] = sends - 1
+                kept.append(entry)
 
     def _incoming(self, item: Incoming) -> None:
         lane, incarnation, ask_id = self.subjects.lane(item.subject)
