@@ -160,6 +160,34 @@ async def test_watch_a_remote_actor_and_its_node(nats_server: NatsServer) -> Non
             assert len(seen) == 2  # exactly one each
 
 
+async def test_a_ref_to_a_missing_remote_path_is_alive_until_watched(
+    nats_server: NatsServer,
+) -> None:
+    """A remote ref's is_alive says its node is up (the remote actor is not asked, as
+    with a remote pid or Akka ref); watching a path with no actor answers at once with
+    one Terminated(ref, "noproc") (docs/concepts/cluster.md)."""
+
+    class Watcher(Actor):
+        def __init__(self, target: str, seen: list[Any]) -> None:
+            self.target, self.seen = target, seen
+
+        async def on_start(self) -> None:
+            self.ctx.watch(self.ctx.system.ref(self.target))
+
+        async def receive(self, msg: Any) -> Any:
+            self.seen.append(msg)
+
+    with trio.fail_after(WAIT):
+        async with pair(nats_server) as (a, b):
+            url = f"troupe://{b.node}/app/nobody"
+            assert a.ref(url).is_alive  # its node is up; the path is not checked
+            seen: list[Any] = []
+            await a.start_child("/app", child(Watcher, name="w", args=(url, seen)))
+            await until(lambda: len(seen) == 1, "Terminated for the missing path")
+            assert isinstance(seen[0], runtime.Terminated)
+            assert (seen[0].ref.url, seen[0].reason) == (url, "noproc")
+
+
 async def test_cluster_topics_reach_every_node_once(nats_server: NatsServer) -> None:
     with trio.fail_after(WAIT):
         async with pair(nats_server, cluster_topics=("jobs.>",)) as (a, b):
