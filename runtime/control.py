@@ -800,10 +800,23 @@ class Client:
         return str(reply.get("error", "request failed"))
 
     def receive(self) -> dict[str, Any]:
+        """The next reply line.  Raises `TimeoutError` when the system sends nothing
+        for the client's timeout (its loop is blocked), `ConnectionError` when it
+        closes the connection (it stopped, or died); each names the system."""
         while b"\n" not in self._buffer:
-            data = self.sock.recv(65536)
+            try:
+                data = self.sock.recv(65536)
+            except TimeoutError:
+                raise TimeoutError(
+                    f"{self.endpoint.label} did not answer within {self.sock.gettimeout():g} s "
+                    "(its event loop may be blocked: see its log)"
+                ) from None
+            except ConnectionResetError:
+                data = b""
             if not data:
-                raise ConnectionError("the system closed the connection")
+                raise ConnectionError(
+                    f"{self.endpoint.label} closed the connection before it answered (did it stop?)"
+                )
             self._buffer += data
         line, _, self._buffer = self._buffer.partition(b"\n")
         reply: dict[str, Any] = json.loads(line)
