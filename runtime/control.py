@@ -149,17 +149,19 @@ def remove_stale(folder: pathlib.Path) -> list[pathlib.Path]:
 def to_json(value: Any) -> str:
     """One line of JSON, whatever `value` holds: this never raises (and never pickles).
 
-    What JSON has no type for is shown as plain JSON: attrs classes and mappings
-    as objects, sets and tuples as lists, anything else as its repr.  What cannot
+    The JSON is strict (RFC 8259), for any reader, a browser's included: what
+    JSON has no type for is shown as plain JSON: attrs classes and mappings as
+    objects, sets and tuples as lists, NaN and the infinities (which JSON has no
+    literal for) and anything else as its repr (``"nan"``, ``"inf"``).  What cannot
     be shown at all -- a key JSON cannot take (a tuple), an int too large to
     print (``10**5000``), a cycle, nesting deeper than `MAX_DEPTH`, a repr that
     raises -- becomes ``{"unencodable": "<type name>"}`` in its place, and the
     problem is logged once.
     """
     try:
-        text = json.dumps(value, default=_fallback, separators=(",", ":"))
-    except Exception:  # anything from the encoder, a repr, attrs or a mapping
-        text = json.dumps(_showable(value, 0, set()), separators=(",", ":"))
+        text = json.dumps(value, default=_fallback, separators=(",", ":"), allow_nan=False)
+    except Exception:  # anything from the encoder (a NaN), a repr, attrs or a mapping
+        text = json.dumps(_showable(value, 0, set()), separators=(",", ":"), allow_nan=False)
     return text + "\n"
 
 
@@ -181,7 +183,9 @@ def _showable(value: Any, depth: int, active: set[int]) -> Any:
     """
     if value is None or isinstance(value, str | bool):
         return value
-    if isinstance(value, int | float):
+    if isinstance(value, float):
+        return value if math.isfinite(value) else repr(value)  # JSON has no NaN
+    if isinstance(value, int):
         try:
             json.dumps(value)
         except ValueError:  # an int too large to print
@@ -673,8 +677,8 @@ def _reply_value(value: Any) -> dict[str, Any]:
     """An ask's reply: ``{"reply": value}`` if it is plain JSON, else ``{"reply_repr":
     its short repr, "reply_type": its type}``."""
     try:
-        text = json.dumps(value)
-    except (TypeError, ValueError, RecursionError):
+        text = json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError, RecursionError):  # ValueError: a NaN, or a huge int
         pass
     else:
         if len(text) <= MAX_REPLY:
