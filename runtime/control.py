@@ -40,10 +40,11 @@ import socket as stdsocket
 import stat
 import struct
 import time
-from collections.abc import Iterator, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import attrs
+import outcome
 import trio
 
 from .errors import TroupeError
@@ -56,6 +57,8 @@ if TYPE_CHECKING:
     from .system import System
 
 log = logging.getLogger("troupe.control")
+
+T = TypeVar("T")
 
 MAX_REQUEST = 64 * 1024
 MAX_CONNECTIONS = 32
@@ -453,12 +456,14 @@ class ControlServer:
                 if request["op"] == "events":
                     pattern = _pattern(request)
                 else:
-                    reply = await self._answer(request)
+                    reply = await self._answer(request, stream)
             except OpFailed as exc:  # a well-formed request that could not be done
                 reply = {"ok": False, "error": str(exc), "type": exc.kind}
             except ControlError as exc:
                 await self._fail(stream, str(exc))
                 return
+            except trio.BrokenResourceError:
+                return  # the client hung up while its request waited: nothing to answer
             except Exception as exc:  # a bug in answering: this connection ends, only
                 log_once(
                     log,
@@ -483,7 +488,7 @@ class ControlServer:
         self.rejected += 1
         await _goodbye(stream, error)
 
-    async def _answer(self, request: dict[str, Any]) -> dict[str, Any]:
+    async def _answer(self, request: dict[str, Any], stream: trio.SocketStream) -> dict[str, Any]:
         system = self.system
         op = request["op"]
         if op == "deadletters":
@@ -491,7 +496,7 @@ class ControlServer:
         if op == "send":
             return self._send(request)
         if op == "ask":
-            return await self._ask(request)
+            return await _unless_hung_up(stream, self._ask(request))
         if op == "kill":
             return self._kill(request)
         if op == "info":
@@ -640,6 +645,35 @@ async def accept_retrying(
                 exc.strerror,
             )
             await trio.sleep(ACCEPT_RETRY)
+
+
+async def _unless_hung_up(stream: trio.SocketStream, waiting: Awaitable[T]) -> T:
+    """`waiting`'s result; `trio.BrokenResourceError` (the connection ends) if the client
+    hangs up first: a client gone (Ctrl-C on ``troupe ask``) holds no connection.
+
+    The client's socket is only peeked at: a request it sends meanwhile stays there
+    for the next read (and the hang-up is no longer watched for)."""
+    result: list[outcome.Outcome[T]] = []
+    async with trio.open_nursery() as nursery:
+
+        async def wait() -> None:
+            try:
+                result.append(outcome.Value(await waiting))
+            except Exception as exc:
+                result.append(outcome.Error(exc))
+            nursery.cancel_scope.cancel()
+
+        nursery.start_soon(wait)
+        try:  # b"" (or an error) at the socket's end: the client left
+            still_there = bool(await stream.socket.recv(1, stdsocket.MSG_PEEK))
+        except OSError:
+            still_there = False
+        if still_there:
+            await trio.sleep_forever()
+        nursery.cancel_scope.cancel()
+    if not result:
+        raise trio.BrokenResourceError("the client hung up while its request waited")
+    return result[0].unwrap()
 
 
 async def _send_within(stream: trio.SocketStream, data: bytes) -> bool:
