@@ -1009,6 +1009,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ControlError as exc:  # the system refused (e.g. its control socket is busy)
         print(f"troupe: {exc}", file=sys.stderr)
         return 1
+    except (TimeoutError, ConnectionError) as exc:  # it stopped answering, or went away
+        print(f"troupe: {exc}", file=sys.stderr)
+        return 1
     return code
 
 

@@ -40,10 +40,11 @@ import socket as stdsocket
 import stat
 import struct
 import time
-from collections.abc import Iterator, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import attrs
+import outcome
 import trio
 
 from .errors import TroupeError
@@ -56,6 +57,8 @@ if TYPE_CHECKING:
     from .system import System
 
 log = logging.getLogger("troupe.control")
+
+T = TypeVar("T")
 
 MAX_REQUEST = 64 * 1024
 MAX_CONNECTIONS = 32
@@ -149,17 +152,19 @@ def remove_stale(folder: pathlib.Path) -> list[pathlib.Path]:
 def to_json(value: Any) -> str:
     """One line of JSON, whatever `value` holds: this never raises (and never pickles).
 
-    What JSON has no type for is shown as plain JSON: attrs classes and mappings
-    as objects, sets and tuples as lists, anything else as its repr.  What cannot
+    The JSON is strict (RFC 8259), for any reader, a browser's included: what
+    JSON has no type for is shown as plain JSON: attrs classes and mappings as
+    objects, sets and tuples as lists, NaN and the infinities (which JSON has no
+    literal for) and anything else as its repr (``"nan"``, ``"inf"``).  What cannot
     be shown at all -- a key JSON cannot take (a tuple), an int too large to
     print (``10**5000``), a cycle, nesting deeper than `MAX_DEPTH`, a repr that
     raises -- becomes ``{"unencodable": "<type name>"}`` in its place, and the
     problem is logged once.
     """
     try:
-        text = json.dumps(value, default=_fallback, separators=(",", ":"))
-    except Exception:  # anything from the encoder, a repr, attrs or a mapping
-        text = json.dumps(_showable(value, 0, set()), separators=(",", ":"))
+        text = json.dumps(value, default=_fallback, separators=(",", ":"), allow_nan=False)
+    except Exception:  # anything from the encoder (a NaN), a repr, attrs or a mapping
+        text = json.dumps(_showable(value, 0, set()), separators=(",", ":"), allow_nan=False)
     return text + "\n"
 
 
@@ -181,7 +186,9 @@ def _showable(value: Any, depth: int, active: set[int]) -> Any:
     """
     if value is None or isinstance(value, str | bool):
         return value
-    if isinstance(value, int | float):
+    if isinstance(value, float):
+        return value if math.isfinite(value) else repr(value)  # JSON has no NaN
+    if isinstance(value, int):
         try:
             json.dumps(value)
         except ValueError:  # an int too large to print
@@ -449,12 +456,14 @@ class ControlServer:
                 if request["op"] == "events":
                     pattern = _pattern(request)
                 else:
-                    reply = await self._answer(request)
+                    reply = await self._answer(request, stream)
             except OpFailed as exc:  # a well-formed request that could not be done
                 reply = {"ok": False, "error": str(exc), "type": exc.kind}
             except ControlError as exc:
                 await self._fail(stream, str(exc))
                 return
+            except trio.BrokenResourceError:
+                return  # the client hung up while its request waited: nothing to answer
             except Exception as exc:  # a bug in answering: this connection ends, only
                 log_once(
                     log,
@@ -479,7 +488,7 @@ class ControlServer:
         self.rejected += 1
         await _goodbye(stream, error)
 
-    async def _answer(self, request: dict[str, Any]) -> dict[str, Any]:
+    async def _answer(self, request: dict[str, Any], stream: trio.SocketStream) -> dict[str, Any]:
         system = self.system
         op = request["op"]
         if op == "deadletters":
@@ -487,7 +496,7 @@ class ControlServer:
         if op == "send":
             return self._send(request)
         if op == "ask":
-            return await self._ask(request)
+            return await _unless_hung_up(stream, self._ask(request))
         if op == "kill":
             return self._kill(request)
         if op == "info":
@@ -638,6 +647,35 @@ async def accept_retrying(
             await trio.sleep(ACCEPT_RETRY)
 
 
+async def _unless_hung_up(stream: trio.SocketStream, waiting: Awaitable[T]) -> T:
+    """`waiting`'s result; `trio.BrokenResourceError` (the connection ends) if the client
+    hangs up first: a client gone (Ctrl-C on ``troupe ask``) holds no connection.
+
+    The client's socket is only peeked at: a request it sends meanwhile stays there
+    for the next read (and the hang-up is no longer watched for)."""
+    result: list[outcome.Outcome[T]] = []
+    async with trio.open_nursery() as nursery:
+
+        async def wait() -> None:
+            try:
+                result.append(outcome.Value(await waiting))
+            except Exception as exc:
+                result.append(outcome.Error(exc))
+            nursery.cancel_scope.cancel()
+
+        nursery.start_soon(wait)
+        try:  # b"" (or an error) at the socket's end: the client left
+            still_there = bool(await stream.socket.recv(1, stdsocket.MSG_PEEK))
+        except OSError:
+            still_there = False
+        if still_there:
+            await trio.sleep_forever()
+        nursery.cancel_scope.cancel()
+    if not result:
+        raise trio.BrokenResourceError("the client hung up while its request waited")
+    return result[0].unwrap()
+
+
 async def _send_within(stream: trio.SocketStream, data: bytes) -> bool:
     """Send `data`, unless the client takes none of it for `IDLE_TIMEOUT` (then False):
     a client that does not read holds a connection as much as one that does not send."""
@@ -673,8 +711,8 @@ def _reply_value(value: Any) -> dict[str, Any]:
     """An ask's reply: ``{"reply": value}`` if it is plain JSON, else ``{"reply_repr":
     its short repr, "reply_type": its type}``."""
     try:
-        text = json.dumps(value)
-    except (TypeError, ValueError, RecursionError):
+        text = json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError, RecursionError):  # ValueError: a NaN, or a huge int
         pass
     else:
         if len(text) <= MAX_REPLY:
@@ -800,10 +838,23 @@ class Client:
         return str(reply.get("error", "request failed"))
 
     def receive(self) -> dict[str, Any]:
+        """The next reply line.  Raises `TimeoutError` when the system sends nothing
+        for the client's timeout (its loop is blocked), `ConnectionError` when it
+        closes the connection (it stopped, or died); each names the system."""
         while b"\n" not in self._buffer:
-            data = self.sock.recv(65536)
+            try:
+                data = self.sock.recv(65536)
+            except TimeoutError:
+                raise TimeoutError(
+                    f"{self.endpoint.label} did not answer within {self.sock.gettimeout():g} s "
+                    "(its event loop may be blocked: see its log)"
+                ) from None
+            except ConnectionResetError:
+                data = b""
             if not data:
-                raise ConnectionError("the system closed the connection")
+                raise ConnectionError(
+                    f"{self.endpoint.label} closed the connection before it answered (did it stop?)"
+                )
             self._buffer += data
         line, _, self._buffer = self._buffer.partition(b"\n")
         reply: dict[str, Any] = json.loads(line)
