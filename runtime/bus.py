@@ -48,7 +48,13 @@ import trio
 from .errors import Deadlock, MailboxFull, RuntimeClosed
 from .mailbox import QUEUED, STOPPED, WAITING, Ticket
 from .messages import Event
-from .spec import check_duplicate_window, check_history, check_msg_id, check_timeout
+from .spec import (
+    check_correlation_id,
+    check_duplicate_window,
+    check_history,
+    check_msg_id,
+    check_timeout,
+)
 from .system_actors import Callback, bound_builtin
 from .topics import (
     MATCH_CACHE,
@@ -386,6 +392,8 @@ class Bus:
         """A user's new event, checked (`_user_topic`) and recorded, with its topic's
         segments; None if its `msg_id` is a duplicate (then nothing is recorded)."""
         segments = self._user_topic(topic)
+        if correlation_id is not None:
+            check_correlation_id(correlation_id)
         if msg_id is not None and self._duplicate(msg_id):
             return None
         event = self._event(topic, payload, source, correlation_id, metadata, msg_id)
@@ -467,8 +475,8 @@ class Bus:
         was delivered to (0 for a duplicate `msg_id`).  Raises `RuntimeClosed`
         once the system has stopped, `ValueError` for an invalid topic or one
         under ``system.``, a negative or NaN `timeout`, or a metadata key given
-        both in `metadata` and as a keyword, `TypeError` for a `msg_id` that is
-        not a string; nothing is published then.
+        both in `metadata` and as a keyword, `TypeError` for a `msg_id` or a
+        `correlation_id` that is not a string; nothing is published then.
         """
         limit = math.inf if timeout is None else check_timeout(timeout)  # None: no call
         if more:

@@ -121,6 +121,16 @@ def check_msg_id(msg_id: object) -> str | None:
     return msg_id
 
 
+def check_correlation_id(correlation_id: object) -> str | None:
+    """An event's ``correlation_id``: a string, or None for none."""
+    if correlation_id is not None and not isinstance(correlation_id, str):
+        raise TypeError(
+            f"correlation_id must be a string (or None), got {type(correlation_id).__name__}: "
+            "pass str(value) to correlate by a number"
+        )
+    return correlation_id
+
+
 def check_duplicate_window(window: object) -> float:
     """Seconds a ``msg_id`` is remembered: >= 0 (``0`` turns duplicate suppression off)."""
     if isinstance(window, int | float) and not isinstance(window, bool):
@@ -479,6 +489,7 @@ __all__ = [
     "Restart",
     "Strategy",
     "Supervisor",
+    "check_correlation_id",
     "check_duplicate_window",
     "check_handlers",
     "check_history",

@@ -29,6 +29,7 @@ from .spec import (
     ChildInfo,
     ChildSpec,
     Supervisor,
+    check_correlation_id,
     check_msg_id,
     check_timeout,
     child,
@@ -467,7 +468,7 @@ class System:
         it was delivered to (0 for a duplicate `msg_id`).  Raises
         `RuntimeClosed` once the system has stopped, `ValueError` for an
         invalid topic (or one under ``system.``) or timeout, `TypeError` for a
-        `msg_id` that is not a string.
+        `msg_id` or `correlation_id` that is not a string.
         """
         limit = check_timeout(timeout)
         if self.gate.on_loop_thread():
@@ -476,6 +477,7 @@ class System:
             )
         check_user_topic(topic)
         check_msg_id(msg_id)
+        check_correlation_id(correlation_id)
         bus = self._bus_cell
         if bus is None or not self.is_running:
             raise RuntimeClosed(f"system {self.name!r} is not running")

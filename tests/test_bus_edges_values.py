@@ -49,6 +49,28 @@ async def test_a_msg_id_that_is_not_a_string_is_refused_on_every_path_and_record
         assert system.bus.stats() == before
 
 
+@pytest.mark.parametrize("correlation_id", [17, b"x", ("a",), True, 1.5])
+async def test_a_correlation_id_that_is_not_a_string_is_refused_on_every_path(
+    correlation_id: Any,
+) -> None:
+    """`Event.correlation_id` is a string or None: any other value raises `TypeError`
+    on every publish path, naming the keyword, and changes no stat (an int was
+    accepted, and crossed a cluster's wire as it was)."""
+    async with runtime.open_system(empty()) as system:
+        before = system.bus.stats()
+        with pytest.raises(TypeError, match="correlation_id"):
+            await system.bus.publish("t", 1, correlation_id=correlation_id)
+        with pytest.raises(TypeError, match="correlation_id"):
+            system.bus.publish_nowait("t", 1, correlation_id=correlation_id)
+        with pytest.raises(TypeError, match="correlation_id"):
+            system.publish("t", 1, correlation_id=correlation_id)
+        with pytest.raises(TypeError, match="correlation_id"):
+            await trio.to_thread.run_sync(
+                lambda: system.publish("t", 1, correlation_id=correlation_id)
+            )
+        assert system.bus.stats() == before
+
+
 @pytest.mark.parametrize("topic", ["system", "system.x", "system.actor.started"])
 async def test_runtime_topics_are_refused_on_every_path(topic: str) -> None:
     """Publishing on a ``system.`` topic raises `ValueError` on every path and
