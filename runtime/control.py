@@ -39,6 +39,7 @@ import pathlib
 import socket as stdsocket
 import stat
 import struct
+import threading
 import time
 from collections.abc import Awaitable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -57,6 +58,10 @@ if TYPE_CHECKING:
     from .system import System
 
 log = logging.getLogger("troupe.control")
+
+_SERVED: set[str] = set()
+"""The socket paths the systems of this process serve (one loop thread each)."""
+_SERVED_LOCK = threading.Lock()
 
 T = TypeVar("T")
 
@@ -310,8 +315,32 @@ class ControlServer:
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         ensure_private_dir(self.folder)
         remove_stale(self.folder)
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()  # ours from a previous run with the same pid
+        with self._claimed():
+            with contextlib.suppress(FileNotFoundError):
+                self.path.unlink()  # from a dead process that had this pid
+            await self._serve(task_status)
+
+    @contextlib.contextmanager
+    def _claimed(self) -> Iterator[None]:
+        """Hold this socket's path for this process while the body runs: the name is
+        ``<system name>-<pid>.sock``, so a second system of the same name here would
+        take the first's socket over (and remove it when it stopped)."""
+        key = str(self.path)
+        with _SERVED_LOCK:
+            if key in _SERVED:
+                raise ControlError(
+                    f"another system named {self.system.name!r} in this process serves "
+                    f"the control socket {self.path}: give this one another name "
+                    "(open_system(..., name=...))"
+                )
+            _SERVED.add(key)
+        try:
+            yield
+        finally:
+            with _SERVED_LOCK:
+                _SERVED.discard(key)
+
+    async def _serve(self, task_status: trio.TaskStatus[None]) -> None:
         raw = stdsocket.socket(stdsocket.AF_UNIX, stdsocket.SOCK_STREAM)
         # Born 0600: no window where others could connect.  The umask is process-wide,
         # so bind synchronously (trio's bind hops to a thread and lets other tasks run

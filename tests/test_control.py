@@ -588,3 +588,22 @@ def test_event_metadata_goes_out_as_a_json_object() -> None:
     assert plain["metadata"] == {}
     frozen = Event("a.b", 1, metadata=MappingProxyType({"k": [1, 2]}))
     assert json.loads(to_json(event_dict(frozen)))["metadata"] == {"k": [1, 2]}
+
+
+async def test_a_second_system_of_the_same_name_in_one_process_is_refused_its_socket(
+    folder: pathlib.Path,
+) -> None:
+    """The socket is named ``<name>-<pid>.sock``: a second system of the same name in
+    the same process took it over (unlinked the first's and bound its own), and
+    removed it when it stopped, leaving the first, still running, unreachable.  Now
+    the second one's start fails with `ControlError` naming what to do, and the first
+    keeps its socket."""
+    async with control_system(folder, name="same") as first:
+        with pytest.raises(ControlError, match="another name"):
+            async with control_system(folder, name="same"):
+                pass  # pragma: no cover - the start fails
+        assert first.control is not None and first.control.path.exists()
+        conn = await Conn.open(first)
+        assert (await conn.request("info"))["ok"] is True
+    async with control_system(folder, name="same") as again:  # free once the first stopped
+        assert again.control is not None and again.control.path.exists()
