@@ -59,3 +59,41 @@ async def test_a_dashboard_client_that_never_reads_its_reply_does_not_hold_the_s
                     assert system.ref("/big/a0000" + "x" * 200).is_alive
             nursery.cancel_scope.cancel()
     assert not rescued, "the system's stop waited for a client that never read"
+
+
+class Sleepy(Actor):
+    async def receive(self, msg: object) -> object:
+        await trio.sleep_forever()
+
+
+EVIL = "Evil\x1b]0;pwned\x07\x1b[2J\r\n"
+
+
+async def test_top_never_writes_control_characters_from_the_system_to_the_terminal(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A message type, a class or a stats key named with escape sequences (an OSC
+    that sets the terminal's title, a clear screen) reached the terminal as they
+    were: `troupe top` showed the message in hand unfiltered."""
+    from runtime import top
+
+    evil_message = type(EVIL, (), {})
+    tree = Supervisor("app", children=[child(Sleepy, name="s")], shutdown=0.1)
+    async with runtime.open_system(tree) as system:
+        system.ref("/app/s").tell(evil_message())
+        await trio.sleep(1.0)
+        snap = system.snapshot().to_dict()
+        found = snap["root"]["children"][0]["children"][0]
+        found["cls"] = EVIL  # as a class so named would show
+        found["stats"] = {EVIL: EVIL}
+        view = top.View({None: snap})
+        view.rate = {}
+        view.selected = found["path"]
+        frame = view.frame(200, 60)
+        written = [top.ansi(line) for line in frame] + [top.render_text(snap, width=200)]
+        assert any("Evil" in text for text in written)
+        for text in written:
+            stripped = text.replace("\n", "")
+            for code in [c for c in top.STYLES.values() if c]:
+                stripped = stripped.replace(f"\x1b[{code}m", "").replace("\x1b[0m", "")
+            assert stripped.isprintable(), repr(stripped)
