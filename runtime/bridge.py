@@ -949,10 +949,18 @@ def _why(exc: BaseException) -> str:
 
 
 def _pickle_call(call: BlockingCall) -> bytes:
-    """The call as the worker will get it; `NotSerializable` naming what cannot be pickled."""
+    """The call as the worker will get it; `NotSerializable` naming what cannot be pickled.
+
+    Pickling runs the values' own code (``__reduce__``): whatever that raises,
+    a `SystemExit` or `GeneratorExit` included, is the caller's mistake and
+    never leaves the bridge's handler (where it would stop the system); only a
+    `KeyboardInterrupt` (Ctrl-C may land here) goes on.
+    """
     try:
         return pickle.dumps((call.fn, call.args, call.kwargs), pickle.HIGHEST_PROTOCOL)
-    except Exception as exc:
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:
         raise NotSerializable(_unpicklable(call, exc)) from None
 
 
@@ -964,13 +972,17 @@ def _unpicklable(call: BlockingCall, exc: BaseException) -> str:
     culprit, why = f"the call to {name}", _why(exc)
     try:
         pickle.dumps(call.fn, pickle.HIGHEST_PROTOCOL)
-    except Exception as error:
+    except KeyboardInterrupt:
+        raise
+    except BaseException as error:
         culprit, why = f"the function {name}", _why(error)
     else:
         for what, value in parts:
             try:
                 pickle.dumps(value, pickle.HIGHEST_PROTOCOL)
-            except Exception as error:
+            except KeyboardInterrupt:
+                raise
+            except BaseException as error:
                 culprit, why = f"{what} ({_what(value)})", _why(error)
                 break
     return f"{culprit} cannot be pickled for a worker process ({why}): {PROCESS_NEEDS}"
@@ -981,13 +993,13 @@ def _pickled_error(exc: BaseException) -> tuple[bytes | None, str, str, str]:
     text = "".join(traceback.format_exception(exc))
     try:
         message = str(exc)
-    except Exception:
+    except BaseException:  # the worker process: whatever the error's own code raises
         message = f"<str() of {type(exc).__qualname__} failed>"
     try:
         # tracebacks, causes and attributes travel too, as trio-parallel sends them
         importlib.import_module("tblib.pickling_support").install(exc)
         blob: bytes | None = pickle.dumps(exc, pickle.HIGHEST_PROTOCOL)
-    except Exception:
+    except BaseException:
         blob = None
     return blob, _type_name(type(exc)), message, text
 
@@ -996,10 +1008,13 @@ def _run_pickled(payload: bytes) -> tuple[bool, Any]:
     """Worker process: unpickle the call, run it, and pickle what comes of it; never raises.
 
     Returns ``(True, pickled result)`` or ``(False, _pickled_error(exc))``.
+    Unpickling the call and pickling its result run the values' own code: what
+    that raises, a `BaseException` included, is the caller's `NotSerializable`
+    (escaping to trio-parallel, it would be raised in the bridge's task).
     """
     try:
         fn, args, kwargs = pickle.loads(payload)
-    except Exception as exc:
+    except BaseException as exc:
         return False, _pickled_error(
             NotSerializable(
                 f"the call could not be unpickled in the worker process ({_why(exc)}): "
@@ -1017,7 +1032,7 @@ def _run_pickled(payload: bytes) -> tuple[bool, Any]:
         return False, _pickled_error(exc)
     try:
         return True, pickle.dumps(result, pickle.HIGHEST_PROTOCOL)
-    except Exception as exc:
+    except BaseException as exc:
         return False, _pickled_error(
             NotSerializable(
                 f"the result of {_name(fn)} ({_what(result)}) cannot be pickled "
@@ -1027,11 +1042,17 @@ def _run_pickled(payload: bytes) -> tuple[bool, Any]:
 
 
 def _unpickle_outcome(call: BlockingCall, done: bool, body: Any) -> outcome.Outcome[Any]:
-    """Loop thread: what `_run_pickled` sent back, as the caller's outcome."""
+    """Loop thread: what `_run_pickled` sent back, as the caller's outcome.
+
+    Unpickling runs the values' own code: what that raises (a `SystemExit`
+    included, not a `KeyboardInterrupt`) is the caller's, never the bridge's.
+    """
     if done:
         try:
             return outcome.Value(pickle.loads(body))
-        except Exception as exc:
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:
             return outcome.Error(
                 NotSerializable(
                     f"the result of {_name(call.fn)} could not be unpickled here ({_why(exc)})"
@@ -1041,7 +1062,9 @@ def _unpickle_outcome(call: BlockingCall, done: bool, body: Any) -> outcome.Outc
     if blob is not None:
         try:
             error = pickle.loads(blob)
-        except Exception:
+        except KeyboardInterrupt:
+            raise
+        except BaseException:
             error = None
         if isinstance(error, BaseException):
             return outcome.Error(error)

@@ -225,7 +225,7 @@ def fit(text: str, width: int) -> str:
 def _now_cell(info: Mapping[str, Any]) -> Segment:
     if not info.get("current"):
         return ("", "")
-    text = f"{info['current']} {_seconds(info.get('current_for') or 0.0)}"
+    text = one_line(f"{info['current']} {_seconds(info.get('current_for') or 0.0)}")
     if info.get("stuck"):
         return (text + " STUCK", "red bold")
     return (text, "")
@@ -495,15 +495,17 @@ def detail_lines(
     state = info["state"]
     lines: list[Line] = [
         [
-            (where, "bold"),
-            (f"  {info.get('cls', '?')} ({info.get('kind', '?')})  ", ""),
+            (one_line(where), "bold"),
+            (one_line(f"  {info.get('cls', '?')} ({info.get('kind', '?')})  "), ""),
             (state, STATE_STYLES.get(state, "")),
         ]
     ]
     uptime = info.get("uptime")
     if info.get("kind") == "actor":
         if info.get("current"):
-            held = f"in hand: {info['current']} for {_seconds(info.get('current_for') or 0.0)}"
+            held = one_line(
+                f"in hand: {info['current']} for {_seconds(info.get('current_for') or 0.0)}"
+            )
             lines.append([(held, "")] + ([("  STUCK", "red bold")] if info.get("stuck") else []))
         elif info.get("hibernating"):
             lines.append([("in hand: nothing (hibernating until its next message)", "dim")])
@@ -565,13 +567,17 @@ def fit_lines(lines: Sequence[Line], width: int) -> list[Line]:
 
 
 def plain(lines: Sequence[Line]) -> str:
-    """Lines as plain text, trailing blanks removed."""
-    return "".join("".join(t for t, _ in line).rstrip() + "\n" for line in lines)
+    """Lines as plain text, trailing blanks removed; no control character of the
+    system's (a name, a message type) reaches the terminal."""
+    return "".join("".join(one_line(t) for t, _ in line).rstrip() + "\n" for line in lines)
 
 
 def ansi(line: Line) -> str:
+    """A line for the terminal: our own colours, and control characters from the
+    system's values (an escape sequence in a name or a message type) as spaces."""
     out = []
     for text, style in line:
+        text = one_line(text)
         code = STYLES.get(style)
         out.append(f"\x1b[{code}m{text}\x1b[0m" if code and text else text)
     return "".join(out)

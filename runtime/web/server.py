@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import socket
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -199,6 +200,31 @@ def _json(value: Any, status: int = 200) -> Response:
     return Response(to_json(value), status_code=status, media_type="application/json")
 
 
+def _listening_socket(port: int) -> socket.socket:
+    """A TCP socket bound to 127.0.0.1:`port` (not yet listening) for hypercorn.
+
+    Hypercorn sends every reply under a shielded cancel scope: a client that
+    asked for more than the socket buffers hold and never reads held its
+    connection task for ever, and with it the system's stop.  Where the
+    platform has ``TCP_USER_TIMEOUT`` (Linux), the accepted sockets inherit
+    one of `SEND_TIMEOUT` seconds: data left unacknowledged that long (a full
+    window included) makes the kernel break the connection, and the send ends
+    with an error hypercorn handles as a hang-up.
+    """
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        user_timeout = getattr(socket, "TCP_USER_TIMEOUT", None)
+        if user_timeout is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, user_timeout, int(SEND_TIMEOUT * 1000))
+        sock.bind(("127.0.0.1", port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
 class Dashboard:
     """The page and its API for one `Source`, served on 127.0.0.1:`port` (0 picks
     a free port: see `.port` once started)."""
@@ -239,7 +265,8 @@ class Dashboard:
         for a port in use); once started, a failure ends the dashboard (logged),
         never its caller."""
         config = Config()
-        config.bind = [f"127.0.0.1:{self.port}"]
+        listening = _listening_socket(self.port)  # hypercorn takes it over by its fd
+        config.bind = [f"fd://{listening.detach()}"]
         config.errorlog = logging.getLogger("troupe.web.http")
         config.accesslog = None
         config.graceful_timeout = 0.5
