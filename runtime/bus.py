@@ -778,17 +778,30 @@ class Bus:
         only to a pattern that names them (``system.>``).
         A slow reader does not slow publishers: past `capacity` queued events
         the newest are dead-lettered (``overflow``) and counted as dropped.
+        Events still queued when the block ends (the reader stopped reading,
+        was cancelled or raised) are dead-lettered (``stopped``), as those left
+        in the mailbox of an actor that stops.
         """
         send, receive = trio.open_memory_channel[Event](capacity)
         sub = Subscription(pattern, channel=send, seq=next(self._seq))
         self._index.add(sub)
         self._streams.add(sub)
         try:
-            async with receive:
-                yield receive
+            yield receive
         finally:
             self._remove_stream(sub)
             send.close()
+            self._strand(sub, receive)
+
+    def _strand(self, sub: Subscription, receive: trio.MemoryReceiveChannel[Event]) -> None:
+        """A stream closed: dead-letter what its reader left in it (``stopped``)."""
+        with receive:
+            while True:
+                try:
+                    event = receive.receive_nowait()
+                except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                    return
+                self._host.dead_letter(event, "stopped", sub.subscriber)
 
     def _remove_stream(self, sub: Subscription) -> None:
         if sub in self._streams:
