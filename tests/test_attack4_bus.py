@@ -60,3 +60,61 @@ async def test_events_left_in_a_stream_that_closes_are_dead_lettered_as_stopped(
             # then dead-lettered when it closed; the bus's `dropped` is not theirs
             assert (stats["published"], stats["delivered"], stats["dropped"]) == (4, 4, 0)
             assert stats["subscriptions"] == 0
+
+
+# -- callbacks: any callable can be subscribed, whatever its name ------------------
+def _named(name: object) -> Any:
+    def fn(event: Event) -> None:
+        fn.seen.append(event.payload)  # type: ignore[attr-defined]
+
+    fn.seen = []  # type: ignore[attr-defined]
+    fn.__name__ = name  # type: ignore[assignment]
+    return fn
+
+
+class _OddName:
+    """A callable object whose ``__name__`` is not a string."""
+
+    __name__ = 5
+
+    def __init__(self) -> None:
+        self.seen: list[Any] = []
+
+    def __call__(self, event: Event) -> None:
+        self.seen.append(event.payload)
+
+
+def größe(event: Event) -> None:  # a valid Python name, not an ASCII one
+    größe.seen.append(event.payload)  # type: ignore[attr-defined]
+
+
+größe.seen = []  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("which", ["unicode", "space", "slash", "dots", "not a string"])
+async def test_a_callback_is_subscribed_whatever_its_name(
+    autojump_clock: trio.abc.Clock, which: str
+) -> None:
+    # Its actor is named after the callable: a function named in Unicode (valid
+    # Python) or a callable whose __name__ has a space, a '/' or is not a string
+    # got ValueError ("invalid actor name") or AttributeError from subscribe.
+    fn: Any = {
+        "unicode": größe,
+        "space": _named("two words"),
+        "slash": _named("a/b"),
+        "dots": _named(".."),
+        "not a string": _OddName(),
+    }[which]
+    fn.seen.clear()
+    async with runtime.open_system(empty()) as system:
+        with trio.fail_after(WAIT):
+            system.bus.subscribe("named")(fn)
+            assert await system.bus.publish("named", 1) == 1
+            while not fn.seen:
+                await trio.sleep(0.01)
+            assert fn.seen == [1]
+            (node,) = system.snapshot().find("/system/callbacks").children
+            assert node.cls == "CallbackSubscriber"
+            runtime.spec.check_name(node.name)
+            system.bus.unsubscribe(fn)
+            assert system.bus.stats()["subscriptions"] == 0
