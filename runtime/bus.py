@@ -264,6 +264,7 @@ class Bus:
         """Subscribe an actor; subscribing the same pattern again replaces the options."""
         check_pattern(pattern)  # before touching anything: a ValueError, never a TypeError
         _check_replay(replay)
+        _check_filter(filter)
         mine = self._by_cell.setdefault(cell, {})
         old = mine.get(pattern)
         if old is not None:
@@ -690,7 +691,16 @@ class Bus:
         if sub.filter is None:
             return True
         try:
-            return bool(sub.filter(event))
+            verdict = sub.filter(event)
+            if verdict is True or verdict is False:
+                return verdict
+            if inspect.isawaitable(verdict):  # an async filter `_check_filter` missed
+                _close(verdict)
+                raise TypeError(
+                    f"the filter {sub.filter!r} returned an awaitable: a filter is a plain "
+                    "function (it runs inside the publish)"
+                )
+            return bool(verdict)
         except Exception:
             log.exception(
                 "filter of %s on %r raised; the event is dead-lettered for it",
@@ -848,6 +858,7 @@ class Bus:
         if not patterns:
             raise ValueError("subscribe needs at least one pattern, e.g. bus.subscribe('a.*')")
         _check_replay(replay)
+        _check_filter(filter)
         limit = check_timeout(timeout, "a callback's timeout")
 
         def register(fn: F) -> F:
@@ -996,6 +1007,30 @@ def _callable_key(fn: Callable[..., Any]) -> Hashable:
 def _check_replay(replay: object) -> None:
     if isinstance(replay, bool) or not isinstance(replay, int) or replay < 0:
         raise ValueError(f"replay is how many past events to deliver first (>= 0), got {replay!r}")
+
+
+def _check_filter(filter: object) -> None:
+    """A filter is None or a plain callable: it runs inside the publish, which cannot
+    await it (an ``async def`` filter's coroutine would be true, passing every event)."""
+    if filter is None:
+        return
+    if not callable(filter):
+        raise TypeError(f"a filter is a function event -> bool, got {filter!r}")
+    if inspect.iscoroutinefunction(filter):
+        raise TypeError(
+            f"a filter is a plain function event -> bool, not an async one: {filter!r} "
+            "(it runs inside the publish, which does not await it)"
+        )
+
+
+def _close(awaitable: object) -> None:
+    """Close a coroutine nobody will await (no "never awaited" warning)."""
+    close = getattr(awaitable, "close", None)
+    if callable(close):
+        try:
+            close()
+        except Exception:
+            pass
 
 
 def _merged(metadata: Mapping[str, Any] | None, more: Mapping[str, Any]) -> Mapping[str, Any]:

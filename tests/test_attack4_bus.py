@@ -118,3 +118,63 @@ async def test_a_callback_is_subscribed_whatever_its_name(
             runtime.spec.check_name(node.name)
             system.bus.unsubscribe(fn)
             assert system.bus.stats()["subscriptions"] == 0
+
+
+# -- filters: one that cannot say yes or no is refused ---------------------------
+class _AsyncFilter:
+    """A callable object whose call is a coroutine (inspect cannot tell beforehand)."""
+
+    async def __call__(self, event: Event) -> bool:
+        return False
+
+
+class Filtered(runtime.Actor):
+    def __init__(self, seen: list[Any]) -> None:
+        self.seen = seen
+
+    async def receive(self, msg: Any) -> Any:
+        if isinstance(msg, Event):
+            self.seen.append(msg.payload)
+            return None
+        if msg == "subscribe async filter":
+
+            async def never(event: Event) -> bool:
+                return False
+
+            self.ctx.subscribe("f", filter=never)
+        elif msg == "subscribe non-callable filter":
+            self.ctx.subscribe("f", filter="no")  # type: ignore[arg-type]
+        return None
+
+
+async def test_an_async_or_non_callable_filter_is_refused_at_subscribe(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    # filter(event) -> bool runs inside the publish: an ``async def`` filter
+    # returned a coroutine, which is true, so every event passed it (and Python
+    # warned of a coroutine never awaited); a filter that is not callable was
+    # taken and then dead-lettered every event as ``crashed``.
+    async def never(event: Event) -> bool:
+        return False
+
+    seen: list[Any] = []
+    tree = Supervisor("app", children=[runtime.child(Filtered, name="f", args=(seen,))])
+    async with runtime.open_system(tree) as system:
+        with trio.fail_after(WAIT):
+            bus = system.bus
+            for bad in (never, "no"):
+                with pytest.raises(TypeError, match="filter"):
+                    bus.subscribe("f", filter=bad)(seen.append)  # type: ignore[arg-type]
+            ref = system.ref("/app/f")
+            for request in ("subscribe async filter", "subscribe non-callable filter"):
+                with pytest.raises(runtime.ActorCrashed) as caught:
+                    await ref.ask(request, timeout=WAIT)
+                assert isinstance(caught.value.__cause__, TypeError)
+            assert bus.stats()["subscriptions"] == 0
+            assert not system.snapshot().find("/system/callbacks").children
+            # one that inspect cannot see through: its coroutine is closed (never
+            # left unawaited) and the event dead-lettered for it, as a filter that raises
+            bus.subscribe("g", filter=_AsyncFilter())(seen.append)
+            assert await bus.publish("g", 1) == 0
+            assert stream_letters(system) == [(1, "crashed", "/system/callbacks/append-1")]
+            assert seen == []
