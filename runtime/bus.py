@@ -790,8 +790,15 @@ class Bus:
         the newest are dead-lettered (``overflow``) and counted as dropped.
         Events still queued when the block ends (the reader stopped reading,
         was cancelled or raised) are dead-lettered (``stopped``), as those left
-        in the mailbox of an actor that stops.
+        in the mailbox of an actor that stops.  `capacity` is a whole number
+        >= 0 (``0``: only a reader already waiting gets an event); never
+        unbounded (ValueError).
         """
+        if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 0:
+            raise ValueError(
+                f"a stream's capacity is a whole number of events >= 0 (it is bounded), "
+                f"got {capacity!r}"
+            )
         send, receive = trio.open_memory_channel[Event](capacity)
         sub = Subscription(pattern, channel=send, seq=next(self._seq))
         self._index.add(sub)

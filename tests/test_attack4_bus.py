@@ -5,6 +5,7 @@ Each test here failed before the fix it came with (see the commit that added it)
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import pytest
@@ -178,3 +179,17 @@ async def test_an_async_or_non_callable_filter_is_refused_at_subscribe(
             assert await bus.publish("g", 1) == 0
             assert stream_letters(system) == [(1, "crashed", "/system/callbacks/append-1")]
             assert seen == []
+
+
+@pytest.mark.parametrize("capacity", [math.inf, True, -1, 2.0, "10"])
+async def test_a_stream_is_bounded_its_capacity_a_whole_number(
+    autojump_clock: trio.abc.Clock, capacity: Any
+) -> None:
+    # Every queue is bounded (as a mailbox's capacity, a positive int):
+    # stream(capacity=math.inf) made an unbounded channel, which a reader that
+    # stops reading lets grow for ever; capacity=True made a stream of one.
+    async with runtime.open_system(empty()) as system:
+        with pytest.raises(ValueError, match="capacity"):
+            async with system.bus.stream("s", capacity=capacity):
+                pass
+        assert system.bus.stats()["subscriptions"] == 0
