@@ -949,7 +949,9 @@ class Bus:
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
             raise ValueError(f"limit must be a whole number >= 0, got {limit!r}")
         if since is not None and (
-            isinstance(since, bool) or not isinstance(since, int | float) or math.isnan(since)
+            isinstance(since, bool)
+            or not isinstance(since, int | float)
+            or (isinstance(since, float) and math.isnan(since))  # an int may be past floats
         ):
             raise ValueError(f"since must be a timestamp (time.time()) or None, got {since!r}")
         events = matching(pattern, reversed(self._history))

@@ -193,3 +193,30 @@ async def test_a_stream_is_bounded_its_capacity_a_whole_number(
             async with system.bus.stream("s", capacity=capacity):
                 pass
         assert system.bus.stats()["subscriptions"] == 0
+
+
+# -- history: odd but valid values ------------------------------------------------
+async def test_history_takes_any_timestamp_for_since(autojump_clock: trio.abc.Clock) -> None:
+    # since=10**400 (an int no float holds) raised OverflowError from math.isnan
+    async with runtime.open_system(empty(), history=3) as system:
+        bus = system.bus
+        for i in range(5):
+            await bus.publish("h.x", i)
+        assert [e.payload for e in bus.history("h.*", limit=10)] == [4, 3, 2]
+        assert bus.history("h.*", since=10**400) == []
+        assert [e.payload for e in bus.history("h.*", since=-(10**400))] == [4, 3, 2]
+        assert [e.payload for e in bus.history("h.*", since=-math.inf)] == [4, 3, 2]
+        assert bus.history("h.*", since=math.inf) == []
+        assert [e.payload for e in bus.history("h.*", limit=10**30)] == [4, 3, 2]
+        assert bus.history("h.*", limit=0) == []
+        for bad in (math.nan, True, "1"):
+            with pytest.raises(ValueError, match="since"):
+                bus.history("h.*", since=bad)
+        bus.clear_history()
+        assert bus.history() == []
+    async with runtime.open_system(empty(), history=0) as system:
+        await system.bus.publish("h.x", 0)
+        assert system.bus.history() == []
+        seen: list[Any] = []
+        system.bus.subscribe("h.x", replay=5)(seen.append)
+        assert system.bus.stats()["delivered"] == 0
