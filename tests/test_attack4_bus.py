@@ -220,3 +220,20 @@ async def test_history_takes_any_timestamp_for_since(autojump_clock: trio.abc.Cl
         seen: list[Any] = []
         system.bus.subscribe("h.x", replay=5)(seen.append)
         assert system.bus.stats()["delivered"] == 0
+
+
+# -- dead letters: a query for none gets none --------------------------------------
+async def test_a_dead_letters_query_for_none_gets_none(autojump_clock: trio.abc.Clock) -> None:
+    # recent(limit) took a letter before it looked at the limit: limit=0 (or a
+    # negative one) answered one letter
+    async with runtime.open_system(empty()) as system:
+        with trio.fail_after(WAIT):
+            for i in range(3):
+                system.dead_letters.record(i, "unhandled", "/app/x")
+            office = system.dead_letters
+            assert [letter.message for letter in office.recent(2)] == [2, 1]
+            assert office.recent(0) == []
+            assert office.recent(-1) == []
+            ref = system.ref("/system/deadletters")
+            assert await ref.ask(runtime.DeadLettersQuery(limit=0), timeout=WAIT) == []
+            assert len(await ref.ask(runtime.DeadLettersQuery(limit=1), timeout=WAIT)) == 1
