@@ -946,6 +946,7 @@ class Bus:
         `time.time()` value).  Like subscriptions, ``>`` and other patterns that
         begin with a wildcard leave out the runtime's ``system.`` events.
         """
+        check_pattern(pattern)  # whatever the limit (`matching` checks it only when walked)
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
             raise ValueError(f"limit must be a whole number >= 0, got {limit!r}")
         if since is not None and (

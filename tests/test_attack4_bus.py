@@ -237,3 +237,15 @@ async def test_a_dead_letters_query_for_none_gets_none(autojump_clock: trio.abc.
             ref = system.ref("/system/deadletters")
             assert await ref.ask(runtime.DeadLettersQuery(limit=0), timeout=WAIT) == []
             assert len(await ref.ask(runtime.DeadLettersQuery(limit=1), timeout=WAIT)) == 1
+
+
+async def test_history_checks_its_pattern_whatever_the_limit(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    # the pattern was checked only as the history was walked: with limit=0 an
+    # invalid one ('a..b', 'a*', 5) answered [] instead of ValueError
+    async with runtime.open_system(empty()) as system:
+        for bad in ("a..b", "a*", "", 5):
+            for limit in (0, 1):
+                with pytest.raises(ValueError, match="pattern"):
+                    system.bus.history(bad, limit=limit)  # type: ignore[arg-type]
