@@ -264,6 +264,7 @@ class Bus:
         """Subscribe an actor; subscribing the same pattern again replaces the options."""
         check_pattern(pattern)  # before touching anything: a ValueError, never a TypeError
         _check_replay(replay)
+        _check_filter(filter)
         mine = self._by_cell.setdefault(cell, {})
         old = mine.get(pattern)
         if old is not None:
@@ -690,7 +691,16 @@ class Bus:
         if sub.filter is None:
             return True
         try:
-            return bool(sub.filter(event))
+            verdict = sub.filter(event)
+            if verdict is True or verdict is False:
+                return verdict
+            if inspect.isawaitable(verdict):  # an async filter `_check_filter` missed
+                _close(verdict)
+                raise TypeError(
+                    f"the filter {sub.filter!r} returned an awaitable: a filter is a plain "
+                    "function (it runs inside the publish)"
+                )
+            return bool(verdict)
         except Exception:
             log.exception(
                 "filter of %s on %r raised; the event is dead-lettered for it",
@@ -778,17 +788,37 @@ class Bus:
         only to a pattern that names them (``system.>``).
         A slow reader does not slow publishers: past `capacity` queued events
         the newest are dead-lettered (``overflow``) and counted as dropped.
+        Events still queued when the block ends (the reader stopped reading,
+        was cancelled or raised) are dead-lettered (``stopped``), as those left
+        in the mailbox of an actor that stops.  `capacity` is a whole number
+        >= 0 (``0``: only a reader already waiting gets an event); never
+        unbounded (ValueError).
         """
+        if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 0:
+            raise ValueError(
+                f"a stream's capacity is a whole number of events >= 0 (it is bounded), "
+                f"got {capacity!r}"
+            )
         send, receive = trio.open_memory_channel[Event](capacity)
         sub = Subscription(pattern, channel=send, seq=next(self._seq))
         self._index.add(sub)
         self._streams.add(sub)
         try:
-            async with receive:
-                yield receive
+            yield receive
         finally:
             self._remove_stream(sub)
             send.close()
+            self._strand(sub, receive)
+
+    def _strand(self, sub: Subscription, receive: trio.MemoryReceiveChannel[Event]) -> None:
+        """A stream closed: dead-letter what its reader left in it (``stopped``)."""
+        with receive:
+            while True:
+                try:
+                    event = receive.receive_nowait()
+                except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                    return
+                self._host.dead_letter(event, "stopped", sub.subscriber)
 
     def _remove_stream(self, sub: Subscription) -> None:
         if sub in self._streams:
@@ -835,6 +865,7 @@ class Bus:
         if not patterns:
             raise ValueError("subscribe needs at least one pattern, e.g. bus.subscribe('a.*')")
         _check_replay(replay)
+        _check_filter(filter)
         limit = check_timeout(timeout, "a callback's timeout")
 
         def register(fn: F) -> F:
@@ -915,10 +946,13 @@ class Bus:
         `time.time()` value).  Like subscriptions, ``>`` and other patterns that
         begin with a wildcard leave out the runtime's ``system.`` events.
         """
+        check_pattern(pattern)  # whatever the limit (`matching` checks it only when walked)
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
             raise ValueError(f"limit must be a whole number >= 0, got {limit!r}")
         if since is not None and (
-            isinstance(since, bool) or not isinstance(since, int | float) or math.isnan(since)
+            isinstance(since, bool)
+            or not isinstance(since, int | float)
+            or (isinstance(since, float) and math.isnan(since))  # an int may be past floats
         ):
             raise ValueError(f"since must be a timestamp (time.time()) or None, got {since!r}")
         events = matching(pattern, reversed(self._history))
@@ -983,6 +1017,30 @@ def _callable_key(fn: Callable[..., Any]) -> Hashable:
 def _check_replay(replay: object) -> None:
     if isinstance(replay, bool) or not isinstance(replay, int) or replay < 0:
         raise ValueError(f"replay is how many past events to deliver first (>= 0), got {replay!r}")
+
+
+def _check_filter(filter: object) -> None:
+    """A filter is None or a plain callable: it runs inside the publish, which cannot
+    await it (an ``async def`` filter's coroutine would be true, passing every event)."""
+    if filter is None:
+        return
+    if not callable(filter):
+        raise TypeError(f"a filter is a function event -> bool, got {filter!r}")
+    if inspect.iscoroutinefunction(filter):
+        raise TypeError(
+            f"a filter is a plain function event -> bool, not an async one: {filter!r} "
+            "(it runs inside the publish, which does not await it)"
+        )
+
+
+def _close(awaitable: object) -> None:
+    """Close a coroutine nobody will await (no "never awaited" warning)."""
+    close = getattr(awaitable, "close", None)
+    if callable(close):
+        try:
+            close()
+        except Exception:
+            pass
 
 
 def _merged(metadata: Mapping[str, Any] | None, more: Mapping[str, Any]) -> Mapping[str, Any]:

@@ -58,8 +58,11 @@ class DeadLetterOffice:
         return sum(self.counts.values())
 
     def recent(self, limit: int = 100, reason: str | None = None) -> list[DeadLetter]:
-        """Newest first."""
+        """The newest `limit` letters (of `reason` only, if given), newest first; none
+        for a `limit` of 0 or less."""
         out: list[DeadLetter] = []
+        if limit <= 0:
+            return out
         for letter in reversed(self._recent):
             if reason is None or letter.reason == reason:
                 out.append(letter)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import inspect
 import logging
 import math
+import re
 import types
 import weakref
 from collections.abc import Callable, Mapping
@@ -93,6 +94,20 @@ def bound_builtin(fn: object) -> bool:
     )
 
 
+_NOT_IN_NAMES = re.compile(r"[^A-Za-z0-9_.\-:@+]")
+"""What an actor name may not hold (`runtime.spec.check_name`)."""
+
+
+def _label(fn: Callable[..., Any]) -> str:
+    """`fn`'s name, made fit to name its actor: ``<>`` around it gone (``<lambda>``),
+    each character an actor name may not hold (a space, ``/``, a non-ASCII letter of
+    a Unicode name) made ``_``; its type's name if it has no string ``__name__``."""
+    name = getattr(fn, "__name__", None)
+    if not isinstance(name, str) or not name.strip("<>"):
+        name = type(fn).__name__
+    return _NOT_IN_NAMES.sub("_", name.strip("<>")) or "callback"
+
+
 class Callback:
     """A `bus.subscribe` callable as its subscriber actor holds it, and its timeout.
 
@@ -115,7 +130,7 @@ class Callback:
         weak: bool = False,
         on_gone: Callable[[Callback], None] | None = None,
     ) -> None:
-        self.label: str = getattr(fn, "__name__", None) or type(fn).__name__
+        self.label = _label(fn)
         self.timeout = timeout
         self._fn: Callable[..., Any] | None = None
         self._ref: Callable[[], Any] | None = None
