@@ -96,6 +96,7 @@ class Subscription:
         "delivered",
         "dropped",
         "filter",
+        "filter_errors",
         "once",
         "pattern",
         "segments",
@@ -118,6 +119,7 @@ class Subscription:
         self.channel = channel
         self.once = once
         self.filter = filter
+        self.filter_errors = 0  # times `filter` raised (logged the first time only)
         self.delivered = 0
         self.dropped = 0
         self.seq = seq
@@ -702,11 +704,14 @@ class Bus:
                 )
             return bool(verdict)
         except Exception:
-            log.exception(
-                "filter of %s on %r raised; the event is dead-lettered for it",
-                sub.subscriber,
-                sub.pattern,
-            )
+            sub.filter_errors += 1
+            if sub.filter_errors == 1:  # a busy topic must not flood the log
+                log.exception(
+                    "filter of %s on %r raised; the event is dead-lettered for it (reason "
+                    "'crashed'), as is every event it raises on (logged once)",
+                    sub.subscriber,
+                    sub.pattern,
+                )
             self._drop(sub, event, "crashed")
             return False
 

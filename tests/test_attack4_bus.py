@@ -249,3 +249,27 @@ async def test_history_checks_its_pattern_whatever_the_limit(
             for limit in (0, 1):
                 with pytest.raises(ValueError, match="pattern"):
                     system.bus.history(bad, limit=limit)  # type: ignore[arg-type]
+
+
+async def test_a_raising_filter_is_logged_once_per_subscription_and_every_event_counted(
+    autojump_clock: trio.abc.Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A filter that raises dead-letters its event (``crashed``) every time, but a busy
+    # topic must not flood the log with a traceback per event: logged once per
+    # subscription, as a raising callback is.
+    def broken(event: Event) -> bool:
+        raise KeyError("no such field")
+
+    seen: list[Any] = []
+    async with runtime.open_system(empty()) as system:
+        system.bus.subscribe("a.b", filter=broken)(seen.append)
+        with caplog.at_level("ERROR", logger="troupe"):
+            for n in range(5):
+                await system.bus.publish("a.b", n)
+        with trio.fail_after(WAIT):
+            while len(stream_letters(system)) < 5:
+                await trio.sleep(0.01)
+        assert [(p, r) for p, r, _ in stream_letters(system)] == [(n, "crashed") for n in range(5)]
+        assert seen == []
+    logged = [r for r in caplog.records if "filter" in r.getMessage()]
+    assert len(logged) == 1 and logged[0].exc_info is not None
