@@ -266,6 +266,7 @@ class Cell:
         return f"<Cell {self.path} {self.state}>"
 
     # -- dead letters ----------------------------------------------------
+    @trio.lowlevel.enable_ki_protection  # a Ctrl-C mid-way would lose the letter
     def drop(
         self, item: Any, reason: str, cause: BaseException | None = None, *, restarted: bool = False
     ) -> None:
@@ -975,6 +976,10 @@ class ActorBehaviour:
                 return HIBERNATED
             self.current_since = now()
 
+    # Protected from Ctrl-C (trio hands it to the main task instead): an interrupt in
+    # the middle of the crash's accounting (formatting its traceback takes a while)
+    # would lose the message in hand.
+    @trio.lowlevel.enable_ki_protection
     def _failed(self, cell: Cell, item: Any, exc: BaseException) -> None:
         """Account for the message in hand when its handler raised `exc` (the caller
         re-raises it; a crash is re-raised here as `HandlerFailed`).  The message

@@ -167,6 +167,10 @@ class Supervising:
         self._handled.clear()
 
     # -- the supervisor's own incarnation --------------------------------
+    # Protected from Ctrl-C (trio hands it to the main task, whose graceful stop runs
+    # every on_stop): raised here, it would tear down this supervisor's nursery and
+    # cancel its children without one.  Its children's tasks are not protected.
+    @trio.lowlevel.enable_ki_protection
     async def run(
         self,
         cell: Cell,
