@@ -41,6 +41,7 @@ from .spec import ChildSpec, check_handlers, resolve_factory
 from .waits import (
     end_wait,
     enter_incarnation,
+    hand_on,
     leave_incarnation,
     let_in,
 )
@@ -592,14 +593,20 @@ class ActorBehaviour:
         """Pass the message in hand, with its reply slot, on to `target` (Akka's forward)."""
         if self.current is IDLE:
             raise RuntimeError("forward() can only be called while handling a message")
+        what = type(self.current).__name__
+        asker = None if self.reply is None else self.reply.asker
+        if asker is not None:
+            # The asker now waits for the target's answer (rule 5): refused if that
+            # closes a cycle, e.g. the target waits on the asker.
+            hand_on(asker, cell, target, f"{asker.path} asking {what} (forwarded by {cell.path})")
         reply, self.reply = self.reply, None
-        if reply is not None and reply.asker is not None:
-            end_wait(reply.asker, cell)
         item = self.current if reply is None else Ask(self.current, reply)
         try:
-            await send_into(target, item, f"forwarding {type(self.current).__name__}")
+            await send_into(target, item, f"forwarding {what}")
         except BaseException:
             self.reply = reply  # nothing was queued: the asker is still this actor's
+            if asker is not None and reply is not None and reply.state == "pending":
+                hand_on(asker, target, cell, "")  # (back: this actor waits on nothing)
             raise
 
     def _deferred_done(self, handle: DeferredReply) -> None:

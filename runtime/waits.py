@@ -109,11 +109,30 @@ def end_wait(waiter: Waiter, target: Waiter) -> None:
         waiter.waiting_to_send = False
 
 
+def end_ask(waiter: Waiter) -> None:
+    """The ask `waiter` waits in is over (answered, or given up), whoever it waits on
+    by now: `hand_on` may have moved the edge since it began."""
+    waiter.waiting_for = None
+    waiter.waiting_to_send = False
+
+
+def hand_on(waiter: Waiter, holder: Waiter, target: Waiter, what: str) -> None:
+    """`holder` passes the ask `waiter` waits on to `target` (``ctx.forward``): from
+    now `waiter` waits for `target`'s answer.  Raises `Deadlock` if that closes a
+    cycle (nothing changes then)."""
+    check_wait(waiter, target, what)
+    if waiter.waiting_for is holder:
+        waiter.waiting_for = target
+        waiter.waiting_to_send = False
+
+
 __all__ = [
     "begin_wait",
     "check_wait",
+    "end_ask",
     "end_wait",
     "enter_incarnation",
+    "hand_on",
     "leave_incarnation",
     "let_in",
     "waiting_slot",
