@@ -274,21 +274,26 @@ class Cell:
         """Account for a message this slot will never handle (and fail its asker).
 
         `restarted`: the incarnation handling it was stopped by a group restart.
+        Never raises for an odd message: its class is read with `type` (a proxy's
+        ``__class__``, e.g. a dead weakref.proxy, raises).
         """
-        if isinstance(item, Control):
+        kind = type(item)
+        if kind is Control:
             item.reply.fail(ActorStopped(f"{self.path} stopped before it could {item.op}"))
             return
-        if isinstance(item, Internal):
+        if issubclass(kind, Internal):
             try:  # the actor's own machinery: nothing to account for
                 item.discarded(reason)
             except Exception:  # it must not stop the rest of the mailbox being accounted for
                 log.exception("%s: discarded() of %r raised", self.path, item)
             return
-        if isinstance(item, ChildExited | InjectedCrash) or (
-            isinstance(item, Terminated) and reason == "stopped"
+        if (
+            kind is ChildExited
+            or kind is InjectedCrash
+            or (kind is Terminated and reason == "stopped")
         ):
             return  # notices for a slot that is itself gone: nobody to tell
-        is_ask = type(item) is Ask
+        is_ask = kind is Ask
         msg = item.msg if is_ask else item
         self.dead_lettered += 1
         self.host.dead_letter(msg, reason, self.path)

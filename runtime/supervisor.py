@@ -298,9 +298,10 @@ class Supervising:
                 return cell.stop_reason
             item = mb.get()
             if item is not EMPTY:
-                if isinstance(item, ChildExited):
+                kind = type(item)  # (a message told to a supervisor may be any odd value)
+                if kind is ChildExited:
                     await self._child_exited(cell, item)
-                elif isinstance(item, Control):
+                elif kind is Control:
                     await self._control(cell, item)
                 else:
                     cell.drop(item, "unhandled")
