@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 
 from runtime import Actor, Event, Supervisor, child, open_system
 
@@ -116,3 +117,28 @@ def test_ctrl_c_in_a_supervisor_restart_still_stops_its_children_gracefully() ->
     ]
     assert CtrlC.stops == [("/app/l", "shutdown")]
     assert system.dead_letters.counts["crashed"] == 1
+
+
+class Stubborn(Actor):
+    """Its on_stop never ends; once it began, Ctrl-C is pressed (again)."""
+
+    async def on_stop(self, reason: Any) -> None:
+        async def press() -> None:
+            signal.raise_signal(signal.SIGINT)  # (a system task: trio hands it to main)
+
+        trio.lowlevel.spawn_system_task(press)
+        await trio.sleep_forever()
+
+
+def test_a_second_ctrl_c_forces_the_graceful_stop_under_a_plain_trio_run() -> None:
+    """Ctrl-C, then Ctrl-C again while an on_stop with no shutdown timeout hangs: the
+    second forces the stop, as under `run` (it was swallowed: the program hung)."""
+    tree = Supervisor("app", children=[child(Stubborn, name="s", shutdown=None)])
+
+    async def main() -> None:
+        async with open_system(tree):
+            signal.raise_signal(signal.SIGINT)  # the first: ends the body
+            await trio.sleep(30)
+
+    with pytest.raises(KeyboardInterrupt):
+        trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
