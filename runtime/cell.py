@@ -117,6 +117,11 @@ class Behaviour(Protocol):
     kind: str
 
     @property
+    def starting(self) -> Cell | None:
+        """The child whose start this behaviour waits for now (a supervisor's), if any."""
+        ...
+
+    @property
     def hibernating(self) -> bool:
         """Whether the running incarnation has no task now (see ``hibernate_after``)."""
         ...
@@ -245,6 +250,20 @@ class Cell:
     @property
     def running(self) -> bool:
         return self._running
+
+    @property
+    def start_wait(self) -> Cell | None:
+        """The slot whose start this one waits for (the wait-for graph, rule 5): the
+        child a supervisor is busy starting; for a slot with no running incarnation,
+        the sibling its supervisor is busy starting (it cannot start before that
+        one has).  None otherwise."""
+        starting: Cell | None = self.behaviour.starting
+        if starting is not None:
+            return starting
+        if self._running or self.finalized or self.parent is None:
+            return None
+        sibling: Cell | None = self.parent.behaviour.starting
+        return sibling if sibling is not self else None
 
     @property
     def stop_reason(self) -> str | None:
@@ -532,6 +551,7 @@ class ActorBehaviour:
     """
 
     kind = "actor"
+    starting = None  # an actor starts no children
     __slots__ = (
         "_context",
         "_counted_crash",

@@ -108,6 +108,12 @@ class Supervising:
 
     hibernating = False  # a supervisor keeps its task while it runs
 
+    @property
+    def starting(self) -> Cell | None:
+        """The child whose start this supervisor's task waits for now, if any (its
+        own start, a restart, a `start_child`): an edge of the wait-for graph."""
+        return self._starting
+
     def stats(self) -> dict[str, Any]:
         return {}
 

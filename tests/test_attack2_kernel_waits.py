@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 import attrs
+import pytest
 import trio
 
 import runtime
@@ -137,3 +138,96 @@ async def test_a_forwarded_ask_given_up_leaves_no_edge(autojump_clock: Any) -> N
         assert await a.ask("ask and give up", timeout=10) == "gave up"
         assert await c.ask(AskOf("/app/a", "hi"), timeout=10) == ("answer", "a", "hi")
         assert seen == {}
+
+
+# -- a wait for a start: an on_start that asks a sibling started after it ----------------
+class AsksInOnStart(Actor):
+    """Asks `path` (no timeout) in its on_start, and answers with what it got."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.got: Any = None
+
+    async def on_start(self) -> None:
+        self.got = await self.ctx.system.ref(self.path).ask("config", timeout=None)
+
+    async def receive(self, msg: Any) -> Any:
+        return self.got
+
+
+class Config(Actor):
+    async def receive(self, msg: Any) -> Any:
+        return {"from": self.ctx.path}
+
+
+async def test_an_on_start_asking_a_later_sibling_is_a_deadlock(autojump_clock: Any) -> None:
+    """b starts only once a's on_start returned, and a's on_start waits for b's answer:
+    `Deadlock` at once (it hung for ever, the whole start with it)."""
+    tree = Supervisor(
+        "app",
+        children=[child(AsksInOnStart, name="a", args=("/app/b",)), child(Config, name="b")],
+    )
+    with trio.fail_after(60), pytest.raises(Deadlock, match="/app/a -> /app/b -> /app/a"):
+        async with runtime.open_system(tree):
+            pass
+
+
+async def test_an_on_start_deep_in_a_subtree_asking_a_later_sibling_of_it(
+    autojump_clock: Any,
+) -> None:
+    """The same one level down: /app/b waits for /app/sub's start, which waits for
+    /app/sub/a's, which waits for /app/b."""
+    tree = Supervisor(
+        "app",
+        children=[
+            Supervisor("sub", children=[child(AsksInOnStart, name="a", args=("/app/b",))]),
+            child(Config, name="b"),
+        ],
+    )
+    with trio.fail_after(60), pytest.raises(Deadlock, match="/app/sub/a -> /app/b -> /app/sub"):
+        async with runtime.open_system(tree):
+            pass
+
+
+async def test_an_on_start_asking_an_earlier_sibling_is_answered(autojump_clock: Any) -> None:
+    tree = Supervisor(
+        "app",
+        children=[child(Config, name="b"), child(AsksInOnStart, name="a", args=("/app/b",))],
+    )
+    async with runtime.open_system(tree) as system:
+        assert await system.ref("/app/a").ask("what", timeout=10) == {"from": "/app/b"}
+
+
+class AsksWhenRestarted(AsksInOnStart):
+    """Asks `path` in its on_start from its second start on; crashes on "crash"."""
+
+    starts = 0
+
+    async def on_start(self) -> None:
+        AsksWhenRestarted.starts += 1
+        if AsksWhenRestarted.starts > 1:
+            await super().on_start()
+
+    async def receive(self, msg: Any) -> Any:
+        if msg == "crash":
+            raise RuntimeError("boom")
+        return await super().receive(msg)
+
+
+async def test_a_restarted_on_start_asking_a_sibling_the_group_restarts_after_it(
+    autojump_clock: Any,
+) -> None:
+    """one_for_all: after a's crash the group restarts a first, b after it, and a's
+    on_start now asks b: a `Deadlock`, a failed restart that counts toward the
+    intensity (the restart hung for ever, the supervisor with it)."""
+    AsksWhenRestarted.starts = 0
+    tree = Supervisor(
+        "app",
+        strategy="one_for_all",
+        max_restarts=1,
+        children=[child(AsksWhenRestarted, name="a", args=("/app/b",)), child(Config, name="b")],
+    )
+    with trio.fail_after(60), pytest.raises(runtime.RestartIntensityExceeded, match="Deadlock"):
+        async with runtime.open_system(tree) as system:
+            system.ref("/app/a").tell("crash")
+            await trio.sleep_forever()
