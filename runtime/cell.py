@@ -41,6 +41,7 @@ from .spec import ChildSpec, check_handlers, resolve_factory
 from .waits import (
     end_wait,
     enter_incarnation,
+    hand_back,
     hand_on,
     leave_incarnation,
     let_in,
@@ -631,7 +632,7 @@ class ActorBehaviour:
         except BaseException:
             self.reply = reply  # nothing was queued: the asker is still this actor's
             if asker is not None and reply is not None and reply.state == "pending":
-                hand_on(asker, target, cell, "")  # (back: this actor waits on nothing)
+                hand_back(asker, target, cell)
             raise
 
     def _deferred_done(self, handle: DeferredReply) -> None:

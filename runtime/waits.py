@@ -141,12 +141,19 @@ def hand_on(waiter: Waiter, holder: Waiter, target: Waiter, what: str) -> None:
         waiter.waiting_to_send = False
 
 
+def hand_back(waiter: Waiter, target: Waiter, holder: Waiter) -> None:
+    """`hand_on` undone: the forward to `target` failed, `holder` keeps the ask."""
+    if waiter.waiting_for is target:
+        waiter.waiting_for = holder
+
+
 __all__ = [
     "begin_wait",
     "check_wait",
     "end_ask",
     "end_wait",
     "enter_incarnation",
+    "hand_back",
     "hand_on",
     "leave_incarnation",
     "let_in",

@@ -10,6 +10,7 @@ from typing import Any
 import attrs
 import pytest
 import trio
+import trio.testing
 
 import runtime
 from runtime import Actor, Deadlock, Supervisor, child
@@ -231,3 +232,54 @@ async def test_a_restarted_on_start_asking_a_sibling_the_group_restarts_after_it
         async with runtime.open_system(tree) as system:
             system.ref("/app/a").tell("crash")
             await trio.sleep_forever()
+
+
+class Holder(Actor):
+    """Forwards what it gets to /app/full (a full ``fail`` mailbox); when that fails,
+    it still holds the ask: it asks its asker back (a cycle again) and answers."""
+
+    def __init__(self, seen: dict[str, Any]) -> None:
+        self.seen = seen
+
+    async def receive(self, msg: Any) -> Any:
+        try:
+            await self.ctx.forward(self.ctx.system.ref("/app/full"))
+        except runtime.MailboxFull as error:
+            self.seen["forward"] = error
+        try:
+            await self.ctx.system.ref("/app/a").ask("back", timeout=None)
+        except Deadlock as error:
+            self.seen["back"] = error
+        return "held"
+
+
+class Busy(Actor):
+    async def receive(self, msg: Any) -> Any:
+        await trio.sleep_forever()
+
+
+async def test_a_failed_forward_leaves_the_asker_waiting_on_the_holder(
+    autojump_clock: Any,
+) -> None:
+    """The forward fails (the target's ``fail`` mailbox is full): the asker waits on
+    the holder again, so the holder asking it back is a `Deadlock` (with the edge
+    left at the target it hung for ever)."""
+    seen: dict[str, Any] = {}
+    tree = Supervisor(
+        "app",
+        children=[
+            child(Node, name="a", args=(seen,)),
+            child(Holder, name="b", args=(seen,)),
+            child(Busy, name="full", mailbox=runtime.Mailbox(1, "fail")),
+        ],
+    )
+    async with runtime.open_system(tree) as system:
+        full = system.ref("/app/full")
+        full.tell("hold")
+        await trio.testing.wait_all_tasks_blocked()
+        full.tell("fills")
+        with trio.fail_after(60):
+            got = await system.ref("/app/a").ask(AskOf("/app/b", "x"), timeout=None)
+        assert got == "held"
+        assert not isinstance(seen["forward"], Deadlock)
+        assert "/app/b -> /app/a -> /app/b" in str(seen["back"])
