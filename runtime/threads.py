@@ -1022,7 +1022,7 @@ class ThreadGate:
         for lane in tellers:
             take = min(pool, chunk)
             pool -= take
-            lane.credits[mailbox] = take
+            lane.credits[mailbox] = lane.credits.get(mailbox, 0) + take  # (never overwrite)
             lane.live = True
             holders.add(lane)
             lane.signal(_SENT)

@@ -193,3 +193,24 @@ def test_a_signal_handler_call_leaves_the_waiting_request_alone(
     assert echoed == ["from the handler"]
     assert handled == (["told"] if inner == "tell" else [("echo", "from the handler")])
     assert st.call(lambda: st.system.dead_letters.total) == 0
+
+
+def test_room_lent_to_a_lane_that_holds_some_already_is_added_not_overwritten() -> None:
+    """A lane that still holds credits for a mailbox when the loop lends it more (a
+    signal handler's tell took a chunk while the thread's own request waited): the
+    two add up, so that taking them back frees all the room reserved (it was
+    overwritten, and the room behind the old credits stayed reserved for ever)."""
+    from runtime.mailbox import MailboxQueue
+    from runtime.threads import ThreadGate, _Lane
+
+    gate = ThreadGate("test")
+    mailbox = MailboxQueue(Mailbox(capacity=1000), lambda item, reason: None, gate)
+    lane = _Lane()
+    assert mailbox.reserve(5) == 5
+    lane.credits[mailbox] = 5  # held from earlier
+    with gate._lock:
+        gate._lend(mailbox, [lane])
+        returned = gate._take_back_credits(None)
+    mailbox.unreserve(returned.get(mailbox, 0))
+    assert mailbox.statistics().reserved == 0
+    assert mailbox.room() == 1000
