@@ -276,7 +276,9 @@ class Cell:
         the child's shutdown timeout (at once if a stop was already requested), and a
         kill cancels it."""
         self._kill_scope = scope
-        if self._stop_reason is not None:
+        if self.host.killed:  # the stop was forced: nothing runs on
+            scope.cancel()
+        elif self._stop_reason is not None:
             self.arm_shutdown_timeout()
 
     def refuse_start(self) -> None:
@@ -371,7 +373,7 @@ class Cell:
             scope.deadline = min(scope.deadline, trio.current_time() + timeout)
 
     def kill(self) -> None:
-        """Cancel the running incarnation at once (a second Ctrl-C)."""
+        """Cancel the running incarnation at once (a second Ctrl-C; see `System.kill`)."""
         if self._kill_scope is not None:
             self._kill_scope.cancel()
 

@@ -142,3 +142,43 @@ def test_a_second_ctrl_c_forces_the_graceful_stop_under_a_plain_trio_run() -> No
 
     with pytest.raises(KeyboardInterrupt):
         trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+class CrashThenHang(Actor):
+    """Crashes on its first message; its on_stop (shielded, after the crash) hangs."""
+
+    log: list[str] = []
+
+    async def receive(self, msg: Any) -> Any:
+        raise RuntimeError("boom")
+
+    async def on_stop(self, reason: Any) -> None:
+        CrashThenHang.log.append("on_stop")
+        try:
+            await trio.sleep_forever()
+        finally:
+            CrashThenHang.log.append("on_stop cancelled")
+
+
+async def test_kill_cancels_an_on_stop_that_runs_after_a_crash(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """`System.kill` (a second Ctrl-C) cancels every incarnation, also an `on_stop`
+    running shielded after a crash: the root's cancellation did not reach it, and a
+    forced stop waited for its shutdown timeout (for ever with None)."""
+    CrashThenHang.log = []
+    tree = Supervisor(
+        "app",
+        children=[child(CrashThenHang, name="c", shutdown=1000.0, restart="temporary")],
+    )
+    async with open_system(tree) as system:
+        system.ref("/app/c").tell("crash")
+        with trio.fail_after(10):
+            while CrashThenHang.log != ["on_stop"]:
+                await trio.sleep(0.01)
+        started = trio.current_time()
+        system.kill()
+        with trio.fail_after(10):
+            while "on_stop cancelled" not in CrashThenHang.log:
+                await trio.sleep(0.01)
+    assert trio.current_time() - started < 10  # not its 1,000 s shutdown timeout
