@@ -86,9 +86,10 @@ class ActorRef:
         `MailboxFull` (use `send` to wait).  From another thread a full
         ``block`` mailbox blocks *that* thread until there is room, or
         `timeout` seconds (0: only if there is room now; None or ``inf``: no
-        limit), then `MailboxFull`.  Raises `RuntimeClosed` once the system
-        has stopped (nothing is dead-lettered then), `ValueError` for a
-        negative or NaN timeout.
+        limit), then `MailboxFull`; interrupted while it waits (Ctrl-C), the
+        message is taken back unless the loop had delivered it already.
+        Raises `RuntimeClosed` once the system has stopped (nothing is
+        dead-lettered then), `ValueError` for a negative or NaN timeout.
         """
         cell = self._cell
         gate = cell.host.gate
