@@ -221,7 +221,12 @@ class Context:
         )
 
     async def forward(self, ref: ActorRef) -> None:
-        """Hand the message in hand to `ref`; it answers the original asker directly."""
+        """Hand the message in hand to `ref`; it answers the original asker directly.
+
+        Waits for room in a ``block`` mailbox as `ActorRef.send` does.  The asker
+        now waits on `ref` (rule 5): raises `Deadlock` if that, or this wait for
+        room, would close a cycle; nothing was sent then, and this actor still
+        holds the message (its return value answers the asker)."""
         await self._behaviour.forward(self._cell, ref._cell)
 
     @property

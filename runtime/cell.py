@@ -41,6 +41,8 @@ from .spec import ChildSpec, check_handlers, resolve_factory
 from .waits import (
     end_wait,
     enter_incarnation,
+    hand_back,
+    hand_on,
     leave_incarnation,
     let_in,
 )
@@ -114,6 +116,11 @@ class Behaviour(Protocol):
     """What runs in a slot: an actor's message loop or a supervisor's."""
 
     kind: str
+
+    @property
+    def starting(self) -> Cell | None:
+        """The child whose start this behaviour waits for now (a supervisor's), if any."""
+        ...
 
     @property
     def hibernating(self) -> bool:
@@ -246,6 +253,20 @@ class Cell:
         return self._running
 
     @property
+    def start_wait(self) -> Cell | None:
+        """The slot whose start this one waits for (the wait-for graph, rule 5): the
+        child a supervisor is busy starting; for a slot with no running incarnation,
+        the sibling its supervisor is busy starting (it cannot start before that
+        one has).  None otherwise."""
+        starting: Cell | None = self.behaviour.starting
+        if starting is not None:
+            return starting
+        if self._running or self.finalized or self.parent is None:
+            return None
+        sibling: Cell | None = self.parent.behaviour.starting
+        return sibling if sibling is not self else None
+
+    @property
     def stop_reason(self) -> str | None:
         """Why the running incarnation was asked to stop (``normal``/``shutdown``), if it was."""
         return self._stop_reason
@@ -255,7 +276,9 @@ class Cell:
         the child's shutdown timeout (at once if a stop was already requested), and a
         kill cancels it."""
         self._kill_scope = scope
-        if self._stop_reason is not None:
+        if self.host.killed:  # the stop was forced: nothing runs on
+            scope.cancel()
+        elif self._stop_reason is not None:
             self.arm_shutdown_timeout()
 
     def refuse_start(self) -> None:
@@ -266,27 +289,33 @@ class Cell:
         return f"<Cell {self.path} {self.state}>"
 
     # -- dead letters ----------------------------------------------------
+    @trio.lowlevel.enable_ki_protection  # a Ctrl-C mid-way would lose the letter
     def drop(
         self, item: Any, reason: str, cause: BaseException | None = None, *, restarted: bool = False
     ) -> None:
         """Account for a message this slot will never handle (and fail its asker).
 
         `restarted`: the incarnation handling it was stopped by a group restart.
+        Never raises for an odd message: its class is read with `type` (a proxy's
+        ``__class__``, e.g. a dead weakref.proxy, raises).
         """
-        if isinstance(item, Control):
+        kind = type(item)
+        if kind is Control:
             item.reply.fail(ActorStopped(f"{self.path} stopped before it could {item.op}"))
             return
-        if isinstance(item, Internal):
+        if issubclass(kind, Internal):
             try:  # the actor's own machinery: nothing to account for
                 item.discarded(reason)
             except Exception:  # it must not stop the rest of the mailbox being accounted for
                 log.exception("%s: discarded() of %r raised", self.path, item)
             return
-        if isinstance(item, ChildExited | InjectedCrash) or (
-            isinstance(item, Terminated) and reason == "stopped"
+        if (
+            kind is ChildExited
+            or kind is InjectedCrash
+            or (kind is Terminated and reason == "stopped")
         ):
             return  # notices for a slot that is itself gone: nobody to tell
-        is_ask = type(item) is Ask
+        is_ask = kind is Ask
         msg = item.msg if is_ask else item
         self.dead_lettered += 1
         self.host.dead_letter(msg, reason, self.path)
@@ -344,7 +373,7 @@ class Cell:
             scope.deadline = min(scope.deadline, trio.current_time() + timeout)
 
     def kill(self) -> None:
-        """Cancel the running incarnation at once (a second Ctrl-C)."""
+        """Cancel the running incarnation at once (a second Ctrl-C; see `System.kill`)."""
         if self._kill_scope is not None:
             self._kill_scope.cancel()
 
@@ -525,6 +554,7 @@ class ActorBehaviour:
     """
 
     kind = "actor"
+    starting = None  # an actor starts no children
     __slots__ = (
         "_context",
         "_counted_crash",
@@ -591,14 +621,20 @@ class ActorBehaviour:
         """Pass the message in hand, with its reply slot, on to `target` (Akka's forward)."""
         if self.current is IDLE:
             raise RuntimeError("forward() can only be called while handling a message")
+        what = type(self.current).__name__
+        asker = None if self.reply is None else self.reply.asker
+        if asker is not None:
+            # The asker now waits for the target's answer (rule 5): refused if that
+            # closes a cycle, e.g. the target waits on the asker.
+            hand_on(asker, cell, target, f"{asker.path} asking {what} (forwarded by {cell.path})")
         reply, self.reply = self.reply, None
-        if reply is not None and reply.asker is not None:
-            end_wait(reply.asker, cell)
         item = self.current if reply is None else Ask(self.current, reply)
         try:
-            await send_into(target, item, f"forwarding {type(self.current).__name__}")
+            await send_into(target, item, f"forwarding {what}")
         except BaseException:
             self.reply = reply  # nothing was queued: the asker is still this actor's
+            if asker is not None and reply is not None and reply.state == "pending":
+                hand_back(asker, target, cell)
             raise
 
     def _deferred_done(self, handle: DeferredReply) -> None:
@@ -975,6 +1011,10 @@ class ActorBehaviour:
                 return HIBERNATED
             self.current_since = now()
 
+    # Protected from Ctrl-C (trio hands it to the main task instead): an interrupt in
+    # the middle of the crash's accounting (formatting its traceback takes a while)
+    # would lose the message in hand.
+    @trio.lowlevel.enable_ki_protection
     def _failed(self, cell: Cell, item: Any, exc: BaseException) -> None:
         """Account for the message in hand when its handler raised `exc` (the caller
         re-raises it; a crash is re-raised here as `HandlerFailed`).  The message

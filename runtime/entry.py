@@ -70,7 +70,9 @@ async def open_system(
     If the tree fails (e.g. `RestartIntensityExceeded` at its root
     supervisor) the body is cancelled and that error is raised here,
     unwrapped.  A KeyboardInterrupt or SystemExit raised by a handler stops
-    the system gracefully and is raised here.
+    the system gracefully and is raised here.  A KeyboardInterrupt that comes
+    while the graceful stop runs (under a plain ``trio.run``, a second Ctrl-C)
+    forces it, as under `run`: every actor is cancelled at once.
 
     `control`: serve the JSON control socket (``troupe ls/tree/top/events``).
     `metrics_port`: serve Prometheus metrics on 127.0.0.1 (0 picks a port:
@@ -275,7 +277,14 @@ async def _serving(
                     # Shielded: an outer cancel scope or timeout must not skip the
                     # graceful stop.  Its length is bounded by the shutdown timeouts.
                     with trio.CancelScope(shield=True):
-                        await system.root.wait_done()
+                        try:
+                            await system.root.wait_done()
+                        except KeyboardInterrupt:
+                            # Ctrl-C while the graceful stop runs (under a plain
+                            # trio.run, a second one): force it, as `run` does.
+                            system.kill()
+                            await system.root.wait_done()
+                            raise
             nursery.cancel_scope.cancel()
         system.close()
     except BaseExceptionGroup as group:

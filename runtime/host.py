@@ -49,6 +49,12 @@ class Host(Protocol):
         ...
 
     @property
+    def killed(self) -> bool:
+        """True once the stop was forced (`System.kill`, a second Ctrl-C): every
+        incarnation is cancelled, an `on_stop` too, also one that begins later."""
+        ...
+
+    @property
     def gate(self) -> ThreadGate:
         """The foreign-thread gate (`runtime.threads`)."""
         ...

@@ -290,7 +290,7 @@ class MailboxQueue:
             if self.has_room():
                 return self.put(item)
         policy = self.overflow
-        if policy == "drop_old" and not isinstance(item, Internal):
+        if policy == "drop_old" and not issubclass(type(item), Internal):
             # Swap first, account after: dead-lettering can publish an event that
             # comes straight back to this mailbox, which must already be whole.
             user = self._user  # full, so not empty: dropping mailboxes reserve no room

@@ -15,7 +15,7 @@ import trio
 from .errors import ActorStopped, AskTimeout, MailboxFull, RuntimeClosed
 from .messages import Ask, Reply, ReplySlot
 from .spec import check_timeout
-from .waits import begin_wait, end_wait, waiting_slot
+from .waits import begin_wait, end_ask, end_wait, waiting_slot
 
 if TYPE_CHECKING:
     from .cell import Cell
@@ -86,9 +86,10 @@ class ActorRef:
         `MailboxFull` (use `send` to wait).  From another thread a full
         ``block`` mailbox blocks *that* thread until there is room, or
         `timeout` seconds (0: only if there is room now; None or ``inf``: no
-        limit), then `MailboxFull`.  Raises `RuntimeClosed` once the system
-        has stopped (nothing is dead-lettered then), `ValueError` for a
-        negative or NaN timeout.
+        limit), then `MailboxFull`; interrupted while it waits (Ctrl-C), the
+        message is taken back unless the loop had delivered it already.
+        Raises `RuntimeClosed` once the system has stopped (nothing is
+        dead-lettered then), `ValueError` for a negative or NaN timeout.
         """
         cell = self._cell
         gate = cell.host.gate
@@ -137,8 +138,9 @@ class ActorRef:
         if me is not None:
             begin_wait(me, cell, f"{me.path} asking {type(msg).__name__}")
         try:
-            # the reply ends the edge at once, not when this task next runs
-            reply = Reply(cell.late_reply, me, None if me is None else partial(end_wait, me, cell))
+            # the reply ends the edge at once, not when this task next runs (the edge may
+            # lead elsewhere by then: a forward hands the ask on)
+            reply = Reply(cell.late_reply, me, None if me is None else partial(end_ask, me))
             item = Ask(msg, reply)
             mailbox = cell.mailbox
             if not mailbox.must_wait():
@@ -159,7 +161,7 @@ class ActorRef:
             )
         finally:
             if me is not None:
-                end_wait(me, cell)
+                end_ask(me)
 
     def ask_blocking(self, msg: Any, timeout: float | None = 5.0) -> Any:
         """`ask` for plain threads: blocks the calling thread, never the loop.

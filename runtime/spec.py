@@ -90,7 +90,12 @@ def check_timeout(timeout: object, what: str = "timeout") -> float:
         return math.inf
     if isinstance(timeout, bool) or not isinstance(timeout, int | float):
         raise TypeError(f"{what} must be a number of seconds or None, got {timeout!r}")
-    value = float(timeout)
+    try:
+        value = float(timeout)
+    except OverflowError:  # an int past any float: longer than any wait, i.e. none
+        if timeout < 0:
+            raise ValueError(f"{what} must be >= 0 seconds (or None for no timeout)") from None
+        return math.inf
     if math.isnan(value) or value < 0:
         raise ValueError(f"{what} must be >= 0 seconds (or None for no timeout), got {timeout!r}")
     return value
@@ -155,6 +160,16 @@ def _one_of(choices: tuple[str, ...], what: str) -> Any:
     return check
 
 
+def _fits_a_float(value: float) -> bool:
+    """Whether `value` (an int or float) converts to a float: an int past 1.8e308 does
+    not, and `math` refuses it (OverflowError) where a timeout would be used."""
+    try:
+        float(value)
+    except OverflowError:
+        return False
+    return True
+
+
 def _seconds_or_none(what: str, meaning: str, *, finite: bool) -> Any:
     """An attrs validator: `what` is seconds >= 0 (finite with `finite`) or None;
     `meaning` says what the number and None mean, in the error."""
@@ -165,6 +180,7 @@ def _seconds_or_none(what: str, meaning: str, *, finite: bool) -> Any:
         if (
             isinstance(value, bool)
             or not isinstance(value, int | float)
+            or not _fits_a_float(value)
             or math.isnan(value)
             or value < 0
             or (finite and math.isinf(value))
@@ -383,11 +399,14 @@ class Backoff:
     def __attrs_post_init__(self) -> None:
         if not (0 <= self.min <= self.max) or not (0 <= self.jitter <= 1):
             raise ValueError("Backoff needs 0 <= min <= max and 0 <= jitter <= 1")
-        if not math.isfinite(self.max):
+        if not _fits_a_float(self.max) or not math.isfinite(self.max):
             raise ValueError("Backoff needs a finite max delay")
 
     def delay(self, attempt: int, rng: random.Random) -> float:
-        base = min(self.max, self.min * 2.0 ** max(0, attempt - 1))
+        try:
+            base = min(self.max, self.min * 2.0 ** max(0, attempt - 1))
+        except OverflowError:  # 2.0 ** 1024 and up: far past any max
+            base = self.max
         return float(base * (1 + self.jitter * rng.random()))
 
 
@@ -413,7 +432,13 @@ def _check_intensity(_i: object, _a: object, value: int) -> None:
 
 
 def _check_within(_i: object, _a: object, value: float) -> None:
-    if not (isinstance(value, int | float) and value > 0 and math.isfinite(value)):
+    if not (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and _fits_a_float(value)
+        and value > 0
+        and math.isfinite(value)
+    ):
         raise ValueError(f"within must be a positive number of seconds, got {value!r}")
 
 

@@ -108,6 +108,12 @@ class Supervising:
 
     hibernating = False  # a supervisor keeps its task while it runs
 
+    @property
+    def starting(self) -> Cell | None:
+        """The child whose start this supervisor's task waits for now, if any (its
+        own start, a restart, a `start_child`): an edge of the wait-for graph."""
+        return self._starting
+
     def stats(self) -> dict[str, Any]:
         return {}
 
@@ -167,6 +173,10 @@ class Supervising:
         self._handled.clear()
 
     # -- the supervisor's own incarnation --------------------------------
+    # Protected from Ctrl-C (trio hands it to the main task, whose graceful stop runs
+    # every on_stop): raised here, it would tear down this supervisor's nursery and
+    # cancel its children without one.  Its children's tasks are not protected.
+    @trio.lowlevel.enable_ki_protection
     async def run(
         self,
         cell: Cell,
@@ -294,9 +304,10 @@ class Supervising:
                 return cell.stop_reason
             item = mb.get()
             if item is not EMPTY:
-                if isinstance(item, ChildExited):
+                kind = type(item)  # (a message told to a supervisor may be any odd value)
+                if kind is ChildExited:
                     await self._child_exited(cell, item)
-                elif isinstance(item, Control):
+                elif kind is Control:
                     await self._control(cell, item)
                 else:
                     cell.drop(item, "unhandled")

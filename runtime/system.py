@@ -126,6 +126,7 @@ class System:
         self._callback_ids = itertools.count(1)
         self._state = "new"  # -> running -> closed
         self._shutting_down = False  # from here on, whatever stops is stopped for good
+        self._killed = False  # the stop was forced: every incarnation is cancelled
         self._failure: BaseException | None = None
         self._interrupt: BaseException | None = None
         self._on_root_exit: Callable[[], None] | None = None
@@ -142,6 +143,10 @@ class System:
     @property
     def shutting_down(self) -> bool:
         return self._shutting_down
+
+    @property
+    def killed(self) -> bool:
+        return self._killed
 
     @property
     def loop_monitor(self) -> LoopMonitor:
@@ -551,8 +556,14 @@ class System:
             self._root.request_stop("shutdown")
 
     def kill(self) -> None:
-        """Cancel the whole tree at once (a second Ctrl-C): no more graceful stop."""
-        self._root.kill()
+        """Cancel the whole tree at once (a second Ctrl-C): no more graceful stop.
+
+        Every incarnation is cancelled, also an `on_stop` that runs shielded
+        after a crash (the root's cancellation does not reach it) or that
+        begins later."""
+        self._killed = True
+        for cell in list(self._cells.values()):
+            cell.kill()
 
     def info(self) -> dict[str, Any]:
         """Who this system is: name, pid, uptime (s) and how many actors it has."""

@@ -262,6 +262,11 @@ class _Lane:
     An `ask_blocking` of the thread waits on `replies` (its answers, one at a
     time), and `asking` is that ask's reply until it returns, so that closing
     the gate can fail it.
+
+    A thread has one lane of its own.  A call made while its own request or ask
+    is still in flight (from a signal handler that runs in the middle of it)
+    gets a `spare` lane for that call, forgotten once the call is over: one
+    request per lane, and the one in flight is never overwritten.
     """
 
     __slots__ = (
@@ -276,13 +281,15 @@ class _Lane:
         "replies",
         "reply",
         "signalled",
+        "spare",
         "state",
         "thread",
         "wake",
         "want",
     )
 
-    def __init__(self) -> None:
+    def __init__(self, spare: bool = False) -> None:
+        self.spare = spare  # made for one call of a signal handler (see above)
         self.items: deque[Entry] = deque()
         self.credits: dict[MailboxQueue, int] = {}
         self.live = False  # whether `credits` may be spent without the lock
@@ -422,9 +429,17 @@ class ThreadGate:
         """
         deadline = math.inf if timeout == math.inf else time.monotonic() + timeout
         lane = getattr(self._local, "lane", None) or self._lane()
-        outer = lane.asking  # not None only in an ask of this thread's signal handler
-        reply = ThreadReply(self, cell.late_reply, lane.replies if outer is None else SimpleQueue())
-        lane.asking = reply  # before sending: see close()
+        if lane.asking is not None or lane.state != _IDLE:
+            # A signal handler's ask while this thread's own ask or tell is in flight:
+            # a lane of its own, so that the one in flight is left as it is.
+            lane = _Lane(spare=True)
+            reply = ThreadReply(self, cell.late_reply, lane.replies)
+            lane.asking = reply  # before the drain can see it (an idle spare is forgotten)
+            with self._lock:
+                self._lanes.append(lane)
+        else:
+            reply = ThreadReply(self, cell.late_reply, lane.replies)
+            lane.asking = reply  # before sending: see close()
         try:
             wake = self._post_ask(lane, cell.mailbox, Ask(msg, reply), reply, deadline, cell.path)
             try:
@@ -434,17 +449,17 @@ class ThreadGate:
                     wake,
                 )
             except AskTimeout:
-                if self._withdraw(reply):
+                if self._withdraw(lane, reply):
                     raise AskTimeout(
                         f"{type(msg).__name__} was not sent to {cell.path} within "
                         f"{timeout:g}s (its mailbox was full, or the loop did not get to it)"
                     ) from None
                 raise
             except BaseException:  # the loop is gone (RuntimeClosed), Ctrl-C, or the
-                self._withdraw(reply)  # answer was an error: nothing is left on its way
+                self._withdraw(lane, reply)  # answer was an error: nothing is left on its way
                 raise
         finally:
-            lane.asking = outer
+            lane.asking = None
 
     def _lane(self) -> _Lane:
         lane: _Lane | None = getattr(self._local, "lane", None)
@@ -566,6 +581,11 @@ class ThreadGate:
                 lane.credits[mailbox] = take - 1
                 self._holders.add(lane)
                 return False
+            if lane.state != _IDLE:
+                # A signal handler's tell while this thread's own request is in flight:
+                # a lane of its own (see `_Lane`), the one in flight is left as it is.
+                lane = _Lane(spare=True)
+                self._lanes.append(lane)
             self._post(lane, mailbox, item, deadline, path, None)
             entry = (next(self._numbers), lane, item)  # in its turn down the lane
             lane.items.append(entry)
@@ -575,25 +595,33 @@ class ThreadGate:
                 lane.items.remove(entry)
                 self._done(lane)
                 raise
-        while True:
-            # Until the first answer, wait for it whatever the deadline; then no longer.
-            woke = _sleep(lane.wake, math.inf if lane.state == _ASKED else deadline)
+        try:
+            while True:
+                # Until the first answer, wait for it whatever the deadline; then no longer.
+                woke = _sleep(lane.wake, math.inf if lane.state == _ASKED else deadline)
+                with self._lock:
+                    if woke:
+                        lane.signalled = False
+                    state = lane.state
+                    if state == _ASKED or (state == _WAITING and time.monotonic() < deadline):
+                        continue
+                    if state == _WAITING:
+                        self._leave_line(lane)
+                    self._done(lane)
+                    if state == _SENT:
+                        return True
+                    if state == _CLOSED:
+                        self._closed()
+                    if state == _WAITING:
+                        raise MailboxFull(f"mailbox of {path} stayed full (overflow='block')")
+                    raise MailboxFull(f"mailbox of {path} is full (overflow='fail')")
+        except BaseException:
+            # Interrupted while it waits (Ctrl-C, a signal handler that raises): the
+            # message is taken back unless the loop delivered it already, and the lane
+            # is left ready for the thread's next request.
             with self._lock:
-                if woke:
-                    lane.signalled = False
-                state = lane.state
-                if state == _ASKED or (state == _WAITING and time.monotonic() < deadline):
-                    continue
-                if state == _WAITING:
-                    self._leave_line(lane)
-                self._done(lane)
-                if state == _SENT:
-                    return True
-                if state == _CLOSED:
-                    self._closed()
-                if state == _WAITING:
-                    raise MailboxFull(f"mailbox of {path} stayed full (overflow='block')")
-                raise MailboxFull(f"mailbox of {path} is full (overflow='fail')")
+                self._give_up(lane)
+            raise
 
     def _post(
         self,
@@ -608,7 +636,7 @@ class ThreadGate:
         loop to answer (`_admit`); the caller sends it on its way (down the lane, or
         handed to the loop: `_post_ask`)."""
         if lane.signalled:  # a wake-up left over from an earlier request
-            lane.wake.acquire()
+            lane.wake.acquire(blocking=False)  # (held already if its taker was interrupted)
             lane.signalled = False
         lane.state = _ASKED
         lane.want = mailbox
@@ -687,12 +715,24 @@ class ThreadGate:
         if not line:
             del self._lines[lane.want]
 
-    def _withdraw(self, reply: ThreadReply) -> bool:
+    def _give_up(self, lane: _Lane) -> None:
+        """Lock held: the thread stopped waiting for its request's answer (interrupted):
+        take the message back unless it was delivered, and end the request.  Safe
+        whatever step of the wait was interrupted."""
+        if lane.signalled:  # its wake-up came: take it (held already if taken)
+            lane.wake.acquire(blocking=False)
+            lane.signalled = False
+        if lane.state == _WAITING and lane.want is not None:
+            line = self._lines.get(lane.want)
+            if line is not None and lane in line:
+                self._leave_line(lane)
+        self._done(lane)  # a drain that reaches it (still _ASKED) leaves it
+
+    def _withdraw(self, lane: _Lane, reply: ThreadReply) -> bool:
         """An `ask` timed out: if its message still waits for room (or for the loop),
         take it back; True if it was not sent."""
-        lane: _Lane | None = getattr(self._local, "lane", None)
         with self._lock:
-            if lane is None or lane.reply is not reply or lane.state not in (_ASKED, _WAITING):
+            if lane.reply is not reply or lane.state not in (_ASKED, _WAITING):
                 return False
             if lane.state == _WAITING:
                 self._leave_line(lane)
@@ -795,7 +835,11 @@ class ThreadGate:
                 else:
                     heapq.heappop(heads)
         for lane in lanes:
-            if not lane.items and lane.state == _IDLE and not lane.thread.is_alive():
+            if (
+                not lane.items
+                and lane.state == _IDLE
+                and (not lane.thread.is_alive() or (lane.spare and lane.asking is None))
+            ):
                 dead.append(lane)
         self._deliver_run(batch)
         self.delivered += len(batch)
@@ -978,7 +1022,7 @@ class ThreadGate:
         for lane in tellers:
             take = min(pool, chunk)
             pool -= take
-            lane.credits[mailbox] = take
+            lane.credits[mailbox] = lane.credits.get(mailbox, 0) + take  # (never overwrite)
             lane.live = True
             holders.add(lane)
             lane.signal(_SENT)

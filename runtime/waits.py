@@ -31,6 +31,13 @@ class Waiter(Protocol):
     waiting_to_send: bool  # the wait is for room (not for a reply)
     task: trio.lowlevel.Task | None  # the running incarnation's own task
 
+    @property
+    def start_wait(self) -> Any:
+        """The slot whose start this one waits for, or None: a supervisor busy starting
+        a child waits for it, and a slot with no incarnation whose supervisor is busy
+        starting another child cannot start (nor answer) before that one has."""
+        ...
+
 
 _slots: dict[trio.lowlevel.Task, Any] = {}
 """The slot of each running incarnation, by its task.  Shared by the systems of a
@@ -65,15 +72,23 @@ def waiting_slot() -> Any:
 
 
 def check_wait(waiter: Waiter, target: Waiter, what: str) -> None:
-    """Raise `Deadlock` if `waiter` waiting on `target` would close a cycle.  Records nothing."""
+    """Raise `Deadlock` if `waiter` waiting on `target` would close a cycle.  Records nothing.
+
+    The chain follows each slot's wait, and where it has none, the start it waits
+    for (`Waiter.start_wait`): e.g. an `on_start` that asks a sibling started after
+    it waits on a slot that waits for that very start.
+    """
     path = [waiter.path, target.path]
     node: Any = target
     for _ in range(MAX_CHAIN):
         if node is waiter:
             raise Deadlock(path, what)
-        node = node.waiting_for
-        if node is None:
-            break
+        following = node.waiting_for
+        if following is None:
+            following = node.start_wait
+            if following is None:
+                break
+        node = following
         path.append(node.path)
 
 
@@ -109,11 +124,37 @@ def end_wait(waiter: Waiter, target: Waiter) -> None:
         waiter.waiting_to_send = False
 
 
+def end_ask(waiter: Waiter) -> None:
+    """The ask `waiter` waits in is over (answered, or given up), whoever it waits on
+    by now: `hand_on` may have moved the edge since it began."""
+    waiter.waiting_for = None
+    waiter.waiting_to_send = False
+
+
+def hand_on(waiter: Waiter, holder: Waiter, target: Waiter, what: str) -> None:
+    """`holder` passes the ask `waiter` waits on to `target` (``ctx.forward``): from
+    now `waiter` waits for `target`'s answer.  Raises `Deadlock` if that closes a
+    cycle (nothing changes then)."""
+    check_wait(waiter, target, what)
+    if waiter.waiting_for is holder:
+        waiter.waiting_for = target
+        waiter.waiting_to_send = False
+
+
+def hand_back(waiter: Waiter, target: Waiter, holder: Waiter) -> None:
+    """`hand_on` undone: the forward to `target` failed, `holder` keeps the ask."""
+    if waiter.waiting_for is target:
+        waiter.waiting_for = holder
+
+
 __all__ = [
     "begin_wait",
     "check_wait",
+    "end_ask",
     "end_wait",
     "enter_incarnation",
+    "hand_back",
+    "hand_on",
     "leave_incarnation",
     "let_in",
     "waiting_slot",
