@@ -31,6 +31,9 @@ SORTS = ("depth", "rate", "restarts", "path", "node")
 """The orders of `troupe top` (as `runtime.top.SORTS`, which imports rich)."""
 
 CLUSTER_ENV = "TROUPE_CLUSTER"
+ASK_SLACK = 5.0
+"""Seconds `troupe ask` waits for the system past its --timeout (the system answers
+within --timeout; a system that does not is reported as not answering)."""
 """The NATS URL(s) (comma-separated) `troupe run --node` joins through when no
 ``--cluster`` is given, and that ``troupe ls|tree|top|events|deadletters|stop --cluster`` use
 when ``--cluster`` has no URL."""
@@ -384,7 +387,7 @@ def _cmd_ask(args: argparse.Namespace) -> int:
     if not 0 < args.timeout <= 300:
         raise UsageError(f"--timeout is seconds above 0, at most 300, got {args.timeout}")
     with _client(args.system) as client:
-        client.sock.settimeout(args.timeout + 5.0)  # the system answers within --timeout
+        client.sock.settimeout(args.timeout + ASK_SLACK)
         try:
             reply = client.call("ask", path=args.path, message=message, timeout=args.timeout)
         except ControlError as exc:

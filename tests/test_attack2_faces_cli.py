@@ -18,6 +18,7 @@ from collections.abc import Iterator
 
 import pytest
 
+import runtime.cli
 import runtime.control
 from runtime.cli import main
 
@@ -90,6 +91,7 @@ def test_a_system_that_stops_answering_is_reported_without_a_traceback(
     # `stop`, `deadletters` and `top` the same.  Each should say what happened on stderr
     # and exit 1.
     monkeypatch.setattr(runtime.control.Client.__init__, "__defaults__", (0.3,))
+    monkeypatch.setattr(runtime.cli, "ASK_SLACK", 0.1)  # ask waits --timeout + this
     with fake_system(answer) as root:
         monkeypatch.setenv("XDG_RUNTIME_DIR", str(root))
         code = main(argv)
