@@ -52,7 +52,7 @@ class BusActor(Actor):
     """
 
     async def receive(self, msg: Any) -> Any:
-        if not isinstance(msg, PublishRequest):
+        if not issubclass(type(msg), PublishRequest):  # (`type`: a dead proxy's __class__ raises)
             return UNHANDLED
         reply = self.ctx.defer_reply()
         try:
@@ -185,7 +185,7 @@ class CallbackSubscriber(Actor):
         self.last_error: str | None = None
 
     async def receive(self, msg: Any) -> Any:
-        if not isinstance(msg, Event):
+        if not issubclass(type(msg), Event):  # (`type`: a dead proxy's __class__ raises)
             return UNHANDLED
         fn = self.callback.get()
         if fn is None:  # held weakly and collected: the bus is ending the subscription
