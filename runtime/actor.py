@@ -224,9 +224,10 @@ class Context:
         """Hand the message in hand to `ref`; it answers the original asker directly.
 
         Waits for room in a ``block`` mailbox as `ActorRef.send` does.  The asker
-        now waits on `ref` (rule 5): raises `Deadlock` if that, or this wait for
-        room, would close a cycle; nothing was sent then, and this actor still
-        holds the message (its return value answers the asker)."""
+        now waits on `ref` (rule 5; not an asker that gave up already): raises
+        `Deadlock` if that, or this wait for room, would close a cycle; nothing
+        was sent then, and this actor still holds the message (its return value
+        answers the asker)."""
         await self._behaviour.forward(self._cell, ref._cell)
 
     @property

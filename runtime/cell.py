@@ -622,12 +622,15 @@ class ActorBehaviour:
         if self.current is IDLE:
             raise RuntimeError("forward() can only be called while handling a message")
         what = type(self.current).__name__
-        asker = None if self.reply is None else self.reply.asker
+        reply = self.reply
+        # Only an asker still waiting: one that gave up (timeout, cancelled) waits on
+        # nobody for this ask, maybe on this very actor again for another.
+        asker = None if reply is None or reply.state != "pending" else reply.asker
         if asker is not None:
             # The asker now waits for the target's answer (rule 5): refused if that
             # closes a cycle, e.g. the target waits on the asker.
             hand_on(asker, cell, target, f"{asker.path} asking {what} (forwarded by {cell.path})")
-        reply, self.reply = self.reply, None
+        self.reply = None
         item = self.current if reply is None else Ask(self.current, reply)
         try:
             await send_into(target, item, f"forwarding {what}")

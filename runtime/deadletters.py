@@ -115,7 +115,7 @@ class DeadLetters(Actor):
     """The system actor at ``/system/deadletters``: answers `DeadLettersQuery`."""
 
     async def receive(self, msg: Any) -> Any:
-        if isinstance(msg, DeadLettersQuery):
+        if issubclass(type(msg), DeadLettersQuery):  # (`type`: a dead proxy's __class__ raises)
             return self.ctx.system.dead_letters.recent(msg.limit, msg.reason)
         return UNHANDLED
 

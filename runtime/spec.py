@@ -33,6 +33,8 @@ HANDLERS: tuple[str, ...] = ("receive", "on_start", "on_stop")
 """The methods of an actor that the runtime awaits: each must be ``async def``."""
 
 _NAME = re.compile(r"^[A-Za-z0-9_.\-:@+]+$")
+_NOT_IN_NAMES = re.compile(r"[^A-Za-z0-9_.\-:@+]")
+"""A character an actor name may not hold (`_NAME`'s complement)."""
 
 
 # -- mailboxes ------------------------------------------------------------
@@ -77,6 +79,13 @@ def check_name(name: object) -> str:
             "and _ . - : @ + (no '/' or spaces)"
         )
     return name
+
+
+def name_part(text: str) -> str:
+    """`text` made fit to be (part of) an actor name: each character a name may not
+    hold (a space, ``/``, a non-ASCII letter) becomes ``_``.  ("." and ".." stay:
+    not names on their own.)"""
+    return _NOT_IN_NAMES.sub("_", text)
 
 
 def check_timeout(timeout: object, what: str = "timeout") -> float:

@@ -294,8 +294,7 @@ class System:
         parent = self._cells.get(f"/{RESERVED}/callbacks")
         if parent is None or not self.is_running:
             raise RuntimeClosed(f"system {self.name!r} is not running: cannot subscribe callbacks")
-        label = callback.label.strip("<>") or "callback"
-        name = f"{label}-{next(self._callback_ids)}"
+        name = f"{callback.label}-{next(self._callback_ids)}"  # (a label is fit for a name)
         cell = self.new_cell(child(CallbackSubscriber, name=name, args=(callback,)), parent)
         parent.mailbox.put_system(Control("adopt", cell, _NoReply(f"starting callback {name}")))
         return cell

@@ -7,7 +7,6 @@ from __future__ import annotations
 import inspect
 import logging
 import math
-import re
 import types
 import weakref
 from collections.abc import Callable, Mapping
@@ -19,6 +18,7 @@ import trio
 from .actor import Actor
 from .errors import TroupeError
 from .messages import UNHANDLED, DeferredReply, Event, describe
+from .spec import name_part
 
 if TYPE_CHECKING:  # the bus holds `Callback`s: only types go the other way
     from .bus import PendingPublish
@@ -52,7 +52,7 @@ class BusActor(Actor):
     """
 
     async def receive(self, msg: Any) -> Any:
-        if not isinstance(msg, PublishRequest):
+        if not issubclass(type(msg), PublishRequest):  # (`type`: a dead proxy's __class__ raises)
             return UNHANDLED
         reply = self.ctx.defer_reply()
         try:
@@ -94,10 +94,6 @@ def bound_builtin(fn: object) -> bool:
     )
 
 
-_NOT_IN_NAMES = re.compile(r"[^A-Za-z0-9_.\-:@+]")
-"""What an actor name may not hold (`runtime.spec.check_name`)."""
-
-
 def _label(fn: Callable[..., Any]) -> str:
     """`fn`'s name, made fit to name its actor: ``<>`` around it gone (``<lambda>``),
     each character an actor name may not hold (a space, ``/``, a non-ASCII letter of
@@ -105,7 +101,7 @@ def _label(fn: Callable[..., Any]) -> str:
     name = getattr(fn, "__name__", None)
     if not isinstance(name, str) or not name.strip("<>"):
         name = type(fn).__name__
-    return _NOT_IN_NAMES.sub("_", name.strip("<>")) or "callback"
+    return name_part(name.strip("<>")) or "callback"
 
 
 class Callback:
@@ -185,7 +181,7 @@ class CallbackSubscriber(Actor):
         self.last_error: str | None = None
 
     async def receive(self, msg: Any) -> Any:
-        if not isinstance(msg, Event):
+        if not issubclass(type(msg), Event):  # (`type`: a dead proxy's __class__ raises)
             return UNHANDLED
         fn = self.callback.get()
         if fn is None:  # held weakly and collected: the bus is ending the subscription

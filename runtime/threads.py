@@ -586,14 +586,17 @@ class ThreadGate:
                 # a lane of its own (see `_Lane`), the one in flight is left as it is.
                 lane = _Lane(spare=True)
                 self._lanes.append(lane)
-            self._post(lane, mailbox, item, deadline, path, None)
-            entry = (next(self._numbers), lane, item)  # in its turn down the lane
-            lane.items.append(entry)
             try:
+                self._post(lane, mailbox, item, deadline, path, None)
+                entry = (next(self._numbers), lane, item)  # in its turn down the lane
+                lane.items.append(entry)
                 self._request_wake()
             except RuntimeClosed:  # the loop is gone: nobody took it
                 lane.items.remove(entry)
                 self._done(lane)
+                raise
+            except BaseException:  # interrupted as it posts: taken back, as in the wait
+                self._give_up(lane)
                 raise
         try:
             while True:
@@ -716,9 +719,9 @@ class ThreadGate:
             del self._lines[lane.want]
 
     def _give_up(self, lane: _Lane) -> None:
-        """Lock held: the thread stopped waiting for its request's answer (interrupted):
-        take the message back unless it was delivered, and end the request.  Safe
-        whatever step of the wait was interrupted."""
+        """Lock held: the thread stopped posting its request, or waiting for its answer
+        (interrupted): take the message back unless it was delivered, and end the
+        request.  Safe whatever step of the post or the wait was interrupted."""
         if lane.signalled:  # its wake-up came: take it (held already if taken)
             lane.wake.acquire(blocking=False)
             lane.signalled = False

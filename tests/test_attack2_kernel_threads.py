@@ -214,3 +214,33 @@ def test_room_lent_to_a_lane_that_holds_some_already_is_added_not_overwritten() 
     mailbox.unreserve(returned.get(mailbox, 0))
     assert mailbox.statistics().reserved == 0
     assert mailbox.room() == 1000
+
+
+def test_a_tell_interrupted_as_it_posts_its_request_is_taken_back(
+    app: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C landing as the thread's request is posted (after it is in the lane,
+    before the thread starts waiting): the message is taken back as when it lands in
+    the wait.  (The request stayed in flight: the message was delivered by the next
+    drain, and every later request of the thread took a spare lane.)"""
+    st, _, echoed, _ = app
+    assert st.system is not None
+    echo = st.call(st.system.ref, "/app/echo")
+    gate = st.system.gate
+    wake = gate._request_wake
+    main = threading.current_thread()
+    fired: list[bool] = []
+
+    def interrupted_once() -> None:
+        if threading.current_thread() is main and not fired:
+            fired.append(True)
+            raise KeyboardInterrupt
+        wake()
+
+    monkeypatch.setattr(gate, "_request_wake", interrupted_once)
+    with pytest.raises(KeyboardInterrupt):
+        echo.tell("interrupted", timeout=WAIT)  # no credit yet: a request
+    assert fired
+    echo.tell("next", timeout=WAIT)
+    assert echo.ask_blocking("done", timeout=WAIT) == ("echo", "done")
+    assert echoed == ["next", "done"]

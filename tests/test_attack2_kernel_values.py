@@ -161,3 +161,24 @@ async def test_ask_with_a_timeout_past_a_float_waits_without_one(autojump_clock:
 class Echo(Actor):
     async def receive(self, msg: Any) -> Any:
         return msg
+
+
+def noticed(_event: Any) -> None:
+    pass
+
+
+async def test_a_dead_proxy_told_to_a_system_actor_is_dead_lettered(autojump_clock: Any) -> None:
+    """The system actors check their messages as the kernel does (`type`, not
+    `isinstance`): a dead proxy told to ``/system/deadletters``, ``/system/bus`` or a
+    bus callback's actor is unhandled, not a ReferenceError that crashed it."""
+    async with runtime.open_system(Supervisor("app", children=[])) as system:
+        system.bus.subscribe("noticed")(noticed)
+        await trio.testing.wait_all_tasks_blocked()
+        (callback,) = system.snapshot().find("/system/callbacks").children
+        paths = ["/system/deadletters", "/system/bus", callback.path]
+        proxy = dead_proxy()
+        for path in paths:
+            system.ref(path).tell(proxy)
+        await trio.testing.wait_all_tasks_blocked()
+        assert system.dead_letters.counts["unhandled"] == 3
+        assert [system.snapshot().find(path).failed for path in paths] == [0, 0, 0]

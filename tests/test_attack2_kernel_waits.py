@@ -141,6 +141,47 @@ async def test_a_forwarded_ask_given_up_leaves_no_edge(autojump_clock: Any) -> N
         assert seen == {}
 
 
+async def test_forwarding_an_ask_its_asker_gave_up_is_no_deadlock(autojump_clock: Any) -> None:
+    """a gave up on its ask of b (timeout) and is busy with something else; c waits on
+    a; b then forwards a's old ask to c.  a waits on nobody for it: the forward goes
+    through (its answer is late), it is no `Deadlock` (nor is a's wait moved to c)."""
+    seen: dict[str, Any] = {}
+
+    class Impatient(Node):
+        async def receive(self, msg: Any) -> Any:
+            if msg == "ask, give up, stay busy":
+                with trio.move_on_after(0.5):
+                    await self.ctx.system.ref("/app/b").ask(
+                        Via("b", "/app/c", "late", delay=1.0), timeout=None
+                    )
+                await trio.sleep(2)  # busy, waiting on nobody
+                return "done"
+            return await super().receive(msg)
+
+    tree = Supervisor(
+        "app",
+        children=[child(Impatient, name="a", args=(seen,))]
+        + [child(Node, name=n, args=(seen,)) for n in "bc"],
+    )
+    async with runtime.open_system(tree) as system:
+        a, c = system.ref("/app/a"), system.ref("/app/c")
+        async with trio.open_nursery() as nursery:
+            answers: list[Any] = []
+
+            async def a_asks() -> None:
+                answers.append(await a.ask("ask, give up, stay busy", timeout=None))
+
+            nursery.start_soon(a_asks)
+            await trio.sleep(0.75)  # a gave up on b, which forwards at t=1
+            c.tell(AskOf("/app/a", "hi"))  # c waits on a (busy: queued)
+        assert answers == ["done"]
+        assert seen == {}  # neither b's forward nor c's ask met a Deadlock
+        # c answered the forwarded ask: late, so a dead letter (``timeout``)
+        assert [d.message for d in system.dead_letters.recent(reason="timeout")] == [
+            ("answer", "c", "late")
+        ]
+
+
 # -- a wait for a start: an on_start that asks a sibling started after it ----------------
 class AsksInOnStart(Actor):
     """Asks `path` (no timeout) in its on_start, and answers with what it got."""
