@@ -10,7 +10,10 @@ With ``-m EXPR`` the expression alone decides.
 from __future__ import annotations
 
 import os
+import pathlib
+import shutil
 import signal
+import tempfile
 from collections.abc import Callable, Iterator
 from typing import TypeVar
 
@@ -107,3 +110,15 @@ def nats_cluster() -> Iterator[NatsCluster]:
         yield cluster
     finally:
         cluster.close()
+
+
+@pytest.fixture
+def folder() -> Iterator[pathlib.Path]:
+    """A private folder with a short path for control sockets (AF_UNIX paths are limited
+    to ~107 bytes): pass it as ``control_dir=``.  (test_threaded_cluster has its own
+    `folder`, used as XDG_RUNTIME_DIR.)"""
+    parent = pathlib.Path(tempfile.mkdtemp(prefix="troupe-ctl-"))
+    try:
+        yield parent / "troupe"
+    finally:
+        shutil.rmtree(parent, ignore_errors=True)

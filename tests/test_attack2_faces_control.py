@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import json
 import pathlib
-import shutil
-import tempfile
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -36,15 +33,6 @@ class Silent(Actor):
             return "pong"
         self.kept.append(self.ctx.defer_reply())
         return None
-
-
-@pytest.fixture
-def folder() -> Iterator[pathlib.Path]:
-    parent = pathlib.Path(tempfile.mkdtemp(prefix="atk2-ctl-"))
-    try:
-        yield parent / "troupe"
-    finally:
-        shutil.rmtree(parent, ignore_errors=True)
 
 
 async def _request(path: str, request: dict[str, Any]) -> dict[str, Any]:

@@ -9,12 +9,10 @@ import gc
 import logging
 import math
 import pathlib
-import shutil
-import tempfile
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -34,16 +32,6 @@ from runtime.deadletters import DeadLettersQuery
 from runtime.topics import PatternIndex, matches
 
 WAIT = 30.0
-
-
-@pytest.fixture
-def folder() -> Iterator[pathlib.Path]:
-    """A short private path for the control socket (as in test_control)."""
-    parent = pathlib.Path(tempfile.mkdtemp(prefix="troupe-bus-"))
-    try:
-        yield parent / "troupe"
-    finally:
-        shutil.rmtree(parent, ignore_errors=True)
 
 
 async def letters(system: runtime.System, reason: str) -> list[Any]:

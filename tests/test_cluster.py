@@ -46,6 +46,19 @@ class Echo(Actor):
         return msg
 
 
+class Watcher(Actor):
+    """Watches the ref at `target` from its start and keeps what it is told."""
+
+    def __init__(self, target: str, seen: list[Any]) -> None:
+        self.target, self.seen = target, seen
+
+    async def on_start(self) -> None:
+        self.ctx.watch(self.ctx.system.ref(self.target))
+
+    async def receive(self, msg: Any) -> Any:
+        self.seen.append(msg)
+
+
 def tree(log: list[Any] | None = None) -> Supervisor:
     return Supervisor("app", children=[child(Echo, name="echo", args=(log,))])
 
@@ -124,16 +137,6 @@ async def test_remote_failures_come_back_typed(nats_server: NatsServer) -> None:
 
 
 async def test_watch_a_remote_actor_and_its_node(nats_server: NatsServer) -> None:
-    class Watcher(Actor):
-        def __init__(self, target: str, seen: list[Any]) -> None:
-            self.target, self.seen = target, seen
-
-        async def on_start(self) -> None:
-            self.ctx.watch(self.ctx.system.ref(self.target))
-
-        async def receive(self, msg: Any) -> Any:
-            self.seen.append(msg)
-
     with trio.fail_after(WAIT):
         cluster = fresh("w")
         async with node(nats_server, f"{cluster}-a", cluster_name=cluster) as a:
@@ -166,16 +169,6 @@ async def test_a_ref_to_a_missing_remote_path_is_alive_until_watched(
     """A remote ref's is_alive says its node is up (the remote actor is not asked, as
     with a remote pid or Akka ref); watching a path with no actor answers at once with
     one Terminated(ref, "noproc") (docs/concepts/cluster.md)."""
-
-    class Watcher(Actor):
-        def __init__(self, target: str, seen: list[Any]) -> None:
-            self.target, self.seen = target, seen
-
-        async def on_start(self) -> None:
-            self.ctx.watch(self.ctx.system.ref(self.target))
-
-        async def receive(self, msg: Any) -> Any:
-            self.seen.append(msg)
 
     with trio.fail_after(WAIT):
         async with pair(nats_server) as (a, b):

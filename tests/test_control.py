@@ -12,13 +12,11 @@ import json
 import os
 import pathlib
 import random
-import shutil
 import socket
 import stat
 import subprocess
 import sys
-import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -40,16 +38,6 @@ class Echo(Actor):
 
 def app() -> Supervisor:
     return Supervisor("app", children=[child(Echo, name="echo")])
-
-
-@pytest.fixture
-def folder() -> Iterator[pathlib.Path]:
-    """A private parent dir with a short path (AF_UNIX paths are limited to ~107 bytes)."""
-    parent = pathlib.Path(tempfile.mkdtemp(prefix="troupe-ctl-"))
-    try:
-        yield parent / "troupe"
-    finally:
-        shutil.rmtree(parent, ignore_errors=True)
 
 
 @asynccontextmanager

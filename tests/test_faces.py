@@ -21,10 +21,8 @@ import logging
 import os
 import pathlib
 import resource
-import shutil
 import socket
 import struct
-import tempfile
 import termios
 from collections.abc import Iterator
 from typing import Any
@@ -52,16 +50,6 @@ class Echo(Actor):
 
 def app(*extra: Any) -> Supervisor:
     return Supervisor("app", children=[child(Echo, name="echo"), *extra])
-
-
-@pytest.fixture
-def folder() -> Iterator[pathlib.Path]:
-    """A private parent dir with a short path (AF_UNIX paths are limited to ~107 bytes)."""
-    parent = pathlib.Path(tempfile.mkdtemp(prefix="troupe-faces-"))
-    try:
-        yield parent / "troupe"
-    finally:
-        shutil.rmtree(parent, ignore_errors=True)
 
 
 async def assert_answers(system: runtime.System) -> None:
