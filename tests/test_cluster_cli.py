@@ -343,7 +343,8 @@ def test_events_show_cluster_topics_with_their_node(place: Place) -> None:
     finally:
         proc.send_signal(signal.SIGINT)
         try:
-            assert proc.wait(timeout=WAIT) == 0
+            code = proc.wait(timeout=WAIT)
+            assert code == 0, proc.stderr.read() if proc.stderr else ""
         finally:
             proc.kill()
 
