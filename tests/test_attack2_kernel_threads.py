@@ -121,6 +121,18 @@ def interrupted() -> None:
     raise KeyboardInterrupt
 
 
+def interrupt_a_waiting_tell(st: Any, seen: list[Any], on_sigusr1: Any) -> Any:
+    """Fill the mailbox, then tell "interrupted" from this thread and Ctrl-C it while
+    it waits for room; returns the ref."""
+    ref = fill(st, seen)
+    on_sigusr1(interrupted)
+    helper = when_this_thread_waits_for_room(st, interrupt_main)
+    with pytest.raises(KeyboardInterrupt):
+        ref.tell("interrupted", timeout=WAIT)
+    helper.join(WAIT)
+    return ref
+
+
 def test_a_tell_interrupted_while_it_waits_for_room_is_taken_back(
     app: Any, on_sigusr1: Any
 ) -> None:
@@ -128,12 +140,7 @@ def test_a_tell_interrupted_while_it_waits_for_room_is_taken_back(
     turns up later), and the thread's next tell is delivered once (it was delivered
     twice: the interrupted request stayed in the mailbox's line of threads)."""
     st, seen, _, release = app
-    ref = fill(st, seen)
-    on_sigusr1(interrupted)
-    helper = when_this_thread_waits_for_room(st, interrupt_main)
-    with pytest.raises(KeyboardInterrupt):
-        ref.tell("interrupted", timeout=WAIT)
-    helper.join(WAIT)
+    ref = interrupt_a_waiting_tell(st, seen, on_sigusr1)
     # The next tell waits in its turn; the actor makes room once it is let go.
     helper = when_this_thread_waits_for_room(st, release.set)
     ref.tell("next", timeout=WAIT)
@@ -148,12 +155,7 @@ def test_an_interrupted_tell_is_not_delivered_when_room_is_made(app: Any, on_sig
     """The interrupted tell's message is the thread's again: it is not delivered when
     the actor makes room later (it was, as if the tell had gone on without its caller)."""
     st, seen, _, release = app
-    ref = fill(st, seen)
-    on_sigusr1(interrupted)
-    helper = when_this_thread_waits_for_room(st, interrupt_main)
-    with pytest.raises(KeyboardInterrupt):
-        ref.tell("interrupted", timeout=WAIT)
-    helper.join(WAIT)
+    ref = interrupt_a_waiting_tell(st, seen, on_sigusr1)
     release.set()
     assert ref.ask_blocking("done", timeout=WAIT) == "done"
     assert seen == ["hold", "fills", "done"]

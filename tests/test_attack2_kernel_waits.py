@@ -63,8 +63,12 @@ class Node(Actor):
         return ("answer", self.ctx.name, msg)
 
 
-def three(seen: dict[str, Any]) -> Supervisor:
-    return Supervisor("app", children=[child(Node, name=n, args=(seen,)) for n in "abc"])
+def three(seen: dict[str, Any], a: type[Node] = Node) -> Supervisor:
+    """/app/a (of class `a`), /app/b and /app/c, all sharing `seen`."""
+    return Supervisor(
+        "app",
+        children=[child(a if n == "a" else Node, name=n, args=(seen,)) for n in "abc"],
+    )
 
 
 async def test_a_cycle_closed_through_a_forward_is_refused(autojump_clock: Any) -> None:
@@ -129,12 +133,7 @@ async def test_a_forwarded_ask_given_up_leaves_no_edge(autojump_clock: Any) -> N
                 return "gave up"
             return await super().receive(msg)
 
-    tree = Supervisor(
-        "app",
-        children=[child(Impatient, name="a", args=(seen,))]
-        + [child(Node, name=n, args=(seen,)) for n in "bc"],
-    )
-    async with runtime.open_system(tree) as system:
+    async with runtime.open_system(three(seen, a=Impatient)) as system:
         a, c = system.ref("/app/a"), system.ref("/app/c")
         assert await a.ask("ask and give up", timeout=10) == "gave up"
         assert await c.ask(AskOf("/app/a", "hi"), timeout=10) == ("answer", "a", "hi")
@@ -158,12 +157,7 @@ async def test_forwarding_an_ask_its_asker_gave_up_is_no_deadlock(autojump_clock
                 return "done"
             return await super().receive(msg)
 
-    tree = Supervisor(
-        "app",
-        children=[child(Impatient, name="a", args=(seen,))]
-        + [child(Node, name=n, args=(seen,)) for n in "bc"],
-    )
-    async with runtime.open_system(tree) as system:
+    async with runtime.open_system(three(seen, a=Impatient)) as system:
         a, c = system.ref("/app/a"), system.ref("/app/c")
         async with trio.open_nursery() as nursery:
             answers: list[Any] = []
