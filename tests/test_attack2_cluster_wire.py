@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import trio
 from natsserver import NatsServer
-from test_cluster import pair, until
+from test_cluster import Watcher, pair, until
 from test_cluster_hostile import spoof
 
 import runtime
@@ -29,16 +29,16 @@ class Explodes(Actor):
         raise ValueError("x" * HUGE)
 
 
-class Watcher(Actor):
-    def __init__(self, url: str, seen: list[Any]) -> None:
-        self.url = url
-        self.seen = seen
-
-    async def on_start(self) -> None:
-        self.ctx.watch(self.ctx.system.ref(self.url))
-
-    async def receive(self, msg: Any) -> Any:
-        self.seen.append(msg)
+async def watched_crasher(
+    a: runtime.System, b: runtime.System, crasher: type[Actor], seen: list[Any]
+) -> str:
+    """Start `crasher` as /app/boom on b, watched from a by a `Watcher` that keeps what
+    it is told in `seen`, once the watch has reached b; returns boom's URL."""
+    await b.start_child("/app", child(crasher, name="boom", restart="temporary"))
+    url = f"troupe://{b.node}/app/boom"
+    await a.start_child("/app", child(Watcher, name="watcher", args=(url, seen)))
+    await until(lambda: b.cluster._watched_by.get("/app/boom"), "the watch arrived")
+    return url
 
 
 async def test_a_crash_with_a_huge_message_still_reaches_the_remote_asker_and_watcher(
@@ -53,10 +53,7 @@ async def test_a_crash_with_a_huge_message_still_reaches_the_remote_asker_and_wa
     seen: list[Any] = []
     with trio.fail_after(WAIT):
         async with pair(nats_server) as (a, b):
-            await b.start_child("/app", child(Explodes, name="boom", restart="temporary"))
-            url = f"troupe://{b.node}/app/boom"
-            await a.start_child("/app", child(Watcher, name="watcher", args=(url, seen)))
-            await until(lambda: b.cluster._watched_by.get("/app/boom"), "the watch arrived")
+            url = await watched_crasher(a, b, Explodes, seen)
             with pytest.raises(runtime.ActorCrashed) as info:
                 await a.ref(url).ask("go", timeout=WAIT / 2)
             cause = info.value.__cause__
@@ -102,10 +99,7 @@ async def test_a_crash_over_a_small_max_payload_still_reaches_asker_and_watcher(
     seen: list[Any] = []
     with NatsServer(max_payload=4096) as server, trio.fail_after(WAIT):
         async with pair(server) as (a, b):
-            await b.start_child("/app", child(Explodes5k, name="boom", restart="temporary"))
-            url = f"troupe://{b.node}/app/boom"
-            await a.start_child("/app", child(Watcher, name="watcher", args=(url, seen)))
-            await until(lambda: b.cluster._watched_by.get("/app/boom"), "the watch arrived")
+            url = await watched_crasher(a, b, Explodes5k, seen)
             with pytest.raises(runtime.ActorCrashed) as info:
                 await a.ref(url).ask("go", timeout=WAIT / 2)
             assert isinstance(info.value.__cause__, runtime.RemoteError)
