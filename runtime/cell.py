@@ -189,6 +189,7 @@ class Cell:
         "processed",
         "ref",
         "restarts",
+        "resting",
         "spec",
         "started_at",
         "state",
@@ -215,7 +216,7 @@ class Cell:
         self.path = path
         self.behaviour = behaviour
         self.ref = ActorRef(self)
-        self.mailbox = MailboxQueue(spec.mailbox_spec(), self.drop, host.gate, let_in)
+        self.mailbox = self._new_mailbox()
         self.state = "starting"
         self.incarnation = 0
         self.restarts = 0
@@ -225,7 +226,10 @@ class Cell:
         self.last_error: ErrorInfo | None = None
         self.started_at: float | None = None
         self.finalized = False
-        self.final_reason: ExitReason = "shutdown"
+        # A transient child that exited normally rests (`rest`): no incarnation, its
+        # mailbox closed, until a group restart begins a new one.
+        self.resting = False
+        self.final_reason: ExitReason = "shutdown"  # why it stopped for good, or rests
         # watch bookkeeping is rare: made on first use
         self.watchers: dict[Cell, None] | None = None
         self.watching: dict[Cell, None] | None = None
@@ -239,6 +243,9 @@ class Cell:
         self._kill_scope: trio.CancelScope | None = None
         self._running = False
         self._exit: trio.Event | None = None  # made only when someone waits for the end
+
+    def _new_mailbox(self) -> MailboxQueue:
+        return MailboxQueue(self.spec.mailbox_spec(), self.drop, self.host.gate, let_in)
 
     @property
     def kind(self) -> str:
@@ -418,7 +425,7 @@ class Cell:
 
     # -- watching --------------------------------------------------------
     def watch(self, target: Cell) -> None:
-        if target.finalized:
+        if target.finalized or target.resting:
             self.mailbox.put_system(Terminated(target.ref, target.final_reason))
             return
         if target.watchers is None:
@@ -453,9 +460,36 @@ class Cell:
             return
         self.behaviour.finalize(self)
         self.finalized = True
+        rested, self.resting = self.resting, False
         self.final_reason = reason
         self.state = "stopped"
         self.host.slot_released(self)
+        self._close(reason, hand_over_to, announce=not rested)  # (a rest announced it)
+
+    def rest(self, reason: ExitReason) -> None:
+        """The incarnation ended normally and the slot keeps its place, stopped, with
+        no incarnation (a ``transient`` child: OTP keeps its spec with no pid).
+
+        As for a slot stopped for good, what was queued is dead-lettered as
+        ``stopped`` (asks fail with `ActorStopped`), watchers get `Terminated`,
+        and its subscriptions and watches end; but the path stays taken.  Until
+        a group restart begins a new incarnation (`begin` gives it a fresh
+        mailbox), messages are dead-lettered as ``stopped`` and asks fail with
+        `ActorStopped` at once.  Never blocks.
+        """
+        if self.finalized or self.resting or self._running:
+            return
+        self.resting = True
+        self.final_reason = reason
+        self.state = "stopped"
+        self.host.slot_stopped(self)
+        self._close(reason, None)
+
+    def _close(
+        self, reason: ExitReason, hand_over_to: Cell | None, *, announce: bool = True
+    ) -> None:
+        """Close the mailbox and account for what it held, end this slot's watches and
+        tell its watchers (`finalize`, `rest`)."""
         system, user = self.mailbox.close(hand_over=hand_over_to is not None)
         for item in system:
             self.drop(item, "stopped")
@@ -473,7 +507,8 @@ class Cell:
             if watcher.watching is not None:
                 watcher.watching.pop(self, None)
             watcher.mailbox.put_system(Terminated(self.ref, reason))
-        self.lifecycle_event("stopped", reason=describe(reason))
+        if announce:
+            self.lifecycle_event("stopped", reason=describe(reason))
 
     def lifecycle_event(self, what: str, **details: Any) -> None:
         """Publish ``system.actor.<what>`` for this slot (runtime listeners use ``system.>``)."""
@@ -484,7 +519,15 @@ class Cell:
 
     # -- incarnation bookkeeping shared by the behaviours ------------------
     def begin(self, in_task: bool = True) -> int:
-        """A new incarnation begins (in the current task, unless not `in_task`)."""
+        """A new incarnation begins (in the current task, unless not `in_task`).
+
+        A slot that rested gets a fresh mailbox: what was sent to it while it
+        rested was dead-lettered, and room threads held in the closed one
+        stays there (their messages to it are dead-lettered as they arrive).
+        """
+        if self.resting:
+            self.resting = False
+            self.mailbox = self._new_mailbox()
         self.incarnation += 1
         self._running = True
         self._exit = None

@@ -75,7 +75,12 @@ class Host(Protocol):
         ...
 
     def slot_released(self, cell: Cell) -> None:
-        """`cell` stopped for good: release its path and drop its subscriptions."""
+        """`cell` stopped for good: release its path, then as `slot_stopped`."""
+        ...
+
+    def slot_stopped(self, cell: Cell) -> None:
+        """`cell` has no incarnation any more (for good, or resting: see `Cell.rest`):
+        drop its subscriptions, and tell the nodes that watch it."""
         ...
 
     def root_exited(self, reason: ExitReason) -> None:

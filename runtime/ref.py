@@ -55,9 +55,11 @@ class ActorRef:
 
     @property
     def is_alive(self) -> bool:
-        """True while the slot exists (also while it restarts) and the system runs."""
+        """True while the slot has an incarnation or one is coming (also while it
+        restarts) and the system runs; False once it stopped for good, and while a
+        ``transient`` child that exited normally rests."""
         cell = self._cell
-        return not cell.finalized and cell.host.is_running
+        return not cell.finalized and not cell.resting and cell.host.is_running
 
     @property
     def is_busy(self) -> bool:

@@ -343,7 +343,7 @@ class Supervising:
         if should_restart(restart, exit_reason(child_cell, reason)):
             await self._restart(cell, child_cell, reason)
         elif keeps_place(restart, reason) and child_cell not in self.dynamic:
-            pass  # state `stopped` (set by `Cell.end`) until a group restart covers it
+            child_cell.rest(reason)  # stopped, in its place, until a group restart covers it
         else:
             self._remove(child_cell, reason)
 

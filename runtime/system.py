@@ -189,9 +189,12 @@ class System:
     def slot_released(self, cell: Cell) -> None:
         if self._cells.get(cell.path) is cell:
             del self._cells[cell.path]
+        self.slot_stopped(cell)
+
+    def slot_stopped(self, cell: Cell) -> None:
         self.bus.drop_all(cell)
         if self.cluster is not None:
-            self.cluster.slot_released(cell)
+            self.cluster.slot_stopped(cell)
 
     def root_exited(self, reason: ExitReason) -> None:
         self.gate.stopping()

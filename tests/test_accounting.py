@@ -255,13 +255,17 @@ class Model:
         return [] if self.failed else self.app.walk()
 
     def workers(self) -> list[MNode]:
-        """The running actors (a stopped transient one would keep a message for ever)."""
+        """The running actors (not a stopped transient one: it dead-letters everything)."""
         return [n for n in self.nodes() if n.kind == "actor" and not n.stopped]
 
+    def resting(self) -> list[MNode]:
+        """The transient actors that exited normally and keep their place, stopped."""
+        return [n for n in self.nodes() if n.kind == "actor" and n.stopped]
+
     def subscribers(self, topic: int) -> int:
-        """A stopped transient actor keeps its slot, so its subscriptions too."""
-        actors = [n for n in self.nodes() if n.kind == "actor"]
-        return sum(1 for n in actors if n.desc["topic"] == topic)
+        """A stopped transient actor keeps its slot, but its subscriptions end with its
+        incarnation (the next one subscribes again)."""
+        return sum(1 for n in self.workers() if n.desc["topic"] == topic)
 
     def find(self, path: str) -> MNode | None:
         return next((n for n in self.nodes() if n.path == path), None)
@@ -579,6 +583,18 @@ class AccountingMachine(RuleBasedStateMachine):
             self.model.exited(target, crash=True)
         elif what == "stop":
             self.model.exited(target, crash=False)
+
+    @precondition(lambda self: self.budget_left() and self.model.resting())
+    @rule(data=st.data(), ask=st.booleans(), via=st.sampled_from(["loop", "thread"]))
+    def message_to_a_resting_actor(self, data: st.DataObject, ask: bool, via: str) -> None:
+        """A transient child that exited normally keeps its place with no incarnation:
+        a message to it is dead-lettered as `stopped`, an ask fails with ActorStopped."""
+        assert self.model is not None and self.runner is not None
+        target = self.pick(data, self.model.resting(), "target")
+        op = self.new_op("m", target.path, ask, via)
+        perform(self.runner, op, self.refs([target.path]))
+        self.after()
+        assert op.outcome == (("err", ActorStopped) if ask else ("ok", None)), op.outcome
 
     @precondition(lambda self: self.budget_left() and self.model.workers())
     @rule(data=st.data(), fails=st.integers(1, 3), via=st.sampled_from(["loop", "thread"]))

@@ -181,6 +181,39 @@ async def test_a_ref_to_a_missing_remote_path_is_alive_until_watched(
             assert (seen[0].ref.url, seen[0].reason) == (url, "noproc")
 
 
+class Stops(Actor):
+    """``"stop"`` ends it normally (ctx.stop())."""
+
+    async def receive(self, msg: Any) -> Any:
+        if msg == "stop":
+            self.ctx.stop()
+        return msg
+
+
+async def test_a_remote_transient_child_that_rests_is_terminated_for_its_watchers(
+    nats_server: NatsServer,
+) -> None:
+    """A transient child that exited normally keeps its place with no incarnation:
+    a watcher on another node gets Terminated(ref, "normal"), and one that watches
+    it while it rests gets Terminated(ref, "noproc") at once, as for a missing path."""
+    with trio.fail_after(WAIT):
+        async with pair(nats_server) as (a, b):
+            await b.start_child(
+                "/app", Supervisor("sup", children=[child(Stops, name="t", restart="transient")])
+            )
+            url = f"troupe://{b.node}/app/sup/t"
+            before: list[Any] = []
+            await a.start_child("/app", child(Watcher, name="before", args=(url, before)))
+            await until(lambda: b.cluster._watched_by.get("/app/sup/t"), "the watch arrived")
+            assert await a.ref(url).ask("stop") == "stop"
+            await until(lambda: len(before) == 1, "Terminated for the resting child")
+            assert (before[0].ref.url, before[0].reason) == (url, "normal")
+            after: list[Any] = []
+            await a.start_child("/app", child(Watcher, name="after", args=(url, after)))
+            await until(lambda: len(after) == 1, "Terminated for the watch while it rests")
+            assert (after[0].ref.url, after[0].reason) == (url, "noproc")
+
+
 async def test_cluster_topics_reach_every_node_once(nats_server: NatsServer) -> None:
     with trio.fail_after(WAIT):
         async with pair(nats_server, cluster_topics=("jobs.>",)) as (a, b):

@@ -819,8 +819,10 @@ class Cluster:
             )
         )
 
-    def slot_released(self, cell: Cell) -> None:
-        """A local slot stopped for good: tell the nodes watching it (the system calls this)."""
+    def slot_stopped(self, cell: Cell) -> None:
+        """A local slot has no incarnation any more, for good or resting (a transient
+        child that exited normally): tell the nodes watching it, and end its watches
+        of remote actors (the system calls this)."""
         watchers = self._watched_by.pop(cell.path, None)
         if watchers:
             reason = wire_reason(cell.final_reason)
@@ -1537,9 +1539,12 @@ class Cluster:
         self._send_skips()
 
     def _watched(self, node: str, path: str) -> None:
+        ref: ActorRef | None
         try:
             ref = self.system.ref(path)
         except (ActorNotFound, RuntimeClosed, ValueError, TypeError):
+            ref = None
+        if ref is None or not ref.is_alive:  # no such actor, or one that rests (noproc)
             self._publish(
                 Outgoing(
                     self.subjects.system(node),
