@@ -10,18 +10,22 @@ request is a msgpack ``[op, args]`` and the answer ``[ok, value or error
 text]``.
 
 It runs nats-py on an asyncio event loop of its own, driven from the calling
-thread (`asyncio.Runner`): every method blocks the calling thread until it has
-its answer or its timeout passed, and no thread is started.  One client is for
-one thread.
+thread (an `asyncio.Runner`'s loop, see `_drive`): every method blocks the
+calling thread until it has its answer or its timeout passed, and no thread is
+started.  One client is for one thread.  A Ctrl-C (SIGINT, in the main thread)
+while a method blocks cancels what it waits for and comes out as
+`KeyboardInterrupt`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterator, Mapping, Sequence
-from types import TracebackType
-from typing import Any, Final, cast
+import signal
+import threading
+from collections.abc import Coroutine, Iterator, Mapping, Sequence
+from types import FrameType, TracebackType
+from typing import Any, Final, TypeVar, cast
 
 import attrs
 import msgspec
@@ -40,6 +44,8 @@ log = logging.getLogger("troupe.cluster")
 __all__ = ["ClusterClient", "ControlRefused", "Tagged"]
 
 DEFAULT_TIMEOUT: Final = 2.0
+
+T = TypeVar("T")
 
 
 class ControlRefused(ClusterError):
@@ -198,7 +204,7 @@ class ClusterClient:
             )
 
         try:
-            self._nc = self._runner.run(connect())
+            self._nc = _drive(self._runner, connect())
         except KeyboardInterrupt:
             self._close_runner()
             raise
@@ -224,7 +230,7 @@ class ClusterClient:
         nc, self._nc = self._nc, None
         if nc is not None and self._runner is not None:
             try:
-                self._runner.run(asyncio.wait_for(nc.close(), self.timeout))
+                _drive(self._runner, asyncio.wait_for(nc.close(), self.timeout))
             except Exception:
                 pass  # leaving anyway
         self._close_runner()
@@ -307,7 +313,7 @@ class ClusterClient:
 
     def _run(self, op: str, node: str | None, args: Any = None) -> Any:
         runner, nc = self._loop()
-        return runner.run(self._ask(nc, op, node, args))
+        return _drive(runner, self._ask(nc, op, node, args))
 
     def ping(self, node: str | None = None) -> dict[str, Any]:
         """``{"node", "incarnation"}`` of `node`, or of any one node.  Blocks up to
@@ -359,7 +365,7 @@ class ClusterClient:
                 *(self._ask(nc, op, name, args) for name in names), return_exceptions=True
             )
 
-        answers = runner.run(ask_all())
+        answers = _drive(runner, ask_all())
         for answer in answers:
             if isinstance(answer, BaseException) and not isinstance(answer, Exception):
                 raise answer
@@ -431,7 +437,7 @@ class ClusterClient:
         check_pattern(pattern)
         runner, nc = self._loop()
         subject = f"{self.cluster_name}.bus.{pattern}"
-        sub = runner.run(nc.subscribe(subject))
+        sub = _drive(runner, nc.subscribe(subject))
         return self._stream(runner, nc, sub, timeout)
 
     def _stream(
@@ -442,7 +448,7 @@ class ClusterClient:
         try:
             while True:
                 try:
-                    msg = runner.run(sub.next_msg(timeout=timeout))
+                    msg = _drive(runner, sub.next_msg(timeout=timeout))
                 except (TimeoutError, NatsTimeout):
                     return
                 except Exception as error:
@@ -455,7 +461,7 @@ class ClusterClient:
         finally:
             if self._nc is nc and not nc.is_closed:
                 try:
-                    runner.run(sub.unsubscribe())
+                    _drive(runner, sub.unsubscribe())
                 except Exception:
                     pass
 
@@ -500,3 +506,50 @@ class ClusterClient:
 def _quiet(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
     """The client loop's exception handler: asyncio's leftovers go to the debug log."""
     log.debug("cluster client: %s", context.get("message"), exc_info=context.get("exception"))
+
+
+def _drive(runner: asyncio.Runner, coro: Coroutine[Any, Any, T]) -> T:
+    """`coro`'s result, run on `runner`'s loop until done (blocking this thread).
+
+    As ``runner.run(coro)``, Ctrl-C included: in the main thread, while Python's
+    default SIGINT handler is in place, a SIGINT cancels the task and comes out as
+    `KeyboardInterrupt` (a second one, or one after the task is done, at once).
+    But ``asyncio.Runner.run`` (CPython 3.11 to 3.13) installs its SIGINT handler
+    and only then resets its count of interrupts: a SIGINT landing between the two
+    cancelled the task and was forgotten, and a bare `asyncio.CancelledError`
+    came out (``troupe events --cluster`` died of it, exit 1).  Here the flag is
+    cleared before the handler is installed.
+    """
+    if asyncio._get_running_loop() is not None:
+        coro.close()
+        raise RuntimeError("a ClusterClient cannot be used inside a running asyncio loop")
+    loop = runner.get_loop()
+    task = loop.create_task(coro)
+    interrupted = False
+
+    def on_sigint(signum: int, frame: FrameType | None) -> None:
+        nonlocal interrupted
+        if interrupted or task.done():
+            raise KeyboardInterrupt
+        interrupted = True
+        task.cancel()
+        loop.call_soon_threadsafe(lambda: None)  # wake the loop if select() waits
+
+    took_over = (
+        threading.current_thread() is threading.main_thread()
+        and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    )
+    if took_over:
+        try:
+            signal.signal(signal.SIGINT, on_sigint)
+        except ValueError:  # a main thread without signals (an embedded interpreter)
+            took_over = False
+    try:
+        return loop.run_until_complete(task)
+    except asyncio.CancelledError:
+        if interrupted:
+            raise KeyboardInterrupt from None
+        raise
+    finally:
+        if took_over and signal.getsignal(signal.SIGINT) is on_sigint:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
