@@ -264,11 +264,12 @@ class Cell:
         """The slot whose start this one waits for (the wait-for graph, rule 5): the
         child a supervisor is busy starting; for a slot with no running incarnation,
         the sibling its supervisor is busy starting (it cannot start before that
-        one has).  None otherwise."""
+        one has).  None otherwise, also for a slot that rests (`rest`): it waits for
+        no start, its closed mailbox answers an ask at once."""
         starting: Cell | None = self.behaviour.starting
         if starting is not None:
             return starting
-        if self._running or self.finalized or self.parent is None:
+        if self._running or self.finalized or self.resting or self.parent is None:
             return None
         sibling: Cell | None = self.parent.behaviour.starting
         return sibling if sibling is not self else None
