@@ -617,9 +617,7 @@ class ControlServer:
         cell = self._actor(request, "kill")
         # as `runtime.testing.crash`: one crash, queued ahead of the actor's messages,
         # taken by the next incarnation that takes a message; its supervisor decides
-        # (a resting transient child's closed mailbox would drop the crash, also while
-        # a group restart that will start it is pending)
-        if cell.finalized or cell.state == "stopped" or cell.resting:
+        if cell.finalized or cell.state == "stopped":
             raise OpFailed(
                 f"{cell.path} has stopped and is not restarting; there is nothing to kill",
                 "ActorStopped",

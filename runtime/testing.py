@@ -596,8 +596,7 @@ def crash(ref: ActorRef, error: BaseException | None = None) -> None:
     actor stops for good first, the crash goes with it.
 
     Raises `ActorNotFound` if the actor has stopped for good, `ActorStopped` if it
-    ended and is not restarting, or rests (a transient child that stopped normally,
-    also while a group restart that will start it is pending), `TypeError` for a
+    ended and is not restarting (a transient child that stopped normally), `TypeError` for a
     supervisor (crash one of its children to test how it reacts) and
     `RuntimeError` off the trio thread.
     """
@@ -611,9 +610,8 @@ def crash(ref: ActorRef, error: BaseException | None = None) -> None:
             f"crash() crashes an actor, and {ref.path} is a supervisor: "
             "to see how a supervisor reacts, crash one of its children"
         )
-    if cell.state == "stopped" or cell.resting:  # e.g. a transient child that ended
-        # normally: its mailbox is closed until a group restart starts it (also while
-        # that restart is pending), and a crash parked for later would surprise
+    if cell.state == "stopped":  # e.g. a transient child that ended normally: no
+        # incarnation is coming (a crash parked for a later group restart would surprise)
         raise ActorStopped(
             f"{ref.path} has stopped and is not restarting; there is nothing to crash"
         )
