@@ -227,7 +227,7 @@ class Cell:
         self.started_at: float | None = None
         self.finalized = False
         # A transient child that exited normally rests (`rest`): no incarnation, its
-        # mailbox closed, until a group restart begins a new one.
+        # mailbox closed, until a group restart that covers it is planned (`end_rest`).
         self.resting = False
         self.final_reason: ExitReason = "shutdown"  # why it stopped for good, or rests
         # watch bookkeeping is rare: made on first use
@@ -474,9 +474,10 @@ class Cell:
         As for a slot stopped for good, what was queued is dead-lettered as
         ``stopped`` (asks fail with `ActorStopped`), watchers get `Terminated`,
         and its subscriptions and watches end; but the path stays taken.  Until
-        a group restart begins a new incarnation (`begin` gives it a fresh
-        mailbox), messages are dead-lettered as ``stopped`` and asks fail with
-        `ActorStopped` at once.  Never blocks.
+        an incarnation is coming (a group restart that covers it is planned, or
+        its supervisor restarts: `end_rest` gives it a fresh mailbox), messages
+        are dead-lettered as ``stopped`` and asks fail with `ActorStopped` at
+        once.  Never blocks.
         """
         if self.finalized or self.resting or self._running:
             return
@@ -519,16 +520,22 @@ class Cell:
             )
 
     # -- incarnation bookkeeping shared by the behaviours ------------------
-    def begin(self, in_task: bool = True) -> int:
-        """A new incarnation begins (in the current task, unless not `in_task`).
-
-        A slot that rested gets a fresh mailbox: what was sent to it while it
-        rested was dead-lettered, and room threads held in the closed one
-        stays there (their messages to it are dead-lettered as they arrive).
+    def end_rest(self) -> None:
+        """An incarnation is coming for this slot (a group restart that covers it is
+        planned, maybe behind a backoff; or `begin`): if it rests, it takes messages
+        again from now, in a fresh mailbox, queued for that incarnation as for any
+        child waiting for its restart.  What was sent while it rested was
+        dead-lettered, and room threads held in the closed mailbox stays there
+        (their messages to it are dead-lettered as they arrive).  Never blocks.
         """
         if self.resting:
             self.resting = False
             self.mailbox = self._new_mailbox()
+
+    def begin(self, in_task: bool = True) -> int:
+        """A new incarnation begins (in the current task, unless not `in_task`); a slot
+        that still rests gets a fresh mailbox (`end_rest`)."""
+        self.end_rest()
         self.incarnation += 1
         self._running = True
         self._exit = None
