@@ -170,6 +170,7 @@ class Cell:
 
     __slots__ = (
         "__weakref__",
+        "_announced",
         "_exit",
         "_kill_scope",
         "_running",
@@ -229,6 +230,7 @@ class Cell:
         # A transient child that exited normally rests (`rest`): no incarnation, its
         # mailbox closed, until a group restart that covers it is planned (`end_rest`).
         self.resting = False
+        self._announced = False  # `system.actor.stopped` is out for the last incarnation
         self.final_reason: ExitReason = "shutdown"  # why it stopped for good, or rests
         # watch bookkeeping is rare: made on first use
         self.watchers: dict[Cell, None] | None = None
@@ -461,11 +463,13 @@ class Cell:
             return
         self.behaviour.finalize(self)
         self.finalized = True
-        rested, self.resting = self.resting, False
+        self.resting = False
         self.final_reason = reason
         self.state = "stopped"
         self.host.slot_released(self)
-        self._close(reason, hand_over_to, announce=not rested)  # (a rest announced it)
+        # once per incarnation: a rest announced its end already (also when a restart
+        # was planned since, and did not begin)
+        self._close(reason, hand_over_to, announce=not self._announced)
 
     def rest(self, reason: ExitReason) -> None:
         """The incarnation ended normally and the slot keeps its place, stopped, with
@@ -486,6 +490,7 @@ class Cell:
         self.state = "stopped"
         self.host.slot_stopped(self)
         self._close(reason, None)
+        self._announced = True
 
     def _close(
         self, reason: ExitReason, hand_over_to: Cell | None, *, announce: bool = True
@@ -536,6 +541,7 @@ class Cell:
         """A new incarnation begins (in the current task, unless not `in_task`); a slot
         that still rests gets a fresh mailbox (`end_rest`)."""
         self.end_rest()
+        self._announced = False
         self.incarnation += 1
         self._running = True
         self._exit = None

@@ -131,3 +131,31 @@ def letters(system: Any, path: str) -> list[tuple[Any, str]]:
     """The dead letters for `path`, oldest first: (message, reason)."""
     found = system.dead_letters.recent(1000)
     return [(d.message, d.reason) for d in reversed(found) if d.recipient == path]
+
+
+def stopped_events(system: Any, path: str) -> list[str]:
+    events = system.bus.history("system.actor.stopped", limit=100)
+    return [e.payload["reason"] for e in events if e.payload["path"] == path]
+
+
+async def test_a_rest_ended_by_a_pending_restart_then_terminated_is_announced_once(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """One ``system.actor.stopped`` per incarnation: the rest announced it, and the
+    slot is removed during the restart's backoff, with no incarnation since."""
+    log: list[Any] = []
+    tree = Supervisor(
+        "app",
+        strategy="one_for_all",
+        backoff=Backoff(min=30.0, max=30.0, jitter=0.0),
+        children=[w("a", log), w("t", log, restart="transient")],
+    )
+    with trio.fail_after(120):
+        async with open_system(tree) as system:
+            assert await system.ref("/app/t").ask("stop") == "stopping"
+            await settle()
+            system.ref("/app/a").tell("crash")
+            await settle()
+            assert system.ref("/app/t").is_alive  # restarting
+            await system.terminate_child("/app/t")
+            assert stopped_events(system, "/app/t") == ["normal"]
