@@ -170,6 +170,7 @@ class Cell:
 
     __slots__ = (
         "__weakref__",
+        "_announced",
         "_exit",
         "_kill_scope",
         "_running",
@@ -227,8 +228,9 @@ class Cell:
         self.started_at: float | None = None
         self.finalized = False
         # A transient child that exited normally rests (`rest`): no incarnation, its
-        # mailbox closed, until a group restart begins a new one.
+        # mailbox closed, until a group restart that covers it is planned (`end_rest`).
         self.resting = False
+        self._announced = False  # `system.actor.stopped` is out for the last incarnation
         self.final_reason: ExitReason = "shutdown"  # why it stopped for good, or rests
         # watch bookkeeping is rare: made on first use
         self.watchers: dict[Cell, None] | None = None
@@ -264,11 +266,12 @@ class Cell:
         """The slot whose start this one waits for (the wait-for graph, rule 5): the
         child a supervisor is busy starting; for a slot with no running incarnation,
         the sibling its supervisor is busy starting (it cannot start before that
-        one has).  None otherwise."""
+        one has).  None otherwise, also for a slot that rests (`rest`): it waits for
+        no start, its closed mailbox answers an ask at once."""
         starting: Cell | None = self.behaviour.starting
         if starting is not None:
             return starting
-        if self._running or self.finalized or self.parent is None:
+        if self._running or self.finalized or self.resting or self.parent is None:
             return None
         sibling: Cell | None = self.parent.behaviour.starting
         return sibling if sibling is not self else None
@@ -460,11 +463,13 @@ class Cell:
             return
         self.behaviour.finalize(self)
         self.finalized = True
-        rested, self.resting = self.resting, False
+        self.resting = False
         self.final_reason = reason
         self.state = "stopped"
         self.host.slot_released(self)
-        self._close(reason, hand_over_to, announce=not rested)  # (a rest announced it)
+        # once per incarnation: a rest announced its end already (also when a restart
+        # was planned since, and did not begin)
+        self._close(reason, hand_over_to, announce=not self._announced)
 
     def rest(self, reason: ExitReason) -> None:
         """The incarnation ended normally and the slot keeps its place, stopped, with
@@ -473,9 +478,10 @@ class Cell:
         As for a slot stopped for good, what was queued is dead-lettered as
         ``stopped`` (asks fail with `ActorStopped`), watchers get `Terminated`,
         and its subscriptions and watches end; but the path stays taken.  Until
-        a group restart begins a new incarnation (`begin` gives it a fresh
-        mailbox), messages are dead-lettered as ``stopped`` and asks fail with
-        `ActorStopped` at once.  Never blocks.
+        an incarnation is coming (a group restart that covers it is planned, or
+        its supervisor restarts: `end_rest` gives it a fresh mailbox), messages
+        are dead-lettered as ``stopped`` and asks fail with `ActorStopped` at
+        once.  Never blocks.
         """
         if self.finalized or self.resting or self._running:
             return
@@ -484,6 +490,7 @@ class Cell:
         self.state = "stopped"
         self.host.slot_stopped(self)
         self._close(reason, None)
+        self._announced = True
 
     def _close(
         self, reason: ExitReason, hand_over_to: Cell | None, *, announce: bool = True
@@ -518,16 +525,23 @@ class Cell:
             )
 
     # -- incarnation bookkeeping shared by the behaviours ------------------
-    def begin(self, in_task: bool = True) -> int:
-        """A new incarnation begins (in the current task, unless not `in_task`).
-
-        A slot that rested gets a fresh mailbox: what was sent to it while it
-        rested was dead-lettered, and room threads held in the closed one
-        stays there (their messages to it are dead-lettered as they arrive).
+    def end_rest(self) -> None:
+        """An incarnation is coming for this slot (a group restart that covers it is
+        planned, maybe behind a backoff; or `begin`): if it rests, it takes messages
+        again from now, in a fresh mailbox, queued for that incarnation as for any
+        child waiting for its restart.  What was sent while it rested was
+        dead-lettered, and room threads held in the closed mailbox stays there
+        (their messages to it are dead-lettered as they arrive).  Never blocks.
         """
         if self.resting:
             self.resting = False
             self.mailbox = self._new_mailbox()
+
+    def begin(self, in_task: bool = True) -> int:
+        """A new incarnation begins (in the current task, unless not `in_task`); a slot
+        that still rests gets a fresh mailbox (`end_rest`)."""
+        self.end_rest()
+        self._announced = False
         self.incarnation += 1
         self._running = True
         self._exit = None

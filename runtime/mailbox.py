@@ -136,7 +136,9 @@ class MailboxStatistics:
     threads_waiting: bool
     """Whether foreign threads wait for room (the gate is told when some is made)."""
     closed: bool
-    """Whether the slot stopped for good (puts are dead-lettered as ``stopped``)."""
+    """Whether the slot stopped for good, or rests (a ``transient`` child that stopped
+    normally: its next incarnation gets a fresh mailbox); puts are dead-lettered as
+    ``stopped``."""
 
 
 class MailboxQueue:

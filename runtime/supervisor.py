@@ -377,6 +377,7 @@ class Supervising:
                 self._remove(other, "shutdown")
                 members.discard(other)
             else:
+                other.end_rest()  # a resting one: its messages queue for the restart
                 other.state = "restarting"
         for _, pending in merged:
             members.update(pending)
