@@ -530,12 +530,14 @@ class Cell:
         planned, maybe behind a backoff; or `begin`): if it rests, it takes messages
         again from now, in a fresh mailbox, queued for that incarnation as for any
         child waiting for its restart.  What was sent while it rested was
-        dead-lettered, and room threads held in the closed mailbox stays there
+        dead-lettered, and room threads held in the closed mailbox stays with it
         (their messages to it are dead-lettered as they arrive).  Never blocks.
         """
         if self.resting:
-            self.resting = False
+            # The mailbox first: a foreign thread that sees `ref.is_alive` true then
+            # reads `mailbox`, and must find the fresh one.
             self.mailbox = self._new_mailbox()
+            self.resting = False
 
     def begin(self, in_task: bool = True) -> int:
         """A new incarnation begins (in the current task, unless not `in_task`); a slot

@@ -13,6 +13,7 @@ import trio.testing
 from test_otp_semantics import settle, started, w
 
 from runtime import Actor, Backoff, Supervisor, Terminated, child, open_system
+from runtime.cell import Cell
 from runtime.testing import crash
 
 
@@ -159,3 +160,34 @@ async def test_a_rest_ended_by_a_pending_restart_then_terminated_is_announced_on
             assert system.ref("/app/t").is_alive  # restarting
             await system.terminate_child("/app/t")
             assert stopped_events(system, "/app/t") == ["normal"]
+
+
+async def test_a_thread_that_sees_the_rest_over_finds_the_fresh_mailbox(
+    autojump_clock: trio.testing.MockClock, monkeypatch: Any
+) -> None:
+    """A foreign thread reads `ref.is_alive`, then tells into the slot's mailbox: once
+    is_alive says the rest is over, the mailbox must be the fresh one (else its tell
+    is dead-lettered by the closed one).  Checked at the moment the fresh one is made,
+    which is when a thread could look: the rest must not look over yet."""
+    seen: list[tuple[bool, bool]] = []
+    made = Cell._new_mailbox
+
+    def spying(cell: Cell) -> Any:
+        if cell.path == "/app/t" and getattr(cell, "incarnation", 0):  # not its first
+            seen.append((cell.ref.is_alive, cell.mailbox.closed))
+        return made(cell)
+
+    monkeypatch.setattr(Cell, "_new_mailbox", spying)
+    log: list[Any] = []
+    tree = Supervisor(
+        "app", strategy="one_for_all", children=[w("a", log), w("t", log, restart="transient")]
+    )
+    with trio.fail_after(60):
+        async with open_system(tree) as system:
+            assert await system.ref("/app/t").ask("stop") == "stopping"
+            await settle()
+            seen.clear()
+            system.ref("/app/a").tell("crash")
+            await settle()
+            assert await system.ref("/app/t").ask("ping") == "pong"
+    assert seen == [(False, True)]  # made while the rest still showed, closed mailbox and all
