@@ -293,7 +293,8 @@ class Bus:
         return True
 
     def drop_all(self, cell: Cell) -> None:
-        """The actor stopped for good: its subscriptions go with it."""
+        """The actor has no incarnation any more (stopped for good, or rests): its
+        subscriptions go with it."""
         for sub in self._by_cell.pop(cell, {}).values():
             self._index.remove(sub)
         for key in [key for key in self._held if key[0] is cell]:
@@ -643,18 +644,18 @@ class Bus:
             cell = sub.cell
             assert cell is not None
             if waiter is None:
-                await cell.mailbox.wait_in_line(ticket)
+                await ticket.mailbox.wait_in_line(ticket)
                 continue
             try:
                 what = f"{waiter.path} publishing {event.topic!r}"
                 begin_wait(waiter, cell, what, to_send=True)
             except Deadlock:
-                cell.mailbox.withdraw(ticket)
+                ticket.mailbox.withdraw(ticket)
                 pending.refused.add(i)
                 self._drop(sub, event, "deadlock")
                 continue
             try:
-                await cell.mailbox.wait_in_line(ticket)
+                await ticket.mailbox.wait_in_line(ticket)
             finally:
                 end_wait(waiter, cell)
 
@@ -672,8 +673,7 @@ class Bus:
                 self.dropped += 1
             elif i not in pending.refused:
                 # left: cancelled (the wait that was cancelled withdrew its place)
-                assert sub.cell is not None
-                sub.cell.mailbox.withdraw(ticket)
+                ticket.mailbox.withdraw(ticket)
                 self._drop(sub, event, "overflow")
             if sub.once:  # served, or back if the event never got there
                 self._resubscribe(sub, back=state is not QUEUED and state is not STOPPED)

@@ -72,10 +72,13 @@ class Ticket:
     message: `WAITING`, `QUEUED`, `STOPPED` or `WITHDRAWN`.
     """
 
-    __slots__ = ("item", "sender", "state", "waiter")
+    __slots__ = ("item", "mailbox", "sender", "state", "waiter")
 
-    def __init__(self, item: Any, sender: trio.lowlevel.Task | None) -> None:
+    def __init__(self, item: Any, sender: trio.lowlevel.Task | None, mailbox: MailboxQueue) -> None:
         self.item = item
+        self.mailbox = mailbox
+        """The mailbox whose line this place is in: wait and withdraw there (a slot
+        that rested gets a fresh mailbox; the closed one settled its tickets)."""
         self.sender = sender
         """The task that is told (`on_let_in`) when its message is let in, if any."""
         self.state: str = WAITING
@@ -348,7 +351,7 @@ class MailboxQueue:
         item is let in.  Its state may already be `QUEUED` (room that was lent
         to threads and not used could be taken back at once).
         """
-        ticket = Ticket(item, sender)
+        ticket = Ticket(item, sender, self)
         line = self._line
         if line is None:
             line = self._line = deque()
