@@ -65,6 +65,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 @pytest.fixture
+def default_sigint() -> Iterator[None]:
+    """Python's default SIGINT handler for the test (restored after): trio.run and the
+    cluster client turn SIGINT into KeyboardInterrupt only from it, as a CLI has it."""
+    old = signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, old)
+
+
+@pytest.fixture
 def slow(request: pytest.FixtureRequest) -> bool:
     """True when the run was started with ``--slow``."""
     return bool(request.config.getoption("--slow"))

@@ -12,7 +12,6 @@ recorded as crashed was lost).
 from __future__ import annotations
 
 import signal
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -21,16 +20,10 @@ import trio.testing
 
 from runtime import Actor, Event, Supervisor, child, open_system
 
-pytestmark = pytest.mark.skipif(not hasattr(signal, "raise_signal"), reason="needs raise_signal")
-
-
-@pytest.fixture(autouse=True)
-def default_sigint() -> Iterator[None]:
-    """trio.run turns SIGINT into KeyboardInterrupt only with Python's default handler."""
-    old = signal.getsignal(signal.SIGINT)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    yield
-    signal.signal(signal.SIGINT, old)
+pytestmark = [
+    pytest.mark.skipif(not hasattr(signal, "raise_signal"), reason="needs raise_signal"),
+    pytest.mark.usefixtures("default_sigint"),
+]
 
 
 def ctrl_c_on(topic: str) -> Any:

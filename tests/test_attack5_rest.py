@@ -11,6 +11,7 @@ from typing import Any
 import trio
 import trio.testing
 from test_otp_semantics import settle, started, w
+from test_transient_rest import letters, stopped_events
 
 from runtime import Actor, Backoff, Supervisor, Terminated, child, open_system
 from runtime.cell import Cell
@@ -126,17 +127,6 @@ async def _ask_and_note(ref: Any, log: list[Any]) -> None:
         log.append(("asked", await ref.ask("ping", timeout=None)))
     except Exception as exc:
         log.append(("asked", type(exc).__name__))
-
-
-def letters(system: Any, path: str) -> list[tuple[Any, str]]:
-    """The dead letters for `path`, oldest first: (message, reason)."""
-    found = system.dead_letters.recent(1000)
-    return [(d.message, d.reason) for d in reversed(found) if d.recipient == path]
-
-
-def stopped_events(system: Any, path: str) -> list[str]:
-    events = system.bus.history("system.actor.stopped", limit=100)
-    return [e.payload["reason"] for e in events if e.payload["path"] == path]
 
 
 async def test_a_rest_ended_by_a_pending_restart_then_terminated_is_announced_once(

@@ -32,16 +32,10 @@ from runtime.cluster.client import ClusterClient
 
 WAIT = 20.0  # real seconds: a bound that only a hang reaches
 
-pytestmark = pytest.mark.skipif(not hasattr(signal, "raise_signal"), reason="needs raise_signal")
-
-
-@pytest.fixture(autouse=True)
-def default_sigint() -> Iterator[None]:
-    """The client takes SIGINT over only from Python's default handler (as a CLI has it)."""
-    old = signal.getsignal(signal.SIGINT)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    yield
-    signal.signal(signal.SIGINT, old)
+pytestmark = [
+    pytest.mark.skipif(not hasattr(signal, "raise_signal"), reason="needs raise_signal"),
+    pytest.mark.usefixtures("default_sigint"),
+]
 
 
 @pytest.fixture
