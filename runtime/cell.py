@@ -246,8 +246,8 @@ class Cell:
         self._running = False
         self._exit: trio.Event | None = None  # made only when someone waits for the end
 
-    def _new_mailbox(self) -> MailboxQueue:
-        return MailboxQueue(self.spec.mailbox_spec(), self.drop, self.host.gate, let_in)
+    def _new_mailbox(self, high_water: int = 0) -> MailboxQueue:
+        return MailboxQueue(self.spec.mailbox_spec(), self.drop, self.host.gate, let_in, high_water)
 
     @property
     def kind(self) -> str:
@@ -536,7 +536,7 @@ class Cell:
         if self.resting:
             # The mailbox first: a foreign thread that sees `ref.is_alive` true then
             # reads `mailbox`, and must find the fresh one.
-            self.mailbox = self._new_mailbox()
+            self.mailbox = self._new_mailbox(self.mailbox.high_water)
             self.resting = False
 
     def begin(self, in_task: bool = True) -> int:

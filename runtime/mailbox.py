@@ -179,10 +179,12 @@ class MailboxQueue:
         drop: Drop,
         gate: ThreadRoom | None = None,
         on_let_in: Callable[[trio.lowlevel.Task, MailboxQueue], None] | None = None,
+        high_water: int = 0,
     ) -> None:
         """`drop(item, reason)` accounts for what is not delivered; `gate` is the
         foreign-thread gate; `on_let_in(task, mailbox)` is told of each waiting
-        sender's message let in (the sender may not have run yet)."""
+        sender's message let in (the sender may not have run yet); `high_water`
+        carries on that of the slot's earlier mailbox, if any."""
         self.capacity = spec.capacity
         self.overflow = spec.overflow
         # Threads need room reserved by the loop before they send only where fullness
@@ -190,7 +192,7 @@ class MailboxQueue:
         self.reserves_room = spec.overflow in ("block", "fail")
         self._user: deque[Any] = _NO_MESSAGES
         self._system: deque[Any] | None = None
-        self._high_water = 0
+        self._high_water = high_water
         self._closed = False
         self._drop = drop
         self._gate = gate

@@ -162,10 +162,10 @@ async def test_a_thread_that_sees_the_rest_over_finds_the_fresh_mailbox(
     seen: list[tuple[bool, bool]] = []
     made = Cell._new_mailbox
 
-    def spying(cell: Cell) -> Any:
+    def spying(cell: Cell, *args: Any) -> Any:
         if cell.path == "/app/t" and getattr(cell, "incarnation", 0):  # not its first
             seen.append((cell.ref.is_alive, cell.mailbox.closed))
-        return made(cell)
+        return made(cell, *args)
 
     monkeypatch.setattr(Cell, "_new_mailbox", spying)
     log: list[Any] = []

@@ -216,3 +216,26 @@ async def test_a_stopped_child_of_a_stopping_tree_is_not_announced_twice(
             await system.terminate_child("/app/t")
             assert stopped_events(system, "/app/t") == ["normal"]
             assert letters(system, "/app/t") == []
+
+
+async def test_the_high_water_of_a_slot_survives_its_rest(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """`mailbox_high_water` is the most ever queued in the slot's mailbox: the fresh
+    mailbox a rested child gets at its restart carries it on."""
+    log: list[Any] = []
+    tree = Supervisor(
+        "app", strategy="one_for_all", children=[w("a", log), w("t", log, restart="transient")]
+    )
+    with trio.fail_after(60):
+        async with open_system(tree) as system:
+            t = system.ref("/app/t")
+            for _ in range(5):
+                t.tell("x")
+            await settle()
+            assert await t.ask("stop") == "stopping"
+            await settle()
+            system.ref("/app/a").tell("crash")
+            await settle()
+            assert await t.ask("ping") == "pong"
+            assert system.snapshot().find("/app/t").mailbox_high_water == 5
