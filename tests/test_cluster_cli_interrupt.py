@@ -129,3 +129,31 @@ def test_a_request_interrupted_right_as_sigint_is_taken_over_raises_keyboard_int
         with pytest.raises(Exception, match="no node of cluster 'interrupted'"):
             client.ping()  # the client still works
     assert not watchdog.is_set()
+
+
+def test_events_ends_on_a_second_ctrl_c_that_lands_inside_the_loop(
+    nats_server: NatsServer,
+    traffic: str,
+    monkeypatch: pytest.MonkeyPatch,
+    watchdog: threading.Event,
+) -> None:
+    """A second Ctrl-C raises KeyboardInterrupt at once, wherever the loop is: here
+    as it is about to run a callback (the wakeup of the task the first one cancelled),
+    which is then lost and its task never ends.  ``troupe events`` hung in the
+    client's close (asyncio.Runner.close waits for every task, unbounded); seen with
+    two quick Ctrl-C, ``python -X dev -m runtime events --cluster``."""
+    real_run = asyncio.events.Handle._run
+    second: list[bool] = []
+
+    def run(handle: asyncio.Handle) -> None:
+        if len(installed) >= 3 and not second:
+            second.append(True)
+            signal.raise_signal(signal.SIGINT)  # the second Ctrl-C: raises here
+        real_run(handle)
+
+    installed = ctrl_c_when_taken_over(monkeypatch, 3)  # waiting for the first message
+    monkeypatch.setattr(asyncio.events.Handle, "_run", run)
+    code = runtime.cli.main(["events", "--cluster", nats_server.url, "--cluster-name", traffic])
+    assert not watchdog.is_set(), "the client's close hung"
+    assert second
+    assert code == 0
