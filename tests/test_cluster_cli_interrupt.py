@@ -157,3 +157,30 @@ def test_events_ends_on_a_second_ctrl_c_that_lands_inside_the_loop(
     assert not watchdog.is_set(), "the client's close hung"
     assert second
     assert code == 0
+
+
+def test_a_ctrl_c_the_task_shrugs_off_still_comes_out_as_keyboard_interrupt(
+    watchdog: threading.Event,
+) -> None:
+    """A task may finish anyway when cancelled (Python 3.11's ``asyncio.wait_for``
+    returns the result when what it waits for finished as it was cancelled: the
+    client's connect and nats-py's requests wait that way); the Ctrl-C was lost and
+    ``troupe events`` went on streaming."""
+    from runtime.cluster.client import _drive
+
+    async def shrugs() -> str:
+        try:
+            signal.raise_signal(signal.SIGINT)  # Ctrl-C while it runs: it is cancelled
+            await asyncio.sleep(WAIT)
+        except asyncio.CancelledError:
+            return "finished anyway"
+        return "slept"
+
+    loop = asyncio.new_event_loop()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            _drive(loop, shrugs())
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        loop.close()
+    assert not watchdog.is_set()

@@ -530,7 +530,10 @@ def _drive(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, T]) -> T:
 
     As ``asyncio.Runner.run(coro)``, Ctrl-C included: in the main thread, while Python's
     default SIGINT handler is in place, a SIGINT cancels the task and comes out as
-    `KeyboardInterrupt` (a second one, or one after the task is done, at once).
+    `KeyboardInterrupt` (a second one, or one after the task is done, at once),
+    also when the task finishes anyway (Python 3.11's ``asyncio.wait_for`` returns
+    the result when what it waits for finished as it was cancelled; Runner.run
+    returns it and the Ctrl-C is lost).
     But ``asyncio.Runner.run`` (CPython 3.11 to 3.13) installs its SIGINT handler
     and only then resets its count of interrupts: a SIGINT landing between the two
     cancelled the task and was forgotten, and a bare `asyncio.CancelledError`
@@ -561,14 +564,16 @@ def _drive(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, T]) -> T:
         except ValueError:  # a main thread without signals (an embedded interpreter)
             took_over = False
     try:
-        return loop.run_until_complete(task)
-    except asyncio.CancelledError:
-        if interrupted:
-            raise KeyboardInterrupt from None
-        raise
+        result = loop.run_until_complete(task)
+    except (asyncio.CancelledError, Exception):
+        if not interrupted:
+            raise
     finally:
         if took_over and signal.getsignal(signal.SIGINT) is on_sigint:
             signal.signal(signal.SIGINT, signal.default_int_handler)
+    if interrupted:  # even when the task finished anyway: the Ctrl-C is not lost
+        raise KeyboardInterrupt
+    return result
 
 
 async def _within(aw: Awaitable[T], seconds: float) -> T | None:
