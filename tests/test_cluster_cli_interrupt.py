@@ -19,8 +19,10 @@ more: waiting for a later one, with raw messages flowing on the bus).
 from __future__ import annotations
 
 import asyncio
+import gc
 import signal
 import threading
+import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -153,10 +155,14 @@ def test_events_ends_on_a_second_ctrl_c_that_lands_inside_the_loop(
 
     installed = ctrl_c_when_taken_over(monkeypatch, 3)  # waiting for the first message
     monkeypatch.setattr(asyncio.events.Handle, "_run", run)
-    code = runtime.cli.main(["events", "--cluster", nats_server.url, "--cluster-name", traffic])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        code = runtime.cli.main(["events", "--cluster", nats_server.url, "--cluster-name", traffic])
+        gc.collect()  # the task never woken, and its coroutine, are gone
     assert not watchdog.is_set(), "the client's close hung"
     assert second
     assert code == 0
+    assert [str(w.message) for w in caught if "never awaited" in str(w.message)] == []
 
 
 def test_a_ctrl_c_the_task_shrugs_off_still_comes_out_as_keyboard_interrupt(
