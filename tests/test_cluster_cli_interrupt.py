@@ -190,3 +190,36 @@ def test_a_ctrl_c_the_task_shrugs_off_still_comes_out_as_keyboard_interrupt(
     finally:
         loop.close()
     assert not watchdog.is_set()
+
+
+def test_a_ctrl_c_as_the_client_gives_sigint_back_leaves_the_default_handler(
+    monkeypatch: pytest.MonkeyPatch, watchdog: threading.Event
+) -> None:
+    """A Ctrl-C landing as the call ends, while the client puts Python's default
+    handler back, raises KeyboardInterrupt: and the default handler is back all the
+    same (the client's stayed installed, and no later call took SIGINT over)."""
+    from runtime.cluster.client import _drive
+
+    real: Callable[..., Any] = signal.getsignal
+    calls: list[int] = []
+
+    def getsignal(signum: int) -> Any:
+        calls.append(signum)
+        if len(calls) == 2:  # the first asks whether to take over, the second gives back
+            signal.raise_signal(signal.SIGINT)
+        return real(signum)
+
+    async def quick() -> str:
+        return "done"
+
+    loop = asyncio.new_event_loop()
+    try:
+        monkeypatch.setattr(signal, "getsignal", getsignal)
+        with pytest.raises(KeyboardInterrupt):
+            _drive(loop, quick())
+        monkeypatch.undo()
+        assert len(calls) >= 2
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        loop.close()
+    assert not watchdog.is_set()

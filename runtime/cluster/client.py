@@ -545,15 +545,24 @@ def _drive(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, T]) -> T:
     came out (``troupe events --cluster`` died of it, exit 1).  Here the flag is
     cleared before the handler is installed.
     """
-    if asyncio._get_running_loop() is not None:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        pass
+    else:
         coro.close()
         raise RuntimeError("a ClusterClient cannot be used inside a running asyncio loop")
     task = loop.create_task(coro)
     interrupted = False
 
+    def give_back() -> None:
+        if took_over and signal.getsignal(signal.SIGINT) is on_sigint:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+
     def on_sigint(signum: int, frame: FrameType | None) -> None:
         nonlocal interrupted
         if interrupted or task.done():
+            give_back()  # also when this lands in the finally below, as it gives back
             raise KeyboardInterrupt
         interrupted = True
         task.cancel()
@@ -574,8 +583,7 @@ def _drive(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, T]) -> T:
         if not interrupted:
             raise
     finally:
-        if took_over and signal.getsignal(signal.SIGINT) is on_sigint:
-            signal.signal(signal.SIGINT, signal.default_int_handler)
+        give_back()
     if interrupted:  # even when the task finished anyway: the Ctrl-C is not lost
         raise KeyboardInterrupt
     return result
