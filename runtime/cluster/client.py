@@ -543,7 +543,9 @@ def _drive(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, T]) -> T:
     and only then resets its count of interrupts: a SIGINT landing between the two
     cancelled the task and was forgotten, and a bare `asyncio.CancelledError`
     came out (``troupe events --cluster`` died of it, exit 1).  Here the flag is
-    cleared before the handler is installed.
+    cleared before the handler is installed.  Unlike Runner.run, each call runs in
+    a copy of the caller's context, not in one context kept across calls: neither
+    this client nor nats-py keeps anything in context variables.
     """
     try:
         asyncio.get_running_loop()
