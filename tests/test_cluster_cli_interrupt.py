@@ -19,8 +19,10 @@ more: waiting for a later one, with raw messages flowing on the bus).
 from __future__ import annotations
 
 import asyncio
+import gc
 import signal
 import threading
+import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -128,4 +130,96 @@ def test_a_request_interrupted_right_as_sigint_is_taken_over_raises_keyboard_int
         monkeypatch.undo()  # the next request is not interrupted
         with pytest.raises(Exception, match="no node of cluster 'interrupted'"):
             client.ping()  # the client still works
+    assert not watchdog.is_set()
+
+
+def test_events_ends_on_a_second_ctrl_c_that_lands_inside_the_loop(
+    nats_server: NatsServer,
+    traffic: str,
+    monkeypatch: pytest.MonkeyPatch,
+    watchdog: threading.Event,
+) -> None:
+    """A second Ctrl-C raises KeyboardInterrupt at once, wherever the loop is: here
+    as it is about to run a callback (the wakeup of the task the first one cancelled),
+    which is then lost and its task never ends.  ``troupe events`` hung in the
+    client's close (asyncio.Runner.close waits for every task, unbounded); seen with
+    two quick Ctrl-C, ``python -X dev -m runtime events --cluster``."""
+    real_run = asyncio.events.Handle._run
+    second: list[bool] = []
+
+    def run(handle: asyncio.Handle) -> None:
+        if len(installed) >= 3 and not second:
+            second.append(True)
+            signal.raise_signal(signal.SIGINT)  # the second Ctrl-C: raises here
+        real_run(handle)
+
+    installed = ctrl_c_when_taken_over(monkeypatch, 3)  # waiting for the first message
+    monkeypatch.setattr(asyncio.events.Handle, "_run", run)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        code = runtime.cli.main(["events", "--cluster", nats_server.url, "--cluster-name", traffic])
+        gc.collect()  # the task never woken, and its coroutine, are gone
+    assert not watchdog.is_set(), "the client's close hung"
+    assert second
+    assert code == 0
+    assert [str(w.message) for w in caught if "never awaited" in str(w.message)] == []
+
+
+def test_a_ctrl_c_the_task_shrugs_off_still_comes_out_as_keyboard_interrupt(
+    watchdog: threading.Event,
+) -> None:
+    """A task may finish anyway when cancelled (Python 3.11's ``asyncio.wait_for``
+    returns the result when what it waits for finished as it was cancelled: the
+    client's connect and nats-py's requests wait that way); the Ctrl-C was lost and
+    ``troupe events`` went on streaming."""
+    from runtime.cluster.client import _drive
+
+    async def shrugs() -> str:
+        try:
+            signal.raise_signal(signal.SIGINT)  # Ctrl-C while it runs: it is cancelled
+            await asyncio.sleep(WAIT)
+        except asyncio.CancelledError:
+            return "finished anyway"
+        return "slept"
+
+    loop = asyncio.new_event_loop()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            _drive(loop, shrugs())
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        loop.close()
+    assert not watchdog.is_set()
+
+
+def test_a_ctrl_c_as_the_client_gives_sigint_back_leaves_the_default_handler(
+    monkeypatch: pytest.MonkeyPatch, watchdog: threading.Event
+) -> None:
+    """A Ctrl-C landing as the call ends, while the client puts Python's default
+    handler back, raises KeyboardInterrupt: and the default handler is back all the
+    same (the client's stayed installed, and no later call took SIGINT over)."""
+    from runtime.cluster.client import _drive
+
+    real: Callable[..., Any] = signal.getsignal
+    calls: list[int] = []
+
+    def getsignal(signum: int) -> Any:
+        calls.append(signum)
+        if len(calls) == 2:  # the first asks whether to take over, the second gives back
+            signal.raise_signal(signal.SIGINT)
+        return real(signum)
+
+    async def quick() -> str:
+        return "done"
+
+    loop = asyncio.new_event_loop()
+    try:
+        monkeypatch.setattr(signal, "getsignal", getsignal)
+        with pytest.raises(KeyboardInterrupt):
+            _drive(loop, quick())
+        monkeypatch.undo()
+        assert len(calls) >= 2
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        loop.close()
     assert not watchdog.is_set()

@@ -10,11 +10,10 @@ request is a msgpack ``[op, args]`` and the answer ``[ok, value or error
 text]``.
 
 It runs nats-py on an asyncio event loop of its own, driven from the calling
-thread (an `asyncio.Runner`'s loop, see `_drive`): every method blocks the
-calling thread until it has its answer or its timeout passed, and no thread is
-started.  One client is for one thread.  A Ctrl-C (SIGINT, in the main thread)
-while a method blocks cancels what it waits for and comes out as
-`KeyboardInterrupt`.
+thread (see `_drive`): every method blocks the calling thread until it has
+its answer or its timeout passed, and no thread is started.  One client is for
+one thread.  A Ctrl-C (SIGINT, in the main thread) while a method blocks cancels
+what it waits for and comes out as `KeyboardInterrupt`.
 """
 
 from __future__ import annotations
@@ -23,7 +22,7 @@ import asyncio
 import logging
 import signal
 import threading
-from collections.abc import Coroutine, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Coroutine, Iterator, Mapping, Sequence
 from types import FrameType, TracebackType
 from typing import Any, Final, TypeVar, cast
 
@@ -151,7 +150,7 @@ class ClusterClient:
         self.cluster_name = check_cluster_name(cluster_name)
         self.timeout = float(timeout)
         self.nats_options: dict[str, Any] = dict(nats_options or {})
-        self._runner: asyncio.Runner | None = None
+        self._aio: asyncio.AbstractEventLoop | None = None  # nats-py's loop, while connected
         self._nc: Any = None  # nats.aio.client.Client, imported lazily
         self._codec = Codec(
             ref_to_url=lambda ref: str(ref.url),
@@ -179,10 +178,10 @@ class ClusterClient:
             raise ClusterError(
                 "the cluster extra is not installed: pip install 'trio-troupe[cluster]'"
             ) from None
-        self._runner = asyncio.Runner()
+        self._aio = asyncio.new_event_loop()
         # What nats-py's tasks leave behind (e.g. a connect still failing after a
         # Ctrl-C) is this client's business: its own errors say what went wrong.
-        self._runner.get_loop().set_exception_handler(_quiet)
+        self._aio.set_exception_handler(_quiet)
         errors: list[BaseException] = []
 
         async def on_error(error: Exception) -> None:
@@ -204,12 +203,12 @@ class ClusterClient:
             )
 
         try:
-            self._nc = _drive(self._runner, connect())
+            self._nc = _drive(self._aio, connect())
         except KeyboardInterrupt:
-            self._close_runner()
+            self._close_loop()
             raise
         except Exception as error:
-            self._close_runner()
+            self._close_loop()
             cause = errors[-1] if errors else error
             text = str(cause) or type(cause).__name__
             if isinstance(cause, OSError | TimeoutError) or type(cause).__name__ in (
@@ -226,19 +225,42 @@ class ClusterClient:
         return self
 
     def close(self) -> None:
-        """Disconnect (blocks briefly while nats-py drains).  Idempotent."""
+        """Disconnect (blocks briefly while nats-py drains; a few `timeout` at most,
+        whatever state a Ctrl-C left the loop in).  Idempotent."""
         nc, self._nc = self._nc, None
-        if nc is not None and self._runner is not None:
-            try:
-                _drive(self._runner, asyncio.wait_for(nc.close(), self.timeout))
-            except Exception:
-                pass  # leaving anyway
-        self._close_runner()
+        try:
+            if nc is not None and self._aio is not None:
+                try:
+                    _drive(self._aio, _within(nc.close(), self.timeout))
+                except Exception:
+                    pass  # leaving anyway
+        finally:
+            self._close_loop()
 
-    def _close_runner(self) -> None:
-        runner, self._runner = self._runner, None
-        if runner is not None:
-            runner.close()
+    def _close_loop(self) -> None:
+        """Cancel what is left on the loop, wait up to `timeout` for it, close the loop.
+
+        Not ``asyncio.Runner.close``, which waits for every task without a bound: a
+        second Ctrl-C raises KeyboardInterrupt wherever the loop is, and one raised as
+        the loop was about to run a callback loses it (a task never woken again, and
+        ``troupe events`` hung on leaving)."""
+        loop, self._aio = self._aio, None
+        if loop is None:
+            return
+        try:
+            left = asyncio.all_tasks(loop)
+            for task in left:
+                task.cancel()
+            if left:
+                _drive(loop, asyncio.wait(left, timeout=self.timeout))
+            _drive(loop, _within(loop.shutdown_asyncgens(), self.timeout))
+        finally:
+            for task in asyncio.all_tasks(loop):  # stuck: dropped (logged at debug level)
+                try:
+                    task.get_coro().close()  # no "never awaited" warning at exit
+                except RuntimeError:  # it awaits in a finally block: left as it is
+                    pass
+            loop.close()
 
     def __enter__(self) -> ClusterClient:
         return self.connect()
@@ -251,10 +273,10 @@ class ClusterClient:
     ) -> None:
         self.close()
 
-    def _loop(self) -> tuple[asyncio.Runner, Any]:
-        if self._nc is None or self._runner is None:
+    def _loop(self) -> tuple[asyncio.AbstractEventLoop, Any]:
+        if self._nc is None or self._aio is None:
             raise RuntimeError("the ClusterClient is not connected: use it in a `with` block")
-        return self._runner, self._nc
+        return self._aio, self._nc
 
     # -- requests --------------------------------------------------------------
     def _subject(self, node: str | None) -> str:
@@ -312,8 +334,8 @@ class ClusterClient:
         return value
 
     def _run(self, op: str, node: str | None, args: Any = None) -> Any:
-        runner, nc = self._loop()
-        return _drive(runner, self._ask(nc, op, node, args))
+        loop, nc = self._loop()
+        return _drive(loop, self._ask(nc, op, node, args))
 
     def ping(self, node: str | None = None) -> dict[str, Any]:
         """``{"node", "incarnation"}`` of `node`, or of any one node.  Blocks up to
@@ -357,7 +379,7 @@ class ClusterClient:
     def _ask_each(self, op: str, nodes: Sequence[str], args: Any) -> dict[str, Any]:
         """``{node: answer, or the Exception it raised}``, every node asked at once.
         Blocks up to `timeout` (``KeyboardInterrupt`` and the like propagate)."""
-        runner, nc = self._loop()
+        loop, nc = self._loop()
         names = list(nodes)
 
         async def ask_all() -> list[Any]:
@@ -365,7 +387,7 @@ class ClusterClient:
                 *(self._ask(nc, op, name, args) for name in names), return_exceptions=True
             )
 
-        answers = _drive(runner, ask_all())
+        answers = _drive(loop, ask_all())
         for answer in answers:
             if isinstance(answer, BaseException) and not isinstance(answer, Exception):
                 raise answer
@@ -435,20 +457,20 @@ class ClusterClient:
         from runtime.topics import check_pattern
 
         check_pattern(pattern)
-        runner, nc = self._loop()
+        loop, nc = self._loop()
         subject = f"{self.cluster_name}.bus.{pattern}"
-        sub = _drive(runner, nc.subscribe(subject))
-        return self._stream(runner, nc, sub, timeout)
+        sub = _drive(loop, nc.subscribe(subject))
+        return self._stream(loop, nc, sub, timeout)
 
     def _stream(
-        self, runner: asyncio.Runner, nc: Any, sub: Any, timeout: float | None
+        self, loop: asyncio.AbstractEventLoop, nc: Any, sub: Any, timeout: float | None
     ) -> Iterator[dict[str, Any]]:
         from nats.errors import TimeoutError as NatsTimeout
 
         try:
             while True:
                 try:
-                    msg = _drive(runner, sub.next_msg(timeout=timeout))
+                    msg = _drive(loop, sub.next_msg(timeout=timeout))
                 except (TimeoutError, NatsTimeout):
                     return
                 except Exception as error:
@@ -461,7 +483,7 @@ class ClusterClient:
         finally:
             if self._nc is nc and not nc.is_closed:
                 try:
-                    _drive(runner, sub.unsubscribe())
+                    _drive(loop, sub.unsubscribe())
                 except Exception:
                     pass
 
@@ -508,28 +530,41 @@ def _quiet(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
     log.debug("cluster client: %s", context.get("message"), exc_info=context.get("exception"))
 
 
-def _drive(runner: asyncio.Runner, coro: Coroutine[Any, Any, T]) -> T:
-    """`coro`'s result, run on `runner`'s loop until done (blocking this thread).
+def _drive(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, T]) -> T:
+    """`coro`'s result, run on `loop` until done (blocking this thread).
 
-    As ``runner.run(coro)``, Ctrl-C included: in the main thread, while Python's
+    As ``asyncio.Runner.run(coro)``, Ctrl-C included: in the main thread, while Python's
     default SIGINT handler is in place, a SIGINT cancels the task and comes out as
-    `KeyboardInterrupt` (a second one, or one after the task is done, at once).
+    `KeyboardInterrupt` (a second one, or one after the task is done, at once),
+    also when the task finishes anyway (Python 3.11's ``asyncio.wait_for`` returns
+    the result when what it waits for finished as it was cancelled; Runner.run
+    returns it and the Ctrl-C is lost).
     But ``asyncio.Runner.run`` (CPython 3.11 to 3.13) installs its SIGINT handler
     and only then resets its count of interrupts: a SIGINT landing between the two
     cancelled the task and was forgotten, and a bare `asyncio.CancelledError`
     came out (``troupe events --cluster`` died of it, exit 1).  Here the flag is
-    cleared before the handler is installed.
+    cleared before the handler is installed.  Unlike Runner.run, each call runs in
+    a copy of the caller's context, not in one context kept across calls: neither
+    this client nor nats-py keeps anything in context variables.
     """
-    if asyncio._get_running_loop() is not None:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        pass
+    else:
         coro.close()
         raise RuntimeError("a ClusterClient cannot be used inside a running asyncio loop")
-    loop = runner.get_loop()
     task = loop.create_task(coro)
     interrupted = False
+
+    def give_back() -> None:
+        if took_over and signal.getsignal(signal.SIGINT) is on_sigint:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
 
     def on_sigint(signum: int, frame: FrameType | None) -> None:
         nonlocal interrupted
         if interrupted or task.done():
+            give_back()  # also when this lands in the finally below, as it gives back
             raise KeyboardInterrupt
         interrupted = True
         task.cancel()
@@ -545,11 +580,24 @@ def _drive(runner: asyncio.Runner, coro: Coroutine[Any, Any, T]) -> T:
         except ValueError:  # a main thread without signals (an embedded interpreter)
             took_over = False
     try:
-        return loop.run_until_complete(task)
-    except asyncio.CancelledError:
-        if interrupted:
-            raise KeyboardInterrupt from None
-        raise
+        result = loop.run_until_complete(task)
+    except (asyncio.CancelledError, Exception):
+        if not interrupted:
+            raise
     finally:
-        if took_over and signal.getsignal(signal.SIGINT) is on_sigint:
-            signal.signal(signal.SIGINT, signal.default_int_handler)
+        give_back()
+    if interrupted:  # even when the task finished anyway: the Ctrl-C is not lost
+        raise KeyboardInterrupt
+    return result
+
+
+async def _within(aw: Awaitable[T], seconds: float) -> T | None:
+    """`aw`'s result, or None when it did not finish within `seconds`: it is then
+    cancelled but not waited for (what a Ctrl-C broke into may never finish)."""
+    task = asyncio.ensure_future(aw)
+    try:
+        done, _ = await asyncio.wait({task}, timeout=seconds)
+        return task.result() if done else None
+    finally:
+        if not task.done():
+            task.cancel()
