@@ -11,7 +11,7 @@ from typing import Any
 import trio
 import trio.testing
 from test_otp_semantics import settle, started, w
-from test_transient_rest import letters, stopped_events
+from test_transient_rest import letters, restart_group, stopped_events
 
 from runtime import Actor, Backoff, Supervisor, Terminated, child, open_system
 from runtime.cell import Cell
@@ -89,12 +89,7 @@ async def test_a_resting_child_whose_group_restart_waits_out_a_backoff_takes_mes
     dead-lettered, the watcher was told it had stopped, the crash was lost."""
     log: list[Any] = []
     seen: list[Any] = []
-    group = Supervisor(
-        "app",
-        strategy="one_for_all",
-        backoff=Backoff(min=30.0, max=30.0, jitter=0.0),
-        children=[w("a", log), w("t", log, restart="transient")],
-    )
+    group = restart_group(log, backoff=Backoff(min=30.0, max=30.0, jitter=0.0))
     tree = Supervisor("top", children=[group, child(Seen, name="watcher", args=(seen,))])
     with trio.fail_after(120):
         async with open_system(tree) as system:
@@ -135,12 +130,7 @@ async def test_a_rest_ended_by_a_pending_restart_then_terminated_is_announced_on
     """One ``system.actor.stopped`` per incarnation: the rest announced it, and the
     slot is removed during the restart's backoff, with no incarnation since."""
     log: list[Any] = []
-    tree = Supervisor(
-        "app",
-        strategy="one_for_all",
-        backoff=Backoff(min=30.0, max=30.0, jitter=0.0),
-        children=[w("a", log), w("t", log, restart="transient")],
-    )
+    tree = restart_group(log, backoff=Backoff(min=30.0, max=30.0, jitter=0.0))
     with trio.fail_after(120):
         async with open_system(tree) as system:
             assert await system.ref("/app/t").ask("stop") == "stopping"
@@ -169,9 +159,7 @@ async def test_a_thread_that_sees_the_rest_over_finds_the_fresh_mailbox(
 
     monkeypatch.setattr(Cell, "_new_mailbox", spying)
     log: list[Any] = []
-    tree = Supervisor(
-        "app", strategy="one_for_all", children=[w("a", log), w("t", log, restart="transient")]
-    )
+    tree = restart_group(log)
     with trio.fail_after(60):
         async with open_system(tree) as system:
             assert await system.ref("/app/t").ask("stop") == "stopping"

@@ -26,6 +26,17 @@ from test_otp_semantics import Listener, settle, started, w
 from runtime import ActorStopped, Mailbox, Supervisor, child, open_system
 
 
+def restart_group(log: list[Any], *, mailbox: Any = None, backoff: Any = None) -> Supervisor:
+    """``/app``, `one_for_all`, with a worker ``a`` and a `transient` ``t``: a crash of
+    ``a`` restarts ``t`` too, also after ``t`` stopped normally and rests."""
+    return Supervisor(
+        "app",
+        strategy="one_for_all",
+        backoff=backoff,
+        children=[w("a", log), w("t", log, restart="transient", mailbox=mailbox)],
+    )
+
+
 def letters(system: Any, path: str) -> list[tuple[Any, str]]:
     """The dead letters for `path`, oldest first: (message, reason)."""
     found = system.dead_letters.recent(1000)
@@ -150,14 +161,7 @@ def test_threads_reach_a_resting_child_only_as_dead_letters() -> None:
     into the closed mailbox: dead-lettered; after the restart its tells are handled, and
     the new mailbox never holds more than its capacity.  (Real threads: real time.)"""
     log: list[Any] = []
-    tree = Supervisor(
-        "app",
-        strategy="one_for_all",
-        children=[
-            w("a", log),
-            w("t", log, restart="transient", mailbox=Mailbox(capacity=8, overflow="block")),
-        ],
-    )
+    tree = restart_group(log, mailbox=Mailbox(capacity=8, overflow="block"))
     runner = SystemThread(tree).start()
     try:
         system = runner.system
@@ -224,9 +228,7 @@ async def test_the_high_water_of_a_slot_survives_its_rest(
     """`mailbox_high_water` is the most ever queued in the slot's mailbox: the fresh
     mailbox a rested child gets at its restart carries it on."""
     log: list[Any] = []
-    tree = Supervisor(
-        "app", strategy="one_for_all", children=[w("a", log), w("t", log, restart="transient")]
-    )
+    tree = restart_group(log)
     with trio.fail_after(60):
         async with open_system(tree) as system:
             t = system.ref("/app/t")
