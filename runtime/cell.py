@@ -262,6 +262,11 @@ class Cell:
         return self._running
 
     @property
+    def absent(self) -> bool:
+        """No incarnation, and none coming: stopped for good, or resting (`rest`)."""
+        return self.finalized or self.resting
+
+    @property
     def start_wait(self) -> Cell | None:
         """The slot whose start this one waits for (the wait-for graph, rule 5): the
         child a supervisor is busy starting; for a slot with no running incarnation,
@@ -271,7 +276,7 @@ class Cell:
         starting: Cell | None = self.behaviour.starting
         if starting is not None:
             return starting
-        if self._running or self.finalized or self.resting or self.parent is None:
+        if self._running or self.absent or self.parent is None:
             return None
         sibling: Cell | None = self.parent.behaviour.starting
         return sibling if sibling is not self else None
@@ -428,7 +433,7 @@ class Cell:
 
     # -- watching --------------------------------------------------------
     def watch(self, target: Cell) -> None:
-        if target.finalized or target.resting:
+        if target.absent:
             self.mailbox.put_system(Terminated(target.ref, target.final_reason))
             return
         if target.watchers is None:
@@ -483,7 +488,7 @@ class Cell:
         are dead-lettered as ``stopped`` and asks fail with `ActorStopped` at
         once.  Never blocks.
         """
-        if self.finalized or self.resting or self._running:
+        if self.absent or self._running:
             return
         self.resting = True
         self.final_reason = reason

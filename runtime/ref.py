@@ -59,7 +59,7 @@ class ActorRef:
         restarts) and the system runs; False once it stopped for good, and while a
         ``transient`` child that exited normally rests."""
         cell = self._cell
-        return not cell.finalized and not cell.resting and cell.host.is_running
+        return not cell.absent and cell.host.is_running
 
     @property
     def is_busy(self) -> bool:
