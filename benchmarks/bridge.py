@@ -177,12 +177,39 @@ async def asyncio_throughput(n: int, tasks: bool = False) -> float:
         return perf_counter() - start
 
 
+async def trio_throughput(n: int) -> float:
+    """The same with bare trio: `n` tasks each awaiting ``trio.to_thread.run_sync``
+    under one ``CapacityLimiter(8)`` (trio's thread cache starts and reuses the threads)."""
+    limiter = trio.CapacityLimiter(BRIDGE_WORKERS)
+    run_sync = trio.to_thread.run_sync
+
+    async def one() -> None:
+        await run_sync(time.sleep, SLEEP, limiter=limiter)
+
+    async def batch(count: int) -> None:
+        async with trio.open_nursery() as nursery:
+            for _ in range(count):
+                nursery.start_soon(one)
+
+    await batch(2 * BRIDGE_WORKERS)  # warm-up: the cached threads exist
+    await trio.testing.wait_all_tasks_blocked()
+    start = perf_counter()
+    await batch(n)
+    return perf_counter() - start
+
+
 def throughput_once(size: Size) -> Figures:
     n = size.pick(1_000, 40)
     troupe = run_trio(troupe_throughput, n)
     base = asyncio.run(asyncio_throughput(n))
     tasks = asyncio.run(asyncio_throughput(n, tasks=True))
-    return {"troupe_rate": n / troupe, "asyncio_rate": n / base, "asyncio_tasks_rate": n / tasks}
+    bare = run_trio(trio_throughput, n)
+    return {
+        "troupe_rate": n / troupe,
+        "asyncio_rate": n / base,
+        "asyncio_tasks_rate": n / tasks,
+        "trio_rate": n / bare,
+    }
 
 
 THROUGHPUT = Bench(
@@ -204,6 +231,13 @@ THROUGHPUT = Bench(
             "asyncio: 1,000 tasks (asyncio.gather of coroutines), each awaiting "
             "loop.run_in_executor(ThreadPoolExecutor(8), time.sleep, 0.001): the shape of "
             "the Troupe side, where 1,000 trio tasks each await run_blocking",
+        ),
+        Row(
+            "the same against bare trio, to_thread.run_sync with CapacityLimiter(8) (calls/s)",
+            "troupe_rate",
+            "trio_rate",
+            "trio: 1,000 tasks in a nursery, each awaiting trio.to_thread.run_sync(time.sleep, "
+            "0.001, limiter=CapacityLimiter(8)): the same shape without Troupe",
         ),
     ],
     notes=[
