@@ -795,15 +795,19 @@ class Bus:
         the newest are dead-lettered (``overflow``) and counted as dropped.
         Events still queued when the block ends (the reader stopped reading,
         was cancelled or raised) are dead-lettered (``stopped``), as those left
-        in the mailbox of an actor that stops.  `capacity` is a whole number
-        >= 0 (``0``: only a reader already waiting gets an event); never
-        unbounded (ValueError).
+        in the mailbox of an actor that stops.  When the system stops, the
+        stream ends: its reader gets the events already queued, then the end
+        of the iteration (`trio.EndOfChannel` to ``receive()``).  `capacity` is
+        a whole number >= 0 (``0``: only a reader already waiting gets an
+        event); never unbounded (ValueError).  Raises `RuntimeClosed` once the
+        system has stopped.
         """
         if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 0:
             raise ValueError(
                 f"a stream's capacity is a whole number of events >= 0 (it is bounded), "
                 f"got {capacity!r}"
             )
+        self._check_open(f"stream {pattern!r}")
         send, receive = trio.open_memory_channel[Event](capacity)
         sub = Subscription(pattern, channel=send, seq=next(self._seq))
         self._index.add(sub)
@@ -829,6 +833,21 @@ class Bus:
         if sub in self._streams:
             self._streams.discard(sub)
             self._index.remove(sub)
+
+    def end_streams(self) -> None:
+        """The system stopped: end every open stream.  Its reader still gets what
+        is queued, then the end of the iteration; what it leaves unread when its
+        block ends is dead-lettered as ever.  Never blocks."""
+        for sub in list(self._streams):
+            self._remove_stream(sub)
+            assert sub.channel is not None  # a stream's subscription has its channel
+            sub.channel.close()
+
+    def _check_open(self, what: str) -> None:
+        if not self._host.is_running:
+            raise RuntimeClosed(
+                f"actor system {self._host.name!r} is not running: cannot {what} on its bus"
+            )
 
     # -- callbacks (the reference design's decorator) --------------------
     def subscribe(

@@ -453,8 +453,8 @@ class ThreadedSystem:
         """The bus, for plain threads: publish, subscribe callbacks, history, stats."""
         return self._bus
 
-    def ref(self, path: str) -> ActorRef:
-        return self._call(self._system.ref, path)  # type: ignore[no-any-return]
+    def ref(self, path_or_url: str) -> ActorRef:
+        return self._call(self._system.ref, path_or_url)  # type: ignore[no-any-return]
 
     def snapshot(self) -> TreeSnapshot:
         return self._call(self._system.snapshot)  # type: ignore[no-any-return]

@@ -340,18 +340,18 @@ class System:
             raise ValueError(f"{cell.path} is an actor, not a supervisor: {what}")
         return behaviour
 
-    def ref(self, path: str) -> ActorRef:
-        """The ref of the actor at `path` (``/app/worker``); `ActorNotFound` if none.
+    def ref(self, path_or_url: str) -> ActorRef:
+        """The ref of the actor at a path (``/app/worker``); `ActorNotFound` if none.
 
-        On a cluster `path` may also be a URL, ``troupe://node/app/worker``: a
-        ref to an actor of another node (not checked here: an unknown path shows
+        On a cluster it may also be a URL, ``troupe://node/app/worker``: a ref
+        to an actor of another node (not checked here: an unknown path shows
         when it is used) or of this one.  Without a cluster a URL raises
         `ValueError`.  A supervisor with a `receiver` child (e.g. a pool) is
         addressed through it.
         """
-        if isinstance(path, str) and path.startswith(URL_SCHEME):
-            return self._remote(path).resolve(path)
-        return self._receiving(self._lookup(path)).ref
+        if isinstance(path_or_url, str) and path_or_url.startswith(URL_SCHEME):
+            return self._remote(path_or_url).resolve(path_or_url)
+        return self._receiving(self._lookup(path_or_url)).ref
 
     def _receiving(self, cell: Cell) -> Cell:
         """`cell`, or the receiver child that takes what is sent to it (e.g. a pool's
@@ -592,6 +592,7 @@ class System:
         self._shutting_down = True
         self._root.finalize("shutdown")
         self.gate.close()
+        self.bus.end_streams()
 
     async def serve_signals(self, signals: AsyncIterator[int]) -> None:
         """A first signal stops the system gracefully, a second kills it."""
