@@ -231,6 +231,9 @@ class Bus:
         self._host = host
         self._index: PatternIndex[Subscription] = PatternIndex()
         self._by_cell: dict[Cell, dict[str, Subscription]] = {}
+        # actors in `_by_cell` with more than one pattern: while there is none, a
+        # publish need not look out for reaching one subscriber twice
+        self._several = 0
         # `once` subscriptions taken out of the index by the publish waiting in their
         # line, by (actor, pattern): back in if that event never gets there
         self._held: dict[tuple[Cell, str], Subscription] = {}
@@ -267,13 +270,12 @@ class Bus:
         check_pattern(pattern)  # before touching anything: a ValueError, never a TypeError
         _check_replay(replay)
         _check_filter(filter)
-        mine = self._by_cell.setdefault(cell, {})
-        old = mine.get(pattern)
+        old = self._by_cell.get(cell, {}).get(pattern)
         if old is not None:
             self._index.remove(old)
         self._held.pop((cell, pattern), None)  # replaced: a held once is not coming back
         sub = Subscription(pattern, cell=cell, once=once, filter=filter, seq=next(self._seq))
-        mine[pattern] = sub
+        self._file(cell, sub)
         self._index.add(sub)
         if replay:
             self._replay(sub, replay)
@@ -283,22 +285,43 @@ class Bus:
         """Drop `cell`'s subscription to exactly `pattern` (one held by a waiting
         publish included); False if there was none."""
         held = self._held.pop((cell, pattern), None)
-        mine = self._by_cell.get(cell)
-        sub = mine.pop(pattern, None) if mine else None
+        sub = self._unfile(cell, pattern)
         if sub is None:
             return held is not None
         self._index.remove(sub)
-        if not mine:
-            self._by_cell.pop(cell, None)
         return True
 
     def drop_all(self, cell: Cell) -> None:
         """The actor has no incarnation any more (stopped for good, or rests): its
         subscriptions go with it."""
-        for sub in self._by_cell.pop(cell, {}).values():
+        mine = self._by_cell.pop(cell, {})
+        if len(mine) > 1:
+            self._several -= 1
+        for sub in mine.values():
             self._index.remove(sub)
         for key in [key for key in self._held if key[0] is cell]:
             del self._held[key]
+
+    def _file(self, cell: Cell, sub: Subscription) -> None:
+        """`sub` is `cell`'s subscription to its pattern (replacing one to the same)."""
+        mine = self._by_cell.setdefault(cell, {})
+        before = len(mine)
+        mine[sub.pattern] = sub
+        if before == 1 and len(mine) == 2:
+            self._several += 1
+
+    def _unfile(self, cell: Cell, pattern: str) -> Subscription | None:
+        """Take `cell`'s subscription to `pattern` out of `_by_cell` (None if none)."""
+        mine = self._by_cell.get(cell)
+        sub = mine.pop(pattern, None) if mine else None
+        if sub is None:
+            return None
+        assert mine is not None
+        if len(mine) == 1:
+            self._several -= 1
+        elif not mine:
+            del self._by_cell[cell]
+        return sub
 
     def patterns_of(self, cell: Cell) -> tuple[str, ...]:
         return tuple(self._by_cell.get(cell, ()))
@@ -574,11 +597,15 @@ class Bus:
         any), and a place whose wait would close a cycle is refused at once
         (``deadlock``) rather than first waiting in the other lines.
 
+        An actor reached through several of its patterns gets the event once,
+        through the first that takes it (whose filter, if any, accepts it).
+
         Returns how many got it now, and the places taken (None if none).
         """
         count = 0
         lines: Lines | None = None
         waiter: Waiter | None = None  # looked up only if someone must be waited for
+        reached: set[Cell] | None = set() if self._several else None
         # A copy: `once` subscriptions leave the index as they are served.
         for sub in list(self._index.match(event.topic, segments)):
             if sub.filter is not None and not self._accepts(sub, event):
@@ -587,6 +614,10 @@ class Bus:
             if cell is None:
                 count += self._to_stream(sub, event)
                 continue
+            if reached is not None:
+                if cell in reached:
+                    continue
+                reached.add(cell)
             mailbox = cell.mailbox
             try:
                 dropped = mailbox.put(event)
@@ -750,7 +781,7 @@ class Bus:
             return
         del self._held[key]
         if back:
-            self._by_cell.setdefault(cell, {})[sub.pattern] = sub
+            self._file(cell, sub)
             self._index.add(sub)
 
     def _drop(self, sub: Subscription, event: Event, reason: str) -> None:

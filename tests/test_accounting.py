@@ -108,6 +108,7 @@ class Worker(Actor):
             ctl.fail_starts[path] = left - 1
             raise Boom(f"{path} refuses to start")
         self.ctx.subscribe(f"acct.t{self.topic}")
+        self.ctx.subscribe(f"*.t{self.topic}")  # overlaps: each event must still come once
         ctl.active[path] = True
         self.live = True
 
