@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import decimal
 import functools
+import inspect
 import logging
 import math
 import numbers
@@ -55,7 +56,8 @@ class Daemon(Actor):
     longer than `interval` is logged and counted as slow.  Ticks never appear in
     dead letters: not one that crashed or was cancelled by a stop, nor one an
     earlier incarnation left queued.  Override `receive` as usual for other
-    messages.
+    messages, and `on_start` as usual too: calling ``super().on_start()`` from it
+    is optional (see `on_start`).
     """
 
     interval: float = 1.0
@@ -73,22 +75,52 @@ class Daemon(Actor):
     lateness: float | None = None  # how late the last tick started, seconds
     _last_tick_at: float | None = None  # trio time the last tick started (for health)
     _seconds: float | None = None  # `interval` as checked at the start of the incarnation
+    _ticking_in: trio.Nursery | None = None  # the incarnation whose schedule is started
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
+        # A plain ``def`` is left alone, for `runtime.child` to refuse (a wrapper
+        # would be ``async def`` and hide it).
         own = cls.__dict__.get("receive")
-        if own is not None:  # let ticks through before the subclass's own handler
+        if own is not None and inspect.iscoroutinefunction(own):
+            # let ticks through before the subclass's own handler
             setattr(cls, "receive", _with_ticks(own))  # noqa: B010 - wrap the subclass's own
+        start = cls.on_start  # its own, or one it inherits from a class that is not a Daemon
+        if (
+            start is not Daemon.on_start
+            and not getattr(start, _STARTS_TICKS, False)
+            and inspect.iscoroutinefunction(start)
+        ):
+            setattr(cls, "on_start", _then_ticks(start))  # noqa: B010 - wrap the subclass's own
 
     async def tick(self) -> None:
         """The periodic work; override it."""
         raise NotImplementedError(f"{type(self).__name__} must implement `async def tick(self)`")
 
     async def on_start(self) -> None:
-        """Check `interval` and start the schedule.  A subclass that overrides
-        `on_start` calls ``await super().on_start()``."""
+        """Check `interval` and start the schedule (`_start_ticks`).
+
+        A subclass that overrides `on_start` need not call ``await super().on_start()``:
+        its `on_start` is wrapped so that the schedule starts right after it returns,
+        once per incarnation whether or not it called this.  After, not before: the
+        check sees an `interval` that the subclass's `on_start` set, and with
+        `tick_at_start` the first tick comes right after its start work, not late
+        by its length.  A subclass that does call this starts the schedule there
+        (as before; calling it again does nothing).  Raises `ValueError` for a bad
+        `interval`, which fails the start."""
+        self._start_ticks()
+
+    def _start_ticks(self) -> None:
+        """Check `interval` and start the schedule in the incarnation's nursery,
+        unless this incarnation's schedule is started already.  Raises `ValueError`
+        naming ``<class>.interval`` if it is not a finite number of seconds of at
+        least `MIN_INTERVAL`; the schedule is then not started."""
+        nursery = self.ctx.nursery  # one per incarnation
+        if self._ticking_in is nursery:
+            return
         self._seconds = _check_interval(self.interval, type(self).__name__)
-        self.ctx.nursery.start_soon(self._schedule, self._seconds, name=f"{self.ctx.path} ticks")
+        nursery.start_soon(self._schedule, self._seconds, name=f"{self.ctx.path} ticks")
+        self._ticking_in = nursery
 
     async def receive(self, msg: Any) -> Any:
         if type(msg) is _Tick:
@@ -190,4 +222,27 @@ def _with_ticks(receive: Callable[[Any, Any], Awaitable[Any]]) -> Callable[[Any,
             return await self._run_tick(msg)
         return await receive(self, msg)
 
+    return wrapper
+
+
+_STARTS_TICKS = "_troupe_starts_ticks"
+"""Marks an `on_start` wrapped by `_then_ticks` (so a subclass that inherits it is
+not wrapped again)."""
+
+
+def _then_ticks(on_start: Callable[[Any], Awaitable[None]]) -> Callable[[Any], Any]:
+    """`on_start` of a Daemon subclass, then its schedule (`Daemon._start_ticks`) if
+    `on_start` is the class's outermost (an inner one, reached through ``super()``
+    from a subclass's, leaves it to that one, which may still set `interval`).
+    Raises what `on_start` raises, and then starts nothing (a schedule it started
+    through ``super()`` ends with the incarnation's nursery, as the start fails);
+    `ValueError` for a bad `interval`."""
+
+    @functools.wraps(on_start)
+    async def wrapper(self: Daemon) -> None:
+        await on_start(self)
+        if type(self).on_start is wrapper:
+            self._start_ticks()  # does nothing if on_start called Daemon.on_start
+
+    setattr(wrapper, _STARTS_TICKS, True)  # a mark, not a typed attribute
     return wrapper
