@@ -35,7 +35,7 @@ from .messages import (
     Internal,
     Terminated,
 )
-from .monitor import ActorInfo, LoopHealth, TreeSnapshot
+from .monitor import ActorInfo, Escalation, LoopHealth, TreeSnapshot
 from .ref import ActorRef
 from .spec import Backoff, ChildInfo, ChildSpec, Mailbox, Supervisor, child
 from .system import System
@@ -62,6 +62,7 @@ __all__ = [
     "Deadlock",
     "DeferredReply",
     "ErrorInfo",
+    "Escalation",
     "Event",
     "ExitReason",
     "Internal",

@@ -105,6 +105,11 @@ class Host(Protocol):
         """Publish a runtime event (``system.*``) without waiting."""
         ...
 
+    def supervisor_escalated(self, path: str, error: BaseException) -> None:
+        """The supervisor at `path` gave up with `error`: remember it (health reads
+        the recent ones) and publish ``system.supervisor.escalated`` while running."""
+        ...
+
     # -- services an actor's context offers ------------------------------------
     async def publish_from(
         self,

@@ -195,11 +195,9 @@ class MetricsServer:
                     problems["tree"] = f"{node.path} failed: {error.type}: {error.message}"
             if failing and "tree" not in problems:
                 problems["tree"] = "the tree is failing: a supervisor escalated to the root"
-        escalated = [  # recent ones, also those a parent dealt with
-            f"{event.payload.get('path')}: {event.payload.get('error')}"
-            for event in system.bus.history(
-                "system.supervisor.escalated", limit=5, since=time.time() - RECENT
-            )
+        escalated = [  # recent ones, also those a parent dealt with (not the bus's history)
+            f"{escalation.path}: {escalation.error}"
+            for escalation in system.escalations(since=time.time() - RECENT)[:5]
         ]
         if escalated and "tree" not in problems:
             problems["tree"] = (

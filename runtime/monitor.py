@@ -69,6 +69,15 @@ class BlockedStep:
 
 
 @attrs.frozen
+class Escalation:
+    """A supervisor that gave up (restart intensity exceeded): see `System.escalations`."""
+
+    at: float  # wall-clock time it gave up
+    path: str  # the supervisor's path
+    error: str  # its `RestartIntensityExceeded`, as text (names the root cause)
+
+
+@attrs.frozen
 class LoopHealth:
     """How responsive the trio loop has been (see `LoopMonitor`).
 

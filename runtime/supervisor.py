@@ -411,10 +411,7 @@ class Supervising:
             if isinstance(reason, BaseException):
                 error.__cause__ = reason
                 note_root_cause(error, where, cause)
-            if cell.host.is_running:
-                cell.host.system_event(
-                    "system.supervisor.escalated", {"path": cell.path, "error": str(error)}
-                )
+            cell.host.supervisor_escalated(cell.path, error)
             raise error
         if self.sup.backoff is None:
             return 0.0

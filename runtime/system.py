@@ -10,6 +10,7 @@ import math
 import os
 import random
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -22,7 +23,7 @@ from .deadletters import DeadLetterOffice, DeadLetters
 from .deadlines import Deadlines
 from .errors import ActorNotFound, AskTimeout, RuntimeClosed
 from .messages import Control, Event, ExitReason, Reply
-from .monitor import BlockedStep, LoopMonitor, TreeSnapshot, take_snapshot
+from .monitor import BlockedStep, Escalation, LoopMonitor, TreeSnapshot, take_snapshot
 from .ref import ActorRef
 from .spec import (
     URL_SCHEME,
@@ -43,6 +44,7 @@ if TYPE_CHECKING:
     from .cluster.node import Cluster
 
 RESERVED = "system"
+ESCALATIONS_KEPT = 10  # the most recent supervisor escalations a system remembers
 log = logging.getLogger("troupe")
 
 
@@ -128,6 +130,7 @@ class System:
         self._shutting_down = False  # from here on, whatever stops is stopped for good
         self._killed = False  # the stop was forced: every incarnation is cancelled
         self._failure: BaseException | None = None
+        self._escalations: deque[Escalation] = deque(maxlen=ESCALATIONS_KEPT)
         self._interrupt: BaseException | None = None
         self._on_root_exit: Callable[[], None] | None = None
         root_spec = Supervisor("root", strategy="one_for_one", children=[_system_tree(), tree])
@@ -162,6 +165,13 @@ class System:
     def failure(self) -> BaseException | None:
         """What the tree failed with (e.g. `RestartIntensityExceeded`), if it did."""
         return self._failure
+
+    def escalations(self, since: float | None = None) -> list[Escalation]:
+        """The supervisors that gave up (restart intensity exceeded), newest first: the
+        last `ESCALATIONS_KEPT`, also those a parent restarted, kept whatever the bus's
+        ``history=`` (``/healthz`` reads them).  `since`: only those at or after this
+        wall-clock time (``time.time()``).  Raises nothing."""
+        return [e for e in reversed(self._escalations) if since is None or e.at >= since]
 
     @property
     def interrupt(self) -> BaseException | None:
@@ -224,6 +234,15 @@ class System:
 
     def system_event(self, topic: str, payload: Mapping[str, Any]) -> None:
         self.bus.system_event(topic, payload)
+
+    def supervisor_escalated(self, path: str, error: BaseException) -> None:
+        """Remember that the supervisor at `path` gave up with `error` (see `escalations`),
+        and publish ``system.supervisor.escalated`` while the system runs."""
+        self._escalations.append(Escalation(at=time.time(), path=path, error=str(error)))
+        if self.is_running:
+            self.bus.system_event(
+                "system.supervisor.escalated", {"path": path, "error": str(error)}
+            )
 
     def publish_blocked(self, steps: list[BlockedStep]) -> None:
         """Publish ``system.loop.blocked`` for long steps the loop monitor saw."""

@@ -532,3 +532,54 @@ async def test_healthz_is_unhealthy_after_a_nested_supervisor_escalated() -> Non
                 assert body["checks"]["tree"]["escalated"]
     finally:
         logging.getLogger("troupe").setLevel(logging.NOTSET)
+
+
+async def test_healthz_names_an_escalation_with_no_event_history() -> None:
+    # history=0 keeps no events: health must not depend on the bus's history
+    inner = Supervisor("inner", max_restarts=0, within=1, children=[child(Sticks, name="s")])
+    tree = Supervisor("app", max_restarts=10, within=1, children=[inner])
+    logging.getLogger("troupe").setLevel(logging.CRITICAL)
+    try:
+        with trio.fail_after(WAIT):
+            async with runtime.open_system(tree, metrics_port=0, history=0) as system:
+                port = system.metrics.port
+                system.ref("/app/inner/s").tell("crash")  # /app/inner gives up, /app restarts it
+                await runtime.testing.wait_for(
+                    lambda: system.snapshot().find("/app/inner").restarts == 1, timeout=WAIT
+                )
+                assert system.bus.history(">") == []
+                code, _, body = await get(port, "/healthz")
+    finally:
+        logging.getLogger("troupe").setLevel(logging.NOTSET)
+    assert code == 503 and body["status"] == "unhealthy", body
+    tree_check = body["checks"]["tree"]
+    assert tree_check["ok"] is False
+    assert tree_check["problem"].startswith(
+        "a supervisor escalated less than 30 s ago: /app/inner: "
+    )
+    assert "ValueError('broken for good')" in tree_check["problem"]
+    assert [e.split(":")[0] for e in tree_check["escalated"]] == ["/app/inner"]
+
+
+async def test_healthz_names_an_escalation_after_the_history_filled_up(
+    autojump_clock: Any,
+) -> None:
+    # more events since than the history keeps: the escalation is still seen
+    inner = Supervisor("inner", max_restarts=0, within=1, children=[child(Sticks, name="s")])
+    tree = Supervisor("app", max_restarts=10, within=1, children=[inner])
+    logging.getLogger("troupe").setLevel(logging.CRITICAL)
+    try:
+        with trio.fail_after(WAIT):
+            async with runtime.open_system(tree, metrics_port=0, history=5) as system:
+                system.ref("/app/inner/s").tell("crash")
+                await runtime.testing.wait_for(
+                    lambda: system.snapshot().find("/app/inner").restarts == 1, timeout=WAIT
+                )
+                for n in range(20):
+                    system.publish("noise", n)
+                assert not system.bus.history("system.supervisor.escalated")
+                code, body = system.metrics.health()
+    finally:
+        logging.getLogger("troupe").setLevel(logging.NOTSET)
+    assert code == 503, body
+    assert body["checks"]["tree"]["escalated"][0].startswith("/app/inner: ")

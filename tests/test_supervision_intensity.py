@@ -346,6 +346,38 @@ async def test_escalation_restarts_the_child_supervisor_and_its_children(
         assert starts(log, "top") == 0
 
 
+async def test_the_system_keeps_the_last_escalations_whatever_the_history(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Escalations are the system's own record (health reads it), not the bus's
+    history: kept with ``history=0``, newest first, the last `ESCALATIONS_KEPT`."""
+    log: list[Any] = []
+    tree = Supervisor(
+        "app",
+        max_restarts=100,
+        within=100.0,
+        children=[Supervisor("inner", max_restarts=0, within=1.0, children=[w("x", log)])],
+    )
+    kept = runtime.system.ESCALATIONS_KEPT
+    with trio.fail_after(60):
+        async with open_system(tree, history=0) as system:
+            assert system.escalations() == []
+            for _ in range(kept + 2):  # inner gives up each time; /app restarts it
+                await crash(system, "/app/inner/x")
+            assert system.snapshot().find("/app/inner").restarts == kept + 2
+            assert system.bus.history(">") == []
+            escalations = system.escalations()
+    assert len(escalations) == kept
+    assert all(isinstance(e, runtime.Escalation) for e in escalations)
+    assert {e.path for e in escalations} == {"/app/inner"}
+    assert "RestartIntensityExceeded" not in escalations[0].error  # the text of the error
+    assert "/app/inner/x: Boom" in escalations[0].error
+    times = [e.at for e in escalations]
+    assert times == sorted(times, reverse=True)  # newest first
+    assert system.escalations(since=times[0] + 1) == []
+    assert system.escalations(since=times[0]) == [e for e in escalations if e.at >= times[0]]
+
+
 async def test_restarted_supervisor_starts_with_a_fresh_restart_history(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
