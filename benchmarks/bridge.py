@@ -15,6 +15,7 @@ import asyncio
 import gc
 import random
 import time
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from time import perf_counter
 from typing import Any
@@ -122,6 +123,22 @@ OVERHEAD = Bench(
 
 
 # -- 2. throughput of short blocking calls -------------------------------------------
+async def timed_batch(one: Callable[[], Awaitable[None]], n: int) -> float:
+    """Seconds for `n` trio tasks, all started at once, to each run `one()`, after a
+    warm-up batch of ``2 * BRIDGE_WORKERS`` (the worker threads exist by then)."""
+
+    async def batch(count: int) -> None:
+        async with trio.open_nursery() as nursery:
+            for _ in range(count):
+                nursery.start_soon(one)
+
+    await batch(2 * BRIDGE_WORKERS)
+    await trio.testing.wait_all_tasks_blocked()
+    start = perf_counter()
+    await batch(n)
+    return perf_counter() - start
+
+
 async def troupe_throughput(n: int) -> float:
     """Seconds for `n` concurrent ``system.run_blocking(time.sleep, 1 ms)`` on bridge b8."""
     tree = Supervisor(
@@ -137,16 +154,7 @@ async def troupe_throughput(n: int) -> float:
         async def one() -> None:
             await run_blocking(time.sleep, SLEEP, bridge=path, timeout=None)
 
-        async def batch(count: int) -> None:
-            async with trio.open_nursery() as nursery:
-                for _ in range(count):
-                    nursery.start_soon(one)
-
-        await batch(2 * BRIDGE_WORKERS)  # warm-up: the worker threads exist
-        await trio.testing.wait_all_tasks_blocked()
-        start = perf_counter()
-        await batch(n)
-        took = perf_counter() - start
+        took = await timed_batch(one, n)
         snap = system.snapshot().find(path).stats
     if snap["peak_active"] > BRIDGE_WORKERS:
         raise AssertionError(f"bridge b8 ran {snap['peak_active']} calls at once")
@@ -186,16 +194,7 @@ async def trio_throughput(n: int) -> float:
     async def one() -> None:
         await run_sync(time.sleep, SLEEP, limiter=limiter)
 
-    async def batch(count: int) -> None:
-        async with trio.open_nursery() as nursery:
-            for _ in range(count):
-                nursery.start_soon(one)
-
-    await batch(2 * BRIDGE_WORKERS)  # warm-up: the cached threads exist
-    await trio.testing.wait_all_tasks_blocked()
-    start = perf_counter()
-    await batch(n)
-    return perf_counter() - start
+    return await timed_batch(one, n)
 
 
 def throughput_once(size: Size) -> Figures:

@@ -14,7 +14,7 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from queue import SimpleQueue
 from time import perf_counter
@@ -109,11 +109,41 @@ def troupe_foreign_tell(m: int, producers: int) -> float:
 
 
 @contextmanager
+def trio_in_thread(
+    consumer: Callable[[], Awaitable[None]], instrument: trio.abc.Instrument | None = None
+) -> Iterator[trio.lowlevel.TrioToken]:
+    """A bare trio loop in a thread of its own, running `consumer` (and `instrument`,
+    if given) until the block ends; yields the loop's token."""
+    box: dict[str, Any] = {}
+    ready = threading.Event()
+
+    async def main() -> None:
+        stop = trio.Event()
+        box["stop"] = stop.set
+        if instrument is not None:
+            trio.lowlevel.add_instrument(instrument)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(consumer)
+            box["token"] = trio.lowlevel.current_trio_token()
+            ready.set()
+            await stop.wait()
+            nursery.cancel_scope.cancel()
+
+    thread = threading.Thread(target=trio.run, args=(main,), daemon=True)
+    thread.start()
+    ready.wait()
+    token: trio.lowlevel.TrioToken = box["token"]
+    try:
+        yield token
+    finally:
+        token.run_sync_soon(box["stop"])
+        thread.join()
+
+
+@contextmanager
 def bare_loop(counter: ThreadCounter) -> Iterator[tuple[trio.lowlevel.TrioToken, Callable]]:
     """A bare trio loop in a thread: a consumer task draining a deque (woken through a
     ParkingLot), and `deliver(msg)` to call on the loop thread."""
-    box: dict[str, Any] = {}
-    ready = threading.Event()
     queue: deque[Any] = deque()
     lot = trio.lowlevel.ParkingLot()
 
@@ -131,25 +161,8 @@ def bare_loop(counter: ThreadCounter) -> Iterator[tuple[trio.lowlevel.TrioToken,
                 # the same per-message checkpoint-free handling as the floor in kernel.py
             await lot.park()
 
-    async def main() -> None:
-        stop = trio.Event()
-        box["stop"] = stop.set
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(consumer)
-            box["token"] = trio.lowlevel.current_trio_token()
-            ready.set()
-            await stop.wait()
-            nursery.cancel_scope.cancel()
-
-    thread = threading.Thread(target=trio.run, args=(main,), daemon=True)
-    thread.start()
-    ready.wait()
-    token: trio.lowlevel.TrioToken = box["token"]
-    try:
+    with trio_in_thread(consumer) as token:
         yield token, deliver
-    finally:
-        token.run_sync_soon(box["stop"])
-        thread.join()
 
 
 def bare_run_sync_soon(m: int, producers: int) -> float:
@@ -308,8 +321,6 @@ def lean_ask_blocking(k: int, warmup: int) -> float:
     `trio.from_thread.run_sync`, it has the consumer's task step and the
     per-step hook; it has none of an ask's other duties (a timeout, order with
     the thread's tells, a bounded mailbox, late replies)."""
-    box: dict[str, Any] = {}
-    ready = threading.Event()
     handoffs: deque[Any] = deque()
     queue: deque[Any] = deque()
     lot = trio.lowlevel.ParkingLot()
@@ -330,22 +341,6 @@ def lean_ask_blocking(k: int, warmup: int) -> float:
                 waiter.put(await echo(msg))
             await lot.park()
 
-    async def main() -> None:
-        stop = trio.Event()
-        box["stop"] = stop.set
-        trio.lowlevel.add_instrument(_HandOff(handoffs, deliver))
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(consumer)
-            box["token"] = trio.lowlevel.current_trio_token()
-            ready.set()
-            await stop.wait()
-            nursery.cancel_scope.cancel()
-
-    thread = threading.Thread(target=trio.run, args=(main,), daemon=True)
-    thread.start()
-    ready.wait()
-    token: trio.lowlevel.TrioToken = box["token"]
-
     def wake() -> None:
         # Mostly a no-op: the instrument took the ask as the loop woke up.  But an
         # ask handed over while the loop was awake may have its wake-up byte read
@@ -353,18 +348,16 @@ def lean_ask_blocking(k: int, warmup: int) -> float:
         while handoffs:
             deliver(handoffs.popleft())
 
-    def ask(msg: Any) -> Any:
-        waiter: SimpleQueue[Any] = local.__dict__.setdefault("waiter", SimpleQueue())
-        handoffs.append((msg, waiter))
-        token.run_sync_soon(wake)
-        return waiter.get()
-
     local = threading.local()
-    try:
+    with trio_in_thread(consumer, _HandOff(handoffs, deliver)) as token:
+
+        def ask(msg: Any) -> Any:
+            waiter: SimpleQueue[Any] = local.__dict__.setdefault("waiter", SimpleQueue())
+            handoffs.append((msg, waiter))
+            token.run_sync_soon(wake)
+            return waiter.get()
+
         return in_thread(lambda: _time_asks(ask, k, warmup))
-    finally:
-        token.run_sync_soon(box["stop"])
-        thread.join()
 
 
 @contextmanager
