@@ -53,9 +53,11 @@ from .spec import (
     check_duplicate_window,
     check_history,
     check_msg_id,
+    check_stream_capacity,
     check_timeout,
 )
 from .system_actors import Callback, bound_builtin
+from .threads import ThreadStream
 from .topics import (
     MATCH_CACHE,
     SYSTEM,
@@ -87,6 +89,12 @@ _NO_METADATA: Mapping[str, Any] = MappingProxyType({})
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+StreamChannel = trio.MemorySendChannel[Event] | ThreadStream
+"""Where a stream's subscription delivers: a trio task's memory channel
+(`Bus.stream`) or a plain thread's `ThreadStream` (`Bus.add_thread_stream`).
+The bus only calls `send_nowait` and `close` on it."""
+
+
 class Subscription:
     """One pattern of one subscriber: an actor's mailbox or a stream's channel."""
 
@@ -108,7 +116,7 @@ class Subscription:
         pattern: str,
         *,
         cell: Cell | None = None,
-        channel: trio.MemorySendChannel[Event] | None = None,
+        channel: StreamChannel | None = None,
         once: bool = False,
         filter: Callable[[Event], bool] | None = None,
         seq: int = 0,
@@ -126,7 +134,12 @@ class Subscription:
 
     @property
     def subscriber(self) -> str:
-        return self.cell.path if self.cell is not None else f"stream:{self.pattern}"
+        return self.cell.path if self.cell is not None else _stream_name(self.pattern)
+
+
+def _stream_name(pattern: str) -> str:
+    """A stream's name as a dead letter's recipient."""
+    return f"stream:{pattern}"
 
 
 Lines = list[tuple[Subscription, Ticket]]
@@ -237,7 +250,7 @@ class Bus:
         # `once` subscriptions taken out of the index by the publish waiting in their
         # line, by (actor, pattern): back in if that event never gets there
         self._held: dict[tuple[Cell, str], Subscription] = {}
-        self._streams: set[Subscription] = set()
+        self._streams: dict[StreamChannel, Subscription] = {}  # open streams, by channel
         self._history: deque[Event] = deque(maxlen=check_history(history))
         self._window = check_duplicate_window(duplicate_window)
         self._msg_ids: OrderedDict[str, float] = OrderedDict()  # msg_id -> when first seen
@@ -833,16 +846,10 @@ class Bus:
         event); never unbounded (ValueError).  Raises `RuntimeClosed` once the
         system has stopped.
         """
-        if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 0:
-            raise ValueError(
-                f"a stream's capacity is a whole number of events >= 0 (it is bounded), "
-                f"got {capacity!r}"
-            )
+        check_stream_capacity(capacity)
         self._check_open(f"stream {pattern!r}")
         send, receive = trio.open_memory_channel[Event](capacity)
-        sub = Subscription(pattern, channel=send, seq=next(self._seq))
-        self._index.add(sub)
-        self._streams.add(sub)
+        sub = self._open_stream(pattern, send)
         try:
             yield receive
         finally:
@@ -860,18 +867,51 @@ class Bus:
                     return
                 self._host.dead_letter(event, "stopped", sub.subscriber)
 
+    def add_thread_stream(self, channel: ThreadStream) -> None:
+        """Subscribe a plain thread's stream (`ThreadedBus.stream`) to its pattern.
+
+        Loop thread only; never blocks.  From now on the matching events go
+        into `channel` as into an async stream's channel: past its capacity
+        they are dead-lettered (``overflow``) and counted as dropped; when the
+        system stops, `end_streams` closes it.  Its reader's block ends with
+        `end_thread_stream`.  Raises `RuntimeClosed` once the system has
+        stopped, ValueError for an invalid pattern (nothing subscribed then).
+        """
+        self._check_open(f"stream {channel.pattern!r}")
+        self._open_stream(channel.pattern, channel)
+
+    def end_thread_stream(self, channel: ThreadStream) -> None:
+        """A plain thread's stream ended (its reader left the block): end its
+        subscription if it is still open, and dead-letter what the reader left
+        unread (``stopped``), as for an async stream.  Loop thread only; never
+        blocks.  Also after the system stopped (as `_strand` does then)."""
+        sub = self._streams.get(channel)
+        if sub is not None:
+            self._remove_stream(sub)
+        for event in channel.take_unread():
+            self._host.dead_letter(event, "stopped", _stream_name(channel.pattern))
+
+    def _open_stream(self, pattern: str, channel: StreamChannel) -> Subscription:
+        """Subscribe `channel` to `pattern` (ValueError for an invalid one)."""
+        sub = Subscription(pattern, channel=channel, seq=next(self._seq))
+        self._index.add(sub)
+        self._streams[channel] = sub
+        return sub
+
     def _remove_stream(self, sub: Subscription) -> None:
-        if sub in self._streams:
-            self._streams.discard(sub)
+        assert sub.channel is not None  # a stream's subscription has its channel
+        if self._streams.get(sub.channel) is sub:
+            del self._streams[sub.channel]
             self._index.remove(sub)
 
     def end_streams(self) -> None:
-        """The system stopped: end every open stream.  Its reader still gets what
-        is queued, then the end of the iteration; what it leaves unread when its
-        block ends is dead-lettered as ever.  Never blocks."""
-        for sub in list(self._streams):
+        """The system stopped: end every open stream (those of plain threads too).
+        Its reader still gets what is queued, then the end of the iteration; what
+        it leaves unread when its block ends is dead-lettered as ever.  Never
+        blocks."""
+        for sub in list(self._streams.values()):
             self._remove_stream(sub)
-            assert sub.channel is not None  # a stream's subscription has its channel
+            assert sub.channel is not None
             sub.channel.close()
 
     def _check_open(self, what: str) -> None:

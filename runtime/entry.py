@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import os
 import pathlib
 import signal
@@ -28,12 +29,15 @@ from .monitor import TreeSnapshot
 from .ref import ActorRef
 from .spec import ChildInfo, ChildSpec, Supervisor
 from .system import System
+from .threads import ThreadStream
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
 
     from .cluster.node import Cluster
     from .cluster.peers import NodeInfo
+
+log = logging.getLogger("troupe.bus")
 
 
 @asynccontextmanager
@@ -506,9 +510,10 @@ class ThreadedSystem:
 
 class ThreadedBus:
     """`System.bus` for plain threads (``start_in_thread(...).bus``): each method runs
-    on the loop and blocks the calling thread until it is done.  Not for the loop
-    thread itself (use ``system.bus`` there); `stream` needs trio, so it is not
-    here: subscribe a callback instead."""
+    on the loop and blocks the calling thread until it is done; `stream` gives a
+    plain thread a blocking stream of events (``with bus.stream("t.*") as events:
+    for event in events: ...``).  Not for the loop thread itself (use
+    ``system.bus`` there: `stream` raises `RuntimeError` on it)."""
 
     def __init__(self, handle: ThreadedSystem) -> None:
         self._handle = handle
@@ -563,6 +568,72 @@ class ThreadedBus:
     def stats(self) -> dict[str, Any]:
         """`Bus.stats`: `statistics` as a plain dict; blocks and raises the same way."""
         return self._handle._call(self._bus.stats)  # type: ignore[no-any-return]
+
+    @contextmanager
+    def stream(self, pattern: str = ">", *, capacity: int = 1000) -> Iterator[ThreadStream]:
+        """``with handle.bus.stream("training.*") as events: for event in events: ...``
+
+        `Bus.stream` for a plain thread.  Entering blocks this thread until
+        the loop has subscribed (the subscription is active when the block
+        starts).  ``for event in events`` and ``events.receive(timeout=None)``
+        block this thread, never the loop; `receive` raises `TimeoutError`
+        after `timeout` seconds.  The default ``>`` is every application
+        event; the runtime's own come only to a pattern that names them
+        (``system.>``).  A slow reader does not slow publishers: past
+        `capacity` queued events the newest are dead-lettered (``overflow``)
+        and counted as dropped (``0``: only a reader already waiting gets an
+        event).
+
+        When the block ends, however it ends (the reader broke out, raised,
+        or was interrupted, e.g. by Ctrl-C), leaving blocks this thread until
+        the loop has ended the subscription and dead-lettered the events left
+        unread (``stopped``).  When the system stops, the stream ends: the
+        reader gets the events already queued, then the end of its iteration
+        (`trio.EndOfChannel` from ``receive()``).  If the system's loop is
+        gone by the time the block ends, nothing can record what was left
+        unread: those events are discarded, with a warning on the
+        ``troupe.bus`` logger that says how many (no exception: the block's
+        own must not be hidden).
+
+        Raises `ValueError` for a bad pattern or capacity (as `Bus.stream`),
+        `RuntimeClosed` once the system has stopped, and `RuntimeError` on
+        the loop thread (use ``async with system.bus.stream(...)`` there).
+        """
+        if self._handle._system.gate.on_loop_thread():
+            raise RuntimeError(
+                "handle.bus.stream() is for plain threads (it blocks its thread): "
+                "on the trio thread use `async with system.bus.stream(...)`"
+            )
+        channel = ThreadStream(pattern, capacity)  # ValueError for a bad capacity
+        try:
+            self._handle._call(self._bus.add_thread_stream, channel)
+        except BaseException as exc:
+            if not isinstance(exc, Exception):
+                # interrupted (Ctrl-C) while the loop subscribes it: the loop runs
+                # calls in order, so this end comes after that subscription
+                self._end_stream(channel)
+            raise  # an Exception: nothing was subscribed (bad pattern, system stopped)
+        try:
+            yield channel
+        finally:
+            self._end_stream(channel)
+
+    def _end_stream(self, channel: ThreadStream) -> None:
+        """End `channel`'s subscription on the loop (`Bus.end_thread_stream`); if the
+        loop is gone, discard what is left, and say so."""
+        try:
+            self._handle._call(self._bus.end_thread_stream, channel)
+        except RuntimeClosed:
+            unread = channel.take_unread()
+            if unread:
+                log.warning(
+                    "%d event%s left unread in the thread stream of %r discarded: actor "
+                    "system %r had stopped, so they could not be dead-lettered",
+                    len(unread),
+                    "s" if len(unread) != 1 else "",
+                    channel.pattern,
+                    self._handle.name,
+                )
 
 
 class ThreadedCluster:

@@ -145,6 +145,18 @@ def check_correlation_id(correlation_id: object) -> str | None:
     return correlation_id
 
 
+def check_stream_capacity(capacity: object) -> int:
+    """A bus stream's capacity: a whole number of events >= 0 (``0``: only a reader
+    already waiting gets an event); a stream is never unbounded.  For
+    ``system.bus.stream`` and the thread handle's ``bus.stream`` alike."""
+    if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 0:
+        raise ValueError(
+            f"a stream's capacity is a whole number of events >= 0 (it is bounded), "
+            f"got {capacity!r}"
+        )
+    return capacity
+
+
 def check_duplicate_window(window: object) -> float:
     """Seconds a ``msg_id`` is remembered: >= 0 (``0`` turns duplicate suppression off)."""
     if isinstance(window, int | float) and not isinstance(window, bool):
@@ -529,6 +541,7 @@ __all__ = [
     "check_history",
     "check_msg_id",
     "check_name",
+    "check_stream_capacity",
     "check_timeout",
     "child",
 ]

@@ -4,6 +4,10 @@
 the dashboard's, put their results in queues of their own and wake the loop
 with one `run_sync_soon`; the loop drains them.  None touches runtime state.)
 
+The other way, from the loop to a thread, goes `ThreadStream`: the bus's events
+for a plain thread reading a stream (`ThreadedBus.stream`), in a bounded queue
+that the loop appends to without ever waiting.
+
 Rule 3 of the design: a foreign thread never touches runtime state.  It
 appends to a small injection queue (its own *lane*) and wakes the loop with
 `TrioToken.run_sync_soon`, once per batch.  The gate's lock is never held
@@ -73,7 +77,8 @@ import trio
 
 from .errors import ActorStopped, AskTimeout, MailboxFull, RuntimeClosed
 from .mailbox import MailboxQueue
-from .messages import Ask
+from .messages import Ask, Event
+from .spec import check_stream_capacity, check_timeout
 
 if TYPE_CHECKING:
     from .cell import Cell
@@ -1144,4 +1149,113 @@ class ThreadGate:
             return self._take_back_credits(mailbox).get(mailbox, 0)
 
 
-__all__ = ["ThreadGate", "ThreadReply"]
+class ThreadStream:
+    """A bus stream read by a plain thread: what ``handle.bus.stream(...)`` yields.
+
+    The one piece of state the loop and the reader share: a queue of at most
+    `capacity` events (plus one for each reader waiting), under a
+    `threading.Condition` held only for a few deque operations (rule 3).  The
+    reader never touches runtime state, and the loop never waits on it.
+
+    The reader's side: `receive`, and iteration (``for event in events``),
+    which ends when the stream has ended and nothing is left.  Both block
+    the calling thread (never the loop) and may be interrupted there (e.g.
+    Ctrl-C on the main thread): leaving the ``with`` block then ends the
+    subscription as ever.
+
+    The loop's side, called by the bus only (`Bus.add_thread_stream`):
+    `send_nowait`, `close` and `take_unread`.
+    """
+
+    __slots__ = ("_closed", "_events", "_ready", "_waiting", "capacity", "pattern")
+
+    def __init__(self, pattern: str, capacity: int = 1000) -> None:
+        """ValueError for a bad `capacity` (as for ``system.bus.stream``); `pattern`
+        is checked when the bus subscribes it."""
+        self.pattern = pattern
+        self.capacity = check_stream_capacity(capacity)
+        self._ready = threading.Condition(threading.Lock())
+        self._events: deque[Event] = deque()
+        self._waiting = 0  # readers blocked in `receive` (each may take one more event)
+        self._closed = False
+
+    # -- the reader's side (any thread but the loop's) ----------------------
+    def receive(self, timeout: float | None = None) -> Event:
+        """The next event, blocking this thread until there is one.
+
+        Raises `TimeoutError` if none came within `timeout` seconds (None: wait
+        as long as it takes; 0: only one already queued), and
+        `trio.EndOfChannel` once the stream has ended (its block ended, or the
+        system stopped) and every event queued before was received.
+        `ValueError` for a negative or NaN `timeout`.  An interruption (e.g.
+        KeyboardInterrupt) while it waits propagates, and no event is taken.
+        """
+        limit = check_timeout(timeout)
+        deadline = math.inf if limit == math.inf else time.monotonic() + limit
+        with self._ready:
+            self._waiting += 1
+            try:
+                while True:
+                    if self._events:
+                        return self._events.popleft()
+                    if self._closed:
+                        raise trio.EndOfChannel
+                    if deadline == math.inf:
+                        self._ready.wait()
+                        continue
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        raise TimeoutError(
+                            f"no event on the stream of {self.pattern!r} within {limit}s"
+                        )
+                    self._ready.wait(min(remaining, threading.TIMEOUT_MAX))
+            finally:
+                self._waiting -= 1
+
+    def __iter__(self) -> ThreadStream:
+        return self
+
+    def __next__(self) -> Event:
+        """`receive` with no timeout; the iteration stops where it would raise
+        `trio.EndOfChannel`."""
+        try:
+            return self.receive()
+        except trio.EndOfChannel:
+            raise StopIteration from None
+
+    # -- the loop's side (the bus) ------------------------------------------
+    def send_nowait(self, event: Event) -> None:
+        """Queue `event` for the reader.  Never blocks.  `trio.WouldBlock` if
+        `capacity` events wait already (a waiting reader adds room for one),
+        `trio.ClosedResourceError` once closed: the bus dead-letters it then."""
+        with self._ready:
+            if self._closed:
+                raise trio.ClosedResourceError("the stream has ended")
+            if len(self._events) >= self.capacity + self._waiting:
+                raise trio.WouldBlock
+            self._events.append(event)
+            self._ready.notify()
+
+    def close(self) -> None:
+        """End the stream: nothing more is queued; readers get what is, then
+        `trio.EndOfChannel`.  Never blocks; idempotent."""
+        with self._ready:
+            self._closed = True
+            self._ready.notify_all()
+
+    def take_unread(self) -> list[Event]:
+        """Close, and take the events no reader received (oldest first), for the bus
+        to dead-letter.  Never blocks."""
+        with self._ready:
+            self._closed = True
+            unread = list(self._events)
+            self._events.clear()
+            self._ready.notify_all()
+        return unread
+
+    def __repr__(self) -> str:
+        state = "ended" if self._closed else "open"
+        return f"<ThreadStream {self.pattern!r} capacity={self.capacity} {state}>"
+
+
+__all__ = ["ThreadGate", "ThreadReply", "ThreadStream"]
