@@ -95,6 +95,11 @@ StreamChannel = trio.MemorySendChannel[Event] | ThreadStream
 The bus only calls `send_nowait` and `close` on it."""
 
 
+def _once_first(sub: Subscription) -> bool:
+    """Sort key that puts ``once`` subscriptions first (False sorts before True)."""
+    return not sub.once
+
+
 class Subscription:
     """One pattern of one subscriber: an actor's mailbox or a stream's channel."""
 
@@ -246,7 +251,7 @@ class Bus:
         self._by_cell: dict[Cell, dict[str, Subscription]] = {}
         # actors in `_by_cell` with more than one pattern: while there is none, a
         # publish need not look out for reaching one subscriber twice
-        self._several = 0
+        self._multi_pattern_actors = 0
         # `once` subscriptions taken out of the index by the publish waiting in their
         # line, by (actor, pattern): back in if that event never gets there
         self._held: dict[tuple[Cell, str], Subscription] = {}
@@ -288,7 +293,7 @@ class Bus:
             self._index.remove(old)
         self._held.pop((cell, pattern), None)  # replaced: a held once is not coming back
         sub = Subscription(pattern, cell=cell, once=once, filter=filter, seq=next(self._seq))
-        self._file(cell, sub)
+        self._keep_subscription(cell, sub)
         self._index.add(sub)
         if replay:
             self._replay(sub, replay)
@@ -298,7 +303,7 @@ class Bus:
         """Drop `cell`'s subscription to exactly `pattern` (one held by a waiting
         publish included); False if there was none."""
         held = self._held.pop((cell, pattern), None)
-        sub = self._unfile(cell, pattern)
+        sub = self._forget_subscription(cell, pattern)
         if sub is None:
             return held is not None
         self._index.remove(sub)
@@ -307,23 +312,22 @@ class Bus:
     def drop_all(self, cell: Cell) -> None:
         """The actor has no incarnation any more (stopped for good, or rests): its
         subscriptions go with it."""
-        mine = self._by_cell.pop(cell, {})
-        if len(mine) > 1:
-            self._several -= 1
-        for sub in mine.values():
+        for pattern in list(self._by_cell.get(cell, ())):
+            sub = self._forget_subscription(cell, pattern)
+            assert sub is not None
             self._index.remove(sub)
         for key in [key for key in self._held if key[0] is cell]:
             del self._held[key]
 
-    def _file(self, cell: Cell, sub: Subscription) -> None:
+    def _keep_subscription(self, cell: Cell, sub: Subscription) -> None:
         """`sub` is `cell`'s subscription to its pattern (replacing one to the same)."""
         mine = self._by_cell.setdefault(cell, {})
         before = len(mine)
         mine[sub.pattern] = sub
         if before == 1 and len(mine) == 2:
-            self._several += 1
+            self._multi_pattern_actors += 1
 
-    def _unfile(self, cell: Cell, pattern: str) -> Subscription | None:
+    def _forget_subscription(self, cell: Cell, pattern: str) -> Subscription | None:
         """Take `cell`'s subscription to `pattern` out of `_by_cell` (None if none)."""
         mine = self._by_cell.get(cell)
         sub = mine.pop(pattern, None) if mine else None
@@ -331,7 +335,7 @@ class Bus:
             return None
         assert mine is not None
         if len(mine) == 1:
-            self._several -= 1
+            self._multi_pattern_actors -= 1
         elif not mine:
             del self._by_cell[cell]
         return sub
@@ -411,10 +415,7 @@ class Bus:
         runtime's own events (`system_event`, `dead_letter_event`) go through
         `_publish_runtime`.
         """
-        if not self._host.is_running:
-            raise RuntimeClosed(
-                f"actor system {self._host.name!r} is not running: cannot publish on {topic!r}"
-            )
+        self._check_open(f"publish on {topic!r}")
         segments = self._topic(topic)  # type: ignore[arg-type]  # checked there
         if segments[0] == SYSTEM:
             check_user_topic(topic)  # raises, saying why
@@ -610,26 +611,36 @@ class Bus:
         any), and a place whose wait would close a cycle is refused at once
         (``deadlock``) rather than first waiting in the other lines.
 
-        An actor reached through several of its patterns gets the event once,
-        through the first that takes it (whose filter, if any, accepts it).
+        An actor whose patterns overlap gets the event once: its first pattern that
+        takes it decides (a ``once`` one first, then in the order they were
+        subscribed); one whose filter refuses it leaves it to the next, one whose
+        filter raises dead-letters it (``crashed``) for that actor.
 
         Returns how many got it now, and the places taken (None if none).
         """
         count = 0
         lines: Lines | None = None
         waiter: Waiter | None = None  # looked up only if someone must be waited for
-        reached: set[Cell] | None = set() if self._several else None
         # A copy: `once` subscriptions leave the index as they are served.
-        for sub in list(self._index.match(event.topic, segments)):
-            if sub.filter is not None and not self._accepts(sub, event):
-                continue
+        subs = list(self._index.match(event.topic, segments))
+        reached: set[Cell] | None = None
+        if self._multi_pattern_actors:
+            reached = set()
+            subs.sort(key=_once_first)  # stable: `once` ones first, else as they were
+        for sub in subs:
             cell = sub.cell
+            if reached is not None and cell in reached:
+                continue
+            if sub.filter is not None:
+                verdict = self._verdict(sub, event)
+                if verdict is not True:
+                    if verdict is None and reached is not None and cell is not None:
+                        reached.add(cell)  # dead-lettered for it: no other pattern tries
+                    continue
             if cell is None:
                 count += self._to_stream(sub, event)
                 continue
             if reached is not None:
-                if cell in reached:
-                    continue
                 reached.add(cell)
             mailbox = cell.mailbox
             try:
@@ -734,8 +745,12 @@ class Bus:
         return segments
 
     def _accepts(self, sub: Subscription, event: Event) -> bool:
-        if sub.filter is None:
-            return True
+        return sub.filter is None or self._verdict(sub, event) is True
+
+    def _verdict(self, sub: Subscription, event: Event) -> bool | None:
+        """`sub`'s filter on `event`: True or False, or None when it raised (the
+        event is then dead-lettered for `sub`'s subscriber, reason ``crashed``)."""
+        assert sub.filter is not None
         try:
             verdict = sub.filter(event)
             if verdict is True or verdict is False:
@@ -757,7 +772,7 @@ class Bus:
                     sub.pattern,
                 )
             self._drop(sub, event, "crashed")
-            return False
+            return None
 
     def _to_stream(self, sub: Subscription, event: Event) -> int:
         """A stream never blocks a publisher: past its capacity, events are dropped."""
@@ -794,7 +809,7 @@ class Bus:
             return
         del self._held[key]
         if back:
-            self._file(cell, sub)
+            self._keep_subscription(cell, sub)
             self._index.add(sub)
 
     def _drop(self, sub: Subscription, event: Event, reason: str) -> None:
@@ -847,7 +862,7 @@ class Bus:
         system has stopped.
         """
         check_stream_capacity(capacity)
-        self._check_open(f"stream {pattern!r}")
+        self._check_open(f"open a stream of {pattern!r}")
         send, receive = trio.open_memory_channel[Event](capacity)
         sub = self._open_stream(pattern, send)
         try:
@@ -877,7 +892,7 @@ class Bus:
         `end_thread_stream`.  Raises `RuntimeClosed` once the system has
         stopped, ValueError for an invalid pattern (nothing subscribed then).
         """
-        self._check_open(f"stream {channel.pattern!r}")
+        self._check_open(f"open a stream of {channel.pattern!r}")
         self._open_stream(channel.pattern, channel)
 
     def end_thread_stream(self, channel: ThreadStream) -> None:
@@ -917,7 +932,7 @@ class Bus:
     def _check_open(self, what: str) -> None:
         if not self._host.is_running:
             raise RuntimeClosed(
-                f"actor system {self._host.name!r} is not running: cannot {what} on its bus"
+                f"actor system {self._host.name!r} is not running: cannot {what}"
             )
 
     # -- callbacks (the reference design's decorator) --------------------

@@ -27,6 +27,9 @@ class Recorder(Actor):
         if isinstance(msg, tuple) and msg[0] == "subscribe":
             self.ctx.subscribe(msg[1], filter=msg[2])
             return None
+        if isinstance(msg, tuple) and msg[0] == "subscribe_once":
+            self.ctx.subscribe(msg[1], once=True)
+            return None
         if isinstance(msg, tuple) and msg[0] == "unsubscribe":
             self.ctx.unsubscribe(msg[1])
             return None
@@ -89,3 +92,33 @@ async def test_a_thread_publish_reaches_an_overlapping_subscriber_once() -> None
         count = await trio.to_thread.run_sync(lambda: system.publish("x.t", None))
         assert count == 1
         assert await rec.ask("seen") == ["x.t"]
+
+
+def boom(event: Event) -> bool:
+    raise RuntimeError("filter bug")
+
+
+async def test_a_raising_filter_dead_letters_the_event_for_its_actor_once_and_only() -> None:
+    """The first pattern that takes the event decides for its actor: a filter that
+    raises dead-letters it (``crashed``) and the actor's other patterns do not
+    deliver it as well (it would be both handled and lost)."""
+    async with runtime.open_system(tree()) as system:
+        rec = system.ref("/app/rec")
+        await rec.ask(("subscribe", "z.*", boom))
+        await rec.ask(("subscribe", "z.>", None))
+        assert await system.bus.publish("z.a", None) == 0
+        assert [t for t in await rec.ask("seen") if t.startswith("z.")] == []
+        crashed = [d for d in system.dead_letters.recent() if d.reason == "crashed"]
+        assert len(crashed) == 1
+
+
+async def test_a_once_pattern_serves_before_an_overlapping_one_and_is_used_up() -> None:
+    async with runtime.open_system(tree()) as system:
+        rec = system.ref("/app/rec")
+        await rec.ask(("subscribe", "z.>", None))
+        await rec.ask(("subscribe_once", "z.*", None))
+        assert await system.bus.publish("z.a", None) == 1  # through the once: used up
+        assert system.snapshot().find("/app/rec").subscriptions.count("z.*") == 0
+        await rec.ask(("unsubscribe", "z.>"))
+        assert await system.bus.publish("z.b", None) == 0
+        assert [t for t in await rec.ask("seen") if t.startswith("z.")] == ["z.a"]
