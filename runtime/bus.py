@@ -931,9 +931,7 @@ class Bus:
 
     def _check_open(self, what: str) -> None:
         if not self._host.is_running:
-            raise RuntimeClosed(
-                f"actor system {self._host.name!r} is not running: cannot {what}"
-            )
+            raise RuntimeClosed(f"actor system {self._host.name!r} is not running: cannot {what}")
 
     # -- callbacks (the reference design's decorator) --------------------
     def subscribe(
