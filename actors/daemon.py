@@ -85,11 +85,14 @@ class Daemon(Actor):
         if own is not None and inspect.iscoroutinefunction(own):
             # let ticks through before the subclass's own handler
             setattr(cls, "receive", _with_ticks(own))  # noqa: B010 - wrap the subclass's own
-        start = cls.on_start  # its own, or one it inherits from a class that is not a Daemon
+        # Its own, or one it inherits from a class that is not a Daemon; as found in
+        # the class (a staticmethod or classmethod too), not bound.
+        start = inspect.getattr_static(cls, "on_start")
+        function = getattr(start, "__func__", start)  # under a staticmethod/classmethod
         if (
-            start is not Daemon.on_start
-            and not getattr(start, _STARTS_TICKS, False)
-            and inspect.iscoroutinefunction(start)
+            function is not Daemon.on_start
+            and not getattr(function, _STARTS_TICKS, False)
+            and inspect.iscoroutinefunction(function)
         ):
             setattr(cls, "on_start", _then_ticks(start))  # noqa: B010 - wrap the subclass's own
 
@@ -230,17 +233,18 @@ _STARTS_TICKS = "_troupe_starts_ticks"
 not wrapped again)."""
 
 
-def _then_ticks(on_start: Callable[[Any], Awaitable[None]]) -> Callable[[Any], Any]:
-    """`on_start` of a Daemon subclass, then its schedule (`Daemon._start_ticks`) if
+def _then_ticks(on_start: Any) -> Callable[[Any], Any]:
+    """`on_start` of a Daemon subclass (as found in its class: a function, or a
+    staticmethod or classmethod), then its schedule (`Daemon._start_ticks`) if
     `on_start` is the class's outermost (an inner one, reached through ``super()``
     from a subclass's, leaves it to that one, which may still set `interval`).
     Raises what `on_start` raises, and then starts nothing (a schedule it started
     through ``super()`` ends with the incarnation's nursery, as the start fails);
     `ValueError` for a bad `interval`."""
 
-    @functools.wraps(on_start)
+    @functools.wraps(getattr(on_start, "__func__", on_start))
     async def wrapper(self: Daemon) -> None:
-        await on_start(self)
+        await on_start.__get__(self, type(self))()  # bound as Python would bind it
         if type(self).on_start is wrapper:
             self._start_ticks()  # does nothing if on_start called Daemon.on_start
 

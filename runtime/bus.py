@@ -53,6 +53,7 @@ from .spec import (
     check_duplicate_window,
     check_history,
     check_msg_id,
+    check_since,
     check_stream_capacity,
     check_timeout,
 )
@@ -1057,12 +1058,7 @@ class Bus:
         check_pattern(pattern)  # whatever the limit (`matching` checks it only when walked)
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
             raise ValueError(f"limit must be a whole number >= 0, got {limit!r}")
-        if since is not None and (
-            isinstance(since, bool)
-            or not isinstance(since, int | float)
-            or (isinstance(since, float) and math.isnan(since))  # an int may be past floats
-        ):
-            raise ValueError(f"since must be a timestamp (time.time()) or None, got {since!r}")
+        check_since(since)
         events = matching(pattern, reversed(self._history))
         out: list[Event] = []
         if limit == 0:

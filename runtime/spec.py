@@ -88,6 +88,18 @@ def name_part(text: str) -> str:
     return _NOT_IN_NAMES.sub("_", text)
 
 
+def check_since(since: object) -> float | None:
+    """A ``since=`` bound: a `time.time()` timestamp (a number, not a bool or NaN)
+    or None (no bound).  Returns it; raises `ValueError` for anything else."""
+    if since is not None and (
+        isinstance(since, bool)
+        or not isinstance(since, int | float)
+        or (isinstance(since, float) and math.isnan(since))  # an int may be past floats
+    ):
+        raise ValueError(f"since must be a timestamp (time.time()) or None, got {since!r}")
+    return since
+
+
 def check_timeout(timeout: object, what: str = "timeout") -> float:
     """A timeout in seconds: ``None`` and ``inf`` mean none; negative or NaN is refused.
 

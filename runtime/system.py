@@ -32,6 +32,7 @@ from .spec import (
     Supervisor,
     check_correlation_id,
     check_msg_id,
+    check_since,
     check_timeout,
     child,
 )
@@ -170,7 +171,9 @@ class System:
         """The supervisors that gave up (restart intensity exceeded), newest first: the
         last `ESCALATIONS_KEPT`, also those a parent restarted, kept whatever the bus's
         ``history=`` (``/healthz`` reads them).  `since`: only those at or after this
-        wall-clock time (``time.time()``).  Raises nothing."""
+        wall-clock time (``time.time()``).  Raises `ValueError` for a `since` that is
+        not a timestamp or None (as ``bus.history`` does)."""
+        check_since(since)
         return [e for e in reversed(self._escalations) if since is None or e.at >= since]
 
     @property
@@ -238,10 +241,11 @@ class System:
     def supervisor_escalated(self, path: str, error: BaseException) -> None:
         """Remember that the supervisor at `path` gave up with `error` (see `escalations`),
         and publish ``system.supervisor.escalated`` while the system runs."""
-        self._escalations.append(Escalation(at=time.time(), path=path, error=str(error)))
+        escalation = Escalation(at=time.time(), path=path, error=str(error))
+        self._escalations.append(escalation)
         if self.is_running:
             self.bus.system_event(
-                "system.supervisor.escalated", {"path": path, "error": str(error)}
+                "system.supervisor.escalated", {"path": path, "error": escalation.error}
             )
 
     def publish_blocked(self, steps: list[BlockedStep]) -> None:

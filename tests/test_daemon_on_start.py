@@ -337,6 +337,47 @@ async def test_an_on_start_that_raises_fails_the_start_and_leaves_no_schedule(
     assert log == []
 
 
+LOG: list[str] = []
+
+
+class StaticStart(Daemon):
+    interval = 1.0
+
+    @staticmethod
+    async def on_start() -> None:
+        LOG.append("static start")
+
+    async def tick(self) -> None:
+        LOG.append("tick")
+
+
+class ClassStart(Daemon):
+    interval = 1.0
+
+    @classmethod
+    async def on_start(cls) -> None:
+        LOG.append(f"{cls.__name__} start")
+
+    async def tick(self) -> None:
+        LOG.append("tick")
+
+
+@pytest.mark.parametrize(
+    ("cls", "first"), [(StaticStart, "static start"), (ClassStart, "ClassStart start")]
+)
+async def test_a_static_or_class_method_on_start_starts_and_ticks(
+    cls: type[Daemon], first: str, autojump_clock: trio.abc.Clock
+) -> None:
+    """They were wrapped as instance methods, and the start failed with TypeError
+    (found by attack)."""
+    LOG.clear()
+    with trio.fail_after(WAIT):
+        async with runtime.open_system(app(child(cls, name="d"))):
+            await trio.sleep(2.5)
+    assert LOG[0] == first
+    assert LOG.count("tick") == 3  # at 0, 1 and 2 s
+
+
 async def test_tick_at_start_false_waits_one_interval_after_the_on_start(
     autojump_clock: trio.testing.MockClock,
 ) -> None:

@@ -10,6 +10,7 @@ stop all its children (reverse start order) and fail with
 from __future__ import annotations
 
 import itertools
+import math
 from typing import Any
 
 import pytest
@@ -469,3 +470,14 @@ def test_run_raises_restart_intensity_exceeded() -> None:
         runtime.run(tree)
     assert type(info.value) is RestartIntensityExceeded
     assert info.value.path == "/app"
+
+
+@pytest.mark.parametrize("since", [math.nan, "yesterday", True, [1.0]])
+async def test_escalations_refuse_a_since_that_is_not_a_time(since: Any) -> None:
+    """As `bus.history(since=...)` does (found by attack: NaN returned nothing, a
+    string raised TypeError only once an escalation was kept)."""
+    async with open_system(Supervisor("app", children=[w("x", [])])) as system:
+        with pytest.raises(ValueError, match="since must be a timestamp"):
+            system.bus.history(since=since)
+        with pytest.raises(ValueError, match="since must be a timestamp"):
+            system.escalations(since=since)
