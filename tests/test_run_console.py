@@ -510,11 +510,16 @@ async def test_healthz_is_unhealthy_when_the_tree_fails() -> None:
     )
 
 
+def escalating_tree() -> Supervisor:
+    """/app/inner gives up at the first crash of /app/inner/s; /app restarts it."""
+    inner = Supervisor("inner", max_restarts=0, within=1, children=[child(Sticks, name="s")])
+    return Supervisor("app", max_restarts=10, within=1, children=[inner])
+
+
 async def test_healthz_is_unhealthy_after_a_nested_supervisor_escalated() -> None:
     # DESIGN (Monitoring, Health): "unhealthy when a supervisor has escalated" -- also
     # one whose parent restarted it and carries on (for RECENT seconds)
-    inner = Supervisor("inner", max_restarts=0, within=1, children=[child(Sticks, name="s")])
-    tree = Supervisor("app", max_restarts=10, within=1, children=[inner])
+    tree = escalating_tree()
     logging.getLogger("troupe").setLevel(logging.CRITICAL)
     try:
         with trio.fail_after(WAIT):
@@ -536,8 +541,7 @@ async def test_healthz_is_unhealthy_after_a_nested_supervisor_escalated() -> Non
 
 async def test_healthz_names_an_escalation_with_no_event_history() -> None:
     # history=0 keeps no events: health must not depend on the bus's history
-    inner = Supervisor("inner", max_restarts=0, within=1, children=[child(Sticks, name="s")])
-    tree = Supervisor("app", max_restarts=10, within=1, children=[inner])
+    tree = escalating_tree()
     logging.getLogger("troupe").setLevel(logging.CRITICAL)
     try:
         with trio.fail_after(WAIT):
@@ -565,8 +569,7 @@ async def test_healthz_names_an_escalation_after_the_history_filled_up(
     autojump_clock: Any,
 ) -> None:
     # more events since than the history keeps: the escalation is still seen
-    inner = Supervisor("inner", max_restarts=0, within=1, children=[child(Sticks, name="s")])
-    tree = Supervisor("app", max_restarts=10, within=1, children=[inner])
+    tree = escalating_tree()
     logging.getLogger("troupe").setLevel(logging.CRITICAL)
     try:
         with trio.fail_after(WAIT):
