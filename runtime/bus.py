@@ -93,7 +93,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 StreamChannel = trio.MemorySendChannel[Event] | ThreadStream
 """Where a stream's subscription delivers: a trio task's memory channel
 (`Bus.stream`) or a plain thread's `ThreadStream` (`Bus.add_thread_stream`).
-The bus only calls `send_nowait` and `close` on it."""
+The bus calls `send_nowait` and `close` on it, and a `ThreadStream`'s
+`take_unread` when its reader's block ends."""
 
 
 def _once_first(sub: Subscription) -> bool:
@@ -856,8 +857,9 @@ class Bus:
         Events still queued when the block ends (the reader stopped reading,
         was cancelled or raised) are dead-lettered (``stopped``), as those left
         in the mailbox of an actor that stops.  When the system stops, the
-        stream ends: its reader gets the events already queued, then the end
-        of the iteration (`trio.EndOfChannel` to ``receive()``).  `capacity` is
+        stream ends (`end_streams`, once the user's tree has stopped): its
+        reader gets the events already queued, then the end of the iteration
+        (`trio.EndOfChannel` to ``receive()``).  `capacity` is
         a whole number >= 0 (``0``: only a reader already waiting gets an
         event); never unbounded (ValueError).  Raises `RuntimeClosed` once the
         system has stopped.
@@ -921,10 +923,10 @@ class Bus:
             self._index.remove(sub)
 
     def end_streams(self) -> None:
-        """The system stopped: end every open stream (those of plain threads too).
-        Its reader still gets what is queued, then the end of the iteration; what
-        it leaves unread when its block ends is dead-lettered as ever.  Never
-        blocks."""
+        """The system is stopping (its user tree has stopped) or has stopped: end
+        every open stream (those of plain threads too).  Its reader still gets
+        what is queued, then the end of the iteration; what it leaves unread
+        when its block ends is dead-lettered as ever.  Never blocks."""
         for sub in list(self._streams.values()):
             self._remove_stream(sub)
             assert sub.channel is not None

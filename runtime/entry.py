@@ -587,9 +587,11 @@ class ThreadedBus:
         When the block ends, however it ends (the reader broke out, raised,
         or was interrupted, e.g. by Ctrl-C), leaving blocks this thread until
         the loop has ended the subscription and dead-lettered the events left
-        unread (``stopped``).  When the system stops, the stream ends: the
-        reader gets the events already queued, then the end of its iteration
-        (`trio.EndOfChannel` from ``receive()``).  If the system's loop is
+        unread (``stopped``).  When the system stops, the stream ends, once
+        the user's tree has stopped and before the bridge does (a reader in
+        ``run_blocking`` is let go): the reader gets the events already
+        queued, then the end of its iteration (`trio.EndOfChannel` from
+        ``receive()``).  If the system's loop is
         gone by the time the block ends, nothing can record what was left
         unread: those events are discarded, with a warning on the
         ``troupe.bus`` logger that says how many (no exception: the block's
@@ -599,12 +601,13 @@ class ThreadedBus:
         `RuntimeClosed` once the system has stopped, and `RuntimeError` on
         the loop thread (use ``async with system.bus.stream(...)`` there).
         """
-        if self._handle._system.gate.on_loop_thread():
+        gate = self._handle._system.gate
+        if gate.on_loop_thread():
             raise RuntimeError(
                 "handle.bus.stream() is for plain threads (it blocks its thread): "
                 "on the trio thread use `async with system.bus.stream(...)`"
             )
-        channel = ThreadStream(pattern, capacity)  # ValueError for a bad capacity
+        channel = ThreadStream(pattern, capacity, gate)  # ValueError for a bad capacity
         try:
             self._handle._call(self._bus.add_thread_stream, channel)
         except BaseException as exc:

@@ -208,6 +208,11 @@ class System:
         self.bus.drop_all(cell)
         if self.cluster is not None:
             self.cluster.slot_stopped(cell)
+        if cell.parent is self._root and cell.path != f"/{RESERVED}":
+            # The user's tree has stopped for good, and `/system` stops next: end the
+            # streams now, so that a reader the runtime waits for (a bridge worker)
+            # is let go, having seen every actor of the tree stop.
+            self.bus.end_streams()
 
     def root_exited(self, reason: ExitReason) -> None:
         self.gate.stopping()

@@ -1167,13 +1167,23 @@ class ThreadStream:
     `send_nowait`, `close` and `take_unread`.
     """
 
-    __slots__ = ("_closed", "_events", "_ready", "_waiting", "capacity", "pattern")
+    __slots__ = (
+        "_closed",
+        "_events",
+        "_gate",
+        "_ready",
+        "_waiting",
+        "capacity",
+        "pattern",
+    )
 
-    def __init__(self, pattern: str, capacity: int = 1000) -> None:
+    def __init__(self, pattern: str, capacity: int, gate: ThreadGate) -> None:
         """ValueError for a bad `capacity` (as for ``system.bus.stream``); `pattern`
-        is checked when the bus subscribes it."""
+        is checked when the bus subscribes it.  `gate`: the system's, which tells
+        the loop's thread (where reading is refused)."""
         self.pattern = pattern
         self.capacity = check_stream_capacity(capacity)
+        self._gate = gate
         self._ready = threading.Condition(threading.Lock())
         self._events: deque[Event] = deque()
         self._waiting = 0  # readers blocked in `receive` (each may take one more event)
@@ -1187,9 +1197,17 @@ class ThreadStream:
         as long as it takes; 0: only one already queued), and
         `trio.EndOfChannel` once the stream has ended (its block ended, or the
         system stopped) and every event queued before was received.
-        `ValueError` for a negative or NaN `timeout`.  An interruption (e.g.
-        KeyboardInterrupt) while it waits propagates, and no event is taken.
+        `ValueError` for a negative or NaN `timeout`, `TypeError` for one that
+        is not a number.  An interruption (e.g. KeyboardInterrupt) while it
+        waits propagates, and no event is taken.  On the loop's thread it
+        raises `RuntimeError` at once: only the loop delivers the events it
+        would wait for.
         """
+        if self._gate.on_loop_thread():
+            raise RuntimeError(
+                "a thread stream is read by plain threads: on the trio thread use "
+                "`async with system.bus.stream(...)`"
+            )
         limit = check_timeout(timeout)
         deadline = math.inf if limit == math.inf else time.monotonic() + limit
         with self._ready:

@@ -310,3 +310,74 @@ def test_on_the_loop_thread_it_is_a_runtime_error_that_names_the_async_stream() 
         assert isinstance(error, RuntimeError), seen
         assert "async with system.bus.stream(" in str(error)
         assert handle.bus.stats()["subscriptions"] == 1  # the callback's alone
+
+
+def test_a_stream_read_on_a_bridge_worker_ends_before_the_bridge_stops() -> None:
+    """Streams end once the user's tree has stopped, before ``/system`` (the bridge
+    among it) stops: a reader in ``run_blocking`` returns what it read rather than
+    holding the bridge's stop until it abandons the call (found by attack)."""
+    entered = threading.Event()
+    with runtime.start_in_thread(empty()) as handle:
+
+        def read() -> list[Any]:
+            with handle.bus.stream("t") as events:
+                entered.set()
+                return [event.payload for event in events]
+
+        caller, out = in_thread(lambda: handle.run_blocking(read))
+        assert entered.wait(WAIT)
+        handle.publish("t", 1)
+    caller.join(WAIT)
+    assert out == {"value": [1]}, out
+
+
+def test_receive_on_the_loop_thread_raises_runtime_error() -> None:
+    """Only the loop can deliver the event such a receive would wait for: it would
+    stall the loop (for ever without a timeout)."""
+    with runtime.start_in_thread(empty()) as handle:
+        seen: dict[str, Any] = {}
+        done = threading.Event()
+        with handle.bus.stream("t") as events:
+
+            def on_loop(event: Event) -> None:  # a plain callback runs on the loop thread
+                for attempt in (lambda: events.receive(timeout=1.0), lambda: events.receive(0)):
+                    try:
+                        attempt()
+                    except BaseException as exc:
+                        seen.setdefault("errors", []).append(exc)
+                done.set()
+
+            handle.bus.subscribe("probe")(on_loop)
+            handle.publish("probe")
+            assert done.wait(WAIT)
+    errors = seen["errors"]
+    assert len(errors) == 2 and all(isinstance(e, RuntimeError) for e in errors), errors
+    assert "async with system.bus.stream" in str(errors[0])
+
+
+def test_an_interruption_while_subscribing_still_ends_the_subscription(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Ctrl-C landing as the loop answers `__enter__`'s call (the subscription is
+    made, the thread never hears of it): the stream is ended all the same."""
+    with runtime.start_in_thread(empty()) as handle:
+        before = handle.bus.stats()["subscriptions"]
+        real_call = handle._call
+        calls = 0
+
+        def interrupted_once(fn: Callable[..., Any], *args: Any) -> Any:
+            nonlocal calls
+            calls += 1
+            result = real_call(fn, *args)
+            if calls == 1:
+                raise KeyboardInterrupt  # after the loop subscribed it
+            return result
+
+        monkeypatch.setattr(handle, "_call", interrupted_once)
+        with pytest.raises(KeyboardInterrupt):
+            with handle.bus.stream("t"):
+                pytest.fail("the block is never entered")  # pragma: no cover
+        monkeypatch.undo()
+        assert calls == 2  # the subscribing call, then the one that ended it
+        assert handle.bus.stats()["subscriptions"] == before
+        assert handle.publish("t", 1) == 0
