@@ -88,7 +88,7 @@ def name_part(text: str) -> str:
     return _NOT_IN_NAMES.sub("_", text)
 
 
-def check_since(since: object) -> float | None:
+def check_since(since: object) -> int | float | None:
     """A ``since=`` bound: a `time.time()` timestamp (a number, not a bool or NaN)
     or None (no bound).  Returns it; raises `ValueError` for anything else."""
     if since is not None and (
