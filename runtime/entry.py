@@ -591,11 +591,10 @@ class ThreadedBus:
         the user's tree has stopped and before the bridge does (a reader in
         ``run_blocking`` is let go): the reader gets the events already
         queued, then the end of its iteration (`trio.EndOfChannel` from
-        ``receive()``).  If the system's loop is
-        gone by the time the block ends, nothing can record what was left
-        unread: those events are discarded, with a warning on the
-        ``troupe.bus`` logger that says how many (no exception: the block's
-        own must not be hidden).
+        ``receive()``).  If the system's loop is gone by the time the block
+        ends, nothing can record what was left unread: those events are
+        discarded, with a warning on the ``troupe.bus`` logger that says how
+        many (no exception: the block's own must not be hidden).
 
         Raises `ValueError` for a bad pattern or capacity (as `Bus.stream`),
         `RuntimeClosed` once the system has stopped, and `RuntimeError` on
