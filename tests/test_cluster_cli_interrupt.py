@@ -223,3 +223,20 @@ def test_a_ctrl_c_as_the_client_gives_sigint_back_leaves_the_default_handler(
     finally:
         loop.close()
     assert not watchdog.is_set()
+
+
+def test_leaving_an_events_iteration_is_bounded_when_unsubscribing_hangs(
+    nats_server: NatsServer, monkeypatch: pytest.MonkeyPatch, watchdog: threading.Event
+) -> None:
+    """The unsubscribe as the iteration ends was the one unbounded step on the way
+    out of `troupe events --cluster`: a server that never takes it held the exit
+    for ever.  It is bounded by the client's `timeout`, like every other step."""
+    from nats.aio.subscription import Subscription
+
+    async def never(self: Any, limit: int = 0) -> None:
+        await asyncio.Event().wait()
+
+    monkeypatch.setattr(Subscription, "unsubscribe", never)
+    with ClusterClient(nats_server.url, "stuck", timeout=0.2) as client:
+        assert list(client.events(">", timeout=0.05)) == []  # ends, then unsubscribes
+    assert not watchdog.is_set()

@@ -482,8 +482,8 @@ class ClusterClient:
                 yield from self.decode_events(msg.data)
         finally:
             if self._nc is nc and not nc.is_closed:
-                try:
-                    _drive(loop, sub.unsubscribe())
+                try:  # bounded, as every step on the way out (a server may never take it)
+                    _drive(loop, _within(sub.unsubscribe(), self.timeout))
                 except Exception:
                     pass
 
