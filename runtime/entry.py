@@ -609,12 +609,13 @@ class ThreadedBus:
         channel = ThreadStream(pattern, capacity, gate)  # ValueError for a bad capacity
         try:
             self._handle._call(self._bus.add_thread_stream, channel)
-        except BaseException as exc:
-            if not isinstance(exc, Exception):
-                # interrupted (Ctrl-C) while the loop subscribes it: the loop runs
-                # calls in order, so this end comes after that subscription
-                self._end_stream(channel)
-            raise  # an Exception: nothing was subscribed (bad pattern, system stopped)
+        except Exception:
+            raise  # nothing was subscribed (a bad pattern, the system stopped)
+        except BaseException:
+            # Interrupted (Ctrl-C) while the loop subscribes it: the loop runs calls
+            # in order, so this end comes after that subscription.
+            self._end_stream(channel)
+            raise
         try:
             yield channel
         finally:

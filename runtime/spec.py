@@ -553,6 +553,7 @@ __all__ = [
     "check_history",
     "check_msg_id",
     "check_name",
+    "check_since",
     "check_stream_capacity",
     "check_timeout",
     "child",

@@ -39,9 +39,11 @@ async def test_a_stream_opened_after_the_system_stopped_raises_runtime_closed() 
                 pass  # pragma: no cover - never opened
 
 
-async def test_a_stream_ends_when_the_system_stops_after_what_was_queued() -> None:
-    """A reader in a task outside the system's block gets the events queued before
-    the stop, then the end of its iteration, instead of waiting for ever."""
+@pytest.mark.parametrize("reads", ["while it stops", "after it stopped"])
+async def test_a_stream_ends_when_the_system_stops_after_what_was_queued(reads: str) -> None:
+    """A reader in a task outside the system's block, waiting on the stream as the
+    system stops or reading only after, gets the events queued before the stop,
+    then the end of its iteration (`EndOfChannel`), instead of waiting for ever."""
     got: list[object] = []
     with trio.fail_after(5):
         async with trio.open_nursery() as outer:
@@ -50,30 +52,18 @@ async def test_a_stream_ends_when_the_system_stops_after_what_was_queued() -> No
                 async def reader(task_status: trio.TaskStatus[None]) -> None:
                     async with system.bus.stream("news.>") as events:
                         task_status.started()
-                        await gate.wait()  # read only once the system has stopped
+                        if reads == "after it stopped":
+                            await stopped.wait()
                         async for event in events:
                             got.append(event.payload)
-
-                gate = trio.Event()
-                await outer.start(reader)
-                await system.bus.publish("news.a", 1)
-                await system.bus.publish("news.b", 2)
-            gate.set()
-    assert got == [1, 2]
-
-
-async def test_a_reader_waiting_on_a_stream_is_let_go_when_the_system_stops() -> None:
-    ended = trio.Event()
-    with trio.fail_after(5):
-        async with trio.open_nursery() as outer:
-            async with runtime.open_system(tree()) as system:
-
-                async def reader(task_status: trio.TaskStatus[None]) -> None:
-                    async with system.bus.stream("news.>") as events:
-                        task_status.started()
                         with pytest.raises(trio.EndOfChannel):
                             await events.receive()
                     ended.set()
 
+                stopped, ended = trio.Event(), trio.Event()
                 await outer.start(reader)
+                await system.bus.publish("news.a", 1)
+                await system.bus.publish("news.b", 2)
+            stopped.set()
     assert ended.is_set()
+    assert got == [1, 2]

@@ -34,22 +34,30 @@ def on_schedule(log: list[float], start: float, interval: float) -> bool:
     return log == [start + n * interval for n in range(len(log))]
 
 
-class Quiet(Daemon):
-    """Overrides `on_start` (taking `prepare` seconds) and never calls super."""
+class Ticking(Daemon):
+    """Logs the trio time of each tick in `log`, once a second; the subclasses below
+    override `on_start` in the ways under test."""
 
     interval = 1.0
 
-    def __init__(self, log: list[float], starts: list[float], prepare: float = 0.0) -> None:
+    def __init__(self, log: list[Any]) -> None:
         self.log = log
+
+    async def tick(self) -> None:
+        self.log.append(trio.current_time())
+
+
+class Quiet(Ticking):
+    """Overrides `on_start` (taking `prepare` seconds) and never calls super."""
+
+    def __init__(self, log: list[float], starts: list[float], prepare: float = 0.0) -> None:
+        super().__init__(log)
         self.starts = starts
         self.prepare = prepare
 
     async def on_start(self) -> None:
         await trio.sleep(self.prepare)
         self.starts.append(trio.current_time())  # the end of this on_start
-
-    async def tick(self) -> None:
-        self.log.append(trio.current_time())
 
     async def receive(self, msg: Any) -> Any:
         raise ConnectionError(msg)
@@ -91,20 +99,15 @@ async def test_a_restarted_on_start_without_super_gets_one_schedule_again(
     assert on_schedule(second, starts[1], 1.0)
 
 
-class SetsItsInterval(Daemon):
+class SetsItsInterval(Ticking):
     """Sets `interval` in its `on_start` (no super call): that value is the one used."""
 
-    interval = 1.0
-
     def __init__(self, log: list[float], seconds: Any) -> None:
-        self.log = log
+        super().__init__(log)
         self.seconds = seconds
 
     async def on_start(self) -> None:
         self.interval = self.seconds
-
-    async def tick(self) -> None:
-        self.log.append(trio.current_time())
 
 
 async def test_the_interval_an_on_start_sets_is_the_one_checked_and_used(
@@ -151,14 +154,13 @@ async def test_a_bad_class_interval_fails_the_start_without_a_super_call(
     assert starts != [] and log == []  # its on_start ran; then the check refused the start
 
 
-class Polite(Daemon):
+class Polite(Ticking):
     """Calls ``super().on_start()`` as the docs used to ask: `where` says when."""
 
-    interval = 1.0
     where: ClassVar[str] = "first"
 
     def __init__(self, log: list[float], starts: list[float]) -> None:
-        self.log = log
+        super().__init__(log)
         self.starts = starts
 
     async def on_start(self) -> None:
@@ -170,9 +172,6 @@ class Polite(Daemon):
         if self.where == "twice":
             await super().on_start()
             await super().on_start()
-
-    async def tick(self) -> None:
-        self.log.append(trio.current_time())
 
     async def receive(self, msg: Any) -> Any:
         raise ConnectionError(msg)
@@ -199,19 +198,11 @@ async def test_an_on_start_that_calls_super_gets_exactly_one_schedule(
     assert info.stats["ticks"] == 4
 
 
-class Base(Daemon):
+class Base(Ticking):
     """A library's daemon: its `on_start` sets things up, without a super call."""
-
-    interval = 1.0
-
-    def __init__(self, log: list[Any]) -> None:
-        self.log = log
 
     async def on_start(self) -> None:
         self.log.append("base")
-
-    async def tick(self) -> None:
-        self.log.append(trio.current_time())
 
 
 class Calls(Base):
@@ -283,14 +274,8 @@ class Mixin:
         self.log.append("mixin")
 
 
-class Mixed(Mixin, Daemon):
-    interval = 1.0
-
-    def __init__(self, log: list[Any]) -> None:
-        self.log = log
-
-    async def tick(self) -> None:
-        self.log.append(trio.current_time())
+class Mixed(Mixin, Ticking):
+    """Its `on_start` is the mixin's."""
 
 
 async def test_an_on_start_from_a_mixin_still_gets_the_schedule(
@@ -303,23 +288,16 @@ async def test_an_on_start_from_a_mixin_still_gets_the_schedule(
     assert log[0] == "mixin" and len(log) == 4 and on_schedule(log[1:], log[1], 1.0)
 
 
-class FailsToStart(Daemon):
+class FailsToStart(Ticking):
     """Its `on_start` raises, before or after calling super (or without calling it)."""
 
-    interval = 1.0
     call_super: ClassVar[str] = "never"
-
-    def __init__(self, log: list[float]) -> None:
-        self.log = log
 
     async def on_start(self) -> None:
         if self.call_super == "before":
             await super().on_start()
         await trio.sleep(0.5)
         raise ConnectionError("cannot start")
-
-    async def tick(self) -> None:
-        self.log.append(trio.current_time())
 
 
 @pytest.mark.parametrize("call_super", ["never", "before"])
