@@ -122,18 +122,24 @@ async def test_the_interval_an_on_start_sets_is_the_one_checked_and_used(
     assert len(log) == 5 and on_schedule(log, log[0], 0.25)
 
 
+async def start_is_refused(spec: Any, match: str) -> None:
+    """Starting `spec` fails with a ValueError matching `match`, and nothing of it is
+    left: no child, and (5 s on) no tick."""
+    with trio.fail_after(WAIT):
+        async with runtime.open_system(app()) as system:
+            with pytest.raises(ValueError, match=match):
+                await system.start_child("/app", spec)
+            await trio.sleep(5.0)
+            assert system.which_children("/app") == []
+
+
 @pytest.mark.parametrize("bad", [0, -1.0, float("nan"), float("inf"), "1", None, True, 1e-9])
 async def test_a_bad_interval_an_on_start_sets_fails_the_start(
     autojump_clock: trio.testing.MockClock, bad: Any
 ) -> None:
     log: list[float] = []
-    with trio.fail_after(WAIT):
-        async with runtime.open_system(app()) as system:
-            spec = child(SetsItsInterval, name="d", args=(log, bad))
-            with pytest.raises(ValueError, match=r"SetsItsInterval\.interval must be"):
-                await system.start_child("/app", spec)
-            await trio.sleep(5.0)
-            assert system.which_children("/app") == []
+    spec = child(SetsItsInterval, name="d", args=(log, bad))
+    await start_is_refused(spec, r"SetsItsInterval\.interval must be")
     assert log == []
 
 
@@ -145,12 +151,8 @@ async def test_a_bad_class_interval_fails_the_start_without_a_super_call(
 
     log: list[float] = []
     starts: list[float] = []
-    with trio.fail_after(WAIT):
-        async with runtime.open_system(app()) as system:
-            spec = child(Zero, name="d", args=(log, starts))
-            with pytest.raises(ValueError, match=r"Zero\.interval must be a positive, finite"):
-                await system.start_child("/app", spec)
-            await trio.sleep(5.0)
+    spec = child(Zero, name="d", args=(log, starts))
+    await start_is_refused(spec, r"Zero\.interval must be a positive, finite")
     assert starts != [] and log == []  # its on_start ran; then the check refused the start
 
 
